@@ -1,0 +1,22 @@
+//! Kubeforge's domain, free of I/O.
+//!
+//! Everything a tenant can ask for is parsed here, once, into types that
+//! cannot hold an invalid value (`ClusterName`, `Cidr`, `KubernetesVersion`,
+//! ...). The service crate never re-validates: if it holds a `ClusterSpec`,
+//! the spec is valid. Nothing in this crate touches the network, the
+//! database or the clock; callers pass time in.
+
+pub mod condition;
+pub mod names;
+pub mod network;
+pub mod spec;
+pub mod validation;
+
+pub use condition::{Condition, ConditionStatus, Phase};
+pub use names::{ClusterName, KubernetesVersion, MachineType, NodePoolName};
+pub use network::{ClusterNetwork, Ipv4Cidr};
+pub use spec::{
+    Autoscaling, ClusterSpec, ControlPlaneSpec, CreateClusterRequest, CreateNodePoolRequest,
+    Labels, NodePoolSpec, ProviderSpec, Taint, TaintEffect,
+};
+pub use validation::ValidationError;

@@ -1,0 +1,208 @@
+//! Names and enumerated values, each parsed once into a type that stays valid.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::ValidationError;
+
+/// Checks a DNS-1123 label: lowercase alphanumerics and '-', starting and
+/// ending with an alphanumeric, at most `max` characters.
+fn check_dns_label(value: &str, max: usize) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if value.len() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    let bytes = value.as_bytes();
+    let ok_inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    let ok_edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !bytes.iter().all(ok_inner) {
+        return Err("must contain only lowercase letters, digits and '-' (DNS-1123 label)".into());
+    }
+    if !ok_edge(&bytes[0]) || !ok_edge(&bytes[bytes.len() - 1]) {
+        return Err("must start and end with a lowercase letter or digit (DNS-1123 label)".into());
+    }
+    Ok(())
+}
+
+macro_rules! label_newtype {
+    ($(#[$doc:meta])* $name:ident, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Longest accepted name.
+            pub const MAX_LEN: usize = $max;
+
+            pub fn parse(value: &str) -> Result<Self, ValidationError> {
+                check_dns_label(value, Self::MAX_LEN)
+                    .map(|()| Self(value.to_string()))
+                    .map_err(|m| ValidationError::new("name", m))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ValidationError;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::parse(&value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+label_newtype!(
+    /// A cluster's name: a DNS-1123 label of at most 40 characters, so that
+    /// machine and node names derived from it stay within 63.
+    ClusterName,
+    40
+);
+label_newtype!(
+    /// A node pool's name: a DNS-1123 label of at most 20 characters.
+    NodePoolName,
+    20
+);
+
+/// Kubernetes versions this build can provision.
+pub const SUPPORTED_VERSIONS: &[&str] = &["1.20.2"];
+
+/// A Kubernetes version from [`SUPPORTED_VERSIONS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct KubernetesVersion(String);
+
+impl KubernetesVersion {
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        let trimmed = value.strip_prefix('v').unwrap_or(value);
+        if SUPPORTED_VERSIONS.contains(&trimmed) {
+            Ok(Self(trimmed.to_string()))
+        } else {
+            Err(ValidationError::new(
+                "kubernetes_version",
+                format!(
+                    "unsupported version {value:?}; supported: {}",
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for KubernetesVersion {
+    type Error = ValidationError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<KubernetesVersion> for String {
+    fn from(value: KubernetesVersion) -> String {
+        value.0
+    }
+}
+
+/// A machine size. Providers map it to CPU and memory (or an instance type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineType {
+    Small,
+    Medium,
+    Large,
+}
+
+impl MachineType {
+    pub const ALL: [MachineType; 3] = [Self::Small, Self::Medium, Self::Large];
+
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == value)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "machine_type",
+                    format!("unknown machine type {value:?}; one of small, medium, large"),
+                )
+            })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Small => "small",
+            Self::Medium => "medium",
+            Self::Large => "large",
+        }
+    }
+
+    /// (vCPUs, memory MiB) a provider should give a machine of this type.
+    pub fn resources(self) -> (u32, u32) {
+        match self {
+            Self::Small => (1, 2048),
+            Self::Medium => (2, 4096),
+            Self::Large => (4, 8192),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn cluster_names() {
+        assert!(ClusterName::parse("web-prod").is_ok());
+        assert!(ClusterName::parse("a").is_ok());
+        for bad in ["", "-a", "a-", "Web", "a_b", "a.b", &"a".repeat(41)] {
+            let err = ClusterName::parse(bad).unwrap_err();
+            assert_eq!(err.field, "name", "{bad}");
+        }
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(KubernetesVersion::parse("v1.20.2").unwrap().as_str(), "1.20.2");
+        assert_eq!(
+            KubernetesVersion::parse("1.99.0").unwrap_err().field,
+            "kubernetes_version"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parsed_names_are_dns_labels(s in "\\PC{0,50}") {
+            if let Ok(name) = ClusterName::parse(&s) {
+                let n = name.as_str();
+                prop_assert!(n.len() <= 40 && !n.is_empty());
+                prop_assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+                prop_assert!(!n.starts_with('-') && !n.ends_with('-'));
+            }
+        }
+
+        #[test]
+        fn valid_labels_always_parse(s in "[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?") {
+            prop_assert!(ClusterName::parse(&s).is_ok());
+        }
+    }
+}
