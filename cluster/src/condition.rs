@@ -104,11 +104,39 @@ mod tests {
         let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         let t1 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 1, 0).unwrap();
         let mut cs = vec![];
-        assert!(set_condition(&mut cs, "Ready", ConditionStatus::False, "A", "a", t0));
-        assert!(set_condition(&mut cs, "Ready", ConditionStatus::False, "B", "b", t1));
+        assert!(set_condition(
+            &mut cs,
+            "Ready",
+            ConditionStatus::False,
+            "A",
+            "a",
+            t0
+        ));
+        assert!(set_condition(
+            &mut cs,
+            "Ready",
+            ConditionStatus::False,
+            "B",
+            "b",
+            t1
+        ));
         assert_eq!(cs[0].last_transition, t0);
-        assert!(!set_condition(&mut cs, "Ready", ConditionStatus::False, "B", "b", t1));
-        assert!(set_condition(&mut cs, "Ready", ConditionStatus::True, "Ok", "", t1));
+        assert!(!set_condition(
+            &mut cs,
+            "Ready",
+            ConditionStatus::False,
+            "B",
+            "b",
+            t1
+        ));
+        assert!(set_condition(
+            &mut cs,
+            "Ready",
+            ConditionStatus::True,
+            "Ok",
+            "",
+            t1
+        ));
         assert_eq!(cs[0].last_transition, t1);
         assert_eq!(cs.len(), 1);
     }

@@ -70,10 +70,10 @@ macro_rules! label_newtype {
 }
 
 label_newtype!(
-    /// A cluster's name: a DNS-1123 label of at most 40 characters, so that
+    /// A cluster's name: a DNS-1123 label of at most 30 characters, so that
     /// machine and node names derived from it stay within 63.
     ClusterName,
-    40
+    30
 );
 label_newtype!(
     /// A node pool's name: a DNS-1123 label of at most 20 characters.
@@ -174,7 +174,7 @@ mod tests {
     fn cluster_names() {
         assert!(ClusterName::parse("web-prod").is_ok());
         assert!(ClusterName::parse("a").is_ok());
-        for bad in ["", "-a", "a-", "Web", "a_b", "a.b", &"a".repeat(41)] {
+        for bad in ["", "-a", "a-", "Web", "a_b", "a.b", &"a".repeat(31)] {
             let err = ClusterName::parse(bad).unwrap_err();
             assert_eq!(err.field, "name", "{bad}");
         }
@@ -182,7 +182,10 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(KubernetesVersion::parse("v1.20.2").unwrap().as_str(), "1.20.2");
+        assert_eq!(
+            KubernetesVersion::parse("v1.20.2").unwrap().as_str(),
+            "1.20.2"
+        );
         assert_eq!(
             KubernetesVersion::parse("1.99.0").unwrap_err().field,
             "kubernetes_version"
@@ -194,14 +197,14 @@ mod tests {
         fn parsed_names_are_dns_labels(s in "\\PC{0,50}") {
             if let Ok(name) = ClusterName::parse(&s) {
                 let n = name.as_str();
-                prop_assert!(n.len() <= 40 && !n.is_empty());
+                prop_assert!(n.len() <= 30 && !n.is_empty());
                 prop_assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
                 prop_assert!(!n.starts_with('-') && !n.ends_with('-'));
             }
         }
 
         #[test]
-        fn valid_labels_always_parse(s in "[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?") {
+        fn valid_labels_always_parse(s in "[a-z0-9]([a-z0-9-]{0,28}[a-z0-9])?") {
             prop_assert!(ClusterName::parse(&s).is_ok());
         }
     }

@@ -30,7 +30,10 @@ impl Ipv4Cidr {
             ));
         }
         let first = net.network();
-        if first.is_loopback() || first.is_link_local() || first.is_multicast() || first.is_unspecified()
+        if first.is_loopback()
+            || first.is_link_local()
+            || first.is_multicast()
+            || first.is_unspecified()
         {
             return Err(format!("{value:?} is a reserved range"));
         }

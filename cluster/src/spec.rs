@@ -161,7 +161,10 @@ pub struct Taint {
 
 /// Kubernetes-style labels, checked: `[prefix/]name` keys and short values.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+#[serde(
+    try_from = "BTreeMap<String, String>",
+    into = "BTreeMap<String, String>"
+)]
 pub struct Labels(BTreeMap<String, String>);
 
 fn check_label_name(part: &str) -> bool {
@@ -280,7 +283,10 @@ pub struct NodePoolSpec {
 }
 
 /// Checks a desired size against the hard limit and the autoscaling bounds.
-pub fn check_pool_size(size: u32, autoscaling: Option<&Autoscaling>) -> Result<(), ValidationError> {
+pub fn check_pool_size(
+    size: u32,
+    autoscaling: Option<&Autoscaling>,
+) -> Result<(), ValidationError> {
     if size > MAX_POOL_SIZE {
         return Err(ValidationError::new(
             "size",
@@ -451,16 +457,43 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (json!({"control_plane": {"replicas": 2}}), "control_plane.replicas"),
-            (json!({"control_plane": {"machine_type": "huge"}}), "control_plane.machine_type"),
-            (json!({"network": {"pod_cidr": "10.96.0.0/16"}}), "network.service_cidr"),
-            (json!({"node_pools": [{"name": "a", "size": 101}]}), "node_pools[0].size"),
-            (json!({"node_pools": [{"name": "a", "size": 9, "autoscaling": {"min": 1, "max": 5}}]}), "node_pools[0].size"),
-            (json!({"node_pools": [{"name": "a", "autoscaling": {"min": 6, "max": 5}}]}), "node_pools[0].autoscaling.min"),
-            (json!({"node_pools": [{"name": "a"}, {"name": "a"}]}), "node_pools[1].name"),
+            (
+                json!({"control_plane": {"replicas": 2}}),
+                "control_plane.replicas",
+            ),
+            (
+                json!({"control_plane": {"machine_type": "huge"}}),
+                "control_plane.machine_type",
+            ),
+            (
+                json!({"network": {"pod_cidr": "10.96.0.0/16"}}),
+                "network.service_cidr",
+            ),
+            (
+                json!({"node_pools": [{"name": "a", "size": 101}]}),
+                "node_pools[0].size",
+            ),
+            (
+                json!({"node_pools": [{"name": "a", "size": 9, "autoscaling": {"min": 1, "max": 5}}]}),
+                "node_pools[0].size",
+            ),
+            (
+                json!({"node_pools": [{"name": "a", "autoscaling": {"min": 6, "max": 5}}]}),
+                "node_pools[0].autoscaling.min",
+            ),
+            (
+                json!({"node_pools": [{"name": "a"}, {"name": "a"}]}),
+                "node_pools[1].name",
+            ),
             (json!({"node_pools": [{"name": "A"}]}), "node_pools[0].name"),
-            (json!({"labels": {"kubeforge.io/x": "y"}}), "labels.kubeforge.io/x"),
-            (json!({"provider": {"kind": "aws", "region": "", "subnet_id": "s", "ami": "a"}}), "provider.region"),
+            (
+                json!({"labels": {"kubeforge.io/x": "y"}}),
+                "labels.kubeforge.io/x",
+            ),
+            (
+                json!({"provider": {"kind": "aws", "region": "", "subnet_id": "s", "ami": "a"}}),
+                "provider.region",
+            ),
         ];
         for (patch, field) in cases {
             let mut body = base();

@@ -1,0 +1,145 @@
+//! Extractors that turn a request into typed, checked input or a problem:
+//! the caller's `OpContext` from the bearer token, JSON bodies with the
+//! failing field named, and `Idempotency-Key`/`If-Match` headers.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::app::{Idempotency, SharedApp};
+use crate::context::{OpContext, Origin};
+use crate::error::Error;
+use crate::store::idempotency::request_hash;
+use kubeforge_cluster::ValidationError;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+impl FromRequestParts<SharedApp> for OpContext {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &SharedApp) -> Result<Self, Error> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| Error::Unauthenticated("no bearer token".into()))?
+            .to_str()
+            .map_err(|_| Error::Unauthenticated("malformed Authorization header".into()))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                Error::Unauthenticated("Authorization must be `Bearer <token>`".into())
+            })?;
+        let (claims, role) = app.auth.verify(token.trim())?;
+        let request_id = parts
+            .headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        Ok(OpContext {
+            tenant: claims.tenant,
+            subject: claims.sub,
+            role,
+            request_id,
+            origin: Origin::Api,
+        })
+    }
+}
+
+/// A JSON body parsed into `T`, with its raw bytes kept for idempotency.
+pub struct JsonBody<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let ct_ok = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        let raw = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge
+            } else {
+                Error::MalformedBody {
+                    detail: e.body_text(),
+                }
+            }
+        })?;
+        if !ct_ok {
+            return Err(Error::MalformedBody {
+                detail: "Content-Type must be application/json".into(),
+            });
+        }
+        let value = parse_json(&raw)?;
+        Ok(Self { value, raw })
+    }
+}
+
+/// Parses JSON, naming the field that failed.
+pub fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, Error> {
+    let de = &mut serde_json::Deserializer::from_slice(raw);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            Error::MalformedBody {
+                detail: inner.to_string(),
+            }
+        } else {
+            let msg = inner.to_string();
+            // serde names an unknown field in the message; point at it.
+            let field = match (msg.strip_prefix("unknown field `"), path.as_str()) {
+                (Some(rest), p) => {
+                    let name = rest.split('`').next().unwrap_or_default();
+                    if p == "." || p.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{p}.{name}")
+                    }
+                }
+                (None, ".") => String::new(),
+                (None, p) => p.to_string(),
+            };
+            Error::Validation(ValidationError::new(field, msg))
+        }
+    })
+}
+
+/// `Idempotency-Key`, bound to this request's method, path and body.
+pub fn idempotency(
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Option<Idempotency>, Error> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ValidationError::new("Idempotency-Key", "must be 1-255 visible ASCII characters")
+        })?;
+    Ok(Some(Idempotency {
+        key: key.to_string(),
+        hash: request_hash(method, path, body),
+    }))
+}
+
+/// The `If-Match` header, if any.
+pub fn if_match(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}

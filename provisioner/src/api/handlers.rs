@@ -1,0 +1,361 @@
+//! Route handlers, one per API verb, named `<resource>_<verb>` like the
+//! app methods and the CLI. Each extracts, builds the context, calls the
+//! app and converts; the OpenAPI document is generated from their
+//! annotations.
+
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use utoipa::OpenApi;
+
+use super::extract::{idempotency, if_match, JsonBody};
+use crate::app::cluster::{ClusterListQuery, KubeconfigRequest, PageQuery, UpdateClusterRequest};
+use crate::app::node_pool::UpdateNodePoolRequest;
+use crate::app::platform::{CreateHostRequest, HostView, QuotaView};
+use crate::app::views::{ClusterView, MachineView, NodePoolView, OperationView};
+use crate::app::{Accepted, SharedApp};
+use crate::context::OpContext;
+use crate::error::{Error, Problem, Result};
+use crate::store::event::Event;
+use crate::store::tenant::Quota;
+use kubeforge_cluster::{CreateClusterRequest, CreateNodePoolRequest};
+
+fn accepted(a: Accepted) -> Response {
+    let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK);
+    (status, Json(a.body)).into_response()
+}
+
+fn with_etag<T: serde::Serialize>(etag: &str, body: T) -> Response {
+    let mut resp = Json(body).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+#[utoipa::path(post, path = "/v1/clusters", request_body = CreateClusterRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first response")),
+    responses((status = 202, description = "{cluster, operation}"), (status = "4XX", body = Problem)))]
+pub async fn cluster_create(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: JsonBody<CreateClusterRequest>,
+) -> Result<Response> {
+    let idem = idempotency(&headers, "POST", uri.path(), &body.raw)?;
+    Ok(accepted(app.cluster_create(&ctx, idem, body.value).await?))
+}
+
+#[utoipa::path(get, path = "/v1/clusters", params(ClusterListQuery),
+    responses((status = 200, description = "{items, next_page_token}"), (status = "4XX", body = Problem)))]
+pub async fn cluster_list(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    query: Result<Query<ClusterListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let Query(q) = query.map_err(|e| {
+        Error::Validation(kubeforge_cluster::ValidationError::new(
+            "query",
+            e.body_text(),
+        ))
+    })?;
+    Ok(Json(app.cluster_list(&ctx, q).await?).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/clusters/{cluster}", params(("cluster" = String, Path, description = "id or name")),
+    responses((status = 200, body = ClusterView), (status = 404, body = Problem)))]
+pub async fn cluster_get(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(c): Path<String>,
+) -> Result<Response> {
+    let view = app.cluster_get(&ctx, &c).await?;
+    Ok(with_etag(&view.etag.clone(), view))
+}
+
+#[utoipa::path(patch, path = "/v1/clusters/{cluster}", request_body = UpdateClusterRequest,
+    params(("cluster" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, description = "{cluster, operation}"), (status = 412, body = Problem)))]
+pub async fn cluster_update(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(c): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody<UpdateClusterRequest>,
+) -> Result<Response> {
+    let out = app
+        .cluster_update(&ctx, &c, if_match(&headers).as_deref(), body.value)
+        .await?;
+    Ok(Json(out).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/clusters/{cluster}",
+    params(("cluster" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 202, description = "{operation}"), (status = 409, body = Problem)))]
+pub async fn cluster_delete(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(c): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let out = app
+        .cluster_delete(&ctx, &c, if_match(&headers).as_deref())
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(out)).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/node-pools", request_body = CreateNodePoolRequest,
+    params(("cluster" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 202, description = "{node_pool, operation}"), (status = "4XX", body = Problem)))]
+pub async fn node_pool_create(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(c): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: JsonBody<CreateNodePoolRequest>,
+) -> Result<Response> {
+    let idem = idempotency(&headers, "POST", uri.path(), &body.raw)?;
+    Ok(accepted(
+        app.node_pool_create(&ctx, &c, idem, body.value).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/node-pools", params(("cluster" = String, Path)),
+    responses((status = 200, body = [NodePoolView])))]
+pub async fn node_pool_list(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(c): Path<String>,
+) -> Result<Response> {
+    Ok(Json(serde_json::json!({ "items": app.node_pool_list(&ctx, &c).await? })).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/node-pools/{pool}",
+    params(("cluster" = String, Path), ("pool" = String, Path)),
+    responses((status = 200, body = NodePoolView), (status = 404, body = Problem)))]
+pub async fn node_pool_get(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path((c, p)): Path<(String, String)>,
+) -> Result<Response> {
+    let view = app.node_pool_get(&ctx, &c, &p).await?;
+    Ok(with_etag(&view.etag.clone(), view))
+}
+
+#[utoipa::path(patch, path = "/v1/clusters/{cluster}/node-pools/{pool}", request_body = UpdateNodePoolRequest,
+    params(("cluster" = String, Path), ("pool" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, description = "{node_pool, operation}"), (status = "4XX", body = Problem)))]
+pub async fn node_pool_update(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path((c, p)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: JsonBody<UpdateNodePoolRequest>,
+) -> Result<Response> {
+    let out = app
+        .node_pool_update(&ctx, &c, &p, if_match(&headers).as_deref(), body.value)
+        .await?;
+    Ok(Json(out).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/clusters/{cluster}/node-pools/{pool}",
+    params(("cluster" = String, Path), ("pool" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 202, description = "{operation}")))]
+pub async fn node_pool_delete(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path((c, p)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let out = app
+        .node_pool_delete(&ctx, &c, &p, if_match(&headers).as_deref())
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(out)).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/machines", params(("cluster" = String, Path)),
+    responses((status = 200, body = [MachineView])))]
+pub async fn machine_list(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(c): Path<String>,
+) -> Result<Response> {
+    Ok(Json(serde_json::json!({ "items": app.machine_list(&ctx, &c).await? })).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/operations", params(("cluster" = String, Path)),
+    responses((status = 200, body = [OperationView])))]
+pub async fn operation_list(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(c): Path<String>,
+) -> Result<Response> {
+    Ok(Json(serde_json::json!({ "items": app.operation_list(&ctx, &c).await? })).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/operations/{operation}", params(("operation" = String, Path)),
+    responses((status = 200, body = OperationView), (status = 404, body = Problem)))]
+pub async fn operation_get(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(o): Path<String>,
+) -> Result<Response> {
+    Ok(Json(app.operation_get(&ctx, &o).await?).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/events", params(("cluster" = String, Path), PageQuery),
+    responses((status = 200, description = "{items: [Event], next_page_token}, newest first")))]
+pub async fn event_list(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(c): Path<String>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let Query(q) = query.map_err(|e| {
+        Error::Validation(kubeforge_cluster::ValidationError::new(
+            "query",
+            e.body_text(),
+        ))
+    })?;
+    Ok(Json(app.event_list(&ctx, &c, q).await?).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/kubeconfig", request_body = KubeconfigRequest,
+    params(("cluster" = String, Path)),
+    responses((status = 200, content_type = "application/yaml", description = "a kubeconfig"),
+              (status = 409, body = Problem, description = "cluster_not_ready")))]
+pub async fn kubeconfig_create(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(c): Path<String>,
+    body: JsonBody<KubeconfigRequest>,
+) -> Result<Response> {
+    let yaml = app.kubeconfig_create(&ctx, &c, body.value).await?;
+    Ok(([(header::CONTENT_TYPE, "application/yaml")], yaml).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/hosts", request_body = CreateHostRequest,
+    responses((status = 201, description = "{host}"), (status = 403, body = Problem)))]
+pub async fn host_create(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: JsonBody<CreateHostRequest>,
+) -> Result<Response> {
+    let idem = idempotency(&headers, "POST", uri.path(), &body.raw)?;
+    Ok(accepted(app.host_create(&ctx, idem, body.value).await?))
+}
+
+#[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = [HostView])))]
+pub async fn host_list(State(app): State<SharedApp>, ctx: OpContext) -> Result<Response> {
+    Ok(Json(serde_json::json!({ "items": app.host_list(&ctx).await? })).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/hosts/{host}", params(("host" = String, Path)),
+    responses((status = 204), (status = 409, body = Problem)))]
+pub async fn host_delete(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(h): Path<String>,
+) -> Result<Response> {
+    app.host_delete(&ctx, &h).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/quota", params(("tenant" = String, Path)),
+    responses((status = 200, body = QuotaView)))]
+pub async fn quota_get(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(t): Path<String>,
+) -> Result<Response> {
+    Ok(Json(app.quota_get(&ctx, &t).await?).into_response())
+}
+
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/quota", request_body = Quota, params(("tenant" = String, Path)),
+    responses((status = 200, body = QuotaView)))]
+pub async fn quota_put(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(t): Path<String>,
+    body: JsonBody<Quota>,
+) -> Result<Response> {
+    Ok(Json(app.quota_put(&ctx, &t, body.value).await?).into_response())
+}
+
+/// Process up.
+#[utoipa::path(get, path = "/healthz", responses((status = 200)))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Database reachable.
+#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, body = Problem)))]
+pub async fn readyz(State(app): State<SharedApp>) -> Result<&'static str> {
+    sqlx::query("SELECT 1")
+        .execute(&app.pool)
+        .await
+        .map_err(|_| Error::Unavailable("database unreachable".into()))?;
+    Ok("ok")
+}
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(State(app): State<SharedApp>) -> Response {
+    if let Ok((queued, running, dead)) = crate::store::job::depth(&app.pool).await {
+        let g = &app.metrics.job_queue_depth;
+        g.with_label_values(&["queued"]).set(queued);
+        g.with_label_values(&["running"]).set(running);
+        g.with_label_values(&["dead"]).set(dead);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The OpenAPI document, generated from the handlers above.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Kubeforge API", version = "1", description = "Self-hosted managed Kubernetes."),
+    paths(
+        cluster_create, cluster_list, cluster_get, cluster_update, cluster_delete,
+        node_pool_create, node_pool_list, node_pool_get, node_pool_update, node_pool_delete,
+        machine_list, operation_list, operation_get, event_list, kubeconfig_create,
+        host_create, host_list, host_delete, quota_get, quota_put, healthz, readyz, metrics
+    ),
+    components(schemas(Problem, ClusterView, NodePoolView, MachineView, OperationView, Event,
+                       CreateClusterRequest, CreateNodePoolRequest, UpdateClusterRequest,
+                       UpdateNodePoolRequest, KubeconfigRequest, CreateHostRequest, HostView,
+                       Quota, QuotaView)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200)))]
+pub async fn openapi() -> Response {
+    Json(ApiDoc::openapi()).into_response()
+}

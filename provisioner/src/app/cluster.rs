@@ -1,0 +1,422 @@
+//! Cluster calls: create, list, get, update, delete, and the read-only
+//! views of a cluster (machines, operations, events, kubeconfig).
+
+use base64::Engine as _;
+use kubeforge_cluster::{ClusterSpec, CreateClusterRequest, Labels, Phase, ValidationError};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::views::{ClusterView, MachineView, OperationView, Page};
+use super::{enqueue_reconcile, Accepted, App, Idempotency};
+use crate::context::{Action, OpContext};
+use crate::error::{Error, Result};
+use crate::store::event::{self, Event, NewEvent};
+use crate::store::idempotency::{self, Claim};
+use crate::store::{cluster, machine, node_pool, operation, tenant};
+
+/// Most items one page returns.
+pub const MAX_PAGE: i64 = 200;
+pub const DEFAULT_PAGE: i64 = 50;
+
+/// `PATCH /v1/clusters/{c}` body: only these fields may change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateClusterRequest {
+    pub labels: Option<BTreeMap<String, String>>,
+    pub deletion_protection: Option<bool>,
+}
+
+/// Query of `GET /v1/clusters`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterListQuery {
+    pub phase: Option<String>,
+    /// `key` or `key=value`.
+    pub label: Option<String>,
+    pub page_token: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// Query of paginated sub-lists (events).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub page_token: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// `POST /v1/clusters/{c}/kubeconfig` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubeconfigRequest {
+    #[serde(default = "admin_role")]
+    pub role: String,
+    #[serde(default = "hour")]
+    pub ttl_seconds: u64,
+}
+
+fn admin_role() -> String {
+    "admin".into()
+}
+fn hour() -> u64 {
+    3600
+}
+
+pub fn check_limit(limit: Option<i64>) -> Result<i64> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(
+            ValidationError::new("limit", format!("must be between 1 and {MAX_PAGE}")).into(),
+        );
+    }
+    Ok(limit)
+}
+
+fn encode_token(s: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+fn decode_token(t: &str) -> Result<String> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(t)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ValidationError::new("page_token", "not a page token from this API").into())
+}
+
+/// Checks `If-Match` against the current entity tag.
+pub fn check_if_match(if_match: Option<&str>, etag: &str) -> Result<()> {
+    match if_match {
+        Some(m) if m.trim() != "*" && m.trim() != etag => Err(Error::PreconditionFailed(format!(
+            "If-Match {m} does not match the current etag {etag}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+impl App {
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, name = %req.name))]
+    pub async fn cluster_create(
+        &self,
+        ctx: &OpContext,
+        idem: Option<Idempotency>,
+        req: CreateClusterRequest,
+    ) -> Result<Accepted> {
+        ctx.authorize(Action::Write)?;
+        let spec = ClusterSpec::parse(req)?;
+        let mut tx = self.pool.begin().await?;
+        if let Some(i) = &idem {
+            if let Claim::Replay { status, body } =
+                idempotency::claim(&mut tx, ctx, &i.key, &i.hash).await?
+            {
+                return Ok(Accepted { status, body });
+            }
+        }
+        let quota = tenant::ensure_locked(&mut tx, &ctx.tenant, self.config.default_quota).await?;
+        let (clusters, nodes) = tenant::usage(&mut tx, &ctx.tenant).await?;
+        if clusters >= i64::from(quota.max_clusters) {
+            return Err(Error::QuotaExceeded {
+                field: "name".into(),
+                detail: format!("tenant has {clusters} of {} clusters", quota.max_clusters),
+            });
+        }
+        let new_nodes: i64 = spec
+            .node_pools
+            .iter()
+            .map(|p| i64::from(p.size.max(p.autoscaling.map_or(0, |a| a.max))))
+            .sum();
+        if nodes + new_nodes > i64::from(quota.max_nodes) {
+            return Err(Error::QuotaExceeded {
+                field: "node_pools".into(),
+                detail: format!(
+                    "{new_nodes} more nodes would exceed the quota of {} (in use: {nodes})",
+                    quota.max_nodes
+                ),
+            });
+        }
+        let id = Uuid::now_v7();
+        cluster::insert(
+            &mut tx,
+            ctx,
+            cluster::NewCluster {
+                id,
+                name: spec.name.as_str(),
+                kubernetes_version: spec.kubernetes_version.as_str(),
+                provider: &spec.provider,
+                control_plane: &spec.control_plane,
+                network: &spec.network,
+                labels: &spec.labels,
+                deletion_protection: spec.deletion_protection,
+            },
+        )
+        .await?;
+        for pool in &spec.node_pools {
+            node_pool::insert(&mut tx, ctx, id, Uuid::now_v7(), pool).await?;
+        }
+        let op = operation::insert(&mut tx, ctx, id, None, "cluster_create", 1).await?;
+        event::record(
+            &mut *tx,
+            NewEvent {
+                tenant: &ctx.tenant,
+                cluster_id: id,
+                node_pool_id: None,
+                operation_id: Some(op),
+                warning: false,
+                reason: "CreateRequested",
+                message: &format!("cluster {} requested by {}", spec.name, ctx.subject),
+            },
+        )
+        .await?;
+        enqueue_reconcile(&mut tx, id, Some(op), self.config.max_job_attempts).await?;
+        let c = cluster::get(&mut *tx, ctx, &id.to_string()).await?;
+        let o = operation::get(&mut tx, ctx, op).await?;
+        let body =
+            json!({ "cluster": ClusterView::from(&c), "operation": OperationView::from(&o) });
+        if let Some(i) = &idem {
+            idempotency::save(&mut tx, ctx, &i.key, 202, &body).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(cluster = %id, operation = %op, "cluster create accepted");
+        Ok(Accepted { status: 202, body })
+    }
+
+    pub async fn cluster_list(
+        &self,
+        ctx: &OpContext,
+        q: ClusterListQuery,
+    ) -> Result<Page<ClusterView>> {
+        ctx.authorize(Action::Read)?;
+        let limit = check_limit(q.limit)?;
+        let phase = match q.phase.as_deref() {
+            None | Some("") => None,
+            Some(p) => Some(Phase::parse(p).ok_or_else(|| {
+                ValidationError::new(
+                    "phase",
+                    "one of provisioning, ready, degraded, deleting, failed",
+                )
+            })?),
+        };
+        let (label_key, label_value) = match q.label.as_deref() {
+            None | Some("") => (None, None),
+            Some(l) => match l.split_once('=') {
+                Some((k, v)) => (Some(k.to_string()), Some(v.to_string())),
+                None => (Some(l.to_string()), None),
+            },
+        };
+        let after = match q.page_token.as_deref() {
+            None | Some("") => None,
+            Some(t) => Some(Uuid::parse_str(&decode_token(t)?).map_err(|_| {
+                ValidationError::new("page_token", "not a page token from this API")
+            })?),
+        };
+        let filter = cluster::ListFilter {
+            phase,
+            label_key,
+            label_value,
+            after,
+            limit: limit + 1,
+        };
+        let mut rows = cluster::list(&self.pool, ctx, &filter).await?;
+        let next = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|c| encode_token(&c.id.to_string()))
+        } else {
+            None
+        };
+        Ok(Page {
+            items: rows.iter().map(ClusterView::from).collect(),
+            next_page_token: next,
+        })
+    }
+
+    pub async fn cluster_get(&self, ctx: &OpContext, id_or_name: &str) -> Result<ClusterView> {
+        ctx.authorize(Action::Read)?;
+        Ok(ClusterView::from(
+            &cluster::get(&self.pool, ctx, id_or_name).await?,
+        ))
+    }
+
+    pub async fn cluster_update(
+        &self,
+        ctx: &OpContext,
+        id_or_name: &str,
+        if_match: Option<&str>,
+        req: UpdateClusterRequest,
+    ) -> Result<serde_json::Value> {
+        ctx.authorize(Action::Write)?;
+        let labels = req
+            .labels
+            .map(|l| Labels::parse(l).map_err(|e| e.under("labels")))
+            .transpose()?;
+        let mut tx = self.pool.begin().await?;
+        let c = cluster::get_for_update(&mut tx, ctx, id_or_name).await?;
+        check_if_match(if_match, &c.etag())?;
+        if c.deletion_requested_at.is_some() {
+            return Err(Error::Conflict("the cluster is being deleted".into()));
+        }
+        let labels = labels.unwrap_or_else(|| c.labels.clone());
+        let protection = req.deletion_protection.unwrap_or(c.deletion_protection);
+        cluster::update_spec(&mut tx, c.id, &labels, protection).await?;
+        let op =
+            operation::insert(&mut tx, ctx, c.id, None, "cluster_update", c.generation + 1).await?;
+        event::record(
+            &mut *tx,
+            NewEvent {
+                tenant: &ctx.tenant,
+                cluster_id: c.id,
+                node_pool_id: None,
+                operation_id: Some(op),
+                warning: false,
+                reason: "UpdateRequested",
+                message: &format!("cluster update requested by {}", ctx.subject),
+            },
+        )
+        .await?;
+        enqueue_reconcile(&mut tx, c.id, Some(op), self.config.max_job_attempts).await?;
+        let c = cluster::get(&mut *tx, ctx, &c.id.to_string()).await?;
+        let o = operation::get(&mut tx, ctx, op).await?;
+        tx.commit().await?;
+        Ok(json!({ "cluster": ClusterView::from(&c), "operation": OperationView::from(&o) }))
+    }
+
+    pub async fn cluster_delete(
+        &self,
+        ctx: &OpContext,
+        id_or_name: &str,
+        if_match: Option<&str>,
+    ) -> Result<serde_json::Value> {
+        ctx.authorize(Action::Write)?;
+        let mut tx = self.pool.begin().await?;
+        let c = cluster::get_for_update(&mut tx, ctx, id_or_name).await?;
+        check_if_match(if_match, &c.etag())?;
+        if c.deletion_protection {
+            return Err(Error::DeletionProtected(c.name.clone()));
+        }
+        if c.deletion_requested_at.is_some() {
+            // Already deleting: answer with the delete operation in flight.
+            let ops = operation::list_active(&mut tx, c.id).await?;
+            if let Some(o) = ops.iter().find(|o| o.type_ == "cluster_delete") {
+                return Ok(json!({ "operation": OperationView::from(o) }));
+            }
+        }
+        let generation = cluster::request_deletion(&mut tx, c.id).await?;
+        let op = operation::insert(&mut tx, ctx, c.id, None, "cluster_delete", generation).await?;
+        event::record(
+            &mut *tx,
+            NewEvent {
+                tenant: &ctx.tenant,
+                cluster_id: c.id,
+                node_pool_id: None,
+                operation_id: Some(op),
+                warning: false,
+                reason: "DeleteRequested",
+                message: &format!("cluster deletion requested by {}", ctx.subject),
+            },
+        )
+        .await?;
+        enqueue_reconcile(&mut tx, c.id, Some(op), self.config.max_job_attempts).await?;
+        let o = operation::get(&mut tx, ctx, op).await?;
+        tx.commit().await?;
+        Ok(json!({ "operation": OperationView::from(&o) }))
+    }
+
+    pub async fn machine_list(
+        &self,
+        ctx: &OpContext,
+        id_or_name: &str,
+    ) -> Result<Vec<MachineView>> {
+        ctx.authorize(Action::Read)?;
+        let c = cluster::get(&self.pool, ctx, id_or_name).await?;
+        let ms = machine::list(&self.pool, ctx, c.id).await?;
+        Ok(ms.iter().map(MachineView::from).collect())
+    }
+
+    pub async fn operation_get(&self, ctx: &OpContext, id: &str) -> Result<OperationView> {
+        ctx.authorize(Action::Read)?;
+        let id = Uuid::parse_str(id).map_err(|_| Error::not_found("operation", id))?;
+        let mut conn = self.pool.acquire().await?;
+        Ok(OperationView::from(
+            &operation::get(&mut conn, ctx, id).await?,
+        ))
+    }
+
+    pub async fn operation_list(
+        &self,
+        ctx: &OpContext,
+        id_or_name: &str,
+    ) -> Result<Vec<OperationView>> {
+        ctx.authorize(Action::Read)?;
+        let mut conn = self.pool.acquire().await?;
+        let c = cluster::get(&mut *conn, ctx, id_or_name).await?;
+        let ops = operation::list(&mut conn, ctx, c.id, MAX_PAGE).await?;
+        Ok(ops.iter().map(OperationView::from).collect())
+    }
+
+    pub async fn event_list(
+        &self,
+        ctx: &OpContext,
+        id_or_name: &str,
+        q: PageQuery,
+    ) -> Result<Page<Event>> {
+        ctx.authorize(Action::Read)?;
+        let limit = check_limit(q.limit)?;
+        let before = match q.page_token.as_deref() {
+            None | Some("") => None,
+            Some(t) => Some(decode_token(t)?.parse::<i64>().map_err(|_| {
+                ValidationError::new("page_token", "not a page token from this API")
+            })?),
+        };
+        let c = cluster::get(&self.pool, ctx, id_or_name).await?;
+        let mut rows = event::list(&self.pool, ctx, c.id, before, limit + 1).await?;
+        let next = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|e| encode_token(&e.id.to_string()))
+        } else {
+            None
+        };
+        Ok(Page {
+            items: rows,
+            next_page_token: next,
+        })
+    }
+
+    /// Kubeconfigs carry client certificates signed by the cluster's CA.
+    /// Until a cluster's control plane and PKI exist this answers
+    /// `cluster_not_ready`; it never returns a kubeconfig that cannot work.
+    pub async fn kubeconfig_create(
+        &self,
+        ctx: &OpContext,
+        id_or_name: &str,
+        req: KubeconfigRequest,
+    ) -> Result<String> {
+        let needed = match req.role.as_str() {
+            "viewer" => Action::Read,
+            "admin" => Action::Write,
+            _ => return Err(ValidationError::new("role", "one of admin, viewer").into()),
+        };
+        ctx.authorize(needed)?;
+        let max = self.config.kubeconfig_max_ttl.as_secs();
+        if req.ttl_seconds < 60 || req.ttl_seconds > max {
+            return Err(ValidationError::new(
+                "ttl_seconds",
+                format!("must be between 60 and {max}"),
+            )
+            .into());
+        }
+        let c = cluster::get(&self.pool, ctx, id_or_name).await?;
+        if c.phase != Phase::Ready {
+            return Err(Error::ClusterNotReady(format!(
+                "cluster {} is {}; kubeconfigs are issued once it is ready",
+                c.name,
+                c.phase.as_str()
+            )));
+        }
+        Err(Error::ClusterNotReady(format!(
+            "cluster {} has no certificate authority in this build",
+            c.name
+        )))
+    }
+}

@@ -1,0 +1,261 @@
+//! Node pool calls: create, list, get, scale or change autoscaling, delete.
+
+use kubeforge_cluster::spec::check_pool_size;
+use kubeforge_cluster::{Autoscaling, CreateNodePoolRequest, NodePoolSpec};
+use serde::{Deserialize, Deserializer};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::cluster::check_if_match;
+use super::views::{NodePoolView, OperationView};
+use super::{enqueue_reconcile, Accepted, App, Idempotency};
+use crate::context::{Action, OpContext};
+use crate::error::{Error, Result};
+use crate::store::event::{self, NewEvent};
+use crate::store::idempotency::{self, Claim};
+use crate::store::{cluster, machine, node_pool, operation, tenant};
+
+/// `PATCH .../node-pools/{p}`: `{"size": N}`, `{"autoscaling": {..}}` or `{"autoscaling": null}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateNodePoolRequest {
+    pub size: Option<u32>,
+    /// Absent: unchanged. `null`: autoscaling off.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Autoscaling>)]
+    pub autoscaling: Option<Option<Autoscaling>>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Autoscaling>>, D::Error> {
+    Option::<Autoscaling>::deserialize(d).map(Some)
+}
+
+impl App {
+    async fn check_node_quota(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        ctx: &OpContext,
+        extra: i64,
+        field: &str,
+    ) -> Result<()> {
+        if extra <= 0 {
+            return Ok(());
+        }
+        let quota = tenant::ensure_locked(conn, &ctx.tenant, self.config.default_quota).await?;
+        let (_, nodes) = tenant::usage(conn, &ctx.tenant).await?;
+        if nodes + extra > i64::from(quota.max_nodes) {
+            return Err(Error::QuotaExceeded {
+                field: field.into(),
+                detail: format!(
+                    "{extra} more nodes would exceed the quota of {} (in use: {nodes})",
+                    quota.max_nodes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn node_pool_create(
+        &self,
+        ctx: &OpContext,
+        cluster_ref: &str,
+        idem: Option<Idempotency>,
+        req: CreateNodePoolRequest,
+    ) -> Result<Accepted> {
+        ctx.authorize(Action::Write)?;
+        let spec = NodePoolSpec::parse(req)?;
+        let mut tx = self.pool.begin().await?;
+        if let Some(i) = &idem {
+            if let Claim::Replay { status, body } =
+                idempotency::claim(&mut tx, ctx, &i.key, &i.hash).await?
+            {
+                return Ok(Accepted { status, body });
+            }
+        }
+        let c = cluster::get_for_update(&mut tx, ctx, cluster_ref).await?;
+        if c.deletion_requested_at.is_some() {
+            return Err(Error::Conflict("the cluster is being deleted".into()));
+        }
+        let extra = i64::from(spec.size.max(spec.autoscaling.map_or(0, |a| a.max)));
+        self.check_node_quota(&mut tx, ctx, extra, "size").await?;
+        let id = uuid::Uuid::now_v7();
+        node_pool::insert(&mut tx, ctx, c.id, id, &spec).await?;
+        let op = operation::insert(&mut tx, ctx, c.id, Some(id), "node_pool_create", 1).await?;
+        event::record(
+            &mut *tx,
+            NewEvent {
+                tenant: &ctx.tenant,
+                cluster_id: c.id,
+                node_pool_id: Some(id),
+                operation_id: Some(op),
+                warning: false,
+                reason: "NodePoolCreateRequested",
+                message: &format!(
+                    "node pool {} of size {} requested by {}",
+                    spec.name, spec.size, ctx.subject
+                ),
+            },
+        )
+        .await?;
+        enqueue_reconcile(&mut tx, c.id, Some(op), self.config.max_job_attempts).await?;
+        let p = node_pool::get(&mut tx, ctx, c.id, &id.to_string(), false).await?;
+        let o = operation::get(&mut tx, ctx, op).await?;
+        let body = json!({ "node_pool": NodePoolView::new(&p, &[]), "operation": OperationView::from(&o) });
+        if let Some(i) = &idem {
+            idempotency::save(&mut tx, ctx, &i.key, 202, &body).await?;
+        }
+        tx.commit().await?;
+        Ok(Accepted { status: 202, body })
+    }
+
+    pub async fn node_pool_list(
+        &self,
+        ctx: &OpContext,
+        cluster_ref: &str,
+    ) -> Result<Vec<NodePoolView>> {
+        ctx.authorize(Action::Read)?;
+        let c = cluster::get(&self.pool, ctx, cluster_ref).await?;
+        let pools = node_pool::list(&self.pool, ctx, c.id).await?;
+        let machines = machine::list(&self.pool, ctx, c.id).await?;
+        Ok(pools
+            .iter()
+            .map(|p| NodePoolView::new(p, &machines))
+            .collect())
+    }
+
+    pub async fn node_pool_get(
+        &self,
+        ctx: &OpContext,
+        cluster_ref: &str,
+        pool_ref: &str,
+    ) -> Result<NodePoolView> {
+        ctx.authorize(Action::Read)?;
+        let mut conn = self.pool.acquire().await?;
+        let c = cluster::get(&mut *conn, ctx, cluster_ref).await?;
+        let p = node_pool::get(&mut conn, ctx, c.id, pool_ref, false).await?;
+        let machines = machine::list(&mut *conn, ctx, c.id).await?;
+        Ok(NodePoolView::new(&p, &machines))
+    }
+
+    pub async fn node_pool_update(
+        &self,
+        ctx: &OpContext,
+        cluster_ref: &str,
+        pool_ref: &str,
+        if_match: Option<&str>,
+        req: UpdateNodePoolRequest,
+    ) -> Result<serde_json::Value> {
+        ctx.authorize(Action::Write)?;
+        if req.size.is_none() && req.autoscaling.is_none() {
+            return Err(kubeforge_cluster::ValidationError::new(
+                "size",
+                "give size and/or autoscaling",
+            )
+            .into());
+        }
+        let mut tx = self.pool.begin().await?;
+        let c = cluster::get_for_update(&mut tx, ctx, cluster_ref).await?;
+        let p = node_pool::get(&mut tx, ctx, c.id, pool_ref, true).await?;
+        check_if_match(if_match, &p.etag())?;
+        if p.deletion_requested_at.is_some() || c.deletion_requested_at.is_some() {
+            return Err(Error::Conflict("the node pool is being deleted".into()));
+        }
+        let autoscaling = req.autoscaling.unwrap_or(p.autoscaling);
+        if let Some(a) = &autoscaling {
+            a.validate()?;
+        }
+        // Only autoscaling given: keep the size, moved into the new bounds.
+        let size = req
+            .size
+            .unwrap_or_else(|| autoscaling.map_or(p.size, |a| p.size.clamp(a.min, a.max)));
+        check_pool_size(size, autoscaling.as_ref())?;
+        let old = i64::from(p.size.max(p.autoscaling.map_or(0, |a| a.max)));
+        let new = i64::from(size.max(autoscaling.map_or(0, |a| a.max)));
+        self.check_node_quota(&mut tx, ctx, new - old, "size")
+            .await?;
+        let generation = node_pool::update_scaling(&mut tx, p.id, size, autoscaling).await?;
+        let op = operation::insert(
+            &mut tx,
+            ctx,
+            c.id,
+            Some(p.id),
+            "node_pool_update",
+            generation,
+        )
+        .await?;
+        event::record(
+            &mut *tx,
+            NewEvent {
+                tenant: &ctx.tenant,
+                cluster_id: c.id,
+                node_pool_id: Some(p.id),
+                operation_id: Some(op),
+                warning: false,
+                reason: "NodePoolUpdateRequested",
+                message: &format!(
+                    "node pool {} size {} -> {} requested by {}",
+                    p.name, p.size, size, ctx.subject
+                ),
+            },
+        )
+        .await?;
+        enqueue_reconcile(&mut tx, c.id, Some(op), self.config.max_job_attempts).await?;
+        let p = node_pool::get(&mut tx, ctx, c.id, &p.id.to_string(), false).await?;
+        let machines = machine::list(&mut *tx, ctx, c.id).await?;
+        let o = operation::get(&mut tx, ctx, op).await?;
+        tx.commit().await?;
+        Ok(
+            json!({ "node_pool": NodePoolView::new(&p, &machines), "operation": OperationView::from(&o) }),
+        )
+    }
+
+    pub async fn node_pool_delete(
+        &self,
+        ctx: &OpContext,
+        cluster_ref: &str,
+        pool_ref: &str,
+        if_match: Option<&str>,
+    ) -> Result<serde_json::Value> {
+        ctx.authorize(Action::Write)?;
+        let mut tx = self.pool.begin().await?;
+        let c = cluster::get_for_update(&mut tx, ctx, cluster_ref).await?;
+        let p = node_pool::get(&mut tx, ctx, c.id, pool_ref, true).await?;
+        check_if_match(if_match, &p.etag())?;
+        if p.deletion_requested_at.is_some() {
+            let ops = operation::list_active(&mut tx, c.id).await?;
+            if let Some(o) = ops
+                .iter()
+                .find(|o| o.type_ == "node_pool_delete" && o.node_pool_id == Some(p.id))
+            {
+                return Ok(json!({ "operation": OperationView::from(o) }));
+            }
+        }
+        let generation = node_pool::request_deletion(&mut tx, p.id).await?;
+        let op = operation::insert(
+            &mut tx,
+            ctx,
+            c.id,
+            Some(p.id),
+            "node_pool_delete",
+            generation,
+        )
+        .await?;
+        event::record(
+            &mut *tx,
+            NewEvent {
+                tenant: &ctx.tenant,
+                cluster_id: c.id,
+                node_pool_id: Some(p.id),
+                operation_id: Some(op),
+                warning: false,
+                reason: "NodePoolDeleteRequested",
+                message: &format!("node pool {} deletion requested by {}", p.name, ctx.subject),
+            },
+        )
+        .await?;
+        enqueue_reconcile(&mut tx, c.id, Some(op), self.config.max_job_attempts).await?;
+        let o = operation::get(&mut tx, ctx, op).await?;
+        tx.commit().await?;
+        Ok(json!({ "operation": OperationView::from(&o) }))
+    }
+}

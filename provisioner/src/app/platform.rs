@@ -1,0 +1,293 @@
+//! Platform administration: the `ssh` provider's host pool and tenant
+//! quotas. Only `platform-admin` tokens reach these.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Accepted, App, Idempotency};
+use crate::auth::valid_tenant;
+use crate::context::{Action, OpContext};
+use crate::error::{Error, Result};
+use crate::store::idempotency::{self, Claim};
+use crate::store::tenant::{self, Quota};
+use kubeforge_cluster::{Labels, ValidationError};
+
+/// Credentials for a registered host; sealed at rest, never returned.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum HostCredentials {
+    PrivateKey(String),
+    Password(String),
+}
+
+/// `POST /v1/hosts` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateHostRequest {
+    pub address: String,
+    #[serde(default = "ssh_port")]
+    pub port: u16,
+    #[serde(default = "root")]
+    pub user: String,
+    pub credentials: HostCredentials,
+    /// The host's public key, `TYPE BASE64` as in known_hosts. Pinned.
+    pub host_key: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn ssh_port() -> u16 {
+    22
+}
+fn root() -> String {
+    "root".into()
+}
+
+/// A registered host as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HostView {
+    pub id: Uuid,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub host_key: String,
+    pub labels: BTreeMap<String, String>,
+    pub credential_kind: String,
+    pub claimed_by: Option<Uuid>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A tenant's quota and what it uses now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaView {
+    pub tenant: String,
+    pub max_clusters: i32,
+    pub max_nodes: i32,
+    pub clusters: i64,
+    pub nodes: i64,
+}
+
+const HOST_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-256",
+    "rsa-sha2-512",
+    "ssh-rsa",
+];
+
+fn check_host(req: &CreateHostRequest) -> Result<Labels> {
+    if req.address.parse::<IpAddr>().is_err() {
+        return Err(ValidationError::new("address", "must be an IPv4 or IPv6 address").into());
+    }
+    if req.port == 0 {
+        return Err(ValidationError::new("port", "must be 1-65535").into());
+    }
+    let user_ok = !req.user.is_empty()
+        && req.user.len() <= 32
+        && req
+            .user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !user_ok {
+        return Err(ValidationError::new("user", "must be a plain Unix user name").into());
+    }
+    let mut parts = req.host_key.split_whitespace();
+    let (kind, key) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    use base64::Engine as _;
+    if !HOST_KEY_TYPES.contains(&kind)
+        || base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_err()
+    {
+        return Err(ValidationError::new(
+            "host_key",
+            "must be `TYPE BASE64`, e.g. `ssh-ed25519 AAAA...`",
+        )
+        .into());
+    }
+    match &req.credentials {
+        HostCredentials::PrivateKey(k) if !k.contains("PRIVATE KEY") => {
+            return Err(ValidationError::new(
+                "credentials.private_key",
+                "must be a PEM or OpenSSH private key",
+            )
+            .into())
+        }
+        HostCredentials::Password(p) if p.is_empty() => {
+            return Err(ValidationError::new("credentials.password", "must not be empty").into())
+        }
+        _ => {}
+    }
+    Labels::parse(req.labels.clone()).map_err(|e| e.under("labels").into())
+}
+
+impl App {
+    pub async fn host_create(
+        &self,
+        ctx: &OpContext,
+        idem: Option<Idempotency>,
+        req: CreateHostRequest,
+    ) -> Result<Accepted> {
+        ctx.authorize(Action::Platform)?;
+        let labels = check_host(&req)?;
+        let id = Uuid::now_v7();
+        let (kind, secret) = match &req.credentials {
+            HostCredentials::PrivateKey(k) => ("private_key", k.as_bytes()),
+            HostCredentials::Password(p) => ("password", p.as_bytes()),
+        };
+        let sealed = self.secrets.seal(format!("host/{id}").as_bytes(), secret)?;
+        let mut tx = self.pool.begin().await?;
+        if let Some(i) = &idem {
+            if let Claim::Replay { status, body } =
+                idempotency::claim(&mut tx, ctx, &i.key, &i.hash).await?
+            {
+                return Ok(Accepted { status, body });
+            }
+        }
+        let labels_json = serde_json::to_value(&labels).map_err(anyhow::Error::from)?;
+        let res = sqlx::query!(
+            "INSERT INTO hosts (id, address, port, ssh_user, host_key, labels, credential_kind,
+                                credential_key_id, credential_nonce, credential_sealed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            id,
+            req.address,
+            i32::from(req.port),
+            req.user,
+            req.host_key.trim(),
+            labels_json,
+            kind,
+            sealed.key_id,
+            sealed.nonce,
+            sealed.ciphertext
+        )
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if crate::store::is_unique_violation(&e) => {
+                return Err(Error::Conflict(format!(
+                    "host {}:{} is already registered",
+                    req.address, req.port
+                )))
+            }
+            other => {
+                other?;
+            }
+        }
+        let host = self.host_by_id(&mut tx, id).await?;
+        let body = serde_json::json!({ "host": host });
+        if let Some(i) = &idem {
+            idempotency::save(&mut tx, ctx, &i.key, 201, &body).await?;
+        }
+        tx.commit().await?;
+        Ok(Accepted { status: 201, body })
+    }
+
+    async fn host_by_id(&self, conn: &mut sqlx::PgConnection, id: Uuid) -> Result<HostView> {
+        let r = sqlx::query!(
+            "SELECT id, address, port, ssh_user, host_key, labels, credential_kind, claimed_by, created_at
+             FROM hosts WHERE id = $1",
+            id
+        )
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| Error::not_found("host", id.to_string()))?;
+        Ok(HostView {
+            id: r.id,
+            address: r.address,
+            port: u16::try_from(r.port).unwrap_or(22),
+            user: r.ssh_user,
+            host_key: r.host_key,
+            labels: serde_json::from_value(r.labels).unwrap_or_default(),
+            credential_kind: r.credential_kind,
+            claimed_by: r.claimed_by,
+            created_at: r.created_at,
+        })
+    }
+
+    pub async fn host_list(&self, ctx: &OpContext) -> Result<Vec<HostView>> {
+        ctx.authorize(Action::Platform)?;
+        let rows = sqlx::query!(
+            "SELECT id, address, port, ssh_user, host_key, labels, credential_kind, claimed_by, created_at
+             FROM hosts ORDER BY id"
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| HostView {
+                id: r.id,
+                address: r.address,
+                port: u16::try_from(r.port).unwrap_or(22),
+                user: r.ssh_user,
+                host_key: r.host_key,
+                labels: serde_json::from_value(r.labels).unwrap_or_default(),
+                credential_kind: r.credential_kind,
+                claimed_by: r.claimed_by,
+                created_at: r.created_at,
+            })
+            .collect())
+    }
+
+    pub async fn host_delete(&self, ctx: &OpContext, id: &str) -> Result<()> {
+        ctx.authorize(Action::Platform)?;
+        let id = Uuid::parse_str(id).map_err(|_| Error::not_found("host", id))?;
+        let mut tx = self.pool.begin().await?;
+        let host = self.host_by_id(&mut tx, id).await?;
+        if let Some(m) = host.claimed_by {
+            return Err(Error::Conflict(format!("host is in use by machine {m}")));
+        }
+        sqlx::query!("DELETE FROM hosts WHERE id = $1", id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn quota_get(&self, ctx: &OpContext, tenant_id: &str) -> Result<QuotaView> {
+        ctx.authorize(Action::Platform)?;
+        if !valid_tenant(tenant_id) {
+            return Err(Error::not_found("tenant", tenant_id));
+        }
+        let mut conn = self.pool.acquire().await?;
+        let quota = tenant::get_quota(&mut *conn, tenant_id)
+            .await?
+            .unwrap_or(self.config.default_quota);
+        let (clusters, nodes) = tenant::usage(&mut conn, tenant_id).await?;
+        Ok(QuotaView {
+            tenant: tenant_id.into(),
+            max_clusters: quota.max_clusters,
+            max_nodes: quota.max_nodes,
+            clusters,
+            nodes,
+        })
+    }
+
+    pub async fn quota_put(
+        &self,
+        ctx: &OpContext,
+        tenant_id: &str,
+        quota: Quota,
+    ) -> Result<QuotaView> {
+        ctx.authorize(Action::Platform)?;
+        if !valid_tenant(tenant_id) {
+            return Err(ValidationError::new(
+                "tenant",
+                "must be 1-63 lowercase letters, digits or '-'",
+            )
+            .into());
+        }
+        if quota.max_clusters < 0 || quota.max_clusters > 10_000 {
+            return Err(ValidationError::new("max_clusters", "must be 0-10000").into());
+        }
+        if quota.max_nodes < 0 || quota.max_nodes > 100_000 {
+            return Err(ValidationError::new("max_nodes", "must be 0-100000").into());
+        }
+        tenant::put_quota(&self.pool, tenant_id, quota).await?;
+        self.quota_get(ctx, tenant_id).await
+    }
+}

@@ -1,0 +1,1823 @@
+//! The `kubeforge clusters | nodepools | kubeconfig` client commands.
+//!
+//! These subcommands let people and scripts use the Kubeforge HTTP API
+//! (`/v1`, see `API.md`) without hand-written `curl` calls. This module
+//! holds the clap argument types, turns them into requests, and renders
+//! the JSON responses either as aligned tables (`-o table`, the default)
+//! or as pretty-printed JSON (`-o json`, passed through unchanged).
+//!
+//! Guarantees:
+//! - Every request carries `Authorization: Bearer <token>`; without a
+//!   token no request is made and the error says how to supply one.
+//! - User input never changes the shape of a URL: each path segment must
+//!   match `[A-Za-z0-9._-]+` (and not be `.` or `..`) and is then added
+//!   as one encoded segment; query values are form-encoded.
+//! - A non-2xx answer becomes an error. An `application/problem+json`
+//!   body is rendered as `error: 422 validation_failed: <detail> (field:
+//!   network.pod_cidr)`; anything else as the status and a short excerpt.
+//! - Text that comes from the server is stripped of control characters
+//!   before it reaches a terminal as a table cell or an error message.
+//! - Output is produced only once the whole command has succeeded, so a
+//!   failed `clusters list --all` prints nothing on stdout.
+//! - `kubeconfig` writes the response body byte for byte, whatever `-o`
+//!   says, so `kubeforge kubeconfig web > kubeconfig` just works.
+//!
+//! The `*_to` variants of the `run_*` functions write to any
+//! [`std::io::Write`], which is what the tests use.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Method, StatusCode, Url};
+use serde_json::{json, Value};
+
+/// Connection options shared by every client command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientOpts {
+    /// Base URL of the Kubeforge API (without `/v1`).
+    #[arg(long, env = "KUBEFORGE_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Bearer token (a JWT from `kubeforge token create`).
+    #[arg(long, env = "KUBEFORGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+/// How responses are rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns, for people.
+    Table,
+    /// The response JSON, pretty-printed, for scripts.
+    Json,
+}
+
+/// `kubeforge clusters ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ClustersCmd {
+    /// Create a cluster (POST /v1/clusters).
+    Create(ClusterCreateArgs),
+    /// List clusters (GET /v1/clusters).
+    List {
+        /// Only clusters in this phase (provisioning, ready, degraded, deleting, failed).
+        #[arg(long)]
+        phase: Option<String>,
+        /// Only clusters with this label, as key=value (repeatable; all must match).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Page size.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Start from this page (a `next_page_token` of an earlier answer).
+        #[arg(long)]
+        page_token: Option<String>,
+        /// Follow page tokens and list every cluster.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one cluster, by name or id.
+    Get {
+        /// Cluster name or id.
+        cluster: String,
+    },
+    /// Delete a cluster (202: deletion runs as an operation).
+    Delete {
+        /// Cluster name or id.
+        cluster: String,
+        /// Only delete if the cluster's etag still matches (412 otherwise).
+        #[arg(long)]
+        if_match: Option<String>,
+    },
+}
+
+/// Flags of `kubeforge clusters create`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterCreateArgs {
+    /// Cluster name (a DNS-1123 label). Optional with --file.
+    #[arg(required_unless_present = "file")]
+    pub name: Option<String>,
+    /// Kubernetes version.
+    #[arg(long, default_value = "1.20.2")]
+    pub version: String,
+    /// Provider kind (lab, ssh; use --file for providers that need more fields).
+    #[arg(long, default_value = "lab")]
+    pub provider: String,
+    /// Control-plane replicas (1 or 3).
+    #[arg(long, default_value_t = 1)]
+    pub control_plane_replicas: u32,
+    /// Machine type of the control plane, and of node pools that name none.
+    #[arg(long, default_value = "small")]
+    pub machine_type: String,
+    /// Pod network CIDR.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub pod_cidr: String,
+    /// Service network CIDR.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
+    /// Cluster label as key=value (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Refuse deletion until this is turned off.
+    #[arg(long)]
+    pub deletion_protection: bool,
+    /// Worker pool as name:size[:machine_type] (repeatable).
+    #[arg(long = "node-pool", value_name = "NAME:SIZE[:MACHINE_TYPE]", value_parser = parse_pool_spec)]
+    pub node_pools: Vec<PoolSpec>,
+    /// Sent as the Idempotency-Key header: a retry with the same key replays the first answer.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Send this JSON file as the create body; the other spec flags are ignored.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+}
+
+/// A `--node-pool name:size[:machine_type]` flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub name: String,
+    pub size: u32,
+    pub machine_type: Option<String>,
+}
+
+/// `kubeforge nodepools ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum NodePoolsCmd {
+    /// Add a node pool to a cluster.
+    Create {
+        /// Cluster name or id.
+        cluster: String,
+        /// Pool name.
+        name: String,
+        /// Machine type of the pool's nodes.
+        #[arg(long, default_value = "small")]
+        machine_type: String,
+        /// Desired node count (defaults to --min when autoscaling, else 1).
+        #[arg(long)]
+        size: Option<u32>,
+        /// Autoscaling lower bound (needs --max).
+        #[arg(long, requires = "max")]
+        min: Option<u32>,
+        /// Autoscaling upper bound (needs --min).
+        #[arg(long, requires = "min")]
+        max: Option<u32>,
+        /// Node label as key=value (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Node taint as key=value:Effect or key:Effect (repeatable).
+        #[arg(long = "taint", value_name = "KEY=VALUE:EFFECT", value_parser = parse_taint)]
+        taints: Vec<Taint>,
+    },
+    /// Set a pool's desired size.
+    Scale {
+        /// Cluster name or id.
+        cluster: String,
+        /// Pool name.
+        pool: String,
+        /// Desired node count.
+        size: u32,
+    },
+    /// Delete a node pool (202: runs as an operation).
+    Delete {
+        /// Cluster name or id.
+        cluster: String,
+        /// Pool name.
+        pool: String,
+    },
+    /// List a cluster's node pools.
+    List {
+        /// Cluster name or id.
+        cluster: String,
+    },
+    /// Show one node pool and its nodes.
+    Get {
+        /// Cluster name or id.
+        cluster: String,
+        /// Pool name.
+        pool: String,
+    },
+}
+
+/// A Kubernetes node taint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taint {
+    pub key: String,
+    pub value: Option<String>,
+    pub effect: String,
+}
+
+/// `kubeforge kubeconfig CLUSTER [--role viewer] [--ttl 1h]`
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubeconfigArgs {
+    /// Cluster name or id.
+    pub cluster: String,
+    /// Role the client certificate is issued for.
+    #[arg(long, value_enum, default_value = "admin")]
+    pub role: KubeconfigRole,
+    /// Lifetime of the client certificate, e.g. 1h, 30m, 3600s, 1h30m.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    pub ttl: Duration,
+}
+
+/// Role of a kubeconfig's client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubeconfigRole {
+    Admin,
+    Viewer,
+}
+
+impl KubeconfigRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            KubeconfigRole::Admin => "admin",
+            KubeconfigRole::Viewer => "viewer",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Entry points
+
+/// Runs a `clusters` subcommand and prints its result on stdout.
+pub async fn run_clusters(opts: &ClientOpts, cmd: ClustersCmd) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    run_clusters_to(opts, cmd, &mut buf).await?;
+    write_stdout(&buf)
+}
+
+/// Runs a `nodepools` subcommand and prints its result on stdout.
+pub async fn run_nodepools(opts: &ClientOpts, cmd: NodePoolsCmd) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    run_nodepools_to(opts, cmd, &mut buf).await?;
+    write_stdout(&buf)
+}
+
+/// Fetches a kubeconfig and writes it, unchanged, on stdout.
+pub async fn run_kubeconfig(opts: &ClientOpts, args: KubeconfigArgs) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    run_kubeconfig_to(opts, args, &mut buf).await?;
+    write_stdout(&buf)
+}
+
+fn write_stdout(buf: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(buf)
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")
+}
+
+/// [`run_clusters`], writing to `out`.
+pub async fn run_clusters_to(
+    opts: &ClientOpts,
+    cmd: ClustersCmd,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let api = Api::new(opts)?;
+    match cmd {
+        ClustersCmd::Create(args) => {
+            let body = cluster_create_body(&args)?;
+            let mut headers = HeaderMap::new();
+            if let Some(key) = &args.idempotency_key {
+                headers.insert("idempotency-key", header_value("--idempotency-key", key)?);
+            }
+            let url = api.url(&["clusters"])?;
+            let resp = api.json(Method::POST, url, headers, Some(&body)).await?;
+            print_accepted(out, opts.output, &resp)?;
+        }
+        ClustersCmd::List {
+            phase,
+            labels,
+            limit,
+            page_token,
+            all,
+        } => {
+            let resp = list_clusters(&api, phase, &labels, limit, page_token, all).await?;
+            print_cluster_list(out, opts.output, &resp)?;
+        }
+        ClustersCmd::Get { cluster } => {
+            let url = api.url(&["clusters", &cluster])?;
+            let resp = api.json(Method::GET, url, HeaderMap::new(), None).await?;
+            print_cluster(out, opts.output, &resp)?;
+        }
+        ClustersCmd::Delete { cluster, if_match } => {
+            let mut headers = HeaderMap::new();
+            if let Some(etag) = &if_match {
+                headers.insert(reqwest::header::IF_MATCH, header_value("--if-match", etag)?);
+            }
+            let url = api.url(&["clusters", &cluster])?;
+            let resp = api.json(Method::DELETE, url, headers, None).await?;
+            print_accepted(out, opts.output, &resp)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`run_nodepools`], writing to `out`.
+pub async fn run_nodepools_to(
+    opts: &ClientOpts,
+    cmd: NodePoolsCmd,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let api = Api::new(opts)?;
+    match cmd {
+        NodePoolsCmd::Create {
+            cluster,
+            name,
+            machine_type,
+            size,
+            min,
+            max,
+            labels,
+            taints,
+        } => {
+            let body = node_pool_body(&name, &machine_type, size, min, max, &labels, &taints);
+            let url = api.url(&["clusters", &cluster, "node-pools"])?;
+            let resp = api
+                .json(Method::POST, url, HeaderMap::new(), Some(&body))
+                .await?;
+            print_accepted(out, opts.output, &resp)?;
+        }
+        NodePoolsCmd::Scale {
+            cluster,
+            pool,
+            size,
+        } => {
+            let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
+            let body = json!({ "size": size });
+            let resp = api
+                .json(Method::PATCH, url, HeaderMap::new(), Some(&body))
+                .await?;
+            print_accepted(out, opts.output, &resp)?;
+        }
+        NodePoolsCmd::Delete { cluster, pool } => {
+            let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
+            let resp = api
+                .json(Method::DELETE, url, HeaderMap::new(), None)
+                .await?;
+            print_accepted(out, opts.output, &resp)?;
+        }
+        NodePoolsCmd::List { cluster } => {
+            let url = api.url(&["clusters", &cluster, "node-pools"])?;
+            let resp = api.json(Method::GET, url, HeaderMap::new(), None).await?;
+            print_pool_list(out, opts.output, &resp)?;
+        }
+        NodePoolsCmd::Get { cluster, pool } => {
+            let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
+            let resp = api.json(Method::GET, url, HeaderMap::new(), None).await?;
+            print_pool(out, opts.output, &resp)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`run_kubeconfig`], writing to `out`.
+pub async fn run_kubeconfig_to(
+    opts: &ClientOpts,
+    args: KubeconfigArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let api = Api::new(opts)?;
+    let url = api.url(&["clusters", &args.cluster, "kubeconfig"])?;
+    let body = json!({ "role": args.role.as_str(), "ttl_seconds": args.ttl.as_secs() });
+    let mut headers = HeaderMap::new();
+    headers.insert(ACCEPT, HeaderValue::from_static("application/yaml"));
+    let bytes = api.send(Method::POST, url, headers, Some(&body)).await?;
+    out.write_all(&bytes).context("writing the kubeconfig")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Request bodies
+
+fn labels_json(labels: &[(String, String)]) -> Value {
+    // A BTreeMap gives a stable order; a repeated key keeps its last value.
+    let map: BTreeMap<&str, &str> = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    json!(map)
+}
+
+/// The create body: the JSON file as given, or one built from the flags.
+pub fn cluster_create_body(args: &ClusterCreateArgs) -> anyhow::Result<Value> {
+    if let Some(path) = &args.file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut body: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let Some(obj) = body.as_object_mut() else {
+            anyhow::bail!("{} must hold a JSON object", path.display());
+        };
+        // A NAME given next to --file must agree with the file, or fills it in.
+        if let Some(name) = &args.name {
+            match obj.get("name") {
+                None => {
+                    obj.insert("name".into(), Value::String(name.clone()));
+                }
+                Some(Value::String(n)) if n == name => {}
+                Some(other) => anyhow::bail!(
+                    "cluster name {name:?} does not match \"name\": {other} in {}",
+                    path.display()
+                ),
+            }
+        }
+        return Ok(body);
+    }
+    let Some(name) = &args.name else {
+        anyhow::bail!("a cluster NAME or --file is required");
+    };
+    let pools: Vec<Value> = args
+        .node_pools
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "machine_type": p.machine_type.as_deref().unwrap_or(&args.machine_type),
+                "size": p.size,
+                "labels": {},
+                "taints": [],
+            })
+        })
+        .collect();
+    Ok(json!({
+        "name": name,
+        "kubernetes_version": args.version,
+        "provider": { "kind": args.provider },
+        "control_plane": {
+            "replicas": args.control_plane_replicas,
+            "machine_type": args.machine_type,
+        },
+        "network": { "pod_cidr": args.pod_cidr, "service_cidr": args.service_cidr },
+        "node_pools": pools,
+        "labels": labels_json(&args.labels),
+        "deletion_protection": args.deletion_protection,
+    }))
+}
+
+fn node_pool_body(
+    name: &str,
+    machine_type: &str,
+    size: Option<u32>,
+    min: Option<u32>,
+    max: Option<u32>,
+    labels: &[(String, String)],
+    taints: &[Taint],
+) -> Value {
+    let autoscaling = match (min, max) {
+        (Some(min), Some(max)) => json!({ "min": min, "max": max }),
+        _ => Value::Null,
+    };
+    let mut body = json!({
+        "name": name,
+        "machine_type": machine_type,
+        "size": size.or(min).unwrap_or(1),
+        "labels": labels_json(labels),
+        "taints": taints
+            .iter()
+            .map(|t| json!({ "key": t.key, "value": t.value, "effect": t.effect }))
+            .collect::<Vec<_>>(),
+    });
+    if !autoscaling.is_null() {
+        body["autoscaling"] = autoscaling;
+    }
+    body
+}
+
+// ---------------------------------------------------------------------------
+// Flag parsers
+
+/// Parses a duration such as `1h`, `30m`, `3600s`, `1h30m`, `2d` or a bare
+/// number of seconds. Units: `s`, `m`, `h`, `d`. Zero is rejected.
+pub fn parse_ttl(input: &str) -> Result<Duration, String> {
+    let s = input.trim();
+    if s.is_empty() {
+        return Err("empty duration (try 1h, 30m or 3600s)".into());
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = s.parse().map_err(|_| format!("{s:?} is too large"))?;
+        return nonzero(secs, s);
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(format!(
+                "invalid duration {s:?}: expected a number at {rest:?} (try 1h, 30m or 3600s)"
+            ));
+        }
+        let (num, after) = rest.split_at(digits);
+        let unit_len = after.len()
+            - after
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
+        let (unit, after) = after.split_at(unit_len);
+        let per_unit: u64 = match unit {
+            "s" | "sec" | "secs" => 1,
+            "m" | "min" | "mins" => 60,
+            "h" | "hr" | "hrs" => 3600,
+            "d" | "day" | "days" => 86_400,
+            "" => {
+                return Err(format!(
+                    "invalid duration {s:?}: {num} needs a unit (s, m, h, d)"
+                ))
+            }
+            other => return Err(format!("invalid duration {s:?}: unknown unit {other:?}")),
+        };
+        let n: u64 = num.parse().map_err(|_| format!("{s:?} is too large"))?;
+        total = n
+            .checked_mul(per_unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("{s:?} is too large"))?;
+        rest = after.trim_start();
+    }
+    nonzero(total, s)
+}
+
+fn nonzero(secs: u64, s: &str) -> Result<Duration, String> {
+    if secs == 0 {
+        Err(format!("duration {s:?} must be greater than zero"))
+    } else {
+        Ok(Duration::from_secs(secs))
+    }
+}
+
+fn is_label_key(k: &str) -> bool {
+    // Kubernetes qualified names: an optional DNS prefix and '/', then a name.
+    !k.is_empty()
+        && k.len() <= 317
+        && !k.starts_with('/')
+        && !k.ends_with('/')
+        && k.matches('/').count() <= 1
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+}
+
+fn is_label_value(v: &str) -> bool {
+    v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Parses `key=value` (the value may be empty).
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    let Some((k, v)) = s.split_once('=') else {
+        return Err(format!("{s:?} is not key=value"));
+    };
+    if !is_label_key(k) {
+        return Err(format!("invalid label key {k:?}"));
+    }
+    if !is_label_value(v) {
+        return Err(format!(
+            "invalid label value {v:?}: at most 63 of [A-Za-z0-9._-]"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Parses `key=value:Effect` or `key:Effect`, where Effect is one of
+/// NoSchedule, PreferNoSchedule, NoExecute.
+pub fn parse_taint(s: &str) -> Result<Taint, String> {
+    let Some((kv, effect)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} is not key=value:Effect"));
+    };
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(format!(
+            "invalid taint effect {effect:?}: expected NoSchedule, PreferNoSchedule or NoExecute"
+        ));
+    }
+    let (key, value) = match kv.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (kv, None),
+    };
+    if !is_label_key(key) {
+        return Err(format!("invalid taint key {key:?}"));
+    }
+    if let Some(v) = value {
+        if v.is_empty() || !is_label_value(v) {
+            return Err(format!(
+                "invalid taint value {v:?}: 1 to 63 of [A-Za-z0-9._-]"
+            ));
+        }
+    }
+    Ok(Taint {
+        key: key.to_string(),
+        value: value.map(str::to_string),
+        effect: effect.to_string(),
+    })
+}
+
+/// Parses `name:size[:machine_type]`.
+pub fn parse_pool_spec(s: &str) -> Result<PoolSpec, String> {
+    let mut parts = s.split(':');
+    let name = parts.next().unwrap_or_default();
+    let size = parts.next();
+    let machine_type = parts.next();
+    if parts.next().is_some() {
+        return Err(format!("{s:?} is not name:size[:machine_type]"));
+    }
+    if name.is_empty() || !is_segment(name) {
+        return Err(format!("invalid node pool name {name:?}"));
+    }
+    let Some(size) = size else {
+        return Err(format!("{s:?} is not name:size[:machine_type]"));
+    };
+    let size: u32 = size
+        .parse()
+        .map_err(|_| format!("invalid node pool size {size:?}"))?;
+    if let Some(mt) = machine_type {
+        if !is_segment(mt) {
+            return Err(format!("invalid machine type {mt:?}"));
+        }
+    }
+    Ok(PoolSpec {
+        name: name.to_string(),
+        size,
+        machine_type: machine_type.map(str::to_string),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// An error answer from the API, as `application/problem+json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub status: u16,
+    pub code: String,
+    pub detail: String,
+    pub field: Option<String>,
+    pub retryable: bool,
+}
+
+impl Problem {
+    /// Reads a problem document; fields the server left out get fallbacks.
+    pub fn from_json(status: StatusCode, v: &Value) -> Problem {
+        let s = |key: &str| v.get(key).and_then(Value::as_str).map(sanitize);
+        let status_code = v
+            .get("status")
+            .and_then(Value::as_u64)
+            .and_then(|n| u16::try_from(n).ok())
+            .unwrap_or(status.as_u16());
+        Problem {
+            status: status_code,
+            code: s("code").unwrap_or_else(|| reason(status)),
+            detail: s("detail")
+                .or_else(|| s("title"))
+                .unwrap_or_else(|| "no detail given".into()),
+            field: s("field").filter(|f| !f.is_empty()),
+            retryable: v.get("retryable").and_then(Value::as_bool).unwrap_or(false),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: {} {}: {}", self.status, self.code, self.detail)?;
+        if let Some(field) = &self.field {
+            write!(f, " (field: {field})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a client command failed. `main` prints the message and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no token: set KUBEFORGE_TOKEN or pass --token")]
+    NoToken,
+    #[error("invalid --url {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("invalid {what}: {reason}")]
+    BadArgument { what: String, reason: String },
+    #[error("cannot reach the Kubeforge API at {url}: {cause}")]
+    Connect { url: String, cause: String },
+    #[error("{0}")]
+    Api(Problem),
+    #[error("error: {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("unexpected answer from {url}: {reason}")]
+    BadResponse { url: String, reason: String },
+}
+
+fn reason(status: StatusCode) -> String {
+    status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace(' ', "_")
+}
+
+/// Keeps server text from moving the cursor or injecting escape codes.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = e.source();
+    }
+    msg
+}
+
+fn header_value(what: &str, value: &str) -> Result<HeaderValue, ClientError> {
+    HeaderValue::from_str(value).map_err(|_| ClientError::BadArgument {
+        what: what.into(),
+        reason: "must be visible ASCII".into(),
+    })
+}
+
+fn is_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+
+struct Api {
+    http: reqwest::Client,
+    base: Url,
+    auth: HeaderValue,
+}
+
+impl Api {
+    fn new(opts: &ClientOpts) -> Result<Api, ClientError> {
+        let token = opts
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ClientError::NoToken)?;
+        let mut auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            ClientError::BadArgument {
+                what: "token".into(),
+                reason: "must be visible ASCII".into(),
+            }
+        })?;
+        auth.set_sensitive(true);
+        let bad_url = |reason: &str| ClientError::BadUrl {
+            url: opts.url.clone(),
+            reason: reason.into(),
+        };
+        let base = Url::parse(&opts.url).map_err(|e| bad_url(&e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(bad_url("the scheme must be http or https"));
+        }
+        if base.cannot_be_a_base() || base.host().is_none() {
+            return Err(bad_url("not a base URL"));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(bad_url("must not have a query or fragment"));
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("kubeforge-cli/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| ClientError::BadArgument {
+                what: "HTTP client".into(),
+                reason: error_chain(&e),
+            })?;
+        Ok(Api { http, base, auth })
+    }
+
+    /// `{base}/v1/{segments...}`, each segment checked and encoded.
+    fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
+        for s in segments {
+            if !is_segment(s) {
+                return Err(ClientError::BadArgument {
+                    what: format!("name {:?}", sanitize(s)),
+                    reason: "only letters, digits, '-', '_' and '.' are allowed".into(),
+                });
+            }
+        }
+        let mut url = self.base.clone();
+        {
+            let mut path = url.path_segments_mut().map_err(|()| ClientError::BadUrl {
+                url: self.base.to_string(),
+                reason: "not a base URL".into(),
+            })?;
+            path.pop_if_empty().push("v1").extend(segments);
+        }
+        Ok(url)
+    }
+
+    /// Sends a request and returns the body of a 2xx answer.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        mut headers: HeaderMap,
+        body: Option<&Value>,
+    ) -> Result<Vec<u8>, ClientError> {
+        headers.insert(AUTHORIZATION, self.auth.clone());
+        headers
+            .entry(ACCEPT)
+            .or_insert(HeaderValue::from_static("application/json"));
+        let mut req = self.http.request(method, url.clone()).headers(headers);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let connect_err = |e: reqwest::Error| ClientError::Connect {
+            url: url.to_string(),
+            cause: error_chain(&e),
+        };
+        let resp = req.send().await.map_err(connect_err)?;
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let bytes = resp.bytes().await.map_err(connect_err)?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        Err(api_error(status, &content_type, &bytes))
+    }
+
+    /// Sends a request and parses the 2xx answer as JSON (`null` if empty).
+    async fn json(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let bytes = self.send(method, url.clone(), headers, body).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse {
+            url: url.to_string(),
+            reason: format!("invalid JSON: {e}"),
+        })
+    }
+}
+
+/// Turns a non-2xx answer into an error.
+fn api_error(status: StatusCode, content_type: &str, body: &[u8]) -> ClientError {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let is_problem = content_type.starts_with("application/problem+json")
+        || parsed
+            .as_ref()
+            .is_some_and(|v| v.get("code").is_some_and(Value::is_string));
+    match parsed {
+        Some(v) if is_problem && v.is_object() => ClientError::Api(Problem::from_json(status, &v)),
+        _ => {
+            let text = sanitize(String::from_utf8_lossy(body).trim());
+            let mut excerpt: String = text.chars().take(200).collect();
+            if text.chars().count() > 200 {
+                excerpt.push('…');
+            }
+            let body = if excerpt.is_empty() {
+                reason(status)
+            } else {
+                format!("{}: {excerpt}", reason(status))
+            };
+            ClientError::Status {
+                status: status.as_u16(),
+                body,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Listing
+
+/// The item array of a list answer: a bare array, or an object with
+/// `items` (or a key named after the resource).
+fn list_items<'a>(v: &'a Value, resource_key: &str) -> Option<&'a Vec<Value>> {
+    if let Some(items) = v.as_array() {
+        return Some(items);
+    }
+    ["items", resource_key]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_array))
+}
+
+fn next_page_token(v: &Value) -> Option<String> {
+    v.get("next_page_token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+/// Safety net against a server that keeps handing out page tokens.
+const MAX_PAGES: usize = 10_000;
+
+async fn list_clusters(
+    api: &Api,
+    phase: Option<String>,
+    labels: &[(String, String)],
+    limit: Option<u32>,
+    mut page_token: Option<String>,
+    all: bool,
+) -> Result<Value, ClientError> {
+    let mut collected: Vec<Value> = Vec::new();
+    let mut seen_tokens = std::collections::HashSet::new();
+    for _ in 0..MAX_PAGES {
+        let mut url = api.url(&["clusters"])?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(p) = &phase {
+                q.append_pair("phase", p);
+            }
+            for (k, v) in labels {
+                q.append_pair("label", &format!("{k}={v}"));
+            }
+            if let Some(t) = &page_token {
+                q.append_pair("page_token", t);
+            }
+            if let Some(l) = limit {
+                q.append_pair("limit", &l.to_string());
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let page = api
+            .json(Method::GET, url.clone(), HeaderMap::new(), None)
+            .await?;
+        if !all {
+            return Ok(page);
+        }
+        let items = list_items(&page, "clusters").ok_or_else(|| ClientError::BadResponse {
+            url: url.to_string(),
+            reason: "a list answer without items".into(),
+        })?;
+        collected.extend(items.iter().cloned());
+        match next_page_token(&page) {
+            None => {
+                return Ok(json!({ "items": collected, "next_page_token": null }));
+            }
+            Some(t) => {
+                if !seen_tokens.insert(t.clone()) {
+                    return Err(ClientError::BadResponse {
+                        url: url.to_string(),
+                        reason: format!("page token {:?} came back twice", sanitize(&t)),
+                    });
+                }
+                page_token = Some(t);
+            }
+        }
+    }
+    Err(ClientError::BadResponse {
+        url: api.base.to_string(),
+        reason: format!("more than {MAX_PAGES} pages"),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Rendering
+
+/// A minimal table: left-aligned columns separated by two spaces,
+/// widths counted in characters, no trailing spaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Table {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; missing cells print as empty, extra cells are dropped.
+    pub fn row(&mut self, cells: Vec<String>) {
+        let mut cells: Vec<String> = cells.iter().map(|c| sanitize(c)).collect();
+        cells.resize(self.headers.len(), String::new());
+        self.rows.push(cells);
+    }
+
+    pub fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let width = |s: &str| s.chars().count();
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(width(cell));
+            }
+        }
+        for row in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(cell);
+                if i + 1 < row.len() {
+                    line.extend(std::iter::repeat_n(' ', w - width(cell)));
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// The value at a JSON pointer as cell text; `-` when absent or null.
+fn cell(v: &Value, pointer: &str) -> String {
+    match v.pointer(pointer) {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) if s.is_empty() => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn write_json(out: &mut impl Write, v: &Value) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(std::io::Error::other)?;
+    writeln!(out, "{text}")
+}
+
+const CLUSTER_COLUMNS: [&str; 7] = [
+    "NAME", "ID", "PHASE", "VERSION", "CP", "ENDPOINT", "CREATED",
+];
+
+fn cluster_row(c: &Value) -> Vec<String> {
+    vec![
+        cell(c, "/name"),
+        cell(c, "/id"),
+        cell(c, "/phase"),
+        cell(c, "/kubernetes_version"),
+        cell(c, "/control_plane/replicas"),
+        cell(c, "/endpoint"),
+        cell(c, "/created_at"),
+    ]
+}
+
+const POOL_COLUMNS: [&str; 6] = [
+    "NAME",
+    "SIZE",
+    "READY",
+    "MACHINE TYPE",
+    "AUTOSCALING",
+    "PHASE",
+];
+
+fn pool_row(p: &Value) -> Vec<String> {
+    let autoscaling = match p.get("autoscaling") {
+        Some(a) if a.is_object() => format!("{}-{}", cell(a, "/min"), cell(a, "/max")),
+        _ => "off".into(),
+    };
+    vec![
+        cell(p, "/name"),
+        cell(p, "/size"),
+        cell(p, "/ready_nodes"),
+        cell(p, "/machine_type"),
+        autoscaling,
+        cell(p, "/phase"),
+    ]
+}
+
+fn write_operation(out: &mut impl Write, op: &Value) -> std::io::Result<()> {
+    let mut t = Table::new(&["OPERATION", "TYPE", "STATE"]);
+    t.row(vec![cell(op, "/id"), cell(op, "/type"), cell(op, "/state")]);
+    t.write(out)
+}
+
+/// Prints a `GET /v1/clusters` answer.
+pub fn print_cluster_list(out: &mut impl Write, format: Output, v: &Value) -> std::io::Result<()> {
+    if format == Output::Json {
+        return write_json(out, v);
+    }
+    let mut t = Table::new(&CLUSTER_COLUMNS);
+    for c in list_items(v, "clusters").into_iter().flatten() {
+        t.row(cluster_row(c));
+    }
+    t.write(out)?;
+    if let Some(token) = next_page_token(v) {
+        writeln!(out, "\nmore: --page-token {} (or --all)", sanitize(&token))?;
+    }
+    Ok(())
+}
+
+/// Prints one cluster and its conditions.
+pub fn print_cluster(out: &mut impl Write, format: Output, c: &Value) -> std::io::Result<()> {
+    if format == Output::Json {
+        return write_json(out, c);
+    }
+    let mut t = Table::new(&CLUSTER_COLUMNS);
+    t.row(cluster_row(c));
+    t.write(out)?;
+    if let Some(conds) = c.get("conditions").and_then(Value::as_array) {
+        if !conds.is_empty() {
+            writeln!(out)?;
+            let mut t = Table::new(&["CONDITION", "STATUS", "REASON", "MESSAGE"]);
+            for cond in conds {
+                t.row(vec![
+                    cell(cond, "/type"),
+                    cell(cond, "/status"),
+                    cell(cond, "/reason"),
+                    cell(cond, "/message"),
+                ]);
+            }
+            t.write(out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints a `GET .../node-pools` answer.
+pub fn print_pool_list(out: &mut impl Write, format: Output, v: &Value) -> std::io::Result<()> {
+    if format == Output::Json {
+        return write_json(out, v);
+    }
+    let mut t = Table::new(&POOL_COLUMNS);
+    for p in list_items(v, "node_pools").into_iter().flatten() {
+        t.row(pool_row(p));
+    }
+    t.write(out)
+}
+
+/// Prints one node pool and its nodes.
+pub fn print_pool(out: &mut impl Write, format: Output, p: &Value) -> std::io::Result<()> {
+    if format == Output::Json {
+        return write_json(out, p);
+    }
+    let mut t = Table::new(&POOL_COLUMNS);
+    t.row(pool_row(p));
+    t.write(out)?;
+    if let Some(nodes) = p.get("nodes").and_then(Value::as_array) {
+        if !nodes.is_empty() {
+            writeln!(out)?;
+            let mut t = Table::new(&["NODE", "MACHINE", "ADDRESS", "STATE"]);
+            for n in nodes {
+                t.row(vec![
+                    cell(n, "/name"),
+                    cell(n, "/machine"),
+                    cell(n, "/address"),
+                    cell(n, "/state"),
+                ]);
+            }
+            t.write(out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints a create/scale/delete answer: `{cluster?, node_pool?, operation?}`
+/// or a bare node pool.
+pub fn print_accepted(out: &mut impl Write, format: Output, v: &Value) -> std::io::Result<()> {
+    if format == Output::Json {
+        return write_json(out, v);
+    }
+    let mut sections = 0;
+    let mut gap = |out: &mut dyn Write| -> std::io::Result<()> {
+        sections += 1;
+        if sections > 1 {
+            writeln!(out)?;
+        }
+        Ok(())
+    };
+    if let Some(c) = v.get("cluster").filter(|c| c.is_object()) {
+        gap(out)?;
+        let mut t = Table::new(&CLUSTER_COLUMNS);
+        t.row(cluster_row(c));
+        t.write(out)?;
+    }
+    let pool = v
+        .get("node_pool")
+        .filter(|p| p.is_object())
+        .or_else(|| v.get("size").map(|_| v));
+    if let Some(p) = pool {
+        gap(out)?;
+        let mut t = Table::new(&POOL_COLUMNS);
+        t.row(pool_row(p));
+        t.write(out)?;
+    }
+    if let Some(op) = v.get("operation").filter(|o| o.is_object()) {
+        gap(out)?;
+        write_operation(out, op)?;
+    }
+    if sections == 0 && !v.is_null() {
+        write_json(out, v)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Cmd {
+        #[command(subcommand)]
+        Clusters(ClustersCmd),
+        #[command(subcommand)]
+        Nodepools(NodePoolsCmd),
+        Kubeconfig(KubeconfigArgs),
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ttl_parser() {
+        let secs = |s: &str| parse_ttl(s).map(|d| d.as_secs());
+        assert_eq!(secs("1h"), Ok(3600));
+        assert_eq!(secs("30m"), Ok(1800));
+        assert_eq!(secs("3600s"), Ok(3600));
+        assert_eq!(secs("3600"), Ok(3600));
+        assert_eq!(secs("1h30m"), Ok(5400));
+        assert_eq!(secs("1h 30m 15s"), Ok(5415));
+        assert_eq!(secs("2d"), Ok(172_800));
+        assert_eq!(secs(" 45min "), Ok(2700));
+        for bad in [
+            "",
+            "h",
+            "1x",
+            "-1h",
+            "1.5h",
+            "0s",
+            "0",
+            "1h0",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(parse_ttl("18446744073709551615h")
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn label_parser() {
+        assert_eq!(parse_label("team=web"), Ok(("team".into(), "web".into())));
+        assert_eq!(parse_label("empty="), Ok(("empty".into(), String::new())));
+        assert_eq!(
+            parse_label("example.com/tier=a.b_c-d"),
+            Ok(("example.com/tier".into(), "a.b_c-d".into()))
+        );
+        for bad in [
+            "team",
+            "=web",
+            "te am=web",
+            "team=w b",
+            "a/b/c=x",
+            "k=v\n",
+            &format!("k={}", "x".repeat(64)),
+        ] {
+            assert!(parse_label(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn taint_parser() {
+        assert_eq!(
+            parse_taint("dedicated=gpu:NoSchedule"),
+            Ok(Taint {
+                key: "dedicated".into(),
+                value: Some("gpu".into()),
+                effect: "NoSchedule".into()
+            })
+        );
+        assert_eq!(
+            parse_taint("spot:PreferNoSchedule"),
+            Ok(Taint {
+                key: "spot".into(),
+                value: None,
+                effect: "PreferNoSchedule".into()
+            })
+        );
+        for bad in [
+            "k=v",
+            "k=v:Bogus",
+            ":NoSchedule",
+            "k=:NoExecute",
+            "k=v:noschedule",
+            "k v=x:NoExecute",
+        ] {
+            assert!(parse_taint(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn pool_spec_parser() {
+        assert_eq!(
+            parse_pool_spec("default:2"),
+            Ok(PoolSpec {
+                name: "default".into(),
+                size: 2,
+                machine_type: None
+            })
+        );
+        assert_eq!(
+            parse_pool_spec("gpu:1:large").map(|p| p.machine_type),
+            Ok(Some("large".into()))
+        );
+        for bad in [
+            "default", "default:", ":2", "a:b", "a:1:b:c", "a/b:1", "a:-1",
+        ] {
+            assert!(parse_pool_spec(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn table_formatter_aligns_columns() {
+        let mut t = Table::new(&["NAME", "SIZE", "NOTE"]);
+        t.row(vec!["a".into(), "10".into(), "x".into()]);
+        t.row(vec!["longer-name".into(), "2".into(), String::new()]);
+        t.row(vec!["ünï".into(), "bad\x1b[31m".into()]);
+        let mut out = Vec::new();
+        t.write(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "NAME         SIZE      NOTE\n\
+             a            10        x\n\
+             longer-name  2\n\
+             ünï          bad [31m\n"
+        );
+    }
+
+    #[test]
+    fn problem_formatting() {
+        let v = json!({
+            "type": "https://kubeforge.dev/problems/validation_failed",
+            "title": "Validation failed", "status": 422, "code": "validation_failed",
+            "detail": "pod_cidr overlaps service_cidr", "field": "network.pod_cidr",
+            "retryable": false
+        });
+        let p = Problem::from_json(StatusCode::UNPROCESSABLE_ENTITY, &v);
+        assert_eq!(
+            p.to_string(),
+            "error: 422 validation_failed: pod_cidr overlaps service_cidr (field: network.pod_cidr)"
+        );
+        let v =
+            json!({"title": "Not Found", "status": 404, "code": "not_found", "retryable": false});
+        assert_eq!(
+            Problem::from_json(StatusCode::NOT_FOUND, &v).to_string(),
+            "error: 404 not_found: Not Found"
+        );
+        let e = api_error(
+            StatusCode::BAD_GATEWAY,
+            "text/html",
+            b"<h1>bad\ngateway</h1>",
+        );
+        assert_eq!(
+            e.to_string(),
+            "error: 502: bad_gateway: <h1>bad gateway</h1>"
+        );
+        let e = api_error(StatusCode::UNAUTHORIZED, "", b"");
+        assert_eq!(e.to_string(), "error: 401: unauthorized");
+    }
+
+    #[test]
+    fn create_body_from_flags() {
+        let cli = Cli::try_parse_from([
+            "kf",
+            "--token",
+            "t",
+            "clusters",
+            "create",
+            "web-prod",
+            "--label",
+            "team=web",
+            "--node-pool",
+            "default:2",
+            "--node-pool",
+            "gpu:1:large",
+            "--deletion-protection",
+        ])
+        .unwrap();
+        let Cmd::Clusters(ClustersCmd::Create(args)) = cli.cmd else {
+            panic!("wrong command")
+        };
+        assert_eq!(
+            cluster_create_body(&args).unwrap(),
+            json!({
+                "name": "web-prod",
+                "kubernetes_version": "1.20.2",
+                "provider": {"kind": "lab"},
+                "control_plane": {"replicas": 1, "machine_type": "small"},
+                "network": {"pod_cidr": "10.244.0.0/16", "service_cidr": "10.96.0.0/12"},
+                "node_pools": [
+                    {"name": "default", "machine_type": "small", "size": 2, "labels": {}, "taints": []},
+                    {"name": "gpu", "machine_type": "large", "size": 1, "labels": {}, "taints": []}
+                ],
+                "labels": {"team": "web"},
+                "deletion_protection": true
+            })
+        );
+    }
+
+    #[test]
+    fn create_body_from_file() {
+        let path = std::env::temp_dir().join(format!("kf-create-{}.json", std::process::id()));
+        std::fs::write(
+            &path,
+            r#"{"kubernetes_version":"1.20.2","provider":{"kind":"ssh"}}"#,
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let args = |extra: &[&str]| {
+            let mut argv = vec![
+                "kf",
+                "clusters",
+                "create",
+                "--file",
+                file,
+                "--version",
+                "9.9",
+            ];
+            argv.extend(extra);
+            match Cli::try_parse_from(argv).unwrap().cmd {
+                Cmd::Clusters(ClustersCmd::Create(a)) => a,
+                _ => panic!("wrong command"),
+            }
+        };
+        let body = cluster_create_body(&args(&[])).unwrap();
+        assert_eq!(
+            body,
+            json!({"kubernetes_version":"1.20.2","provider":{"kind":"ssh"}})
+        );
+        let body = cluster_create_body(&args(&["web"])).unwrap();
+        assert_eq!(body["name"], "web");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn node_pool_body_shape() {
+        let taint = parse_taint("gpu=yes:NoSchedule").unwrap();
+        let body = node_pool_body(
+            "gpu",
+            "large",
+            None,
+            Some(2),
+            Some(5),
+            &[("a".into(), "b".into())],
+            &[taint],
+        );
+        assert_eq!(
+            body,
+            json!({
+                "name": "gpu", "machine_type": "large", "size": 2,
+                "autoscaling": {"min": 2, "max": 5},
+                "labels": {"a": "b"},
+                "taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]
+            })
+        );
+    }
+
+    fn opts(url: &str, output: Output) -> ClientOpts {
+        ClientOpts {
+            url: url.into(),
+            token: Some("tok".into()),
+            output,
+        }
+    }
+
+    /// Serves one canned HTTP/1.1 response per entry, in order, and
+    /// returns the raw requests it saw.
+    async fn serve(responses: Vec<String>) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for response in responses {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut buf).await.unwrap();
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if req.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                requests.push(String::from_utf8_lossy(&req).to_string());
+                sock.write_all(response.as_bytes()).await.unwrap();
+                sock.shutdown().await.unwrap();
+            }
+            requests
+        });
+        (url, handle)
+    }
+
+    fn response(status: &str, content_type: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn api_error_is_formatted() {
+        let problem = r#"{"type":"about:blank","title":"Invalid","status":422,"code":"validation_failed","detail":"pod_cidr overlaps service_cidr","field":"network.pod_cidr","retryable":false}"#;
+        let (url, server) = serve(vec![response(
+            "422 Unprocessable Entity",
+            "application/problem+json",
+            problem,
+        )])
+        .await;
+        let cli = Cli::try_parse_from([
+            "kf",
+            "clusters",
+            "create",
+            "web",
+            "--idempotency-key",
+            "k-1",
+        ])
+        .unwrap();
+        let Cmd::Clusters(cmd) = cli.cmd else {
+            panic!("wrong command")
+        };
+        let mut out = Vec::new();
+        let err = run_clusters_to(&opts(&url, Output::Table), cmd, &mut out)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "error: 422 validation_failed: pod_cidr overlaps service_cidr (field: network.pod_cidr)"
+        );
+        assert!(out.is_empty());
+        let requests = server.await.unwrap();
+        let req = requests[0].to_ascii_lowercase();
+        assert!(req.starts_with("post /v1/clusters http/1.1\r\n"), "{req}");
+        assert!(req.contains("authorization: bearer tok\r\n"));
+        assert!(req.contains("idempotency-key: k-1\r\n"));
+        assert!(req.contains(r#""name":"web""#));
+    }
+
+    #[tokio::test]
+    async fn get_cluster_prints_table_and_json() {
+        let cluster = r#"{"id":"c-1","name":"web","phase":"ready","kubernetes_version":"1.20.2",
+            "control_plane":{"replicas":3},"endpoint":"https://10.0.0.5:6443","created_at":"2024-05-01T10:00:00Z",
+            "conditions":[{"type":"Ready","status":"True","reason":"Up","message":"all good"}]}"#;
+        let (url, server) = serve(vec![
+            response("200 OK", "application/json", cluster),
+            response("200 OK", "application/json", cluster),
+        ])
+        .await;
+        let get = || ClustersCmd::Get {
+            cluster: "web".into(),
+        };
+        let mut out = Vec::new();
+        run_clusters_to(&opts(&url, Output::Table), get(), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "NAME  ID   PHASE  VERSION  CP  ENDPOINT               CREATED\n\
+             web   c-1  ready  1.20.2   3   https://10.0.0.5:6443  2024-05-01T10:00:00Z\n\
+             \n\
+             CONDITION  STATUS  REASON  MESSAGE\n\
+             Ready      True    Up      all good\n"
+        );
+        let mut out = Vec::new();
+        run_clusters_to(&opts(&url, Output::Json), get(), &mut out)
+            .await
+            .unwrap();
+        let printed: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(printed["control_plane"]["replicas"], 3);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("\n  \"id\": \"c-1\""));
+        let requests = server.await.unwrap();
+        assert!(requests[0].starts_with("GET /v1/clusters/web HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test]
+    async fn list_all_follows_page_tokens() {
+        let (url, server) = serve(vec![
+            response(
+                "200 OK",
+                "application/json",
+                r#"{"items":[{"name":"a","id":"1"}],"next_page_token":"p 2"}"#,
+            ),
+            response(
+                "200 OK",
+                "application/json",
+                r#"{"items":[{"name":"b","id":"2"}],"next_page_token":null}"#,
+            ),
+        ])
+        .await;
+        let cmd = ClustersCmd::List {
+            phase: Some("ready".into()),
+            labels: vec![("team".into(), "web".into())],
+            limit: Some(1),
+            page_token: None,
+            all: true,
+        };
+        let mut out = Vec::new();
+        run_clusters_to(&opts(&url, Output::Table), cmd, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "NAME  ID  PHASE  VERSION  CP  ENDPOINT  CREATED\n\
+             a     1   -      -        -   -         -\n\
+             b     2   -      -        -   -         -\n"
+        );
+        let requests = server.await.unwrap();
+        assert!(requests[0]
+            .starts_with("GET /v1/clusters?phase=ready&label=team%3Dweb&limit=1 HTTP/1.1"));
+        assert!(requests[1].starts_with(
+            "GET /v1/clusters?phase=ready&label=team%3Dweb&page_token=p+2&limit=1 HTTP/1.1"
+        ));
+    }
+
+    #[tokio::test]
+    async fn delete_prints_operation() {
+        let (url, server) = serve(vec![response(
+            "202 Accepted",
+            "application/json",
+            r#"{"operation":{"id":"op-7","cluster":"c-1","type":"delete_cluster","state":"pending"}}"#,
+        )])
+        .await;
+        let cmd = ClustersCmd::Delete {
+            cluster: "web".into(),
+            if_match: Some("\"e1\"".into()),
+        };
+        let mut out = Vec::new();
+        run_clusters_to(&opts(&url, Output::Table), cmd, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "OPERATION  TYPE            STATE\nop-7       delete_cluster  pending\n"
+        );
+        let req = server.await.unwrap().remove(0);
+        assert!(req.starts_with("DELETE /v1/clusters/web HTTP/1.1"));
+        assert!(req.to_ascii_lowercase().contains("if-match: \"e1\"\r\n"));
+    }
+
+    #[tokio::test]
+    async fn nodepools_list_table() {
+        let (url, _server) = serve(vec![response(
+            "200 OK",
+            "application/json",
+            r#"{"items":[{"name":"default","size":3,"ready_nodes":2,"machine_type":"small","autoscaling":{"min":1,"max":5},"phase":"scaling"},
+                          {"name":"gpu","size":1,"ready_nodes":1,"machine_type":"large","autoscaling":null,"phase":"ready"}]}"#,
+        )])
+        .await;
+        let mut out = Vec::new();
+        let cmd = NodePoolsCmd::List {
+            cluster: "web".into(),
+        };
+        run_nodepools_to(&opts(&url, Output::Table), cmd, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "NAME     SIZE  READY  MACHINE TYPE  AUTOSCALING  PHASE\n\
+             default  3     2      small         1-5          scaling\n\
+             gpu      1     1      large         off          ready\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn kubeconfig_is_written_unchanged() {
+        let yaml = "apiVersion: v1\nkind: Config\nclusters: []\n";
+        let (url, server) = serve(vec![response("200 OK", "application/yaml", yaml)]).await;
+        let cli = Cli::try_parse_from([
+            "kf",
+            "kubeconfig",
+            "web",
+            "--role",
+            "viewer",
+            "--ttl",
+            "30m",
+        ])
+        .unwrap();
+        let Cmd::Kubeconfig(args) = cli.cmd else {
+            panic!("wrong command")
+        };
+        let mut out = Vec::new();
+        run_kubeconfig_to(&opts(&url, Output::Json), args, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, yaml.as_bytes());
+        let req = server.await.unwrap().remove(0);
+        assert!(req.starts_with("POST /v1/clusters/web/kubeconfig HTTP/1.1"));
+        let body: Value = serde_json::from_str(req.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body, json!({"role": "viewer", "ttl_seconds": 1800}));
+    }
+
+    #[tokio::test]
+    async fn refuses_bad_input_before_sending() {
+        let mut out = Vec::new();
+        let no_token = ClientOpts {
+            token: None,
+            ..opts("http://127.0.0.1:1", Output::Table)
+        };
+        let err = run_clusters_to(
+            &no_token,
+            ClustersCmd::Get {
+                cluster: "web".into(),
+            },
+            &mut out,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no token: set KUBEFORGE_TOKEN or pass --token"
+        );
+
+        for evil in ["../admin", "a/b", "..", "a?b", "a%2Fb", ""] {
+            let cmd = ClustersCmd::Get {
+                cluster: evil.into(),
+            };
+            let err = run_clusters_to(&opts("http://127.0.0.1:1", Output::Table), cmd, &mut out)
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("only letters, digits"),
+                "{evil:?}: {err}"
+            );
+        }
+        let err = run_clusters_to(
+            &opts("ftp://x", Output::Table),
+            ClustersCmd::Get {
+                cluster: "w".into(),
+            },
+            &mut out,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().starts_with("invalid --url \"ftp://x\""));
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn connection_error_names_the_url() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let url = format!("http://{addr}/prefix/");
+        let mut out = Vec::new();
+        let err = run_clusters_to(
+            &opts(&url, Output::Table),
+            ClustersCmd::Get {
+                cluster: "web".into(),
+            },
+            &mut out,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "cannot reach the Kubeforge API at http://{addr}/prefix/v1/clusters/web: "
+            )),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Background work: the job queue's workers and the reconcilers they run.
+
+pub mod reconcile;
+pub mod worker;

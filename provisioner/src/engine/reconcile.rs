@@ -1,0 +1,692 @@
+//! The cluster reconciler: level-triggered, one job per cluster.
+//!
+//! Every run re-reads the cluster, its pools, its machine ledger and what
+//! the provider says exists, then moves towards the spec: ledger rows are
+//! committed before each provider call, lost machines are replaced,
+//! surplus pool machines removed. It writes conditions, operation steps
+//! and events, and asks to run again later to re-observe. A crash at any
+//! await is just an early return: the next run starts from what is real.
+//!
+//! Phases in this build: `machines` (real, through the provider trait) and
+//! `control_plane`, which waits with `ControlPlaneReady=False`
+//! (`BootstrapUnavailable`) because control-plane bootstrap is not part of
+//! this build; a cluster therefore stays `provisioning` with its machines
+//! running. Deletion is complete: ledger, provider sweep, secrets.
+
+use chrono::Utc;
+use kubeforge_cluster::condition::set_condition;
+use kubeforge_cluster::{ConditionStatus as S, Phase};
+use rand::distributions::{Alphanumeric, DistString};
+use std::time::Duration;
+use uuid::Uuid;
+
+use super::worker::{JobError, JobHandler, Outcome};
+use crate::app::SharedApp;
+use crate::providers::{MachineRequest, Provider, ProviderError, ProviderMachineState};
+use crate::store::cluster::{self, Cluster};
+use crate::store::event::{self, NewEvent};
+use crate::store::job::Job;
+use crate::store::machine::{self, Machine, NewMachine};
+use crate::store::node_pool::{self, NodePool};
+use crate::store::operation::{self, Operation, OperationError};
+use crate::store::secret;
+
+/// How soon a healthy cluster is looked at again.
+pub const RESYNC: Duration = Duration::from_secs(30);
+/// How soon a cluster with machines still starting is looked at again.
+pub const SHORT_RESYNC: Duration = Duration::from_secs(2);
+
+/// Runs `reconcile_cluster` jobs.
+pub struct ClusterReconciler {
+    app: SharedApp,
+}
+
+impl ClusterReconciler {
+    pub fn new(app: SharedApp) -> Self {
+        Self { app }
+    }
+}
+
+fn cluster_id(job: &Job) -> Result<Uuid, JobError> {
+    job.payload
+        .get("cluster_id")
+        .and_then(|v| v.as_str())
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| JobError::permanent("payload lacks cluster_id"))
+}
+
+fn op_error(code: &str, message: &str, retryable: bool) -> OperationError {
+    OperationError {
+        code: code.into(),
+        message: message.into(),
+        retryable,
+    }
+}
+
+#[async_trait::async_trait]
+impl JobHandler for ClusterReconciler {
+    async fn run(&self, job: &Job) -> Result<Outcome, JobError> {
+        let id = cluster_id(job)?;
+        let result = Run { app: &self.app, id }.reconcile().await;
+        let outcome = match &result {
+            Ok(Outcome::Done) => "done",
+            Ok(Outcome::RequeueAfter(_)) => "requeue",
+            Err(e) if e.retryable => "retry",
+            Err(_) => "failed",
+        };
+        self.app
+            .metrics
+            .reconcile
+            .with_label_values(&["cluster", outcome])
+            .inc();
+        result
+    }
+
+    async fn dead_lettered(&self, job: &Job, error: &JobError) {
+        let Ok(id) = cluster_id(job) else { return };
+        let run = Run { app: &self.app, id };
+        if let Err(e) = run.give_up(&error.message).await {
+            tracing::error!(cluster = %id, error = %e, "recording a dead-lettered reconcile");
+        }
+    }
+}
+
+/// One reconcile of one cluster.
+struct Run<'a> {
+    app: &'a SharedApp,
+    id: Uuid,
+}
+
+impl Run<'_> {
+    async fn event(
+        &self,
+        c: &Cluster,
+        pool: Option<Uuid>,
+        op: Option<Uuid>,
+        warning: bool,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), JobError> {
+        event::record(
+            &self.app.pool,
+            NewEvent {
+                tenant: &c.tenant,
+                cluster_id: c.id,
+                node_pool_id: pool,
+                operation_id: op,
+                warning,
+                reason,
+                message,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn step(
+        &self,
+        ops: &[&Operation],
+        name: &str,
+        state: &str,
+        message: Option<&str>,
+        error: Option<&OperationError>,
+    ) -> Result<(), JobError> {
+        for op in ops {
+            operation::set_step(&self.app.pool, op.id, name, state, message, error).await?;
+        }
+        Ok(())
+    }
+
+    async fn reconcile(&self) -> Result<Outcome, JobError> {
+        let pool = &self.app.pool;
+        let Some(c) = cluster::get_any(pool, self.id).await? else {
+            return Ok(Outcome::Done);
+        };
+        let ops = {
+            let mut conn = pool.acquire().await?;
+            operation::list_active(&mut conn, c.id).await?
+        };
+        for op in &ops {
+            operation::start(pool, op.id).await?;
+        }
+        if c.deletion_requested_at.is_some() {
+            return self.delete(&c, &ops).await;
+        }
+        let Some(provider) = self.app.providers.get(c.provider.kind()) else {
+            let msg = format!(
+                "the {} provider is not available in this Kubeforge",
+                c.provider.kind()
+            );
+            self.fail(
+                &c,
+                &ops,
+                "ProviderUnavailable",
+                &op_error("provider_unavailable", &msg, false),
+            )
+            .await?;
+            return Ok(Outcome::Done);
+        };
+        let pools = node_pool::list_any(pool, c.id).await?;
+        let create_ops: Vec<&Operation> =
+            ops.iter().filter(|o| o.type_ == "cluster_create").collect();
+        self.step(&create_ops, "machines", "running", None, None)
+            .await?;
+        match self
+            .converge_machines(&c, &pools, &ops, provider.as_ref())
+            .await
+        {
+            Ok(all_running) => self.finish_round(&c, &pools, &ops, all_running).await,
+            Err(ProviderError::Retryable(m)) => {
+                let err = op_error("provider_error", &m, true);
+                let all: Vec<&Operation> = ops.iter().collect();
+                self.step(
+                    &all,
+                    "machines",
+                    "running",
+                    Some("retrying after a provider error"),
+                    Some(&err),
+                )
+                .await?;
+                self.event(&c, None, None, true, "ProviderError", &m)
+                    .await?;
+                Err(JobError::retryable(m))
+            }
+            Err(ProviderError::Permanent(m)) => {
+                self.fail(
+                    &c,
+                    &ops,
+                    "ProviderRejected",
+                    &op_error("provider_rejected", &m, false),
+                )
+                .await?;
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    /// Creates, observes and removes machines until the ledger matches the
+    /// spec. Returns whether every wanted machine is running.
+    async fn converge_machines(
+        &self,
+        c: &Cluster,
+        pools: &[NodePool],
+        ops: &[Operation],
+        provider: &dyn Provider,
+    ) -> Result<bool, ProviderError> {
+        let db = |e: crate::error::Error| ProviderError::Retryable(format!("database: {e}"));
+        let mut machines = machine::list_any(&self.app.pool, c.id).await.map_err(db)?;
+
+        // Observe: a machine the provider no longer has is gone; replace it.
+        for m in machines.iter().filter(|m| m.state == "running") {
+            if provider.get(m.id).await?.is_none() {
+                machine::mark_deleted(&self.app.pool, m.id)
+                    .await
+                    .map_err(db)?;
+                self.event(
+                    c,
+                    m.node_pool_id,
+                    None,
+                    true,
+                    "MachineLost",
+                    &format!("machine {} disappeared; replacing it", m.name),
+                )
+                .await
+                .map_err(|e| ProviderError::Retryable(e.message))?;
+            }
+        }
+        machines = machine::list_any(&self.app.pool, c.id).await.map_err(db)?;
+
+        // Control plane: fixed names, one per replica.
+        for i in 0..c.control_plane.replicas {
+            let name = format!("{}-cp-{i}", c.name);
+            if !machines.iter().any(|m| m.name == name) {
+                self.record_machine(
+                    c,
+                    None,
+                    "control_plane",
+                    &name,
+                    c.control_plane.machine_type.as_str(),
+                )
+                .await
+                .map_err(db)?;
+            }
+        }
+        // Pools: grow with fresh names, shrink by removing the least useful.
+        for p in pools {
+            let mine: Vec<&Machine> = machines
+                .iter()
+                .filter(|m| m.node_pool_id == Some(p.id))
+                .collect();
+            let want = if p.deletion_requested_at.is_some() {
+                0
+            } else {
+                p.size as usize
+            };
+            for _ in mine.len()..want {
+                let suffix = Alphanumeric
+                    .sample_string(&mut rand::thread_rng(), 5)
+                    .to_lowercase();
+                let name = format!("{}-{}-{suffix}", c.name, p.name);
+                self.record_machine(c, Some(p.id), "worker", &name, p.machine_type.as_str())
+                    .await
+                    .map_err(db)?;
+            }
+            if mine.len() > want {
+                let mut victims = mine.clone();
+                // failed first, then not yet running, then newest.
+                victims.sort_by_key(|m| (m.state == "running", std::cmp::Reverse(m.created_at)));
+                for m in victims.into_iter().take(mine.len() - want) {
+                    machine::set_state(&self.app.pool, m.id, "deleting", None)
+                        .await
+                        .map_err(db)?;
+                }
+            }
+        }
+        machines = machine::list_any(&self.app.pool, c.id).await.map_err(db)?;
+
+        let mut all_running = true;
+        for m in &machines {
+            match m.state.as_str() {
+                "deleting" => {
+                    provider.delete(m.id).await?;
+                    machine::mark_deleted(&self.app.pool, m.id)
+                        .await
+                        .map_err(db)?;
+                    self.event(
+                        c,
+                        m.node_pool_id,
+                        None,
+                        false,
+                        "MachineDeleted",
+                        &format!("machine {} deleted", m.name),
+                    )
+                    .await
+                    .map_err(|e| ProviderError::Retryable(e.message))?;
+                }
+                "pending" | "failed" => {
+                    let req = MachineRequest {
+                        id: m.id,
+                        name: m.name.clone(),
+                        tenant: c.tenant.clone(),
+                        cluster_id: c.id,
+                        role: m.role.clone(),
+                        machine_type: m.machine_type.clone(),
+                        node_pool: pools
+                            .iter()
+                            .find(|p| Some(p.id) == m.node_pool_id)
+                            .map(|p| p.name.clone()),
+                    };
+                    let pm = provider.create(&req).await?;
+                    if pm.state == ProviderMachineState::Running {
+                        machine::set_running(
+                            &self.app.pool,
+                            m.id,
+                            &pm.provider_id,
+                            pm.address.as_deref(),
+                        )
+                        .await
+                        .map_err(db)?;
+                        self.event(
+                            c,
+                            m.node_pool_id,
+                            None,
+                            false,
+                            "MachineRunning",
+                            &format!("machine {} is running", m.name),
+                        )
+                        .await
+                        .map_err(|e| ProviderError::Retryable(e.message))?;
+                    } else {
+                        all_running = false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Pools whose deletion is complete leave the ledger and the API.
+        for p in pools.iter().filter(|p| p.deletion_requested_at.is_some()) {
+            let left = machine::list_any(&self.app.pool, c.id).await.map_err(db)?;
+            if !left.iter().any(|m| m.node_pool_id == Some(p.id)) {
+                node_pool::mark_deleted(&self.app.pool, p.id)
+                    .await
+                    .map_err(db)?;
+                for op in ops
+                    .iter()
+                    .filter(|o| o.type_ == "node_pool_delete" && o.node_pool_id == Some(p.id))
+                {
+                    for s in ["delete_machines", "finalize"] {
+                        operation::set_step(&self.app.pool, op.id, s, "succeeded", None, None)
+                            .await
+                            .map_err(db)?;
+                    }
+                    operation::finish(&self.app.pool, op.id, None)
+                        .await
+                        .map_err(db)?;
+                }
+                self.event(
+                    c,
+                    Some(p.id),
+                    None,
+                    false,
+                    "NodePoolDeleted",
+                    &format!("node pool {} deleted", p.name),
+                )
+                .await
+                .map_err(|e| ProviderError::Retryable(e.message))?;
+            }
+        }
+        Ok(all_running)
+    }
+
+    async fn record_machine(
+        &self,
+        c: &Cluster,
+        pool: Option<Uuid>,
+        role: &str,
+        name: &str,
+        machine_type: &str,
+    ) -> crate::error::Result<()> {
+        machine::insert_pending(
+            &self.app.pool,
+            NewMachine {
+                id: Uuid::now_v7(),
+                tenant: &c.tenant,
+                cluster_id: c.id,
+                node_pool_id: pool,
+                role,
+                name,
+                provider: c.provider.kind(),
+                machine_type,
+            },
+        )
+        .await
+    }
+
+    /// Writes status after machines converged (or not) and settles operations.
+    async fn finish_round(
+        &self,
+        c: &Cluster,
+        pools: &[NodePool],
+        ops: &[Operation],
+        all_running: bool,
+    ) -> Result<Outcome, JobError> {
+        let pool = &self.app.pool;
+        let now = Utc::now();
+        let machines = machine::list_any(pool, c.id).await?;
+        let cp_running = machines
+            .iter()
+            .filter(|m| m.role == "control_plane" && m.state == "running")
+            .count();
+        let mut conditions = c.conditions.clone();
+        let (status, reason, msg) = if all_running {
+            (
+                S::True,
+                "AllRunning",
+                format!("{} machines running", machines.len()),
+            )
+        } else {
+            (
+                S::False,
+                "MachinesStarting",
+                "some machines are still starting".to_string(),
+            )
+        };
+        set_condition(&mut conditions, "MachinesReady", status, reason, &msg, now);
+        set_condition(
+            &mut conditions,
+            "ControlPlaneReady",
+            S::False,
+            "BootstrapUnavailable",
+            "control-plane bootstrap (etcd, kube-apiserver) is not part of this build",
+            now,
+        );
+        set_condition(
+            &mut conditions,
+            "Ready",
+            S::False,
+            "ControlPlaneNotReady",
+            "the control plane is not ready",
+            now,
+        );
+        let phase = Phase::Provisioning;
+
+        for op in ops {
+            match op.type_.as_str() {
+                "cluster_create" if cp_running as u32 == c.control_plane.replicas => {
+                    operation::set_step(pool, op.id, "machines", "succeeded", None, None).await?;
+                    operation::set_step(
+                        pool,
+                        op.id,
+                        "control_plane",
+                        "pending",
+                        Some("waiting: control-plane bootstrap is not part of this build"),
+                        None,
+                    )
+                    .await?;
+                }
+                "cluster_update" if op.target_generation <= c.generation => {
+                    operation::set_step(pool, op.id, "apply", "succeeded", None, None).await?;
+                    operation::finish(pool, op.id, None).await?;
+                }
+                "node_pool_create" | "node_pool_update" => {
+                    let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
+                        continue;
+                    };
+                    let mine: Vec<&Machine> = machines
+                        .iter()
+                        .filter(|m| m.node_pool_id == Some(p.id))
+                        .collect();
+                    let converged =
+                        mine.len() == p.size as usize && mine.iter().all(|m| m.state == "running");
+                    if converged && op.target_generation <= p.generation {
+                        operation::set_step(pool, op.id, "machines", "succeeded", None, None)
+                            .await?;
+                        operation::finish(pool, op.id, None).await?;
+                    } else {
+                        operation::set_step(
+                            pool,
+                            op.id,
+                            "machines",
+                            "running",
+                            Some(&format!(
+                                "{} of {} machines running",
+                                mine.iter().filter(|m| m.state == "running").count(),
+                                p.size
+                            )),
+                            None,
+                        )
+                        .await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for p in pools.iter().filter(|p| p.deletion_requested_at.is_none()) {
+            let mine: Vec<&Machine> = machines
+                .iter()
+                .filter(|m| m.node_pool_id == Some(p.id))
+                .collect();
+            let running = mine.iter().filter(|m| m.state == "running").count();
+            let mut pc = p.conditions.clone();
+            let (st, why) = if running == p.size as usize && mine.len() == running {
+                (S::True, "AllRunning")
+            } else {
+                (S::False, "Scaling")
+            };
+            set_condition(
+                &mut pc,
+                "MachinesReady",
+                st,
+                why,
+                &format!("{running} of {} machines running", p.size),
+                now,
+            );
+            set_condition(
+                &mut pc,
+                "NodesReady",
+                S::Unknown,
+                "NodeJoinUnavailable",
+                "node join is not part of this build",
+                now,
+            );
+            node_pool::write_status(pool, p.id, Phase::Provisioning, &pc, p.generation).await?;
+        }
+        cluster::write_status(pool, c.id, phase, &conditions, c.generation).await?;
+        Ok(Outcome::RequeueAfter(if all_running {
+            RESYNC
+        } else {
+            SHORT_RESYNC
+        }))
+    }
+
+    /// Deletion: every ledger machine, then anything still tagged with the
+    /// cluster, then secrets; only then is the cluster gone.
+    async fn delete(&self, c: &Cluster, ops: &[Operation]) -> Result<Outcome, JobError> {
+        let pool = &self.app.pool;
+        let del_ops: Vec<&Operation> = ops.iter().filter(|o| o.type_ == "cluster_delete").collect();
+        let provider = self.app.providers.get(c.provider.kind());
+        self.step(&del_ops, "delete_machines", "running", None, None)
+            .await?;
+        for m in machine::list_any(pool, c.id).await? {
+            machine::set_state(pool, m.id, "deleting", None).await?;
+            if let Some(p) = &provider {
+                if let Err(e) = p.delete(m.id).await {
+                    let err = op_error("provider_error", &e.to_string(), e.is_retryable());
+                    self.step(
+                        &del_ops,
+                        "delete_machines",
+                        "running",
+                        Some(&format!("deleting {}", m.name)),
+                        Some(&err),
+                    )
+                    .await?;
+                    return Err(JobError {
+                        message: e.to_string(),
+                        retryable: e.is_retryable(),
+                    });
+                }
+            }
+            machine::mark_deleted(pool, m.id).await?;
+        }
+        self.step(&del_ops, "delete_machines", "succeeded", None, None)
+            .await?;
+        self.step(&del_ops, "sweep_provider", "running", None, None)
+            .await?;
+        if let Some(p) = &provider {
+            let strays = p.list_by_cluster(c.id).await.map_err(|e| JobError {
+                message: e.to_string(),
+                retryable: e.is_retryable(),
+            })?;
+            for s in &strays {
+                p.delete(s.id).await.map_err(|e| JobError {
+                    message: e.to_string(),
+                    retryable: e.is_retryable(),
+                })?;
+            }
+            if !strays.is_empty() {
+                self.event(
+                    c,
+                    None,
+                    None,
+                    true,
+                    "StrayMachinesSwept",
+                    &format!(
+                        "deleted {} machines tagged with the cluster but missing from the ledger",
+                        strays.len()
+                    ),
+                )
+                .await?;
+            }
+        }
+        self.step(&del_ops, "sweep_provider", "succeeded", None, None)
+            .await?;
+        self.step(&del_ops, "remove_secrets", "running", None, None)
+            .await?;
+        secret::delete_for_cluster(pool, c.id).await?;
+        self.step(&del_ops, "remove_secrets", "succeeded", None, None)
+            .await?;
+        node_pool::mark_all_deleted(pool, c.id).await?;
+        for op in ops {
+            if op.type_ == "cluster_delete" {
+                operation::set_step(pool, op.id, "finalize", "succeeded", None, None).await?;
+                operation::finish(pool, op.id, None).await?;
+            } else {
+                operation::finish(
+                    pool,
+                    op.id,
+                    Some(&op_error("superseded", "the cluster was deleted", false)),
+                )
+                .await?;
+            }
+        }
+        self.event(
+            c,
+            None,
+            del_ops.first().map(|o| o.id),
+            false,
+            "Deleted",
+            &format!("cluster {} deleted", c.name),
+        )
+        .await?;
+        cluster::mark_deleted(pool, c.id).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// A permanent failure: the cluster is `failed` and its operations say why.
+    async fn fail(
+        &self,
+        c: &Cluster,
+        ops: &[Operation],
+        reason: &str,
+        err: &OperationError,
+    ) -> Result<(), JobError> {
+        let pool = &self.app.pool;
+        let now = Utc::now();
+        let mut conditions = c.conditions.clone();
+        let changed = set_condition(
+            &mut conditions,
+            "MachinesReady",
+            S::False,
+            reason,
+            &err.message,
+            now,
+        );
+        set_condition(
+            &mut conditions,
+            "Ready",
+            S::False,
+            reason,
+            &err.message,
+            now,
+        );
+        for op in ops {
+            if let Some(s) = op.steps.iter().find(|s| s.state != "succeeded") {
+                operation::set_step(pool, op.id, &s.name, "failed", None, Some(err)).await?;
+            }
+            operation::finish(pool, op.id, Some(err)).await?;
+        }
+        if changed {
+            self.event(c, None, None, true, reason, &err.message)
+                .await?;
+        }
+        cluster::write_status(pool, c.id, Phase::Failed, &conditions, c.generation).await?;
+        Ok(())
+    }
+
+    /// The job ran out of attempts: operations fail, retryable by a new request.
+    async fn give_up(&self, message: &str) -> Result<(), JobError> {
+        let Some(c) = cluster::get_any(&self.app.pool, self.id).await? else {
+            return Ok(());
+        };
+        let ops = {
+            let mut conn = self.app.pool.acquire().await?;
+            operation::list_active(&mut conn, c.id).await?
+        };
+        let err = op_error(
+            "dead_lettered",
+            &format!("gave up after repeated failures: {message}"),
+            true,
+        );
+        self.fail(&c, &ops, "ReconcileFailed", &err).await
+    }
+}

@@ -1,0 +1,193 @@
+//! The one error type of the service, and its only mapping to HTTP.
+//!
+//! What the client sees (`code`, `detail`, `field`, `retryable`) is kept
+//! apart from internal context: an `Internal` error logs its cause and
+//! answers a generic detail, so database messages never reach a tenant.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kubeforge_cluster::ValidationError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Everything an app or store call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Validation(#[from] ValidationError),
+    #[error("malformed request body: {detail}")]
+    MalformedBody { detail: String },
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("quota exceeded: {detail}")]
+    QuotaExceeded { field: String, detail: String },
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    #[error("idempotency key reused with a different request")]
+    IdempotencyMismatch,
+    #[error("cluster {0:?} has deletion protection enabled")]
+    DeletionProtected(String),
+    #[error("cluster is not ready: {0}")]
+    ClusterNotReady(String),
+    #[error("request timed out")]
+    Timeout,
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut => Error::Unavailable("database busy".into()),
+            other => Error::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An RFC 9457 problem document with Kubeforge's stable `code`.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    pub code: String,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub retryable: bool,
+}
+
+impl Error {
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+        Error::NotFound {
+            kind,
+            id: id.into(),
+        }
+    }
+
+    /// (status, code, title, retryable)
+    fn parts(&self) -> (StatusCode, &'static str, &'static str, bool) {
+        use StatusCode as S;
+        match self {
+            Error::Validation(_) => (
+                S::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "Invalid request",
+                false,
+            ),
+            Error::MalformedBody { .. } => (
+                S::BAD_REQUEST,
+                "malformed_body",
+                "Malformed request body",
+                false,
+            ),
+            Error::PayloadTooLarge => (
+                S::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Request body too large",
+                false,
+            ),
+            Error::Unauthenticated(_) => {
+                (S::UNAUTHORIZED, "unauthenticated", "Unauthenticated", false)
+            }
+            Error::Forbidden(_) => (S::FORBIDDEN, "forbidden", "Forbidden", false),
+            Error::NotFound { .. } => (S::NOT_FOUND, "not_found", "Not found", false),
+            Error::Conflict(_) => (S::CONFLICT, "conflict", "Conflict", false),
+            Error::QuotaExceeded { .. } => (
+                S::UNPROCESSABLE_ENTITY,
+                "quota_exceeded",
+                "Quota exceeded",
+                false,
+            ),
+            Error::PreconditionFailed(_) => (
+                S::PRECONDITION_FAILED,
+                "precondition_failed",
+                "Precondition failed",
+                false,
+            ),
+            Error::IdempotencyMismatch => (
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency_mismatch",
+                "Idempotency key mismatch",
+                false,
+            ),
+            Error::DeletionProtected(_) => (
+                S::CONFLICT,
+                "deletion_protected",
+                "Deletion protected",
+                false,
+            ),
+            Error::ClusterNotReady(_) => {
+                (S::CONFLICT, "cluster_not_ready", "Cluster not ready", true)
+            }
+            Error::Timeout => (S::SERVICE_UNAVAILABLE, "timeout", "Request timed out", true),
+            Error::Unavailable(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                true,
+            ),
+            Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error", true),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    pub fn to_problem(&self) -> Problem {
+        let (status, code, title, retryable) = self.parts();
+        let (detail, field) = match self {
+            Error::Validation(v) => (v.message.clone(), Some(v.field.clone())),
+            Error::QuotaExceeded { field, detail } => (detail.clone(), Some(field.clone())),
+            Error::Internal(_) => (
+                "an internal error occurred; it has been logged".into(),
+                None,
+            ),
+            other => (other.to_string(), None),
+        };
+        Problem {
+            type_: format!("https://kubeforge.dev/problems/{code}"),
+            title: title.into(),
+            status: status.as_u16(),
+            code: code.into(),
+            detail,
+            field: field.filter(|f| !f.is_empty()),
+            retryable,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if let Error::Internal(cause) = &self {
+            tracing::error!(error = %format!("{cause:#}"), "internal error");
+        }
+        let problem = self.to_problem();
+        let status = self.status();
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,23 @@
+//! Kubeforge: a self-hosted managed-Kubernetes service.
+//!
+//! This crate is the `kubeforge` binary's library: the HTTP API (`api`),
+//! the application calls behind it (`app`), the Postgres store (`store`),
+//! the job engine and reconcilers (`engine`), machine providers
+//! (`providers`), the embedded Postgres of `kubeforge up`
+//! (`embedded_pg`), the server wiring (`server`) and the CLI client
+//! (`cli`). The domain types live in the `kubeforge-cluster` crate.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod context;
+pub mod crypto;
+pub mod embedded_pg;
+pub mod engine;
+pub mod error;
+pub mod keys;
+pub mod metrics;
+pub mod providers;
+pub mod server;
+pub mod store;

@@ -1,0 +1,197 @@
+//! The `kubeforge` command: service commands and the API client.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use kubeforge::cli::client::{self, ClientOpts, ClustersCmd, KubeconfigArgs, NodePoolsCmd};
+use kubeforge::context::Role;
+use kubeforge::server::{self, ServeOptions};
+
+#[derive(Parser)]
+#[command(name = "kubeforge", version, about = "Self-hosted managed Kubernetes")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Kubeforge with its embedded PostgreSQL (a laptop or test box).
+    Up {
+        #[arg(long, env = "KUBEFORGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+    },
+    /// Run Kubeforge against a PostgreSQL server, or the embedded one.
+    Serve {
+        #[arg(long, env = "KUBEFORGE_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        #[arg(long, env = "KUBEFORGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long, env = "KUBEFORGE_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
+    /// Clusters.
+    Clusters {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: ClustersCmd,
+    },
+    /// Node pools.
+    Nodepools {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: NodePoolsCmd,
+    },
+    /// Write a short-lived kubeconfig for a cluster to stdout.
+    Kubeconfig {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(flatten)]
+        args: KubeconfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Mint a bearer token signed with this data dir's key.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// viewer, editor, admin or platform-admin.
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// The token's subject (who it is for).
+        #[arg(long, default_value = "cli")]
+        subject: String,
+        #[arg(long, env = "KUBEFORGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUBEFORGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up {
+            data_dir,
+            listen,
+            workers,
+        } => {
+            init_logging(cli.log_format);
+            let opts = ServeOptions {
+                database_url: None,
+                data_dir: data_dir.unwrap_or_else(server::default_data_dir),
+                listen,
+                workers,
+            };
+            server::serve(opts, true).await
+        }
+        Command::Serve {
+            database_url,
+            data_dir,
+            listen,
+            workers,
+        } => {
+            init_logging(cli.log_format);
+            let opts = ServeOptions {
+                database_url,
+                data_dir: data_dir.unwrap_or_else(server::default_data_dir),
+                listen,
+                workers,
+            };
+            server::serve(opts, false).await
+        }
+        Command::Migrate { database_url } => {
+            init_logging(cli.log_format);
+            let pool = kubeforge::store::connect(&database_url, 2).await?;
+            kubeforge::store::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCmd::Create {
+                    tenant,
+                    role,
+                    ttl,
+                    subject,
+                    data_dir,
+                },
+        } => {
+            let role = Role::parse(&role).ok_or_else(|| {
+                anyhow::anyhow!("--role must be viewer, editor, admin or platform-admin")
+            })?;
+            let ttl = client::parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
+            let dir = data_dir.unwrap_or_else(server::default_data_dir);
+            let keys = server::load_auth(&dir)?;
+            let token = keys.mint(&tenant, &subject, role, ttl, chrono::Utc::now().timestamp())?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Clusters { client, command } => client::run_clusters(&client, command).await,
+        Command::Nodepools { client, command } => client::run_nodepools(&client, command).await,
+        Command::Kubeconfig { client, args } => client::run_kubeconfig(&client, args).await,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            if msg.starts_with("error:") {
+                eprintln!("{msg}");
+            } else {
+                eprintln!("error: {msg}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Prometheus metrics: requests by route and status, job queue depth and
+//! latency, reconcile outcomes. Rendered at `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::time::Duration;
+
+use crate::engine::worker::EngineMetrics;
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub job_queue_depth: IntGaugeVec,
+    pub job_wait: HistogramVec,
+    pub job_run: HistogramVec,
+    pub reconcile: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new_custom(Some("kubeforge".into()), None)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route",
+            ),
+            &["route"],
+        )?;
+        let job_queue_depth = IntGaugeVec::new(
+            Opts::new("job_queue_depth", "Jobs by state, read at scrape time"),
+            &["state"],
+        )?;
+        let job_wait = HistogramVec::new(
+            HistogramOpts::new("job_wait_seconds", "Time from due to claimed, by job kind"),
+            &["kind"],
+        )?;
+        let job_run = HistogramVec::new(
+            HistogramOpts::new("job_run_seconds", "Job run time by kind and outcome"),
+            &["kind", "outcome"],
+        )?;
+        let reconcile = IntCounterVec::new(
+            Opts::new("reconcile_total", "Reconcile runs by resource and outcome"),
+            &["resource", "outcome"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(job_queue_depth.clone()))?;
+        registry.register(Box::new(job_wait.clone()))?;
+        registry.register(Box::new(job_run.clone()))?;
+        registry.register(Box::new(reconcile.clone()))?;
+        Ok(Self {
+            registry,
+            http_requests,
+            http_duration,
+            job_queue_depth,
+            job_wait,
+            job_run,
+            reconcile,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl EngineMetrics for Metrics {
+    fn job_started(&self, kind: &str, waited: Duration) {
+        self.job_wait
+            .with_label_values(&[kind])
+            .observe(waited.as_secs_f64());
+    }
+
+    fn job_finished(&self, kind: &str, outcome: &'static str, took: Duration) {
+        self.job_run
+            .with_label_values(&[kind, outcome])
+            .observe(took.as_secs_f64());
+    }
+}

@@ -1,0 +1,139 @@
+//! TEST DOUBLE: an in-process provider whose "machines" are entries in a
+//! map. It exists only for Kubeforge's own tests of the engine and API
+//! (compiled only with the `test-double` feature, which the shipped binary
+//! does not enable), and it is never registered by `serve` or `up`, so no
+//! tenant can select it. It keeps the provider contract (idempotent create
+//! and delete, tags, `get` observes) and can inject failures and delays.
+
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use uuid::Uuid;
+
+use super::{MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState};
+
+/// The in-memory test double (see the module doc).
+pub struct InMemoryProvider {
+    kind: &'static str,
+    machines: Mutex<BTreeMap<Uuid, ProviderMachine>>,
+    next_address: AtomicU32,
+    /// Create calls made, including idempotent repeats.
+    pub create_calls: AtomicU64,
+    /// The next N creates fail with a retryable error.
+    pub fail_creates: AtomicU32,
+    /// Every create fails permanently while set.
+    pub fail_permanently: std::sync::atomic::AtomicBool,
+    /// Each create sleeps this long (milliseconds) first.
+    pub create_delay_ms: AtomicU64,
+}
+
+impl InMemoryProvider {
+    /// A double serving `kind` (tests register it under the kind they use).
+    pub fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            machines: Mutex::new(BTreeMap::new()),
+            next_address: AtomicU32::new(10),
+            create_calls: AtomicU64::new(0),
+            fail_creates: AtomicU32::new(0),
+            fail_permanently: std::sync::atomic::AtomicBool::new(false),
+            create_delay_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Machines that exist now.
+    pub fn machines(&self) -> Vec<ProviderMachine> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Makes a machine vanish behind the reconciler's back.
+    pub fn lose(&self, id: Uuid) {
+        self.lock().remove(&id);
+    }
+
+    /// Adds a machine the ledger does not know (a leak to be swept).
+    pub fn plant_stray(&self, cluster_id: Uuid) -> Uuid {
+        let id = Uuid::now_v7();
+        self.lock().insert(
+            id,
+            ProviderMachine {
+                id,
+                cluster_id,
+                provider_id: format!("stray-{id}"),
+                address: None,
+                state: ProviderMachineState::Running,
+            },
+        );
+        id
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Uuid, ProviderMachine>> {
+        self.machines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Provider for InMemoryProvider {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError> {
+        self.create_calls.fetch_add(1, Ordering::SeqCst);
+        let delay = self.create_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if self.fail_permanently.load(Ordering::SeqCst) {
+            return Err(ProviderError::Permanent(
+                "injected permanent failure".into(),
+            ));
+        }
+        if self
+            .fail_creates
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(ProviderError::Retryable(
+                "injected transient failure".into(),
+            ));
+        }
+        let mut machines = self.lock();
+        if let Some(existing) = machines.get(&req.id) {
+            return Ok(existing.clone());
+        }
+        let n = self.next_address.fetch_add(1, Ordering::SeqCst);
+        let m = ProviderMachine {
+            id: req.id,
+            cluster_id: req.cluster_id,
+            provider_id: format!("mem-{}", req.name),
+            address: Some(format!("192.0.2.{}", n % 250)),
+            state: ProviderMachineState::Running,
+        };
+        machines.insert(req.id, m.clone());
+        Ok(m)
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<ProviderMachine>, ProviderError> {
+        Ok(self.lock().get(&id).cloned())
+    }
+
+    async fn delete(&self, id: Uuid) -> Result<(), ProviderError> {
+        self.lock().remove(&id);
+        Ok(())
+    }
+
+    async fn list_by_cluster(
+        &self,
+        cluster_id: Uuid,
+    ) -> Result<Vec<ProviderMachine>, ProviderError> {
+        Ok(self
+            .lock()
+            .values()
+            .filter(|m| m.cluster_id == cluster_id)
+            .cloned()
+            .collect())
+    }
+}

@@ -1,0 +1,185 @@
+//! Wiring one Kubeforge process: database (embedded or given), keys,
+//! providers, the job engine and the HTTP server, with a graceful
+//! shutdown that stops taking jobs, releases leases and drains requests.
+
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+use crate::app::{App, Config, SharedApp, RECONCILE_CLUSTER};
+use crate::auth::AuthKeys;
+use crate::crypto::SecretBox;
+use crate::embedded_pg::{DataDirLock, EmbeddedPostgres};
+use crate::engine::reconcile::ClusterReconciler;
+use crate::engine::worker::{Engine, EngineConfig};
+use crate::metrics::Metrics;
+use crate::providers::ProviderRegistry;
+use crate::store;
+
+/// How the process is run.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// None: run the embedded Postgres in `data_dir`.
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Jobs this process runs at once.
+    pub workers: usize,
+}
+
+/// The default data dir: `$KUBEFORGE_DATA_DIR`, `/var/lib/kubeforge` for
+/// root, else `~/.local/share/kubeforge`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("KUBEFORGE_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/kubeforge");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/share/kubeforge")
+}
+
+/// The token signing key: `$KUBEFORGE_TOKEN_KEY` (hex) or `<data_dir>/token.key`.
+/// Replicas sharing a database must share this key.
+pub fn load_auth(data_dir: &Path) -> anyhow::Result<AuthKeys> {
+    let key = match std::env::var("KUBEFORGE_TOKEN_KEY") {
+        Ok(hex_key) => hex::decode(hex_key.trim()).context("KUBEFORGE_TOKEN_KEY is not hex")?,
+        Err(_) => crate::keys::load_or_create(&data_dir.join("token.key"))?,
+    };
+    AuthKeys::from_secret(&key)
+}
+
+/// The secret-encryption key: `$KUBEFORGE_SECRET_KEY` (hex) or `<data_dir>/secret.key`.
+pub fn load_secret_box(data_dir: &Path) -> anyhow::Result<SecretBox> {
+    let key = match std::env::var("KUBEFORGE_SECRET_KEY") {
+        Ok(hex_key) => hex::decode(hex_key.trim()).context("KUBEFORGE_SECRET_KEY is not hex")?,
+        Err(_) => crate::keys::load_or_create(&data_dir.join("secret.key"))?,
+    };
+    SecretBox::new(&key)
+}
+
+/// Builds the shared app state.
+pub fn build_app(
+    pool: sqlx::PgPool,
+    auth: AuthKeys,
+    secrets: SecretBox,
+    providers: ProviderRegistry,
+    config: Config,
+) -> anyhow::Result<SharedApp> {
+    Ok(Arc::new(App {
+        pool,
+        auth,
+        providers,
+        secrets,
+        metrics: Metrics::new()?,
+        config,
+    }))
+}
+
+/// An engine with this service's job handlers registered.
+pub fn build_engine(app: &SharedApp, config: EngineConfig) -> Engine {
+    let mut engine = Engine::new(app.pool.clone(), config, Arc::new(app.metrics.clone()));
+    engine.register(
+        RECONCILE_CLUSTER,
+        Arc::new(ClusterReconciler::new(app.clone())),
+    );
+    engine
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// Runs the service until Ctrl-C or SIGTERM.
+pub async fn serve(opts: ServeOptions, announce_tour: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
+    let mut _lock = None;
+    let mut embedded = None;
+    let url = match &opts.database_url {
+        Some(u) => u.clone(),
+        None => {
+            _lock = Some(DataDirLock::acquire(&opts.data_dir)?);
+            let pg = EmbeddedPostgres::start(&opts.data_dir).await?;
+            let url = pg.url("kubeforge");
+            embedded = Some(pg);
+            url
+        }
+    };
+    let result = run(&opts, &url, announce_tour).await;
+    if let Some(pg) = embedded {
+        tracing::info!("stopping the embedded PostgreSQL");
+        pg.stop().await?;
+    }
+    result
+}
+
+async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Result<()> {
+    let pool = store::connect(url, 20).await?;
+    store::migrate(&pool).await?;
+    let auth = load_auth(&opts.data_dir)?;
+    let secrets = load_secret_box(&opts.data_dir)?;
+    // Machine providers arrive with the control-plane work; until then a
+    // cluster's machines step reports `provider_unavailable`.
+    let providers = ProviderRegistry::default();
+    let app = build_app(pool.clone(), auth, secrets, providers, Config::default())?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let engine = build_engine(
+        &app,
+        EngineConfig {
+            concurrency: opts.workers,
+            ..EngineConfig::default()
+        },
+    );
+    let engine_task = tokio::spawn(engine.run(stop_rx.clone(), Duration::from_secs(10)));
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    println!("kubeforge is serving on http://{addr}");
+    if announce_tour {
+        println!(
+            "get a token:  kubeforge token create --tenant demo --role admin --data-dir {}",
+            opts.data_dir.display()
+        );
+        println!("then:         export KUBEFORGE_URL=http://{addr} KUBEFORGE_TOKEN=<token>; kubeforge clusters list");
+    }
+    let mut shutdown_rx = stop_rx.clone();
+    let server =
+        axum::serve(listener, crate::api::router(app.clone())).with_graceful_shutdown(async move {
+            let _ = shutdown_rx.wait_for(|s| *s).await;
+        });
+    let server_task = tokio::spawn(async move { server.await });
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new jobs, releasing leases, draining requests");
+    let _ = stop_tx.send(true);
+    match engine_task.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "engine stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "engine task failed"),
+        Ok(Ok(())) => {}
+    }
+    match tokio::time::timeout(Duration::from_secs(15), server_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+        Err(_) => tracing::warn!("requests still open after 15 s; closing"),
+        _ => {}
+    }
+    pool.close().await;
+    Ok(())
+}

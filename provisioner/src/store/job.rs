@@ -1,0 +1,229 @@
+//! The job queue table. A job is claimed with `FOR UPDATE SKIP LOCKED`
+//! under a lease (owner + expiry) that the worker renews while it runs;
+//! every later write is fenced by the owner, so a worker that lost its
+//! lease cannot complete or fail a job someone else has retaken.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value as JsonValue;
+use sqlx::{PgConnection, PgExecutor};
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::error::Result;
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub payload: JsonValue,
+    pub dedupe_key: Option<String>,
+    pub operation_id: Option<Uuid>,
+    /// Attempts including this one.
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub enqueued_at: DateTime<Utc>,
+    pub run_after: DateTime<Utc>,
+}
+
+/// What to enqueue.
+pub struct NewJob<'a> {
+    pub kind: &'a str,
+    pub payload: JsonValue,
+    /// At most one job per key: a second enqueue while one is queued just
+    /// makes it due now; while one runs, it asks for one more run after.
+    pub dedupe_key: Option<&'a str>,
+    pub operation_id: Option<Uuid>,
+    pub max_attempts: i32,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Enqueues (or re-arms) a job and wakes workers when the transaction commits.
+pub async fn enqueue(conn: &mut PgConnection, job: NewJob<'_>) -> Result<()> {
+    sqlx::query!(
+        "INSERT INTO jobs (kind, payload, dedupe_key, operation_id, state, max_attempts)
+         VALUES ($1, $2, $3, $4, 'queued', $5)
+         ON CONFLICT (dedupe_key) DO UPDATE SET
+             payload = EXCLUDED.payload,
+             operation_id = COALESCE(EXCLUDED.operation_id, jobs.operation_id),
+             rerun = jobs.rerun OR jobs.state = 'running',
+             state = CASE WHEN jobs.state = 'dead' THEN 'queued' ELSE jobs.state END,
+             attempts = CASE WHEN jobs.state = 'running' THEN jobs.attempts ELSE 0 END,
+             run_after = CASE WHEN jobs.state = 'running' THEN jobs.run_after ELSE now() END,
+             enqueued_at = CASE WHEN jobs.state = 'running' THEN jobs.enqueued_at ELSE now() END,
+             updated_at = now()",
+        job.kind,
+        job.payload,
+        job.dedupe_key,
+        job.operation_id,
+        job.max_attempts
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!("SELECT pg_notify($1, $2)", super::JOBS_CHANNEL, job.kind)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Claims the next due job (or one whose lease expired) for `owner`.
+pub async fn claim(db: impl PgExecutor<'_>, owner: Uuid, lease: Duration) -> Result<Option<Job>> {
+    let job = sqlx::query_as!(
+        Job,
+        "WITH next AS (
+             SELECT id FROM jobs
+             WHERE (state = 'queued' AND run_after <= now())
+                OR (state = 'running' AND lease_expires_at < now())
+             ORDER BY run_after, id
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE jobs SET state = 'running', lease_owner = $1,
+                lease_expires_at = now() + make_interval(secs => $2),
+                attempts = jobs.attempts + 1, rerun = false, updated_at = now()
+         FROM next WHERE jobs.id = next.id
+         RETURNING jobs.id, jobs.kind, jobs.payload, jobs.dedupe_key, jobs.operation_id,
+                   jobs.attempts, jobs.max_attempts, jobs.enqueued_at, jobs.run_after",
+        owner,
+        secs(lease)
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(job)
+}
+
+/// Extends the lease; false if this owner no longer holds the job.
+pub async fn heartbeat(
+    db: impl PgExecutor<'_>,
+    id: i64,
+    owner: Uuid,
+    lease: Duration,
+) -> Result<bool> {
+    let n = sqlx::query!(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
+         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+        id,
+        owner,
+        secs(lease)
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// The job is done. It is deleted, unless someone asked for another run
+/// while it ran, in which case it is queued again at once. False if the
+/// lease was lost.
+pub async fn complete(db: &mut PgConnection, id: i64, owner: Uuid) -> Result<bool> {
+    let deleted = sqlx::query!(
+        "DELETE FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND NOT rerun",
+        id,
+        owner
+    )
+    .execute(&mut *db)
+    .await?
+    .rows_affected();
+    if deleted == 1 {
+        return Ok(true);
+    }
+    requeue(db, id, owner, Duration::ZERO).await
+}
+
+/// The job wants to run again after `delay` (a level-triggered re-check):
+/// attempts reset, as this is not a failure.
+pub async fn requeue(
+    db: impl PgExecutor<'_>,
+    id: i64,
+    owner: Uuid,
+    delay: Duration,
+) -> Result<bool> {
+    let n = sqlx::query!(
+        "UPDATE jobs SET state = 'queued', attempts = 0, last_error = NULL,
+                run_after = CASE WHEN rerun THEN now() ELSE now() + make_interval(secs => $3) END,
+                enqueued_at = now(), rerun = false, lease_owner = NULL, lease_expires_at = NULL,
+                updated_at = now()
+         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+        id,
+        owner,
+        secs(delay)
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// The attempt failed; try again after `delay`.
+pub async fn retry(
+    db: impl PgExecutor<'_>,
+    id: i64,
+    owner: Uuid,
+    delay: Duration,
+    error: &str,
+) -> Result<bool> {
+    let n = sqlx::query!(
+        "UPDATE jobs SET state = 'queued', last_error = $4,
+                run_after = now() + make_interval(secs => $3), rerun = false,
+                lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+        id,
+        owner,
+        secs(delay),
+        error
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Out of attempts: park it in the dead-letter state.
+pub async fn dead_letter(
+    db: impl PgExecutor<'_>,
+    id: i64,
+    owner: Uuid,
+    error: &str,
+) -> Result<bool> {
+    let n = sqlx::query!(
+        "UPDATE jobs SET state = 'dead', last_error = $3, lease_owner = NULL,
+                lease_expires_at = NULL, updated_at = now()
+         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+        id,
+        owner,
+        error
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Shutdown: hands this owner's running jobs back to the queue at once,
+/// not counting the interrupted attempt.
+pub async fn release_all(db: impl PgExecutor<'_>, owner: Uuid) -> Result<u64> {
+    Ok(sqlx::query!(
+        "UPDATE jobs SET state = 'queued', run_after = now(), attempts = GREATEST(attempts - 1, 0),
+                lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+         WHERE lease_owner = $1 AND state = 'running'",
+        owner
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Queue depth by state: (queued, running, dead).
+pub async fn depth(db: impl PgExecutor<'_>) -> Result<(i64, i64, i64)> {
+    let r = sqlx::query!(
+        r#"SELECT count(*) FILTER (WHERE state = 'queued') AS "queued!",
+                  count(*) FILTER (WHERE state = 'running') AS "running!",
+                  count(*) FILTER (WHERE state = 'dead') AS "dead!"
+           FROM jobs"#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((r.queued, r.running, r.dead))
+}

@@ -1,0 +1,293 @@
+//! Node pool rows, always reached through their cluster (already
+//! tenant-checked by the caller) and scoped by tenant again in SQL.
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use kubeforge_cluster::{Autoscaling, Condition, Labels, MachineType, NodePoolSpec, Phase, Taint};
+use serde_json::Value as JsonValue;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::context::OpContext;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct NodePoolRecord {
+    pub id: Uuid,
+    pub tenant: String,
+    pub cluster_id: Uuid,
+    pub name: String,
+    pub machine_type: String,
+    pub size: i32,
+    pub autoscaling_min: Option<i32>,
+    pub autoscaling_max: Option<i32>,
+    pub labels: JsonValue,
+    pub taints: JsonValue,
+    pub phase: String,
+    pub conditions: JsonValue,
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub resource_version: i64,
+    pub deletion_requested_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A node pool, parsed.
+#[derive(Debug, Clone)]
+pub struct NodePool {
+    pub id: Uuid,
+    pub tenant: String,
+    pub cluster_id: Uuid,
+    pub name: String,
+    pub machine_type: MachineType,
+    pub size: u32,
+    pub autoscaling: Option<Autoscaling>,
+    pub labels: Labels,
+    pub taints: Vec<Taint>,
+    pub phase: Phase,
+    pub conditions: Vec<Condition>,
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub resource_version: i64,
+    pub deletion_requested_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl NodePool {
+    pub fn etag(&self) -> String {
+        format!("\"{}-{}\"", self.id.simple(), self.resource_version)
+    }
+}
+
+impl TryFrom<NodePoolRecord> for NodePool {
+    type Error = Error;
+    fn try_from(r: NodePoolRecord) -> Result<Self> {
+        let parse = || -> anyhow::Result<NodePool> {
+            let autoscaling = match (r.autoscaling_min, r.autoscaling_max) {
+                (Some(min), Some(max)) => Some(Autoscaling {
+                    min: u32::try_from(min)?,
+                    max: u32::try_from(max)?,
+                }),
+                _ => None,
+            };
+            Ok(NodePool {
+                id: r.id,
+                machine_type: MachineType::parse(&r.machine_type).map_err(anyhow::Error::msg)?,
+                size: u32::try_from(r.size)?,
+                autoscaling,
+                labels: serde_json::from_value(r.labels).context("labels")?,
+                taints: serde_json::from_value(r.taints).context("taints")?,
+                phase: Phase::parse(&r.phase).context("phase")?,
+                conditions: serde_json::from_value(r.conditions).context("conditions")?,
+                tenant: r.tenant,
+                cluster_id: r.cluster_id,
+                name: r.name,
+                generation: r.generation,
+                observed_generation: r.observed_generation,
+                resource_version: r.resource_version,
+                deletion_requested_at: r.deletion_requested_at,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            })
+        };
+        parse()
+            .with_context(|| format!("decoding node pool {}", r.id))
+            .map_err(Error::Internal)
+    }
+}
+
+fn to_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// Inserts a pool; a live pool of the same name in the cluster is a `Conflict`.
+pub async fn insert(
+    conn: &mut PgConnection,
+    ctx: &OpContext,
+    cluster_id: Uuid,
+    id: Uuid,
+    spec: &NodePoolSpec,
+) -> Result<()> {
+    let labels = serde_json::to_value(&spec.labels).map_err(anyhow::Error::from)?;
+    let taints = serde_json::to_value(&spec.taints).map_err(anyhow::Error::from)?;
+    let res = sqlx::query!(
+        "INSERT INTO node_pools (id, tenant, cluster_id, name, machine_type, size,
+                                 autoscaling_min, autoscaling_max, labels, taints, phase)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'provisioning')",
+        id,
+        ctx.tenant,
+        cluster_id,
+        spec.name.as_str(),
+        spec.machine_type.as_str(),
+        to_i32(spec.size),
+        spec.autoscaling.map(|a| to_i32(a.min)),
+        spec.autoscaling.map(|a| to_i32(a.max)),
+        labels,
+        taints,
+    )
+    .execute(conn)
+    .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if super::is_unique_violation(&e) => Err(Error::Conflict(format!(
+            "a node pool named {:?} already exists in this cluster",
+            spec.name.as_str()
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Live pools of a cluster, oldest first.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    ctx: &OpContext,
+    cluster_id: Uuid,
+) -> Result<Vec<NodePool>> {
+    let recs = sqlx::query_as!(
+        NodePoolRecord,
+        "SELECT * FROM node_pools WHERE tenant = $1 AND cluster_id = $2 AND deleted_at IS NULL
+         ORDER BY created_at, id",
+        ctx.tenant,
+        cluster_id
+    )
+    .fetch_all(db)
+    .await?;
+    recs.into_iter().map(NodePool::try_from).collect()
+}
+
+/// One live pool by id or name; `lock` takes a row lock for the transaction.
+pub async fn get(
+    conn: &mut PgConnection,
+    ctx: &OpContext,
+    cluster_id: Uuid,
+    id_or_name: &str,
+    lock: bool,
+) -> Result<NodePool> {
+    let id = Uuid::parse_str(id_or_name).ok();
+    let rec = if lock {
+        sqlx::query_as!(
+            NodePoolRecord,
+            "SELECT * FROM node_pools
+             WHERE tenant = $1 AND cluster_id = $2 AND deleted_at IS NULL
+               AND (id = $3 OR ($3 IS NULL AND name = $4)) FOR UPDATE",
+            ctx.tenant,
+            cluster_id,
+            id,
+            id_or_name
+        )
+        .fetch_optional(conn)
+        .await?
+    } else {
+        sqlx::query_as!(
+            NodePoolRecord,
+            "SELECT * FROM node_pools
+             WHERE tenant = $1 AND cluster_id = $2 AND deleted_at IS NULL
+               AND (id = $3 OR ($3 IS NULL AND name = $4))",
+            ctx.tenant,
+            cluster_id,
+            id,
+            id_or_name
+        )
+        .fetch_optional(conn)
+        .await?
+    };
+    rec.ok_or_else(|| Error::not_found("node pool", id_or_name))?
+        .try_into()
+}
+
+/// Sets desired size and autoscaling bounds, bumping generation.
+pub async fn update_scaling(
+    conn: &mut PgConnection,
+    id: Uuid,
+    size: u32,
+    autoscaling: Option<Autoscaling>,
+) -> Result<i64> {
+    let g = sqlx::query_scalar!(
+        "UPDATE node_pools SET size = $2, autoscaling_min = $3, autoscaling_max = $4,
+                generation = generation + 1, resource_version = resource_version + 1,
+                updated_at = now()
+         WHERE id = $1 RETURNING generation",
+        id,
+        to_i32(size),
+        autoscaling.map(|a| to_i32(a.min)),
+        autoscaling.map(|a| to_i32(a.max)),
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(g)
+}
+
+pub async fn request_deletion(conn: &mut PgConnection, id: Uuid) -> Result<i64> {
+    let g = sqlx::query_scalar!(
+        "UPDATE node_pools SET deletion_requested_at = COALESCE(deletion_requested_at, now()),
+                phase = 'deleting', generation = generation + 1,
+                resource_version = resource_version + 1, updated_at = now()
+         WHERE id = $1 RETURNING generation",
+        id
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(g)
+}
+
+/// All live pools of a cluster, for the reconciler.
+pub async fn list_any(db: impl PgExecutor<'_>, cluster_id: Uuid) -> Result<Vec<NodePool>> {
+    let recs = sqlx::query_as!(
+        NodePoolRecord,
+        "SELECT * FROM node_pools WHERE cluster_id = $1 AND deleted_at IS NULL
+         ORDER BY created_at, id",
+        cluster_id
+    )
+    .fetch_all(db)
+    .await?;
+    recs.into_iter().map(NodePool::try_from).collect()
+}
+
+pub async fn write_status(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    phase: Phase,
+    conditions: &[Condition],
+    observed_generation: i64,
+) -> Result<()> {
+    let conditions = serde_json::to_value(conditions).map_err(anyhow::Error::from)?;
+    sqlx::query!(
+        "UPDATE node_pools SET phase = $2, conditions = $3, observed_generation = $4,
+                resource_version = resource_version + 1, updated_at = now()
+         WHERE id = $1 AND (phase <> $2 OR conditions <> $3 OR observed_generation <> $4)",
+        id,
+        phase.as_str(),
+        conditions,
+        observed_generation
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_deleted(db: impl PgExecutor<'_>, id: Uuid) -> Result<()> {
+    sqlx::query!(
+        "UPDATE node_pools SET deleted_at = now(), resource_version = resource_version + 1,
+                updated_at = now()
+         WHERE id = $1",
+        id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Marks every live pool of a cluster deleted (cluster deletion).
+pub async fn mark_all_deleted(db: impl PgExecutor<'_>, cluster_id: Uuid) -> Result<()> {
+    sqlx::query!(
+        "UPDATE node_pools SET deleted_at = now(), phase = 'deleting', updated_at = now()
+         WHERE cluster_id = $1 AND deleted_at IS NULL",
+        cluster_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}

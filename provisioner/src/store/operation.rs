@@ -1,0 +1,297 @@
+//! Operations: one per accepted request, with the steps the reconciler
+//! moves through and a typed error when it ends badly.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as JsonValue;
+use sqlx::{PgConnection, PgExecutor};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::context::OpContext;
+use crate::error::{Error, Result};
+
+/// Why an operation failed, for machines and people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OperationError {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Step {
+    pub name: String,
+    /// pending, running, succeeded or failed.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<OperationError>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub id: Uuid,
+    pub tenant: String,
+    pub cluster_id: Uuid,
+    pub node_pool_id: Option<Uuid>,
+    pub type_: String,
+    pub state: String,
+    pub target_generation: i64,
+    pub error: Option<OperationError>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub steps: Vec<Step>,
+}
+
+struct OperationRecord {
+    id: Uuid,
+    tenant: String,
+    cluster_id: Uuid,
+    node_pool_id: Option<Uuid>,
+    r#type: String,
+    state: String,
+    target_generation: i64,
+    error: Option<JsonValue>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl OperationRecord {
+    fn into_operation(self, steps: Vec<Step>) -> Operation {
+        Operation {
+            id: self.id,
+            tenant: self.tenant,
+            cluster_id: self.cluster_id,
+            node_pool_id: self.node_pool_id,
+            type_: self.r#type,
+            state: self.state,
+            target_generation: self.target_generation,
+            error: self.error.and_then(|e| serde_json::from_value(e).ok()),
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            steps,
+        }
+    }
+}
+
+/// Operation types and the steps each goes through, in order.
+pub fn planned_steps(type_: &str) -> &'static [&'static str] {
+    match type_ {
+        "cluster_create" => &["machines", "control_plane"],
+        "cluster_update" => &["apply"],
+        "cluster_delete" => &[
+            "delete_machines",
+            "sweep_provider",
+            "remove_secrets",
+            "finalize",
+        ],
+        "node_pool_create" | "node_pool_update" => &["machines"],
+        "node_pool_delete" => &["delete_machines", "finalize"],
+        _ => &[],
+    }
+}
+
+/// Creates a pending operation with its planned steps.
+pub async fn insert(
+    conn: &mut PgConnection,
+    ctx: &OpContext,
+    cluster_id: Uuid,
+    node_pool_id: Option<Uuid>,
+    type_: &str,
+    target_generation: i64,
+) -> Result<Uuid> {
+    let id = Uuid::now_v7();
+    sqlx::query!(
+        "INSERT INTO operations (id, tenant, cluster_id, node_pool_id, type, state, target_generation)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
+        id,
+        ctx.tenant,
+        cluster_id,
+        node_pool_id,
+        type_,
+        target_generation
+    )
+    .execute(&mut *conn)
+    .await?;
+    for (i, name) in planned_steps(type_).iter().enumerate() {
+        sqlx::query!(
+            "INSERT INTO operation_steps (operation_id, position, name, state)
+             VALUES ($1, $2, $3, 'pending')",
+            id,
+            i as i32,
+            name
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(id)
+}
+
+async fn steps(db: &mut PgConnection, id: Uuid) -> Result<Vec<Step>> {
+    let rows = sqlx::query!(
+        "SELECT name, state, message, error, started_at, finished_at FROM operation_steps
+         WHERE operation_id = $1 ORDER BY position",
+        id
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Step {
+            name: r.name,
+            state: r.state,
+            message: r.message,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            error: r.error.and_then(|e| serde_json::from_value(e).ok()),
+        })
+        .collect())
+}
+
+/// An operation of the caller's tenant.
+pub async fn get(conn: &mut PgConnection, ctx: &OpContext, id: Uuid) -> Result<Operation> {
+    let rec = sqlx::query_as!(
+        OperationRecord,
+        "SELECT id, tenant, cluster_id, node_pool_id, type, state, target_generation, error,
+                created_at, started_at, finished_at
+         FROM operations WHERE tenant = $1 AND id = $2",
+        ctx.tenant,
+        id
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::not_found("operation", id.to_string()))?;
+    let steps = steps(conn, id).await?;
+    Ok(rec.into_operation(steps))
+}
+
+/// A cluster's operations, newest first.
+pub async fn list(
+    conn: &mut PgConnection,
+    ctx: &OpContext,
+    cluster_id: Uuid,
+    limit: i64,
+) -> Result<Vec<Operation>> {
+    let recs = sqlx::query_as!(
+        OperationRecord,
+        "SELECT id, tenant, cluster_id, node_pool_id, type, state, target_generation, error,
+                created_at, started_at, finished_at
+         FROM operations WHERE tenant = $1 AND cluster_id = $2
+         ORDER BY created_at DESC, id DESC LIMIT $3",
+        ctx.tenant,
+        cluster_id,
+        limit
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(recs.len());
+    for r in recs {
+        let s = steps(conn, r.id).await?;
+        out.push(r.into_operation(s));
+    }
+    Ok(out)
+}
+
+/// Operations of a cluster that have not finished, oldest first.
+pub async fn list_active(conn: &mut PgConnection, cluster_id: Uuid) -> Result<Vec<Operation>> {
+    let recs = sqlx::query_as!(
+        OperationRecord,
+        "SELECT id, tenant, cluster_id, node_pool_id, type, state, target_generation, error,
+                created_at, started_at, finished_at
+         FROM operations WHERE cluster_id = $1 AND state IN ('pending', 'running')
+         ORDER BY created_at, id",
+        cluster_id
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(recs.len());
+    for r in recs {
+        let s = steps(conn, r.id).await?;
+        out.push(r.into_operation(s));
+    }
+    Ok(out)
+}
+
+/// Marks an operation running (first time only).
+pub async fn start(db: impl PgExecutor<'_>, id: Uuid) -> Result<()> {
+    sqlx::query!(
+        "UPDATE operations SET state = 'running', started_at = COALESCE(started_at, now())
+         WHERE id = $1 AND state = 'pending'",
+        id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Ends an operation, once: a finished operation is never reopened.
+pub async fn finish(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    error: Option<&OperationError>,
+) -> Result<()> {
+    let state = if error.is_some() {
+        "failed"
+    } else {
+        "succeeded"
+    };
+    let error = error
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(anyhow::Error::from)?;
+    sqlx::query!(
+        "UPDATE operations SET state = $2, error = $3, finished_at = now(),
+                started_at = COALESCE(started_at, now())
+         WHERE id = $1 AND state IN ('pending', 'running')",
+        id,
+        state,
+        error
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records a step's progress. `running` sets started_at once; `succeeded`
+/// and `failed` set finished_at; a later `running` after a failure (a
+/// retry) clears the old error.
+pub async fn set_step(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    name: &str,
+    state: &str,
+    message: Option<&str>,
+    error: Option<&OperationError>,
+) -> Result<()> {
+    let error = error
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(anyhow::Error::from)?;
+    sqlx::query!(
+        "UPDATE operation_steps SET
+             state = $3,
+             message = $4,
+             error = $5,
+             started_at = CASE WHEN $3 IN ('running', 'succeeded', 'failed')
+                               THEN COALESCE(started_at, now()) ELSE started_at END,
+             finished_at = CASE WHEN $3 IN ('succeeded', 'failed')
+                                THEN COALESCE(finished_at, now()) ELSE NULL END
+         WHERE operation_id = $1 AND name = $2
+           AND NOT (state = $3 AND message IS NOT DISTINCT FROM $4
+                    AND error IS NOT DISTINCT FROM $5)",
+        id,
+        name,
+        state,
+        message,
+        error
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
