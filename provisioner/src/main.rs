@@ -71,12 +71,34 @@ enum Command {
         #[command(subcommand)]
         command: NodePoolsCmd,
     },
+    /// Development: the private PostgreSQL the test suite uses.
+    #[command(hide = true)]
+    Devdb {
+        #[command(subcommand)]
+        command: DevDbCmd,
+    },
     /// Write a short-lived kubeconfig for a cluster to stdout.
     Kubeconfig {
         #[command(flatten)]
         client: ClientOpts,
         #[command(flatten)]
         args: KubeconfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevDbCmd {
+    /// Start (or attach to) the server in DIR; print the URL of a migrated database.
+    Start {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "kubeforge")]
+        database: String,
+    },
+    /// Stop the server in DIR.
+    Stop {
+        #[arg(long)]
+        data_dir: PathBuf,
     },
 }
 
@@ -171,6 +193,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let keys = server::load_auth(&dir)?;
             let token = keys.mint(&tenant, &subject, role, ttl, chrono::Utc::now().timestamp())?;
             println!("{token}");
+            Ok(())
+        }
+        Command::Devdb {
+            command: DevDbCmd::Start { data_dir, database },
+        } => {
+            anyhow::ensure!(
+                !database.is_empty()
+                    && database
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "--database must be lowercase letters, digits and '_'"
+            );
+            let pg = kubeforge::embedded_pg::EmbeddedPostgres::attach_or_start(&data_dir).await?;
+            let admin = kubeforge::store::connect(&pg.url("postgres"), 1).await?;
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&database)
+                    .fetch_one(&admin)
+                    .await?;
+            if !exists {
+                sqlx::query(&format!("CREATE DATABASE {database}"))
+                    .execute(&admin)
+                    .await?;
+            }
+            admin.close().await;
+            let pool = kubeforge::store::connect(&pg.url(&database), 2).await?;
+            kubeforge::store::migrate(&pool).await?;
+            pool.close().await;
+            println!("{}", pg.url(&database));
+            Ok(())
+        }
+        Command::Devdb {
+            command: DevDbCmd::Stop { data_dir },
+        } => {
+            if data_dir.join("pgdata/postmaster.pid").exists() {
+                kubeforge::embedded_pg::EmbeddedPostgres::attach_or_start(&data_dir)
+                    .await?
+                    .stop()
+                    .await?;
+            }
             Ok(())
         }
         Command::Clusters { client, command } => client::run_clusters(&client, command).await,

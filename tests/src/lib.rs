@@ -1,1 +1,352 @@
+//! The test harness: real Postgres, a fresh database per test.
+//!
+//! One PostgreSQL server serves every test process of a run: it lives in
+//! `target/kf-test-pg` and is started by the first test that needs it
+//! (or by `scripts/test`, which also stops it). The schema is built once
+//! into a template database named after the migrations' checksums; each
+//! test then gets `CREATE DATABASE ... TEMPLATE`, which takes
+//! milliseconds. `TestApp` wires the real app, router and engine on that
+//! database, with the in-memory provider TEST DOUBLE registered for the
+//! `lab` kind (the shipped binary registers no such thing).
 
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use kubeforge::app::{Config, SharedApp};
+use kubeforge::context::Role;
+use kubeforge::embedded_pg::EmbeddedPostgres;
+use kubeforge::engine::worker::{Engine, EngineConfig};
+use kubeforge::providers::test_double::InMemoryProvider;
+use kubeforge::providers::ProviderRegistry;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tower::ServiceExt;
+
+static SERVER: OnceCell<(u16, String)> = OnceCell::const_new();
+
+/// The shared test server's data dir.
+pub fn server_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("KUBEFORGE_TEST_PG_DIR") {
+        return PathBuf::from(d);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/kf-test-pg")
+}
+
+/// (port, template database name), starting the server and building the template once.
+async fn server() -> &'static (u16, String) {
+    SERVER
+        .get_or_init(|| async {
+            let pg = EmbeddedPostgres::attach_or_start(&server_dir())
+                .await
+                .expect("starting the test PostgreSQL");
+            let template = template_name();
+            build_template(&pg.url("postgres"), &pg.url(&template), &template)
+                .await
+                .expect("building the template database");
+            (pg.port(), template)
+        })
+        .await
+}
+
+fn template_name() -> String {
+    use sha2_lite::hash;
+    let mut all = Vec::new();
+    for m in kubeforge::store::MIGRATOR.iter() {
+        all.extend_from_slice(&m.checksum);
+    }
+    format!("kf_template_{}", hash(&all))
+}
+
+/// A tiny FNV-1a, enough to name a template after the migrations.
+mod sha2_lite {
+    pub fn hash(data: &[u8]) -> String {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in data {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+async fn build_template(admin_url: &str, template_url: &str, template: &str) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(admin_url).await?;
+    // Several test processes may race here: one builds, the others wait.
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut admin)
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(template)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE {template}"))
+            .execute(&mut admin)
+            .await?;
+        let pool = kubeforge::store::connect(template_url, 1).await?;
+        kubeforge::store::migrate(&pool).await?;
+        pool.close().await;
+    }
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut admin)
+        .await?;
+    Ok(())
+}
+
+/// A fresh, migrated database for one test.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let (port, template) = server().await;
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("admin connection");
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .execute(&mut admin)
+            .await
+            .expect("creating the test database");
+        TestDb {
+            url: format!("postgres://postgres@127.0.0.1:{port}/{name}"),
+            name,
+        }
+    }
+
+    /// An empty database (no schema), for migration tests.
+    pub async fn empty() -> TestDb {
+        let (port, _) = server().await;
+        let name = format!("e_{}", uuid::Uuid::new_v4().simple());
+        let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("admin connection");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("creating the empty database");
+        TestDb {
+            url: format!("postgres://postgres@127.0.0.1:{port}/{name}"),
+            name,
+        }
+    }
+
+    pub async fn pool(&self, max: u32) -> PgPool {
+        kubeforge::store::connect(&self.url, max)
+            .await
+            .expect("test pool")
+    }
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+/// The whole app on a fresh database.
+pub struct TestApp {
+    pub db: TestDb,
+    pub app: SharedApp,
+    pub router: axum::Router,
+    pub pool: PgPool,
+    /// TEST DOUBLE provider, registered for the `lab` kind.
+    pub provider: Arc<InMemoryProvider>,
+    pub engine: Engine,
+}
+
+/// Engine settings for tests: short leases and backoff.
+pub fn test_engine_config() -> EngineConfig {
+    EngineConfig {
+        lease: Duration::from_secs(2),
+        poll_interval: Duration::from_millis(200),
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        ..EngineConfig::default()
+    }
+}
+
+impl TestApp {
+    pub async fn new() -> TestApp {
+        Self::with_config(Config::default()).await
+    }
+
+    pub async fn with_config(config: Config) -> TestApp {
+        let db = TestDb::new().await;
+        let pool = db.pool(60).await;
+        let provider = Arc::new(InMemoryProvider::new("lab"));
+        let mut providers = ProviderRegistry::default();
+        providers.register(provider.clone());
+        let app = kubeforge::server::build_app(
+            pool.clone(),
+            kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).expect("keys"),
+            kubeforge::crypto::SecretBox::new(&[9u8; 32]).expect("secret box"),
+            providers,
+            config,
+        )
+        .expect("app");
+        let router = kubeforge::api::router(app.clone());
+        let engine = kubeforge::server::build_engine(&app, test_engine_config());
+        TestApp {
+            db,
+            app,
+            router,
+            pool,
+            provider,
+            engine,
+        }
+    }
+
+    /// A valid token for `tenant` with `role`.
+    pub fn token(&self, tenant: &str, role: Role) -> String {
+        self.app
+            .auth
+            .mint(
+                tenant,
+                "tester",
+                role,
+                Duration::from_secs(600),
+                chrono::Utc::now().timestamp(),
+            )
+            .expect("token")
+    }
+
+    /// Sends one request through the real router.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let raw = body.map(|b| serde_json::to_vec(&b).expect("json"));
+        self.call_raw(method, path, token, raw, headers).await
+    }
+
+    /// Like [`call`] with a raw body (sent as application/json).
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(body.map_or_else(Body::empty, Body::from))
+            .expect("request");
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("infallible router");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
+            .await
+            .expect("body");
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    /// Runs due jobs until none is due.
+    pub async fn run_jobs(&self) -> usize {
+        self.engine.run_until_idle().await.expect("engine run")
+    }
+
+    /// Makes every queued job due now, then runs jobs until idle (bounded).
+    pub async fn settle(&self) {
+        for _ in 0..20 {
+            sqlx::query("UPDATE jobs SET run_after = now() WHERE state = 'queued'")
+                .execute(&self.pool)
+                .await
+                .expect("hurry jobs");
+            let ran = self.run_jobs().await;
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM operations WHERE state IN ('pending','running')
+                 AND type NOT IN ('cluster_create')",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .expect("count");
+            if ran == 0 || pending == 0 {
+                // one more pass so status reflects the last change
+                sqlx::query("UPDATE jobs SET run_after = now() WHERE state = 'queued'")
+                    .execute(&self.pool)
+                    .await
+                    .expect("hurry jobs");
+                self.run_jobs().await;
+                return;
+            }
+        }
+    }
+
+    /// Row count of a table (for "nothing written" checks).
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+
+    /// Counts of every tenant-visible table, in a fixed order.
+    pub async fn counts(&self) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        for t in [
+            "tenants",
+            "clusters",
+            "node_pools",
+            "machines",
+            "operations",
+            "events",
+            "jobs",
+            "idempotency_keys",
+            "hosts",
+        ] {
+            out.push((t.to_string(), self.count(t).await));
+        }
+        out
+    }
+}
+
+/// A minimal valid create body.
+pub fn cluster_body(name: &str) -> Value {
+    serde_json::json!({
+        "name": name,
+        "kubernetes_version": "1.20.2",
+        "provider": {"kind": "lab"},
+        "control_plane": {"replicas": 1, "machine_type": "small"},
+        "network": {"pod_cidr": "10.244.0.0/16", "service_cidr": "10.96.0.0/12"},
+        "node_pools": [{"name": "default", "machine_type": "small", "size": 2}],
+        "labels": {"team": "web"}
+    })
+}

@@ -40,13 +40,18 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientOpts {
     /// Base URL of the Kubeforge API (without `/v1`).
-    #[arg(long, env = "KUBEFORGE_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "KUBEFORGE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub url: String,
     /// Bearer token (a JWT from `kubeforge token create`).
-    #[arg(long, env = "KUBEFORGE_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "KUBEFORGE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     pub output: Output,
 }
 

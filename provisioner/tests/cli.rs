@@ -1,0 +1,313 @@
+//! The `kubeforge` binary as people run it: `up` on the embedded
+//! PostgreSQL, the CLI client against it, Ctrl-C, a restart that keeps the
+//! data, a second `up` on the same data dir refused, and two `serve`
+//! processes sharing one database.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kubeforge");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn up(data_dir: &Path, port: u16) -> Proc {
+    let child = Command::new(BIN)
+        .args(["up", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kubeforge up");
+    Proc(child)
+}
+
+async fn wait_healthy(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    loop {
+        if let Ok(r) = reqwest::get(&url).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubeforge on port {port} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn cli(port: u16, token: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("KUBEFORGE_URL", format!("http://127.0.0.1:{port}"))
+        .env("KUBEFORGE_TOKEN", token)
+        .output()
+        .expect("run kubeforge client")
+}
+
+fn token(data_dir: &Path, tenant: &str, role: &str) -> String {
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "create",
+            "--tenant",
+            tenant,
+            "--role",
+            role,
+            "--ttl",
+            "1h",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()
+        .expect("token create");
+    assert!(
+        out.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
+}
+
+fn stop(mut p: Proc, signal: Signal) -> std::process::ExitStatus {
+    kill(Pid::from_raw(p.0.id() as i32), signal).expect("signal");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = p.0.try_wait().expect("wait") {
+            std::mem::forget(p);
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubeforge did not stop after {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn up_serves_the_cli_stops_cleanly_and_keeps_data() {
+    let dir = temp_dir("up");
+    let port = free_port();
+    let server = up(&dir, port);
+    wait_healthy(port).await;
+    let admin = token(&dir, "acme", "admin");
+
+    let created = cli(
+        port,
+        &admin,
+        &[
+            "clusters",
+            "create",
+            "web",
+            "--node-pool",
+            "default:1",
+            "--label",
+            "team=web",
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let text = String::from_utf8_lossy(&created.stdout);
+    assert!(
+        text.contains("web") && text.contains("cluster_create"),
+        "create output: {text}"
+    );
+
+    let listed = cli(port, &admin, &["clusters", "list", "-o", "json"]);
+    assert!(listed.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json list");
+    assert_eq!(v["items"][0]["name"], "web", "{v}");
+
+    // API errors exit non-zero with the problem's code and detail.
+    let missing = cli(port, &admin, &["clusters", "get", "nosuch"]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("404") && err.contains("not_found"),
+        "stderr: {err}"
+    );
+    let bad = cli(port, &admin, &["clusters", "create", "Bad_Name"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("validation_failed") && err.contains("name"),
+        "stderr: {err}"
+    );
+    let viewer = token(&dir, "acme", "viewer");
+    let refused = cli(port, &viewer, &["clusters", "delete", "web"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("403"));
+
+    // A second `up` on the same data dir is refused while the first runs.
+    let second = Command::new(BIN)
+        .args(["up", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .expect("second up");
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("in use by another kubeforge"),
+        "second up said: {err}"
+    );
+
+    // Ctrl-C stops the service and its database.
+    let status = stop(server, Signal::SIGINT);
+    assert!(status.success(), "exit status after Ctrl-C: {status}");
+    assert!(
+        !dir.join("pgdata/postmaster.pid").exists(),
+        "PostgreSQL still running after Ctrl-C"
+    );
+
+    // Data survives a restart.
+    let port = free_port();
+    let server = up(&dir, port);
+    wait_healthy(port).await;
+    let got = cli(port, &admin, &["clusters", "get", "web", "-o", "json"]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&got.stdout).expect("json");
+    assert_eq!(v["labels"]["team"], "web");
+    let status = stop(server, Signal::SIGTERM);
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn two_serve_processes_share_one_database() {
+    let dir = temp_dir("shared-db");
+    let pg = kubeforge::embedded_pg::EmbeddedPostgres::start(&dir.join("pg"))
+        .await
+        .expect("postgres");
+    let url = pg.url("kubeforge");
+    let key = "ab".repeat(32);
+    let mut procs = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..2 {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["serve", "--database-url", &url, "--data-dir"])
+            .arg(dir.join(format!("replica-{i}")))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("KUBEFORGE_TOKEN_KEY", &key)
+            .env("KUBEFORGE_SECRET_KEY", "cd".repeat(32))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        procs.push(Proc(child));
+        ports.push(port);
+    }
+    for p in &ports {
+        wait_healthy(*p).await;
+    }
+    let keys = kubeforge::auth::AuthKeys::from_secret(&hex::decode(&key).unwrap()).unwrap();
+    let tok = keys
+        .mint(
+            "acme",
+            "t",
+            kubeforge::context::Role::Admin,
+            Duration::from_secs(600),
+            chrono::Utc::now().timestamp(),
+        )
+        .unwrap();
+    // Write through one replica, read through the other.
+    let client = reqwest::Client::new();
+    for n in 0..6 {
+        let port = ports[n % 2];
+        let r = client
+            .post(format!("http://127.0.0.1:{port}/v1/clusters"))
+            .bearer_auth(&tok)
+            .json(&serde_json::json!({"name": format!("c{n}"), "kubernetes_version": "1.20.2", "provider": {"kind": "lab"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    // The shipped binary has no lab provider yet: every create operation
+    // must end `failed` with provider_unavailable, each exactly once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pool = kubeforge::store::connect(&url, 2).await.unwrap();
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM operations WHERE state = 'failed' AND error->>'code' = 'provider_unavailable'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if done == 6 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of 6 operations finished"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE reason = 'ProviderUnavailable'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(events, 6, "each cluster's failure recorded once");
+    let r = client
+        .get(format!(
+            "http://127.0.0.1:{}/v1/clusters?phase=failed",
+            ports[1]
+        ))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(6));
+    pool.close().await;
+    drop(procs);
+    pg.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
