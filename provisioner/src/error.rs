@@ -37,6 +37,8 @@ pub enum Error {
     DeletionProtected(String),
     #[error("cluster is not ready: {0}")]
     ClusterNotReady(String),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     #[error("request timed out")]
     Timeout,
     #[error("service unavailable: {0}")]
@@ -133,6 +135,12 @@ impl Error {
             Error::ClusterNotReady(_) => {
                 (S::CONFLICT, "cluster_not_ready", "Cluster not ready", true)
             }
+            Error::MethodNotAllowed => (
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+                false,
+            ),
             Error::Timeout => (S::SERVICE_UNAVAILABLE, "timeout", "Request timed out", true),
             Error::Unavailable(_) => (
                 S::SERVICE_UNAVAILABLE,

@@ -85,8 +85,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
 /// Parses JSON, naming the field that failed.
 pub fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, Error> {
+    // Every body of this API is an object; serde would also take an array
+    // for a struct, which would let `[]` mean "all defaults".
+    if raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(Error::Validation(ValidationError::new(
+            "",
+            "the request body must be a JSON object, not an array",
+        )));
+    }
     let de = &mut serde_json::Deserializer::from_slice(raw);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -95,12 +103,18 @@ pub fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, Error> {
             }
         } else {
             let msg = inner.to_string();
-            // serde names an unknown field in the message; point at it.
-            let field = match (msg.strip_prefix("unknown field `"), path.as_str()) {
+            // serde names an unknown, missing or duplicate field in the
+            // message; point at it. The path may already end at that key.
+            let named = ["unknown field `", "missing field `", "duplicate field `"]
+                .iter()
+                .find_map(|p| msg.strip_prefix(p));
+            let field = match (named, path.as_str()) {
                 (Some(rest), p) => {
                     let name = rest.split('`').next().unwrap_or_default();
                     if p == "." || p.is_empty() {
                         name.to_string()
+                    } else if p == name || p.ends_with(&format!(".{name}")) {
+                        p.to_string()
                     } else {
                         format!("{p}.{name}")
                     }
@@ -110,7 +124,36 @@ pub fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, Error> {
             };
             Error::Validation(ValidationError::new(field, msg))
         }
-    })
+    })?;
+    // Like `serde_json::from_slice`: nothing but whitespace may follow the value.
+    de.end().map_err(|e| Error::MalformedBody {
+        detail: e.to_string(),
+    })?;
+    Ok(value)
+}
+
+/// Query parameters parsed into `T`, naming the parameter that failed.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(QueryParams)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let msg = e.into_inner().to_string();
+                let field = ["unknown field `", "duplicate field `"]
+                    .iter()
+                    .find_map(|p| msg.strip_prefix(p))
+                    .and_then(|rest| rest.split('`').next())
+                    .map_or(path, str::to_string);
+                Error::Validation(ValidationError::new(field, msg))
+            })
+    }
 }
 
 /// `Idempotency-Key`, bound to this request's method, path and body.

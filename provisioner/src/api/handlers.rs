@@ -3,13 +3,13 @@
 //! app and converts; the OpenAPI document is generated from their
 //! annotations.
 
-use axum::extract::{OriginalUri, Path, Query, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::extract::{idempotency, if_match, JsonBody};
+use super::extract::{idempotency, if_match, JsonBody, QueryParams};
 use crate::app::cluster::{ClusterListQuery, KubeconfigRequest, PageQuery, UpdateClusterRequest};
 use crate::app::node_pool::UpdateNodePoolRequest;
 use crate::app::platform::{CreateHostRequest, HostView, QuotaView};
@@ -36,7 +36,7 @@ fn with_etag<T: serde::Serialize>(etag: &str, body: T) -> Response {
 
 #[utoipa::path(post, path = "/v1/clusters", request_body = CreateClusterRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first response")),
-    responses((status = 202, description = "{cluster, operation}"), (status = "4XX", body = Problem)))]
+    responses((status = 202, description = "{cluster, operation}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn cluster_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -49,23 +49,17 @@ pub async fn cluster_create(
 }
 
 #[utoipa::path(get, path = "/v1/clusters", params(ClusterListQuery),
-    responses((status = 200, description = "{items, next_page_token}"), (status = "4XX", body = Problem)))]
+    responses((status = 200, description = "{items, next_page_token}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn cluster_list(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    query: Result<Query<ClusterListQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<ClusterListQuery>,
 ) -> Result<Response> {
-    let Query(q) = query.map_err(|e| {
-        Error::Validation(kubeforge_cluster::ValidationError::new(
-            "query",
-            e.body_text(),
-        ))
-    })?;
     Ok(Json(app.cluster_list(&ctx, q).await?).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/clusters/{cluster}", params(("cluster" = String, Path, description = "id or name")),
-    responses((status = 200, body = ClusterView), (status = 404, body = Problem)))]
+    responses((status = 200, body = ClusterView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn cluster_get(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -77,7 +71,7 @@ pub async fn cluster_get(
 
 #[utoipa::path(patch, path = "/v1/clusters/{cluster}", request_body = UpdateClusterRequest,
     params(("cluster" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, description = "{cluster, operation}"), (status = 412, body = Problem)))]
+    responses((status = 200, description = "{cluster, operation}"), (status = 412, body = Problem, content_type = "application/problem+json")))]
 pub async fn cluster_update(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -93,7 +87,7 @@ pub async fn cluster_update(
 
 #[utoipa::path(delete, path = "/v1/clusters/{cluster}",
     params(("cluster" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 202, description = "{operation}"), (status = 409, body = Problem)))]
+    responses((status = 202, description = "{operation}"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub async fn cluster_delete(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -108,7 +102,7 @@ pub async fn cluster_delete(
 
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/node-pools", request_body = CreateNodePoolRequest,
     params(("cluster" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 202, description = "{node_pool, operation}"), (status = "4XX", body = Problem)))]
+    responses((status = 202, description = "{node_pool, operation}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn node_pool_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -135,7 +129,7 @@ pub async fn node_pool_list(
 
 #[utoipa::path(get, path = "/v1/clusters/{cluster}/node-pools/{pool}",
     params(("cluster" = String, Path), ("pool" = String, Path)),
-    responses((status = 200, body = NodePoolView), (status = 404, body = Problem)))]
+    responses((status = 200, body = NodePoolView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn node_pool_get(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -147,7 +141,7 @@ pub async fn node_pool_get(
 
 #[utoipa::path(patch, path = "/v1/clusters/{cluster}/node-pools/{pool}", request_body = UpdateNodePoolRequest,
     params(("cluster" = String, Path), ("pool" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, description = "{node_pool, operation}"), (status = "4XX", body = Problem)))]
+    responses((status = 200, description = "{node_pool, operation}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn node_pool_update(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -197,7 +191,7 @@ pub async fn operation_list(
 }
 
 #[utoipa::path(get, path = "/v1/operations/{operation}", params(("operation" = String, Path)),
-    responses((status = 200, body = OperationView), (status = 404, body = Problem)))]
+    responses((status = 200, body = OperationView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn operation_get(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -212,21 +206,15 @@ pub async fn event_list(
     State(app): State<SharedApp>,
     ctx: OpContext,
     Path(c): Path<String>,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> Result<Response> {
-    let Query(q) = query.map_err(|e| {
-        Error::Validation(kubeforge_cluster::ValidationError::new(
-            "query",
-            e.body_text(),
-        ))
-    })?;
     Ok(Json(app.event_list(&ctx, &c, q).await?).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/kubeconfig", request_body = KubeconfigRequest,
     params(("cluster" = String, Path)),
     responses((status = 200, content_type = "application/yaml", description = "a kubeconfig"),
-              (status = 409, body = Problem, description = "cluster_not_ready")))]
+              (status = 409, body = Problem, content_type = "application/problem+json", description = "cluster_not_ready")))]
 pub async fn kubeconfig_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -238,7 +226,7 @@ pub async fn kubeconfig_create(
 }
 
 #[utoipa::path(post, path = "/v1/hosts", request_body = CreateHostRequest,
-    responses((status = 201, description = "{host}"), (status = 403, body = Problem)))]
+    responses((status = 201, description = "{host}"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub async fn host_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -256,7 +244,7 @@ pub async fn host_list(State(app): State<SharedApp>, ctx: OpContext) -> Result<R
 }
 
 #[utoipa::path(delete, path = "/v1/hosts/{host}", params(("host" = String, Path)),
-    responses((status = 204), (status = 409, body = Problem)))]
+    responses((status = 204), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub async fn host_delete(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -288,13 +276,13 @@ pub async fn quota_put(
 }
 
 /// Process up.
-#[utoipa::path(get, path = "/healthz", responses((status = 200)))]
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200)))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Database reachable.
-#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, body = Problem)))]
+#[utoipa::path(get, path = "/readyz", security(()), responses((status = 200), (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub async fn readyz(State(app): State<SharedApp>) -> Result<&'static str> {
     sqlx::query("SELECT 1")
         .execute(&app.pool)
@@ -303,7 +291,7 @@ pub async fn readyz(State(app): State<SharedApp>) -> Result<&'static str> {
     Ok("ok")
 }
 
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(app): State<SharedApp>) -> Response {
     if let Ok((queued, running, dead)) = crate::store::job::depth(&app.pool).await {
         let g = &app.metrics.job_queue_depth;
@@ -326,7 +314,8 @@ pub async fn metrics(State(app): State<SharedApp>) -> Response {
         cluster_create, cluster_list, cluster_get, cluster_update, cluster_delete,
         node_pool_create, node_pool_list, node_pool_get, node_pool_update, node_pool_delete,
         machine_list, operation_list, operation_get, event_list, kubeconfig_create,
-        host_create, host_list, host_delete, quota_get, quota_put, healthz, readyz, metrics
+        host_create, host_list, host_delete, quota_get, quota_put, healthz, readyz, metrics,
+        openapi
     ),
     components(schemas(Problem, ClusterView, NodePoolView, MachineView, OperationView, Event,
                        CreateClusterRequest, CreateNodePoolRequest, UpdateClusterRequest,
@@ -355,7 +344,7 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200)))]
+#[utoipa::path(get, path = "/v1/openapi.json", security(()), responses((status = 200)))]
 pub async fn openapi() -> Response {
     Json(ApiDoc::openapi()).into_response()
 }

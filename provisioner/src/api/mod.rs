@@ -54,11 +54,7 @@ pub fn router(app: SharedApp) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { Error::not_found("route", "") })
-        .method_not_allowed_fallback(|| async {
-            Error::MalformedBody {
-                detail: "method not allowed on this route".into(),
-            }
-        })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(middleware::from_fn(timeout))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(app.clone(), record_metrics))

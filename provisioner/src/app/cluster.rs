@@ -87,6 +87,22 @@ fn decode_token(t: &str) -> Result<String> {
         .ok_or_else(|| ValidationError::new("page_token", "not a page token from this API").into())
 }
 
+/// Cuts a `limit + 1` fetch to `limit` rows and, if there was more, makes
+/// the token that continues after the last row kept.
+fn page<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        let next = rows.last().map(|r| encode_token(&cursor(r)));
+        (rows, next)
+    } else {
+        (rows, None)
+    }
+}
+
 /// Checks `If-Match` against the current entity tag.
 pub fn check_if_match(if_match: Option<&str>, etag: &str) -> Result<()> {
     match if_match {
@@ -219,13 +235,8 @@ impl App {
             after,
             limit: limit + 1,
         };
-        let mut rows = cluster::list(&self.pool, ctx, &filter).await?;
-        let next = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(|c| encode_token(&c.id.to_string()))
-        } else {
-            None
-        };
+        let rows = cluster::list(&self.pool, ctx, &filter).await?;
+        let (rows, next) = page(rows, limit, |c| c.id.to_string());
         Ok(Page {
             items: rows.iter().map(ClusterView::from).collect(),
             next_page_token: next,
@@ -370,16 +381,11 @@ impl App {
             })?),
         };
         let c = cluster::get(&self.pool, ctx, id_or_name).await?;
-        let mut rows = event::list(&self.pool, ctx, c.id, before, limit + 1).await?;
-        let next = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(|e| encode_token(&e.id.to_string()))
-        } else {
-            None
-        };
+        let rows = event::list(&self.pool, ctx, c.id, before, limit + 1).await?;
+        let (items, next_page_token) = page(rows, limit, |e| e.id.to_string());
         Ok(Page {
-            items: rows,
-            next_page_token: next,
+            items,
+            next_page_token,
         })
     }
 

@@ -70,6 +70,25 @@ pub struct QuotaView {
     pub nodes: i64,
 }
 
+/// Builds a [`HostView`] from a `hosts` row of either query (their
+/// anonymous record types differ, their columns do not).
+macro_rules! host_view {
+    ($r:expr) => {{
+        let r = $r;
+        HostView {
+            id: r.id,
+            address: r.address,
+            port: u16::try_from(r.port).unwrap_or(22),
+            user: r.ssh_user,
+            host_key: r.host_key,
+            labels: serde_json::from_value(r.labels).unwrap_or_default(),
+            credential_kind: r.credential_kind,
+            claimed_by: r.claimed_by,
+            created_at: r.created_at,
+        }
+    }};
+}
+
 const HOST_KEY_TYPES: &[&str] = &[
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
@@ -196,17 +215,7 @@ impl App {
         .fetch_optional(conn)
         .await?
         .ok_or_else(|| Error::not_found("host", id.to_string()))?;
-        Ok(HostView {
-            id: r.id,
-            address: r.address,
-            port: u16::try_from(r.port).unwrap_or(22),
-            user: r.ssh_user,
-            host_key: r.host_key,
-            labels: serde_json::from_value(r.labels).unwrap_or_default(),
-            credential_kind: r.credential_kind,
-            claimed_by: r.claimed_by,
-            created_at: r.created_at,
-        })
+        Ok(host_view!(r))
     }
 
     pub async fn host_list(&self, ctx: &OpContext) -> Result<Vec<HostView>> {
@@ -217,20 +226,7 @@ impl App {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| HostView {
-                id: r.id,
-                address: r.address,
-                port: u16::try_from(r.port).unwrap_or(22),
-                user: r.ssh_user,
-                host_key: r.host_key,
-                labels: serde_json::from_value(r.labels).unwrap_or_default(),
-                credential_kind: r.credential_kind,
-                claimed_by: r.claimed_by,
-                created_at: r.created_at,
-            })
-            .collect())
+        Ok(rows.into_iter().map(|r| host_view!(r)).collect())
     }
 
     pub async fn host_delete(&self, ctx: &OpContext, id: &str) -> Result<()> {

@@ -180,7 +180,9 @@ pub async fn retry(
     Ok(n == 1)
 }
 
-/// Out of attempts: park it in the dead-letter state.
+/// Out of attempts: park it in the dead-letter state. If a new request
+/// asked for another run meanwhile (`rerun`), the job is queued afresh
+/// instead, so that request's operation is never left behind a dead job.
 pub async fn dead_letter(
     db: impl PgExecutor<'_>,
     id: i64,
@@ -188,7 +190,9 @@ pub async fn dead_letter(
     error: &str,
 ) -> Result<bool> {
     let n = sqlx::query!(
-        "UPDATE jobs SET state = 'dead', last_error = $3, lease_owner = NULL,
+        "UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'dead' END,
+                attempts = CASE WHEN rerun THEN 0 ELSE attempts END,
+                run_after = now(), rerun = false, last_error = $3, lease_owner = NULL,
                 lease_expires_at = NULL, updated_at = now()
          WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
         id,

@@ -1,0 +1,1029 @@
+//! API behaviours: entity tags and If-Match, deletion protection,
+//! lookups, list pagination and filters, events, operations, kubeconfig,
+//! service endpoints, request ids, hosts and the OpenAPI document.
+
+use axum::http::Method;
+use kubeforge::context::Role;
+use kubeforge_tests::{cluster_body, Resp, TestApp};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+const PROBLEM: &str = "application/problem+json";
+
+fn header<'a>(r: &'a Resp, name: &str) -> &'a str {
+    r.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Asserts `r` is a problem document with `status` and `code`.
+#[track_caller]
+fn assert_problem(r: &Resp, status: u16, code: &str) {
+    assert_eq!(r.status.as_u16(), status, "{}", r.text);
+    assert_eq!(header(r, "content-type"), PROBLEM, "{}", r.text);
+    assert_eq!(r.body["code"], code, "{}", r.text);
+    assert_eq!(r.body["status"], status, "{}", r.text);
+}
+
+async fn create(app: &TestApp, token: &str, body: Value) -> Value {
+    let r = app
+        .call(Method::POST, "/v1/clusters", Some(token), Some(body), &[])
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    r.body
+}
+
+async fn get(app: &TestApp, token: &str, path: &str) -> Resp {
+    app.call(Method::GET, path, Some(token), None, &[]).await
+}
+
+#[tokio::test]
+async fn get_returns_etag_and_if_match_guards_patch_and_delete() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    create(&app, &token, cluster_body("web")).await;
+
+    let c = get(&app, &token, "/v1/clusters/web").await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    let etag = c.body["etag"].as_str().expect("etag in body").to_string();
+    assert!(!etag.is_empty());
+    assert_eq!(header(&c, "etag"), etag);
+    assert_eq!(c.body["generation"], 1);
+
+    // The current etag: accepted, generation bumped, a new etag.
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/web",
+            Some(&token),
+            Some(json!({"labels": {"team": "api"}})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["cluster"]["generation"], 2);
+    assert_eq!(r.body["cluster"]["labels"], json!({"team": "api"}));
+    assert_eq!(r.body["operation"]["type"], "cluster_update");
+    let new_etag = r.body["cluster"]["etag"].as_str().unwrap().to_string();
+    assert_ne!(new_etag, etag);
+    let c = get(&app, &token, "/v1/clusters/web").await;
+    assert_eq!(header(&c, "etag"), new_etag);
+    assert_eq!(c.body["generation"], 2);
+
+    // The old etag is stale now: 412, nothing changes.
+    let before = app.counts().await;
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/web",
+            Some(&token),
+            Some(json!({"labels": {"team": "db"}})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_problem(&r, 412, "precondition_failed");
+    let r = app
+        .call(
+            Method::DELETE,
+            "/v1/clusters/web",
+            Some(&token),
+            None,
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_problem(&r, 412, "precondition_failed");
+    assert_eq!(app.counts().await, before);
+    let c = get(&app, &token, "/v1/clusters/web").await;
+    assert_eq!(c.body["generation"], 2);
+    assert_eq!(c.body["labels"], json!({"team": "api"}));
+    assert_eq!(header(&c, "etag"), new_etag);
+
+    // Node pools carry etags too.
+    let p = get(&app, &token, "/v1/clusters/web/node-pools/default").await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    let pool_etag = p.body["etag"].as_str().unwrap().to_string();
+    assert_eq!(header(&p, "etag"), pool_etag);
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/web/node-pools/default",
+            Some(&token),
+            Some(json!({"size": 3})),
+            &[("if-match", "\"stale\"")],
+        )
+        .await;
+    assert_problem(&r, 412, "precondition_failed");
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/web/node-pools/default",
+            Some(&token),
+            Some(json!({"size": 3})),
+            &[("if-match", &pool_etag)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["node_pool"]["size"], 3);
+    assert_eq!(r.body["node_pool"]["generation"], 2);
+
+    // The current etag deletes.
+    let r = app
+        .call(
+            Method::DELETE,
+            "/v1/clusters/web",
+            Some(&token),
+            None,
+            &[("if-match", &new_etag)],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["operation"]["type"], "cluster_delete");
+}
+
+#[tokio::test]
+async fn deletion_protection_blocks_delete_until_lifted() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    let mut body = cluster_body("guarded");
+    body["deletion_protection"] = json!(true);
+    let created = create(&app, &token, body).await;
+    assert_eq!(created["cluster"]["deletion_protection"], true);
+
+    let before = app.counts().await;
+    let r = app
+        .call(
+            Method::DELETE,
+            "/v1/clusters/guarded",
+            Some(&token),
+            None,
+            &[],
+        )
+        .await;
+    assert_problem(&r, 409, "deletion_protected");
+    assert_eq!(r.body["retryable"], false);
+    assert_eq!(app.counts().await, before);
+
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/guarded",
+            Some(&token),
+            Some(json!({"deletion_protection": false})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["cluster"]["deletion_protection"], false);
+
+    let r = app
+        .call(
+            Method::DELETE,
+            "/v1/clusters/guarded",
+            Some(&token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let op = r.body["operation"].clone();
+    assert_eq!(op["type"], "cluster_delete");
+    assert!(op["id"].is_string());
+
+    // Deleting again answers with the delete already in flight.
+    let ops_before = app.count("operations").await;
+    let r = app
+        .call(
+            Method::DELETE,
+            "/v1/clusters/guarded",
+            Some(&token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["operation"]["id"], op["id"]);
+    assert_eq!(app.count("operations").await, ops_before);
+
+    // A cluster being deleted takes no more changes.
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/guarded",
+            Some(&token),
+            Some(json!({"labels": {}})),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 409, "conflict");
+}
+
+#[tokio::test]
+async fn clusters_are_found_by_id_and_by_name_within_the_tenant() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Viewer);
+    let editor = app.token("acme", Role::Editor);
+    let created = create(&app, &editor, cluster_body("web")).await;
+    let id = created["cluster"]["id"].as_str().unwrap();
+
+    let by_id = get(&app, &token, &format!("/v1/clusters/{id}")).await;
+    let by_name = get(&app, &token, "/v1/clusters/web").await;
+    assert_eq!(by_id.status, 200, "{}", by_id.text);
+    assert_eq!(by_name.status, 200, "{}", by_name.text);
+    assert_eq!(by_id.body["id"], id);
+    assert_eq!(by_name.body["id"], id);
+    assert_eq!(by_id.body["name"], "web");
+    assert_eq!(by_id.body["tenant"], "acme");
+    assert_eq!(by_id.body["phase"], "provisioning");
+    for key in [
+        "kubernetes_version",
+        "provider",
+        "control_plane",
+        "network",
+        "labels",
+        "deletion_protection",
+        "conditions",
+        "endpoint",
+        "certificates",
+        "generation",
+        "observed_generation",
+        "etag",
+        "created_at",
+        "updated_at",
+    ] {
+        assert!(by_id.body.get(key).is_some(), "cluster has no {key}");
+    }
+
+    for missing in [
+        "/v1/clusters/nope".to_string(),
+        format!("/v1/clusters/{}", uuid::Uuid::now_v7()),
+    ] {
+        let r = get(&app, &token, &missing).await;
+        assert_problem(&r, 404, "not_found");
+    }
+    // Another tenant sees neither.
+    let other = app.token("globex", Role::Admin);
+    for path in [format!("/v1/clusters/{id}"), "/v1/clusters/web".into()] {
+        let r = get(&app, &other, &path).await;
+        assert_problem(&r, 404, "not_found");
+    }
+}
+
+/// Follows `next_page_token` from `first`, returning each page's names.
+async fn pages(app: &TestApp, token: &str, first: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut url = first.to_string();
+    loop {
+        let r = get(app, token, &url).await;
+        assert_eq!(r.status, 200, "{url}: {}", r.text);
+        out.push(
+            r.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_string())
+                .collect(),
+        );
+        match r.body["next_page_token"].as_str() {
+            Some(t) => {
+                assert!(out.len() < 20, "pagination does not end");
+                let sep = if first.contains('?') { '&' } else { '?' };
+                url = format!("{first}{sep}page_token={t}");
+            }
+            None => {
+                assert_eq!(r.body["next_page_token"], Value::Null);
+                return out;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn cluster_list_paginates_in_creation_order() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    let names = ["zeta", "alpha", "mid", "beta", "omega"];
+    for n in names {
+        create(&app, &token, cluster_body(n)).await;
+    }
+    // Another tenant's clusters never show up.
+    create(
+        &app,
+        &app.token("globex", Role::Editor),
+        cluster_body("alpha"),
+    )
+    .await;
+
+    let got = pages(&app, &token, "/v1/clusters?limit=2").await;
+    assert_eq!(
+        got.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![2, 2, 1],
+        "{got:?}"
+    );
+    let flat: Vec<String> = got.into_iter().flatten().collect();
+    assert_eq!(flat, names);
+    let unique: BTreeSet<&String> = flat.iter().collect();
+    assert_eq!(unique.len(), 5);
+
+    // A page exactly as large as what is left has no next token.
+    assert_eq!(pages(&app, &token, "/v1/clusters?limit=5").await.len(), 1);
+    assert_eq!(
+        pages(&app, &token, "/v1/clusters").await,
+        vec![names.map(String::from).to_vec()]
+    );
+
+    // Bad paging input names its field.
+    let bad_token = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("not-a-uuid")
+    };
+    for (query, field) in [
+        ("page_token=%21%21%21", "page_token"),
+        (&format!("page_token={bad_token}") as &str, "page_token"),
+        ("limit=0", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=201", "limit"),
+        ("phase=running", "phase"),
+        ("limit=ten", "limit"),
+        ("colour=blue", "colour"),
+    ] {
+        let r = get(&app, &token, &format!("/v1/clusters?{query}")).await;
+        assert_problem(&r, 422, "validation_failed");
+        assert_eq!(r.body["field"], field, "{query}: {}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn cluster_list_filters_by_phase_and_label() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    for (name, labels) in [
+        ("a", json!({"team": "web"})),
+        ("b", json!({"team": "api"})),
+        ("c", json!({"team": "web", "env": "prod"})),
+        ("d", json!({})),
+    ] {
+        let mut body = cluster_body(name);
+        body["labels"] = labels;
+        create(&app, &token, body).await;
+    }
+    let names = |r: &Resp| -> Vec<String> {
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (query, want) in [
+        ("label=team=web", vec!["a", "c"]),
+        ("label=team%3Dweb", vec!["a", "c"]),
+        ("label=team=api", vec!["b"]),
+        ("label=team", vec!["a", "b", "c"]),
+        ("label=env", vec!["c"]),
+        ("label=env=dev", vec![]),
+        ("label=nope", vec![]),
+        ("phase=provisioning", vec!["a", "b", "c", "d"]),
+        ("phase=ready", vec![]),
+        ("phase=provisioning&label=team=web&limit=1", vec!["a"]),
+    ] {
+        let r = get(&app, &token, &format!("/v1/clusters?{query}")).await;
+        assert_eq!(names(&r), want, "{query}");
+    }
+    // Paging keeps the filter.
+    assert_eq!(
+        pages(&app, &token, "/v1/clusters?label=team=web&limit=1").await,
+        vec![vec!["a".to_string()], vec!["c".to_string()]]
+    );
+
+    // A delete request moves the cluster to `deleting`.
+    let r = app
+        .call(Method::DELETE, "/v1/clusters/d", Some(&token), None, &[])
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = get(&app, &token, "/v1/clusters?phase=deleting").await;
+    assert_eq!(names(&r), ["d"]);
+    let r = get(&app, &token, "/v1/clusters?phase=provisioning").await;
+    assert_eq!(names(&r), ["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn events_are_newest_first_and_paginate() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    create(&app, &token, cluster_body("web")).await;
+    for i in 0..4 {
+        let r = app
+            .call(
+                Method::PATCH,
+                "/v1/clusters/web",
+                Some(&token),
+                Some(json!({"labels": {"rev": format!("r{i}")}})),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let all = get(&app, &token, "/v1/clusters/web/events").await;
+    assert_eq!(all.status, 200, "{}", all.text);
+    let all = all.body["items"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 5, "{all:?}");
+    let ids: Vec<i64> = all.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "not newest first: {ids:?}"
+    );
+    assert_eq!(all[0]["reason"], "UpdateRequested");
+    assert_eq!(all[4]["reason"], "CreateRequested");
+    for e in &all {
+        for key in ["id", "cluster", "type", "reason", "message", "created_at"] {
+            assert!(e.get(key).is_some(), "event has no {key}: {e}");
+        }
+        assert_eq!(e["type"], "Normal");
+    }
+
+    let mut paged = Vec::new();
+    let mut url = "/v1/clusters/web/events?limit=2".to_string();
+    let mut sizes = Vec::new();
+    loop {
+        let r = get(&app, &token, &url).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let items = r.body["items"].as_array().unwrap();
+        sizes.push(items.len());
+        paged.extend(items.iter().map(|e| e["id"].as_i64().unwrap()));
+        match r.body["next_page_token"].as_str() {
+            Some(t) => url = format!("/v1/clusters/web/events?limit=2&page_token={t}"),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, vec![2, 2, 1]);
+    assert_eq!(paged, ids);
+
+    for (query, field) in [("limit=0", "limit"), ("page_token=%21%21", "page_token")] {
+        let r = get(&app, &token, &format!("/v1/clusters/web/events?{query}")).await;
+        assert_problem(&r, 422, "validation_failed");
+        assert_eq!(r.body["field"], field);
+    }
+    let r = get(&app, &token, "/v1/clusters/nope/events").await;
+    assert_problem(&r, 404, "not_found");
+}
+
+const STEP_KEYS: [&str; 5] = ["name", "state", "started_at", "finished_at", "error"];
+
+#[track_caller]
+fn assert_operation_shape(op: &Value) {
+    for key in [
+        "id",
+        "cluster",
+        "type",
+        "state",
+        "steps",
+        "error",
+        "created_at",
+        "finished_at",
+    ] {
+        assert!(op.get(key).is_some(), "operation has no {key}: {op}");
+    }
+    let state = op["state"].as_str().unwrap();
+    assert!(
+        ["pending", "running", "succeeded", "failed"].contains(&state),
+        "{state}"
+    );
+    for step in op["steps"].as_array().expect("steps") {
+        for key in STEP_KEYS {
+            assert!(step.get(key).is_some(), "step has no {key}: {step}");
+        }
+        assert!(step["name"].is_string());
+        let s = step["state"].as_str().unwrap();
+        assert!(
+            ["pending", "running", "succeeded", "failed"].contains(&s),
+            "{s}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn operations_are_listed_per_cluster_with_steps() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    let web = create(&app, &token, cluster_body("web")).await;
+    create(&app, &token, cluster_body("other")).await;
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/web",
+            Some(&token),
+            Some(json!({"labels": {}})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let r = get(&app, &token, "/v1/clusters/web/operations").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let ops = r.body["items"].as_array().unwrap();
+    let types: Vec<&str> = ops.iter().map(|o| o["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["cluster_update", "cluster_create"]);
+    for o in ops {
+        assert_eq!(o["cluster"], web["cluster"]["id"]);
+        assert_operation_shape(o);
+    }
+
+    let create_op = &web["operation"];
+    assert_operation_shape(create_op);
+    let id = create_op["id"].as_str().unwrap();
+    let r = get(&app, &token, &format!("/v1/operations/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_operation_shape(&r.body);
+    assert_eq!(r.body["id"], id);
+    assert_eq!(r.body["type"], "cluster_create");
+    assert_eq!(r.body["error"], Value::Null);
+    let steps: Vec<&str> = r.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(!steps.is_empty());
+    for s in r.body["steps"].as_array().unwrap() {
+        assert_eq!(s["state"], "pending");
+        assert_eq!(s["started_at"], Value::Null);
+        assert_eq!(s["finished_at"], Value::Null);
+        assert_eq!(s["error"], Value::Null);
+    }
+
+    // The engine moves the operation along; the shape holds.
+    app.settle().await;
+    let r = get(&app, &token, &format!("/v1/operations/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_operation_shape(&r.body);
+    let first = &r.body["steps"][0];
+    assert_ne!(first["state"], "pending", "{}", r.text);
+    assert!(first["started_at"].is_string(), "{}", r.text);
+
+    // Unknown or foreign operations are 404.
+    for path in [
+        "/v1/operations/not-a-uuid".to_string(),
+        format!("/v1/operations/{}", uuid::Uuid::now_v7()),
+    ] {
+        let r = get(&app, &token, &path).await;
+        assert_problem(&r, 404, "not_found");
+    }
+    let r = get(
+        &app,
+        &app.token("globex", Role::Admin),
+        &format!("/v1/operations/{id}"),
+    )
+    .await;
+    assert_problem(&r, 404, "not_found");
+}
+
+#[tokio::test]
+async fn kubeconfig_before_ready_is_cluster_not_ready() {
+    let app = TestApp::new().await;
+    let editor = app.token("acme", Role::Editor);
+    let viewer = app.token("acme", Role::Viewer);
+    create(&app, &editor, cluster_body("web")).await;
+    let path = "/v1/clusters/web/kubeconfig";
+
+    for (token, body) in [
+        (&editor, json!({"role": "admin", "ttl_seconds": 3600})),
+        (&editor, json!({})),
+        (&viewer, json!({"role": "viewer", "ttl_seconds": 600})),
+    ] {
+        let r = app
+            .call(Method::POST, path, Some(token), Some(body.clone()), &[])
+            .await;
+        assert_problem(&r, 409, "cluster_not_ready");
+        assert_eq!(r.body["retryable"], true, "{body}");
+    }
+
+    let r = app
+        .call(
+            Method::POST,
+            path,
+            Some(&editor),
+            Some(json!({"role": "root"})),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 422, "validation_failed");
+    assert_eq!(r.body["field"], "role");
+    let r = app
+        .call(
+            Method::POST,
+            path,
+            Some(&editor),
+            Some(json!({"role": "admin", "ttl_seconds": 10})),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 422, "validation_failed");
+    assert_eq!(r.body["field"], "ttl_seconds");
+
+    // A viewer may not ask for an admin kubeconfig.
+    let r = app
+        .call(
+            Method::POST,
+            path,
+            Some(&viewer),
+            Some(json!({"role": "admin"})),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 403, "forbidden");
+
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters/nope/kubeconfig",
+            Some(&editor),
+            Some(json!({})),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 404, "not_found");
+}
+
+#[tokio::test]
+async fn service_endpoints_answer() {
+    let app = TestApp::new().await;
+    let r = app.call(Method::GET, "/healthz", None, None, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text, "ok");
+    let r = app.call(Method::GET, "/readyz", None, None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.text, "ok");
+
+    let token = app.token("acme", Role::Viewer);
+    let r = get(&app, &token, "/v1/clusters").await;
+    assert_eq!(r.status, 200);
+    let r = app.call(Method::GET, "/metrics", None, None, &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(header(&r, "content-type").starts_with("text/plain"));
+    let line = r
+        .text
+        .lines()
+        .find(|l| {
+            l.starts_with("kubeforge_http_requests_total{") && l.contains("route=\"/v1/clusters\"")
+        })
+        .unwrap_or_else(|| panic!("no request counter for /v1/clusters:\n{}", r.text));
+    assert!(line.contains("method=\"GET\""), "{line}");
+    assert!(line.contains("status=\"200\""), "{line}");
+    assert!(
+        r.text
+            .lines()
+            .any(|l| l.starts_with("kubeforge_job_queue_depth{") && l.contains("state=\"queued\"")),
+        "{}",
+        r.text
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    let mut seen = BTreeSet::new();
+    for (method, path, token, body) in [
+        (Method::GET, "/healthz", None, None),
+        (Method::GET, "/v1/clusters", Some(&token), None),
+        (Method::GET, "/v1/clusters", None, None),
+        (Method::GET, "/v1/clusters/nope", Some(&token), None),
+        (Method::GET, "/no/such/route", None, None),
+        (
+            Method::POST,
+            "/v1/clusters",
+            Some(&token),
+            Some(json!({"name": "Bad"})),
+        ),
+        (
+            Method::POST,
+            "/v1/clusters",
+            Some(&token),
+            Some(cluster_body("web")),
+        ),
+    ] {
+        let r = app
+            .call(method.clone(), path, token.map(String::as_str), body, &[])
+            .await;
+        let id = header(&r, "x-request-id");
+        assert!(
+            !id.is_empty(),
+            "{method} {path} ({}) has no x-request-id",
+            r.status
+        );
+        assert!(seen.insert(id.to_string()), "request id {id} reused");
+    }
+    for (path, token) in [
+        ("/healthz", None),
+        ("/v1/clusters", Some(token.as_str())),
+        ("/nope", None),
+    ] {
+        let r = app
+            .call(
+                Method::GET,
+                path,
+                token,
+                None,
+                &[("x-request-id", "req-from-client-42")],
+            )
+            .await;
+        assert_eq!(header(&r, "x-request-id"), "req-from-client-42", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_are_problem_404s() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    for (path, token) in [
+        ("/nope", None),
+        ("/v1", Some(token.as_str())),
+        ("/v2/clusters", Some(token.as_str())),
+        ("/v1/clusters/web/unknown", Some(token.as_str())),
+    ] {
+        let r = app.call(Method::GET, path, token, None, &[]).await;
+        assert_problem(&r, 404, "not_found");
+        assert_eq!(r.body["retryable"], false);
+    }
+    // A real route with the wrong method is 405.
+    let r = app
+        .call(Method::PUT, "/v1/clusters", Some(&token), None, &[])
+        .await;
+    assert_problem(&r, 405, "method_not_allowed");
+    // An array where an object belongs is refused, not read as defaults.
+    let r = app
+        .call_raw(
+            Method::POST,
+            "/v1/clusters",
+            Some(&token),
+            Some(b"[]".to_vec()),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 422, "validation_failed");
+    assert_eq!(app.count("clusters").await, 0);
+    // No token on a real route is 401, not 404.
+    let r = app.call(Method::GET, "/v1/clusters", None, None, &[]).await;
+    assert_problem(&r, 401, "unauthenticated");
+}
+
+fn host_body(address: &str, port: u16, password: &str) -> Value {
+    json!({
+        "address": address,
+        "port": port,
+        "user": "root",
+        "credentials": {"password": password},
+        "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5",
+        "labels": {"rack": "r1"}
+    })
+}
+
+#[tokio::test]
+async fn hosts_are_registered_listed_and_removed_without_leaking_credentials() {
+    let app = TestApp::new().await;
+    let admin = app.token("platform", Role::PlatformAdmin);
+    let password = "Tr0ub4dor-and-3-horses";
+    let key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-very-secret\n-----END OPENSSH PRIVATE KEY-----\n";
+
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/hosts",
+            Some(&admin),
+            Some(host_body("192.0.2.10", 22, password)),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let host = &r.body["host"];
+    assert!(host["id"].is_string());
+    assert_eq!(host["address"], "192.0.2.10");
+    assert_eq!(host["port"], 22);
+    assert_eq!(host["credential_kind"], "password");
+    assert!(host.get("credentials").is_none(), "{}", r.text);
+    assert!(!r.text.contains(password), "password in the response");
+    let first = host["id"].as_str().unwrap().to_string();
+
+    let mut with_key = host_body("192.0.2.11", 2222, "unused");
+    with_key["credentials"] = json!({"private_key": key});
+    let r = app
+        .call(Method::POST, "/v1/hosts", Some(&admin), Some(with_key), &[])
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["host"]["credential_kind"], "private_key");
+    assert!(!r.text.contains("very-secret"));
+
+    // The same address and port again: 409; another port is another host.
+    let before = app.counts().await;
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/hosts",
+            Some(&admin),
+            Some(host_body("192.0.2.10", 22, "other")),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 409, "conflict");
+    assert_eq!(app.counts().await, before);
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/hosts",
+            Some(&admin),
+            Some(host_body("192.0.2.10", 2200, "other")),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    let r = get(&app, &admin, "/v1/hosts").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let items = r.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(!r.text.contains(password) && !r.text.contains("very-secret"));
+    assert!(items.iter().all(|h| h.get("credentials").is_none()));
+
+    // At rest the credentials are sealed, not plain text.
+    let rows: Vec<(String, Vec<u8>, String)> =
+        sqlx::query_as("SELECT address, credential_sealed, hosts::text FROM hosts")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 3);
+    for secret in [password.as_bytes(), b"very-secret".as_slice()] {
+        let hex_secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        for (address, sealed, row) in &rows {
+            assert!(!sealed.is_empty());
+            assert!(
+                !sealed.windows(secret.len()).any(|w| w == secret),
+                "{address}: credential stored in plain text"
+            );
+            assert!(!row.contains(std::str::from_utf8(secret).unwrap()));
+            assert!(
+                !row.contains(&hex_secret),
+                "{address}: credential in a column"
+            );
+        }
+    }
+
+    // Tenants may not see or change hosts.
+    let tenant_admin = app.token("acme", Role::Admin);
+    let r = get(&app, &tenant_admin, "/v1/hosts").await;
+    assert_problem(&r, 403, "forbidden");
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/hosts/{first}"),
+            Some(&tenant_admin),
+            None,
+            &[],
+        )
+        .await;
+    assert_problem(&r, 403, "forbidden");
+
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/hosts/{first}"),
+            Some(&admin),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(r.text.is_empty());
+    let r = get(&app, &admin, "/v1/hosts").await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/hosts/{first}"),
+            Some(&admin),
+            None,
+            &[],
+        )
+        .await;
+    assert_problem(&r, 404, "not_found");
+}
+
+/// Every route of `kubeforge::api::router`, with its methods.
+const ROUTES: &[(&str, &[&str])] = &[
+    ("/v1/clusters", &["post", "get"]),
+    ("/v1/clusters/{cluster}", &["get", "patch", "delete"]),
+    ("/v1/clusters/{cluster}/node-pools", &["post", "get"]),
+    (
+        "/v1/clusters/{cluster}/node-pools/{pool}",
+        &["get", "patch", "delete"],
+    ),
+    ("/v1/clusters/{cluster}/machines", &["get"]),
+    ("/v1/clusters/{cluster}/operations", &["get"]),
+    ("/v1/clusters/{cluster}/events", &["get"]),
+    ("/v1/clusters/{cluster}/kubeconfig", &["post"]),
+    ("/v1/operations/{operation}", &["get"]),
+    ("/v1/hosts", &["post", "get"]),
+    ("/v1/hosts/{host}", &["delete"]),
+    ("/v1/tenants/{tenant}/quota", &["get", "put"]),
+    ("/v1/openapi.json", &["get"]),
+    ("/healthz", &["get"]),
+    ("/readyz", &["get"]),
+    ("/metrics", &["get"]),
+];
+
+#[tokio::test]
+async fn openapi_document_lists_every_route() {
+    let app = TestApp::new().await;
+    let r = app
+        .call(Method::GET, "/v1/openapi.json", None, None, &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(header(&r, "content-type").starts_with("application/json"));
+    let doc = &r.body;
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{}",
+        doc["openapi"]
+    );
+    assert!(doc["info"]["title"].is_string());
+    assert!(doc["info"]["version"].is_string());
+    let paths = doc["paths"].as_object().expect("paths");
+
+    let want: BTreeMap<&str, BTreeSet<&str>> = ROUTES
+        .iter()
+        .map(|(p, ms)| (*p, ms.iter().copied().collect()))
+        .collect();
+    let got: BTreeMap<&str, BTreeSet<&str>> = paths
+        .iter()
+        .map(|(p, item)| {
+            let methods = item
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .filter(|m| {
+                    ["get", "put", "post", "delete", "patch", "head", "options"].contains(m)
+                })
+                .collect();
+            (p.as_str(), methods)
+        })
+        .collect();
+    assert_eq!(got, want);
+
+    // Every operation says what it answers; every $ref resolves.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path} has no responses"
+            );
+        }
+    }
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    let mut refs = Vec::new();
+    collect_refs(doc, &mut refs);
+    assert!(!refs.is_empty());
+    for r in refs {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected $ref {r}"));
+        assert!(schemas.contains_key(name), "dangling $ref {r}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    // Routes without a handler in the document would show here too.
+    for (path, methods) in ROUTES {
+        for m in *methods {
+            let concrete = path
+                .replace("{cluster}", "web")
+                .replace("{pool}", "default")
+                .replace("{operation}", "x")
+                .replace("{host}", "x")
+                .replace("{tenant}", "acme");
+            let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
+            let r = app.call(method, &concrete, None, None, &[]).await;
+            assert_ne!(r.status, 404, "{m} {concrete} is not routed: {}", r.text);
+        }
+    }
+
+    insta::assert_json_snapshot!("openapi", doc);
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if k == "$ref" {
+                    if let Some(s) = v.as_str() {
+                        out.push(s.to_string());
+                    }
+                } else {
+                    collect_refs(v, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
