@@ -6,9 +6,12 @@
 //! the spec is valid. Nothing in this crate touches the network, the
 //! database or the clock; callers pass time in.
 
+pub mod bundle;
 pub mod condition;
+pub mod kubeconfig;
 pub mod names;
 pub mod network;
+pub mod pki;
 pub mod spec;
 pub mod validation;
 

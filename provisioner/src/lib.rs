@@ -20,4 +20,5 @@ pub mod keys;
 pub mod metrics;
 pub mod providers;
 pub mod server;
+pub mod ssh;
 pub mod store;

@@ -13,9 +13,11 @@ use crate::app::{App, Config, SharedApp, RECONCILE_CLUSTER};
 use crate::auth::AuthKeys;
 use crate::crypto::SecretBox;
 use crate::embedded_pg::{DataDirLock, EmbeddedPostgres};
+use crate::engine::controlplane::{Artifacts, MachineAccess};
 use crate::engine::reconcile::ClusterReconciler;
 use crate::engine::worker::{Engine, EngineConfig};
 use crate::metrics::Metrics;
+use crate::providers::lab::{LabConfig, LabProvider};
 use crate::providers::ProviderRegistry;
 use crate::store;
 
@@ -62,6 +64,96 @@ pub fn load_secret_box(data_dir: &Path) -> anyhow::Result<SecretBox> {
     SecretBox::new(&key)
 }
 
+/// The artifact cache: `$KUBEFORGE_CACHE` or `~/.cache/kubeforge`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("KUBEFORGE_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/kubeforge")
+}
+
+/// The newest complete lab image under the cache.
+pub fn lab_image(cache: &Path) -> Option<PathBuf> {
+    let mut images: Vec<PathBuf> = std::fs::read_dir(cache.join("lab-image"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(".complete").exists())
+        .collect();
+    images.sort();
+    images.pop().map(|p| p.join("rootfs"))
+}
+
+/// Kubernetes binaries in the guest, where the lab binds the host's cache.
+pub const GUEST_KUBE_DIR: &str = "/opt/kubeforge/kube/bin";
+
+/// The lab provider and machine access, if this host can run them; each
+/// missing piece is logged with how to get it.
+pub fn machine_setup(data_dir: &Path) -> (ProviderRegistry, Option<Arc<MachineAccess>>) {
+    let bridge = std::env::var("KUBEFORGE_LAB_BRIDGE").unwrap_or_else(|_| "kfbr0".into());
+    let subnet = std::env::var("KUBEFORGE_LAB_SUBNET").unwrap_or_else(|_| "10.77.0.0/24".into());
+    machine_setup_on(data_dir, &bridge, &subnet)
+}
+
+/// [`machine_setup`] on a given lab bridge and subnet.
+pub fn machine_setup_on(
+    data_dir: &Path,
+    bridge: &str,
+    subnet: &str,
+) -> (ProviderRegistry, Option<Arc<MachineAccess>>) {
+    let mut providers = ProviderRegistry::default();
+    let cache = cache_dir();
+    let version = kubeforge_cluster::names::SUPPORTED_VERSIONS[0];
+    let kube = cache.join(format!("kube/v{version}"));
+    let Some(image) = lab_image(&cache) else {
+        tracing::warn!(cache = %cache.display(), "no lab image: the lab provider is off (build it with scripts/build-lab-image)");
+        return (providers, None);
+    };
+    if !kube.join(".complete").exists() {
+        tracing::warn!(dir = %kube.display(), "no Kubernetes binaries: the lab provider is off (build them with scripts/build-kube)");
+        return (providers, None);
+    }
+    let setup = || -> anyhow::Result<(LabProvider, MachineAccess)> {
+        let client_key = crate::ssh::load_or_create_client_key(&data_dir.join("ssh/id_ed25519"))?;
+        let host_dir = kube.join("bin/linux/amd64");
+        let etcd_bin = "/usr/bin/etcd".to_string();
+        let etcd_sha256 = crate::engine::controlplane::file_sha256(&image.join("usr/bin/etcd"))
+            .context("the lab image has no /usr/bin/etcd")?;
+        let lab = LabProvider::new(LabConfig {
+            image_rootfs: image.clone(),
+            state_dir: data_dir.join("lab"),
+            bridge: bridge.to_string(),
+            subnet: subnet.parse().context("the lab subnet is not a CIDR")?,
+            authorized_key: client_key.public_key_line().to_string(),
+            bind_ro: vec![(host_dir.clone(), GUEST_KUBE_DIR.to_string())],
+        })?;
+        let access = MachineAccess {
+            ssh: crate::ssh::SshExecutor::new(8),
+            client_key,
+            artifacts: Artifacts {
+                kubernetes_version: version.to_string(),
+                host_dir,
+                guest_dir: GUEST_KUBE_DIR.to_string(),
+                etcd_bin,
+                etcd_sha256,
+            },
+        };
+        Ok((lab, access))
+    };
+    match setup() {
+        Ok((lab, access)) => {
+            tracing::info!(image = %image.display(), "lab provider on");
+            providers.register(Arc::new(lab));
+            (providers, Some(Arc::new(access)))
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the lab provider is off");
+            (providers, None)
+        }
+    }
+}
+
 /// Builds the shared app state.
 pub fn build_app(
     pool: sqlx::PgPool,
@@ -69,6 +161,7 @@ pub fn build_app(
     secrets: SecretBox,
     providers: ProviderRegistry,
     config: Config,
+    access: Option<Arc<MachineAccess>>,
 ) -> anyhow::Result<SharedApp> {
     Ok(Arc::new(App {
         pool,
@@ -77,6 +170,7 @@ pub fn build_app(
         secrets,
         metrics: Metrics::new()?,
         config,
+        access,
     }))
 }
 
@@ -134,10 +228,15 @@ async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Res
     store::migrate(&pool).await?;
     let auth = load_auth(&opts.data_dir)?;
     let secrets = load_secret_box(&opts.data_dir)?;
-    // Machine providers arrive with the control-plane work; until then a
-    // cluster's machines step reports `provider_unavailable`.
-    let providers = ProviderRegistry::default();
-    let app = build_app(pool.clone(), auth, secrets, providers, Config::default())?;
+    let (providers, access) = machine_setup(&opts.data_dir);
+    let app = build_app(
+        pool.clone(),
+        auth,
+        secrets,
+        providers,
+        Config::default(),
+        access,
+    )?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = build_engine(

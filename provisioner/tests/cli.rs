@@ -48,6 +48,9 @@ fn up(data_dir: &Path, port: u16) -> Proc {
         .args(["up", "--data-dir"])
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        // No artifact cache: these tests are about the service, not the
+        // lab, and must not boot machines.
+        .env("KUBEFORGE_CACHE", data_dir.join("no-cache"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -185,6 +188,7 @@ async fn up_serves_the_cli_stops_cleanly_and_keeps_data() {
     let second = Command::new(BIN)
         .args(["up", "--data-dir"])
         .arg(&dir)
+        .env("KUBEFORGE_CACHE", dir.join("no-cache"))
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
         .output()
         .expect("second up");
@@ -237,6 +241,7 @@ async fn two_serve_processes_share_one_database() {
             .arg(dir.join(format!("replica-{i}")))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("KUBEFORGE_TOKEN_KEY", &key)
+            .env("KUBEFORGE_CACHE", dir.join("no-cache"))
             .env("KUBEFORGE_SECRET_KEY", "cd".repeat(32))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

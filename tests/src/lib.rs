@@ -194,6 +194,7 @@ impl TestApp {
             kubeforge::crypto::SecretBox::new(&[9u8; 32]).expect("secret box"),
             providers,
             config,
+            None,
         )
         .expect("app");
         let router = kubeforge::api::router(app.clone());
@@ -204,6 +205,38 @@ impl TestApp {
             router,
             pool,
             provider,
+            engine,
+        }
+    }
+
+    /// The whole app with the REAL lab provider (systemd-nspawn machines on
+    /// `bridge`/`subnet`) and machine access, state under `data_dir`.
+    /// Panics with how to fix it when the host lacks the lab's parts.
+    pub async fn with_lab(data_dir: &std::path::Path, bridge: &str, subnet: &str) -> TestApp {
+        let db = TestDb::new().await;
+        let pool = db.pool(60).await;
+        let (providers, access) = kubeforge::server::machine_setup_on(data_dir, bridge, subnet);
+        assert!(
+            providers.get("lab").is_some() && access.is_some(),
+            "the lab provider is off on this host (see the log): run scripts/build-lab-image and scripts/build-kube as root"
+        );
+        let app = kubeforge::server::build_app(
+            pool.clone(),
+            kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).expect("keys"),
+            kubeforge::crypto::SecretBox::new(&[9u8; 32]).expect("secret box"),
+            providers,
+            Config::default(),
+            access,
+        )
+        .expect("app");
+        let router = kubeforge::api::router(app.clone());
+        let engine = kubeforge::server::build_engine(&app, test_engine_config());
+        TestApp {
+            db,
+            app,
+            router,
+            pool,
+            provider: Arc::new(InMemoryProvider::new("unused")),
             engine,
         }
     }

@@ -420,9 +420,33 @@ impl App {
                 c.phase.as_str()
             )));
         }
-        Err(Error::ClusterNotReady(format!(
-            "cluster {} has no certificate authority in this build",
-            c.name
-        )))
+        let ttl = std::time::Duration::from_secs(req.ttl_seconds);
+        let (yaml, serial) = crate::engine::controlplane::issue_kubeconfig(
+            self,
+            &c,
+            &ctx.subject,
+            needed == Action::Write,
+            ttl,
+        )
+        .await?;
+        // The audit record: who, when (the event's time), role, TTL, serial.
+        event::record(
+            &self.pool,
+            NewEvent {
+                tenant: &ctx.tenant,
+                cluster_id: c.id,
+                node_pool_id: None,
+                operation_id: None,
+                warning: false,
+                reason: "KubeconfigIssued",
+                message: &format!(
+                    "{} kubeconfig for {} (ttl {}s, serial {serial})",
+                    req.role, ctx.subject, req.ttl_seconds
+                ),
+            },
+        )
+        .await?;
+        tracing::info!(cluster = %c.id, subject = %ctx.subject, role = %req.role, ttl = req.ttl_seconds, serial = %serial, "kubeconfig issued");
+        Ok(yaml)
     }
 }

@@ -55,6 +55,9 @@ pub struct App {
     pub secrets: SecretBox,
     pub metrics: Metrics,
     pub config: Config,
+    /// SSH key and binaries for bootstrapping machines; None when this
+    /// service cannot reach machines (then control planes wait, saying why).
+    pub access: Option<Arc<crate::engine::controlplane::MachineAccess>>,
 }
 
 pub type SharedApp = Arc<App>;

@@ -1,4 +1,5 @@
 //! Background work: the job queue's workers and the reconcilers they run.
 
+pub mod controlplane;
 pub mod reconcile;
 pub mod worker;

@@ -20,6 +20,7 @@ use rand::distributions::{Alphanumeric, DistString};
 use std::time::Duration;
 use uuid::Uuid;
 
+use super::controlplane;
 use super::worker::{JobError, JobHandler, Outcome};
 use crate::app::SharedApp;
 use crate::providers::{MachineRequest, Provider, ProviderError, ProviderMachineState};
@@ -217,22 +218,32 @@ impl Run<'_> {
         let mut machines = machine::list_any(&self.app.pool, c.id).await.map_err(db)?;
 
         // Observe: a machine the provider no longer has is gone; replace it.
+        // A machine that stopped is started again (create is idempotent).
         for m in machines.iter().filter(|m| m.state == "running") {
-            if provider.get(m.id).await?.is_none() {
-                machine::mark_deleted(&self.app.pool, m.id)
-                    .await
-                    .map_err(db)?;
-                self.event(
-                    c,
-                    m.node_pool_id,
-                    None,
-                    true,
-                    "MachineLost",
-                    &format!("machine {} disappeared; replacing it", m.name),
-                )
+            let (reason, message) = match provider.get(m.id).await? {
+                None => {
+                    machine::mark_deleted(&self.app.pool, m.id)
+                        .await
+                        .map_err(db)?;
+                    (
+                        "MachineLost",
+                        format!("machine {} disappeared; replacing it", m.name),
+                    )
+                }
+                Some(pm) if pm.state == ProviderMachineState::Stopped => {
+                    machine::set_state(&self.app.pool, m.id, "pending", Some("machine stopped"))
+                        .await
+                        .map_err(db)?;
+                    (
+                        "MachineStopped",
+                        format!("machine {} stopped; starting it again", m.name),
+                    )
+                }
+                Some(_) => continue,
+            };
+            self.event(c, m.node_pool_id, None, true, reason, &message)
                 .await
                 .map_err(|e| ProviderError::Retryable(e.message))?;
-            }
         }
         machines = machine::list_any(&self.app.pool, c.id).await.map_err(db)?;
 
@@ -323,6 +334,7 @@ impl Run<'_> {
                             m.id,
                             &pm.provider_id,
                             pm.address.as_deref(),
+                            pm.host_key.as_deref(),
                         )
                         .await
                         .map_err(db)?;
@@ -432,37 +444,213 @@ impl Run<'_> {
             )
         };
         set_condition(&mut conditions, "MachinesReady", status, reason, &msg, now);
-        set_condition(
-            &mut conditions,
-            "ControlPlaneReady",
-            S::False,
-            "BootstrapUnavailable",
-            "control-plane bootstrap (etcd, kube-apiserver) is not part of this build",
-            now,
-        );
-        set_condition(
-            &mut conditions,
-            "Ready",
-            S::False,
-            "ControlPlaneNotReady",
-            "the control plane is not ready",
-            now,
-        );
-        let phase = Phase::Provisioning;
+        // The control plane, once its machines run and this service can
+        // reach them; otherwise say plainly why it waits.
+        let cp_members: Vec<&Machine> = machines
+            .iter()
+            .filter(|m| m.role == "control_plane" && m.state == "running")
+            .collect();
+        let mut ready = false;
+        let mut cp_message = None;
+        let access = self
+            .app
+            .access
+            .as_deref()
+            .filter(|_| c.provider.kind() == "lab");
+        match access {
+            None => {
+                let msg = "control-plane bootstrap needs machine access (SSH key and Kubernetes \
+                           binaries), which this service was started without";
+                set_condition(
+                    &mut conditions,
+                    "ControlPlaneReady",
+                    S::False,
+                    "BootstrapUnavailable",
+                    msg,
+                    now,
+                );
+                set_condition(
+                    &mut conditions,
+                    "Ready",
+                    S::False,
+                    "ControlPlaneNotReady",
+                    "the control plane is not ready",
+                    now,
+                );
+                cp_message = Some(msg.to_string());
+            }
+            Some(_) if cp_members.len() as u32 != c.control_plane.replicas => {
+                set_condition(
+                    &mut conditions,
+                    "ControlPlaneReady",
+                    S::False,
+                    "WaitingForMachines",
+                    "control-plane machines are not all running",
+                    now,
+                );
+                set_condition(
+                    &mut conditions,
+                    "Ready",
+                    S::False,
+                    "ControlPlaneNotReady",
+                    "the control plane is not ready",
+                    now,
+                );
+            }
+            Some(access) => {
+                // Machines are done; the control-plane step runs from here.
+                let create: Vec<&Operation> =
+                    ops.iter().filter(|o| o.type_ == "cluster_create").collect();
+                self.step(&create, "machines", "succeeded", None, None)
+                    .await?;
+                self.step(&create, "control_plane", "running", None, None)
+                    .await?;
+                let st = match controlplane::reconcile(self.app, access, c, &cp_members).await {
+                    Ok(st) => st,
+                    Err(e) => {
+                        let msg = e.to_string();
+                        set_condition(
+                            &mut conditions,
+                            "ControlPlaneReady",
+                            S::Unknown,
+                            "Unreachable",
+                            &msg,
+                            now,
+                        );
+                        set_condition(
+                            &mut conditions,
+                            "Ready",
+                            S::False,
+                            "ControlPlaneUnreachable",
+                            &msg,
+                            now,
+                        );
+                        cluster::write_status(pool, c.id, c.phase, &conditions, c.generation)
+                            .await?;
+                        let err = OperationError {
+                            code: "control_plane_unreachable".into(),
+                            message: msg.clone(),
+                            retryable: true,
+                        };
+                        let create: Vec<&Operation> =
+                            ops.iter().filter(|o| o.type_ == "cluster_create").collect();
+                        self.step(
+                            &create,
+                            "control_plane",
+                            "running",
+                            Some("retrying"),
+                            Some(&err),
+                        )
+                        .await?;
+                        return Err(JobError::retryable(msg));
+                    }
+                };
+                let all = st.healthy_members == st.members;
+                let (etcd, why) = if all {
+                    (S::True, "Healthy".to_string())
+                } else {
+                    (S::False, st.problems.join("; "))
+                };
+                set_condition(
+                    &mut conditions,
+                    "EtcdReady",
+                    etcd,
+                    if all { "Healthy" } else { "MembersUnhealthy" },
+                    &why,
+                    now,
+                );
+                set_condition(
+                    &mut conditions,
+                    "ControlPlaneReady",
+                    etcd,
+                    if all { "Healthy" } else { "MembersUnhealthy" },
+                    &format!("{} of {} members healthy", st.healthy_members, st.members),
+                    now,
+                );
+                match &st.endpoint {
+                    Some(e) => {
+                        set_condition(&mut conditions, "EndpointReady", S::True, "Serving", e, now)
+                    }
+                    None => set_condition(
+                        &mut conditions,
+                        "EndpointReady",
+                        S::False,
+                        "NotServing",
+                        "the endpoint does not answer yet",
+                        now,
+                    ),
+                };
+                ready = all && st.endpoint.is_some() && st.rbac_applied;
+                if ready {
+                    set_condition(
+                        &mut conditions,
+                        "Ready",
+                        S::True,
+                        "Ready",
+                        "the control plane is serving",
+                        now,
+                    );
+                } else {
+                    set_condition(
+                        &mut conditions,
+                        "Ready",
+                        S::False,
+                        "ControlPlaneNotReady",
+                        &why,
+                        now,
+                    );
+                    cp_message = Some(why);
+                }
+                cluster::write_endpoint(pool, c.id, st.endpoint.as_deref(), &st.certificates)
+                    .await?;
+            }
+        }
+        let phase = match (ready, c.phase) {
+            (true, _) => Phase::Ready,
+            (false, Phase::Ready | Phase::Degraded) => Phase::Degraded,
+            (false, _) => Phase::Provisioning,
+        };
+        if phase != c.phase {
+            let (warning, reason) = match phase {
+                Phase::Ready => (false, "ClusterReady"),
+                Phase::Degraded => (true, "ClusterDegraded"),
+                _ => (false, "ClusterProvisioning"),
+            };
+            self.event(
+                c,
+                None,
+                None,
+                warning,
+                reason,
+                &format!("cluster is {}", phase.as_str()),
+            )
+            .await?;
+        }
 
         for op in ops {
             match op.type_.as_str() {
                 "cluster_create" if cp_running as u32 == c.control_plane.replicas => {
                     operation::set_step(pool, op.id, "machines", "succeeded", None, None).await?;
-                    operation::set_step(
-                        pool,
-                        op.id,
-                        "control_plane",
-                        "pending",
-                        Some("waiting: control-plane bootstrap is not part of this build"),
-                        None,
-                    )
-                    .await?;
+                    if ready {
+                        operation::set_step(pool, op.id, "control_plane", "succeeded", None, None)
+                            .await?;
+                        operation::finish(pool, op.id, None).await?;
+                    } else {
+                        let state = if cp_message.is_some() && self.app.access.is_none() {
+                            "pending"
+                        } else {
+                            "running"
+                        };
+                        operation::set_step(
+                            pool,
+                            op.id,
+                            "control_plane",
+                            state,
+                            cp_message.as_deref(),
+                            None,
+                        )
+                        .await?;
+                    }
                 }
                 "cluster_update" if op.target_generation <= c.generation => {
                     operation::set_step(pool, op.id, "apply", "succeeded", None, None).await?;

@@ -20,6 +20,7 @@
 //!   (bad image, unknown machine type). The engine retries the first with
 //!   backoff and fails the operation on the second.
 
+pub mod lab;
 #[cfg(feature = "test-double")]
 pub mod test_double;
 
@@ -59,6 +60,9 @@ pub struct ProviderMachine {
     /// The provider's own id (container name, instance id, host id).
     pub provider_id: String,
     pub address: Option<String>,
+    /// The machine's SSH host key (`TYPE BASE64`), known at creation so it
+    /// can be pinned; None where the provider cannot know it.
+    pub host_key: Option<String>,
     pub state: ProviderMachineState,
 }
 

@@ -63,6 +63,7 @@ impl InMemoryProvider {
                 cluster_id,
                 provider_id: format!("stray-{id}"),
                 address: None,
+                host_key: None,
                 state: ProviderMachineState::Running,
             },
         );
@@ -110,6 +111,7 @@ impl Provider for InMemoryProvider {
             cluster_id: req.cluster_id,
             provider_id: format!("mem-{}", req.name),
             address: Some(format!("192.0.2.{}", n % 250)),
+            host_key: None,
             state: ProviderMachineState::Running,
         };
         machines.insert(req.id, m.clone());

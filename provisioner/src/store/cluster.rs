@@ -314,6 +314,26 @@ pub async fn write_status(
     Ok(())
 }
 
+/// Records where the cluster is served and its certificates' expiry.
+pub async fn write_endpoint(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    endpoint: Option<&str>,
+    certificates: &JsonValue,
+) -> Result<()> {
+    sqlx::query!(
+        "UPDATE clusters SET endpoint = COALESCE($2, endpoint), certificates = $3,
+                resource_version = resource_version + 1, updated_at = now()
+         WHERE id = $1 AND (endpoint IS DISTINCT FROM COALESCE($2, endpoint) OR certificates <> $3)",
+        id,
+        endpoint,
+        certificates
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Finishes deletion: the row stays for history but is no longer live.
 pub async fn mark_deleted(db: impl PgExecutor<'_>, id: Uuid) -> Result<()> {
     sqlx::query!(

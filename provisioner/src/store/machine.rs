@@ -25,6 +25,8 @@ pub struct Machine {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Pinned SSH host key (`TYPE BASE64`).
+    pub host_key: Option<String>,
 }
 
 /// Values for a new ledger row.
@@ -93,14 +95,16 @@ pub async fn set_running(
     id: Uuid,
     provider_id: &str,
     address: Option<&str>,
+    host_key: Option<&str>,
 ) -> Result<()> {
     sqlx::query!(
         "UPDATE machines SET state = 'running', provider_id = $2, address = $3, last_error = NULL,
-                updated_at = now()
+                host_key = COALESCE(host_key, $4), updated_at = now()
          WHERE id = $1",
         id,
         provider_id,
-        address
+        address,
+        host_key
     )
     .execute(db)
     .await?;

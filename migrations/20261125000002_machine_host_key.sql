@@ -1,0 +1,2 @@
+-- The machine's SSH host key, pinned when the provider creates it.
+ALTER TABLE machines ADD COLUMN host_key TEXT;

@@ -1,0 +1,681 @@
+//! Control-plane bootstrap, the phases after `machines`: PKI, the node
+//! bundle on every control-plane machine, health, RBAC, the endpoint.
+//!
+//! Level-triggered like the rest of the reconciler: each run first asks
+//! every member's health check over SSH (host key pinned from the ledger).
+//! A healthy member is left alone; an unhealthy one gets its certificates,
+//! kubeconfigs and bundle uploaded and the idempotent bootstrap script run,
+//! its output streamed line by line into cluster events (secrets redacted).
+//! The cluster's CA keys are generated once and kept sealed in `secrets`.
+
+use chrono::{TimeDelta, Utc};
+use kubeforge_cluster::bundle::{
+    self, paths, ControlPlaneBundleInput, EtcdMember, InitialClusterState,
+};
+use kubeforge_cluster::kubeconfig::{render_kubeconfig, KubeconfigInput};
+use kubeforge_cluster::pki::{
+    ApiServerSans, CertKeyPair, ClusterPki, MemberIdentity, ServiceAccountKey, SubjectAltName,
+    DEFAULT_CA_VALIDITY, DEFAULT_LEAF_VALIDITY, VIEWER_GROUP,
+};
+use kubeforge_cluster::ClusterName;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::app::App;
+use crate::error::{Error, Result};
+use crate::ssh::{ClientKey, Redactor, Session, SshExecutor, SshTarget, StreamKind};
+use crate::store::cluster::Cluster;
+use crate::store::event::{self, NewEvent};
+use crate::store::machine::Machine;
+use crate::store::secret;
+
+/// The apiserver's port on every member and on the endpoint.
+pub const APISERVER_PORT: u16 = 6443;
+/// Longest a bootstrap run may take on one machine.
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(300);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Kubernetes binaries as the machines see them.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub kubernetes_version: String,
+    /// On this host: `{cache}/kube/v{version}/bin/linux/amd64`, with `.sha256` files.
+    pub host_dir: PathBuf,
+    /// The same directory inside machines (bound read-only in the lab).
+    pub guest_dir: String,
+    /// etcd inside machines, and its checksum.
+    pub etcd_bin: String,
+    pub etcd_sha256: String,
+}
+
+impl Artifacts {
+    /// Expected checksums of the binaries a control plane runs.
+    pub fn checksums(&self) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for c in [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubectl",
+        ] {
+            let path = self.host_dir.join(format!("{c}.sha256"));
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::Internal(anyhow::anyhow!("reading {}: {e}", path.display())))?;
+            let hex = text
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_lowercase();
+            out.insert(c.to_string(), hex);
+        }
+        out.insert("etcd".into(), self.etcd_sha256.clone());
+        Ok(out)
+    }
+}
+
+/// sha256 of a file on this host, hex.
+pub fn file_sha256(path: &std::path::Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(hex::encode(Sha256::digest(bytes)))
+}
+
+/// What the service needs to reach machines and bootstrap them.
+pub struct MachineAccess {
+    pub ssh: SshExecutor,
+    pub client_key: ClientKey,
+    pub artifacts: Artifacts,
+}
+
+/// What one control-plane pass observed.
+#[derive(Debug, Default)]
+pub struct ControlPlaneStatus {
+    pub healthy_members: usize,
+    pub members: usize,
+    /// Why not healthy, per member.
+    pub problems: Vec<String>,
+    pub endpoint: Option<String>,
+    pub rbac_applied: bool,
+    pub certificates: serde_json::Value,
+}
+
+const PKI_NAMES: [&str; 8] = [
+    "pki/ca.crt",
+    "pki/ca.key",
+    "pki/etcd-ca.crt",
+    "pki/etcd-ca.key",
+    "pki/front-proxy-ca.crt",
+    "pki/front-proxy-ca.key",
+    "pki/sa.key",
+    "pki/sa.pub",
+];
+
+fn text(bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes)
+        .map_err(|_| Error::Internal(anyhow::anyhow!("a stored PEM is not UTF-8")))
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(anyhow::anyhow!("{e}"))
+}
+
+/// The cluster's CAs and service-account key: generated on first use,
+/// sealed in `secrets`, read back on every later run.
+pub async fn ensure_pki(app: &App, c: &Cluster) -> Result<ClusterPki> {
+    let mut stored = Vec::new();
+    for name in PKI_NAMES {
+        stored.push(secret::get(&app.pool, &app.secrets, c.id, name).await?);
+    }
+    if stored.iter().all(Option::is_some) {
+        let mut it = stored.into_iter().flatten();
+        let mut next = || text(it.next().unwrap_or_default());
+        let (ca_crt, ca_key) = (next()?, next()?);
+        let (etcd_crt, etcd_key) = (next()?, next()?);
+        let (fp_crt, fp_key) = (next()?, next()?);
+        let (sa_key, sa_pub) = (next()?, next()?);
+        return Ok(ClusterPki {
+            ca: CertKeyPair::from_pem(&ca_crt, &ca_key).map_err(internal)?,
+            etcd_ca: CertKeyPair::from_pem(&etcd_crt, &etcd_key).map_err(internal)?,
+            front_proxy_ca: CertKeyPair::from_pem(&fp_crt, &fp_key).map_err(internal)?,
+            service_account: ServiceAccountKey {
+                private_key_pem: sa_key,
+                public_key_pem: sa_pub,
+            },
+        });
+    }
+    let name = ClusterName::parse(&c.name)?;
+    let validity = DEFAULT_CA_VALIDITY;
+    let pki = ClusterPki::generate(&name, Utc::now(), validity).map_err(internal)?;
+    let values: [&str; 8] = [
+        &pki.ca.cert_pem,
+        &pki.ca.key_pem,
+        &pki.etcd_ca.cert_pem,
+        &pki.etcd_ca.key_pem,
+        &pki.front_proxy_ca.cert_pem,
+        &pki.front_proxy_ca.key_pem,
+        &pki.service_account.private_key_pem,
+        &pki.service_account.public_key_pem,
+    ];
+    let mut tx = app.pool.begin().await?;
+    for (name, value) in PKI_NAMES.iter().zip(values) {
+        secret::put(
+            &mut *tx,
+            &app.secrets,
+            &c.tenant,
+            c.id,
+            name,
+            value.as_bytes(),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    record(
+        app,
+        c,
+        false,
+        "PkiCreated",
+        "cluster CA, etcd CA, front-proxy CA and service-account key created",
+    )
+    .await?;
+    Ok(pki)
+}
+
+async fn record(app: &App, c: &Cluster, warning: bool, reason: &str, message: &str) -> Result<()> {
+    event::record(
+        &app.pool,
+        NewEvent {
+            tenant: &c.tenant,
+            cluster_id: c.id,
+            node_pool_id: None,
+            operation_id: None,
+            warning,
+            reason,
+            message,
+        },
+    )
+    .await
+}
+
+fn target(m: &Machine) -> Result<SshTarget> {
+    let address = m
+        .address
+        .clone()
+        .ok_or_else(|| internal(format!("machine {} has no address", m.name)))?;
+    let host_key = m
+        .host_key
+        .clone()
+        .ok_or_else(|| internal(format!("machine {} has no pinned host key", m.name)))?;
+    Ok(SshTarget::new(address, "root", host_key))
+}
+
+fn address(m: &Machine) -> Result<IpAddr> {
+    m.address
+        .as_deref()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| internal(format!("machine {} has no IP address", m.name)))
+}
+
+/// The stable address kubeconfigs point at. One member: its own address.
+pub fn endpoint_host(members: &[&Machine]) -> Result<IpAddr> {
+    members
+        .first()
+        .map(|m| address(m))
+        .unwrap_or_else(|| Err(internal("no control-plane machine")))
+}
+
+/// A kubeconfig for `user`, signed by the cluster CA, pointing at `server`.
+fn kubeconfig(cluster: &str, server: &str, ca_pem: &str, user: &str, pair: &CertKeyPair) -> String {
+    render_kubeconfig(&KubeconfigInput {
+        cluster_name: cluster,
+        server,
+        ca_pem,
+        user_name: user,
+        client_cert_pem: &pair.cert_pem,
+        client_key_pem: &pair.key_pem,
+    })
+}
+
+/// What one member gets: its files, the secrets to keep out of events,
+/// and when its apiserver certificate expires.
+struct MemberBundle {
+    files: Vec<(String, u32, String)>,
+    redactor: Redactor,
+    apiserver_expires_at: chrono::DateTime<Utc>,
+}
+
+/// Every file one member needs: certificates, kubeconfigs and the bundle.
+fn member_files(
+    c: &Cluster,
+    pki: &ClusterPki,
+    me: &Machine,
+    members: &[&Machine],
+    access: &MachineAccess,
+) -> Result<MemberBundle> {
+    let addr = address(me)?;
+    let endpoint = endpoint_host(members)?;
+    let member_addresses: Vec<IpAddr> =
+        members.iter().map(|m| address(m)).collect::<Result<_>>()?;
+    let sans = ApiServerSans::new(
+        vec![SubjectAltName::Ip(endpoint)],
+        member_addresses,
+        IpAddr::V4(c.network.first_service_ip()),
+    );
+    let identity = MemberIdentity {
+        name: me.name.clone(),
+        address: addr,
+    };
+    let validity = DEFAULT_LEAF_VALIDITY;
+    let certs = pki
+        .issue_member_certs(&identity, &sans, Utc::now(), validity)
+        .map_err(internal)?;
+    let local = format!("https://127.0.0.1:{APISERVER_PORT}");
+    let external = format!("https://{endpoint}:{APISERVER_PORT}");
+    let ca = &pki.ca.cert_pem;
+    let mut files: Vec<(String, u32, String)> = vec![
+        (paths::CA_CRT.into(), 0o644, ca.clone()),
+        (paths::CA_KEY.into(), 0o600, pki.ca.key_pem.clone()),
+        (
+            paths::APISERVER_CRT.into(),
+            0o644,
+            certs.apiserver.cert_pem.clone(),
+        ),
+        (
+            paths::APISERVER_KEY.into(),
+            0o600,
+            certs.apiserver.key_pem.clone(),
+        ),
+        (
+            paths::APISERVER_KUBELET_CLIENT_CRT.into(),
+            0o644,
+            certs.apiserver_kubelet_client.cert_pem.clone(),
+        ),
+        (
+            paths::APISERVER_KUBELET_CLIENT_KEY.into(),
+            0o600,
+            certs.apiserver_kubelet_client.key_pem.clone(),
+        ),
+        (
+            paths::APISERVER_ETCD_CLIENT_CRT.into(),
+            0o644,
+            certs.apiserver_etcd_client.cert_pem.clone(),
+        ),
+        (
+            paths::APISERVER_ETCD_CLIENT_KEY.into(),
+            0o600,
+            certs.apiserver_etcd_client.key_pem.clone(),
+        ),
+        (
+            paths::FRONT_PROXY_CA_CRT.into(),
+            0o644,
+            pki.front_proxy_ca.cert_pem.clone(),
+        ),
+        (
+            paths::FRONT_PROXY_CLIENT_CRT.into(),
+            0o644,
+            certs.front_proxy_client.cert_pem.clone(),
+        ),
+        (
+            paths::FRONT_PROXY_CLIENT_KEY.into(),
+            0o600,
+            certs.front_proxy_client.key_pem.clone(),
+        ),
+        (
+            paths::SA_KEY.into(),
+            0o600,
+            pki.service_account.private_key_pem.clone(),
+        ),
+        (
+            paths::SA_PUB.into(),
+            0o644,
+            pki.service_account.public_key_pem.clone(),
+        ),
+        (
+            paths::ETCD_CA_CRT.into(),
+            0o644,
+            pki.etcd_ca.cert_pem.clone(),
+        ),
+        (
+            paths::ETCD_SERVER_CRT.into(),
+            0o644,
+            certs.etcd_server.cert_pem.clone(),
+        ),
+        (
+            paths::ETCD_SERVER_KEY.into(),
+            0o600,
+            certs.etcd_server.key_pem.clone(),
+        ),
+        (
+            paths::ETCD_PEER_CRT.into(),
+            0o644,
+            certs.etcd_peer.cert_pem.clone(),
+        ),
+        (
+            paths::ETCD_PEER_KEY.into(),
+            0o600,
+            certs.etcd_peer.key_pem.clone(),
+        ),
+        (
+            paths::ETCD_HEALTHCHECK_CLIENT_CRT.into(),
+            0o644,
+            certs.etcd_healthcheck_client.cert_pem.clone(),
+        ),
+        (
+            paths::ETCD_HEALTHCHECK_CLIENT_KEY.into(),
+            0o600,
+            certs.etcd_healthcheck_client.key_pem.clone(),
+        ),
+        (
+            paths::ADMIN_CLIENT_CRT.into(),
+            0o644,
+            certs.admin_client.cert_pem.clone(),
+        ),
+        (
+            paths::ADMIN_CLIENT_KEY.into(),
+            0o600,
+            certs.admin_client.key_pem.clone(),
+        ),
+        (
+            paths::CONTROLLER_MANAGER_KUBECONFIG.into(),
+            0o600,
+            kubeconfig(
+                &c.name,
+                &local,
+                ca,
+                "system:kube-controller-manager",
+                &certs.controller_manager_client,
+            ),
+        ),
+        (
+            paths::SCHEDULER_KUBECONFIG.into(),
+            0o600,
+            kubeconfig(
+                &c.name,
+                &local,
+                ca,
+                "system:kube-scheduler",
+                &certs.scheduler_client,
+            ),
+        ),
+        (
+            paths::ADMIN_KUBECONFIG.into(),
+            0o600,
+            kubeconfig(
+                &c.name,
+                &external,
+                ca,
+                "kubernetes-admin",
+                &certs.admin_client,
+            ),
+        ),
+    ];
+    let input = ControlPlaneBundleInput {
+        cluster_name: c.name.clone(),
+        kubernetes_version: c.kubernetes_version.clone(),
+        member_name: me.name.clone(),
+        member_address: addr.to_string(),
+        members: members
+            .iter()
+            .map(|m| {
+                Ok(EtcdMember {
+                    name: m.name.clone(),
+                    address: address(m)?.to_string(),
+                })
+            })
+            .collect::<Result<_>>()?,
+        endpoint_host: endpoint.to_string(),
+        endpoint_port: APISERVER_PORT,
+        service_cidr: c.network.service_cidr.to_string(),
+        pod_cidr: c.network.pod_cidr.to_string(),
+        bin_dir: access.artifacts.guest_dir.clone(),
+        etcd_bin: access.artifacts.etcd_bin.clone(),
+        data_dir: "/var/lib/etcd".into(),
+        initial_cluster_state: InitialClusterState::New,
+        cluster_domain: "cluster.local".into(),
+        binary_sha256: access.artifacts.checksums()?,
+    };
+    for f in bundle::render_control_plane(&input).map_err(internal)? {
+        files.push((f.path, f.mode, f.contents));
+    }
+    // Every private key body is a secret for the event stream.
+    let mut redactor = Redactor::none();
+    for (_, mode, contents) in &files {
+        if *mode == 0o600 {
+            for line in contents
+                .lines()
+                .filter(|l| l.len() > 16 && !l.starts_with("-----"))
+            {
+                redactor.add(line);
+            }
+        }
+    }
+    Ok(MemberBundle {
+        files,
+        redactor,
+        apiserver_expires_at: certs.apiserver.not_after,
+    })
+}
+
+async fn healthy(session: &Session) -> std::result::Result<(), String> {
+    let mut output = Vec::new();
+    let cmd = format!("test -x {0} && {0}", paths::HEALTHCHECK_SCRIPT);
+    match session
+        .run(&cmd, HEALTH_TIMEOUT, &Redactor::none(), |_, line| {
+            output.push(line.to_string())
+        })
+        .await
+    {
+        Ok(0) => Ok(()),
+        Ok(_) if output.is_empty() => Err("not bootstrapped yet".into()),
+        Ok(_) => Err(output.join("; ")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Uploads one member's files and runs its bootstrap script.
+async fn bootstrap(
+    app: &App,
+    c: &Cluster,
+    session: &Session,
+    files: &[(String, u32, String)],
+    redactor: &Redactor,
+    member: &str,
+) -> Result<bool> {
+    for (path, mode, contents) in files {
+        session
+            .upload(path, contents.as_bytes(), *mode)
+            .await
+            .map_err(|e| Error::Unavailable(format!("uploading {path} to {member}: {e}")))?;
+    }
+    let mut lines = Vec::new();
+    let status = session
+        .run(
+            &format!("bash {}", paths::BOOTSTRAP_SCRIPT),
+            BOOTSTRAP_TIMEOUT,
+            redactor,
+            |kind, line| lines.push((kind, line.to_string())),
+        )
+        .await
+        .map_err(|e| Error::Unavailable(format!("bootstrap on {member}: {e}")))?;
+    for (kind, line) in &lines {
+        let warning = *kind == StreamKind::Stderr;
+        record(
+            app,
+            c,
+            warning,
+            "BootstrapOutput",
+            &format!("{member}: {line}"),
+        )
+        .await?;
+    }
+    Ok(status == 0)
+}
+
+const VIEWER_BINDING: &str = "/etc/kubernetes/kubeforge-rbac.yaml";
+
+fn rbac_manifest() -> String {
+    format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: kubeforge-viewers\n  labels:\n    kubeforge.io/managed: \"true\"\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: view\nsubjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: Group\n  name: \"{VIEWER_GROUP}\"\n"
+    )
+}
+
+/// One pass over the control plane. Errors are for things that should be
+/// retried with backoff (SSH down, upload failed); an unhealthy member is
+/// reported in the status, not as an error.
+pub async fn reconcile(
+    app: &App,
+    access: &MachineAccess,
+    c: &Cluster,
+    members: &[&Machine],
+) -> Result<ControlPlaneStatus> {
+    let pki = ensure_pki(app, c).await?;
+    let mut status = ControlPlaneStatus {
+        members: members.len(),
+        ..Default::default()
+    };
+    let auth = access.client_key.auth();
+    let mut apiserver_expiry = None;
+    let mut first_healthy: Option<&Machine> = None;
+    for m in members {
+        let session = access
+            .ssh
+            .connect(&target(m)?, &auth)
+            .await
+            .map_err(|e| Error::Unavailable(format!("ssh to {}: {e}", m.name)))?;
+        let result = match healthy(&session).await {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                tracing::info!(machine = %m.name, why = %why, "bootstrapping control-plane member");
+                let b = member_files(c, &pki, m, members, access)?;
+                apiserver_expiry = Some(b.apiserver_expires_at);
+                if !bootstrap(app, c, &session, &b.files, &b.redactor, &m.name).await? {
+                    Err(format!("{}: bootstrap script failed", m.name))
+                } else {
+                    // Components need a few seconds after a (re)start.
+                    let mut last = Err(String::new());
+                    for _ in 0..30 {
+                        last = healthy(&session).await;
+                        if last.is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    last.map_err(|w| format!("{}: {w}", m.name))
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                status.healthy_members += 1;
+                first_healthy.get_or_insert(m);
+            }
+            Err(why) => status.problems.push(why),
+        }
+        session.close().await;
+    }
+    if let Some(m) = first_healthy {
+        let session = access
+            .ssh
+            .connect(&target(m)?, &auth)
+            .await
+            .map_err(|e| Error::Unavailable(format!("ssh to {}: {e}", m.name)))?;
+        session
+            .upload(VIEWER_BINDING, rbac_manifest().as_bytes(), 0o644)
+            .await
+            .map_err(|e| Error::Unavailable(format!("uploading RBAC to {}: {e}", m.name)))?;
+        let kubectl = format!("{}/kubectl", access.artifacts.guest_dir);
+        let mut out = Vec::new();
+        let code = session
+            .run(
+                &format!(
+                    "{kubectl} --kubeconfig {} apply --server-side --field-manager=kubeforge -f {VIEWER_BINDING}",
+                    paths::ADMIN_KUBECONFIG
+                ),
+                HEALTH_TIMEOUT,
+                &Redactor::none(),
+                |_, l| out.push(l.to_string()),
+            )
+            .await
+            .map_err(|e| Error::Unavailable(format!("RBAC on {}: {e}", m.name)))?;
+        // Ready means usable: wait until the apiserver's authorizer sees
+        // the binding (its informers lag the write by a moment).
+        let effective = code == 0
+            && session
+                .run(
+                    &format!(
+                        "{kubectl} --kubeconfig {} auth can-i list namespaces --as=kubeforge:probe --as-group={VIEWER_GROUP}",
+                        paths::ADMIN_KUBECONFIG
+                    ),
+                    HEALTH_TIMEOUT,
+                    &Redactor::none(),
+                    |_, l| out.push(l.to_string()),
+                )
+                .await
+                .map_err(|e| Error::Unavailable(format!("RBAC check on {}: {e}", m.name)))?
+                == 0;
+        session.close().await;
+        status.rbac_applied = effective;
+        if !effective {
+            status.problems.push(format!(
+                "RBAC bootstrap not effective yet: {}",
+                out.join("; ")
+            ));
+        }
+    }
+    if status.healthy_members == members.len() && !members.is_empty() {
+        status.endpoint = Some(format!(
+            "https://{}:{APISERVER_PORT}",
+            endpoint_host(members)?
+        ));
+    }
+    let mut certs = serde_json::to_value(pki.expiries(std::iter::empty())).map_err(internal)?;
+    if let (Some(exp), Some(obj)) = (apiserver_expiry, certs.as_object_mut()) {
+        obj.insert("apiserver_expires_at".into(), serde_json::json!(exp));
+    } else if let (Some(prev), Some(obj)) = (
+        c.certificates.get("apiserver_expires_at"),
+        certs.as_object_mut(),
+    ) {
+        obj.insert("apiserver_expires_at".into(), prev.clone());
+    }
+    status.certificates = certs;
+    Ok(status)
+}
+
+/// Issues a kubeconfig for a ready cluster: a fresh client certificate
+/// from the cluster CA, valid for `ttl`. Nothing secret is stored.
+pub async fn issue_kubeconfig(
+    app: &App,
+    c: &Cluster,
+    subject: &str,
+    admin: bool,
+    ttl: Duration,
+) -> Result<(String, String)> {
+    let endpoint = c
+        .endpoint
+        .clone()
+        .ok_or_else(|| Error::ClusterNotReady(format!("cluster {} has no endpoint yet", c.name)))?;
+    let crt = secret::get(&app.pool, &app.secrets, c.id, "pki/ca.crt").await?;
+    let key = secret::get(&app.pool, &app.secrets, c.id, "pki/ca.key").await?;
+    let (Some(crt), Some(key)) = (crt, key) else {
+        return Err(Error::ClusterNotReady(format!(
+            "cluster {} has no certificate authority yet",
+            c.name
+        )));
+    };
+    let (crt, key) = (text(crt)?, text(key)?);
+    let ca = kubeforge_cluster::pki::Ca::from_pem(&crt, &key).map_err(internal)?;
+    let group = if admin {
+        kubeforge_cluster::pki::MASTERS_GROUP
+    } else {
+        VIEWER_GROUP
+    };
+    let user = format!("kubeforge:{subject}");
+    let ttl = TimeDelta::from_std(ttl).map_err(internal)?;
+    let pair = kubeforge_cluster::pki::issue_client_cert(&ca, &user, &[group], Utc::now(), ttl)
+        .map_err(internal)?;
+    Ok((
+        kubeconfig(&c.name, &endpoint, &crt, &user, &pair),
+        pair.serial_hex.clone(),
+    ))
+}
