@@ -1117,3 +1117,193 @@ mod tests {
         assert_eq!(json["members"].as_array().map(Vec::len), Some(3));
     }
 }
+
+/// Where the load balancer's bundle goes on its machine.
+pub mod lb_paths {
+    pub const STAGED_DIR: &str = "/opt/kubeforge/lb";
+    pub const BOOTSTRAP_SCRIPT: &str = "/opt/kubeforge/lb/bootstrap-lb.sh";
+    pub const HEALTHCHECK_SCRIPT: &str = "/opt/kubeforge/lb/healthcheck-lb.sh";
+}
+
+/// The stable endpoint of a highly available control plane: HAProxy in TCP
+/// mode, health-checking each member's `/readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LoadBalancerInput {
+    pub cluster_name: String,
+    pub listen_port: u16,
+    pub backend_port: u16,
+    pub backends: Vec<EtcdMember>,
+}
+
+const LB_TEMPLATES: &[(&str, &str, &str, u32)] = &[
+    (
+        "haproxy.cfg",
+        include_str!("../../templates/loadbalancer/haproxy.cfg.tera"),
+        "/opt/kubeforge/lb/haproxy.cfg",
+        0o644,
+    ),
+    (
+        "kubeforge-lb.service",
+        include_str!("../../templates/loadbalancer/kubeforge-lb.service.tera"),
+        "/opt/kubeforge/lb/kubeforge-lb.service",
+        0o644,
+    ),
+    (
+        "bootstrap-lb.sh",
+        include_str!("../../templates/loadbalancer/bootstrap-lb.sh.tera"),
+        lb_paths::BOOTSTRAP_SCRIPT,
+        0o755,
+    ),
+    (
+        "healthcheck-lb.sh",
+        include_str!("../../templates/loadbalancer/healthcheck-lb.sh.tera"),
+        lb_paths::HEALTHCHECK_SCRIPT,
+        0o755,
+    ),
+];
+
+/// Renders the load balancer's files: config, unit, bootstrap, health check.
+pub fn render_load_balancer(input: &LoadBalancerInput) -> Result<Vec<BundleFile>, BundleError> {
+    let invalid = |field: String, message: &str| {
+        BundleError::Invalid(crate::ValidationError::new(field, message))
+    };
+    crate::ClusterName::parse(&input.cluster_name)
+        .map_err(|e| BundleError::Invalid(e.under("cluster_name")))?;
+    if input.backends.is_empty() || input.backends.len() > 7 {
+        return Err(invalid("backends".into(), "between 1 and 7 backends"));
+    }
+    for (i, b) in input.backends.iter().enumerate() {
+        let name_ok = !b.name.is_empty()
+            && b.name.len() <= 63
+            && b.name
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+        if !name_ok {
+            return Err(invalid(
+                format!("backends[{i}].name"),
+                "must be a DNS label",
+            ));
+        }
+        if b.address.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(invalid(
+                format!("backends[{i}].address"),
+                "must be an IPv4 address",
+            ));
+        }
+    }
+    if input.listen_port == 0 || input.backend_port == 0 {
+        return Err(invalid("listen_port".into(), "ports must be 1-65535"));
+    }
+    let mut tera = Tera::default();
+    tera.autoescape_on(vec![]);
+    tera.register_filter("shell_quote", shell_quote_filter);
+    tera.register_filter("systemd_quote", systemd_quote_filter);
+    tera.add_raw_templates(
+        LB_TEMPLATES
+            .iter()
+            .map(|(name, source, _, _)| (*name, *source)),
+    )
+    .map_err(|e| BundleError::Render {
+        template: "(compiling load balancer templates)".into(),
+        message: error_chain(&e),
+    })?;
+    let context = Context::from_serialize(input).map_err(|e| BundleError::Render {
+        template: "context".into(),
+        message: error_chain(&e),
+    })?;
+    LB_TEMPLATES
+        .iter()
+        .map(|(name, _, path, mode)| {
+            let contents = tera
+                .render(name, &context)
+                .map_err(|e| BundleError::Render {
+                    template: (*name).into(),
+                    message: error_chain(&e),
+                })?;
+            Ok(BundleFile {
+                path: (*path).into(),
+                mode: *mode,
+                contents,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod lb_tests {
+    use super::*;
+
+    fn input() -> LoadBalancerInput {
+        LoadBalancerInput {
+            cluster_name: "web".into(),
+            listen_port: 6443,
+            backend_port: 6443,
+            backends: (0..3)
+                .map(|i| EtcdMember {
+                    name: format!("web-cp-{i}"),
+                    address: format!("10.77.0.{}", 10 + i),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn load_balancer_renders_every_backend() {
+        let files = render_load_balancer(&input()).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/opt/kubeforge/lb/haproxy.cfg",
+                "/opt/kubeforge/lb/kubeforge-lb.service",
+                lb_paths::BOOTSTRAP_SCRIPT,
+                lb_paths::HEALTHCHECK_SCRIPT
+            ]
+        );
+        for f in &files {
+            insta::assert_snapshot!(
+                format!("lb_{}", f.path.rsplit('/').next().unwrap_or("")),
+                f.contents
+            );
+        }
+        let cfg = &files[0].contents;
+        for i in 0..3 {
+            assert!(
+                cfg.contains(&format!("server web-cp-{i} 10.77.0.{}:6443", 10 + i)),
+                "{cfg}"
+            );
+        }
+    }
+
+    #[test]
+    fn load_balancer_scripts_parse_in_bash() {
+        for f in render_load_balancer(&input())
+            .unwrap()
+            .iter()
+            .filter(|f| f.path.ends_with(".sh"))
+        {
+            let out = std::process::Command::new("bash")
+                .args(["-n", "-c", &f.contents])
+                .output()
+                .expect("bash");
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                f.path,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    #[test]
+    fn load_balancer_rejects_bad_backends() {
+        let mut bad = input();
+        bad.backends[1].address = "10.77.0.11; rm -rf /".into();
+        assert!(
+            matches!(render_load_balancer(&bad), Err(BundleError::Invalid(e)) if e.field == "backends[1].address")
+        );
+        let mut bad = input();
+        bad.backends.clear();
+        assert!(render_load_balancer(&bad).is_err());
+    }
+}

@@ -41,10 +41,13 @@ fn lab_image() -> PathBuf {
         .expect("no lab image in the cache: run scripts/build-lab-image (the test command does)")
 }
 
-struct Bridge(String);
+/// Removes the test's bridge, and stops any machine the test left
+/// running (a failed assertion must not leak containers).
+struct Bridge(String, PathBuf);
 
 impl Drop for Bridge {
     fn drop(&mut self) {
+        kubeforge::providers::lab::stop_machines_under(&self.1);
         let _ = Command::new("ip").args(["link", "del", &self.0]).status();
     }
 }
@@ -124,7 +127,7 @@ async fn lab_machine_boots_answers_ssh_and_deletes_cleanly() {
     std::fs::create_dir_all(&tmp).unwrap();
     let (key, public) = keygen(&tmp);
     let octet = 100 + (Uuid::new_v4().as_u128() % 100) as u8;
-    let bridge = Bridge(format!("kft{octet}"));
+    let bridge = Bridge(format!("kft{octet}"), tmp.clone());
     let provider = LabProvider::new(LabConfig {
         image_rootfs: lab_image(),
         state_dir: tmp.join("state"),

@@ -42,10 +42,13 @@ fn kubectl_run(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-struct Bridge(String);
+/// Removes the test's bridge, and stops any machine the test left
+/// running (a failed assertion must not leak containers).
+struct Bridge(String, PathBuf);
 
 impl Drop for Bridge {
     fn drop(&mut self) {
+        kubeforge::providers::lab::stop_machines_under(&self.1);
         let _ = Command::new("ip").args(["link", "del", &self.0]).status();
     }
 }
@@ -109,7 +112,7 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&tmp).unwrap();
     let octet = 100 + (Uuid::new_v4().as_u128() % 100) as u8;
-    let bridge = Bridge(format!("kfe{octet}"));
+    let bridge = Bridge(format!("kfe{octet}"), tmp.clone());
     let app = TestApp::with_lab(&tmp, &bridge.0, &format!("10.77.{octet}.0/24")).await;
     let owner = app.token("acme", Role::Admin);
     let viewer = app.token("acme", Role::Viewer);

@@ -251,10 +251,10 @@ fn member_files(
     pki: &ClusterPki,
     me: &Machine,
     members: &[&Machine],
+    endpoint: IpAddr,
     access: &MachineAccess,
 ) -> Result<MemberBundle> {
     let addr = address(me)?;
-    let endpoint = endpoint_host(members)?;
     let member_addresses: Vec<IpAddr> =
         members.iter().map(|m| address(m)).collect::<Result<_>>()?;
     let sans = ApiServerSans::new(
@@ -473,39 +473,52 @@ async fn healthy(session: &Session) -> std::result::Result<(), String> {
     }
 }
 
-/// Uploads one member's files and runs its bootstrap script.
+/// Uploads a machine's files and runs its bootstrap script; its output
+/// goes to cluster events line by line (all of it, or with `quiet` only
+/// stderr and failures). Returns whether the script succeeded.
+#[allow(clippy::too_many_arguments)]
 async fn bootstrap(
     app: &App,
     c: &Cluster,
     session: &Session,
     files: &[(String, u32, String)],
     redactor: &Redactor,
-    member: &str,
+    machine: &str,
+    script: &str,
+    quiet: bool,
 ) -> Result<bool> {
     for (path, mode, contents) in files {
         session
             .upload(path, contents.as_bytes(), *mode)
             .await
-            .map_err(|e| Error::Unavailable(format!("uploading {path} to {member}: {e}")))?;
+            .map_err(|e| Error::Unavailable(format!("uploading {path} to {machine}: {e}")))?;
     }
     let mut lines = Vec::new();
     let status = session
         .run(
-            &format!("bash {}", paths::BOOTSTRAP_SCRIPT),
+            &format!("bash {script}"),
             BOOTSTRAP_TIMEOUT,
             redactor,
             |kind, line| lines.push((kind, line.to_string())),
         )
         .await
-        .map_err(|e| Error::Unavailable(format!("bootstrap on {member}: {e}")))?;
+        .map_err(|e| Error::Unavailable(format!("bootstrap on {machine}: {e}")))?;
     for (kind, line) in &lines {
         let warning = *kind == StreamKind::Stderr;
+        if quiet
+            && !warning
+            && status == 0
+            && !line.contains("installed")
+            && !line.contains("started")
+        {
+            continue;
+        }
         record(
             app,
             c,
             warning,
             "BootstrapOutput",
-            &format!("{member}: {line}"),
+            &format!("{machine}: {line}"),
         )
         .await?;
     }
@@ -520,114 +533,225 @@ fn rbac_manifest() -> String {
     )
 }
 
+/// Opens a session to a machine, or says why not (an unreachable member
+/// is unhealthy, not a reason to abort the pass).
+async fn open(access: &MachineAccess, m: &Machine) -> std::result::Result<Session, String> {
+    let t = target(m).map_err(|e| e.to_string())?;
+    access
+        .ssh
+        .connect(&t, &access.client_key.auth())
+        .await
+        .map_err(|e| format!("{}: unreachable over SSH: {e}", m.name))
+}
+
+/// Runs a command, returning (exit status, output lines).
+async fn exec(session: &Session, cmd: &str) -> Result<(i32, Vec<String>)> {
+    let mut out = Vec::new();
+    let code = session
+        .run(cmd, HEALTH_TIMEOUT, &Redactor::none(), |_, l| {
+            out.push(l.to_string())
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("{}: {e}", session.target())))?;
+    Ok((code, out))
+}
+
+/// Installs (idempotently) and checks the load balancer in front of the members.
+async fn reconcile_load_balancer(
+    app: &App,
+    access: &MachineAccess,
+    c: &Cluster,
+    lb: &Machine,
+    members: &[&Machine],
+) -> Result<std::result::Result<(), String>> {
+    let session = match open(access, lb).await {
+        Ok(s) => s,
+        Err(why) => return Ok(Err(why)),
+    };
+    let input = bundle::LoadBalancerInput {
+        cluster_name: c.name.clone(),
+        listen_port: APISERVER_PORT,
+        backend_port: APISERVER_PORT,
+        backends: members
+            .iter()
+            .map(|m| {
+                Ok(EtcdMember {
+                    name: m.name.clone(),
+                    address: address(m)?.to_string(),
+                })
+            })
+            .collect::<Result<_>>()?,
+    };
+    let files: Vec<(String, u32, String)> = bundle::render_load_balancer(&input)
+        .map_err(internal)?
+        .into_iter()
+        .map(|f| (f.path, f.mode, f.contents))
+        .collect();
+    let ok = bootstrap(
+        app,
+        c,
+        &session,
+        &files,
+        &Redactor::none(),
+        &lb.name,
+        bundle::lb_paths::BOOTSTRAP_SCRIPT,
+        true,
+    )
+    .await?;
+    let (code, out) = exec(&session, bundle::lb_paths::HEALTHCHECK_SCRIPT).await?;
+    session.close().await;
+    Ok(if ok && code == 0 {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", lb.name, out.join("; ")))
+    })
+}
+
 /// One pass over the control plane. Errors are for things that should be
-/// retried with backoff (SSH down, upload failed); an unhealthy member is
-/// reported in the status, not as an error.
+/// retried with backoff (the database, a failed upload); an unreachable or
+/// unhealthy member is reported in the status instead.
 pub async fn reconcile(
     app: &App,
     access: &MachineAccess,
     c: &Cluster,
     members: &[&Machine],
+    lb: Option<&Machine>,
 ) -> Result<ControlPlaneStatus> {
     let pki = ensure_pki(app, c).await?;
     let mut status = ControlPlaneStatus {
         members: members.len(),
         ..Default::default()
     };
-    let auth = access.client_key.auth();
+    let endpoint = match lb {
+        Some(lb) => address(lb)?,
+        None => endpoint_host(members)?,
+    };
     let mut apiserver_expiry = None;
-    let mut first_healthy: Option<&Machine> = None;
+
+    // Observe every member; bootstrap the unhealthy ones, all before any
+    // waiting, so a new etcd cluster's members find each other.
+    let mut sessions: Vec<(&Machine, Session)> = Vec::new();
+    let mut bootstrapped = Vec::new();
     for m in members {
-        let session = access
-            .ssh
-            .connect(&target(m)?, &auth)
-            .await
-            .map_err(|e| Error::Unavailable(format!("ssh to {}: {e}", m.name)))?;
-        let result = match healthy(&session).await {
-            Ok(()) => Ok(()),
+        let session = match open(access, m).await {
+            Ok(s) => s,
             Err(why) => {
-                tracing::info!(machine = %m.name, why = %why, "bootstrapping control-plane member");
-                let b = member_files(c, &pki, m, members, access)?;
-                apiserver_expiry = Some(b.apiserver_expires_at);
-                if !bootstrap(app, c, &session, &b.files, &b.redactor, &m.name).await? {
-                    Err(format!("{}: bootstrap script failed", m.name))
-                } else {
-                    // Components need a few seconds after a (re)start.
-                    let mut last = Err(String::new());
-                    for _ in 0..30 {
-                        last = healthy(&session).await;
-                        if last.is_ok() {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    last.map_err(|w| format!("{}: {w}", m.name))
-                }
+                status.problems.push(why);
+                continue;
             }
         };
-        match result {
-            Ok(()) => {
-                status.healthy_members += 1;
-                first_healthy.get_or_insert(m);
-            }
-            Err(why) => status.problems.push(why),
-        }
-        session.close().await;
-    }
-    if let Some(m) = first_healthy {
-        let session = access
-            .ssh
-            .connect(&target(m)?, &auth)
-            .await
-            .map_err(|e| Error::Unavailable(format!("ssh to {}: {e}", m.name)))?;
-        session
-            .upload(VIEWER_BINDING, rbac_manifest().as_bytes(), 0o644)
-            .await
-            .map_err(|e| Error::Unavailable(format!("uploading RBAC to {}: {e}", m.name)))?;
-        let kubectl = format!("{}/kubectl", access.artifacts.guest_dir);
-        let mut out = Vec::new();
-        let code = session
-            .run(
-                &format!(
-                    "{kubectl} --kubeconfig {} apply --server-side --field-manager=kubeforge -f {VIEWER_BINDING}",
-                    paths::ADMIN_KUBECONFIG
-                ),
-                HEALTH_TIMEOUT,
-                &Redactor::none(),
-                |_, l| out.push(l.to_string()),
+        if let Err(why) = healthy(&session).await {
+            tracing::info!(machine = %m.name, why = %why, "bootstrapping control-plane member");
+            let b = member_files(c, &pki, m, members, endpoint, access)?;
+            apiserver_expiry = Some(b.apiserver_expires_at);
+            if !bootstrap(
+                app,
+                c,
+                &session,
+                &b.files,
+                &b.redactor,
+                &m.name,
+                paths::BOOTSTRAP_SCRIPT,
+                false,
             )
-            .await
-            .map_err(|e| Error::Unavailable(format!("RBAC on {}: {e}", m.name)))?;
-        // Ready means usable: wait until the apiserver's authorizer sees
-        // the binding (its informers lag the write by a moment).
-        let effective = code == 0
-            && session
-                .run(
-                    &format!(
-                        "{kubectl} --kubeconfig {} auth can-i list namespaces --as=kubeforge:probe --as-group={VIEWER_GROUP}",
-                        paths::ADMIN_KUBECONFIG
-                    ),
-                    HEALTH_TIMEOUT,
-                    &Redactor::none(),
-                    |_, l| out.push(l.to_string()),
-                )
+            .await?
+            {
+                status
+                    .problems
+                    .push(format!("{}: bootstrap script failed", m.name));
+                session.close().await;
+                continue;
+            }
+            bootstrapped.push(m.name.clone());
+        }
+        sessions.push((m, session));
+    }
+    // Components need a few seconds after a (re)start; etcd needs quorum.
+    let deadline = tokio::time::Instant::now()
+        + if bootstrapped.is_empty() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(90)
+        };
+    let mut healthy_members: Vec<&Machine> = Vec::new();
+    for (m, session) in &sessions {
+        let mut last = healthy(session).await;
+        while last.is_err() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            last = healthy(session).await;
+        }
+        match last {
+            Ok(()) => healthy_members.push(m),
+            Err(why) => status.problems.push(format!("{}: {why}", m.name)),
+        }
+    }
+    status.healthy_members = healthy_members.len();
+
+    // The endpoint: the load balancer (three members) or the member itself.
+    let mut endpoint_ok = healthy_members.len() == members.len() || lb.is_some();
+    if let Some(lb) = lb {
+        if let Err(why) = reconcile_load_balancer(app, access, c, lb, members).await? {
+            status.problems.push(why);
+            endpoint_ok = false;
+        }
+    }
+    // Through the endpoint, with the admin credentials, as a tenant would.
+    if let (true, Some((_, session))) = (
+        endpoint_ok,
+        sessions
+            .iter()
+            .find(|(m, _)| healthy_members.iter().any(|h| h.id == m.id)),
+    ) {
+        let kubectl = format!("{}/kubectl", access.artifacts.guest_dir);
+        let admin = paths::ADMIN_KUBECONFIG;
+        let mut answered = false;
+        for _ in 0..10 {
+            let (code, out) = exec(
+                session,
+                &format!("{kubectl} --kubeconfig {admin} --request-timeout=5s get --raw /readyz"),
+            )
+            .await?;
+            if code == 0 && out.iter().any(|l| l.trim() == "ok") {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if answered {
+            status.endpoint = Some(format!("https://{endpoint}:{APISERVER_PORT}"));
+            session
+                .upload(VIEWER_BINDING, rbac_manifest().as_bytes(), 0o644)
                 .await
-                .map_err(|e| Error::Unavailable(format!("RBAC check on {}: {e}", m.name)))?
-                == 0;
-        session.close().await;
-        status.rbac_applied = effective;
-        if !effective {
+                .map_err(|e| Error::Unavailable(format!("uploading RBAC: {e}")))?;
+            let (code, out) = exec(session, &format!("{kubectl} --kubeconfig {admin} apply --server-side --field-manager=kubeforge -f {VIEWER_BINDING}")).await?;
+            // Ready means usable: wait until the authorizer sees the binding
+            // (its informers lag the write by a moment).
+            let mut effective = false;
+            if code == 0 {
+                for _ in 0..10 {
+                    let (code, _) = exec(session, &format!("{kubectl} --kubeconfig {admin} auth can-i list namespaces --as=kubeforge:probe --as-group={VIEWER_GROUP}")).await?;
+                    if code == 0 {
+                        effective = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            status.rbac_applied = effective;
+            if !effective {
+                status.problems.push(format!(
+                    "RBAC bootstrap not effective yet: {}",
+                    out.join("; ")
+                ));
+            }
+        } else {
             status.problems.push(format!(
-                "RBAC bootstrap not effective yet: {}",
-                out.join("; ")
+                "the endpoint https://{endpoint}:{APISERVER_PORT} does not answer /readyz"
             ));
         }
     }
-    if status.healthy_members == members.len() && !members.is_empty() {
-        status.endpoint = Some(format!(
-            "https://{}:{APISERVER_PORT}",
-            endpoint_host(members)?
-        ));
+    for (_, session) in sessions {
+        session.close().await;
     }
     let mut certs = serde_json::to_value(pki.expiries(std::iter::empty())).map_err(internal)?;
     if let (Some(exp), Some(obj)) = (apiserver_expiry, certs.as_object_mut()) {

@@ -262,6 +262,15 @@ impl Run<'_> {
                 .map_err(db)?;
             }
         }
+        // Three members get a load balancer in front: the stable endpoint.
+        if c.control_plane.replicas > 1 {
+            let name = format!("{}-lb", c.name);
+            if !machines.iter().any(|m| m.name == name) {
+                self.record_machine(c, None, "load_balancer", &name, "small")
+                    .await
+                    .map_err(db)?;
+            }
+        }
         // Pools: grow with fresh names, shrink by removing the least useful.
         for p in pools {
             let mine: Vec<&Machine> = machines
@@ -450,6 +459,9 @@ impl Run<'_> {
             .iter()
             .filter(|m| m.role == "control_plane" && m.state == "running")
             .collect();
+        let lb = machines
+            .iter()
+            .find(|m| m.role == "load_balancer" && m.state == "running");
         let mut ready = false;
         let mut cp_message = None;
         let access = self
@@ -479,7 +491,10 @@ impl Run<'_> {
                 );
                 cp_message = Some(msg.to_string());
             }
-            Some(_) if cp_members.len() as u32 != c.control_plane.replicas => {
+            Some(_)
+                if cp_members.len() as u32 != c.control_plane.replicas
+                    || (c.control_plane.replicas > 1 && lb.is_none()) =>
+            {
                 set_condition(
                     &mut conditions,
                     "ControlPlaneReady",
@@ -505,7 +520,7 @@ impl Run<'_> {
                     .await?;
                 self.step(&create, "control_plane", "running", None, None)
                     .await?;
-                let st = match controlplane::reconcile(self.app, access, c, &cp_members).await {
+                let st = match controlplane::reconcile(self.app, access, c, &cp_members, lb).await {
                     Ok(st) => st,
                     Err(e) => {
                         let msg = e.to_string();

@@ -483,6 +483,40 @@ async fn stop_nspawn(pid: i32) {
     tracing::error!(pid, "systemd-nspawn did not exit after SIGKILL");
 }
 
+/// Stops, the hard way, every lab machine whose overlay lives under `dir`
+/// (a state dir, or a test's temporary dir), whoever started it. Blocking;
+/// for cleanup paths such as a failed test's guard. Returns how many.
+pub fn stop_machines_under(dir: &Path) -> usize {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let needle = format!(":{}", dir.display());
+    let mut stopped = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !cmd.contains("systemd-nspawn") || !cmd.contains(&needle) {
+            continue;
+        }
+        for child in children(pid) {
+            let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+        }
+        for _ in 0..50 {
+            if !pid_alive(pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        stopped += 1;
+    }
+    stopped
+}
+
 fn which(bin: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(bin).is_file()))

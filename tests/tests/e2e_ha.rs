@@ -1,0 +1,319 @@
+//! High availability on the lab: three control-plane members behind a
+//! HAProxy load-balancer machine. Losing one member keeps the API
+//! answering through the endpoint with etcd at 2 of 3; the cluster goes
+//! `degraded`, the machine is restarted, and the cluster returns to `ready`.
+//!
+//! Needs root and the artifacts of `scripts/build-lab-image` and
+//! `scripts/build-kube` (the test command builds both).
+
+use axum::http::{Method, StatusCode};
+use kubeforge::context::Role;
+use kubeforge::ssh::{Redactor, SshTarget};
+use kubeforge_tests::TestApp;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+fn kubectl() -> PathBuf {
+    let p = kubeforge::server::cache_dir().join("kube/v1.20.2/bin/linux/amd64/kubectl");
+    assert!(
+        p.exists(),
+        "no kubectl at {}: run scripts/build-kube",
+        p.display()
+    );
+    p
+}
+
+fn kubectl_run(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--request-timeout", "20s"])
+        .args(args)
+        .output()
+        .expect("kubectl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Removes the test's bridge, and stops any machine the test left
+/// running (a failed assertion must not leak containers).
+struct Bridge(String, PathBuf);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        kubeforge::providers::lab::stop_machines_under(&self.1);
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Runs the engine until the cluster's phase is `want` (or the cluster is
+/// gone, for `None`), returning the cluster JSON.
+async fn drive(
+    app: &TestApp,
+    token: &str,
+    cluster: &str,
+    want: Option<&str>,
+    within: Duration,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        sqlx::query("UPDATE jobs SET run_after = now() WHERE state = 'queued'")
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        app.run_jobs().await;
+        let r = app
+            .call(
+                Method::GET,
+                &format!("/v1/clusters/{cluster}"),
+                Some(token),
+                None,
+                &[],
+            )
+            .await;
+        match want {
+            Some(phase) if r.status == StatusCode::OK && r.body["phase"] == phase => return r.body,
+            None if r.status == StatusCode::NOT_FOUND => return Value::Null,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster {cluster} not {want:?} after {within:?}: {}",
+            serde_json::to_string_pretty(&r.body).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn processes_mentioning(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+/// Kills a machine's PID 1, as a power cut would.
+fn power_off(machine: &str) {
+    let needle = format!("--machine={machine}");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmd).contains(&needle)
+            && String::from_utf8_lossy(&cmd).contains("systemd-nspawn")
+        {
+            for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .flatten()
+            {
+                for child in std::fs::read_to_string(t.path().join("children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                {
+                    let _ = Command::new("kill").args(["-9", child]).status();
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn three_control_planes_survive_losing_one() {
+    let tmp =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ha-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let octet = 100 + (Uuid::new_v4().as_u128() % 100) as u8;
+    let bridge = Bridge(format!("kfh{octet}"), tmp.clone());
+    let app = TestApp::with_lab(&tmp, &bridge.0, &format!("10.77.{octet}.0/24")).await;
+    let owner = app.token("acme", Role::Admin);
+    let name = format!("ha{octet}");
+
+    let started = Instant::now();
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&owner),
+            Some(
+                json!({"name": name, "kubernetes_version": "1.20.2", "provider": {"kind": "lab"},
+                        "control_plane": {"replicas": 3, "machine_type": "small"}}),
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cluster = drive(&app, &owner, &name, Some("ready"), Duration::from_secs(300)).await;
+    eprintln!(
+        "POST to ready (3 control planes): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let id = Uuid::parse_str(cluster["id"].as_str().unwrap()).unwrap();
+    let machines: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT name, role, address, host_key FROM machines WHERE cluster_id = $1 AND deleted_at IS NULL ORDER BY name",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        machines.iter().filter(|m| m.1 == "control_plane").count(),
+        3,
+        "{machines:?}"
+    );
+    let lb = machines
+        .iter()
+        .find(|m| m.1 == "load_balancer")
+        .expect("a load balancer machine");
+    assert_eq!(
+        cluster["endpoint"],
+        format!("https://{}:6443", lb.2),
+        "the endpoint is the load balancer"
+    );
+
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/v1/clusters/{name}/kubeconfig"),
+            Some(&owner),
+            Some(json!({"role": "admin", "ttl_seconds": 3600})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let kc = tmp.join("admin.kubeconfig");
+    std::fs::write(&kc, &r.text).unwrap();
+    let (ok, out) = kubectl_run(&kc, &["get", "--raw", "/readyz"]);
+    assert!(ok && out.trim() == "ok", "readyz: {out}");
+
+    // Lose one member.
+    let lost = format!("{name}-cp-1");
+    let lost_at = Instant::now();
+    power_off(&lost);
+
+    // The API still answers through the endpoint (HAProxy drops the dead backend).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = kubectl_run(&kc, &["get", "--raw", "/readyz"]);
+        if ok && out.trim() == "ok" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint stopped answering: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (ok, out) = kubectl_run(&kc, &["create", "namespace", "still-writable"]);
+    assert!(ok, "writes need etcd quorum: {out}");
+
+    // etcd: 2 of 3 healthy, asked from a surviving member.
+    let survivor = machines
+        .iter()
+        .find(|m| m.0 == format!("{name}-cp-0"))
+        .unwrap();
+    let access = app.app.access.clone().expect("machine access");
+    let endpoints: Vec<String> = machines
+        .iter()
+        .filter(|m| m.1 == "control_plane")
+        .map(|m| format!("https://{}:2379", m.2))
+        .collect();
+    let cmd = format!(
+        "ETCDCTL_API=3 etcdctl --endpoints={} --cacert /etc/kubernetes/pki/etcd/ca.crt \
+         --cert /etc/kubernetes/pki/etcd/healthcheck-client.crt \
+         --key /etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=3s endpoint health",
+        endpoints.join(",")
+    );
+    let mut lines = Vec::new();
+    access
+        .ssh
+        .run(
+            &SshTarget::new(survivor.2.clone(), "root", survivor.3.clone()),
+            &access.client_key.auth(),
+            &cmd,
+            Duration::from_secs(30),
+            &Redactor::none(),
+            |_, l| lines.push(l.to_string()),
+        )
+        .await
+        .expect("etcdctl over ssh");
+    let healthy = lines.iter().filter(|l| l.contains("is healthy")).count();
+    let unhealthy = lines.iter().filter(|l| l.contains("is unhealthy")).count();
+    assert_eq!((healthy, unhealthy), (2, 1), "{lines:?}");
+
+    // Noticed: degraded; repaired: ready again.
+    let degraded = drive(
+        &app,
+        &owner,
+        &name,
+        Some("degraded"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let detected = lost_at.elapsed();
+    let cp = degraded["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned();
+    assert_eq!(cp.map(|c| c["status"].clone()), Some(json!("False")));
+    drive(&app, &owner, &name, Some("ready"), Duration::from_secs(240)).await;
+    eprintln!(
+        "lost control-plane member: degraded after {:.1} s, ready again after {:.1} s",
+        detected.as_secs_f64(),
+        lost_at.elapsed().as_secs_f64()
+    );
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM events WHERE cluster_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    for reason in ["MachineStopped", "ClusterDegraded", "ClusterReady"] {
+        assert!(
+            events.iter().any(|e| e == reason),
+            "no {reason} event: {events:?}"
+        );
+    }
+    let (ok, out) = kubectl_run(&kc, &["get", "namespace", "still-writable"]);
+    assert!(ok, "data written while degraded survives: {out}");
+
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/clusters/{name}"),
+            Some(&owner),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    drive(&app, &owner, &name, None, Duration::from_secs(90)).await;
+    for m in &machines {
+        assert_eq!(
+            processes_mentioning(&format!("--machine={}", m.0)),
+            0,
+            "{} still runs",
+            m.0
+        );
+    }
+    drop(bridge);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
