@@ -316,3 +316,171 @@ async fn two_serve_processes_share_one_database() {
     pg.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Stops every lab machine of a data dir when dropped, so a failed
+/// assertion leaks no container, and removes the test's bridge.
+struct LabCleanup(PathBuf, String);
+
+impl Drop for LabCleanup {
+    fn drop(&mut self) {
+        kubeforge::providers::lab::stop_machines_under(&self.0);
+        let _ = Command::new("ip").args(["link", "del", &self.1]).status();
+    }
+}
+
+fn lab_machine_dirs(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir.join("lab/machines"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn nspawns_under(data_dir: &Path) -> usize {
+    let needle = format!(":{}", data_dir.display());
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("systemd-nspawn") && c.contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+fn serve_lab(url: &str, data_dir: &Path, port: u16, bridge: &str, subnet: &str, key: &str) -> Proc {
+    let child = Command::new(BIN)
+        .args(["serve", "--database-url", url, "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("KUBEFORGE_TOKEN_KEY", key)
+        .env("KUBEFORGE_LAB_BRIDGE", bridge)
+        .env("KUBEFORGE_LAB_SUBNET", subnet)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(data_dir.join("serve.log"))
+                .expect("log file"),
+        ))
+        .spawn()
+        .expect("spawn serve");
+    Proc(child)
+}
+
+/// `kill -9` the service in the middle of provisioning, start it again:
+/// the cluster converges with no duplicate machine.
+#[tokio::test]
+async fn killed_mid_provisioning_converges_without_duplicates() {
+    let dir = temp_dir("kill9");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let octet = 100 + (uuid::Uuid::new_v4().as_u128() % 100) as u8;
+    let bridge = format!("kfk{octet}");
+    let subnet = format!("10.77.{octet}.0/24");
+    let _cleanup = LabCleanup(data.clone(), bridge.clone());
+    let pg = kubeforge::embedded_pg::EmbeddedPostgres::start(&dir.join("pg"))
+        .await
+        .expect("postgres");
+    let url = pg.url("kubeforge");
+    let key = "ef".repeat(32);
+    let keys = kubeforge::auth::AuthKeys::from_secret(&hex::decode(&key).unwrap()).unwrap();
+    let tok = keys
+        .mint(
+            "acme",
+            "t",
+            kubeforge::context::Role::Admin,
+            Duration::from_secs(900),
+            chrono::Utc::now().timestamp(),
+        )
+        .unwrap();
+    let port = free_port();
+    let server = serve_lab(&url, &data, port, &bridge, &subnet, &key);
+    wait_healthy(port).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("http://127.0.0.1:{port}/v1/clusters"))
+        .bearer_auth(&tok)
+        .json(&serde_json::json!({"name": "k9", "kubernetes_version": "1.20.2", "provider": {"kind": "lab"},
+            "node_pools": [{"name": "work", "size": 2}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    // Wait until provisioning is under way (some machines recorded), then kill -9.
+    let pool = kubeforge::store::connect(&url, 2).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM machines")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no machine recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut server = server;
+    server.0.kill().expect("kill -9");
+    server.0.wait().expect("reap");
+    std::mem::forget(server);
+    let phase: String = sqlx::query_scalar("SELECT phase FROM clusters")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(phase, "provisioning", "killed too late to test anything");
+
+    // Start again: the job's lease runs out, another run picks it up.
+    let port = free_port();
+    let server = serve_lab(&url, &data, port, &bridge, &subnet, &key);
+    wait_healthy(port).await;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let v: serde_json::Value = client
+            .get(format!("http://127.0.0.1:{port}/v1/clusters/k9"))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["phase"] == "ready" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster did not converge: {v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ledger: i64 = sqlx::query_scalar("SELECT count(*) FROM machines WHERE deleted_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(ledger, 3, "1 control plane + 2 workers in the ledger");
+    assert_eq!(lab_machine_dirs(&data), 3, "no duplicate machine directory");
+    assert_eq!(nspawns_under(&data), 3, "no duplicate machine process");
+
+    // Delete: nothing remains.
+    let r = client
+        .delete(format!("http://127.0.0.1:{port}/v1/clusters/k9"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while nspawns_under(&data) > 0 || lab_machine_dirs(&data) > 0 {
+        assert!(Instant::now() < deadline, "machines remain after delete");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    pool.close().await;
+    drop(server);
+    pg.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

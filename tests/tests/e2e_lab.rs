@@ -180,6 +180,34 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
         );
     }
 
+    // The bootstrap is idempotent: run again on the machine, it changes nothing.
+    let m: (String, String) = sqlx::query_as(
+        "SELECT address, host_key FROM machines WHERE cluster_id = $1 AND role = 'control_plane'",
+    )
+    .bind(Uuid::parse_str(cluster["id"].as_str().unwrap()).unwrap())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let access = app.app.access.clone().expect("machine access");
+    let mut lines = Vec::new();
+    let code = access
+        .ssh
+        .run(
+            &kubeforge::ssh::SshTarget::new(m.0, "root", m.1),
+            &access.client_key.auth(),
+            "bash /opt/kubeforge/bootstrap-controlplane.sh",
+            Duration::from_secs(120),
+            &kubeforge::ssh::Redactor::none(),
+            |_, l| lines.push(l.to_string()),
+        )
+        .await
+        .expect("second bootstrap run");
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("no changes")),
+        "second run changed something: {lines:?}"
+    );
+
     // Admin kubeconfig: readyz, and a namespace created and deleted.
     let r = app
         .call(
