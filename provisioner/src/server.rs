@@ -18,6 +18,7 @@ use crate::engine::reconcile::ClusterReconciler;
 use crate::engine::worker::{Engine, EngineConfig};
 use crate::metrics::Metrics;
 use crate::providers::lab::{LabConfig, LabProvider};
+use crate::providers::ssh::SshProvider;
 use crate::providers::ProviderRegistry;
 use crate::store;
 
@@ -75,14 +76,21 @@ pub fn cache_dir() -> PathBuf {
 
 /// The newest complete lab image under the cache.
 pub fn lab_image(cache: &Path) -> Option<PathBuf> {
-    let mut images: Vec<PathBuf> = std::fs::read_dir(cache.join("lab-image"))
+    // `bookworm-<revision>`: the highest complete revision wins (numerically).
+    let revision = |p: &Path| -> u64 {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.rsplit('-').next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0)
+    };
+    std::fs::read_dir(cache.join("lab-image"))
         .ok()?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.join(".complete").exists())
-        .collect();
-    images.sort();
-    images.pop().map(|p| p.join("rootfs"))
+        .max_by_key(|p| revision(p))
+        .map(|p| p.join("rootfs"))
 }
 
 /// Kubernetes binaries in the guest, where the lab binds the host's cache.
@@ -152,6 +160,26 @@ pub fn machine_setup_on(
             (providers, None)
         }
     }
+}
+
+/// Registers the `ssh` provider (the pool of hosts registered with
+/// `/v1/hosts`) next to the lab: it needs the same machine access (the
+/// service key it authorizes on hosts, the binaries it uploads), plus the
+/// database holding the pool and the key its credentials are sealed with.
+pub fn register_ssh_provider(
+    providers: &mut ProviderRegistry,
+    access: &MachineAccess,
+    pool: &sqlx::PgPool,
+    secrets: &SecretBox,
+) {
+    providers.register(Arc::new(SshProvider::new(
+        pool.clone(),
+        secrets.clone(),
+        access.ssh.clone(),
+        access.client_key.public_key_line().to_string(),
+        access.artifacts.clone(),
+    )));
+    tracing::info!("ssh provider on");
 }
 
 /// Builds the shared app state.
@@ -228,7 +256,10 @@ async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Res
     store::migrate(&pool).await?;
     let auth = load_auth(&opts.data_dir)?;
     let secrets = load_secret_box(&opts.data_dir)?;
-    let (providers, access) = machine_setup(&opts.data_dir);
+    let (mut providers, access) = machine_setup(&opts.data_dir);
+    if let Some(access) = &access {
+        register_ssh_provider(&mut providers, access, &pool, &secrets);
+    }
     let app = build_app(
         pool.clone(),
         auth,

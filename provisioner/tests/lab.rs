@@ -19,25 +19,7 @@ fn lab_image() -> PathBuf {
     if let Some(p) = std::env::var_os("KUBEFORGE_LAB_IMAGE") {
         return PathBuf::from(p);
     }
-    let cache = std::env::var_os("KUBEFORGE_CACHE").map_or_else(
-        || {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                .join(".cache/kubeforge")
-        },
-        PathBuf::from,
-    );
-    let mut images: Vec<PathBuf> = std::fs::read_dir(cache.join("lab-image"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.join(".complete").exists())
-                .collect()
-        })
-        .unwrap_or_default();
-    images.sort();
-    images
-        .pop()
-        .map(|p| p.join("rootfs"))
+    kubeforge::server::lab_image(&kubeforge::server::cache_dir())
         .expect("no lab image in the cache: run scripts/build-lab-image (the test command does)")
 }
 

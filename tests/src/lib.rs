@@ -241,6 +241,43 @@ impl TestApp {
         }
     }
 
+    /// [`TestApp::with_lab`] with the REAL `ssh` provider registered too:
+    /// clusters with `{"kind": "ssh"}` claim hosts registered through
+    /// `POST /v1/hosts` (the pool starts empty).
+    pub async fn with_lab_and_ssh(
+        data_dir: &std::path::Path,
+        bridge: &str,
+        subnet: &str,
+    ) -> TestApp {
+        let db = TestDb::new().await;
+        let pool = db.pool(60).await;
+        let (mut providers, access) = kubeforge::server::machine_setup_on(data_dir, bridge, subnet);
+        let Some(machine_access) = access.as_deref() else {
+            panic!("the lab provider is off on this host (see the log): run scripts/build-lab-image and scripts/build-kube as root");
+        };
+        let secrets = kubeforge::crypto::SecretBox::new(&[9u8; 32]).expect("secret box");
+        kubeforge::server::register_ssh_provider(&mut providers, machine_access, &pool, &secrets);
+        let app = kubeforge::server::build_app(
+            pool.clone(),
+            kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).expect("keys"),
+            secrets,
+            providers,
+            Config::default(),
+            access,
+        )
+        .expect("app");
+        let router = kubeforge::api::router(app.clone());
+        let engine = kubeforge::server::build_engine(&app, test_engine_config());
+        TestApp {
+            db,
+            app,
+            router,
+            pool,
+            provider: Arc::new(InMemoryProvider::new("unused")),
+            engine,
+        }
+    }
+
     /// A valid token for `tenant` with `role`.
     pub fn token(&self, tenant: &str, role: Role) -> String {
         self.app

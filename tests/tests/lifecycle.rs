@@ -217,10 +217,17 @@ async fn three_control_planes_get_fixed_names() {
         .collect();
     cp.sort_unstable();
     assert_eq!(cp, ["ha-cp-0", "ha-cp-1", "ha-cp-2"]);
+    // Three members get a load-balancer machine in front of them.
+    let lb: Vec<&str> = ms
+        .iter()
+        .filter(|m| m["role"] == "load_balancer")
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(lb, ["ha-lb"]);
     assert!(ms
         .iter()
-        .all(|m| m["node_pool"].is_null() == (m["role"] == "control_plane")));
-    assert_eq!(ms.len(), 4);
+        .all(|m| m["node_pool"].is_null() == (m["role"] != "worker")));
+    assert_eq!(ms.len(), 5);
     assert!(ms.iter().all(|m| m["state"] == "running"));
     assert_eq!(t.provider_ids(id), ids(&ms));
 }

@@ -35,7 +35,7 @@ use crate::store::secret;
 /// How soon a healthy cluster is looked at again.
 pub const RESYNC: Duration = Duration::from_secs(30);
 /// How soon a cluster with machines still starting is looked at again.
-pub const SHORT_RESYNC: Duration = Duration::from_secs(2);
+pub const SHORT_RESYNC: Duration = Duration::from_secs(1);
 
 /// Runs `reconcile_cluster` jobs.
 pub struct ClusterReconciler {
@@ -468,7 +468,7 @@ impl Run<'_> {
             .app
             .access
             .as_deref()
-            .filter(|_| c.provider.kind() == "lab");
+            .filter(|_| matches!(c.provider.kind(), "lab" | "ssh"));
         match access {
             None => {
                 let msg = "control-plane bootstrap needs machine access (SSH key and Kubernetes \

@@ -21,6 +21,7 @@
 //!   backoff and fails the operation on the second.
 
 pub mod lab;
+pub mod ssh;
 #[cfg(feature = "test-double")]
 pub mod test_double;
 

@@ -1,0 +1,742 @@
+//! The `ssh` provider: bring-your-own machines from a pool of hosts that a
+//! platform admin registered with `POST /v1/hosts` (address, port, user,
+//! sealed credentials, pinned host key).
+//!
+//! A machine is a claimed host: `hosts.claimed_by` holds the ledger id of
+//! the machine it serves (a foreign key to `machines`), `lease_expires_at`
+//! when the claim was last confirmed by `create` plus [`LEASE`]. Nothing
+//! takes a host back when a lease runs out: a host may still run a
+//! tenant's etcd, so only `delete`, after wiping it, returns it to the pool.
+//!
+//! Every SSH connection uses the host's registered credentials (unsealed
+//! with the [`SecretBox`], associated data `host/{id}` as the API sealed
+//! them) and the host key pinned at registration; a host that presents
+//! another key is refused, never learned. A registered user other than
+//! `root` must have passwordless `sudo`; commands then run through
+//! `sudo -n` and files are staged in a private temporary directory.
+//!
+//! The provider contract holds as follows:
+//! - **Idempotent create.** The claim runs in one transaction that first
+//!   locks the ledger row (`machines ... FOR UPDATE`, so two creates for the
+//!   same id take turns), returns the host already claimed by that id if
+//!   there is one, and otherwise claims the lowest free host with
+//!   `FOR UPDATE SKIP LOCKED`, so concurrent creates for different machines
+//!   never take the same host. Everything done on the host afterwards is
+//!   idempotent and re-run on every call: the service's public key is
+//!   appended to root's `authorized_keys` only if absent (mode 0600), the
+//!   identity file is rewritten, binaries are uploaded only when their
+//!   sha256 on the host differs. No free host is `Retryable` ("no free
+//!   host in the pool"): capacity may come back.
+//! - **Tagged.** The host records its machine in
+//!   `/etc/kubeforge/machine.json` (id, cluster_id, name); in the database
+//!   `list_by_cluster` joins `hosts.claimed_by` with `machines` without
+//!   filtering deleted ledger rows, so a host still claimed by a machine
+//!   the ledger already marked deleted is found by the sweep. A host can
+//!   only be claimed by an id with a ledger row (the foreign key), so there
+//!   are no claims this join cannot see; a host whose identity file names a
+//!   machine but whose row is unclaimed is free, and is wiped by the next
+//!   cluster that claims it (its bootstrap replaces every file).
+//! - **Idempotent delete.** Unknown id (no host claimed by it): `Ok`. A
+//!   claimed host is wiped over SSH (Kubeforge's units stopped, disabled
+//!   and removed, its directories and etcd's data removed, the service key
+//!   removed from `authorized_keys` if Kubeforge added it) and only then
+//!   released. An unreachable host is `Retryable` and stays claimed.
+//! - **`get` observes.** It reads the claim and probes the host over SSH
+//!   with a short timeout (`Running` if a command runs, else `Pending`); it
+//!   changes nothing, in the database or on the host.
+//! - **Error classes.** Unreachable, timeouts and the database are
+//!   `Retryable`; a host-key mismatch, refused credentials, credentials that
+//!   cannot be unsealed, and a host whose `/usr/bin/etcd` is missing or is
+//!   not the expected build are `Permanent` (an admin has to act).
+//!
+//! Binaries: the lab binds the service's Kubernetes binaries into every
+//! machine; registered hosts get them uploaded instead, into the same
+//! guest directory, for control-plane machines. etcd is not uploaded: the
+//! host must have Debian's `etcd-server` package, whose `/usr/bin/etcd` is
+//! checked against the expected checksum.
+//!
+//! Limits of this build: the control plane reaches machines as `root` on
+//! port 22 with the service key (the ledger records an address, not a
+//! port), so pool hosts must listen on 22; three-member control planes
+//! would claim a pool host for the load balancer, which then needs HAProxy.
+
+use async_trait::async_trait;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+use super::{MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState};
+use crate::crypto::{Sealed, SecretBox};
+use crate::engine::controlplane::Artifacts;
+use crate::ssh::{
+    shell_quote, Redactor, Session, SshAuth, SshError, SshExecutor, SshSettings, SshTarget,
+};
+
+/// How long a claim is good for after `create` last confirmed it.
+pub const LEASE: Duration = Duration::from_secs(15 * 60);
+/// Bound on one setup or wipe command on a host.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound on `get`'s probe: connect, authenticate, run `true`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The Kubernetes binaries a control-plane host gets.
+const KUBE_BINARIES: [&str; 4] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+];
+
+/// Units Kubeforge installs; `delete` stops, disables and removes them.
+const UNITS: [&str; 5] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubeforge-lb",
+];
+
+/// Everything Kubeforge writes on a host besides units and the key.
+const WIPED_DIRS: [&str; 5] = [
+    "/etc/kubernetes",
+    "/var/lib/etcd",
+    "/var/lib/kubeforge",
+    "/opt/kubeforge",
+    "/etc/kubeforge",
+];
+
+/// Where the host records which machine it is.
+const IDENTITY_FILE: &str = "/etc/kubeforge/machine.json";
+/// Present when Kubeforge added the service key to `authorized_keys` (and
+/// so must remove it); absent when the key was there before the claim.
+const KEY_MARKER: &str = "/etc/kubeforge/service-key-added";
+
+/// One `hosts` row, as the provider needs it.
+#[derive(Debug)]
+struct Host {
+    id: Uuid,
+    address: String,
+    port: i32,
+    ssh_user: String,
+    host_key: String,
+    credential_kind: String,
+    credential_key_id: String,
+    credential_nonce: Vec<u8>,
+    credential_sealed: Vec<u8>,
+}
+
+/// A session to a host, and whether it runs as root or through sudo.
+struct HostSession {
+    session: Session,
+    root: bool,
+}
+
+/// The provider (see the module doc).
+pub struct SshProvider {
+    pool: PgPool,
+    secrets: SecretBox,
+    ssh: SshExecutor,
+    /// For `get`: one attempt, a short timeout.
+    probe: SshExecutor,
+    service_key_public: String,
+    artifacts: Artifacts,
+}
+
+fn retryable(e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::Retryable(e.to_string())
+}
+
+fn permanent(e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::Permanent(e.to_string())
+}
+
+fn db(e: sqlx::Error) -> ProviderError {
+    retryable(format!("database: {e}"))
+}
+
+fn ssh_error(host: &Host, e: SshError) -> ProviderError {
+    let msg = format!("host {}:{}: {e}", host.address, host.port);
+    if e.is_retryable() {
+        ProviderError::Retryable(msg)
+    } else {
+        ProviderError::Permanent(msg)
+    }
+}
+
+/// The `TYPE BASE64` part of a public key line, which identifies the key
+/// whatever its options or comment.
+fn key_body(line: &str) -> Option<&str> {
+    let mut parts = line.split_whitespace();
+    let _kind = parts.next()?;
+    parts.next()
+}
+
+impl SshProvider {
+    /// `service_key_public` is the service's `authorized_keys` line; the
+    /// `artifacts` say which binaries control-plane hosts need and where.
+    pub fn new(
+        pool: PgPool,
+        secrets: SecretBox,
+        ssh: SshExecutor,
+        service_key_public: String,
+        artifacts: Artifacts,
+    ) -> Self {
+        let probe = SshExecutor::with_settings(
+            ssh.max_concurrent(),
+            SshSettings {
+                connect_timeout: PROBE_TIMEOUT,
+                retries: 0,
+                keepalive_interval: None,
+                ..ssh.settings().clone()
+            },
+        );
+        Self {
+            pool,
+            secrets,
+            ssh,
+            probe,
+            service_key_public: service_key_public.trim().to_string(),
+            artifacts,
+        }
+    }
+
+    async fn host_claimed_by(&self, id: Uuid) -> Result<Option<Host>, ProviderError> {
+        sqlx::query_as!(
+            Host,
+            "SELECT id, address, port, ssh_user, host_key, credential_kind, credential_key_id,
+                    credential_nonce, credential_sealed
+             FROM hosts WHERE claimed_by = $1",
+            id
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    /// The host claimed by `req.id`, claiming a free one if there is none.
+    async fn claim(&self, req: &MachineRequest) -> Result<Host, ProviderError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // Creates for one ledger id take turns; the row must exist (the
+        // ledger is committed before the provider is called).
+        let ledger =
+            sqlx::query_scalar!("SELECT id FROM machines WHERE id = $1 FOR UPDATE", req.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        if ledger.is_none() {
+            return Err(permanent(format!(
+                "machine {} is not in the ledger; the ssh provider claims hosts for ledger rows only",
+                req.id
+            )));
+        }
+        let lease_secs = LEASE.as_secs_f64();
+        let held = sqlx::query_as!(
+            Host,
+            "UPDATE hosts SET lease_expires_at = now() + make_interval(secs => $2)
+             WHERE claimed_by = $1
+             RETURNING id AS \"id!\", address AS \"address!\", port AS \"port!\",
+                       ssh_user AS \"ssh_user!\", host_key AS \"host_key!\",
+                       credential_kind AS \"credential_kind!\",
+                       credential_key_id AS \"credential_key_id!\",
+                       credential_nonce AS \"credential_nonce!\",
+                       credential_sealed AS \"credential_sealed!\"",
+            req.id,
+            lease_secs
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let host = match held {
+            Some(h) => h,
+            None => {
+                let claimed = sqlx::query_as!(
+                    Host,
+                    "UPDATE hosts SET claimed_by = $1,
+                                      lease_expires_at = now() + make_interval(secs => $2)
+                     WHERE id = (SELECT id FROM hosts WHERE claimed_by IS NULL
+                                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                     RETURNING id AS \"id!\", address AS \"address!\", port AS \"port!\",
+                               ssh_user AS \"ssh_user!\", host_key AS \"host_key!\",
+                               credential_kind AS \"credential_kind!\",
+                               credential_key_id AS \"credential_key_id!\",
+                               credential_nonce AS \"credential_nonce!\",
+                               credential_sealed AS \"credential_sealed!\"",
+                    req.id,
+                    lease_secs
+                )
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+                let Some(h) = claimed else {
+                    return Err(retryable("no free host in the pool"));
+                };
+                tracing::info!(machine = %req.name, host = %h.id, address = %h.address, "claimed a pool host");
+                h
+            }
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(host)
+    }
+
+    fn target(host: &Host) -> SshTarget {
+        SshTarget::new(
+            host.address.clone(),
+            host.ssh_user.clone(),
+            host.host_key.clone(),
+        )
+        .with_port(u16::try_from(host.port).unwrap_or(22))
+    }
+
+    fn auth(&self, host: &Host) -> Result<SshAuth, ProviderError> {
+        let sealed = Sealed {
+            key_id: host.credential_key_id.clone(),
+            nonce: host.credential_nonce.clone(),
+            ciphertext: host.credential_sealed.clone(),
+        };
+        let plain = self
+            .secrets
+            .open(format!("host/{}", host.id).as_bytes(), &sealed)
+            .map_err(|e| {
+                permanent(format!(
+                    "the credentials of host {} cannot be unsealed: {e}",
+                    host.id
+                ))
+            })?;
+        let text = String::from_utf8(plain)
+            .map_err(|_| permanent(format!("the credentials of host {} are not text", host.id)))?;
+        match host.credential_kind.as_str() {
+            "private_key" => Ok(SshAuth::PrivateKey(text)),
+            "password" => Ok(SshAuth::Password(text)),
+            other => Err(permanent(format!("unknown credential kind {other}"))),
+        }
+    }
+
+    async fn connect(&self, exec: &SshExecutor, host: &Host) -> Result<HostSession, ProviderError> {
+        let auth = self.auth(host)?;
+        let session = exec
+            .connect(&Self::target(host), &auth)
+            .await
+            .map_err(|e| ssh_error(host, e))?;
+        Ok(HostSession {
+            session,
+            root: host.ssh_user == "root",
+        })
+    }
+
+    /// Runs `script` as root; returns (status, output lines).
+    async fn run(
+        host: &Host,
+        hs: &HostSession,
+        script: &str,
+    ) -> Result<(i32, Vec<String>), ProviderError> {
+        let cmd = if hs.root {
+            script.to_string()
+        } else {
+            format!("sudo -n sh -c {}", shell_quote(script))
+        };
+        let mut lines = Vec::new();
+        let code = hs
+            .session
+            .run(&cmd, COMMAND_TIMEOUT, &Redactor::none(), |_, l| {
+                lines.push(l.to_string())
+            })
+            .await
+            .map_err(|e| ssh_error(host, e))?;
+        Ok((code, lines))
+    }
+
+    /// Writes a file as root, atomically.
+    async fn upload(
+        host: &Host,
+        hs: &HostSession,
+        path: &str,
+        contents: &[u8],
+        mode: u32,
+    ) -> Result<(), ProviderError> {
+        if hs.root {
+            return hs
+                .session
+                .upload(path, contents, mode)
+                .await
+                .map_err(|e| ssh_error(host, e));
+        }
+        // Stage in a private directory of the login user, then install as root.
+        let stage = format!("/tmp/.kubeforge-stage-{}", Uuid::new_v4().simple());
+        let staged = format!("{stage}/file");
+        let mk = hs
+            .session
+            .run(
+                &format!("mkdir -m 700 {}", shell_quote(&stage)),
+                COMMAND_TIMEOUT,
+                &Redactor::none(),
+                |_, _| {},
+            )
+            .await
+            .map_err(|e| ssh_error(host, e))?;
+        if mk != 0 {
+            return Err(retryable(format!(
+                "cannot stage an upload on {}",
+                host.address
+            )));
+        }
+        let up = hs
+            .session
+            .upload(&staged, contents, 0o600)
+            .await
+            .map_err(|e| ssh_error(host, e));
+        let dst = shell_quote(path);
+        let tmp = shell_quote(&format!("{path}.kubeforge-new"));
+        let install = format!(
+            "mkdir -p \"$(dirname {dst})\" && install -m {mode:o} {src} {tmp} && mv -f {tmp} {dst}",
+            src = shell_quote(&staged),
+            mode = mode & 0o7777,
+        );
+        let result = match up {
+            Ok(()) => Self::run(host, hs, &install).await,
+            Err(e) => Err(e),
+        };
+        let _ = hs
+            .session
+            .run(
+                &format!("rm -rf {}", shell_quote(&stage)),
+                COMMAND_TIMEOUT,
+                &Redactor::none(),
+                |_, _| {},
+            )
+            .await;
+        match result? {
+            (0, _) => Ok(()),
+            (code, out) => Err(retryable(format!(
+                "installing {path} on {} failed ({code}): {}",
+                host.address,
+                out.join("; ")
+            ))),
+        }
+    }
+
+    /// Authorizes the service key for root (only if absent) and records the
+    /// machine's identity on the host.
+    async fn prepare(
+        &self,
+        host: &Host,
+        hs: &HostSession,
+        req: &MachineRequest,
+    ) -> Result<(), ProviderError> {
+        let key = &self.service_key_public;
+        let body =
+            key_body(key).ok_or_else(|| permanent("the service's public key line is malformed"))?;
+        let identity =
+            serde_json::json!({"id": req.id, "cluster_id": req.cluster_id, "name": req.name})
+                .to_string();
+        let script = format!(
+            r#"set -e
+umask 077
+mkdir -p /root/.ssh /etc/kubeforge
+chmod 700 /root/.ssh
+ak=/root/.ssh/authorized_keys
+touch "$ak"
+if ! grep -qF {body} "$ak"; then
+  touch {marker}
+  if [ -s "$ak" ] && [ -n "$(tail -c1 "$ak")" ]; then echo >> "$ak"; fi
+  printf '%s\n' {key} >> "$ak"
+fi
+chmod 600 "$ak"
+printf '%s\n' {identity} > {file}.tmp
+chmod 644 {file}.tmp
+mv -f {file}.tmp {file}
+"#,
+            body = shell_quote(body),
+            key = shell_quote(key),
+            marker = KEY_MARKER,
+            identity = shell_quote(&identity),
+            file = IDENTITY_FILE,
+        );
+        match Self::run(host, hs, &script).await? {
+            (0, _) => Ok(()),
+            (code, out) => Err(retryable(format!(
+                "preparing host {} failed ({code}): {}",
+                host.address,
+                out.join("; ")
+            ))),
+        }
+    }
+
+    /// sha256 of files on the host, by path; missing files are absent.
+    async fn remote_sha256(
+        host: &Host,
+        hs: &HostSession,
+        paths: &[String],
+    ) -> Result<BTreeMap<String, String>, ProviderError> {
+        let quoted: Vec<String> = paths.iter().map(|p| shell_quote(p)).collect();
+        let (_, out) = Self::run(
+            host,
+            hs,
+            &format!("sha256sum {} 2>/dev/null; true", quoted.join(" ")),
+        )
+        .await?;
+        Ok(out
+            .iter()
+            .filter_map(|l| {
+                let (sum, path) = l.split_once(char::is_whitespace)?;
+                let path = path.trim_start().trim_start_matches('*');
+                Some((
+                    path.to_string(),
+                    sum.trim_start_matches('\\').to_lowercase(),
+                ))
+            })
+            .collect())
+    }
+
+    /// etcd from the host's own package, the Kubernetes binaries uploaded
+    /// where they differ, all checked by sha256 on the host.
+    async fn ensure_binaries(&self, host: &Host, hs: &HostSession) -> Result<(), ProviderError> {
+        let expected = self
+            .artifacts
+            .checksums()
+            .map_err(|e| permanent(format!("the service's binaries: {e}")))?;
+        let etcd = &self.artifacts.etcd_bin;
+        let found = Self::remote_sha256(host, hs, std::slice::from_ref(etcd)).await?;
+        match found.get(etcd.as_str()) {
+            None => {
+                return Err(permanent(format!(
+                    "host {} has no {etcd}: install Debian's etcd-server package \
+                     (Kubeforge expects sha256 {})",
+                    host.address, self.artifacts.etcd_sha256
+                )))
+            }
+            Some(sum) if *sum != self.artifacts.etcd_sha256 => {
+                return Err(permanent(format!(
+                    "{etcd} on host {} has sha256 {sum}, not the expected {}: \
+                     install the etcd-server package this Kubeforge was built against",
+                    host.address, self.artifacts.etcd_sha256
+                )))
+            }
+            Some(_) => {}
+        }
+        let guest = self.artifacts.guest_dir.trim_end_matches('/');
+        let path = |name: &str| format!("{guest}/{name}");
+        let paths: Vec<String> = KUBE_BINARIES.iter().map(|n| path(n)).collect();
+        let before = Self::remote_sha256(host, hs, &paths).await?;
+        for name in KUBE_BINARIES {
+            let want = expected.get(name).cloned().unwrap_or_default();
+            if before.get(&path(name)) == Some(&want) {
+                continue;
+            }
+            let local = self.artifacts.host_dir.join(name);
+            let bytes = tokio::fs::read(&local)
+                .await
+                .map_err(|e| permanent(format!("reading {}: {e}", local.display())))?;
+            tracing::info!(host = %host.address, binary = name, bytes = bytes.len(), "uploading a Kubernetes binary");
+            Self::upload(host, hs, &path(name), &bytes, 0o755).await?;
+        }
+        let after = Self::remote_sha256(host, hs, &paths).await?;
+        for name in KUBE_BINARIES {
+            let want = expected.get(name).cloned().unwrap_or_default();
+            if after.get(&path(name)) != Some(&want) {
+                return Err(retryable(format!(
+                    "{} on host {} does not match its sha256 {want} after upload",
+                    path(name),
+                    host.address
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn machine(
+        host: &Host,
+        id: Uuid,
+        cluster_id: Uuid,
+        state: ProviderMachineState,
+    ) -> ProviderMachine {
+        ProviderMachine {
+            id,
+            cluster_id,
+            provider_id: format!("ssh:{}", host.id),
+            address: Some(host.address.clone()),
+            host_key: Some(host.host_key.clone()),
+            state,
+        }
+    }
+
+    /// Whether a command runs on the host now (short timeout, one attempt).
+    async fn reachable(&self, host: &Host) -> bool {
+        let Ok(hs) = self.connect(&self.probe, host).await else {
+            return false;
+        };
+        let ok = matches!(
+            hs.session
+                .run("true", PROBE_TIMEOUT, &Redactor::none(), |_, _| {})
+                .await,
+            Ok(0)
+        );
+        hs.session.close().await;
+        ok
+    }
+
+    async fn cluster_of(&self, id: Uuid) -> Result<Uuid, ProviderError> {
+        sqlx::query_scalar!("SELECT cluster_id FROM machines WHERE id = $1", id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| retryable(format!("machine {id} has no ledger row")))
+    }
+
+    /// The wipe: everything Kubeforge put on the host, then its key.
+    fn wipe_script(&self) -> Result<String, ProviderError> {
+        let body = key_body(&self.service_key_public)
+            .ok_or_else(|| permanent("the service's public key line is malformed"))?;
+        let units = UNITS.join(" ");
+        let dirs = WIPED_DIRS.join(" ");
+        Ok(format!(
+            r#"set -e
+reload=no
+for u in {units}; do
+  f=/etc/systemd/system/$u.service
+  if [ -e "$f" ]; then
+    systemctl disable --now "$u.service" >/dev/null 2>&1 || systemctl stop "$u.service"
+    if systemctl is-active --quiet "$u.service"; then echo "cannot stop $u" >&2; exit 1; fi
+    rm -f "$f"
+    reload=yes
+  fi
+done
+if [ "$reload" = yes ]; then systemctl daemon-reload; systemctl reset-failed >/dev/null 2>&1 || true; fi
+ak=/root/.ssh/authorized_keys
+if [ -e {marker} ] && [ -f "$ak" ]; then
+  grep -vF {body} "$ak" > "$ak.kubeforge-new" || true
+  chmod 600 "$ak.kubeforge-new"
+  mv -f "$ak.kubeforge-new" "$ak"
+fi
+rm -rf {dirs}
+"#,
+            marker = KEY_MARKER,
+            body = shell_quote(body),
+        ))
+    }
+}
+
+#[async_trait]
+impl Provider for SshProvider {
+    fn kind(&self) -> &'static str {
+        "ssh"
+    }
+
+    async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError> {
+        let host = self.claim(req).await?;
+        let hs = self.connect(&self.ssh, &host).await?;
+        let result = async {
+            self.prepare(&host, &hs, req).await?;
+            if req.role == "control_plane" {
+                self.ensure_binaries(&host, &hs).await?;
+            }
+            Ok::<(), ProviderError>(())
+        }
+        .await;
+        hs.session.close().await;
+        result?;
+        Ok(Self::machine(
+            &host,
+            req.id,
+            req.cluster_id,
+            ProviderMachineState::Running,
+        ))
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<ProviderMachine>, ProviderError> {
+        let Some(host) = self.host_claimed_by(id).await? else {
+            return Ok(None);
+        };
+        let cluster_id = self.cluster_of(id).await?;
+        let state = if self.reachable(&host).await {
+            ProviderMachineState::Running
+        } else {
+            ProviderMachineState::Pending
+        };
+        Ok(Some(Self::machine(&host, id, cluster_id, state)))
+    }
+
+    async fn delete(&self, id: Uuid) -> Result<(), ProviderError> {
+        let Some(host) = self.host_claimed_by(id).await? else {
+            return Ok(());
+        };
+        let script = self.wipe_script()?;
+        let hs = self.connect(&self.ssh, &host).await?;
+        let result = Self::run(&host, &hs, &script).await;
+        hs.session.close().await;
+        match result? {
+            (0, _) => {}
+            (code, out) => {
+                return Err(retryable(format!(
+                    "wiping host {} failed ({code}): {}; it stays claimed",
+                    host.address,
+                    out.join("; ")
+                )))
+            }
+        }
+        sqlx::query!(
+            "UPDATE hosts SET claimed_by = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND claimed_by = $2",
+            host.id,
+            id
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        tracing::info!(host = %host.id, address = %host.address, machine = %id, "wiped and released a pool host");
+        Ok(())
+    }
+
+    async fn list_by_cluster(
+        &self,
+        cluster_id: Uuid,
+    ) -> Result<Vec<ProviderMachine>, ProviderError> {
+        let rows = sqlx::query!(
+            "SELECT h.id, h.address, h.port, h.ssh_user, h.host_key, h.credential_kind,
+                    h.credential_key_id, h.credential_nonce, h.credential_sealed,
+                    m.id AS machine_id
+             FROM hosts h JOIN machines m ON m.id = h.claimed_by
+             WHERE m.cluster_id = $1
+             ORDER BY h.id",
+            cluster_id
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let host = Host {
+                id: r.id,
+                address: r.address,
+                port: r.port,
+                ssh_user: r.ssh_user,
+                host_key: r.host_key,
+                credential_kind: r.credential_kind,
+                credential_key_id: r.credential_key_id,
+                credential_nonce: r.credential_nonce,
+                credential_sealed: r.credential_sealed,
+            };
+            let state = if self.reachable(&host).await {
+                ProviderMachineState::Running
+            } else {
+                ProviderMachineState::Pending
+            };
+            out.push(Self::machine(&host, r.machine_id, cluster_id, state));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_body_ignores_comments() {
+        assert_eq!(
+            key_body("ssh-ed25519 AAAAC3Nza kubeforge"),
+            Some("AAAAC3Nza")
+        );
+        assert_eq!(key_body("ssh-ed25519"), None);
+    }
+}

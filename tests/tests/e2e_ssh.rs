@@ -1,0 +1,463 @@
+//! End to end with the `ssh` provider: a bring-your-own host (a real
+//! systemd-nspawn lab machine WITHOUT the Kubernetes binaries bound in,
+//! trusting only a tenant-registered key) is registered through
+//! `POST /v1/hosts`, claimed by a cluster, given the service key and the
+//! binaries, bootstrapped to `ready` and reached with kubectl; deleting the
+//! cluster wipes it and returns it to the pool, where it can be claimed
+//! again. An empty pool makes a cluster wait, saying why, without failing.
+//!
+//! Needs root and the artifacts of `scripts/build-lab-image` and
+//! `scripts/build-kube`. Traffic goes only to the test's own bridge.
+
+use axum::http::{Method, StatusCode};
+use kubeforge::context::Role;
+use kubeforge::providers::lab::{LabConfig, LabProvider};
+use kubeforge::providers::{MachineRequest, Provider, ProviderMachineState};
+use kubeforge::ssh::{ClientKey, Redactor, SshExecutor, SshTarget};
+use kubeforge_tests::TestApp;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+fn kubectl_run(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let kubectl = kubeforge::server::cache_dir().join("kube/v1.20.2/bin/linux/amd64/kubectl");
+    let out = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--request-timeout", "20s"])
+        .args(args)
+        .output()
+        .expect("kubectl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Stops every machine under the test's dir and removes its bridge, also
+/// when an assertion failed.
+struct Guard {
+    bridge: String,
+    dir: PathBuf,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        kubeforge::providers::lab::stop_machines_under(&self.dir);
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn scratch() -> (PathBuf, u8) {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("e2e-ssh-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    (tmp, 100 + (Uuid::new_v4().as_u128() % 100) as u8)
+}
+
+async fn hurry_and_run(app: &TestApp) {
+    sqlx::query("UPDATE jobs SET run_after = now() WHERE state = 'queued'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.run_jobs().await;
+}
+
+/// Runs the engine until the cluster's phase is `want` (or the cluster is
+/// gone, for `None`), returning the cluster JSON.
+async fn drive(
+    app: &TestApp,
+    token: &str,
+    cluster: &str,
+    want: Option<&str>,
+    within: Duration,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        hurry_and_run(app).await;
+        let r = app
+            .call(
+                Method::GET,
+                &format!("/v1/clusters/{cluster}"),
+                Some(token),
+                None,
+                &[],
+            )
+            .await;
+        match want {
+            Some(phase) if r.status == StatusCode::OK && r.body["phase"] == phase => return r.body,
+            None if r.status == StatusCode::NOT_FOUND => return Value::Null,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster {cluster} not {want:?} after {within:?}: {}",
+            serde_json::to_string_pretty(&r.body).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn hosts(app: &TestApp, admin: &str) -> Vec<Value> {
+    let r = app
+        .call(Method::GET, "/v1/hosts", Some(admin), None, &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["items"].as_array().unwrap().clone()
+}
+
+fn create_body(name: &str) -> Value {
+    json!({"name": name, "kubernetes_version": "1.20.2", "provider": {"kind": "ssh"},
+           "control_plane": {"replicas": 1, "machine_type": "small"}})
+}
+
+/// Runs `script` on the host as root with the tenant's own key.
+async fn on_host(target: &SshTarget, key: &ClientKey, script: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let code = SshExecutor::new(1)
+        .run(
+            target,
+            &key.auth(),
+            script,
+            Duration::from_secs(30),
+            &Redactor::none(),
+            |_, l| lines.push(l.to_string()),
+        )
+        .await
+        .expect("ssh to the pool host with the tenant key");
+    assert_eq!(code, 0, "{script}: {lines:?}");
+    lines
+}
+
+#[tokio::test]
+async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_pool() {
+    let (tmp, octet) = scratch();
+    let guard = Guard {
+        bridge: format!("kfs{octet}"),
+        dir: tmp.clone(),
+    };
+    let subnet = format!("10.77.{octet}.0/24");
+    let app = TestApp::with_lab_and_ssh(&tmp.join("svc"), &guard.bridge, &subnet).await;
+    let access = app.app.access.clone().expect("machine access");
+    let service_key = access.client_key.public_key_line().to_string();
+    let service_body = service_key.split_whitespace().nth(1).unwrap().to_string();
+
+    // The "bring-your-own" host: a lab machine with no Kubernetes binaries,
+    // trusting only the key its owner registers with Kubeforge.
+    let tenant_key = ClientKey::generate().unwrap();
+    let image = kubeforge::server::lab_image(&kubeforge::server::cache_dir())
+        .expect("no lab image: run scripts/build-lab-image");
+    let lab = LabProvider::new(LabConfig {
+        image_rootfs: image,
+        state_dir: tmp.join("hostlab"),
+        bridge: guard.bridge.clone(),
+        subnet: subnet.parse().unwrap(),
+        authorized_key: tenant_key.public_key_line().to_string(),
+        bind_ro: vec![],
+    })
+    .unwrap();
+    let host_req = MachineRequest {
+        id: Uuid::new_v4(),
+        name: format!("kfs{octet}-byo"),
+        tenant: "platform".into(),
+        cluster_id: Uuid::new_v4(),
+        role: "control_plane".into(),
+        machine_type: "small".into(),
+        node_pool: None,
+    };
+    let mut pm = lab.create(&host_req).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pm.state != ProviderMachineState::Running {
+        assert!(Instant::now() < deadline, "the pool host did not boot");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pm = lab.get(host_req.id).await.unwrap().unwrap();
+    }
+    let address = pm.address.clone().unwrap();
+    let host_key = pm.host_key.clone().unwrap();
+    let target = SshTarget::new(address.clone(), "root", host_key.clone());
+    let before = on_host(
+        &target,
+        &tenant_key,
+        "cat /root/.ssh/authorized_keys; test -e /opt/kubeforge/kube/bin/kube-apiserver && echo HAS-BINARIES; true",
+    )
+    .await;
+    assert!(
+        !before.iter().any(|l| l.contains("HAS-BINARIES")),
+        "{before:?}"
+    );
+    assert!(
+        !before.iter().any(|l| l.contains(&service_body)),
+        "{before:?}"
+    );
+
+    // Registered by a platform admin, with the tenant key as credentials.
+    let admin = app.token("platform", Role::PlatformAdmin);
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/hosts",
+            Some(&admin),
+            Some(json!({
+                "address": address,
+                "user": "root",
+                "credentials": {"private_key": tenant_key.private_key_openssh()},
+                "host_key": host_key,
+                "labels": {"rack": "lab"}
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let host_id = r.body["host"]["id"].as_str().unwrap().to_string();
+
+    // A cluster on the pool: POST to ready, kubectl answers.
+    let owner = app.token("acme", Role::Admin);
+    let name = format!("byo{octet}");
+    let started = Instant::now();
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&owner),
+            Some(create_body(&name)),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cluster = drive(&app, &owner, &name, Some("ready"), Duration::from_secs(400)).await;
+    eprintln!(
+        "ssh POST to ready (binaries uploaded): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        cluster["endpoint"],
+        json!(format!("https://{address}:6443")),
+        "{cluster}"
+    );
+    let cluster_id = Uuid::parse_str(cluster["id"].as_str().unwrap()).unwrap();
+    let (machine_id, provider_id): (Uuid, String) =
+        sqlx::query_as("SELECT id, provider_id FROM machines WHERE cluster_id = $1")
+            .bind(cluster_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(provider_id, format!("ssh:{host_id}"));
+    let listed = hosts(&app, &admin).await;
+    assert_eq!(listed[0]["claimed_by"], json!(machine_id), "{listed:?}");
+    // Tagged on the host, found by cluster.
+    let identity = on_host(&target, &tenant_key, "cat /etc/kubeforge/machine.json").await;
+    let identity: Value = serde_json::from_str(&identity.join("")).unwrap();
+    assert_eq!(identity["id"], json!(machine_id));
+    assert_eq!(identity["cluster_id"], json!(cluster_id));
+    let ssh = app.app.providers.get("ssh").unwrap();
+    let found = ssh.list_by_cluster(cluster_id).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, machine_id);
+    assert_eq!(
+        ssh.get(machine_id).await.unwrap().unwrap().state,
+        ProviderMachineState::Running
+    );
+
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/v1/clusters/{name}/kubeconfig"),
+            Some(&owner),
+            Some(json!({"role": "admin", "ttl_seconds": 600})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let admin_kc = tmp.join("admin.kubeconfig");
+    std::fs::write(&admin_kc, &r.text).unwrap();
+    let (ok, out) = kubectl_run(&admin_kc, &["get", "--raw", "/readyz"]);
+    assert!(ok && out.trim() == "ok", "readyz: {out}");
+
+    // Delete: the host is wiped and back in the pool.
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/clusters/{name}"),
+            Some(&owner),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    drive(&app, &owner, &name, None, Duration::from_secs(120)).await;
+    let listed = hosts(&app, &admin).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["claimed_by"], Value::Null, "{listed:?}");
+    let after = on_host(
+        &target,
+        &tenant_key,
+        "for p in /opt/kubeforge /etc/kubernetes /var/lib/etcd /var/lib/kubeforge /etc/kubeforge \
+         /etc/systemd/system/etcd.service /etc/systemd/system/kube-apiserver.service; do \
+           test -e $p && echo LEFT $p; done; \
+         systemctl is-active etcd kube-apiserver kube-controller-manager kube-scheduler | sed 's/^/STATE /'; \
+         cat /root/.ssh/authorized_keys; true",
+    )
+    .await;
+    assert!(!after.iter().any(|l| l.starts_with("LEFT")), "{after:?}");
+    assert!(
+        !after.iter().any(|l| l == "STATE active"),
+        "a control-plane unit still runs: {after:?}"
+    );
+    assert!(
+        !after.iter().any(|l| l.contains(&service_body)),
+        "the service key is still authorized: {after:?}"
+    );
+    assert!(
+        after.iter().any(|l| l.contains(
+            tenant_key
+                .public_key_line()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+        )),
+        "the owner's key was removed: {after:?}"
+    );
+    assert!(ssh.get(machine_id).await.unwrap().is_none());
+    ssh.delete(machine_id)
+        .await
+        .expect("deleting again is a no-op");
+
+    // The host can be claimed again, and is released again.
+    let again = format!("byo{octet}b");
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&owner),
+            Some(create_body(&again)),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        hurry_and_run(&app).await;
+        let running: Option<Uuid> = sqlx::query_scalar(
+            "SELECT m.id FROM machines m JOIN clusters c ON c.id = m.cluster_id
+             WHERE c.name = $1 AND m.state = 'running'",
+        )
+        .bind(&again)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+        if let Some(m) = running {
+            assert_eq!(hosts(&app, &admin).await[0]["claimed_by"], json!(m));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the host was not claimed again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/clusters/{again}"),
+            Some(&owner),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    drive(&app, &owner, &again, None, Duration::from_secs(120)).await;
+    assert_eq!(hosts(&app, &admin).await[0]["claimed_by"], Value::Null);
+
+    lab.delete(host_req.id).await.unwrap();
+    drop(guard);
+}
+
+#[tokio::test]
+async fn an_empty_pool_makes_the_cluster_wait_without_failing() {
+    let (tmp, octet) = scratch();
+    let guard = Guard {
+        bridge: format!("kfs{octet}"),
+        dir: tmp.clone(),
+    };
+    let app = TestApp::with_lab_and_ssh(
+        &tmp.join("svc"),
+        &guard.bridge,
+        &format!("10.77.{octet}.0/24"),
+    )
+    .await;
+    let owner = app.token("acme", Role::Admin);
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&owner),
+            Some(create_body("waits")),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let op = r.body["operation"]["id"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        hurry_and_run(&app).await;
+    }
+
+    let o = app
+        .call(
+            Method::GET,
+            &format!("/v1/operations/{op}"),
+            Some(&owner),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(o.body["state"], "running", "{}", o.text);
+    let step = o.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "machines")
+        .cloned()
+        .unwrap();
+    assert_eq!(step["state"], "running", "{step}");
+    assert_eq!(step["error"]["retryable"], true, "{step}");
+    assert!(
+        step["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no free host"),
+        "{step}"
+    );
+    let c = app
+        .call(Method::GET, "/v1/clusters/waits", Some(&owner), None, &[])
+        .await;
+    assert_eq!(c.body["phase"], "provisioning", "{}", c.text);
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT message FROM events WHERE reason = 'ProviderError' ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|m| m.contains("no free host in the pool")),
+        "{events:?}"
+    );
+    // Still queued to try again; nothing dead-lettered, no host claimed.
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM jobs")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(states.iter().all(|s| s == "queued"), "{states:?}");
+    let machines: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM machines WHERE deleted_at IS NULL")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(machines, vec!["pending".to_string()]);
+    drop(guard);
+}
