@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod app;
+pub mod artifacts;
 pub mod auth;
 pub mod cli;
 pub mod context;

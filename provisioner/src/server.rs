@@ -98,14 +98,14 @@ pub const GUEST_KUBE_DIR: &str = "/opt/kubeforge/kube/bin";
 
 /// The lab provider and machine access, if this host can run them; each
 /// missing piece is logged with how to get it.
-pub fn machine_setup(data_dir: &Path) -> (ProviderRegistry, Option<Arc<MachineAccess>>) {
+pub async fn machine_setup(data_dir: &Path) -> (ProviderRegistry, Option<Arc<MachineAccess>>) {
     let bridge = std::env::var("KUBEFORGE_LAB_BRIDGE").unwrap_or_else(|_| "kfbr0".into());
     let subnet = std::env::var("KUBEFORGE_LAB_SUBNET").unwrap_or_else(|_| "10.77.0.0/24".into());
-    machine_setup_on(data_dir, &bridge, &subnet)
+    machine_setup_on(data_dir, &bridge, &subnet).await
 }
 
 /// [`machine_setup`] on a given lab bridge and subnet.
-pub fn machine_setup_on(
+pub async fn machine_setup_on(
     data_dir: &Path,
     bridge: &str,
     subnet: &str,
@@ -113,18 +113,26 @@ pub fn machine_setup_on(
     let mut providers = ProviderRegistry::default();
     let cache = cache_dir();
     let version = kubeforge_cluster::names::SUPPORTED_VERSIONS[0];
-    let kube = cache.join(format!("kube/v{version}"));
     let Some(image) = lab_image(&cache) else {
         tracing::warn!(cache = %cache.display(), "no lab image: the lab provider is off (build it with scripts/build-lab-image)");
         return (providers, None);
     };
-    if !kube.join(".complete").exists() {
-        tracing::warn!(dir = %kube.display(), "no Kubernetes binaries: the lab provider is off (build them with scripts/build-kube)");
-        return (providers, None);
-    }
+    // `KUBEFORGE_ARTIFACTS`: a directory or an http(s) base URL in the
+    // upstream release layout; by default the cache scripts/build-kube fills.
+    let source = std::env::var("KUBEFORGE_ARTIFACTS").map_or_else(
+        |_| crate::artifacts::ArtifactSource::Dir(cache.join("kube")),
+        |v| crate::artifacts::ArtifactSource::parse(&v),
+    );
+    let host_dir = match crate::artifacts::ensure(&source, &cache, version).await {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::warn!(source = ?source, error = %format!("{e:#}"),
+                "no verified Kubernetes binaries: the lab provider is off (build them with scripts/build-kube)");
+            return (providers, None);
+        }
+    };
     let setup = || -> anyhow::Result<(LabProvider, MachineAccess)> {
         let client_key = crate::ssh::load_or_create_client_key(&data_dir.join("ssh/id_ed25519"))?;
-        let host_dir = kube.join("bin/linux/amd64");
         let etcd_bin = "/usr/bin/etcd".to_string();
         let etcd_sha256 = crate::engine::controlplane::file_sha256(&image.join("usr/bin/etcd"))
             .context("the lab image has no /usr/bin/etcd")?;
@@ -256,7 +264,7 @@ async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Res
     store::migrate(&pool).await?;
     let auth = load_auth(&opts.data_dir)?;
     let secrets = load_secret_box(&opts.data_dir)?;
-    let (mut providers, access) = machine_setup(&opts.data_dir);
+    let (mut providers, access) = machine_setup(&opts.data_dir).await;
     if let Some(access) = &access {
         register_ssh_provider(&mut providers, access, &pool, &secrets);
     }

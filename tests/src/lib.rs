@@ -215,7 +215,8 @@ impl TestApp {
     pub async fn with_lab(data_dir: &std::path::Path, bridge: &str, subnet: &str) -> TestApp {
         let db = TestDb::new().await;
         let pool = db.pool(60).await;
-        let (providers, access) = kubeforge::server::machine_setup_on(data_dir, bridge, subnet);
+        let (providers, access) =
+            kubeforge::server::machine_setup_on(data_dir, bridge, subnet).await;
         assert!(
             providers.get("lab").is_some() && access.is_some(),
             "the lab provider is off on this host (see the log): run scripts/build-lab-image and scripts/build-kube as root"
@@ -251,7 +252,8 @@ impl TestApp {
     ) -> TestApp {
         let db = TestDb::new().await;
         let pool = db.pool(60).await;
-        let (mut providers, access) = kubeforge::server::machine_setup_on(data_dir, bridge, subnet);
+        let (mut providers, access) =
+            kubeforge::server::machine_setup_on(data_dir, bridge, subnet).await;
         let Some(machine_access) = access.as_deref() else {
             panic!("the lab provider is off on this host (see the log): run scripts/build-lab-image and scripts/build-kube as root");
         };

@@ -34,6 +34,8 @@ use crate::store::secret;
 
 /// How soon a healthy cluster is looked at again.
 pub const RESYNC: Duration = Duration::from_secs(30);
+/// How soon a request waiting for capacity (free hosts) is looked at again.
+pub const CAPACITY_RECHECK: Duration = Duration::from_secs(15);
 /// How soon a cluster with machines still starting is looked at again.
 pub const SHORT_RESYNC: Duration = Duration::from_secs(1);
 
@@ -191,6 +193,40 @@ impl Run<'_> {
                 self.event(&c, None, None, true, "ProviderError", &m)
                     .await?;
                 Err(JobError::retryable(m))
+            }
+            Err(ProviderError::NoCapacity(m)) => {
+                // Waiting for capacity is not a failure: no attempt is used up.
+                let all: Vec<&Operation> = ops.iter().collect();
+                self.step(
+                    &all,
+                    "machines",
+                    "running",
+                    Some(&format!("waiting for capacity: {m}")),
+                    None,
+                )
+                .await?;
+                let mut conditions = c.conditions.clone();
+                let changed = set_condition(
+                    &mut conditions,
+                    "MachinesReady",
+                    S::False,
+                    "WaitingForCapacity",
+                    &m,
+                    Utc::now(),
+                );
+                if changed {
+                    self.event(&c, None, None, true, "WaitingForCapacity", &m)
+                        .await?;
+                }
+                cluster::write_status(
+                    &self.app.pool,
+                    c.id,
+                    c.phase,
+                    &conditions,
+                    c.observed_generation,
+                )
+                .await?;
+                Ok(Outcome::RequeueAfter(CAPACITY_RECHECK))
             }
             Err(ProviderError::Permanent(m)) => {
                 self.fail(

@@ -206,7 +206,9 @@ impl LabProvider {
             .hosts()
             .skip(9) // .1 is the host; keep .2-.9 for people poking around
             .find(|a| !used.contains(a))
-            .ok_or_else(|| retryable(format!("no free address left in {}", self.cfg.subnet)))
+            .ok_or_else(|| {
+                ProviderError::NoCapacity(format!("no free address left in {}", self.cfg.subnet))
+            })
     }
 
     /// Creates the bridge with the gateway address if it is missing.

@@ -16,9 +16,11 @@
 //! - **`get` observes.** It returns `None` for a machine that is gone, and
 //!   never changes anything.
 //! - **Error classes.** `Retryable` for conditions that may pass (network,
-//!   throttling, capacity); `Permanent` for requests that will never work
-//!   (bad image, unknown machine type). The engine retries the first with
-//!   backoff and fails the operation on the second.
+//!   throttling); `NoCapacity` when there is nothing to create a machine on
+//!   yet (the request waits, without using up its attempts); `Permanent` for
+//!   requests that will never work (bad image, unknown machine type). The
+//!   engine retries the first with backoff, re-checks the second later, and
+//!   fails the operation on the third.
 
 pub mod lab;
 pub mod ssh;
@@ -74,11 +76,18 @@ pub enum ProviderError {
     Retryable(String),
     #[error("{0}")]
     Permanent(String),
+    /// Nothing to create machines on right now (an empty host pool, a
+    /// full lab subnet). Not a failure: the request waits for capacity.
+    #[error("{0}")]
+    NoCapacity(String),
 }
 
 impl ProviderError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ProviderError::Retryable(_))
+        matches!(
+            self,
+            ProviderError::Retryable(_) | ProviderError::NoCapacity(_)
+        )
     }
 }
 

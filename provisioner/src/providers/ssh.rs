@@ -269,7 +269,7 @@ impl SshProvider {
                 .await
                 .map_err(db)?;
                 let Some(h) = claimed else {
-                    return Err(retryable("no free host in the pool"));
+                    return Err(ProviderError::NoCapacity("no free host in the pool".into()));
                 };
                 tracing::info!(machine = %req.name, host = %h.id, address = %h.address, "claimed a pool host");
                 h
