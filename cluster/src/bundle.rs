@@ -189,7 +189,7 @@ pub enum BundleError {
 
 /// The templates, compiled into the binary, with the path and mode each
 /// rendered file gets.
-const TEMPLATES: &[(&str, &str, &str, u32)] = &[
+const TEMPLATES: &[Template] = &[
     (
         "etcd.service",
         include_str!("../../templates/controlplane/etcd.service.tera"),
@@ -239,12 +239,19 @@ pub fn render_control_plane(
             template: "context".into(),
             message: error_chain(&e),
         })?;
-    let tera = templates()?;
-    TEMPLATES
-        .iter()
+    render_all(TEMPLATES, &context)
+}
+
+/// A name, its source, where the rendered file goes, and its mode.
+type Template = (&'static str, &'static str, &'static str, u32);
+
+/// Renders every template of a set with one context, in order.
+fn render_all(set: &[Template], context: &Context) -> Result<Vec<BundleFile>, BundleError> {
+    let tera = templates(set)?;
+    set.iter()
         .map(|(name, _, path, mode)| {
             let contents = tera
-                .render(name, &context)
+                .render(name, context)
                 .map_err(|e| BundleError::Render {
                     template: (*name).into(),
                     message: error_chain(&e),
@@ -258,21 +265,17 @@ pub fn render_control_plane(
         .collect()
 }
 
-fn templates() -> Result<Tera, BundleError> {
+fn templates(set: &[Template]) -> Result<Tera, BundleError> {
     let mut tera = Tera::default();
     // Nothing here is HTML; quoting is explicit, per target language.
     tera.autoescape_on(vec![]);
     tera.register_filter("shell_quote", shell_quote_filter);
     tera.register_filter("systemd_quote", systemd_quote_filter);
-    tera.add_raw_templates(
-        TEMPLATES
-            .iter()
-            .map(|(name, source, _, _)| (*name, *source)),
-    )
-    .map_err(|e| BundleError::Render {
-        template: "(compiling templates)".into(),
-        message: error_chain(&e),
-    })?;
+    tera.add_raw_templates(set.iter().map(|(name, source, _, _)| (*name, *source)))
+        .map_err(|e| BundleError::Render {
+            template: "(compiling templates)".into(),
+            message: error_chain(&e),
+        })?;
     Ok(tera)
 }
 
@@ -1135,7 +1138,7 @@ pub struct LoadBalancerInput {
     pub backends: Vec<EtcdMember>,
 }
 
-const LB_TEMPLATES: &[(&str, &str, &str, u32)] = &[
+const LB_TEMPLATES: &[Template] = &[
     (
         "haproxy.cfg",
         include_str!("../../templates/loadbalancer/haproxy.cfg.tera"),
@@ -1194,39 +1197,11 @@ pub fn render_load_balancer(input: &LoadBalancerInput) -> Result<Vec<BundleFile>
     if input.listen_port == 0 || input.backend_port == 0 {
         return Err(invalid("listen_port".into(), "ports must be 1-65535"));
     }
-    let mut tera = Tera::default();
-    tera.autoescape_on(vec![]);
-    tera.register_filter("shell_quote", shell_quote_filter);
-    tera.register_filter("systemd_quote", systemd_quote_filter);
-    tera.add_raw_templates(
-        LB_TEMPLATES
-            .iter()
-            .map(|(name, source, _, _)| (*name, *source)),
-    )
-    .map_err(|e| BundleError::Render {
-        template: "(compiling load balancer templates)".into(),
-        message: error_chain(&e),
-    })?;
     let context = Context::from_serialize(input).map_err(|e| BundleError::Render {
         template: "context".into(),
         message: error_chain(&e),
     })?;
-    LB_TEMPLATES
-        .iter()
-        .map(|(name, _, path, mode)| {
-            let contents = tera
-                .render(name, &context)
-                .map_err(|e| BundleError::Render {
-                    template: (*name).into(),
-                    message: error_chain(&e),
-                })?;
-            Ok(BundleFile {
-                path: (*path).into(),
-                mode: *mode,
-                contents,
-            })
-        })
-        .collect()
+    render_all(LB_TEMPLATES, &context)
 }
 
 #[cfg(test)]

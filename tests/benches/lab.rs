@@ -12,21 +12,12 @@
 use axum::http::Method;
 use kubeforge::context::Role;
 use kubeforge::engine::worker::EngineConfig;
+use kubeforge_tests::lab::{power_off, Bridge};
 use kubeforge_tests::TestApp;
 use serde_json::json;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-struct Bridge(String, PathBuf);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        kubeforge::providers::lab::stop_machines_under(&self.1);
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -69,33 +60,6 @@ async fn wait_phase(
         }
         assert!(t.elapsed() < limit, "{name}: still {p:?} after {limit:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn power_off(machine: &str) {
-    let needle = format!("--machine={machine}");
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("systemd-nspawn") && cmd.contains(&needle) {
-            for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                for child in std::fs::read_to_string(t.path().join("children"))
-                    .unwrap_or_default()
-                    .split_whitespace()
-                {
-                    let _ = Command::new("kill").args(["-9", child]).status();
-                }
-            }
-        }
     }
 }
 

@@ -9,6 +9,8 @@
 //! database, with the in-memory provider TEST DOUBLE registered for the
 //! `lab` kind (the shipped binary registers no such thing).
 
+pub mod lab;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use kubeforge::app::{Config, SharedApp};

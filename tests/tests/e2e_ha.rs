@@ -6,133 +6,15 @@
 //! Needs root and the artifacts of `scripts/build-lab-image` and
 //! `scripts/build-kube` (the test command builds both).
 
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use kubeforge::context::Role;
 use kubeforge::ssh::{Redactor, SshTarget};
+use kubeforge_tests::lab::{drive, kubectl_run, power_off, processes_mentioning, Bridge};
 use kubeforge_tests::TestApp;
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use serde_json::json;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-fn kubectl() -> PathBuf {
-    let p = kubeforge::server::cache_dir().join("kube/v1.20.2/bin/linux/amd64/kubectl");
-    assert!(
-        p.exists(),
-        "no kubectl at {}: run scripts/build-kube",
-        p.display()
-    );
-    p
-}
-
-fn kubectl_run(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(kubectl())
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["--request-timeout", "20s"])
-        .args(args)
-        .output()
-        .expect("kubectl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// Removes the test's bridge, and stops any machine the test left
-/// running (a failed assertion must not leak containers).
-struct Bridge(String, PathBuf);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        kubeforge::providers::lab::stop_machines_under(&self.1);
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
-/// Runs the engine until the cluster's phase is `want` (or the cluster is
-/// gone, for `None`), returning the cluster JSON.
-async fn drive(
-    app: &TestApp,
-    token: &str,
-    cluster: &str,
-    want: Option<&str>,
-    within: Duration,
-) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        sqlx::query("UPDATE jobs SET run_after = now() WHERE state = 'queued'")
-            .execute(&app.pool)
-            .await
-            .unwrap();
-        app.run_jobs().await;
-        let r = app
-            .call(
-                Method::GET,
-                &format!("/v1/clusters/{cluster}"),
-                Some(token),
-                None,
-                &[],
-            )
-            .await;
-        match want {
-            Some(phase) if r.status == StatusCode::OK && r.body["phase"] == phase => return r.body,
-            None if r.status == StatusCode::NOT_FOUND => return Value::Null,
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cluster {cluster} not {want:?} after {within:?}: {}",
-            serde_json::to_string_pretty(&r.body).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-fn processes_mentioning(needle: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .count()
-}
-
-/// Kills a machine's PID 1, as a power cut would.
-fn power_off(machine: &str) {
-    let needle = format!("--machine={machine}");
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&cmd).contains(&needle)
-            && String::from_utf8_lossy(&cmd).contains("systemd-nspawn")
-        {
-            for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-                .unwrap()
-                .flatten()
-            {
-                for child in std::fs::read_to_string(t.path().join("children"))
-                    .unwrap_or_default()
-                    .split_whitespace()
-                {
-                    let _ = Command::new("kill").args(["-9", child]).status();
-                }
-            }
-        }
-    }
-}
 
 #[tokio::test]
 async fn three_control_planes_survive_losing_one() {

@@ -9,34 +9,18 @@
 //! Needs root and the artifacts of `scripts/build-lab-image` and
 //! `scripts/build-kube`. Traffic goes only to the test's own bridge.
 
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use kubeforge::context::Role;
 use kubeforge::providers::lab::{LabConfig, LabProvider};
 use kubeforge::providers::{MachineRequest, Provider, ProviderMachineState};
 use kubeforge::ssh::{ClientKey, Redactor, SshExecutor, SshTarget};
+use kubeforge_tests::lab::{drive, hurry_and_run, kubectl_run};
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-fn kubectl_run(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let kubectl = kubeforge::server::cache_dir().join("kube/v1.20.2/bin/linux/amd64/kubectl");
-    let out = Command::new(kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["--request-timeout", "20s"])
-        .args(args)
-        .output()
-        .expect("kubectl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 /// Stops every machine under the test's dir and removes its bridge, also
 /// when an assertion failed.
@@ -61,49 +45,6 @@ fn scratch() -> (PathBuf, u8) {
         .join(format!("e2e-ssh-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&tmp).unwrap();
     (tmp, 100 + (Uuid::new_v4().as_u128() % 100) as u8)
-}
-
-async fn hurry_and_run(app: &TestApp) {
-    sqlx::query("UPDATE jobs SET run_after = now() WHERE state = 'queued'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    app.run_jobs().await;
-}
-
-/// Runs the engine until the cluster's phase is `want` (or the cluster is
-/// gone, for `None`), returning the cluster JSON.
-async fn drive(
-    app: &TestApp,
-    token: &str,
-    cluster: &str,
-    want: Option<&str>,
-    within: Duration,
-) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        hurry_and_run(app).await;
-        let r = app
-            .call(
-                Method::GET,
-                &format!("/v1/clusters/{cluster}"),
-                Some(token),
-                None,
-                &[],
-            )
-            .await;
-        match want {
-            Some(phase) if r.status == StatusCode::OK && r.body["phase"] == phase => return r.body,
-            None if r.status == StatusCode::NOT_FOUND => return Value::Null,
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cluster {cluster} not {want:?} after {within:?}: {}",
-            serde_json::to_string_pretty(&r.body).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 async fn hosts(app: &TestApp, admin: &str) -> Vec<Value> {

@@ -664,8 +664,10 @@ async fn a_running_engine_picks_up_a_scale_request_made_mid_reconcile() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let op = r.body["operation"]["id"].as_str().unwrap().to_string();
 
-    // Well before the 30 s resync: the rerun asked for while running.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // Before the resync (kubeforge::engine::reconcile::RESYNC) could do it:
+    // this is the rerun asked for while the first reconcile ran.
+    let deadline =
+        tokio::time::Instant::now() + kubeforge::engine::reconcile::RESYNC - Duration::from_secs(2);
     loop {
         let o = t.operation(&op).await;
         if o["state"] == "succeeded" {

@@ -33,7 +33,7 @@ use crate::store::operation::{self, Operation, OperationError};
 use crate::store::secret;
 
 /// How soon a healthy cluster is looked at again.
-pub const RESYNC: Duration = Duration::from_secs(30);
+pub const RESYNC: Duration = Duration::from_secs(10);
 /// How soon a request waiting for capacity (free hosts) is looked at again.
 pub const CAPACITY_RECHECK: Duration = Duration::from_secs(15);
 /// How soon a cluster with machines still starting is looked at again.
@@ -771,7 +771,11 @@ impl Run<'_> {
             node_pool::write_status(pool, p.id, Phase::Provisioning, &pc, p.generation).await?;
         }
         cluster::write_status(pool, c.id, phase, &conditions, c.generation).await?;
-        Ok(Outcome::RequeueAfter(if all_running {
+        // Settled clusters are re-observed at leisure; anything still on
+        // its way (machines booting, a control plane not yet serving, a
+        // member down) is looked at again soon.
+        let settled = all_running && (ready || access.is_none());
+        Ok(Outcome::RequeueAfter(if settled {
             RESYNC
         } else {
             SHORT_RESYNC

@@ -1,0 +1,135 @@
+//! Helpers for tests and benchmarks on real lab machines: kubectl from the
+//! artifact cache, a per-test bridge that cleans up after itself (also
+//! when an assertion fails), driving the engine to a phase, and power
+//! cuts. Traffic goes only to the bridge a test creates.
+
+use axum::http::{Method, StatusCode};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::TestApp;
+
+/// Makes every queued job due now and runs jobs until none is due.
+pub async fn hurry_and_run(app: &TestApp) {
+    sqlx::query("UPDATE jobs SET run_after = now() WHERE state = 'queued'")
+        .execute(&app.pool)
+        .await
+        .expect("hurry jobs");
+    app.run_jobs().await;
+}
+
+pub fn kubectl() -> PathBuf {
+    let p = kubeforge::server::cache_dir().join("kube/v1.20.2/bin/linux/amd64/kubectl");
+    assert!(
+        p.exists(),
+        "no kubectl at {}: run scripts/build-kube",
+        p.display()
+    );
+    p
+}
+
+pub fn kubectl_run(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--request-timeout", "20s"])
+        .args(args)
+        .output()
+        .expect("kubectl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Removes the test's bridge, and stops any machine the test left
+/// running (a failed assertion must not leak containers).
+pub struct Bridge(pub String, pub PathBuf);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        kubeforge::providers::lab::stop_machines_under(&self.1);
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Runs the engine until the cluster's phase is `want` (or the cluster is
+/// gone, for `None`), returning the cluster JSON.
+pub async fn drive(
+    app: &TestApp,
+    token: &str,
+    cluster: &str,
+    want: Option<&str>,
+    within: Duration,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        hurry_and_run(app).await;
+        let r = app
+            .call(
+                Method::GET,
+                &format!("/v1/clusters/{cluster}"),
+                Some(token),
+                None,
+                &[],
+            )
+            .await;
+        match want {
+            Some(phase) if r.status == StatusCode::OK && r.body["phase"] == phase => return r.body,
+            None if r.status == StatusCode::NOT_FOUND => return Value::Null,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster {cluster} not {want:?} after {within:?}: {}",
+            serde_json::to_string_pretty(&r.body).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub fn processes_mentioning(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+/// Kills a machine's PID 1, as a power cut would.
+pub fn power_off(machine: &str) {
+    let needle = format!("--machine={machine}");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmd).contains(&needle)
+            && String::from_utf8_lossy(&cmd).contains("systemd-nspawn")
+        {
+            for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .flatten()
+            {
+                for child in std::fs::read_to_string(t.path().join("children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                {
+                    let _ = Command::new("kill").args(["-9", child]).status();
+                }
+            }
+        }
+    }
+}
