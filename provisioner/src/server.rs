@@ -190,6 +190,21 @@ pub fn register_ssh_provider(
     tracing::info!("ssh provider on");
 }
 
+/// Service settings from the environment: `KUBEFORGE_KUBECONFIG_MAX_TTL`
+/// (e.g. `12h`; default 24h) caps what a tenant may ask for.
+pub fn service_config() -> anyhow::Result<Config> {
+    let mut config = Config::default();
+    if let Ok(v) = std::env::var("KUBEFORGE_KUBECONFIG_MAX_TTL") {
+        config.kubeconfig_max_ttl = crate::cli::client::parse_ttl(&v)
+            .map_err(|e| anyhow::anyhow!("KUBEFORGE_KUBECONFIG_MAX_TTL: {e}"))?;
+        anyhow::ensure!(
+            config.kubeconfig_max_ttl >= Duration::from_secs(60),
+            "KUBEFORGE_KUBECONFIG_MAX_TTL must be at least 60s"
+        );
+    }
+    Ok(config)
+}
+
 /// Builds the shared app state.
 pub fn build_app(
     pool: sqlx::PgPool,
@@ -273,7 +288,7 @@ async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Res
         auth,
         secrets,
         providers,
-        Config::default(),
+        service_config()?,
         access,
     )?;
 

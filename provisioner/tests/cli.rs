@@ -484,3 +484,52 @@ async fn killed_mid_provisioning_converges_without_duplicates() {
     pg.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The kubeconfig TTL cap is the operator's to set; a bad value stops startup.
+#[tokio::test]
+async fn kubeconfig_ttl_cap_comes_from_the_environment() {
+    let dir = temp_dir("ttl");
+    let bad = Command::new(BIN)
+        .args(["up", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("KUBEFORGE_CACHE", dir.join("no-cache"))
+        .env("KUBEFORGE_KUBECONFIG_MAX_TTL", "5s")
+        .output()
+        .expect("up with a bad cap");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("KUBEFORGE_KUBECONFIG_MAX_TTL"));
+
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["up", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("KUBEFORGE_CACHE", dir.join("no-cache"))
+        .env("KUBEFORGE_KUBECONFIG_MAX_TTL", "2m")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("up");
+    let server = Proc(child);
+    wait_healthy(port).await;
+    let tok = token(&dir, "acme", "admin");
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{port}/v1/clusters/any/kubeconfig"
+        ))
+        .bearer_auth(&tok)
+        .json(&serde_json::json!({"role": "admin", "ttl_seconds": 3600}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["field"], "ttl_seconds");
+    assert!(
+        v["detail"].as_str().unwrap_or_default().contains("120"),
+        "{v}"
+    );
+    stop(server, Signal::SIGINT);
+    let _ = std::fs::remove_dir_all(&dir);
+}
