@@ -243,10 +243,13 @@ pub fn render_control_plane(
 }
 
 /// A name, its source, where the rendered file goes, and its mode.
-type Template = (&'static str, &'static str, &'static str, u32);
+pub(crate) type Template = (&'static str, &'static str, &'static str, u32);
 
 /// Renders every template of a set with one context, in order.
-fn render_all(set: &[Template], context: &Context) -> Result<Vec<BundleFile>, BundleError> {
+pub(crate) fn render_all(
+    set: &[Template],
+    context: &Context,
+) -> Result<Vec<BundleFile>, BundleError> {
     let tera = templates(set)?;
     set.iter()
         .map(|(name, _, path, mode)| {
@@ -279,7 +282,7 @@ fn templates(set: &[Template]) -> Result<Tera, BundleError> {
     Ok(tera)
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -14,6 +14,7 @@ pub mod network;
 pub mod pki;
 pub mod spec;
 pub mod validation;
+pub mod worker;
 
 pub use condition::{Condition, ConditionStatus, Phase};
 pub use names::{ClusterName, KubernetesVersion, MachineType, NodePoolName};

@@ -1,0 +1,687 @@
+//! The worker-node bundle: every file Kubeforge puts on a worker machine
+//! besides its CA certificate and kubeconfigs.
+//!
+//! [`render_worker`] turns one node's [`WorkerBundleInput`] into containerd's
+//! config, a CNI conflist template, kubelet's and kube-proxy's configs and
+//! units, and an idempotent bootstrap script, following the control-plane
+//! bundle's rules (see [`crate::bundle`]): templates are compiled in, input is
+//! validated first, and every inserted value goes through a quoting filter or
+//! is restricted by validation to characters that need none.
+//!
+//! Every file is uploaded to [`paths::STAGED_DIR`]; the bootstrap script
+//! installs each one to its place (see [`INSTALLS`]) only when its bytes
+//! differ, and restarts only the services whose files changed.
+//!
+//! Pod networking: kubelet 1.20 writes no CNI config, and host-local needs a
+//! literal subnet. The conflist is therefore rendered with
+//! [`POD_CIDR_PLACEHOLDER`]; after kubelet has registered the node, the script
+//! reads the node's `.spec.podCIDR` (allocated by kube-controller-manager's
+//! `--allocate-node-cidrs`) with kubectl and the kubelet's kubeconfig,
+//! substitutes it, and installs the result to `/etc/cni/net.d`.
+//!
+//! Kubelet serving certificates: `serverTLSBootstrap` is false, so kubelet
+//! serves with a self-signed certificate it makes itself; client certificates
+//! are bootstrapped and rotated through the certificates API.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use tera::Context;
+
+use crate::bundle::{error_chain, render_all, BundleError, BundleFile, Template};
+use crate::{ClusterName, Ipv4Cidr, ValidationError};
+
+/// Where the worker bundle's files live on a worker machine.
+pub mod paths {
+    /// Every rendered file is uploaded here; the bootstrap script installs them.
+    pub const STAGED_DIR: &str = "/opt/kubeforge/worker";
+    pub const BOOTSTRAP_SCRIPT: &str = "/opt/kubeforge/bootstrap-worker.sh";
+
+    pub const CA_CRT: &str = "/etc/kubernetes/pki/ca.crt";
+    pub const BOOTSTRAP_KUBECONFIG: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
+    /// Written by kubelet itself once its bootstrap CSR is signed.
+    pub const KUBELET_KUBECONFIG: &str = "/etc/kubernetes/kubelet.conf";
+    pub const KUBE_PROXY_KUBECONFIG: &str = "/etc/kubernetes/kube-proxy.conf";
+
+    pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+    pub const CNI_CONFLIST: &str = "/etc/cni/net.d/10-kubeforge.conflist";
+    pub const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
+    pub const KUBE_PROXY_CONFIG: &str = "/var/lib/kube-proxy/config.yaml";
+    pub const KUBELET_UNIT: &str = "/etc/systemd/system/kubelet.service";
+    pub const KUBE_PROXY_UNIT: &str = "/etc/systemd/system/kube-proxy.service";
+}
+
+/// Stands for the node's pod CIDR in the staged conflist until the bootstrap
+/// script learns it from the API server.
+pub const POD_CIDR_PLACEHOLDER: &str = "__KUBEFORGE_POD_CIDR__";
+
+/// The binaries the bootstrap script must be able to verify, under `bin_dir`.
+pub const REQUIRED_BINARIES: &[&str] = &["kubelet", "kube-proxy"];
+
+/// The services of a worker, in the order they are started.
+pub const SERVICES: &[&str] = &["containerd", "kubelet", "kube-proxy"];
+
+/// cgroup v1 controllers remounted read-write on lab (systemd-nspawn) machines.
+pub const LAB_CGROUP_CONTROLLERS: &[&str] = &[
+    "cpuset", "cpu", "cpuacct", "blkio", "memory", "devices", "freezer", "pids",
+];
+
+/// Staged file name, installed path, mode, and the service that reads it.
+pub const INSTALLS: &[(&str, &str, &str, &str)] = &[
+    (
+        "containerd-config.toml",
+        paths::CONTAINERD_CONFIG,
+        "0644",
+        "containerd",
+    ),
+    (
+        "kubelet-config.yaml",
+        paths::KUBELET_CONFIG,
+        "0644",
+        "kubelet",
+    ),
+    ("kubelet.service", paths::KUBELET_UNIT, "0644", "kubelet"),
+    (
+        "kube-proxy-config.yaml",
+        paths::KUBE_PROXY_CONFIG,
+        "0644",
+        "kube-proxy",
+    ),
+    (
+        "kube-proxy.service",
+        paths::KUBE_PROXY_UNIT,
+        "0644",
+        "kube-proxy",
+    ),
+];
+
+const CNI_TEMPLATE: &str = "10-kubeforge.conflist.template";
+
+/// Everything that differs between one worker's bundle and another's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerBundleInput {
+    pub cluster_name: String,
+    /// The node's name (`--hostname-override`); a DNS-1123 label.
+    pub node_name: String,
+    /// The node's IPv4 address (`--node-ip`).
+    pub node_address: String,
+    /// The API server endpoint, e.g. `https://10.77.0.10:6443`. The
+    /// kubeconfigs carry it; the bundle only validates it and records it.
+    pub api_server: String,
+    /// The cluster DNS service address: the 10th service IP, e.g. `10.96.0.10`.
+    pub cluster_dns: String,
+    /// e.g. `cluster.local`.
+    pub cluster_domain: String,
+    /// The cluster's pod CIDR (kube-proxy's `clusterCIDR`).
+    pub pod_cidr: String,
+    /// Where kubelet and kube-proxy (and optionally kubectl) live.
+    pub bin_dir: String,
+    /// `--node-labels`, including `kubeforge.io/node-pool`.
+    pub node_labels: BTreeMap<String, String>,
+    /// `--register-with-taints`, each already `key=value:Effect`.
+    pub node_taints: Vec<String>,
+    /// Expected sha256 (lowercase hex) per binary under `bin_dir`. Must cover
+    /// [`REQUIRED_BINARIES`].
+    pub binary_sha256: BTreeMap<String, String>,
+    /// A systemd-nspawn lab machine: remount cgroups read-write, make /dev/kmsg.
+    pub lab: bool,
+}
+
+const TEMPLATES: &[Template] = &[
+    (
+        "containerd-config.toml",
+        include_str!("../../templates/worker/containerd-config.toml.tera"),
+        "/opt/kubeforge/worker/containerd-config.toml",
+        0o644,
+    ),
+    (
+        "10-kubeforge.conflist",
+        include_str!("../../templates/worker/10-kubeforge.conflist.tera"),
+        "/opt/kubeforge/worker/10-kubeforge.conflist.template",
+        0o644,
+    ),
+    (
+        "kubelet-config.yaml",
+        include_str!("../../templates/worker/kubelet-config.yaml.tera"),
+        "/opt/kubeforge/worker/kubelet-config.yaml",
+        0o644,
+    ),
+    (
+        "kubelet.service",
+        include_str!("../../templates/worker/kubelet.service.tera"),
+        "/opt/kubeforge/worker/kubelet.service",
+        0o644,
+    ),
+    (
+        "kube-proxy-config.yaml",
+        include_str!("../../templates/worker/kube-proxy-config.yaml.tera"),
+        "/opt/kubeforge/worker/kube-proxy-config.yaml",
+        0o644,
+    ),
+    (
+        "kube-proxy.service",
+        include_str!("../../templates/worker/kube-proxy.service.tera"),
+        "/opt/kubeforge/worker/kube-proxy.service",
+        0o644,
+    ),
+    (
+        "bootstrap-worker.sh",
+        include_str!("../../templates/worker/bootstrap-worker.sh.tera"),
+        paths::BOOTSTRAP_SCRIPT,
+        0o755,
+    ),
+];
+
+/// Renders every file of one worker's bundle, in upload order: the staged
+/// configs and units, then the bootstrap script.
+pub fn render_worker(input: &WorkerBundleInput) -> Result<Vec<BundleFile>, BundleError> {
+    let context =
+        Context::from_serialize(RenderContext::new(input)?).map_err(|e| BundleError::Render {
+            template: "context".into(),
+            message: error_chain(&e),
+        })?;
+    render_all(TEMPLATES, &context)
+}
+
+#[derive(Serialize)]
+struct RenderContext {
+    cluster_name: String,
+    node_name: String,
+    node_address: String,
+    api_server: String,
+    cluster_dns: String,
+    cluster_domain: String,
+    pod_cidr: String,
+    /// `k=v,k=v`, or empty.
+    node_labels: String,
+    /// `k=v:E,k=v:E`, or empty.
+    node_taints: String,
+    lab: bool,
+    bin: BinContext,
+    binaries: Vec<BinaryCheck>,
+    ca_crt: &'static str,
+    kubeconfig: KubeconfigContext,
+    config: ConfigContext,
+    required_files: [&'static str; 3],
+    staged_dir: &'static str,
+    installs: Vec<Install>,
+    services: &'static [&'static str],
+    cgroup_controllers: &'static [&'static str],
+    cni_template: &'static str,
+    cni_conflist: &'static str,
+    pod_cidr_placeholder: &'static str,
+}
+
+#[derive(Serialize)]
+struct BinContext {
+    kubelet: String,
+    kube_proxy: String,
+    kubectl: String,
+}
+
+#[derive(Serialize)]
+struct BinaryCheck {
+    path: String,
+    sha256: String,
+}
+
+#[derive(Serialize)]
+struct KubeconfigContext {
+    bootstrap: &'static str,
+    kubelet: &'static str,
+    kube_proxy: &'static str,
+}
+
+#[derive(Serialize)]
+struct ConfigContext {
+    kubelet: &'static str,
+    kube_proxy: &'static str,
+}
+
+#[derive(Serialize)]
+struct Install {
+    staged: &'static str,
+    target: &'static str,
+    mode: &'static str,
+    service: &'static str,
+}
+
+impl RenderContext {
+    fn new(input: &WorkerBundleInput) -> Result<Self, ValidationError> {
+        let cluster_name = ClusterName::parse(&input.cluster_name)
+            .map_err(|e| ValidationError::new("cluster_name", e.message))?;
+        check_dns_label("node_name", &input.node_name)?;
+        let address = parse_ipv4("node_address", &input.node_address)?;
+        check_api_server(&input.api_server)?;
+        let cluster_dns = parse_ipv4("cluster_dns", &input.cluster_dns)?;
+        check_dns_name("cluster_domain", &input.cluster_domain)?;
+        let pod_cidr =
+            Ipv4Cidr::parse(&input.pod_cidr).map_err(|m| ValidationError::new("pod_cidr", m))?;
+        let bin_dir = check_path("bin_dir", &input.bin_dir)?;
+        let node_labels = check_labels(&input.node_labels)?;
+        let node_taints = check_taints(&input.node_taints)?;
+        let binaries = check_binaries(&input.binary_sha256, &bin_dir)?;
+
+        Ok(Self {
+            cluster_name: cluster_name.to_string(),
+            node_name: input.node_name.clone(),
+            node_address: address.to_string(),
+            api_server: input.api_server.clone(),
+            cluster_dns: cluster_dns.to_string(),
+            cluster_domain: input.cluster_domain.clone(),
+            pod_cidr: pod_cidr.to_string(),
+            node_labels,
+            node_taints,
+            lab: input.lab,
+            bin: BinContext {
+                kubelet: format!("{bin_dir}/kubelet"),
+                kube_proxy: format!("{bin_dir}/kube-proxy"),
+                kubectl: format!("{bin_dir}/kubectl"),
+            },
+            binaries,
+            ca_crt: paths::CA_CRT,
+            kubeconfig: KubeconfigContext {
+                bootstrap: paths::BOOTSTRAP_KUBECONFIG,
+                kubelet: paths::KUBELET_KUBECONFIG,
+                kube_proxy: paths::KUBE_PROXY_KUBECONFIG,
+            },
+            config: ConfigContext {
+                kubelet: paths::KUBELET_CONFIG,
+                kube_proxy: paths::KUBE_PROXY_CONFIG,
+            },
+            required_files: [
+                paths::CA_CRT,
+                paths::BOOTSTRAP_KUBECONFIG,
+                paths::KUBE_PROXY_KUBECONFIG,
+            ],
+            staged_dir: paths::STAGED_DIR,
+            installs: INSTALLS
+                .iter()
+                .map(|(staged, target, mode, service)| Install {
+                    staged,
+                    target,
+                    mode,
+                    service,
+                })
+                .collect(),
+            services: SERVICES,
+            cgroup_controllers: LAB_CGROUP_CONTROLLERS,
+            cni_template: CNI_TEMPLATE,
+            cni_conflist: paths::CNI_CONFLIST,
+            pod_cidr_placeholder: POD_CIDR_PLACEHOLDER,
+        })
+    }
+}
+
+fn parse_ipv4(field: &str, value: &str) -> Result<Ipv4Addr, ValidationError> {
+    let address: Ipv4Addr = value
+        .parse()
+        .map_err(|_| ValidationError::new(field, format!("{value:?} is not an IPv4 address")))?;
+    if address.is_unspecified() || address.is_multicast() || address.is_broadcast() {
+        return Err(ValidationError::new(
+            field,
+            format!("{address} cannot be a machine's address"),
+        ));
+    }
+    Ok(address)
+}
+
+/// `https://HOST[:PORT]` with HOST an IPv4 address or DNS name, nothing after.
+fn check_api_server(value: &str) -> Result<(), ValidationError> {
+    let bad = || {
+        ValidationError::new(
+            "api_server",
+            format!("{value:?} is not https://HOST[:PORT] with an IPv4 address or DNS name"),
+        )
+    };
+    let rest = value.strip_prefix("https://").ok_or_else(bad)?;
+    let (host, port) = match rest.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (rest, None),
+    };
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(p) if p != 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
+            _ => return Err(bad()),
+        }
+    }
+    if host.parse::<Ipv4Addr>().is_ok() {
+        return parse_ipv4("api_server", host).map(|_| ());
+    }
+    check_dns_name("api_server", host).map_err(|_| bad())
+}
+
+fn check_binaries(
+    sha256: &BTreeMap<String, String>,
+    bin_dir: &str,
+) -> Result<Vec<BinaryCheck>, ValidationError> {
+    if let Some(missing) = REQUIRED_BINARIES.iter().find(|b| !sha256.contains_key(**b)) {
+        return Err(ValidationError::new(
+            "binary_sha256",
+            format!("no checksum for {missing}"),
+        ));
+    }
+    sha256
+        .iter()
+        .map(|(name, hex)| {
+            let field = format!("binary_sha256.{name}");
+            check_file_name(&field, name)?;
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(ValidationError::new(
+                    field,
+                    "must be a sha256 in lowercase hex (64 characters)",
+                ));
+            }
+            Ok(BinaryCheck {
+                path: format!("{bin_dir}/{name}"),
+                sha256: hex.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Label keys: an optional DNS-name prefix and `/`, then a name of at most 63
+/// letters, digits, `-`, `_`, `.` starting and ending alphanumeric. Values:
+/// empty or the same form as a name. Returns `k=v,k=v`.
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<String, ValidationError> {
+    let mut joined = Vec::with_capacity(labels.len());
+    for (key, value) in labels {
+        let field = format!("node_labels.{key}");
+        check_qualified_name(&field, key)?;
+        if !value.is_empty() && !is_label_name(value) {
+            return Err(ValidationError::new(
+                field,
+                format!("{value:?} is not a label value"),
+            ));
+        }
+        joined.push(format!("{key}={value}"));
+    }
+    Ok(joined.join(","))
+}
+
+/// Taints `key=value:Effect` or `key:Effect`. Returns them comma-joined.
+fn check_taints(taints: &[String]) -> Result<String, ValidationError> {
+    for (i, taint) in taints.iter().enumerate() {
+        let field = format!("node_taints[{i}]");
+        let bad = |why: &str| ValidationError::new(field.clone(), format!("{taint:?}: {why}"));
+        let (key_value, effect) = taint
+            .rsplit_once(':')
+            .ok_or_else(|| bad("must be key=value:Effect"))?;
+        if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+            return Err(bad(
+                "the effect must be NoSchedule, PreferNoSchedule or NoExecute",
+            ));
+        }
+        let (key, value) = key_value.split_once('=').unwrap_or((key_value, ""));
+        check_qualified_name(&field, key)?;
+        if !value.is_empty() && !is_label_name(value) {
+            return Err(bad("the value is not a label value"));
+        }
+    }
+    Ok(taints.join(","))
+}
+
+fn check_qualified_name(field: &str, key: &str) -> Result<(), ValidationError> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        check_dns_name(field, prefix)
+            .map_err(|_| ValidationError::new(field, format!("{key:?} has an invalid prefix")))?;
+    }
+    if !is_label_name(name) {
+        return Err(ValidationError::new(
+            field,
+            format!("{key:?} is not a qualified name"),
+        ));
+    }
+    Ok(())
+}
+
+fn is_label_name(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let edge = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    value.len() <= 63
+        && edge(bytes.first())
+        && edge(bytes.last())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b))
+}
+
+/// An absolute path of plain components (letters, digits, `.`, `_`, `-`),
+/// without `.`/`..` components or a trailing slash.
+fn check_path(field: &str, value: &str) -> Result<String, ValidationError> {
+    let Some(rest) = value.strip_prefix('/') else {
+        return Err(ValidationError::new(
+            field,
+            format!("{value:?} is not an absolute path"),
+        ));
+    };
+    for component in rest.split('/') {
+        check_file_name(field, component).map_err(|_| {
+            ValidationError::new(
+                field,
+                format!("{value:?} is not a plain absolute path (letters, digits, '.', '_', '-')"),
+            )
+        })?;
+    }
+    Ok(value.to_string())
+}
+
+fn check_file_name(field: &str, value: &str) -> Result<(), ValidationError> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"._-".contains(&b);
+    if value.is_empty() || value == "." || value == ".." || !value.bytes().all(plain) {
+        return Err(ValidationError::new(
+            field,
+            format!("{value:?} is not a plain file name"),
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS-1123 label: lowercase letters, digits and `-`, at most 63 characters.
+fn check_dns_label(field: &str, value: &str) -> Result<(), ValidationError> {
+    let bytes = value.as_bytes();
+    let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if value.len() > 63 || !bytes.iter().all(inner) || !edge(bytes.first()) || !edge(bytes.last()) {
+        return Err(ValidationError::new(
+            field,
+            format!("{value:?} is not a DNS-1123 label (lowercase letters, digits, '-')"),
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS name: dot-separated DNS-1123 labels, at most 253 characters.
+fn check_dns_name(field: &str, value: &str) -> Result<(), ValidationError> {
+    if value.len() > 253
+        || value
+            .split('.')
+            .any(|label| check_dns_label(field, label).is_err())
+    {
+        return Err(ValidationError::new(
+            field,
+            format!("{value:?} is not a DNS name"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> WorkerBundleInput {
+        WorkerBundleInput {
+            cluster_name: "demo".into(),
+            node_name: "demo-pool-a-0".into(),
+            node_address: "10.77.0.31".into(),
+            api_server: "https://10.77.0.10:6443".into(),
+            cluster_dns: "10.96.0.10".into(),
+            cluster_domain: "cluster.local".into(),
+            pod_cidr: "10.244.0.0/16".into(),
+            bin_dir: "/opt/kubeforge/bin".into(),
+            node_labels: BTreeMap::from([
+                ("kubeforge.io/node-pool".into(), "pool-a".into()),
+                ("tier".into(), "web".into()),
+            ]),
+            node_taints: vec!["dedicated=web:NoSchedule".into()],
+            binary_sha256: BTreeMap::from([
+                ("kube-proxy".into(), "b".repeat(64)),
+                ("kubelet".into(), "a".repeat(64)),
+            ]),
+            lab: true,
+        }
+    }
+
+    type Mutation = Box<dyn Fn(&mut WorkerBundleInput)>;
+
+    fn invalid(input: &WorkerBundleInput) -> ValidationError {
+        match render_worker(input) {
+            Err(BundleError::Invalid(e)) => e,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn worker_renders_every_file() {
+        let files = render_worker(&input()).expect("renders");
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/opt/kubeforge/worker/containerd-config.toml",
+                "/opt/kubeforge/worker/10-kubeforge.conflist.template",
+                "/opt/kubeforge/worker/kubelet-config.yaml",
+                "/opt/kubeforge/worker/kubelet.service",
+                "/opt/kubeforge/worker/kube-proxy-config.yaml",
+                "/opt/kubeforge/worker/kube-proxy.service",
+                paths::BOOTSTRAP_SCRIPT,
+            ]
+        );
+        for f in &files {
+            let name = f.path.rsplit('/').next().unwrap_or("").replace('.', "_");
+            insta::assert_snapshot!(format!("worker_{name}"), f.contents);
+        }
+        let kubelet = &files[3].contents;
+        assert!(
+            kubelet.contains("--node-labels=kubeforge.io/node-pool=pool-a,tier=web"),
+            "{kubelet}"
+        );
+        assert!(
+            kubelet.contains("--register-with-taints=dedicated=web:NoSchedule"),
+            "{kubelet}"
+        );
+        let conflist: serde_json::Value =
+            serde_json::from_str(&files[1].contents).expect("conflist is JSON");
+        assert_eq!(
+            conflist["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            POD_CIDR_PLACEHOLDER
+        );
+    }
+
+    #[test]
+    fn worker_script_parses_in_bash_and_lab_steps_follow_the_flag() {
+        for lab in [true, false] {
+            let mut input = input();
+            input.lab = lab;
+            let files = render_worker(&input).expect("renders");
+            let script = &files.last().expect("script").contents;
+            let out = std::process::Command::new("bash")
+                .args(["-n", "-c", script])
+                .output()
+                .expect("bash");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(script.contains("mknod /dev/kmsg c 1 11"), lab);
+            assert_eq!(script.contains("remount,rw /sys/fs/cgroup"), lab);
+        }
+    }
+
+    #[test]
+    fn worker_without_labels_or_taints_omits_the_flags() {
+        let mut bare = input();
+        bare.node_labels.clear();
+        bare.node_taints.clear();
+        let files = render_worker(&bare).expect("renders");
+        let unit = &files[3].contents;
+        assert!(!unit.contains("--node-labels"), "{unit}");
+        assert!(!unit.contains("--register-with-taints"), "{unit}");
+        assert!(unit.contains("--hostname-override=demo-pool-a-0\nRestart=always"));
+    }
+
+    #[test]
+    fn worker_rejects_invalid_input() {
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("cluster_name", Box::new(|i| i.cluster_name = "Demo".into())),
+            ("node_name", Box::new(|i| i.node_name = "node_1".into())),
+            (
+                "node_address",
+                Box::new(|i| i.node_address = "10.77.0.31; reboot".into()),
+            ),
+            (
+                "api_server",
+                Box::new(|i| i.api_server = "http://10.77.0.10:6443".into()),
+            ),
+            (
+                "api_server",
+                Box::new(|i| i.api_server = "https://10.77.0.10:6443/x".into()),
+            ),
+            (
+                "cluster_dns",
+                Box::new(|i| i.cluster_dns = "10.96.0".into()),
+            ),
+            (
+                "cluster_domain",
+                Box::new(|i| i.cluster_domain = "cluster..local".into()),
+            ),
+            ("pod_cidr", Box::new(|i| i.pod_cidr = "10.244.0.0".into())),
+            ("bin_dir", Box::new(|i| i.bin_dir = "/opt/$(reboot)".into())),
+            ("bin_dir", Box::new(|i| i.bin_dir = "opt/bin".into())),
+            (
+                "node_labels.tier",
+                Box::new(|i| {
+                    i.node_labels.insert("tier".into(), "a b".into());
+                }),
+            ),
+            (
+                "node_labels.bad key",
+                Box::new(|i| {
+                    i.node_labels.insert("bad key".into(), "x".into());
+                }),
+            ),
+            (
+                "node_taints[0]",
+                Box::new(|i| i.node_taints[0] = "dedicated=web:Sometimes".into()),
+            ),
+            (
+                "binary_sha256",
+                Box::new(|i| {
+                    i.binary_sha256.remove("kube-proxy");
+                }),
+            ),
+            (
+                "binary_sha256.kubelet",
+                Box::new(|i| {
+                    i.binary_sha256.insert("kubelet".into(), "ABC".into());
+                }),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut bad = input();
+            mutate(&mut bad);
+            assert_eq!(invalid(&bad).field, field, "{bad:?}");
+        }
+    }
+}
