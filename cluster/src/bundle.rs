@@ -707,7 +707,7 @@ fn check_binaries(
 
 /// An absolute path of plain components (letters, digits, `.`, `_`, `-`),
 /// without `.`/`..` components or a trailing slash.
-fn check_path(field: &str, value: &str) -> Result<String, ValidationError> {
+pub(crate) fn check_path(field: &str, value: &str) -> Result<String, ValidationError> {
     let Some(rest) = value.strip_prefix('/') else {
         return Err(ValidationError::new(
             field,
@@ -725,7 +725,7 @@ fn check_path(field: &str, value: &str) -> Result<String, ValidationError> {
     Ok(value.to_string())
 }
 
-fn check_file_name(field: &str, value: &str) -> Result<(), ValidationError> {
+pub(crate) fn check_file_name(field: &str, value: &str) -> Result<(), ValidationError> {
     let plain = |b: u8| b.is_ascii_alphanumeric() || b"._-".contains(&b);
     if value.is_empty() || value == "." || value == ".." || !value.bytes().all(plain) {
         return Err(ValidationError::new(
@@ -737,7 +737,7 @@ fn check_file_name(field: &str, value: &str) -> Result<(), ValidationError> {
 }
 
 /// A DNS-1123 label: lowercase letters, digits and `-`, at most 63 characters.
-fn check_dns_label(field: &str, value: &str) -> Result<(), ValidationError> {
+pub(crate) fn check_dns_label(field: &str, value: &str) -> Result<(), ValidationError> {
     let bytes = value.as_bytes();
     let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
     let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
@@ -751,7 +751,7 @@ fn check_dns_label(field: &str, value: &str) -> Result<(), ValidationError> {
 }
 
 /// A DNS name: dot-separated DNS-1123 labels, at most 253 characters.
-fn check_dns_name(field: &str, value: &str) -> Result<(), ValidationError> {
+pub(crate) fn check_dns_name(field: &str, value: &str) -> Result<(), ValidationError> {
     if value.len() > 253
         || value
             .split('.')

@@ -29,7 +29,10 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 use tera::Context;
 
-use crate::bundle::{error_chain, render_all, BundleError, BundleFile, Template};
+use crate::bundle::{
+    check_dns_label, check_dns_name, check_file_name, check_path, error_chain, render_all,
+    BundleError, BundleFile, Template,
+};
 use crate::{ClusterName, Ipv4Cidr, ValidationError};
 
 /// Where the worker bundle's files live on a worker machine.
@@ -453,66 +456,6 @@ fn is_label_name(value: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b))
-}
-
-/// An absolute path of plain components (letters, digits, `.`, `_`, `-`),
-/// without `.`/`..` components or a trailing slash.
-fn check_path(field: &str, value: &str) -> Result<String, ValidationError> {
-    let Some(rest) = value.strip_prefix('/') else {
-        return Err(ValidationError::new(
-            field,
-            format!("{value:?} is not an absolute path"),
-        ));
-    };
-    for component in rest.split('/') {
-        check_file_name(field, component).map_err(|_| {
-            ValidationError::new(
-                field,
-                format!("{value:?} is not a plain absolute path (letters, digits, '.', '_', '-')"),
-            )
-        })?;
-    }
-    Ok(value.to_string())
-}
-
-fn check_file_name(field: &str, value: &str) -> Result<(), ValidationError> {
-    let plain = |b: u8| b.is_ascii_alphanumeric() || b"._-".contains(&b);
-    if value.is_empty() || value == "." || value == ".." || !value.bytes().all(plain) {
-        return Err(ValidationError::new(
-            field,
-            format!("{value:?} is not a plain file name"),
-        ));
-    }
-    Ok(())
-}
-
-/// A DNS-1123 label: lowercase letters, digits and `-`, at most 63 characters.
-fn check_dns_label(field: &str, value: &str) -> Result<(), ValidationError> {
-    let bytes = value.as_bytes();
-    let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
-    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if value.len() > 63 || !bytes.iter().all(inner) || !edge(bytes.first()) || !edge(bytes.last()) {
-        return Err(ValidationError::new(
-            field,
-            format!("{value:?} is not a DNS-1123 label (lowercase letters, digits, '-')"),
-        ));
-    }
-    Ok(())
-}
-
-/// A DNS name: dot-separated DNS-1123 labels, at most 253 characters.
-fn check_dns_name(field: &str, value: &str) -> Result<(), ValidationError> {
-    if value.len() > 253
-        || value
-            .split('.')
-            .any(|label| check_dns_label(field, label).is_err())
-    {
-        return Err(ValidationError::new(
-            field,
-            format!("{value:?} is not a DNS name"),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

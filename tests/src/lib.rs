@@ -107,34 +107,26 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let (port, template) = server().await;
-        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .expect("admin connection");
-        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
-            .execute(&mut admin)
-            .await
-            .expect("creating the test database");
-        TestDb {
-            url: format!("postgres://postgres@127.0.0.1:{port}/{name}"),
-            name,
-        }
+        let (_, template) = server().await;
+        Self::create("t", &format!("TEMPLATE {template}")).await
     }
 
     /// An empty database (no schema), for migration tests.
     pub async fn empty() -> TestDb {
+        Self::create("e", "").await
+    }
+
+    async fn create(prefix: &str, options: &str) -> TestDb {
         let (port, _) = server().await;
-        let name = format!("e_{}", uuid::Uuid::new_v4().simple());
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
         let mut admin = PgConnection::connect(&admin_url)
             .await
             .expect("admin connection");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(&format!("CREATE DATABASE {name} {options}"))
             .execute(&mut admin)
             .await
-            .expect("creating the empty database");
+            .expect("creating the test database");
         TestDb {
             url: format!("postgres://postgres@127.0.0.1:{port}/{name}"),
             name,
