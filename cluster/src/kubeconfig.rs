@@ -56,9 +56,50 @@ impl KubeconfigInput<'_> {
 ///
 /// The result holds the client key: treat it as a secret.
 pub fn render_kubeconfig(input: &KubeconfigInput<'_>) -> String {
-    let cluster = quoted(input.cluster_name);
-    let user = quoted(input.user_name);
-    let context = quoted(&input.context_name());
+    render(
+        input.cluster_name,
+        input.server,
+        input.ca_pem,
+        input.user_name,
+        &format!(
+            "client-certificate-data: {cert}\n    client-key-data: {key}\n",
+            cert = BASE64.encode(input.client_cert_pem),
+            key = BASE64.encode(input.client_key_pem),
+        ),
+    )
+}
+
+/// Renders a kubeconfig whose user authenticates with a bearer token, as a
+/// kubelet's bootstrap kubeconfig does (`token: <id>.<secret>`).
+///
+/// The result holds the token: treat it as a secret.
+pub fn render_token_kubeconfig(
+    cluster_name: &str,
+    server: &str,
+    ca_pem: &str,
+    user_name: &str,
+    token: &str,
+) -> String {
+    render(
+        cluster_name,
+        server,
+        ca_pem,
+        user_name,
+        &format!("token: {}\n", quoted(token)),
+    )
+}
+
+/// The shared document; `credentials` are the user's indented fields.
+fn render(
+    cluster_name: &str,
+    server: &str,
+    ca_pem: &str,
+    user_name: &str,
+    credentials: &str,
+) -> String {
+    let cluster = quoted(cluster_name);
+    let user = quoted(user_name);
+    let context = quoted(&format!("{user_name}@{cluster_name}"));
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = write!(
@@ -80,12 +121,9 @@ pub fn render_kubeconfig(input: &KubeconfigInput<'_>) -> String {
          users:\n\
          - name: {user}\n  \
            user:\n    \
-             client-certificate-data: {cert}\n    \
-             client-key-data: {key}\n",
-        ca = BASE64.encode(input.ca_pem),
-        server = quoted(input.server),
-        cert = BASE64.encode(input.client_cert_pem),
-        key = BASE64.encode(input.client_key_pem),
+             {credentials}",
+        ca = BASE64.encode(ca_pem),
+        server = quoted(server),
     );
     out
 }
@@ -236,6 +274,24 @@ mod tests {
             yaml.lines().count(),
             render_kubeconfig(&input()).lines().count(),
             "no injected lines"
+        );
+    }
+
+    #[test]
+    fn token_kubeconfig_carries_the_token_and_no_key() {
+        let yaml = render_token_kubeconfig(
+            "demo",
+            "https://10.77.0.10:6443",
+            CA_PEM,
+            "kubelet-bootstrap",
+            "abcdef.0123456789abcdef",
+        );
+        assert_eq!(field(&yaml, "token"), "\"abcdef.0123456789abcdef\"");
+        assert!(!yaml.contains("client-key-data"));
+        assert_eq!(decoded(&yaml, "certificate-authority-data"), CA_PEM);
+        assert_eq!(
+            field(&yaml, "current-context"),
+            "\"kubelet-bootstrap@demo\""
         );
     }
 

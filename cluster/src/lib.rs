@@ -8,6 +8,7 @@
 
 pub mod bundle;
 pub mod condition;
+pub mod join;
 pub mod kubeconfig;
 pub mod names;
 pub mod network;
@@ -20,7 +21,7 @@ pub use condition::{Condition, ConditionStatus, Phase};
 pub use names::{ClusterName, KubernetesVersion, MachineType, NodePoolName};
 pub use network::{ClusterNetwork, Ipv4Cidr};
 pub use spec::{
-    Autoscaling, ClusterSpec, ControlPlaneSpec, CreateClusterRequest, CreateNodePoolRequest,
-    Labels, NodePoolSpec, ProviderSpec, Taint, TaintEffect,
+    AutoRepair, Autoscaling, ClusterSpec, ControlPlaneSpec, CreateClusterRequest,
+    CreateNodePoolRequest, Labels, NodePoolSpec, ProviderSpec, Taint, TaintEffect,
 };
 pub use validation::ValidationError;

@@ -16,6 +16,20 @@ pub const MAX_POOL_SIZE: u32 = 100;
 pub const MAX_POOLS: usize = 16;
 /// Label keys under this prefix are Kubeforge's own.
 pub const RESERVED_LABEL_PREFIX: &str = "kubeforge.io/";
+/// The label Kubeforge puts on every node: the name of its pool.
+pub const NODE_POOL_LABEL: &str = "kubeforge.io/node-pool";
+/// How long a node's drain may take before it is removed anyway, unless the
+/// pool says otherwise.
+pub const DEFAULT_DRAIN_TIMEOUT_SECONDS: u32 = 300;
+/// Longest drain timeout a pool may ask for.
+pub const MAX_DRAIN_TIMEOUT_SECONDS: u32 = 3600;
+/// How long a node may be unhealthy before it is replaced, unless the pool
+/// says otherwise.
+pub const DEFAULT_REPAIR_AFTER_SECONDS: u32 = 300;
+/// Bounds of `auto_repair.after_seconds`: not so short that a reboot or a
+/// slow join triggers a replacement, not longer than a day.
+pub const MIN_REPAIR_AFTER_SECONDS: u32 = 10;
+pub const MAX_REPAIR_AFTER_SECONDS: u32 = 86_400;
 
 /// Where a cluster's machines come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -141,6 +155,62 @@ impl Autoscaling {
     }
 }
 
+/// Whether a pool replaces nodes that stay unhealthy (NotReady, or their
+/// machine gone), and after how long. `{}` means on, after 300 seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutoRepair {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Seconds a node must be unhealthy before it is replaced (10-86400).
+    #[serde(default = "default_repair_after")]
+    pub after_seconds: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_repair_after() -> u32 {
+    DEFAULT_REPAIR_AFTER_SECONDS
+}
+
+impl Default for AutoRepair {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            after_seconds: DEFAULT_REPAIR_AFTER_SECONDS,
+        }
+    }
+}
+
+impl AutoRepair {
+    /// Checks the threshold, whether or not repair is enabled: a pool that
+    /// turns repair back on keeps it.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !(MIN_REPAIR_AFTER_SECONDS..=MAX_REPAIR_AFTER_SECONDS).contains(&self.after_seconds) {
+            return Err(ValidationError::new(
+                "auto_repair.after_seconds",
+                format!(
+                    "must be between {MIN_REPAIR_AFTER_SECONDS} and {MAX_REPAIR_AFTER_SECONDS} seconds, not {}",
+                    self.after_seconds
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a pool's drain timeout (0 means: do not wait for pods to leave).
+pub fn check_drain_timeout(seconds: u32) -> Result<(), ValidationError> {
+    if seconds > MAX_DRAIN_TIMEOUT_SECONDS {
+        return Err(ValidationError::new(
+            "drain_timeout_seconds",
+            format!("must be between 0 and {MAX_DRAIN_TIMEOUT_SECONDS} seconds, not {seconds}"),
+        ));
+    }
+    Ok(())
+}
+
 /// A taint's effect, as in Kubernetes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 pub enum TaintEffect {
@@ -211,6 +281,12 @@ impl Labels {
         }
         for (k, v) in &map {
             check_label_key(k).map_err(|m| ValidationError::new(k.clone(), m))?;
+            if k == NODE_POOL_LABEL {
+                return Err(ValidationError::new(
+                    k.clone(),
+                    format!("{NODE_POOL_LABEL} is reserved: Kubeforge sets it to the pool's name"),
+                ));
+            }
             if k.starts_with(RESERVED_LABEL_PREFIX) {
                 return Err(ValidationError::new(
                     k.clone(),
@@ -238,6 +314,38 @@ impl Labels {
     pub fn as_map(&self) -> &BTreeMap<String, String> {
         &self.0
     }
+}
+
+/// Whether a label key is in the `kubernetes.io` or `k8s.io` namespace
+/// (`kubernetes.io/...`, `node-role.kubernetes.io/...`, `k8s.io/...`).
+fn in_kubernetes_namespace(key: &str) -> bool {
+    let Some((prefix, _)) = key.split_once('/') else {
+        return false;
+    };
+    ["kubernetes.io", "k8s.io"]
+        .iter()
+        .any(|ns| prefix == *ns || prefix.strip_suffix(ns).is_some_and(|p| p.ends_with('.')))
+}
+
+/// Checks labels meant for a pool's nodes, beyond [`Labels::parse`]: the
+/// kubelet sets them on its own Node object, and the API server's
+/// NodeRestriction admission refuses a kubelet that labels itself in the
+/// `kubernetes.io` or `k8s.io` namespaces (roles like
+/// `node-role.kubernetes.io/worker` included), so such a node would never
+/// register. (`kubeforge.io/node-pool`, which Kubeforge sets, is refused by
+/// `Labels::parse` with the rest of `kubeforge.io/`.) Errors name the key,
+/// for the caller to put `under("labels")`.
+pub fn check_node_labels(labels: &Labels) -> Result<(), ValidationError> {
+    for (k, _) in labels.iter() {
+        if in_kubernetes_namespace(k) {
+            return Err(ValidationError::new(
+                k.clone(),
+                "keys in the kubernetes.io and k8s.io namespaces cannot be node pool labels: \
+                 the kubelet may not set them on its own node (NodeRestriction)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl TryFrom<BTreeMap<String, String>> for Labels {
@@ -269,6 +377,13 @@ pub struct CreateNodePoolRequest {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub taints: Vec<Taint>,
+    /// Seconds to wait for a node's pods to be evicted before it is removed
+    /// anyway (0-3600, default 300).
+    #[serde(default)]
+    pub drain_timeout_seconds: Option<u32>,
+    /// Replacement of unhealthy nodes; on after 300 seconds when absent.
+    #[serde(default)]
+    pub auto_repair: Option<AutoRepair>,
 }
 
 /// A valid node pool.
@@ -280,6 +395,14 @@ pub struct NodePoolSpec {
     pub autoscaling: Option<Autoscaling>,
     pub labels: Labels,
     pub taints: Vec<Taint>,
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_seconds: u32,
+    #[serde(default)]
+    pub auto_repair: AutoRepair,
+}
+
+fn default_drain_timeout() -> u32 {
+    DEFAULT_DRAIN_TIMEOUT_SECONDS
 }
 
 /// Checks a desired size against the hard limit and the autoscaling bounds.
@@ -317,6 +440,7 @@ impl NodePoolSpec {
             .unwrap_or_else(|| req.autoscaling.map_or(1, |a| a.min));
         check_pool_size(size, req.autoscaling.as_ref())?;
         let labels = Labels::parse(req.labels).map_err(|e| e.under("labels"))?;
+        check_node_labels(&labels).map_err(|e| e.under("labels"))?;
         if req.taints.len() > 32 {
             return Err(ValidationError::new("taints", "at most 32 taints"));
         }
@@ -332,6 +456,12 @@ impl NodePoolSpec {
                 }
             }
         }
+        let drain_timeout_seconds = req
+            .drain_timeout_seconds
+            .unwrap_or(DEFAULT_DRAIN_TIMEOUT_SECONDS);
+        check_drain_timeout(drain_timeout_seconds)?;
+        let auto_repair = req.auto_repair.unwrap_or_default();
+        auto_repair.validate()?;
         Ok(Self {
             name,
             machine_type,
@@ -339,6 +469,8 @@ impl NodePoolSpec {
             autoscaling: req.autoscaling,
             labels,
             taints: req.taints,
+            drain_timeout_seconds,
+            auto_repair,
         })
     }
 }
@@ -491,6 +623,34 @@ mod tests {
                 "labels.kubeforge.io/x",
             ),
             (
+                json!({"node_pools": [{"name": "a", "drain_timeout_seconds": 3601}]}),
+                "node_pools[0].drain_timeout_seconds",
+            ),
+            (
+                json!({"node_pools": [{"name": "a", "auto_repair": {"after_seconds": 9}}]}),
+                "node_pools[0].auto_repair.after_seconds",
+            ),
+            (
+                json!({"node_pools": [{"name": "a", "auto_repair": {"enabled": false, "after_seconds": 86401}}]}),
+                "node_pools[0].auto_repair.after_seconds",
+            ),
+            (
+                json!({"node_pools": [{"name": "a", "labels": {"kubernetes.io/hostname": "x"}}]}),
+                "node_pools[0].labels.kubernetes.io/hostname",
+            ),
+            (
+                json!({"node_pools": [{"name": "a", "labels": {"node-role.kubernetes.io/worker": ""}}]}),
+                "node_pools[0].labels.node-role.kubernetes.io/worker",
+            ),
+            (
+                json!({"node_pools": [{"name": "a", "labels": {"k8s.io/x": "y"}}]}),
+                "node_pools[0].labels.k8s.io/x",
+            ),
+            (
+                json!({"node_pools": [{"name": "a", "labels": {"kubeforge.io/node-pool": "a"}}]}),
+                "node_pools[0].labels.kubeforge.io/node-pool",
+            ),
+            (
                 json!({"provider": {"kind": "aws", "region": "", "subnet_id": "s", "ami": "a"}}),
                 "provider.region",
             ),
@@ -510,6 +670,132 @@ mod tests {
         let mut body = base();
         body["colour"] = json!("blue");
         assert!(serde_json::from_value::<CreateClusterRequest>(body).is_err());
+    }
+
+    fn pool(v: serde_json::Value) -> Result<NodePoolSpec, ValidationError> {
+        NodePoolSpec::parse(serde_json::from_value(v).expect("well-formed pool"))
+    }
+
+    #[test]
+    fn pool_drain_and_repair_defaults() {
+        let p = pool(json!({"name": "p"})).unwrap();
+        assert_eq!(p.drain_timeout_seconds, 300);
+        assert_eq!(
+            p.auto_repair,
+            AutoRepair {
+                enabled: true,
+                after_seconds: 300
+            }
+        );
+        // `{}` is "on, with the default threshold"; a partial object keeps the other default.
+        let p = pool(json!({"name": "p", "auto_repair": {}})).unwrap();
+        assert_eq!(p.auto_repair, AutoRepair::default());
+        let p = pool(json!({"name": "p", "auto_repair": {"enabled": false}})).unwrap();
+        assert_eq!(
+            (p.auto_repair.enabled, p.auto_repair.after_seconds),
+            (false, 300)
+        );
+        let p = pool(json!({"name": "p", "drain_timeout_seconds": 0,
+                            "auto_repair": {"after_seconds": 10}}))
+        .unwrap();
+        assert_eq!(
+            (p.drain_timeout_seconds, p.auto_repair.after_seconds),
+            (0, 10)
+        );
+        let p = pool(json!({"name": "p", "drain_timeout_seconds": 3600,
+                            "auto_repair": {"after_seconds": 86400}}))
+        .unwrap();
+        assert_eq!(
+            (p.drain_timeout_seconds, p.auto_repair.after_seconds),
+            (3600, 86400)
+        );
+    }
+
+    #[test]
+    fn auto_repair_refuses_unknown_fields() {
+        assert!(serde_json::from_value::<AutoRepair>(json!({"after": 30})).is_err());
+        assert!(serde_json::from_value::<CreateNodePoolRequest>(
+            json!({"name": "p", "auto_repair": {"enabled": true, "colour": 1}})
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn pool_labels_keep_out_of_kubernetes_namespaces() {
+        for key in [
+            "kubernetes.io/hostname",
+            "node-role.kubernetes.io/worker",
+            "node.kubernetes.io/instance-type",
+            "topology.kubernetes.io/zone",
+            "k8s.io/x",
+            "a.b.k8s.io/x",
+        ] {
+            let err = pool(json!({"name": "p", "labels": {key: "v"}})).unwrap_err();
+            assert_eq!(err.field, format!("labels.{key}"), "{err}");
+            assert!(err.message.contains("NodeRestriction"), "{err}");
+        }
+        let err =
+            pool(json!({"name": "p", "labels": {"kubeforge.io/node-pool": "p"}})).unwrap_err();
+        assert_eq!(err.field, "labels.kubeforge.io/node-pool");
+        assert!(err.message.contains("Kubeforge sets it"), "{err}");
+        // Other namespaces, and names merely containing the words, are fine.
+        for key in [
+            "example.com/tier",
+            "notkubernetes.io/x",
+            "kubernetes.io.example.com/x",
+            "kubernetes-io",
+            "k8s",
+        ] {
+            assert!(
+                pool(json!({"name": "p", "labels": {key: "v"}})).is_ok(),
+                "{key}"
+            );
+        }
+        // Taints may use Kubeforge's prefix; cluster labels are not node labels.
+        assert!(pool(json!({"name": "p", "taints": [{"key": "kubeforge.io/dedicated", "effect": "NoSchedule"}]})).is_ok());
+        let mut body = base();
+        body["labels"] = json!({"app.kubernetes.io/part-of": "shop"});
+        assert!(req(body).is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn drain_timeout_accepted_iff_within_an_hour(t in 0u32..10_000) {
+            let r = pool(json!({"name": "p", "drain_timeout_seconds": t}));
+            proptest::prop_assert_eq!(r.is_ok(), t <= 3600);
+            if let Err(e) = r {
+                proptest::prop_assert_eq!(e.field, "drain_timeout_seconds");
+            }
+        }
+
+        #[test]
+        fn repair_threshold_accepted_iff_in_range(t in 0u32..200_000, enabled: bool) {
+            let r = pool(json!({"name": "p", "auto_repair": {"enabled": enabled, "after_seconds": t}}));
+            proptest::prop_assert_eq!(r.is_ok(), (10..=86_400).contains(&t));
+            match r {
+                Ok(p) => proptest::prop_assert_eq!(p.auto_repair, AutoRepair { enabled, after_seconds: t }),
+                Err(e) => proptest::prop_assert_eq!(e.field, "auto_repair.after_seconds"),
+            }
+        }
+
+        #[test]
+        fn accepted_pool_labels_avoid_kubernetes_namespaces(
+            prefix in "(([a-z0-9-]{1,8}\\.){0,2}(kubernetes\\.io|k8s\\.io|example\\.com|kubeforge\\.io)/)?",
+            name in "[a-z][a-z0-9-]{0,10}[a-z0-9]",
+        ) {
+            let key = format!("{prefix}{name}");
+            if let Ok(p) = pool(json!({"name": "p", "labels": {key.clone(): "v"}})) {
+                let prefix = p.labels.iter().next().and_then(|(k, _)| k.split_once('/')).map(|(p, _)| p.to_string());
+                if let Some(prefix) = prefix {
+                    for ns in ["kubernetes.io", "k8s.io"] {
+                        proptest::prop_assert!(prefix != ns && !prefix.ends_with(&format!(".{ns}")), "{}", key);
+                    }
+                    proptest::prop_assert!(!key.starts_with(RESERVED_LABEL_PREFIX), "{}", key);
+                }
+            } else {
+                proptest::prop_assert!(prefix.contains("kubernetes.io") || prefix.contains("k8s.io") || prefix.contains("kubeforge.io"), "{}", key);
+            }
+        }
     }
 
     #[test]

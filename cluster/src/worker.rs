@@ -70,6 +70,20 @@ pub const LAB_CGROUP_CONTROLLERS: &[&str] = &[
     "cpuset", "cpu", "cpuacct", "blkio", "memory", "devices", "freezer", "pids",
 ];
 
+/// The lab's sandbox image (see `scripts/build-lab-pause`): lab machines
+/// cannot pull, so containerd imports it from [`LAB_PAUSE_ARCHIVE`].
+pub const LAB_PAUSE_IMAGE: &str = "kubeforge.invalid/pause:1";
+/// Where lab machines see the pause image archive (bound from the host's cache).
+pub const LAB_PAUSE_ARCHIVE: &str = "/opt/kubeforge/images/pause.oci.tar";
+
+/// Kernel tunables kubelet insists on (`sysctl key=value` under /proc/sys),
+/// shadowed on lab machines, which share the host's kernel.
+pub const LAB_KERNEL_TUNABLES: &[&str] = &[
+    "vm/overcommit_memory=1",
+    "kernel/panic=10",
+    "kernel/panic_on_oops=1",
+];
+
 /// Staged file name, installed path, mode, and the service that reads it.
 pub const INSTALLS: &[(&str, &str, &str, &str)] = &[
     (
@@ -211,6 +225,11 @@ struct RenderContext {
     installs: Vec<Install>,
     services: &'static [&'static str],
     cgroup_controllers: &'static [&'static str],
+    lab_kernel_tunables: &'static [&'static str],
+    lab_pause_image: &'static str,
+    /// `/kubeforge/<node>`: where the lab provider puts the machine itself.
+    lab_cgroup_root: String,
+    lab_pause_archive: &'static str,
     cni_template: &'static str,
     cni_conflist: &'static str,
     pod_cidr_placeholder: &'static str,
@@ -310,6 +329,10 @@ impl RenderContext {
                 .collect(),
             services: SERVICES,
             cgroup_controllers: LAB_CGROUP_CONTROLLERS,
+            lab_kernel_tunables: LAB_KERNEL_TUNABLES,
+            lab_pause_image: LAB_PAUSE_IMAGE,
+            lab_cgroup_root: format!("/kubeforge/{}", input.node_name),
+            lab_pause_archive: LAB_PAUSE_ARCHIVE,
             cni_template: CNI_TEMPLATE,
             cni_conflist: paths::CNI_CONFLIST,
             pod_cidr_placeholder: POD_CIDR_PLACEHOLDER,

@@ -142,7 +142,17 @@ pub async fn machine_setup_on(
             bridge: bridge.to_string(),
             subnet: subnet.parse().context("the lab subnet is not a CIDR")?,
             authorized_key: client_key.public_key_line().to_string(),
-            bind_ro: vec![(host_dir.clone(), GUEST_KUBE_DIR.to_string())],
+            bind_ro: {
+                let mut binds = vec![(host_dir.clone(), GUEST_KUBE_DIR.to_string())];
+                // The sandbox image workers import (scripts/build-lab-pause).
+                let pause = cache.join("lab-pause/1");
+                if pause.join(".complete").exists() {
+                    binds.push((pause, "/opt/kubeforge/images".to_string()));
+                } else {
+                    tracing::warn!("no lab pause image: pods on lab workers cannot start (build it with scripts/build-lab-pause)");
+                }
+                binds
+            },
         })?;
         let access = MachineAccess {
             ssh: crate::ssh::SshExecutor::new(8),

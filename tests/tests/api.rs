@@ -142,6 +142,308 @@ async fn get_returns_etag_and_if_match_guards_patch_and_delete() {
 }
 
 #[tokio::test]
+async fn node_pool_drain_and_repair_settings_are_created_and_patched() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    let mut body = cluster_body("web");
+    body["node_pools"][0]["drain_timeout_seconds"] = json!(60);
+    body["node_pools"][0]["auto_repair"] = json!({"after_seconds": 120});
+    create(&app, &token, body).await;
+    let p = get(&app, &token, "/v1/clusters/web/node-pools/default").await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert_eq!(p.body["drain_timeout_seconds"], 60);
+    assert_eq!(
+        p.body["auto_repair"],
+        json!({"enabled": true, "after_seconds": 120})
+    );
+
+    // A pool created on its own gets the defaults.
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters/web/node-pools",
+            Some(&token),
+            Some(json!({"name": "batch", "size": 1})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["node_pool"]["drain_timeout_seconds"], 300);
+    assert_eq!(
+        r.body["node_pool"]["auto_repair"],
+        json!({"enabled": true, "after_seconds": 300})
+    );
+
+    // Changing only the drain timeout is an update like a resize: a new
+    // generation, an operation, the reconcile queued; If-Match holds.
+    let etag = p.body["etag"].as_str().unwrap().to_string();
+    let jobs = app.count("jobs").await;
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/web/node-pools/default",
+            Some(&token),
+            Some(json!({"drain_timeout_seconds": 0})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let pool = &r.body["node_pool"];
+    assert_eq!(pool["drain_timeout_seconds"], 0);
+    assert_eq!(pool["size"], 2);
+    assert_eq!(pool["auto_repair"]["after_seconds"], 120);
+    assert_eq!(pool["generation"], 2);
+    assert_ne!(pool["etag"], etag.as_str());
+    assert_eq!(r.body["operation"]["type"], "node_pool_update");
+    assert!(app.count("jobs").await >= jobs.max(1));
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/web/node-pools/default",
+            Some(&token),
+            Some(json!({"auto_repair": {"enabled": false}})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_problem(&r, 412, "precondition_failed");
+
+    // auto_repair is replaced as a whole: left-out fields take defaults.
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/web/node-pools/default",
+            Some(&token),
+            Some(json!({"auto_repair": {"enabled": false}})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let pool = &r.body["node_pool"];
+    assert_eq!(
+        pool["auto_repair"],
+        json!({"enabled": false, "after_seconds": 300})
+    );
+    assert_eq!(pool["drain_timeout_seconds"], 0);
+    assert_eq!(pool["generation"], 3);
+    let events = get(&app, &token, "/v1/clusters/web/events").await;
+    let messages: Vec<&str> = events.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "NodePoolUpdateRequested")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages[0].contains("auto-repair after 120s -> off"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("drain timeout 60s -> 0s"),
+        "{messages:?}"
+    );
+}
+
+#[tokio::test]
+async fn node_pool_reports_node_states_from_observations() {
+    use kubeforge::store::{event, machine};
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    let created = create(&app, &token, cluster_body("web")).await;
+    let cluster_id: uuid::Uuid = created["cluster"]["id"].as_str().unwrap().parse().unwrap();
+    let p = get(&app, &token, "/v1/clusters/web/node-pools/default").await;
+    let pool_id: uuid::Uuid = p.body["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(p.body["ready_nodes"], 0);
+
+    // Four worker machines, as the engine would record and observe them.
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let id = uuid::Uuid::now_v7();
+        let name = format!("web-default-{i}");
+        machine::insert_pending(
+            &app.pool,
+            machine::NewMachine {
+                id,
+                tenant: "acme",
+                cluster_id,
+                node_pool_id: Some(pool_id),
+                role: "worker",
+                name: &name,
+                provider: "lab",
+                machine_type: "small",
+            },
+        )
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    for id in &ids[1..] {
+        machine::set_running(&app.pool, *id, "p", Some("10.0.0.9"), None)
+            .await
+            .unwrap();
+    }
+    // [0] pending; [1] running, not yet seen; [2] Ready; [3] NotReady, then drained.
+    machine::observe_node(&app.pool, ids[2], Some("ready"), None)
+        .await
+        .unwrap();
+    machine::mark_joined(&app.pool, ids[2]).await.unwrap();
+    machine::observe_node(
+        &app.pool,
+        ids[3],
+        Some("not_ready"),
+        Some("KubeletNotReady"),
+    )
+    .await
+    .unwrap();
+    let since = |id: uuid::Uuid| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_as::<
+                _,
+                (
+                    Option<chrono::DateTime<chrono::Utc>>,
+                    Option<String>,
+                    Option<chrono::DateTime<chrono::Utc>>,
+                ),
+            >(
+                "SELECT unhealthy_since, unhealthy_reason, joined_at FROM machines WHERE id = $1"
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (first, reason, _) = since(ids[3]).await;
+    assert_eq!(reason.as_deref(), Some("KubeletNotReady"));
+    // Still unhealthy: the clock keeps running, the reason follows.
+    machine::observe_node(&app.pool, ids[3], Some("missing"), Some("NodeGone"))
+        .await
+        .unwrap();
+    let (again, reason, _) = since(ids[3]).await;
+    assert_eq!((again, reason.as_deref()), (first, Some("NodeGone")));
+    let joined = since(ids[2]).await.2;
+    assert!(joined.is_some());
+    machine::mark_joined(&app.pool, ids[2]).await.unwrap();
+    assert_eq!(since(ids[2]).await.2, joined, "the first join counts");
+
+    let p = get(&app, &token, "/v1/clusters/web/node-pools/default").await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    assert_eq!(p.body["ready_nodes"], 1, "{}", p.text);
+    let nodes = p.body["nodes"].as_array().unwrap();
+    let states: Vec<(&str, &str)> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n["state"].as_str().unwrap(),
+                n["machine_state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("provisioning", "pending"),
+            ("joining", "running"),
+            ("ready", "running"),
+            ("missing", "running"),
+        ]
+    );
+    assert_eq!(nodes[3]["unhealthy_reason"], "NodeGone");
+    assert!(nodes[3]["unhealthy_since"].is_string());
+    assert!(nodes[2]["unhealthy_since"].is_null());
+
+    // Removing [3]: draining, with the reason; a repeated call keeps the clock.
+    machine::start_drain(&app.pool, ids[3], "unhealthy for 300s: NodeGone")
+        .await
+        .unwrap();
+    let started: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT drain_started_at FROM machines WHERE id = $1")
+            .bind(ids[3])
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(started.is_some());
+    machine::start_drain(&app.pool, ids[3], "scale down")
+        .await
+        .unwrap();
+    let again: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT drain_started_at FROM machines WHERE id = $1")
+            .bind(ids[3])
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(again, started);
+    // Healthy again (say, the Node came back while draining): the clock stops.
+    machine::observe_node(&app.pool, ids[3], None, None)
+        .await
+        .unwrap();
+    // And [2] stops being Ready.
+    machine::observe_node(
+        &app.pool,
+        ids[2],
+        Some("not_ready"),
+        Some("KubeletNotReady"),
+    )
+    .await
+    .unwrap();
+    let p = get(&app, &token, "/v1/clusters/web/node-pools/default").await;
+    assert_eq!(p.body["ready_nodes"], 0, "{}", p.text);
+    let n = &p.body["nodes"][3];
+    assert_eq!(
+        (&n["state"], &n["machine_state"]),
+        (&json!("draining"), &json!("draining"))
+    );
+    assert!(n["unhealthy_since"].is_null() && n["unhealthy_reason"].is_null());
+    let m = get(&app, &token, "/v1/clusters/web/machines").await;
+    let m3 = m.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == ids[3].to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(m3["state"], "draining");
+    assert_eq!(m3["last_error"], "scale down");
+
+    // What repair rate limits count: events by reason, per pool or cluster, since a time.
+    let t0 = chrono::Utc::now() - chrono::Duration::seconds(1);
+    for pool in [Some(pool_id), Some(pool_id), None] {
+        event::record(
+            &app.pool,
+            event::NewEvent {
+                tenant: "acme",
+                cluster_id,
+                node_pool_id: pool,
+                operation_id: None,
+                warning: true,
+                reason: "NodeRepaired",
+                message: "replaced",
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let count = |pool: Option<uuid::Uuid>, reason: &'static str, since| {
+        let db = app.pool.clone();
+        async move {
+            event::count_since(&db, cluster_id, pool, reason, since)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count(Some(pool_id), "NodeRepaired", t0).await, 2);
+    assert_eq!(count(None, "NodeRepaired", t0).await, 3);
+    assert_eq!(count(None, "NodeDrained", t0).await, 0);
+    let later = chrono::Utc::now() + chrono::Duration::seconds(60);
+    assert_eq!(count(None, "NodeRepaired", later).await, 0);
+    assert_eq!(
+        count(Some(uuid::Uuid::now_v7()), "NodeRepaired", t0).await,
+        0
+    );
+}
+
+#[tokio::test]
 async fn deletion_protection_blocks_delete_until_lifted() {
     let app = TestApp::new().await;
     let token = app.token("acme", Role::Editor);

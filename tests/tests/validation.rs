@@ -441,6 +441,66 @@ fn pool_cases(prefix: &str, base: &Value, at: impl Fn(&mut Value) -> &mut Value)
             m(&|b| b["taints"] = json!({})),
             &p("taints"),
         ),
+        invalid(
+            "pool: label reserved for the pool name",
+            m(&|b| b["labels"] = json!({"kubeforge.io/node-pool": "other"})),
+            &p("labels.kubeforge.io/node-pool"),
+        ),
+        invalid(
+            "pool: kubernetes.io label",
+            m(&|b| b["labels"] = json!({"tier": "web", "kubernetes.io/hostname": "x"})),
+            &p("labels.kubernetes.io/hostname"),
+        ),
+        invalid(
+            "pool: node-role label",
+            m(&|b| b["labels"] = json!({"node-role.kubernetes.io/worker": ""})),
+            &p("labels.node-role.kubernetes.io/worker"),
+        ),
+        invalid(
+            "pool: k8s.io label",
+            m(&|b| b["labels"] = json!({"k8s.io/x": "y"})),
+            &p("labels.k8s.io/x"),
+        ),
+        invalid(
+            "pool: drain timeout above an hour",
+            m(&|b| b["drain_timeout_seconds"] = json!(3601)),
+            &p("drain_timeout_seconds"),
+        ),
+        invalid(
+            "pool: drain timeout negative",
+            m(&|b| b["drain_timeout_seconds"] = json!(-1)),
+            &p("drain_timeout_seconds"),
+        ),
+        invalid(
+            "pool: drain timeout a string",
+            m(&|b| b["drain_timeout_seconds"] = json!("5m")),
+            &p("drain_timeout_seconds"),
+        ),
+        invalid(
+            "pool: repair threshold too short",
+            m(&|b| b["auto_repair"] = json!({"enabled": true, "after_seconds": 9})),
+            &p("auto_repair.after_seconds"),
+        ),
+        invalid(
+            "pool: repair threshold above a day, repair off",
+            m(&|b| b["auto_repair"] = json!({"enabled": false, "after_seconds": 86_401})),
+            &p("auto_repair.after_seconds"),
+        ),
+        invalid(
+            "pool: auto_repair enabled a string",
+            m(&|b| b["auto_repair"] = json!({"enabled": "yes"})),
+            &p("auto_repair.enabled"),
+        ),
+        invalid(
+            "pool: unknown auto_repair field",
+            m(&|b| b["auto_repair"] = json!({"after": 60})),
+            &p("auto_repair.after"),
+        ),
+        invalid(
+            "pool: auto_repair a boolean",
+            m(&|b| b["auto_repair"] = json!(true)),
+            &p("auto_repair"),
+        ),
     ]
 }
 
@@ -951,6 +1011,36 @@ async fn node_pool_update_refuses_bad_requests_and_writes_nothing() {
             "quota_exceeded",
             "size",
         ),
+        invalid(
+            "drain timeout above an hour",
+            json!({"drain_timeout_seconds": 3601}),
+            "drain_timeout_seconds",
+        ),
+        invalid(
+            "drain timeout negative, with a valid size",
+            json!({"size": 3, "drain_timeout_seconds": -5}),
+            "drain_timeout_seconds",
+        ),
+        invalid(
+            "drain timeout a string",
+            json!({"drain_timeout_seconds": "300"}),
+            "drain_timeout_seconds",
+        ),
+        invalid(
+            "repair threshold too short",
+            json!({"auto_repair": {"after_seconds": 5}}),
+            "auto_repair.after_seconds",
+        ),
+        invalid(
+            "repair threshold above a day, with a valid size",
+            json!({"size": 3, "auto_repair": {"enabled": true, "after_seconds": 86_401}}),
+            "auto_repair.after_seconds",
+        ),
+        invalid(
+            "unknown auto_repair field",
+            json!({"auto_repair": {"enabled": false, "colour": 1}}),
+            "auto_repair.colour",
+        ),
     ]);
     run_cases(
         &app,
@@ -972,6 +1062,11 @@ async fn node_pool_update_refuses_bad_requests_and_writes_nothing() {
     assert_eq!(p.status, 200, "{}", p.text);
     assert_eq!(p.body["size"], 2);
     assert_eq!(p.body["autoscaling"], Value::Null);
+    assert_eq!(p.body["drain_timeout_seconds"], 300);
+    assert_eq!(
+        p.body["auto_repair"],
+        json!({"enabled": true, "after_seconds": 300})
+    );
     assert_eq!(p.body["generation"], 1);
 }
 

@@ -1,7 +1,8 @@
-//! Node pool calls: create, list, get, scale or change autoscaling, delete.
+//! Node pool calls: create, list, get, update (size, autoscaling, drain
+//! timeout, auto-repair), delete.
 
-use kubeforge_cluster::spec::check_pool_size;
-use kubeforge_cluster::{Autoscaling, CreateNodePoolRequest, NodePoolSpec};
+use kubeforge_cluster::spec::{check_drain_timeout, check_pool_size};
+use kubeforge_cluster::{AutoRepair, Autoscaling, CreateNodePoolRequest, NodePoolSpec};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -15,7 +16,9 @@ use crate::store::event::{self, NewEvent};
 use crate::store::idempotency::{self, Claim};
 use crate::store::{cluster, machine, node_pool, operation, tenant};
 
-/// `PATCH .../node-pools/{p}`: `{"size": N}`, `{"autoscaling": {..}}` or `{"autoscaling": null}`.
+/// `PATCH .../node-pools/{p}`: `{"size": N}`, `{"autoscaling": {..}}` or
+/// `{"autoscaling": null}`, `{"drain_timeout_seconds": S}`,
+/// `{"auto_repair": {..}}`, or several at once. Absent fields are unchanged.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateNodePoolRequest {
@@ -24,6 +27,11 @@ pub struct UpdateNodePoolRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Autoscaling>)]
     pub autoscaling: Option<Option<Autoscaling>>,
+    /// 0-3600.
+    pub drain_timeout_seconds: Option<u32>,
+    /// Replaces the pool's auto-repair settings; fields left out take their
+    /// defaults (`{}`: on, after 300 seconds).
+    pub auto_repair: Option<AutoRepair>,
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Autoscaling>>, D::Error> {
@@ -146,12 +154,22 @@ impl App {
         req: UpdateNodePoolRequest,
     ) -> Result<serde_json::Value> {
         ctx.authorize(Action::Write)?;
-        if req.size.is_none() && req.autoscaling.is_none() {
+        if req.size.is_none()
+            && req.autoscaling.is_none()
+            && req.drain_timeout_seconds.is_none()
+            && req.auto_repair.is_none()
+        {
             return Err(kubeforge_cluster::ValidationError::new(
                 "size",
-                "give size and/or autoscaling",
+                "give at least one of size, autoscaling, drain_timeout_seconds and auto_repair",
             )
             .into());
+        }
+        if let Some(t) = req.drain_timeout_seconds {
+            check_drain_timeout(t)?;
+        }
+        if let Some(r) = &req.auto_repair {
+            r.validate()?;
         }
         let mut tx = self.pool.begin().await?;
         let c = cluster::get_for_update(&mut tx, ctx, cluster_ref).await?;
@@ -173,7 +191,13 @@ impl App {
         let new = i64::from(size.max(autoscaling.map_or(0, |a| a.max)));
         self.check_node_quota(&mut tx, ctx, new - old, "size")
             .await?;
-        let generation = node_pool::update_scaling(&mut tx, p.id, size, autoscaling).await?;
+        let settings = node_pool::PoolSettings {
+            size,
+            autoscaling,
+            drain_timeout_seconds: req.drain_timeout_seconds.unwrap_or(p.drain_timeout_seconds),
+            auto_repair: req.auto_repair.unwrap_or(p.auto_repair),
+        };
+        let generation = node_pool::update_settings(&mut tx, p.id, &settings).await?;
         let op = operation::insert(
             &mut tx,
             ctx,
@@ -193,8 +217,10 @@ impl App {
                 warning: false,
                 reason: "NodePoolUpdateRequested",
                 message: &format!(
-                    "node pool {} size {} -> {} requested by {}",
-                    p.name, p.size, size, ctx.subject
+                    "node pool {} {} requested by {}",
+                    p.name,
+                    describe_changes(&p.settings(), &settings),
+                    ctx.subject
                 ),
             },
         )
@@ -258,4 +284,41 @@ impl App {
         tx.commit().await?;
         Ok(json!({ "operation": OperationView::from(&o) }))
     }
+}
+
+/// `size 2 -> 3, drain timeout 300s -> 60s` for the update event; the
+/// size is always named, as before.
+fn describe_changes(old: &node_pool::PoolSettings, new: &node_pool::PoolSettings) -> String {
+    let mut parts = vec![format!("size {} -> {}", old.size, new.size)];
+    if old.autoscaling != new.autoscaling {
+        let show = |a: Option<Autoscaling>| {
+            a.map_or("off".to_string(), |a| format!("{}-{}", a.min, a.max))
+        };
+        parts.push(format!(
+            "autoscaling {} -> {}",
+            show(old.autoscaling),
+            show(new.autoscaling)
+        ));
+    }
+    if old.drain_timeout_seconds != new.drain_timeout_seconds {
+        parts.push(format!(
+            "drain timeout {}s -> {}s",
+            old.drain_timeout_seconds, new.drain_timeout_seconds
+        ));
+    }
+    if old.auto_repair != new.auto_repair {
+        let show = |r: AutoRepair| {
+            if r.enabled {
+                format!("after {}s", r.after_seconds)
+            } else {
+                "off".to_string()
+            }
+        };
+        parts.push(format!(
+            "auto-repair {} -> {}",
+            show(old.auto_repair),
+            show(new.auto_repair)
+        ));
+    }
+    parts.join(", ")
 }

@@ -2,7 +2,7 @@
 //! (tenant scoping, resource versions) become `etag`s or stay hidden.
 
 use chrono::{DateTime, Utc};
-use kubeforge_cluster::{Autoscaling, Condition, Phase, ProviderSpec, Taint};
+use kubeforge_cluster::{AutoRepair, Autoscaling, Condition, Phase, ProviderSpec, Taint};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -80,15 +80,42 @@ impl From<&Cluster> for ClusterView {
     }
 }
 
-/// One node of a pool: its machine, and the node state once it joins.
+/// One node of a pool: its machine, and what became of it in the cluster.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct NodeView {
     pub name: String,
     pub machine: Uuid,
     pub address: Option<String>,
-    /// The machine's state (`pending`, `running`, `deleting`, `failed`);
-    /// node readiness arrives with node join.
+    /// The node's state: `ready`, `not_ready`, `joining`, `draining` or
+    /// `missing` as last observed in the cluster; before that, from the
+    /// machine: `provisioning`, `joining`, `draining`, `deleting`, `failed`.
     pub state: String,
+    /// The machine's state in the ledger (`pending`, `running`,
+    /// `draining`, `deleting`, `failed`).
+    pub machine_state: String,
+    /// Since when the node has been unhealthy (auto-repair counts from here).
+    pub unhealthy_since: Option<DateTime<Utc>>,
+    pub unhealthy_reason: Option<String>,
+}
+
+impl From<&Machine> for NodeView {
+    fn from(m: &Machine) -> Self {
+        let state = match (&m.node_state, m.state.as_str()) {
+            (Some(observed), _) => observed.clone(),
+            (None, "pending") => "provisioning".into(),
+            (None, "running") => "joining".into(),
+            (None, other) => other.into(),
+        };
+        Self {
+            name: m.name.clone(),
+            machine: m.id,
+            address: m.address.clone(),
+            state,
+            machine_state: m.state.clone(),
+            unhealthy_since: m.unhealthy_since,
+            unhealthy_reason: m.unhealthy_reason.clone(),
+        }
+    }
 }
 
 /// A node pool.
@@ -102,6 +129,10 @@ pub struct NodePoolView {
     pub autoscaling: Option<Autoscaling>,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
+    /// Seconds a node's drain may take before it is removed anyway.
+    pub drain_timeout_seconds: u32,
+    pub auto_repair: AutoRepair,
+    /// Nodes Ready in the cluster on running machines.
     pub ready_nodes: u32,
     pub nodes: Vec<NodeView>,
     pub phase: Phase,
@@ -116,16 +147,11 @@ pub struct NodePoolView {
 impl NodePoolView {
     /// `machines` are the cluster's ledger rows; those of this pool become nodes.
     pub fn new(p: &NodePool, machines: &[Machine]) -> Self {
-        let nodes: Vec<NodeView> = machines
-            .iter()
-            .filter(|m| m.node_pool_id == Some(p.id))
-            .map(|m| NodeView {
-                name: m.name.clone(),
-                machine: m.id,
-                address: m.address.clone(),
-                state: m.state.clone(),
-            })
-            .collect();
+        let mine = || machines.iter().filter(|m| m.node_pool_id == Some(p.id));
+        let nodes: Vec<NodeView> = mine().map(NodeView::from).collect();
+        let ready = mine()
+            .filter(|m| m.state == "running" && m.node_state.as_deref() == Some("ready"))
+            .count();
         Self {
             id: p.id,
             cluster: p.cluster_id,
@@ -135,9 +161,9 @@ impl NodePoolView {
             autoscaling: p.autoscaling,
             labels: p.labels.as_map().clone(),
             taints: p.taints.clone(),
-            // A node is Ready only once it has joined the tenant cluster;
-            // node join is not part of this build, so none is.
-            ready_nodes: 0,
+            drain_timeout_seconds: p.drain_timeout_seconds,
+            auto_repair: p.auto_repair,
+            ready_nodes: u32::try_from(ready).unwrap_or(u32::MAX),
             nodes,
             phase: p.phase,
             conditions: p.conditions.clone(),

@@ -155,30 +155,7 @@ pub struct PoolSpec {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum NodePoolsCmd {
     /// Add a node pool to a cluster.
-    Create {
-        /// Cluster name or id.
-        cluster: String,
-        /// Pool name.
-        name: String,
-        /// Machine type of the pool's nodes.
-        #[arg(long, default_value = "small")]
-        machine_type: String,
-        /// Desired node count (defaults to --min when autoscaling, else 1).
-        #[arg(long)]
-        size: Option<u32>,
-        /// Autoscaling lower bound (needs --max).
-        #[arg(long, requires = "max")]
-        min: Option<u32>,
-        /// Autoscaling upper bound (needs --min).
-        #[arg(long, requires = "min")]
-        max: Option<u32>,
-        /// Node label as key=value (repeatable).
-        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
-        labels: Vec<(String, String)>,
-        /// Node taint as key=value:Effect or key:Effect (repeatable).
-        #[arg(long = "taint", value_name = "KEY=VALUE:EFFECT", value_parser = parse_taint)]
-        taints: Vec<Taint>,
-    },
+    Create(NodePoolCreateArgs),
     /// Set a pool's desired size.
     Scale {
         /// Cluster name or id.
@@ -207,6 +184,44 @@ pub enum NodePoolsCmd {
         /// Pool name.
         pool: String,
     },
+}
+
+/// Flags of `kubeforge nodepools create`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodePoolCreateArgs {
+    /// Cluster name or id.
+    pub cluster: String,
+    /// Pool name.
+    pub name: String,
+    /// Machine type of the pool's nodes.
+    #[arg(long, default_value = "small")]
+    pub machine_type: String,
+    /// Desired node count (defaults to --min when autoscaling, else 1).
+    #[arg(long)]
+    pub size: Option<u32>,
+    /// Autoscaling lower bound (needs --max).
+    #[arg(long, requires = "max")]
+    pub min: Option<u32>,
+    /// Autoscaling upper bound (needs --min).
+    #[arg(long, requires = "min")]
+    pub max: Option<u32>,
+    /// Node label as key=value (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Node taint as key=value:Effect or key:Effect (repeatable).
+    #[arg(long = "taint", value_name = "KEY=VALUE:EFFECT", value_parser = parse_taint)]
+    pub taints: Vec<Taint>,
+    /// Seconds to wait for a node's pods to be evicted before removing it
+    /// anyway (0-3600; the service's default is 300).
+    #[arg(long = "drain-timeout", value_name = "SECONDS")]
+    pub drain_timeout: Option<u32>,
+    /// Replace a node after it has been unhealthy this many seconds
+    /// (10-86400; the service's default is 300).
+    #[arg(long, value_name = "SECONDS", conflicts_with = "no_auto_repair")]
+    pub repair_after: Option<u32>,
+    /// Never replace unhealthy nodes automatically.
+    #[arg(long)]
+    pub no_auto_repair: bool,
 }
 
 /// A Kubernetes node taint.
@@ -332,18 +347,9 @@ pub async fn run_nodepools_to(
 ) -> anyhow::Result<()> {
     let api = Api::new(opts)?;
     match cmd {
-        NodePoolsCmd::Create {
-            cluster,
-            name,
-            machine_type,
-            size,
-            min,
-            max,
-            labels,
-            taints,
-        } => {
-            let body = node_pool_body(&name, &machine_type, size, min, max, &labels, &taints);
-            let url = api.url(&["clusters", &cluster, "node-pools"])?;
+        NodePoolsCmd::Create(args) => {
+            let body = node_pool_body(&args);
+            let url = api.url(&["clusters", &args.cluster, "node-pools"])?;
             let resp = api
                 .json(Method::POST, url, HeaderMap::new(), Some(&body))
                 .await?;
@@ -466,31 +472,29 @@ pub fn cluster_create_body(args: &ClusterCreateArgs) -> anyhow::Result<Value> {
     }))
 }
 
-fn node_pool_body(
-    name: &str,
-    machine_type: &str,
-    size: Option<u32>,
-    min: Option<u32>,
-    max: Option<u32>,
-    labels: &[(String, String)],
-    taints: &[Taint],
-) -> Value {
-    let autoscaling = match (min, max) {
-        (Some(min), Some(max)) => json!({ "min": min, "max": max }),
-        _ => Value::Null,
-    };
+/// The create body. Drain and repair settings the flags leave out are left
+/// out of the body too, so the service's defaults apply.
+fn node_pool_body(args: &NodePoolCreateArgs) -> Value {
     let mut body = json!({
-        "name": name,
-        "machine_type": machine_type,
-        "size": size.or(min).unwrap_or(1),
-        "labels": labels_json(labels),
-        "taints": taints
+        "name": args.name,
+        "machine_type": args.machine_type,
+        "size": args.size.or(args.min).unwrap_or(1),
+        "labels": labels_json(&args.labels),
+        "taints": args.taints
             .iter()
             .map(|t| json!({ "key": t.key, "value": t.value, "effect": t.effect }))
             .collect::<Vec<_>>(),
     });
-    if !autoscaling.is_null() {
-        body["autoscaling"] = autoscaling;
+    if let (Some(min), Some(max)) = (args.min, args.max) {
+        body["autoscaling"] = json!({ "min": min, "max": max });
+    }
+    if let Some(t) = args.drain_timeout {
+        body["drain_timeout_seconds"] = json!(t);
+    }
+    if args.no_auto_repair {
+        body["auto_repair"] = json!({ "enabled": false });
+    } else if let Some(after) = args.repair_after {
+        body["auto_repair"] = json!({ "enabled": true, "after_seconds": after });
     }
     body
 }
@@ -1077,14 +1081,7 @@ fn cluster_row(c: &Value) -> Vec<String> {
     ]
 }
 
-const POOL_COLUMNS: [&str; 6] = [
-    "NAME",
-    "SIZE",
-    "READY",
-    "MACHINE TYPE",
-    "AUTOSCALING",
-    "PHASE",
-];
+const POOL_COLUMNS: [&str; 5] = ["NAME", "READY", "MACHINE TYPE", "AUTOSCALING", "PHASE"];
 
 fn pool_row(p: &Value) -> Vec<String> {
     let autoscaling = match p.get("autoscaling") {
@@ -1093,8 +1090,8 @@ fn pool_row(p: &Value) -> Vec<String> {
     };
     vec![
         cell(p, "/name"),
-        cell(p, "/size"),
-        cell(p, "/ready_nodes"),
+        // Ready nodes out of the desired size, as kubectl shows replicas.
+        format!("{}/{}", cell(p, "/ready_nodes"), cell(p, "/size")),
         cell(p, "/machine_type"),
         autoscaling,
         cell(p, "/phase"),
@@ -1172,13 +1169,22 @@ pub fn print_pool(out: &mut impl Write, format: Output, p: &Value) -> std::io::R
     if let Some(nodes) = p.get("nodes").and_then(Value::as_array) {
         if !nodes.is_empty() {
             writeln!(out)?;
-            let mut t = Table::new(&["NODE", "MACHINE", "ADDRESS", "STATE"]);
+            let mut t = Table::new(&[
+                "NODE",
+                "MACHINE",
+                "ADDRESS",
+                "STATE",
+                "MACHINE STATE",
+                "UNHEALTHY SINCE",
+            ]);
             for n in nodes {
                 t.row(vec![
                     cell(n, "/name"),
                     cell(n, "/machine"),
                     cell(n, "/address"),
                     cell(n, "/state"),
+                    cell(n, "/machine_state"),
+                    cell(n, "/unhealthy_since"),
                 ]);
             }
             t.write(out)?;
@@ -1483,18 +1489,31 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 
+    fn pool_args(flags: &[&str]) -> NodePoolCreateArgs {
+        let argv = ["kf", "nodepools", "create", "web", "gpu"]
+            .iter()
+            .chain(flags);
+        let Cmd::Nodepools(NodePoolsCmd::Create(args)) = Cli::try_parse_from(argv).unwrap().cmd
+        else {
+            panic!("wrong command")
+        };
+        args
+    }
+
     #[test]
     fn node_pool_body_shape() {
-        let taint = parse_taint("gpu=yes:NoSchedule").unwrap();
-        let body = node_pool_body(
-            "gpu",
+        let body = node_pool_body(&pool_args(&[
+            "--machine-type",
             "large",
-            None,
-            Some(2),
-            Some(5),
-            &[("a".into(), "b".into())],
-            &[taint],
-        );
+            "--min",
+            "2",
+            "--max",
+            "5",
+            "--label",
+            "a=b",
+            "--taint",
+            "gpu=yes:NoSchedule",
+        ]));
         assert_eq!(
             body,
             json!({
@@ -1504,6 +1523,37 @@ mod tests {
                 "taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]
             })
         );
+    }
+
+    #[test]
+    fn node_pool_body_drain_and_repair() {
+        let body = node_pool_body(&pool_args(&[
+            "--drain-timeout",
+            "0",
+            "--repair-after",
+            "600",
+        ]));
+        assert_eq!(body["drain_timeout_seconds"], 0);
+        assert_eq!(
+            body["auto_repair"],
+            json!({"enabled": true, "after_seconds": 600})
+        );
+        let body = node_pool_body(&pool_args(&["--no-auto-repair"]));
+        assert_eq!(body["auto_repair"], json!({"enabled": false}));
+        assert!(body.get("drain_timeout_seconds").is_none());
+        let body = node_pool_body(&pool_args(&[]));
+        assert!(body.get("auto_repair").is_none());
+        let argv = [
+            "kf",
+            "nodepools",
+            "create",
+            "web",
+            "gpu",
+            "--no-auto-repair",
+            "--repair-after",
+            "60",
+        ];
+        assert!(Cli::try_parse_from(argv).is_err(), "conflicting flags");
     }
 
     fn opts(url: &str, output: Output) -> ClientOpts {
@@ -1721,10 +1771,40 @@ mod tests {
             .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "NAME     SIZE  READY  MACHINE TYPE  AUTOSCALING  PHASE\n\
-             default  3     2      small         1-5          scaling\n\
-             gpu      1     1      large         off          ready\n"
+            "NAME     READY  MACHINE TYPE  AUTOSCALING  PHASE\n\
+             default  2/3    small         1-5          scaling\n\
+             gpu      1/1    large         off          ready\n"
         );
+    }
+
+    #[tokio::test]
+    async fn nodepools_get_shows_nodes() {
+        let (url, _server) = serve(vec![response(
+            "200 OK",
+            "application/json",
+            r#"{"name":"default","size":2,"ready_nodes":1,"machine_type":"small","autoscaling":null,"phase":"scaling",
+                "nodes":[{"name":"web-default-a","machine":"m-1","address":"10.0.0.7","state":"ready","machine_state":"running","unhealthy_since":null},
+                         {"name":"web-default-b","machine":"m-2","address":null,"state":"provisioning","machine_state":"pending","unhealthy_since":null}]}"#,
+        )])
+        .await;
+        let mut out = Vec::new();
+        let cmd = NodePoolsCmd::Get {
+            cluster: "web".into(),
+            pool: "default".into(),
+        };
+        run_nodepools_to(&opts(&url, Output::Table), cmd, &mut out)
+            .await
+            .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with(
+                "NAME     READY  MACHINE TYPE  AUTOSCALING  PHASE\n\
+                                 default  1/2    small         off          scaling\n"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("ready         running"), "{out}");
+        assert!(out.contains("provisioning  pending"), "{out}");
     }
 
     #[tokio::test]

@@ -93,6 +93,8 @@ pub struct MachineAccess {
 #[derive(Debug, Default)]
 pub struct ControlPlaneStatus {
     pub healthy_members: usize,
+    /// The ledger ids of the healthy members.
+    pub healthy: Vec<uuid::Uuid>,
     pub members: usize,
     /// Why not healthy, per member.
     pub problems: Vec<String>,
@@ -535,7 +537,10 @@ fn rbac_manifest() -> String {
 
 /// Opens a session to a machine, or says why not (an unreachable member
 /// is unhealthy, not a reason to abort the pass).
-async fn open(access: &MachineAccess, m: &Machine) -> std::result::Result<Session, String> {
+pub(crate) async fn open(
+    access: &MachineAccess,
+    m: &Machine,
+) -> std::result::Result<Session, String> {
     let t = target(m).map_err(|e| e.to_string())?;
     access
         .ssh
@@ -686,6 +691,7 @@ pub async fn reconcile(
         }
     }
     status.healthy_members = healthy_members.len();
+    status.healthy = healthy_members.iter().map(|m| m.id).collect();
 
     // The endpoint: the load balancer (three members) or the member itself.
     let mut endpoint_ok = healthy_members.len() == members.len() || lb.is_some();

@@ -17,10 +17,12 @@ use chrono::Utc;
 use kubeforge_cluster::condition::set_condition;
 use kubeforge_cluster::{ConditionStatus as S, Phase};
 use rand::distributions::{Alphanumeric, DistString};
+use std::collections::HashSet;
 use std::time::Duration;
 use uuid::Uuid;
 
 use super::controlplane;
+use super::pools::{self, PoolsStatus};
 use super::worker::{JobError, JobHandler, Outcome};
 use crate::app::SharedApp;
 use crate::providers::{MachineRequest, Provider, ProviderError, ProviderMachineState};
@@ -178,7 +180,10 @@ impl Run<'_> {
             .converge_machines(&c, &pools, &ops, provider.as_ref())
             .await
         {
-            Ok(all_running) => self.finish_round(&c, &pools, &ops, all_running).await,
+            Ok((all_running, stopped)) => {
+                self.finish_round(&c, &pools, &ops, all_running, &stopped)
+                    .await
+            }
             Err(ProviderError::Retryable(m)) => {
                 let err = op_error("provider_error", &m, true);
                 let all: Vec<&Operation> = ops.iter().collect();
@@ -241,21 +246,38 @@ impl Run<'_> {
         }
     }
 
+    /// Whether worker pools are shrunk by draining nodes (the tenant
+    /// cluster answers and this service can reach it) rather than by
+    /// deleting machines outright.
+    fn drains(&self, c: &Cluster) -> bool {
+        self.app.access.is_some()
+            && c.endpoint.is_some()
+            && matches!(c.phase, Phase::Ready | Phase::Degraded)
+            && matches!(c.provider.kind(), "lab" | "ssh")
+    }
+
     /// Creates, observes and removes machines until the ledger matches the
-    /// spec. Returns whether every wanted machine is running.
+    /// spec. Returns whether every wanted machine is running, and the
+    /// worker machines the provider reports stopped.
     async fn converge_machines(
         &self,
         c: &Cluster,
         pools: &[NodePool],
         ops: &[Operation],
         provider: &dyn Provider,
-    ) -> Result<bool, ProviderError> {
+    ) -> Result<(bool, HashSet<Uuid>), ProviderError> {
         let db = |e: crate::error::Error| ProviderError::Retryable(format!("database: {e}"));
         let mut machines = machine::list_any(&self.app.pool, c.id).await.map_err(db)?;
+        let mut stopped = HashSet::new();
 
         // Observe: a machine the provider no longer has is gone; replace it.
-        // A machine that stopped is started again (create is idempotent).
-        for m in machines.iter().filter(|m| m.state == "running") {
+        // A stopped control-plane or load-balancer machine is started again
+        // (create is idempotent) with its data; a stopped worker is left to
+        // node auto-repair, which replaces it after its pool's threshold.
+        for m in machines
+            .iter()
+            .filter(|m| matches!(m.state.as_str(), "running" | "draining"))
+        {
             let (reason, message) = match provider.get(m.id).await? {
                 None => {
                     machine::mark_deleted(&self.app.pool, m.id)
@@ -265,6 +287,16 @@ impl Run<'_> {
                         "MachineLost",
                         format!("machine {} disappeared; replacing it", m.name),
                     )
+                }
+                Some(pm) if pm.state == ProviderMachineState::Stopped && m.role == "worker" => {
+                    if stopped.insert(m.id) && m.unhealthy_since.is_none() {
+                        (
+                            "MachineStopped",
+                            format!("worker machine {} is powered off", m.name),
+                        )
+                    } else {
+                        continue;
+                    }
                 }
                 Some(pm) if pm.state == ProviderMachineState::Stopped => {
                     machine::set_state(&self.app.pool, m.id, "pending", Some("machine stopped"))
@@ -309,9 +341,14 @@ impl Run<'_> {
         }
         // Pools: grow with fresh names, shrink by removing the least useful.
         for p in pools {
+            // Draining and deleting machines are on their way out: they
+            // are replaced at once, not after they are gone.
             let mine: Vec<&Machine> = machines
                 .iter()
-                .filter(|m| m.node_pool_id == Some(p.id))
+                .filter(|m| {
+                    m.node_pool_id == Some(p.id)
+                        && matches!(m.state.as_str(), "pending" | "running" | "failed")
+                })
                 .collect();
             let want = if p.deletion_requested_at.is_some() {
                 0
@@ -327,7 +364,9 @@ impl Run<'_> {
                     .await
                     .map_err(db)?;
             }
-            if mine.len() > want {
+            // With a serving cluster, surplus nodes are drained first (see
+            // `pools`); otherwise there is nothing to drain.
+            if mine.len() > want && !self.drains(c) {
                 let mut victims = mine.clone();
                 // failed first, then not yet running, then newest.
                 victims.sort_by_key(|m| (m.state == "running", std::cmp::Reverse(m.created_at)));
@@ -411,7 +450,7 @@ impl Run<'_> {
                     .iter()
                     .filter(|o| o.type_ == "node_pool_delete" && o.node_pool_id == Some(p.id))
                 {
-                    for s in ["delete_machines", "finalize"] {
+                    for s in ["drain", "delete_machines", "finalize"] {
                         operation::set_step(&self.app.pool, op.id, s, "succeeded", None, None)
                             .await
                             .map_err(db)?;
@@ -432,7 +471,7 @@ impl Run<'_> {
                 .map_err(|e| ProviderError::Retryable(e.message))?;
             }
         }
-        Ok(all_running)
+        Ok((all_running, stopped))
     }
 
     async fn record_machine(
@@ -466,6 +505,7 @@ impl Run<'_> {
         pools: &[NodePool],
         ops: &[Operation],
         all_running: bool,
+        stopped: &HashSet<Uuid>,
     ) -> Result<Outcome, JobError> {
         let pool = &self.app.pool;
         let now = Utc::now();
@@ -500,6 +540,8 @@ impl Run<'_> {
             .find(|m| m.role == "load_balancer" && m.state == "running");
         let mut ready = false;
         let mut cp_message = None;
+        let mut pool_status: Option<PoolsStatus> = None;
+        let mut pool_error: Option<String> = None;
         let access = self
             .app
             .access
@@ -654,6 +696,16 @@ impl Run<'_> {
                 }
                 cluster::write_endpoint(pool, c.id, st.endpoint.as_deref(), &st.certificates)
                     .await?;
+                // Worker pools, through a healthy member, once the API serves.
+                let member = cp_members.iter().find(|m| st.healthy.contains(&m.id));
+                if let (true, Some(member), Some(endpoint)) = (ready, member, &st.endpoint) {
+                    match pools::reconcile(self.app, access, c, pools, member, endpoint, stopped)
+                        .await
+                    {
+                        Ok(s) => pool_status = Some(s),
+                        Err(e) => pool_error = Some(e.to_string()),
+                    }
+                }
             }
         }
         let phase = match (ready, c.phase) {
@@ -711,43 +763,96 @@ impl Run<'_> {
                     let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
                         continue;
                     };
-                    let mine: Vec<&Machine> = machines
-                        .iter()
-                        .filter(|m| m.node_pool_id == Some(p.id))
-                        .collect();
-                    let converged =
-                        mine.len() == p.size as usize && mine.iter().all(|m| m.state == "running");
-                    if converged && op.target_generation <= p.generation {
-                        operation::set_step(pool, op.id, "machines", "succeeded", None, None)
+                    let v = PoolView::new(p, &machines, pool_status.as_ref());
+                    let machines_done = v.running == p.size as usize && v.leaving == 0;
+                    operation::set_step(
+                        pool,
+                        op.id,
+                        "machines",
+                        if machines_done {
+                            "succeeded"
+                        } else {
+                            "running"
+                        },
+                        Some(&format!("{} of {} machines running", v.running, p.size)),
+                        None,
+                    )
+                    .await?;
+                    let join_done = match &pool_status {
+                        Some(_) => {
+                            let done = v.ready == p.size as usize;
+                            operation::set_step(
+                                pool,
+                                op.id,
+                                "join",
+                                if done { "succeeded" } else { "running" },
+                                Some(&format!("{} of {} nodes ready", v.ready, p.size)),
+                                None,
+                            )
                             .await?;
-                        operation::finish(pool, op.id, None).await?;
-                    } else {
+                            done
+                        }
+                        None if self.app.access.is_none() => {
+                            // A service without machine access (tests'
+                            // provider double) converges machines only.
+                            operation::set_step(
+                                pool,
+                                op.id,
+                                "join",
+                                "pending",
+                                Some("not run: this service has no machine access"),
+                                None,
+                            )
+                            .await?;
+                            true
+                        }
+                        None => false,
+                    };
+                    let drain_done = v.leaving == 0;
+                    if op.type_ == "node_pool_update" {
                         operation::set_step(
                             pool,
                             op.id,
-                            "machines",
-                            "running",
-                            Some(&format!(
-                                "{} of {} machines running",
-                                mine.iter().filter(|m| m.state == "running").count(),
-                                p.size
-                            )),
+                            "drain",
+                            if drain_done { "succeeded" } else { "running" },
+                            v.drain_note.as_deref(),
                             None,
                         )
                         .await?;
                     }
+                    if machines_done
+                        && join_done
+                        && drain_done
+                        && op.target_generation <= p.generation
+                    {
+                        operation::finish(pool, op.id, None).await?;
+                    }
+                }
+                "node_pool_delete" => {
+                    let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
+                        continue;
+                    };
+                    let v = PoolView::new(p, &machines, pool_status.as_ref());
+                    let draining = machines
+                        .iter()
+                        .any(|m| m.node_pool_id == Some(p.id) && m.state == "draining");
+                    operation::set_step(
+                        pool,
+                        op.id,
+                        "drain",
+                        if draining { "running" } else { "succeeded" },
+                        v.drain_note.as_deref(),
+                        None,
+                    )
+                    .await?;
                 }
                 _ => {}
             }
         }
         for p in pools.iter().filter(|p| p.deletion_requested_at.is_none()) {
-            let mine: Vec<&Machine> = machines
-                .iter()
-                .filter(|m| m.node_pool_id == Some(p.id))
-                .collect();
-            let running = mine.iter().filter(|m| m.state == "running").count();
+            let v = PoolView::new(p, &machines, pool_status.as_ref());
             let mut pc = p.conditions.clone();
-            let (st, why) = if running == p.size as usize && mine.len() == running {
+            let (st, why) = if v.running == p.size as usize && v.leaving == 0 {
                 (S::True, "AllRunning")
             } else {
                 (S::False, "Scaling")
@@ -757,24 +862,93 @@ impl Run<'_> {
                 "MachinesReady",
                 st,
                 why,
-                &format!("{running} of {} machines running", p.size),
+                &format!("{} of {} machines running", v.running, p.size),
                 now,
             );
-            set_condition(
-                &mut pc,
-                "NodesReady",
-                S::Unknown,
-                "NodeJoinUnavailable",
-                "node join is not part of this build",
-                now,
-            );
-            node_pool::write_status(pool, p.id, Phase::Provisioning, &pc, p.generation).await?;
+            let pool_phase = match (&pool_status, &pool_error) {
+                (Some(_), _) => {
+                    let all = v.ready == p.size as usize;
+                    let (st, why) = if all {
+                        (S::True, "AllReady")
+                    } else if !v.problems.is_empty() {
+                        (S::False, "NodesNotReady")
+                    } else {
+                        (S::False, "Joining")
+                    };
+                    let mut msg = format!("{} of {} nodes ready", v.ready, p.size);
+                    for problem in &v.problems {
+                        msg.push_str("; ");
+                        msg.push_str(problem);
+                    }
+                    set_condition(&mut pc, "NodesReady", st, why, &msg, now);
+                    match &v.repair_note {
+                        Some(note) => set_condition(
+                            &mut pc,
+                            "AutoRepair",
+                            S::False,
+                            "RepairWaiting",
+                            note,
+                            now,
+                        ),
+                        None => set_condition(
+                            &mut pc,
+                            "AutoRepair",
+                            S::True,
+                            if p.auto_repair.enabled {
+                                "Enabled"
+                            } else {
+                                "Disabled"
+                            },
+                            &format!(
+                                "unhealthy nodes are replaced after {} s",
+                                p.auto_repair.after_seconds
+                            ),
+                            now,
+                        ),
+                    };
+                    match (all && v.leaving == 0, p.phase) {
+                        (true, _) => Phase::Ready,
+                        (false, Phase::Ready | Phase::Degraded) if !v.problems.is_empty() => {
+                            Phase::Degraded
+                        }
+                        _ => Phase::Provisioning,
+                    }
+                }
+                (None, Some(e)) => {
+                    set_condition(&mut pc, "NodesReady", S::Unknown, "Unreachable", e, now);
+                    p.phase
+                }
+                (None, None) => {
+                    let why = if self.app.access.is_none() {
+                        "node join needs machine access (SSH key and Kubernetes binaries), which \
+                         this service was started without"
+                    } else {
+                        "waiting for the control plane to serve"
+                    };
+                    set_condition(
+                        &mut pc,
+                        "NodesReady",
+                        S::Unknown,
+                        "NodeJoinUnavailable",
+                        why,
+                        now,
+                    );
+                    Phase::Provisioning
+                }
+            };
+            node_pool::write_status(pool, p.id, pool_phase, &pc, p.generation).await?;
         }
         cluster::write_status(pool, c.id, phase, &conditions, c.generation).await?;
         // Settled clusters are re-observed at leisure; anything still on
         // its way (machines booting, a control plane not yet serving, a
         // member down) is looked at again soon.
-        let settled = all_running && (ready || access.is_none());
+        let pools_settled = pool_status.as_ref().is_none_or(|ps| {
+            pools.iter().all(|p| {
+                let v = PoolView::new(p, &machines, Some(ps));
+                v.leaving == 0 && v.joining == 0
+            })
+        });
+        let settled = all_running && pools_settled && (ready || access.is_none());
         Ok(Outcome::RequeueAfter(if settled {
             RESYNC
         } else {
@@ -931,5 +1105,39 @@ impl Run<'_> {
             true,
         );
         self.fail(&c, &ops, "ReconcileFailed", &err).await
+    }
+}
+
+/// One pool's machines and nodes, as the status and operations report them.
+struct PoolView {
+    running: usize,
+    /// Machines draining or being deleted.
+    leaving: usize,
+    ready: usize,
+    joining: usize,
+    problems: Vec<String>,
+    drain_note: Option<String>,
+    repair_note: Option<String>,
+}
+
+impl PoolView {
+    fn new(p: &NodePool, machines: &[Machine], status: Option<&PoolsStatus>) -> Self {
+        let mine: Vec<&Machine> = machines
+            .iter()
+            .filter(|m| m.node_pool_id == Some(p.id))
+            .collect();
+        let report = status.and_then(|s| s.pools.get(&p.id));
+        Self {
+            running: mine.iter().filter(|m| m.state == "running").count(),
+            leaving: mine
+                .iter()
+                .filter(|m| matches!(m.state.as_str(), "draining" | "deleting"))
+                .count(),
+            ready: report.map_or(0, |r| r.ready),
+            joining: report.map_or(0, |r| r.joining),
+            problems: report.map(|r| r.problems.clone()).unwrap_or_default(),
+            drain_note: report.and_then(|r| r.drain_note.clone()),
+            repair_note: report.and_then(|r| r.repair_note.clone()),
+        }
     }
 }

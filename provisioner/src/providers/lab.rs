@@ -386,6 +386,9 @@ impl LabProvider {
                 "--register=no",
                 "--keep-unit",
                 "--capability=all",
+                // runc gives every container a session keyring; nspawn's
+                // default seccomp filter refuses keyctl with EPERM.
+                "--system-call-filter=@keyring",
                 "--console=read-only",
             ])
             .arg(format!("--machine={}", meta.name))
@@ -576,9 +579,10 @@ impl Provider for LabProvider {
             if let Some(pid) = Self::running_pid(&meta) {
                 stop_nspawn(pid).await;
             }
-            for c in ["memory", "cpu"] {
-                let _ = std::fs::remove_dir(
-                    Path::new("/sys/fs/cgroup")
+            // The machine's cgroups, and any a kubelet made beneath them.
+            for c in CGROUP_CONTROLLERS {
+                remove_cgroup_tree(
+                    &Path::new("/sys/fs/cgroup")
                         .join(c)
                         .join("kubeforge")
                         .join(&meta.name),
@@ -606,4 +610,23 @@ impl Provider for LabProvider {
         }
         Ok(out)
     }
+}
+
+/// Every cgroup v1 hierarchy a machine or its kubelet may make directories in.
+const CGROUP_CONTROLLERS: &[&str] = &[
+    "memory", "cpu", "cpuset", "cpuacct", "blkio", "devices", "freezer", "pids", "systemd",
+];
+
+/// Removes a cgroup directory and its descendants, deepest first (a cgroup
+/// with children cannot be removed). Best effort: a cgroup that still has
+/// processes stays.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }

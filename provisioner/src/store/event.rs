@@ -77,3 +77,26 @@ pub async fn list(
     .fetch_all(db)
     .await?)
 }
+
+/// How many events of a cluster with this `reason` were recorded at or
+/// after `since`, only the pool's when `node_pool_id` is given: what
+/// rate limits (repairs per pool and per cluster) count.
+pub async fn count_since(
+    db: impl PgExecutor<'_>,
+    cluster_id: Uuid,
+    node_pool_id: Option<Uuid>,
+    reason: &str,
+    since: DateTime<Utc>,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM events
+           WHERE cluster_id = $1 AND ($2::uuid IS NULL OR node_pool_id = $2)
+             AND reason = $3 AND created_at >= $4"#,
+        cluster_id,
+        node_pool_id,
+        reason,
+        since
+    )
+    .fetch_one(db)
+    .await?)
+}

@@ -27,6 +27,19 @@ pub struct Machine {
     pub deleted_at: Option<DateTime<Utc>>,
     /// Pinned SSH host key (`TYPE BASE64`).
     pub host_key: Option<String>,
+    /// What the engine last saw of this machine's Node in the tenant
+    /// cluster (`joining`, `ready`, `not_ready`, `draining`, `missing`);
+    /// None until it has looked.
+    pub node_state: Option<String>,
+    /// Since when the node has been unhealthy, without interruption: the
+    /// clock auto-repair compares with the pool's threshold.
+    pub unhealthy_since: Option<DateTime<Utc>>,
+    pub unhealthy_reason: Option<String>,
+    /// When the drain of a machine being removed began: the clock the
+    /// pool's drain timeout runs on.
+    pub drain_started_at: Option<DateTime<Utc>>,
+    /// When the node first registered.
+    pub joined_at: Option<DateTime<Utc>>,
 }
 
 /// Values for a new ledger row.
@@ -111,7 +124,8 @@ pub async fn set_running(
     Ok(())
 }
 
-/// Moves a machine to `pending`, `deleting` or `failed`, noting why.
+/// Moves a machine to `pending`, `deleting` or `failed`, noting why. (A
+/// worker being removed goes through [`start_drain`] instead.)
 pub async fn set_state(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -134,6 +148,60 @@ pub async fn mark_deleted(db: impl PgExecutor<'_>, id: Uuid) -> Result<()> {
     sqlx::query!(
         "UPDATE machines SET state = 'deleted', deleted_at = now(), updated_at = now() WHERE id = $1",
         id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records what the engine observed of the machine's node. `unhealthy`
+/// names why the node is unhealthy: the first such observation starts the
+/// clock (`unhealthy_since`), later ones keep it running and update the
+/// reason; `None` (healthy) stops and clears it.
+pub async fn observe_node(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    node_state: Option<&str>,
+    unhealthy: Option<&str>,
+) -> Result<()> {
+    sqlx::query!(
+        "UPDATE machines SET node_state = $2,
+                unhealthy_since = CASE WHEN $3::text IS NULL THEN NULL
+                                       ELSE COALESCE(unhealthy_since, now()) END,
+                unhealthy_reason = $3
+         WHERE id = $1",
+        id,
+        node_state,
+        unhealthy
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The machine's node registered with the tenant cluster; the first time counts.
+pub async fn mark_joined(db: impl PgExecutor<'_>, id: Uuid) -> Result<()> {
+    sqlx::query!(
+        "UPDATE machines SET joined_at = COALESCE(joined_at, now()) WHERE id = $1",
+        id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Starts removing a worker: `draining` until its pods are evicted (or the
+/// pool's drain timeout, counted from the first call, runs out), then
+/// `deleting`. `reason` says why it is being removed and is kept in
+/// `last_error`.
+pub async fn start_drain(db: impl PgExecutor<'_>, id: Uuid, reason: &str) -> Result<()> {
+    sqlx::query!(
+        "UPDATE machines SET state = 'draining',
+                drain_started_at = COALESCE(drain_started_at, now()),
+                last_error = $2, updated_at = now()
+         WHERE id = $1",
+        id,
+        reason
     )
     .execute(db)
     .await?;

@@ -3,7 +3,9 @@
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use kubeforge_cluster::{Autoscaling, Condition, Labels, MachineType, NodePoolSpec, Phase, Taint};
+use kubeforge_cluster::{
+    AutoRepair, Autoscaling, Condition, Labels, MachineType, NodePoolSpec, Phase, Taint,
+};
 use serde_json::Value as JsonValue;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -32,6 +34,9 @@ pub struct NodePoolRecord {
     pub deleted_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub drain_timeout_seconds: i32,
+    pub auto_repair: bool,
+    pub repair_after_seconds: i32,
 }
 
 /// A node pool, parsed.
@@ -46,6 +51,9 @@ pub struct NodePool {
     pub autoscaling: Option<Autoscaling>,
     pub labels: Labels,
     pub taints: Vec<Taint>,
+    /// Seconds a node's drain may take before it is removed anyway.
+    pub drain_timeout_seconds: u32,
+    pub auto_repair: AutoRepair,
     pub phase: Phase,
     pub conditions: Vec<Condition>,
     pub generation: i64,
@@ -80,6 +88,13 @@ impl TryFrom<NodePoolRecord> for NodePool {
                 autoscaling,
                 labels: serde_json::from_value(r.labels).context("labels")?,
                 taints: serde_json::from_value(r.taints).context("taints")?,
+                drain_timeout_seconds: u32::try_from(r.drain_timeout_seconds)
+                    .context("drain_timeout_seconds")?,
+                auto_repair: AutoRepair {
+                    enabled: r.auto_repair,
+                    after_seconds: u32::try_from(r.repair_after_seconds)
+                        .context("repair_after_seconds")?,
+                },
                 phase: Phase::parse(&r.phase).context("phase")?,
                 conditions: serde_json::from_value(r.conditions).context("conditions")?,
                 tenant: r.tenant,
@@ -115,8 +130,9 @@ pub async fn insert(
     let taints = serde_json::to_value(&spec.taints).map_err(anyhow::Error::from)?;
     let res = sqlx::query!(
         "INSERT INTO node_pools (id, tenant, cluster_id, name, machine_type, size,
-                                 autoscaling_min, autoscaling_max, labels, taints, phase)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'provisioning')",
+                                 autoscaling_min, autoscaling_max, labels, taints,
+                                 drain_timeout_seconds, auto_repair, repair_after_seconds, phase)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'provisioning')",
         id,
         ctx.tenant,
         cluster_id,
@@ -127,6 +143,9 @@ pub async fn insert(
         spec.autoscaling.map(|a| to_i32(a.max)),
         labels,
         taints,
+        to_i32(spec.drain_timeout_seconds),
+        spec.auto_repair.enabled,
+        to_i32(spec.auto_repair.after_seconds),
     )
     .execute(conn)
     .await;
@@ -198,22 +217,42 @@ pub async fn get(
         .try_into()
 }
 
-/// Sets desired size and autoscaling bounds, bumping generation.
-pub async fn update_scaling(
-    conn: &mut PgConnection,
-    id: Uuid,
-    size: u32,
-    autoscaling: Option<Autoscaling>,
-) -> Result<i64> {
+/// The mutable part of a pool: what `PATCH .../node-pools/{p}` may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub size: u32,
+    pub autoscaling: Option<Autoscaling>,
+    pub drain_timeout_seconds: u32,
+    pub auto_repair: AutoRepair,
+}
+
+impl NodePool {
+    pub fn settings(&self) -> PoolSettings {
+        PoolSettings {
+            size: self.size,
+            autoscaling: self.autoscaling,
+            drain_timeout_seconds: self.drain_timeout_seconds,
+            auto_repair: self.auto_repair,
+        }
+    }
+}
+
+/// Writes a pool's settings (size, autoscaling bounds, drain timeout,
+/// auto-repair), bumping generation.
+pub async fn update_settings(conn: &mut PgConnection, id: Uuid, s: &PoolSettings) -> Result<i64> {
     let g = sqlx::query_scalar!(
         "UPDATE node_pools SET size = $2, autoscaling_min = $3, autoscaling_max = $4,
+                drain_timeout_seconds = $5, auto_repair = $6, repair_after_seconds = $7,
                 generation = generation + 1, resource_version = resource_version + 1,
                 updated_at = now()
          WHERE id = $1 RETURNING generation",
         id,
-        to_i32(size),
-        autoscaling.map(|a| to_i32(a.min)),
-        autoscaling.map(|a| to_i32(a.max)),
+        to_i32(s.size),
+        s.autoscaling.map(|a| to_i32(a.min)),
+        s.autoscaling.map(|a| to_i32(a.max)),
+        to_i32(s.drain_timeout_seconds),
+        s.auto_repair.enabled,
+        to_i32(s.auto_repair.after_seconds),
     )
     .fetch_one(conn)
     .await?;

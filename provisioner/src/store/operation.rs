@@ -91,8 +91,9 @@ pub fn planned_steps(type_: &str) -> &'static [&'static str] {
             "remove_secrets",
             "finalize",
         ],
-        "node_pool_create" | "node_pool_update" => &["machines"],
-        "node_pool_delete" => &["delete_machines", "finalize"],
+        "node_pool_create" => &["machines", "join"],
+        "node_pool_update" => &["machines", "join", "drain"],
+        "node_pool_delete" => &["drain", "delete_machines", "finalize"],
         _ => &[],
     }
 }

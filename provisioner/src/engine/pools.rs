@@ -1,0 +1,1034 @@
+//! Worker pools of a cluster whose control plane serves: nodes join, are
+//! observed, drained on their way out, and replaced when they die.
+//!
+//! One pass, run by the cluster reconciler after the control plane is
+//! ready, talks to the tenant cluster with kubectl on a healthy
+//! control-plane member (the admin kubeconfig never leaves that machine):
+//!
+//! 1. **Observe.** `kubectl get nodes`; each worker's ledger row records
+//!    its node's state (`joining`, `ready`, `not_ready`, `missing`) and
+//!    since when it has been unhealthy, and why.
+//! 2. **Scale down.** A pool with more live machines than its size picks
+//!    victims (not-ready first, then least CPU requested, then newest) and
+//!    marks them `draining`. A draining node is cordoned and drained with
+//!    `kubectl drain`, which evicts through the Eviction API and so honours
+//!    PodDisruptionBudgets; each pass tries for a few seconds, and after the
+//!    pool's drain timeout the drain is abandoned, with the blocking reason
+//!    in an event and on the operation. Then the Node object is deleted and
+//!    the machine handed to the provider for deletion.
+//! 3. **Repair.** A worker unhealthy (NotReady, its machine stopped, its
+//!    node gone, its join failing) for longer than its pool's threshold is
+//!    replaced: Node object deleted, machine deleted, a new one created by
+//!    the machine convergence. At most one repair per pool at a time and
+//!    [`REPAIRS_PER_WINDOW`] per cluster per [`REPAIR_WINDOW`].
+//! 4. **Join.** Each running worker without a node gets a bootstrap token
+//!    of its own ([`kubeforge_cluster::join`]), the worker bundle, and its
+//!    bootstrap script; while the scripts run, the service approves the
+//!    kubelet client CSRs whose token and node name match the ledger.
+//! 5. **Clean up.** Token Secrets of joined or vanished machines and Node
+//!    objects of pool machines no longer in the ledger are deleted.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use chrono::{DateTime, TimeDelta, Utc};
+use kubeforge_cluster::join::{
+    self, check_node_client_csr, BootstrapToken, KUBELET_CLIENT_SIGNER, MACHINE_LABEL, POOL_LABEL,
+};
+use kubeforge_cluster::kubeconfig::render_token_kubeconfig;
+use kubeforge_cluster::worker::{self, WorkerBundleInput};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use uuid::Uuid;
+
+use super::controlplane::{self, MachineAccess};
+use crate::app::App;
+use crate::error::{Error, Result};
+use crate::ssh::{Redactor, Session, StreamKind};
+use crate::store::cluster::Cluster;
+use crate::store::event::{self, NewEvent};
+use crate::store::machine::{self, Machine};
+use crate::store::node_pool::NodePool;
+use crate::store::secret;
+
+/// How long a bootstrap token lives: enough for one join, retried.
+pub const TOKEN_TTL: TimeDelta = TimeDelta::minutes(15);
+/// How long one pass spends evicting from one node before moving on.
+const DRAIN_SLICE: Duration = Duration::from_secs(5);
+/// Cluster-wide repair budget.
+pub const REPAIRS_PER_WINDOW: i64 = 3;
+pub const REPAIR_WINDOW: TimeDelta = TimeDelta::minutes(10);
+/// Longest one worker's bootstrap may take (its script waits up to 120 s
+/// for the node's pod CIDR).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(200);
+const KUBECTL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where manifests holding secrets are staged on the member, briefly.
+const STAGING_DIR: &str = "/etc/kubernetes/kubeforge-staging";
+/// Validity of a node's kube-proxy client certificate.
+const KUBE_PROXY_CERT_TTL: TimeDelta = TimeDelta::days(365);
+
+/// What one pass saw of one pool.
+#[derive(Debug, Default, Clone)]
+pub struct PoolReport {
+    /// Machines of the pool that are neither draining nor being deleted.
+    pub live: usize,
+    pub ready: usize,
+    pub joining: usize,
+    pub draining: usize,
+    /// Why nodes are not ready, one line each.
+    pub problems: Vec<String>,
+    /// The outcome of the latest finished drain, for the operation.
+    pub drain_note: Option<String>,
+    /// Why a due repair waits, if one does.
+    pub repair_note: Option<String>,
+}
+
+/// What one pass saw of every pool.
+#[derive(Debug, Default)]
+pub struct PoolsStatus {
+    pub pools: HashMap<Uuid, PoolReport>,
+}
+
+/// A node as the pass needs it.
+#[derive(Debug, Clone)]
+struct NodeInfo {
+    ready: bool,
+    /// The Ready condition's reason and message, when not ready.
+    why: String,
+    pool: Option<String>,
+}
+
+/// kubectl with the admin kubeconfig, run on a control-plane member.
+struct Kube {
+    session: Session,
+    kubectl: String,
+}
+
+impl Kube {
+    fn command(&self, args: &str) -> String {
+        format!(
+            "{} --kubeconfig {} --request-timeout=20s {args}",
+            self.kubectl,
+            kubeforge_cluster::bundle::paths::ADMIN_KUBECONFIG
+        )
+    }
+
+    /// Runs kubectl; (exit status, stdout lines, stderr lines).
+    async fn run(&self, args: &str, timeout: Duration) -> Result<(i32, Vec<String>, Vec<String>)> {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = self
+            .session
+            .run(
+                &self.command(args),
+                timeout,
+                &Redactor::none(),
+                |kind, line| match kind {
+                    StreamKind::Stdout => out.push(line.to_string()),
+                    StreamKind::Stderr => err.push(line.to_string()),
+                },
+            )
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!("kubectl on {}: {e}", self.session.target()))
+            })?;
+        Ok((code, out, err))
+    }
+
+    /// Runs kubectl expecting JSON on stdout.
+    async fn json(&self, args: &str) -> Result<Value> {
+        let (code, out, err) = self
+            .run(&format!("{args} -o json"), KUBECTL_TIMEOUT)
+            .await?;
+        if code != 0 {
+            return Err(Error::Unavailable(format!(
+                "kubectl {args}: {}",
+                err.join("; ")
+            )));
+        }
+        serde_json::from_str(&out.join("\n"))
+            .map_err(|e| Error::Unavailable(format!("kubectl {args}: unreadable JSON: {e}")))
+    }
+
+    /// Applies a manifest that may hold a secret: staged on the member
+    /// readable by root only, applied, removed.
+    async fn apply(&self, name: &str, yaml: &str) -> Result<()> {
+        let path = format!("{STAGING_DIR}/{name}.yaml");
+        self.session
+            .upload(&path, yaml.as_bytes(), 0o600)
+            .await
+            .map_err(|e| Error::Unavailable(format!("staging {name}: {e}")))?;
+        let result = self
+            .run(
+                &format!(
+                    "apply --server-side --force-conflicts --field-manager=kubeforge -f {path}"
+                ),
+                KUBECTL_TIMEOUT,
+            )
+            .await;
+        let _ = self
+            .session
+            .run(
+                &format!("rm -f {path}"),
+                KUBECTL_TIMEOUT,
+                &Redactor::none(),
+                |_, _| {},
+            )
+            .await;
+        let (code, _, err) = result?;
+        if code != 0 {
+            return Err(Error::Unavailable(format!(
+                "applying {name}: {}",
+                err.join("; ")
+            )));
+        }
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<HashMap<String, NodeInfo>> {
+        let list = self.json("get nodes").await?;
+        let mut out = HashMap::new();
+        for item in list["items"].as_array().into_iter().flatten() {
+            let Some(name) = item["metadata"]["name"].as_str() else {
+                continue;
+            };
+            let ready = item["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready");
+            let is_ready = ready.is_some_and(|c| c["status"] == "True");
+            let why = ready
+                .map(|c| {
+                    format!(
+                        "{}: {}",
+                        c["reason"].as_str().unwrap_or("Unknown"),
+                        c["message"].as_str().unwrap_or("")
+                    )
+                })
+                .unwrap_or_else(|| "NoReadyCondition: the kubelet has not reported".into());
+            out.insert(
+                name.to_string(),
+                NodeInfo {
+                    ready: is_ready,
+                    why,
+                    pool: item["metadata"]["labels"][POOL_LABEL]
+                        .as_str()
+                        .map(str::to_string),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    async fn delete_node(&self, name: &str) -> Result<()> {
+        let (code, _, err) = self
+            .run(
+                &format!("delete node {name} --ignore-not-found --wait=false"),
+                KUBECTL_TIMEOUT,
+            )
+            .await?;
+        if code != 0 {
+            return Err(Error::Unavailable(format!(
+                "deleting node {name}: {}",
+                err.join("; ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Requested CPU per node, in millicores, from the pods bound to it.
+async fn cpu_requested(kube: &Kube) -> Result<HashMap<String, u64>> {
+    let pods = kube
+        .json("get pods --all-namespaces --field-selector=status.phase!=Succeeded,status.phase!=Failed")
+        .await?;
+    let mut out: HashMap<String, u64> = HashMap::new();
+    for p in pods["items"].as_array().into_iter().flatten() {
+        let Some(node) = p["spec"]["nodeName"].as_str() else {
+            continue;
+        };
+        let millis: u64 = p["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["resources"]["requests"]["cpu"].as_str())
+            .filter_map(cpu_millis)
+            .sum();
+        *out.entry(node.to_string()).or_default() += millis;
+    }
+    Ok(out)
+}
+
+/// A Kubernetes CPU quantity (`250m`, `1`, `0.5`) in millicores.
+pub fn cpu_millis(q: &str) -> Option<u64> {
+    if let Some(m) = q.strip_suffix('m') {
+        return m.parse().ok();
+    }
+    let cores: f64 = q.parse().ok()?;
+    (cores.is_finite() && cores >= 0.0).then(|| (cores * 1000.0).round() as u64)
+}
+
+async fn record(
+    app: &App,
+    c: &Cluster,
+    pool: Option<Uuid>,
+    warning: bool,
+    reason: &str,
+    message: &str,
+) -> Result<()> {
+    event::record(
+        &app.pool,
+        NewEvent {
+            tenant: &c.tenant,
+            cluster_id: c.id,
+            node_pool_id: pool,
+            operation_id: None,
+            warning,
+            reason,
+            message,
+        },
+    )
+    .await
+}
+
+/// One pass over the pools of a cluster whose control plane serves through
+/// `endpoint`. `member` is a healthy control-plane machine; `stopped` are
+/// worker machines the provider reports powered off.
+pub async fn reconcile(
+    app: &App,
+    access: &MachineAccess,
+    c: &Cluster,
+    pools: &[NodePool],
+    member: &Machine,
+    endpoint: &str,
+    stopped: &HashSet<Uuid>,
+) -> Result<PoolsStatus> {
+    let session = controlplane::open(access, member)
+        .await
+        .map_err(Error::Unavailable)?;
+    let kube = Kube {
+        session,
+        kubectl: format!("{}/kubectl", access.artifacts.guest_dir),
+    };
+    let result = pass(app, access, c, pools, &kube, endpoint, stopped).await;
+    kube.session.close().await;
+    result
+}
+
+async fn pass(
+    app: &App,
+    access: &MachineAccess,
+    c: &Cluster,
+    pools: &[NodePool],
+    kube: &Kube,
+    endpoint: &str,
+    stopped: &HashSet<Uuid>,
+) -> Result<PoolsStatus> {
+    let now = Utc::now();
+    let nodes = kube.nodes().await?;
+    let machines = machine::list_any(&app.pool, c.id).await?;
+    let workers: Vec<&Machine> = machines.iter().filter(|m| m.role == "worker").collect();
+    let pool_of = |m: &Machine| pools.iter().find(|p| Some(p.id) == m.node_pool_id);
+
+    // 1. Observe.
+    let mut to_join: Vec<&Machine> = Vec::new();
+    let mut joined_now = false;
+    for m in workers.iter().filter(|m| m.state == "running") {
+        let (state, unhealthy): (&str, Option<String>) = if stopped.contains(&m.id) {
+            (
+                "not_ready",
+                Some("MachineStopped: the machine is powered off".into()),
+            )
+        } else {
+            match nodes.get(&m.name) {
+                Some(n) if n.ready => ("ready", None),
+                Some(n) => ("not_ready", Some(format!("NodeNotReady: {}", n.why))),
+                None if m.joined_at.is_none() => {
+                    to_join.push(m);
+                    // A failing join keeps its reason (and its clock).
+                    ("joining", m.unhealthy_reason.clone())
+                }
+                None => (
+                    "missing",
+                    Some("NodeMissing: the node's object is gone from the cluster".into()),
+                ),
+            }
+        };
+        machine::observe_node(&app.pool, m.id, Some(state), unhealthy.as_deref()).await?;
+        if state == "ready" && m.joined_at.is_none() {
+            machine::mark_joined(&app.pool, m.id).await?;
+            joined_now = true;
+            let secs = (now - m.created_at).num_seconds();
+            record(
+                app,
+                c,
+                m.node_pool_id,
+                false,
+                "NodeJoined",
+                &format!(
+                    "node {} joined and is Ready, {secs} s after its machine was requested",
+                    m.name
+                ),
+            )
+            .await?;
+        }
+    }
+
+    // 2. Node objects of pool machines no longer in the ledger.
+    let live_names: HashSet<&str> = workers.iter().map(|m| m.name.as_str()).collect();
+    for (name, n) in &nodes {
+        if n.pool.is_some() && !live_names.contains(name.as_str()) {
+            kube.delete_node(name).await?;
+            record(
+                app,
+                c,
+                None,
+                false,
+                "StaleNodeRemoved",
+                &format!("node {name} had no machine in the ledger; its object was deleted"),
+            )
+            .await?;
+        }
+    }
+
+    let machines = machine::list_any(&app.pool, c.id).await?;
+    let workers: Vec<&Machine> = machines.iter().filter(|m| m.role == "worker").collect();
+    let mut status = PoolsStatus::default();
+
+    // 3. Scale down: choose victims among live machines.
+    let mut requested: Option<HashMap<String, u64>> = None;
+    for p in pools {
+        let live: Vec<&Machine> = workers
+            .iter()
+            .copied()
+            .filter(|m| m.node_pool_id == Some(p.id) && is_live(m))
+            .collect();
+        let want = if p.deletion_requested_at.is_some() {
+            0
+        } else {
+            p.size as usize
+        };
+        if live.len() <= want {
+            continue;
+        }
+        if requested.is_none() {
+            requested = Some(cpu_requested(kube).await?);
+        }
+        let req = requested.as_ref().expect("filled above");
+        let mut victims = live.clone();
+        victims.sort_by_key(|m| {
+            (
+                m.node_state.as_deref() == Some("ready"),
+                req.get(&m.name).copied().unwrap_or(0),
+                std::cmp::Reverse(m.created_at),
+            )
+        });
+        let why = if want == 0 && p.deletion_requested_at.is_some() {
+            format!("node pool {} is being deleted", p.name)
+        } else {
+            format!("node pool {} scales down to {want}", p.name)
+        };
+        for m in victims.into_iter().take(live.len() - want) {
+            if m.state == "running" {
+                machine::start_drain(&app.pool, m.id, &why).await?;
+                record(
+                    app,
+                    c,
+                    Some(p.id),
+                    false,
+                    "NodeDraining",
+                    &format!(
+                        "draining node {} ({why}; ready: {}, CPU requested: {}m)",
+                        m.name,
+                        m.node_state.as_deref() == Some("ready"),
+                        req.get(&m.name).copied().unwrap_or(0)
+                    ),
+                )
+                .await?;
+            } else {
+                machine::set_state(&app.pool, m.id, "deleting", Some(&why)).await?;
+            }
+        }
+    }
+
+    // 4. Drains.
+    let machines = machine::list_any(&app.pool, c.id).await?;
+    let workers: Vec<&Machine> = machines.iter().filter(|m| m.role == "worker").collect();
+    for m in workers.iter().filter(|m| m.state == "draining") {
+        let Some(p) = pool_of(m) else { continue };
+        let report = status.pools.entry(p.id).or_default();
+        let started = m.drain_started_at.unwrap_or(now);
+        let elapsed = (now - started).num_seconds().max(0);
+        let outcome = match nodes.get(&m.name) {
+            None => Some((
+                false,
+                format!("node {} was not registered; nothing to drain", m.name),
+            )),
+            Some(n) if !n.ready || stopped.contains(&m.id) => Some((
+                true,
+                format!(
+                    "node {} is not ready ({}); removed without draining",
+                    m.name, n.why
+                ),
+            )),
+            Some(_) => {
+                let (code, out, mut err) = kube
+                    .run(
+                        &format!(
+                            "drain {} --ignore-daemonsets --delete-emptydir-data --force --grace-period=30 --timeout={}s",
+                            m.name,
+                            DRAIN_SLICE.as_secs()
+                        ),
+                        DRAIN_SLICE + KUBECTL_TIMEOUT,
+                    )
+                    .await?;
+                err.extend(out.iter().cloned());
+                if code == 0 {
+                    let evicted = out.iter().filter(|l| l.contains("evicted")).count();
+                    Some((
+                        false,
+                        format!(
+                            "node {} drained in {elapsed} s ({evicted} pods evicted)",
+                            m.name
+                        ),
+                    ))
+                } else if elapsed >= i64::from(p.drain_timeout_seconds) {
+                    let blocking = blocking_reason(&err);
+                    Some((
+                        true,
+                        format!(
+                            "drain of node {} gave up after {elapsed} s (pool drain timeout {} s): {blocking}; the node is removed anyway",
+                            m.name, p.drain_timeout_seconds
+                        ),
+                    ))
+                } else {
+                    report.draining += 1;
+                    report.problems.push(format!(
+                        "draining {} for {elapsed} s: {}",
+                        m.name,
+                        blocking_reason(&err)
+                    ));
+                    None
+                }
+            }
+        };
+        if let Some((warning, message)) = outcome {
+            let reason = if message.contains("gave up") {
+                "DrainTimedOut"
+            } else if warning {
+                "NodeNotDrained"
+            } else {
+                "NodeDrained"
+            };
+            record(app, c, Some(p.id), warning, reason, &message).await?;
+            report.drain_note = Some(message);
+            kube.delete_node(&m.name).await?;
+            machine::set_state(&app.pool, m.id, "deleting", m.last_error.as_deref()).await?;
+        }
+    }
+
+    // 5. Repairs.
+    let repairs_recent =
+        event::count_since(&app.pool, c.id, None, "NodeRepair", now - REPAIR_WINDOW).await?;
+    let mut repairs_left = (REPAIRS_PER_WINDOW - repairs_recent).max(0);
+    for p in pools.iter().filter(|p| p.deletion_requested_at.is_none()) {
+        let mine: Vec<&Machine> = workers
+            .iter()
+            .copied()
+            .filter(|m| m.node_pool_id == Some(p.id))
+            .collect();
+        let due: Vec<&Machine> = mine
+            .iter()
+            .copied()
+            .filter(|m| m.state == "running")
+            .filter(|m| {
+                m.unhealthy_since.is_some_and(|since| {
+                    (now - since).num_seconds() >= i64::from(p.auto_repair.after_seconds)
+                })
+            })
+            .collect();
+        let Some(m) = due.first() else { continue };
+        let report = status.pools.entry(p.id).or_default();
+        if !p.auto_repair.enabled {
+            report.repair_note = Some(format!(
+                "node {} is unhealthy ({}); auto-repair is off for this pool",
+                m.name,
+                m.unhealthy_reason.as_deref().unwrap_or("unknown")
+            ));
+            continue;
+        }
+        // One at a time per pool: wait while a replacement is on its way.
+        let in_flight = mine.iter().any(|o| {
+            matches!(o.state.as_str(), "deleting" | "pending")
+                || (o.state == "running"
+                    && o.joined_at.is_none()
+                    && !due.iter().any(|d| d.id == o.id))
+        });
+        if in_flight {
+            report.repair_note = Some(format!(
+                "node {} is due for repair; waiting for the pool's previous repair or new node",
+                m.name
+            ));
+            continue;
+        }
+        if repairs_left == 0 {
+            report.repair_note = Some(format!(
+                "node {} is due for repair, but the cluster already had {REPAIRS_PER_WINDOW} repairs in the last {} minutes",
+                m.name,
+                REPAIR_WINDOW.num_minutes()
+            ));
+            continue;
+        }
+        repairs_left -= 1;
+        let since = m.unhealthy_since.unwrap_or(now);
+        let why = m.unhealthy_reason.as_deref().unwrap_or("unhealthy");
+        let message = format!(
+            "replacing node {}: {why} for {} s (pool threshold {} s)",
+            m.name,
+            (now - since).num_seconds(),
+            p.auto_repair.after_seconds
+        );
+        record(app, c, Some(p.id), true, "NodeRepair", &message).await?;
+        kube.delete_node(&m.name).await?;
+        machine::set_state(&app.pool, m.id, "deleting", Some(&format!("repair: {why}"))).await?;
+    }
+
+    // 6. Joins, with the CSR approver running beside them.
+    let to_join: Vec<&Machine> = to_join
+        .into_iter()
+        .filter(|j| {
+            machines
+                .iter()
+                .any(|m| m.id == j.id && m.state == "running")
+        })
+        .collect();
+    if !to_join.is_empty() {
+        join_all(app, access, c, pools, kube, endpoint, &to_join).await?;
+    }
+
+    // 7. Tokens of machines that joined or are gone.
+    let machines = machine::list_any(&app.pool, c.id).await?;
+    if joined_now
+        || !to_join.is_empty()
+        || machines
+            .iter()
+            .any(|m| m.role == "worker" && m.state != "running")
+    {
+        collect_tokens(kube, &machines).await?;
+    }
+
+    // The report.
+    for p in pools {
+        let report = status.pools.entry(p.id).or_default();
+        for m in machines.iter().filter(|m| m.node_pool_id == Some(p.id)) {
+            if is_live(m) {
+                report.live += 1;
+            }
+            match (m.state.as_str(), m.node_state.as_deref()) {
+                ("running", Some("ready")) => report.ready += 1,
+                ("running", Some("joining")) | ("pending", _) => report.joining += 1,
+                ("running", _) => report.problems.push(format!(
+                    "{}: {}",
+                    m.name,
+                    m.unhealthy_reason.as_deref().unwrap_or("not ready")
+                )),
+                _ => {}
+            }
+        }
+    }
+    Ok(status)
+}
+
+fn is_live(m: &Machine) -> bool {
+    matches!(m.state.as_str(), "pending" | "running" | "failed")
+}
+
+/// The line of kubectl drain's error output that says what blocks it.
+fn blocking_reason(err: &[String]) -> String {
+    err.iter()
+        .rev()
+        .find(|l| l.contains("disruption budget"))
+        .or_else(|| err.iter().rev().find(|l| l.contains("evict")))
+        .or_else(|| err.last())
+        .map(|l| l.trim().to_string())
+        .unwrap_or_else(|| "kubectl drain did not finish".into())
+}
+
+/// Deletes the bootstrap-token Secrets of machines that joined or left.
+async fn collect_tokens(kube: &Kube, machines: &[Machine]) -> Result<()> {
+    let list = kube
+        .json(&format!("-n kube-system get secrets -l {MACHINE_LABEL}"))
+        .await?;
+    for s in list["items"].as_array().into_iter().flatten() {
+        let Some(name) = s["metadata"]["name"].as_str() else {
+            continue;
+        };
+        let owner = s["metadata"]["labels"][MACHINE_LABEL]
+            .as_str()
+            .unwrap_or("");
+        let pending = machines
+            .iter()
+            .any(|m| m.id.to_string() == owner && m.state == "running" && m.joined_at.is_none());
+        if !pending {
+            kube.run(
+                &format!("-n kube-system delete secret {name} --ignore-not-found"),
+                KUBECTL_TIMEOUT,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A join in progress: the machine and the token it was given.
+struct Joining<'a> {
+    machine: &'a Machine,
+    token: BootstrapToken,
+}
+
+/// Joins machines concurrently while approving their kubelets' CSRs.
+async fn join_all(
+    app: &App,
+    access: &MachineAccess,
+    c: &Cluster,
+    pools: &[NodePool],
+    kube: &Kube,
+    endpoint: &str,
+    machines: &[&Machine],
+) -> Result<()> {
+    kube.apply("node-bootstrap-rbac", &join::rbac_manifest())
+        .await?;
+    let ca = secret::get(&app.pool, &app.secrets, c.id, "pki/ca.crt")
+        .await?
+        .ok_or_else(|| Error::Unavailable("the cluster has no CA yet".into()))?;
+    let ca_crt =
+        String::from_utf8(ca).map_err(|_| Error::Internal(anyhow::anyhow!("CA not UTF-8")))?;
+    let pki = controlplane::ensure_pki(app, c).await?;
+    let signer = pki
+        .ca
+        .signer()
+        .map_err(|e| Error::Internal(anyhow::anyhow!("{e}")))?;
+
+    let mut joins = Vec::new();
+    for m in machines {
+        let token = BootstrapToken::generate(&mut rand::rngs::OsRng);
+        let expires = Utc::now() + TOKEN_TTL;
+        kube.apply(
+            &format!("token-{}", token.id()),
+            &token.secret_manifest(&m.id.to_string(), &m.name, expires),
+        )
+        .await?;
+        joins.push(Joining { machine: m, token });
+    }
+    let done = AtomicBool::new(false);
+    let work = async {
+        let results = futures::future::join_all(
+            joins
+                .iter()
+                .map(|j| join_one(app, access, c, pools, endpoint, &ca_crt, &signer, j)),
+        )
+        .await;
+        done.store(true, Ordering::SeqCst);
+        results
+    };
+    let approver = approve_while(app, c, kube, &joins, &done);
+    let (results, approved) = tokio::join!(work, approver);
+    approved?;
+    for (j, r) in joins.iter().zip(results) {
+        if let Err(why) = r {
+            machine::observe_node(
+                &app.pool,
+                j.machine.id,
+                Some("joining"),
+                Some(&format!("JoinFailed: {why}")),
+            )
+            .await?;
+            record(
+                app,
+                c,
+                j.machine.node_pool_id,
+                true,
+                "NodeJoinFailed",
+                &format!("{}: {why}", j.machine.name),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Uploads one worker's credentials and bundle and runs its bootstrap.
+#[allow(clippy::too_many_arguments)]
+async fn join_one(
+    app: &App,
+    access: &MachineAccess,
+    c: &Cluster,
+    pools: &[NodePool],
+    endpoint: &str,
+    ca_crt: &str,
+    signer: &kubeforge_cluster::pki::Ca,
+    j: &Joining<'_>,
+) -> std::result::Result<(), String> {
+    let m = j.machine;
+    let pool = pools
+        .iter()
+        .find(|p| Some(p.id) == m.node_pool_id)
+        .ok_or("the machine's pool is gone")?;
+    let address = m.address.clone().ok_or("the machine has no address")?;
+    let mut labels: BTreeMap<String, String> = pool.labels.as_map().clone();
+    labels.insert(POOL_LABEL.into(), pool.name.clone());
+    let taints = pool
+        .taints
+        .iter()
+        .map(|t| {
+            format!(
+                "{}={}:{:?}",
+                t.key,
+                t.value.as_deref().unwrap_or(""),
+                t.effect
+            )
+        })
+        .collect();
+    let mut sums = BTreeMap::new();
+    for b in ["kubelet", "kube-proxy", "kubectl"] {
+        let path = access.artifacts.host_dir.join(format!("{b}.sha256"));
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        sums.insert(
+            b.to_string(),
+            text.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_lowercase(),
+        );
+    }
+    let input = WorkerBundleInput {
+        cluster_name: c.name.clone(),
+        node_name: m.name.clone(),
+        node_address: address,
+        api_server: endpoint.to_string(),
+        cluster_dns: c
+            .network
+            .service_cidr
+            .nth(10)
+            .ok_or("the service CIDR has no 10th address")?
+            .to_string(),
+        cluster_domain: "cluster.local".into(),
+        pod_cidr: c.network.pod_cidr.to_string(),
+        bin_dir: access.artifacts.guest_dir.clone(),
+        node_labels: labels,
+        node_taints: taints,
+        binary_sha256: sums,
+        lab: c.provider.kind() == "lab",
+    };
+    let bundle = worker::render_worker(&input).map_err(|e| e.to_string())?;
+    let proxy = kubeforge_cluster::pki::issue_client_cert(
+        signer,
+        "system:kube-proxy",
+        &[],
+        Utc::now(),
+        KUBE_PROXY_CERT_TTL,
+    )
+    .map_err(|e| e.to_string())?;
+    let proxy_conf = kubeforge_cluster::kubeconfig::render_kubeconfig(
+        &kubeforge_cluster::kubeconfig::KubeconfigInput {
+            cluster_name: &c.name,
+            server: endpoint,
+            ca_pem: ca_crt,
+            user_name: "kube-proxy",
+            client_cert_pem: &proxy.cert_pem,
+            client_key_pem: &proxy.key_pem,
+        },
+    );
+    let bootstrap_conf = render_token_kubeconfig(
+        &c.name,
+        endpoint,
+        ca_crt,
+        "kubelet-bootstrap",
+        &j.token.token(),
+    );
+    let mut redactor = Redactor::none();
+    redactor.add(j.token.secret());
+    for line in proxy.key_pem.lines().filter(|l| !l.starts_with("-----")) {
+        redactor.add(line);
+    }
+
+    let session = controlplane::open(access, m).await?;
+    let result = async {
+        let mut files: Vec<(&str, &[u8], u32)> = vec![
+            (worker::paths::CA_CRT, ca_crt.as_bytes(), 0o644),
+            (
+                worker::paths::BOOTSTRAP_KUBECONFIG,
+                bootstrap_conf.as_bytes(),
+                0o600,
+            ),
+            (
+                worker::paths::KUBE_PROXY_KUBECONFIG,
+                proxy_conf.as_bytes(),
+                0o600,
+            ),
+        ];
+        for f in &bundle {
+            files.push((&f.path, f.contents.as_bytes(), f.mode));
+        }
+        for (path, bytes, mode) in files {
+            session
+                .upload(path, bytes, mode)
+                .await
+                .map_err(|e| format!("uploading {path}: {e}"))?;
+        }
+        let mut lines = Vec::new();
+        let code = session
+            .run(
+                &format!("bash {}", worker::paths::BOOTSTRAP_SCRIPT),
+                JOIN_TIMEOUT,
+                &redactor,
+                |kind, line| lines.push((kind, line.to_string())),
+            )
+            .await
+            .map_err(|e| format!("bootstrap: {e}"))?;
+        for (kind, line) in &lines {
+            if *kind == StreamKind::Stderr || line.starts_with("bootstrap-worker:") {
+                let _ = record(
+                    app,
+                    c,
+                    m.node_pool_id,
+                    *kind == StreamKind::Stderr && code != 0,
+                    "BootstrapOutput",
+                    &format!("{}: {line}", m.name),
+                )
+                .await;
+            }
+        }
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "the bootstrap script exited with {code}: {}",
+                lines
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| *k == StreamKind::Stderr)
+                    .map(|(_, l)| l.as_str())
+                    .unwrap_or("no output")
+            ))
+        }
+    }
+    .await;
+    session.close().await;
+    result
+}
+
+/// Approves, until `done`, the pending kubelet client CSRs made with the
+/// joining machines' tokens for exactly their node names; denies any other
+/// CSR made with one of those tokens.
+async fn approve_while(
+    app: &App,
+    c: &Cluster,
+    kube: &Kube,
+    joins: &[Joining<'_>],
+    done: &AtomicBool,
+) -> Result<()> {
+    let by_user: HashMap<String, &Machine> = joins
+        .iter()
+        .map(|j| (j.token.username(), j.machine))
+        .collect();
+    let mut handled: HashSet<String> = HashSet::new();
+    while !done.load(Ordering::SeqCst) {
+        let list = kube.json("get csr").await?;
+        for csr in list["items"].as_array().into_iter().flatten() {
+            let name = csr["metadata"]["name"].as_str().unwrap_or_default();
+            if name.is_empty() || handled.contains(name) {
+                continue;
+            }
+            let pending = csr["status"]["conditions"]
+                .as_array()
+                .is_none_or(|c| c.is_empty());
+            let user = csr["spec"]["username"].as_str().unwrap_or_default();
+            let (true, Some(m)) = (pending, by_user.get(user)) else {
+                continue;
+            };
+            let verdict = if csr["spec"]["signerName"] != KUBELET_CLIENT_SIGNER {
+                Err(format!(
+                    "signer {} is not {KUBELET_CLIENT_SIGNER}",
+                    csr["spec"]["signerName"]
+                ))
+            } else {
+                BASE64
+                    .decode(csr["spec"]["request"].as_str().unwrap_or_default())
+                    .map_err(|e| format!("the request is not base64: {e}"))
+                    .and_then(|pem| check_node_client_csr(&pem, &m.name))
+            };
+            let (verb, warning, reason, message) = match &verdict {
+                Ok(()) => (
+                    "approve",
+                    false,
+                    "CsrApproved",
+                    format!(
+                        "approved {name}: {user} asks for {} as the ledger expects",
+                        join::node_user(&m.name)
+                    ),
+                ),
+                Err(why) => (
+                    "deny",
+                    true,
+                    "CsrDenied",
+                    format!("denied {name} from {user} (machine {}): {why}", m.name),
+                ),
+            };
+            let (code, _, err) = kube
+                .run(&format!("certificate {verb} {name}"), KUBECTL_TIMEOUT)
+                .await?;
+            if code != 0 {
+                return Err(Error::Unavailable(format!(
+                    "kubectl certificate {verb} {name}: {}",
+                    err.join("; ")
+                )));
+            }
+            handled.insert(name.to_string());
+            record(app, c, m.node_pool_id, warning, reason, &message).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// When `since` is older than `threshold` seconds at `now`.
+pub fn overdue(since: Option<DateTime<Utc>>, threshold: u32, now: DateTime<Utc>) -> bool {
+    since.is_some_and(|s| (now - s).num_seconds() >= i64::from(threshold))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_quantities() {
+        assert_eq!(cpu_millis("250m"), Some(250));
+        assert_eq!(cpu_millis("1"), Some(1000));
+        assert_eq!(cpu_millis("0.5"), Some(500));
+        assert_eq!(cpu_millis("1.25"), Some(1250));
+        assert_eq!(cpu_millis("lots"), None);
+        assert_eq!(cpu_millis("-1"), None);
+    }
+
+    #[test]
+    fn drain_reason_prefers_the_budget_line() {
+        let err = vec![
+            "evicting pod default/web-0".to_string(),
+            "error when evicting pods/\"web-0\" -n \"default\" (will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget.".to_string(),
+            "error: unable to drain node \"n\": global timeout reached: 5s".to_string(),
+        ];
+        assert!(blocking_reason(&err).contains("disruption budget"));
+        assert_eq!(blocking_reason(&[]), "kubectl drain did not finish");
+    }
+
+    #[test]
+    fn overdue_compares_whole_seconds() {
+        let now = Utc::now();
+        assert!(!overdue(None, 10, now));
+        assert!(!overdue(Some(now - TimeDelta::seconds(9)), 10, now));
+        assert!(overdue(Some(now - TimeDelta::seconds(10)), 10, now));
+    }
+}

@@ -1,0 +1,526 @@
+//! End to end on the lab: worker node pools with real kubelet, containerd
+//! and kube-proxy on systemd-nspawn machines, the real scheduler and real
+//! kubectl. Nodes join with per-machine bootstrap tokens and CSRs the
+//! service approves; pools grow and shrink (draining through the Eviction
+//! API, a PodDisruptionBudget holding a drain until the pool's timeout); a
+//! powered-off worker is replaced; deleting the pool and then the cluster
+//! leaves no machine behind.
+//!
+//! Images cannot be pulled offline, so pods are asserted bound, not running.
+//! Needs root and the artifacts of `scripts/build-lab-image` and
+//! `scripts/build-kube` (the test command builds both).
+
+use axum::http::Method;
+use kubeforge::context::Role;
+use kubeforge_tests::lab::{
+    drive, hurry_and_run, kubectl_run, power_off, processes_mentioning, Bridge,
+};
+use kubeforge_tests::TestApp;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const POOL: &str = "work";
+
+/// Runs the engine until the pool satisfies `done`; returns the pool JSON.
+async fn drive_pool(
+    app: &TestApp,
+    token: &str,
+    cluster: &str,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        hurry_and_run(app).await;
+        let r = app
+            .call(
+                Method::GET,
+                &format!("/v1/clusters/{cluster}/node-pools/{POOL}"),
+                Some(token),
+                None,
+                &[],
+            )
+            .await;
+        if r.status == 200 && done(&r.body) {
+            return r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool not {what} after {within:?}: {}",
+            serde_json::to_string_pretty(&r.body).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn ready_nodes(p: &Value, n: u64) -> bool {
+    p["ready_nodes"] == n
+        && p["nodes"].as_array().map(Vec::len) == Some(n as usize)
+        && p["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["state"] == "ready")
+}
+
+/// The pool's nodes as kubectl sees them: name -> Ready.
+fn kubectl_nodes(kc: &Path) -> Vec<(String, bool, Value)> {
+    let (ok, out) = kubectl_run(
+        kc,
+        &[
+            "get",
+            "nodes",
+            "-l",
+            &format!("kubeforge.io/node-pool={POOL}"),
+            "-o",
+            "json",
+        ],
+    );
+    assert!(ok, "get nodes: {out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let ready = n["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (
+                n["metadata"]["name"].as_str().unwrap().to_string(),
+                ready,
+                n.clone(),
+            )
+        })
+        .collect()
+}
+
+fn names(p: &Value) -> BTreeSet<String> {
+    p["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn apply(kc: &Path, dir: &Path, name: &str, yaml: &str) {
+    let f = dir.join(format!("{name}.yaml"));
+    std::fs::write(&f, yaml).unwrap();
+    let (ok, out) = kubectl_run(kc, &["apply", "-f", f.to_str().unwrap()]);
+    assert!(ok, "apply {name}: {out}");
+}
+
+async fn events(app: &TestApp, reason: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT message FROM events WHERE reason = $1 ORDER BY created_at")
+        .bind(reason)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn wait_bound(kc: &Path, pod: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = kubectl_run(kc, &["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"]);
+        if ok && !out.trim().is_empty() {
+            return out.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "pod {pod} not bound: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until the pod runs: the node's containerd, runc and CNI work.
+async fn wait_running(kc: &Path, pod: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (ok, out) = kubectl_run(kc, &["get", "pod", pod, "-o", "jsonpath={.status.phase}"]);
+        if ok && out.trim() == "Running" {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let (_, describe) = kubectl_run(kc, &["describe", "pod", pod]);
+            panic!("pod {pod} not Running: {out}\n{describe}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("e2e-workers-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let octet = 100 + (Uuid::new_v4().as_u128() % 100) as u8;
+    let bridge = Bridge(format!("kfw{octet}"), tmp.clone());
+    let app = TestApp::with_lab(&tmp, &bridge.0, &format!("10.78.{octet}.0/24")).await;
+    let owner = app.token("acme", Role::Admin);
+    let name = format!("w{octet}");
+
+    // A cluster with a pool of two.
+    let started = Instant::now();
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&owner),
+            Some(json!({
+                "name": name, "kubernetes_version": "1.20.2", "provider": {"kind": "lab"},
+                "control_plane": {"replicas": 1, "machine_type": "small"},
+                "node_pools": [{
+                    "name": POOL, "machine_type": "small", "size": 2,
+                    "labels": {"tier": "batch"},
+                    "drain_timeout_seconds": 20,
+                    "auto_repair": {"enabled": true, "after_seconds": 20}
+                }]
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    drive(&app, &owner, &name, Some("ready"), Duration::from_secs(240)).await;
+    let p = drive_pool(
+        &app,
+        &owner,
+        &name,
+        "2 ready",
+        Duration::from_secs(240),
+        |p| ready_nodes(p, 2),
+    )
+    .await;
+    eprintln!(
+        "POST to 2 ready workers: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(p["phase"], "ready", "{p}");
+
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/v1/clusters/{name}/kubeconfig"),
+            Some(&owner),
+            Some(json!({"role": "admin", "ttl_seconds": 1800})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let kc = tmp.join("admin.kubeconfig");
+    std::fs::write(&kc, &r.text).unwrap();
+
+    // kubectl and the API agree; nodes carry the pool's labels.
+    let nodes = kubectl_nodes(&kc);
+    assert_eq!(
+        nodes.iter().map(|n| n.0.clone()).collect::<BTreeSet<_>>(),
+        names(&p),
+        "{p}"
+    );
+    for (n, ready, obj) in &nodes {
+        assert!(ready, "{n} not Ready");
+        assert_eq!(obj["metadata"]["labels"]["tier"], "batch", "{obj}");
+    }
+
+    // Joined without long-lived secrets: the CSRs were approved by the
+    // service for exactly the expected names, the tokens are gone, and no
+    // node holds the CA key or an admin credential.
+    let approved = events(&app, "CsrApproved").await;
+    assert_eq!(approved.len(), 2, "{approved:?}");
+    for n in names(&p) {
+        assert!(
+            approved
+                .iter()
+                .any(|m| m.contains(&format!("system:node:{n}"))),
+            "{approved:?}"
+        );
+    }
+    let (ok, out) = kubectl_run(
+        &kc,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "secrets",
+            "--field-selector",
+            "type=bootstrap.kubernetes.io/token",
+            "-o",
+            "name",
+        ],
+    );
+    assert!(ok && out.trim().is_empty(), "bootstrap tokens left: {out}");
+    let worker: (String, String) = sqlx::query_as(
+        "SELECT address, host_key FROM machines WHERE role = 'worker' AND deleted_at IS NULL LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let access = app.app.access.clone().expect("machine access");
+    let mut lines = Vec::new();
+    let code = access
+        .ssh
+        .run(
+            &kubeforge::ssh::SshTarget::new(worker.0, "root", worker.1),
+            &access.client_key.auth(),
+            "find / -xdev \\( -name 'ca.key' -o -name 'admin.conf' \\) -print; \
+             grep -l 'system:masters' -r /etc/kubernetes /var/lib/kubelet 2>/dev/null; \
+             bash /opt/kubeforge/bootstrap-worker.sh",
+            Duration::from_secs(120),
+            &kubeforge::ssh::Redactor::none(),
+            |_, l| lines.push(l.to_string()),
+        )
+        .await
+        .expect("ssh to a worker");
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("ca.key") || l.contains("admin.conf") || l.starts_with('/')),
+        "a node holds a CA key or admin credential: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("no changes")),
+        "the worker bootstrap is not idempotent: {lines:?}"
+    );
+
+    // A pod for the pool is bound to one of its nodes.
+    apply(
+        &kc,
+        &tmp,
+        "p1",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\nspec:\n  nodeSelector:\n    kubeforge.io/node-pool: {POOL}\n  containers:\n  - name: c\n    image: kubeforge.invalid/pause:1\n    imagePullPolicy: IfNotPresent\n"
+        ),
+    );
+    let bound = wait_bound(&kc, "p1").await;
+    assert!(
+        names(&p).contains(&bound),
+        "p1 bound to {bound}, not the pool"
+    );
+
+    // Scale to 3: a third Ready node.
+    let t = Instant::now();
+    let r = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/clusters/{name}/node-pools/{POOL}"),
+            Some(&owner),
+            Some(json!({"size": 3})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let up_op = r.body["operation"]["id"].as_str().unwrap().to_string();
+    let p3 = drive_pool(
+        &app,
+        &owner,
+        &name,
+        "3 ready",
+        Duration::from_secs(180),
+        |p| ready_nodes(p, 3),
+    )
+    .await;
+    eprintln!(
+        "PATCH size 3 to the new node Ready: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let op = app
+        .call(
+            Method::GET,
+            &format!("/v1/operations/{up_op}"),
+            Some(&owner),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(op.body["state"], "succeeded", "{}", op.text);
+    assert_eq!(kubectl_nodes(&kc).len(), 3);
+    let newest: String = sqlx::query_scalar(
+        "SELECT name FROM machines WHERE role = 'worker' AND deleted_at IS NULL ORDER BY created_at DESC LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+
+    // A budget that forbids evicting the pod on the newest node holds its
+    // drain until the pool's drain timeout.
+    apply(
+        &kc,
+        &tmp,
+        "guarded",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: guarded\n  labels:\n    app: guarded\nspec:\n  nodeName: {newest}\n  containers:\n  - name: c\n    image: kubeforge.invalid/pause:1\n    imagePullPolicy: IfNotPresent\n---\napiVersion: policy/v1beta1\nkind: PodDisruptionBudget\nmetadata:\n  name: guarded\nspec:\n  minAvailable: 1\n  selector:\n    matchLabels:\n      app: guarded\n"
+        ),
+    );
+
+    wait_running(&kc, "guarded").await;
+
+    // Scale to 1: two nodes drained and removed, their machines gone.
+    let before: Vec<(String, Uuid)> = sqlx::query_as(
+        "SELECT name, id FROM machines WHERE role = 'worker' AND deleted_at IS NULL",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let r = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/clusters/{name}/node-pools/{POOL}"),
+            Some(&owner),
+            Some(json!({"size": 1})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let down_op = r.body["operation"]["id"].as_str().unwrap().to_string();
+    let p1 = drive_pool(
+        &app,
+        &owner,
+        &name,
+        "1 ready",
+        Duration::from_secs(180),
+        |p| ready_nodes(p, 1),
+    )
+    .await;
+    let took = t.elapsed();
+    eprintln!(
+        "PATCH size 1 to two nodes gone: {:.1} s",
+        took.as_secs_f64()
+    );
+    assert!(
+        took >= Duration::from_secs(20),
+        "the budget did not hold the drain"
+    );
+    assert!(
+        !names(&p1).contains(&newest),
+        "the newest node should have gone"
+    );
+    let timed_out = events(&app, "DrainTimedOut").await;
+    assert_eq!(timed_out.len(), 1, "{timed_out:?}");
+    assert!(
+        timed_out[0].contains(&newest) && timed_out[0].contains("disruption budget"),
+        "{timed_out:?}"
+    );
+    assert_eq!(events(&app, "NodeDrained").await.len(), 1);
+    let op = app
+        .call(
+            Method::GET,
+            &format!("/v1/operations/{down_op}"),
+            Some(&owner),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(op.body["state"], "succeeded", "{}", op.text);
+    let drain_step = op.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "drain")
+        .cloned()
+        .unwrap();
+    assert_eq!(drain_step["state"], "succeeded", "{drain_step}");
+    assert_eq!(kubectl_nodes(&kc).len(), 1);
+    for (mname, mid) in before.iter().filter(|(n, _)| !names(&p1).contains(n)) {
+        assert_eq!(
+            processes_mentioning(&format!("--machine={mname}")),
+            0,
+            "{mname} runs"
+        );
+        assert!(!tmp.join("lab/machines").join(mid.to_string()).exists());
+    }
+    let _ = p3;
+
+    // Power off the last worker: it is replaced after the threshold.
+    let victim = names(&p1).into_iter().next().unwrap();
+    let t = Instant::now();
+    power_off(&victim);
+    let repaired = drive_pool(
+        &app,
+        &owner,
+        &name,
+        "repaired",
+        Duration::from_secs(240),
+        |p| ready_nodes(p, 1) && !names(p).contains(&victim),
+    )
+    .await;
+    eprintln!(
+        "worker powered off to replacement Ready: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let repairs = events(&app, "NodeRepair").await;
+    assert_eq!(repairs.len(), 1, "{repairs:?}");
+    assert!(
+        repairs[0].contains(&victim) && repairs[0].contains("MachineStopped"),
+        "{repairs:?}"
+    );
+    let nodes = kubectl_nodes(&kc);
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(BTreeSet::from([nodes[0].0.clone()]), names(&repaired));
+
+    // Delete the pool, then the cluster: no machine remains.
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/clusters/{name}/node-pools/{POOL}"),
+            Some(&owner),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        hurry_and_run(&app).await;
+        let r = app
+            .call(
+                Method::GET,
+                &format!("/v1/clusters/{name}/node-pools/{POOL}"),
+                Some(&owner),
+                None,
+                &[],
+            )
+            .await;
+        if r.status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pool not deleted: {}", r.text);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(kubectl_nodes(&kc).is_empty());
+    let all: Vec<(String, Uuid)> = sqlx::query_as("SELECT name, id FROM machines")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/clusters/{name}"),
+            Some(&owner),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    drive(&app, &owner, &name, None, Duration::from_secs(60)).await;
+    for (mname, mid) in &all {
+        assert_eq!(
+            processes_mentioning(&format!("--machine={mname}")),
+            0,
+            "{mname} runs"
+        );
+        assert!(!tmp.join("lab/machines").join(mid.to_string()).exists());
+    }
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM machines WHERE deleted_at IS NULL")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(live, 0);
+    drop(bridge);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
