@@ -2,7 +2,7 @@
 //! `kubeforge serve` (nothing hurried):
 //!
 //! - `PATCH size` to the new node Ready, one node at a time from 1 up to
-//!   `KF_BENCH_MAX_WORKERS` (default 10), with the host's load and free
+//!   `KF_BENCH_MAX_WORKERS` (default 8), with the host's load and free
 //!   memory and each worker machine's memory at every step: how many lab
 //!   workers fit before joins slow down;
 //! - a powered-off worker: time until its repair starts (pool threshold
@@ -108,7 +108,7 @@ async fn main() {
     let max: u64 = std::env::var("KF_BENCH_MAX_WORKERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(8);
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("bench-workers-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&tmp).unwrap();
@@ -234,7 +234,12 @@ async fn main() {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    println!("\nmachine: {cores} cores; lab machines are systemd-nspawn containers; real engine, not hurried");
+    let inotify =
+        std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances").unwrap_or_default();
+    println!(
+        "\nmachine: {cores} cores; fs.inotify.max_user_instances {}; lab machines are systemd-nspawn containers; real engine, not hurried",
+        inotify.trim()
+    );
     println!(
         "PATCH size +1 to the new node Ready: median {:.1} s over {} steps (1 -> {max} workers)",
         median(joins),

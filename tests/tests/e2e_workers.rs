@@ -29,6 +29,7 @@ async fn drive_pool(
     app: &TestApp,
     token: &str,
     cluster: &str,
+    pool: &str,
     what: &str,
     within: Duration,
     done: impl Fn(&Value) -> bool,
@@ -39,7 +40,7 @@ async fn drive_pool(
         let r = app
             .call(
                 Method::GET,
-                &format!("/v1/clusters/{cluster}/node-pools/{POOL}"),
+                &format!("/v1/clusters/{cluster}/node-pools/{pool}"),
                 Some(token),
                 None,
                 &[],
@@ -52,6 +53,29 @@ async fn drive_pool(
             Instant::now() < deadline,
             "pool not {what} after {within:?}: {}",
             serde_json::to_string_pretty(&r.body).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Deletes a pool and runs the engine until the API no longer has it.
+async fn delete_pool(app: &TestApp, token: &str, cluster: &str, pool: &str) {
+    let path = format!("/v1/clusters/{cluster}/node-pools/{pool}");
+    let r = app
+        .call(Method::DELETE, &path, Some(token), None, &[])
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        hurry_and_run(app).await;
+        let r = app.call(Method::GET, &path, Some(token), None, &[]).await;
+        if r.status == 404 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool {pool} not deleted: {}",
+            r.text
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -177,6 +201,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
                 "node_pools": [{
                     "name": POOL, "machine_type": "small", "size": 2,
                     "labels": {"tier": "batch"},
+                    "taints": [{"key": "dedicated", "value": "batch", "effect": "NoSchedule"}],
                     "drain_timeout_seconds": 20,
                     "auto_repair": {"enabled": true, "after_seconds": 20}
                 }]
@@ -190,6 +215,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         &app,
         &owner,
         &name,
+        POOL,
         "2 ready",
         Duration::from_secs(240),
         |p| ready_nodes(p, 2),
@@ -224,6 +250,14 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     for (n, ready, obj) in &nodes {
         assert!(ready, "{n} not Ready");
         assert_eq!(obj["metadata"]["labels"]["tier"], "batch", "{obj}");
+        assert!(
+            obj["spec"]["taints"].as_array().is_some_and(|t| t
+                .iter()
+                .any(|t| t["key"] == "dedicated"
+                    && t["value"] == "batch"
+                    && t["effect"] == "NoSchedule")),
+            "{obj}"
+        );
     }
 
     // Joined without long-lived secrets: the CSRs were approved by the
@@ -293,7 +327,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         &tmp,
         "p1",
         &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\nspec:\n  nodeSelector:\n    kubeforge.io/node-pool: {POOL}\n  containers:\n  - name: c\n    image: kubeforge.invalid/pause:1\n    imagePullPolicy: IfNotPresent\n"
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\nspec:\n  nodeSelector:\n    kubeforge.io/node-pool: {POOL}\n  tolerations:\n  - key: dedicated\n    value: batch\n    effect: NoSchedule\n  containers:\n  - name: c\n    image: kubeforge.invalid/pause:1\n    imagePullPolicy: IfNotPresent\n"
         ),
     );
     let bound = wait_bound(&kc, "p1").await;
@@ -301,6 +335,44 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         names(&p).contains(&bound),
         "p1 bound to {bound}, not the pool"
     );
+    wait_running(&kc, "p1").await;
+    // The pool's taint keeps out a pod that does not tolerate it.
+    apply(
+        &kc,
+        &tmp,
+        "p2",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p2\nspec:\n  nodeSelector:\n    kubeforge.io/node-pool: {POOL}\n  containers:\n  - name: c\n    image: kubeforge.invalid/pause:1\n"
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = kubectl_run(
+            &kc,
+            &[
+                "get",
+                "pod",
+                "p2",
+                "-o",
+                "jsonpath={.spec.nodeName}/{.status.conditions[0].reason}",
+            ],
+        );
+        assert!(ok, "{out}");
+        assert!(
+            out.starts_with('/'),
+            "p2 was bound despite the taint: {out}"
+        );
+        if out.trim() == "/Unschedulable" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "p2 not reported unschedulable: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (ok, out) = kubectl_run(&kc, &["delete", "pod", "p2", "--wait=false"]);
+    assert!(ok, "{out}");
 
     // Scale to 3: a third Ready node.
     let t = Instant::now();
@@ -319,6 +391,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         &app,
         &owner,
         &name,
+        POOL,
         "3 ready",
         Duration::from_secs(180),
         |p| ready_nodes(p, 3),
@@ -382,6 +455,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         &app,
         &owner,
         &name,
+        POOL,
         "1 ready",
         Duration::from_secs(180),
         |p| ready_nodes(p, 1),
@@ -444,6 +518,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         &app,
         &owner,
         &name,
+        POOL,
         "repaired",
         Duration::from_secs(240),
         |p| ready_nodes(p, 1) && !names(p).contains(&victim),
@@ -463,35 +538,49 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     assert_eq!(nodes.len(), 1);
     assert_eq!(BTreeSet::from([nodes[0].0.clone()]), names(&repaired));
 
-    // Delete the pool, then the cluster: no machine remains.
+    // A pool added to the running cluster joins; deleted, it leaves nothing.
     let r = app
         .call(
-            Method::DELETE,
-            &format!("/v1/clusters/{name}/node-pools/{POOL}"),
+            Method::POST,
+            &format!("/v1/clusters/{name}/node-pools"),
             Some(&owner),
-            None,
+            Some(json!({"name": "extra", "size": 1})),
             &[],
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        hurry_and_run(&app).await;
-        let r = app
-            .call(
-                Method::GET,
-                &format!("/v1/clusters/{name}/node-pools/{POOL}"),
-                Some(&owner),
-                None,
-                &[],
-            )
-            .await;
-        if r.status == 404 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "pool not deleted: {}", r.text);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let extra = drive_pool(
+        &app,
+        &owner,
+        &name,
+        "extra",
+        "1 ready",
+        Duration::from_secs(180),
+        |p| ready_nodes(p, 1),
+    )
+    .await;
+    let extra_node = names(&extra).into_iter().next().unwrap();
+    let (ok, out) = kubectl_run(
+        &kc,
+        &[
+            "get",
+            "node",
+            &extra_node,
+            "-o",
+            "jsonpath={.metadata.labels}",
+        ],
+    );
+    assert!(
+        ok && out.contains("\"kubeforge.io/node-pool\":\"extra\""),
+        "{out}"
+    );
+    delete_pool(&app, &owner, &name, "extra").await;
+    let (ok, out) = kubectl_run(&kc, &["get", "node", &extra_node]);
+    assert!(!ok && out.contains("NotFound"), "{out}");
+    assert_eq!(processes_mentioning(&format!("--machine={extra_node}")), 0);
+
+    // Delete the pool, then the cluster: no machine remains.
+    delete_pool(&app, &owner, &name, POOL).await;
     assert!(kubectl_nodes(&kc).is_empty());
     let all: Vec<(String, Uuid)> = sqlx::query_as("SELECT name, id FROM machines")
         .fetch_all(&app.pool)

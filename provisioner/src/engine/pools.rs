@@ -68,6 +68,9 @@ const STAGING_DIR: &str = "/etc/kubernetes/kubeforge-staging";
 /// Validity of a node's kube-proxy client certificate.
 const KUBE_PROXY_CERT_TTL: TimeDelta = TimeDelta::days(365);
 
+/// The node state of a worker whose provider cannot host a node yet.
+const JOIN_UNSUPPORTED: &str = "join_unsupported";
+
 /// What one pass saw of one pool.
 #[derive(Debug, Default, Clone)]
 pub struct PoolReport {
@@ -343,6 +346,11 @@ async fn pass(
         } else {
             match nodes.get(&m.name) {
                 Some(n) if n.ready => ("ready", None),
+                // Registered but not yet Ready: still joining (looked at
+                // again soon), on the repair clock all the same.
+                Some(n) if m.joined_at.is_none() => {
+                    ("joining", Some(format!("NodeNotReady: {}", n.why)))
+                }
                 Some(n) => ("not_ready", Some(format!("NodeNotReady: {}", n.why))),
                 None if m.joined_at.is_none() => {
                     to_join.push(m);
@@ -417,13 +425,7 @@ async fn pass(
         }
         let req = requested.as_ref().expect("filled above");
         let mut victims = live.clone();
-        victims.sort_by_key(|m| {
-            (
-                m.node_state.as_deref() == Some("ready"),
-                req.get(&m.name).copied().unwrap_or(0),
-                std::cmp::Reverse(m.created_at),
-            )
-        });
+        scale_down_order(&mut victims, req);
         let why = if want == 0 && p.deletion_requested_at.is_some() {
             format!("node pool {} is being deleted", p.name)
         } else {
@@ -542,11 +544,7 @@ async fn pass(
             .iter()
             .copied()
             .filter(|m| m.state == "running")
-            .filter(|m| {
-                m.unhealthy_since.is_some_and(|since| {
-                    (now - since).num_seconds() >= i64::from(p.auto_repair.after_seconds)
-                })
-            })
+            .filter(|m| overdue(m.unhealthy_since, p.auto_repair.after_seconds, now))
             .collect();
         let Some(m) = due.first() else { continue };
         let report = status.pools.entry(p.id).or_default();
@@ -603,7 +601,14 @@ async fn pass(
                 .any(|m| m.id == j.id && m.state == "running")
         })
         .collect();
-    if !to_join.is_empty() {
+    // Only lab machines carry containerd and the node binaries today; a
+    // join elsewhere would fail, and auto-repair would churn hosts over it.
+    let joinable = c.provider.kind() == "lab";
+    if !joinable {
+        for m in &to_join {
+            machine::observe_node(&app.pool, m.id, Some(JOIN_UNSUPPORTED), None).await?;
+        }
+    } else if !to_join.is_empty() {
         join_all(app, access, c, pools, kube, endpoint, &to_join).await?;
     }
 
@@ -628,6 +633,12 @@ async fn pass(
             match (m.state.as_str(), m.node_state.as_deref()) {
                 ("running", Some("ready")) => report.ready += 1,
                 ("running", Some("joining")) | ("pending", _) => report.joining += 1,
+                ("running", Some(JOIN_UNSUPPORTED)) => report.problems.push(format!(
+                    "{}: workers on the {} provider cannot join yet (the host gets no kubelet, \
+                     kube-proxy or containerd)",
+                    m.name,
+                    c.provider.kind()
+                )),
                 ("running", _) => report.problems.push(format!(
                     "{}: {}",
                     m.name,
@@ -638,6 +649,19 @@ async fn pass(
         }
     }
     Ok(status)
+}
+
+/// Orders a pool's live machines by who goes first on a scale-down: those
+/// without a Ready node (not yet joined, failed, not ready), then the
+/// least CPU requested by their pods, then the newest.
+fn scale_down_order(machines: &mut [&Machine], cpu_requested: &HashMap<String, u64>) {
+    machines.sort_by_key(|m| {
+        (
+            m.state == "running" && m.node_state.as_deref() == Some("ready"),
+            cpu_requested.get(&m.name).copied().unwrap_or(0),
+            std::cmp::Reverse(m.created_at),
+        )
+    });
 }
 
 fn is_live(m: &Machine) -> bool {
@@ -1002,6 +1026,50 @@ pub fn overdue(since: Option<DateTime<Utc>>, threshold: u32, now: DateTime<Utc>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn machine(name: &str, state: &str, node: Option<&str>, age_s: i64) -> Machine {
+        let at = Utc::now() - TimeDelta::seconds(age_s);
+        Machine {
+            id: Uuid::now_v7(),
+            tenant: "t".into(),
+            cluster_id: Uuid::nil(),
+            node_pool_id: None,
+            role: "worker".into(),
+            name: name.into(),
+            provider: "lab".into(),
+            machine_type: "small".into(),
+            state: state.into(),
+            provider_id: None,
+            address: None,
+            last_error: None,
+            created_at: at,
+            updated_at: at,
+            deleted_at: None,
+            host_key: None,
+            node_state: node.map(str::to_string),
+            unhealthy_since: None,
+            unhealthy_reason: None,
+            drain_started_at: None,
+            joined_at: None,
+        }
+    }
+
+    #[test]
+    fn scale_down_takes_unready_then_least_requested_then_newest() {
+        let busy_old = machine("busy-old", "running", Some("ready"), 300);
+        let idle_old = machine("idle-old", "running", Some("ready"), 200);
+        let idle_new = machine("idle-new", "running", Some("ready"), 100);
+        let sick = machine("sick", "running", Some("not_ready"), 400);
+        let booting = machine("booting", "pending", None, 10);
+        let requested = HashMap::from([("busy-old".to_string(), 500), ("sick".to_string(), 900)]);
+        let mut order = vec![&busy_old, &idle_old, &sick, &idle_new, &booting];
+        scale_down_order(&mut order, &requested);
+        let names: Vec<&str> = order.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["booting", "sick", "idle-new", "idle-old", "busy-old"]
+        );
+    }
 
     #[test]
     fn cpu_quantities() {

@@ -157,6 +157,20 @@ impl LabProvider {
             cfg.subnet
         );
         std::fs::create_dir_all(cfg.state_dir.join("machines"))?;
+        // Every lab machine's systemd, containerd and kubelet take inotify
+        // instances from root's host-wide budget.
+        if let Some(limit) = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|l| *l < 1024)
+        {
+            tracing::warn!(
+                limit,
+                "fs.inotify.max_user_instances is low: at the default 128 about nine lab \
+                 workers run before containerd on the next fails with \"too many open files\"; \
+                 raise it with sysctl fs.inotify.max_user_instances=1024"
+            );
+        }
         Ok(Self {
             cfg,
             lock: tokio::sync::Mutex::new(()),
