@@ -92,6 +92,32 @@ pub async fn drive(
     }
 }
 
+/// Asserts nothing of the given machines (ledger name, id) remains: no
+/// nspawn process, no machine directory under `data_dir`'s lab state, no
+/// mount, and no cgroup the machine or its kubelet made.
+pub fn assert_machines_gone(data_dir: &Path, machines: &[(String, uuid::Uuid)]) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for (name, id) in machines {
+        assert_eq!(
+            processes_mentioning(&format!("--machine={name}")),
+            0,
+            "{name} still runs"
+        );
+        assert!(
+            !data_dir.join("lab/machines").join(id.to_string()).exists(),
+            "{name}: its directory remains"
+        );
+        assert!(!mounts.contains(&id.to_string()), "{name}: a mount remains");
+        for c in ["memory", "cpu", "cpuset", "pids", "systemd"] {
+            let dir = Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join("kubeforge")
+                .join(name);
+            assert!(!dir.exists(), "{name}: cgroup {} remains", dir.display());
+        }
+    }
+}
+
 pub fn processes_mentioning(needle: &str) -> usize {
     std::fs::read_dir("/proc")
         .into_iter()

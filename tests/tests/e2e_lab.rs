@@ -9,7 +9,7 @@
 
 use axum::http::Method;
 use kubeforge::context::Role;
-use kubeforge_tests::lab::{drive, kubectl_run, processes_mentioning, Bridge};
+use kubeforge_tests::lab::{assert_machines_gone, drive, kubectl_run, Bridge};
 use kubeforge_tests::TestApp;
 use serde_json::json;
 use std::path::PathBuf;
@@ -233,22 +233,7 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
     drive(&app, &owner, &name, None, Duration::from_secs(60)).await;
-    for (mname, mid) in &machines {
-        assert_eq!(
-            processes_mentioning(&format!("--machine={mname}")),
-            0,
-            "{mname} still runs"
-        );
-        assert!(
-            !tmp.join("lab/machines").join(mid.to_string()).exists(),
-            "{mname} directory remains"
-        );
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(
-            !mounts.contains(&mid.to_string()),
-            "a mount of {mname} remains"
-        );
-    }
+    assert_machines_gone(&tmp, &machines);
     let secrets: i64 = sqlx::query_scalar("SELECT count(*) FROM secrets WHERE cluster_id = $1")
         .bind(c.id)
         .fetch_one(&app.pool)

@@ -13,7 +13,8 @@
 use axum::http::Method;
 use kubeforge::context::Role;
 use kubeforge_tests::lab::{
-    drive, hurry_and_run, kubectl_run, power_off, processes_mentioning, Bridge,
+    assert_machines_gone, drive, hurry_and_run, kubectl_run, power_off, processes_mentioning,
+    Bridge,
 };
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
@@ -500,14 +501,13 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         .unwrap();
     assert_eq!(drain_step["state"], "succeeded", "{drain_step}");
     assert_eq!(kubectl_nodes(&kc).len(), 1);
-    for (mname, mid) in before.iter().filter(|(n, _)| !names(&p1).contains(n)) {
-        assert_eq!(
-            processes_mentioning(&format!("--machine={mname}")),
-            0,
-            "{mname} runs"
-        );
-        assert!(!tmp.join("lab/machines").join(mid.to_string()).exists());
-    }
+    let removed: Vec<(String, Uuid)> = before
+        .iter()
+        .filter(|(n, _)| !names(&p1).contains(n))
+        .cloned()
+        .collect();
+    assert_eq!(removed.len(), 2);
+    assert_machines_gone(&tmp, &removed);
     let _ = p3;
 
     // Power off the last worker: it is replaced after the threshold.
@@ -597,14 +597,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
     drive(&app, &owner, &name, None, Duration::from_secs(60)).await;
-    for (mname, mid) in &all {
-        assert_eq!(
-            processes_mentioning(&format!("--machine={mname}")),
-            0,
-            "{mname} runs"
-        );
-        assert!(!tmp.join("lab/machines").join(mid.to_string()).exists());
-    }
+    assert_machines_gone(&tmp, &all);
     let live: i64 = sqlx::query_scalar("SELECT count(*) FROM machines WHERE deleted_at IS NULL")
         .fetch_one(&app.pool)
         .await
