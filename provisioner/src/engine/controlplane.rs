@@ -54,13 +54,20 @@ pub struct Artifacts {
 impl Artifacts {
     /// Expected checksums of the binaries a control plane runs.
     pub fn checksums(&self) -> Result<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
-        for c in [
+        let mut out = self.checksums_of(&[
             "kube-apiserver",
             "kube-controller-manager",
             "kube-scheduler",
             "kubectl",
-        ] {
+        ])?;
+        out.insert("etcd".into(), self.etcd_sha256.clone());
+        Ok(out)
+    }
+
+    /// Expected checksums of the named binaries, from their `.sha256` files.
+    pub fn checksums_of(&self, names: &[&str]) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for c in names {
             let path = self.host_dir.join(format!("{c}.sha256"));
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| Error::Internal(anyhow::anyhow!("reading {}: {e}", path.display())))?;
@@ -71,7 +78,6 @@ impl Artifacts {
                 .to_lowercase();
             out.insert(c.to_string(), hex);
         }
-        out.insert("etcd".into(), self.etcd_sha256.clone());
         Ok(out)
     }
 }
@@ -185,12 +191,24 @@ pub async fn ensure_pki(app: &App, c: &Cluster) -> Result<ClusterPki> {
 }
 
 async fn record(app: &App, c: &Cluster, warning: bool, reason: &str, message: &str) -> Result<()> {
+    record_for(app, c, None, warning, reason, message).await
+}
+
+/// A cluster event, about one of its node pools when `pool` is given.
+pub(crate) async fn record_for(
+    app: &App,
+    c: &Cluster,
+    pool: Option<uuid::Uuid>,
+    warning: bool,
+    reason: &str,
+    message: &str,
+) -> Result<()> {
     event::record(
         &app.pool,
         NewEvent {
             tenant: &c.tenant,
             cluster_id: c.id,
-            node_pool_id: None,
+            node_pool_id: pool,
             operation_id: None,
             warning,
             reason,

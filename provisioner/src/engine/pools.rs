@@ -42,12 +42,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
 
-use super::controlplane::{self, MachineAccess};
+use super::controlplane::{self, record_for as record, MachineAccess};
 use crate::app::App;
 use crate::error::{Error, Result};
 use crate::ssh::{Redactor, Session, StreamKind};
 use crate::store::cluster::Cluster;
-use crate::store::event::{self, NewEvent};
+use crate::store::event;
 use crate::store::machine::{self, Machine};
 use crate::store::node_pool::NodePool;
 use crate::store::secret;
@@ -270,29 +270,6 @@ pub fn cpu_millis(q: &str) -> Option<u64> {
     }
     let cores: f64 = q.parse().ok()?;
     (cores.is_finite() && cores >= 0.0).then(|| (cores * 1000.0).round() as u64)
-}
-
-async fn record(
-    app: &App,
-    c: &Cluster,
-    pool: Option<Uuid>,
-    warning: bool,
-    reason: &str,
-    message: &str,
-) -> Result<()> {
-    event::record(
-        &app.pool,
-        NewEvent {
-            tenant: &c.tenant,
-            cluster_id: c.id,
-            node_pool_id: pool,
-            operation_id: None,
-            warning,
-            reason,
-            message,
-        },
-    )
-    .await
 }
 
 /// One pass over the pools of a cluster whose control plane serves through
@@ -814,19 +791,10 @@ async fn join_one(
             )
         })
         .collect();
-    let mut sums = BTreeMap::new();
-    for b in ["kubelet", "kube-proxy", "kubectl"] {
-        let path = access.artifacts.host_dir.join(format!("{b}.sha256"));
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        sums.insert(
-            b.to_string(),
-            text.split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_lowercase(),
-        );
-    }
+    let sums = access
+        .artifacts
+        .checksums_of(&["kubelet", "kube-proxy", "kubectl"])
+        .map_err(|e| e.to_string())?;
     let input = WorkerBundleInput {
         cluster_name: c.name.clone(),
         node_name: m.name.clone(),
