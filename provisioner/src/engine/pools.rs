@@ -35,6 +35,7 @@ use kubeforge_cluster::join::{
     self, check_node_client_csr, BootstrapToken, KUBELET_CLIENT_SIGNER, MACHINE_LABEL, POOL_LABEL,
 };
 use kubeforge_cluster::kubeconfig::render_token_kubeconfig;
+use kubeforge_cluster::spec::AutoRepair;
 use kubeforge_cluster::worker::{self, WorkerBundleInput};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -510,63 +511,25 @@ async fn pass(
     // 5. Repairs.
     let repairs_recent =
         event::count_since(&app.pool, c.id, None, "NodeRepair", now - REPAIR_WINDOW).await?;
-    let mut repairs_left = (REPAIRS_PER_WINDOW - repairs_recent).max(0);
-    for p in pools.iter().filter(|p| p.deletion_requested_at.is_none()) {
-        let mine: Vec<&Machine> = workers
-            .iter()
-            .copied()
-            .filter(|m| m.node_pool_id == Some(p.id))
-            .collect();
-        let due: Vec<&Machine> = mine
-            .iter()
-            .copied()
-            .filter(|m| m.state == "running")
-            .filter(|m| overdue(m.unhealthy_since, p.auto_repair.after_seconds, now))
-            .collect();
-        let Some(m) = due.first() else { continue };
-        let report = status.pools.entry(p.id).or_default();
-        if !p.auto_repair.enabled {
-            report.repair_note = Some(format!(
-                "node {} is unhealthy ({}); auto-repair is off for this pool",
-                m.name,
-                m.unhealthy_reason.as_deref().unwrap_or("unknown")
-            ));
-            continue;
+    let repairable: Vec<(Uuid, AutoRepair)> = pools
+        .iter()
+        .filter(|p| p.deletion_requested_at.is_none())
+        .map(|p| (p.id, p.auto_repair))
+        .collect();
+    for (pool_id, decision) in plan_repairs(&repairable, &workers, repairs_recent, now) {
+        match decision {
+            Repair::Wait(note) => status.pools.entry(pool_id).or_default().repair_note = Some(note),
+            Repair::Replace {
+                machine: m,
+                why,
+                message,
+            } => {
+                record(app, c, Some(pool_id), true, "NodeRepair", &message).await?;
+                kube.delete_node(&m.name).await?;
+                machine::set_state(&app.pool, m.id, "deleting", Some(&format!("repair: {why}")))
+                    .await?;
+            }
         }
-        // One at a time per pool: wait while a replacement is on its way.
-        let in_flight = mine.iter().any(|o| {
-            matches!(o.state.as_str(), "deleting" | "pending")
-                || (o.state == "running"
-                    && o.joined_at.is_none()
-                    && !due.iter().any(|d| d.id == o.id))
-        });
-        if in_flight {
-            report.repair_note = Some(format!(
-                "node {} is due for repair; waiting for the pool's previous repair or new node",
-                m.name
-            ));
-            continue;
-        }
-        if repairs_left == 0 {
-            report.repair_note = Some(format!(
-                "node {} is due for repair, but the cluster already had {REPAIRS_PER_WINDOW} repairs in the last {} minutes",
-                m.name,
-                REPAIR_WINDOW.num_minutes()
-            ));
-            continue;
-        }
-        repairs_left -= 1;
-        let since = m.unhealthy_since.unwrap_or(now);
-        let why = m.unhealthy_reason.as_deref().unwrap_or("unhealthy");
-        let message = format!(
-            "replacing node {}: {why} for {} s (pool threshold {} s)",
-            m.name,
-            (now - since).num_seconds(),
-            p.auto_repair.after_seconds
-        );
-        record(app, c, Some(p.id), true, "NodeRepair", &message).await?;
-        kube.delete_node(&m.name).await?;
-        machine::set_state(&app.pool, m.id, "deleting", Some(&format!("repair: {why}"))).await?;
     }
 
     // 6. Joins, with the CSR approver running beside them.
@@ -626,6 +589,102 @@ async fn pass(
         }
     }
     Ok(status)
+}
+
+/// What the repair step does for one pool.
+#[derive(Debug)]
+enum Repair<'a> {
+    /// Delete this machine's node and machine; the machine convergence
+    /// creates its replacement.
+    Replace {
+        machine: &'a Machine,
+        why: String,
+        message: String,
+    },
+    /// A node is due but is not replaced yet, and this says why.
+    Wait(String),
+}
+
+/// Decides the repairs of one pass: per pool, the first running worker
+/// unhealthy for longer than the pool's threshold is replaced, unless
+/// auto-repair is off for the pool, the pool's previous repair or new
+/// node is still on its way (one at a time per pool), or the cluster had
+/// [`REPAIRS_PER_WINDOW`] repairs in the last [`REPAIR_WINDOW`]
+/// (`repairs_recent`). Pools with nothing due are left out.
+fn plan_repairs<'a>(
+    pools: &[(Uuid, AutoRepair)],
+    workers: &[&'a Machine],
+    repairs_recent: i64,
+    now: DateTime<Utc>,
+) -> Vec<(Uuid, Repair<'a>)> {
+    let mut repairs_left = (REPAIRS_PER_WINDOW - repairs_recent).max(0);
+    let mut plan = Vec::new();
+    for (pool_id, auto_repair) in pools {
+        let mine: Vec<&Machine> = workers
+            .iter()
+            .copied()
+            .filter(|m| m.node_pool_id == Some(*pool_id))
+            .collect();
+        let due: Vec<&Machine> = mine
+            .iter()
+            .copied()
+            .filter(|m| m.state == "running")
+            .filter(|m| overdue(m.unhealthy_since, auto_repair.after_seconds, now))
+            .collect();
+        let Some(m) = due.first().copied() else {
+            continue;
+        };
+        let why = m.unhealthy_reason.as_deref().unwrap_or("unhealthy");
+        if !auto_repair.enabled {
+            let note = format!(
+                "node {} is unhealthy ({why}); auto-repair is off for this pool",
+                m.name
+            );
+            plan.push((*pool_id, Repair::Wait(note)));
+            continue;
+        }
+        let in_flight = mine.iter().any(|o| {
+            matches!(o.state.as_str(), "deleting" | "pending")
+                || (o.state == "running"
+                    && o.joined_at.is_none()
+                    && !due.iter().any(|d| d.id == o.id))
+        });
+        if in_flight {
+            let note = format!(
+                "node {} is due for repair; waiting for the pool's previous repair or new node",
+                m.name
+            );
+            plan.push((*pool_id, Repair::Wait(note)));
+            continue;
+        }
+        if repairs_left == 0 {
+            let note = format!(
+                "node {} is due for repair, but the cluster already had {REPAIRS_PER_WINDOW} \
+                 repairs in the last {} minutes",
+                m.name,
+                REPAIR_WINDOW.num_minutes()
+            );
+            plan.push((*pool_id, Repair::Wait(note)));
+            continue;
+        }
+        repairs_left -= 1;
+        let since = m.unhealthy_since.unwrap_or(now);
+        let message = format!(
+            "replacing node {}: {why} for {} s (pool threshold {} s)",
+            m.name,
+            (now - since).num_seconds(),
+            auto_repair.after_seconds
+        );
+        plan.push((
+            *pool_id,
+            Repair::Replace {
+                machine: m,
+                why: why.to_string(),
+                message,
+            },
+        ));
+    }
+    plan
 }
 
 /// Orders a pool's live machines by who goes first on a scale-down: those
@@ -1066,5 +1125,135 @@ mod tests {
         assert!(!overdue(None, 10, now));
         assert!(!overdue(Some(now - TimeDelta::seconds(9)), 10, now));
         assert!(overdue(Some(now - TimeDelta::seconds(10)), 10, now));
+    }
+
+    fn sick(name: &str, pool: Uuid, unhealthy_for_s: i64) -> Machine {
+        let mut m = machine(name, "running", Some("not_ready"), 600);
+        m.node_pool_id = Some(pool);
+        m.joined_at = Some(m.created_at);
+        m.unhealthy_since = Some(Utc::now() - TimeDelta::seconds(unhealthy_for_s));
+        m.unhealthy_reason = Some("NodeNotReady: kubelet stopped posting".into());
+        m
+    }
+
+    fn healthy(name: &str, pool: Uuid) -> Machine {
+        let mut m = machine(name, "running", Some("ready"), 600);
+        m.node_pool_id = Some(pool);
+        m.joined_at = Some(m.created_at);
+        m
+    }
+
+    fn repair_on(after_seconds: u32) -> AutoRepair {
+        AutoRepair {
+            enabled: true,
+            after_seconds,
+        }
+    }
+
+    fn replaced<'a>(plan: &[(Uuid, Repair<'a>)]) -> Vec<&'a str> {
+        plan.iter()
+            .filter_map(|(_, r)| match r {
+                Repair::Replace { machine, .. } => Some(machine.name.as_str()),
+                Repair::Wait(_) => None,
+            })
+            .collect()
+    }
+
+    fn waiting(plan: &[(Uuid, Repair<'_>)], pool: Uuid) -> String {
+        plan.iter()
+            .find_map(|(p, r)| match r {
+                Repair::Wait(note) if *p == pool => Some(note.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("pool {pool} has no waiting note in {plan:?}"))
+    }
+
+    #[test]
+    fn repairs_wait_for_the_threshold_and_name_the_reason() {
+        let pool = Uuid::now_v7();
+        let young = sick("young", pool, 19);
+        let ok = healthy("ok", pool);
+        let pools = [(pool, repair_on(20))];
+        assert!(plan_repairs(&pools, &[&young, &ok], 0, Utc::now()).is_empty());
+
+        let old = sick("old", pool, 25);
+        let plan = plan_repairs(&pools, &[&young, &ok, &old], 0, Utc::now());
+        assert_eq!(replaced(&plan), ["old"]);
+        let Repair::Replace { why, message, .. } = &plan[0].1 else {
+            unreachable!()
+        };
+        assert_eq!(why, "NodeNotReady: kubelet stopped posting");
+        assert!(
+            message.contains("for 25 s (pool threshold 20 s)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn one_repair_at_a_time_per_pool() {
+        let pool = Uuid::now_v7();
+        let a = sick("a", pool, 60);
+        let b = sick("b", pool, 60);
+        let pools = [(pool, repair_on(20))];
+        // Two nodes due: only one is replaced in a pass.
+        let plan = plan_repairs(&pools, &[&a, &b], 0, Utc::now());
+        assert_eq!(replaced(&plan), ["a"]);
+
+        // While the first is being deleted, or its replacement is booting
+        // or has not joined yet, the second waits.
+        let mut going = a.clone();
+        going.state = "deleting".into();
+        let mut booting = machine("new", "pending", None, 5);
+        booting.node_pool_id = Some(pool);
+        let mut unjoined = machine("new", "running", Some("joining"), 5);
+        unjoined.node_pool_id = Some(pool);
+        for other in [&going, &booting, &unjoined] {
+            let plan = plan_repairs(&pools, &[other, &b], 0, Utc::now());
+            assert!(replaced(&plan).is_empty(), "{plan:?}");
+            assert!(waiting(&plan, pool).contains("waiting for the pool's previous repair"));
+        }
+    }
+
+    #[test]
+    fn the_cluster_budget_caps_repairs_across_pools() {
+        let pools: Vec<(Uuid, AutoRepair)> =
+            (0..5).map(|_| (Uuid::now_v7(), repair_on(20))).collect();
+        let sick_nodes: Vec<Machine> = pools
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| sick(&format!("n{i}"), *p, 60))
+            .collect();
+        let workers: Vec<&Machine> = sick_nodes.iter().collect();
+
+        let plan = plan_repairs(&pools, &workers, 0, Utc::now());
+        assert_eq!(replaced(&plan), ["n0", "n1", "n2"]);
+        for (p, _) in &pools[3..] {
+            assert!(waiting(&plan, *p).contains("already had 3 repairs in the last 10 minutes"));
+        }
+
+        let plan = plan_repairs(&pools, &workers, 2, Utc::now());
+        assert_eq!(replaced(&plan), ["n0"]);
+        let plan = plan_repairs(&pools, &workers, 7, Utc::now());
+        assert!(replaced(&plan).is_empty());
+        assert_eq!(plan.len(), 5);
+    }
+
+    #[test]
+    fn a_pool_without_auto_repair_only_reports() {
+        let pool = Uuid::now_v7();
+        let node = sick("n", pool, 3600);
+        let off = AutoRepair {
+            enabled: false,
+            after_seconds: 20,
+        };
+        let plan = plan_repairs(&[(pool, off)], &[&node], 0, Utc::now());
+        assert!(replaced(&plan).is_empty());
+        assert!(waiting(&plan, pool).contains("auto-repair is off"));
+        // And it does not use up the cluster's budget.
+        let other = Uuid::now_v7();
+        let node2 = sick("m", other, 60);
+        let pools = [(pool, off), (other, repair_on(20))];
+        let plan = plan_repairs(&pools, &[&node, &node2], 2, Utc::now());
+        assert_eq!(replaced(&plan), ["m"]);
     }
 }
