@@ -10,7 +10,10 @@
 //!
 //! Every file is uploaded to [`paths::STAGED_DIR`]; the bootstrap script
 //! installs each one to its place (see [`INSTALLS`]) only when its bytes
-//! differ, and restarts only the services whose files changed.
+//! differ, and restarts only the services whose installed files differ from
+//! the ones they were last (re)started with (a sha256 stamp per service in
+//! [`paths::STAMP_DIR`]), so a run cut off between installing and
+//! restarting is finished by the next.
 //!
 //! Pod networking: kubelet 1.20 writes no CNI config, and host-local needs a
 //! literal subnet. The conflist is therefore rendered with
@@ -40,6 +43,8 @@ pub mod paths {
     /// Every rendered file is uploaded here; the bootstrap script installs them.
     pub const STAGED_DIR: &str = "/opt/kubeforge/worker";
     pub const BOOTSTRAP_SCRIPT: &str = "/opt/kubeforge/bootstrap-worker.sh";
+    /// Per service, the sha256 of the files it was last (re)started with.
+    pub const STAMP_DIR: &str = "/var/lib/kubeforge/worker";
 
     pub const CA_CRT: &str = "/etc/kubernetes/pki/ca.crt";
     pub const BOOTSTRAP_KUBECONFIG: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
@@ -222,6 +227,7 @@ struct RenderContext {
     config: ConfigContext,
     required_files: [&'static str; 3],
     staged_dir: &'static str,
+    stamp_dir: &'static str,
     installs: Vec<Install>,
     services: &'static [&'static str],
     cgroup_controllers: &'static [&'static str],
@@ -318,6 +324,7 @@ impl RenderContext {
                 paths::KUBE_PROXY_KUBECONFIG,
             ],
             staged_dir: paths::STAGED_DIR,
+            stamp_dir: paths::STAMP_DIR,
             installs: INSTALLS
                 .iter()
                 .map(|(staged, target, mode, service)| Install {

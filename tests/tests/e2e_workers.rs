@@ -299,7 +299,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     let code = access
         .ssh
         .run(
-            &kubeforge::ssh::SshTarget::new(worker.0, "root", worker.1),
+            &kubeforge::ssh::SshTarget::new(worker.0.clone(), "root", worker.1.clone()),
             &access.client_key.auth(),
             "find / -xdev \\( -name 'ca.key' -o -name 'admin.conf' \\) -print; \
              grep -l 'system:masters' -r /etc/kubernetes /var/lib/kubelet 2>/dev/null; \
@@ -320,6 +320,34 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     assert!(
         lines.iter().any(|l| l.contains("no changes")),
         "the worker bootstrap is not idempotent: {lines:?}"
+    );
+    // A run cut off after installing kube-proxy's files but before
+    // restarting it (its stamp still names the old files) is finished by
+    // the next run, which restarts kube-proxy and nothing else.
+    let mut lines = Vec::new();
+    let code = access
+        .ssh
+        .run(
+            &kubeforge::ssh::SshTarget::new(worker.0.clone(), "root", worker.1.clone()),
+            &access.client_key.auth(),
+            &format!(
+                "echo cut-off > {}/kube-proxy.sha256 && bash /opt/kubeforge/bootstrap-worker.sh",
+                kubeforge_cluster::worker::paths::STAMP_DIR
+            ),
+            Duration::from_secs(120),
+            &kubeforge::ssh::Redactor::none(),
+            |_, l| lines.push(l.to_string()),
+        )
+        .await
+        .expect("ssh to a worker");
+    assert_eq!(code, 0, "{lines:?}");
+    let summary = lines
+        .iter()
+        .find(|l| l.starts_with("bootstrap-worker: node "))
+        .unwrap_or_else(|| panic!("no summary: {lines:?}"));
+    assert!(
+        summary.ends_with("; restarted: kube-proxy.service"),
+        "{summary}"
     );
 
     // A pod for the pool is bound to one of its nodes.
