@@ -123,6 +123,11 @@ impl App {
     ) -> Result<Accepted> {
         ctx.authorize(Action::Write)?;
         let spec = ClusterSpec::parse(req)?;
+        if !spec.node_pools.is_empty() {
+            if let Some(why) = self.workers_unsupported(spec.provider.kind()) {
+                return Err(ValidationError::new("node_pools", why).into());
+            }
+        }
         let mut tx = self.pool.begin().await?;
         if let Some(i) = &idem {
             if let Claim::Replay { status, body } =

@@ -62,6 +62,21 @@ pub struct App {
 
 pub type SharedApp = Arc<App>;
 
+impl App {
+    /// Why node pools cannot be had on `kind`, when its provider runs here
+    /// and cannot host worker nodes. A kind with no provider here is left to
+    /// the engine, which fails the cluster with `provider_unavailable`.
+    pub fn workers_unsupported(&self, kind: &str) -> Option<String> {
+        let provider = self.providers.get(kind)?;
+        (!provider.hosts_workers()).then(|| {
+            format!(
+                "the {kind} provider cannot run worker nodes yet (its hosts get no containerd, \
+                 kubelet or kube-proxy); create the cluster without node pools"
+            )
+        })
+    }
+}
+
 /// An `Idempotency-Key` with the hash of the request it came with.
 #[derive(Debug, Clone)]
 pub struct Idempotency {

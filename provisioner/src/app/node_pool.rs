@@ -84,6 +84,9 @@ impl App {
         if c.deletion_requested_at.is_some() {
             return Err(Error::Conflict("the cluster is being deleted".into()));
         }
+        if let Some(why) = self.workers_unsupported(c.provider.kind()) {
+            return Err(Error::Conflict(why));
+        }
         let extra = i64::from(spec.size.max(spec.autoscaling.map_or(0, |a| a.max)));
         self.check_node_quota(&mut tx, ctx, extra, "size").await?;
         let id = uuid::Uuid::now_v7();

@@ -541,9 +541,14 @@ async fn pass(
                 .any(|m| m.id == j.id && m.state == "running")
         })
         .collect();
-    // Only lab machines carry containerd and the node binaries today; a
-    // join elsewhere would fail, and auto-repair would churn hosts over it.
-    let joinable = c.provider.kind() == "lab";
+    // Only providers whose machines carry containerd and the node binaries
+    // are joined (pools elsewhere are refused at the API; rows from before
+    // that are reported): a join would fail, and auto-repair would churn
+    // hosts over it.
+    let joinable = app
+        .providers
+        .get(c.provider.kind())
+        .is_some_and(|p| p.hosts_workers());
     if !joinable {
         for m in &to_join {
             machine::observe_node(&app.pool, m.id, Some(JOIN_UNSUPPORTED), None).await?;

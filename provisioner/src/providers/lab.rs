@@ -547,6 +547,10 @@ impl Provider for LabProvider {
         "lab"
     }
 
+    fn hosts_workers(&self) -> bool {
+        true
+    }
+
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError> {
         let _guard = self.lock.lock().await;
         let mut meta = match self.read_meta(req.id) {

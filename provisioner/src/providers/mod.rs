@@ -96,6 +96,10 @@ impl ProviderError {
 pub trait Provider: Send + Sync + 'static {
     /// The `provider.kind` this serves.
     fn kind(&self) -> &'static str;
+    /// Whether its machines can become worker nodes (containerd, kubelet,
+    /// kube-proxy installed and joined). A cluster on a provider that
+    /// cannot is refused node pools at the API.
+    fn hosts_workers(&self) -> bool;
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError>;
     async fn get(&self, id: Uuid) -> Result<Option<ProviderMachine>, ProviderError>;
     async fn delete(&self, id: Uuid) -> Result<(), ProviderError>;
@@ -105,8 +109,8 @@ pub trait Provider: Send + Sync + 'static {
     ) -> Result<Vec<ProviderMachine>, ProviderError>;
 }
 
-/// The providers this service runs, by kind. A kind with no provider here
-/// is refused at the API with `provider_unavailable`.
+/// The providers this service runs, by kind. A cluster of a kind with no
+/// provider here fails its operation with `provider_unavailable`.
 #[derive(Clone, Default)]
 pub struct ProviderRegistry {
     by_kind: BTreeMap<&'static str, Arc<dyn Provider>>,

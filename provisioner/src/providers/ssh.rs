@@ -622,6 +622,12 @@ impl Provider for SshProvider {
         "ssh"
     }
 
+    /// Not yet: hosts get no containerd, kubelet or kube-proxy, and the wipe
+    /// does not remove a node's state.
+    fn hosts_workers(&self) -> bool {
+        false
+    }
+
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError> {
         let host = self.claim(req).await?;
         let hs = self.connect(&self.ssh, &host).await?;

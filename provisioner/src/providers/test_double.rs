@@ -81,6 +81,11 @@ impl Provider for InMemoryProvider {
         self.kind
     }
 
+    /// The API and engine tests make node pools on it.
+    fn hosts_workers(&self) -> bool {
+        true
+    }
+
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError> {
         self.create_calls.fetch_add(1, Ordering::SeqCst);
         let delay = self.create_delay_ms.load(Ordering::SeqCst);
