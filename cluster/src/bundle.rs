@@ -1129,6 +1129,9 @@ pub mod lb_paths {
     pub const STAGED_DIR: &str = "/opt/kubeforge/lb";
     pub const BOOTSTRAP_SCRIPT: &str = "/opt/kubeforge/lb/bootstrap-lb.sh";
     pub const HEALTHCHECK_SCRIPT: &str = "/opt/kubeforge/lb/healthcheck-lb.sh";
+    /// The sha256 of the HAProxy config and unit HAProxy was last
+    /// (re)started with; the bootstrap restarts it when they differ.
+    pub const STAMP: &str = "/var/lib/kubeforge/lb/haproxy.sha256";
 }
 
 /// The stable endpoint of a highly available control plane: HAProxy in TCP
@@ -1200,10 +1203,11 @@ pub fn render_load_balancer(input: &LoadBalancerInput) -> Result<Vec<BundleFile>
     if input.listen_port == 0 || input.backend_port == 0 {
         return Err(invalid("listen_port".into(), "ports must be 1-65535"));
     }
-    let context = Context::from_serialize(input).map_err(|e| BundleError::Render {
+    let mut context = Context::from_serialize(input).map_err(|e| BundleError::Render {
         template: "context".into(),
         message: error_chain(&e),
     })?;
+    context.insert("stamp", lb_paths::STAMP);
     render_all(LB_TEMPLATES, &context)
 }
 

@@ -84,6 +84,55 @@ async fn three_control_planes_survive_losing_one() {
     let (ok, out) = kubectl_run(&kc, &["get", "--raw", "/readyz"]);
     assert!(ok && out.trim() == "ok", "readyz: {out}");
 
+    // The load balancer's bootstrap is idempotent, and a run cut off after
+    // installing HAProxy's files but before restarting it (its stamp names
+    // other files) is finished by the next run.
+    let access = app.app.access.clone().expect("machine access");
+    let on_lb = |script: &'static str| {
+        let access = access.clone();
+        let target = SshTarget::new(lb.2.clone(), "root", lb.3.clone());
+        async move {
+            let mut lines = Vec::new();
+            let code = access
+                .ssh
+                .run(
+                    &target,
+                    &access.client_key.auth(),
+                    script,
+                    Duration::from_secs(60),
+                    &Redactor::none(),
+                    |_, l| lines.push(l.to_string()),
+                )
+                .await
+                .expect("ssh to the load balancer");
+            assert_eq!(code, 0, "{lines:?}");
+            lines
+        }
+    };
+    let lines = on_lb("bash /opt/kubeforge/lb/bootstrap-lb.sh").await;
+    assert_eq!(lines, ["load balancer: no changes"], "{lines:?}");
+    let lines = on_lb(
+        "echo cut-off > /var/lib/kubeforge/lb/haproxy.sha256 && bash /opt/kubeforge/lb/bootstrap-lb.sh",
+    )
+    .await;
+    assert_eq!(
+        lines,
+        ["load balancer: configuration installed, HAProxy restarted"],
+        "{lines:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = kubectl_run(&kc, &["get", "--raw", "/readyz"]);
+        if ok && out.trim() == "ok" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer after HAProxy restarted: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // Lose one member.
     let lost = format!("{name}-cp-1");
     let lost_at = Instant::now();
@@ -122,7 +171,6 @@ async fn three_control_planes_survive_losing_one() {
         .iter()
         .find(|m| m.0 == format!("{name}-cp-0"))
         .unwrap();
-    let access = app.app.access.clone().expect("machine access");
     let endpoints: Vec<String> = machines
         .iter()
         .filter(|m| m.1 == "control_plane")
