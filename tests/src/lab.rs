@@ -46,6 +46,46 @@ pub fn kubectl_run(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Polls `/readyz` through `kubeconfig` until it says ok; panics with
+/// `what` and kubectl's last output after `within`.
+pub async fn wait_readyz(kubeconfig: &Path, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (ok, out) = kubectl_run(kubeconfig, &["get", "--raw", "/readyz"]);
+        if ok && out.trim() == "ok" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs `script` as root on a lab machine (its `address` and pinned
+/// `host_key`) with the service's own key, as the engine does; returns
+/// the exit code and every output line.
+pub async fn run_on_machine(
+    app: &TestApp,
+    address: &str,
+    host_key: &str,
+    script: &str,
+) -> (i32, Vec<String>) {
+    let access = app.app.access.clone().expect("machine access");
+    let mut lines = Vec::new();
+    let code = access
+        .ssh
+        .run(
+            &kubeforge::ssh::SshTarget::new(address.to_string(), "root", host_key.to_string()),
+            &access.client_key.auth(),
+            script,
+            Duration::from_secs(120),
+            &kubeforge::ssh::Redactor::none(),
+            |_, l| lines.push(l.to_string()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("ssh to {address}: {e}"));
+    (code, lines)
+}
+
 /// Removes the test's bridge, and stops any machine the test left
 /// running (a failed assertion must not leak containers).
 pub struct Bridge(pub String, pub PathBuf);

@@ -8,8 +8,9 @@
 
 use axum::http::Method;
 use kubeforge::context::Role;
-use kubeforge::ssh::{Redactor, SshTarget};
-use kubeforge_tests::lab::{drive, kubectl_run, power_off, processes_mentioning, Bridge};
+use kubeforge_tests::lab::{
+    drive, kubectl_run, power_off, processes_mentioning, run_on_machine, wait_readyz, Bridge,
+};
 use kubeforge_tests::TestApp;
 use serde_json::json;
 use std::path::PathBuf;
@@ -87,51 +88,29 @@ async fn three_control_planes_survive_losing_one() {
     // The load balancer's bootstrap is idempotent, and a run cut off after
     // installing HAProxy's files but before restarting it (its stamp names
     // other files) is finished by the next run.
-    let access = app.app.access.clone().expect("machine access");
-    let on_lb = |script: &'static str| {
-        let access = access.clone();
-        let target = SshTarget::new(lb.2.clone(), "root", lb.3.clone());
-        async move {
-            let mut lines = Vec::new();
-            let code = access
-                .ssh
-                .run(
-                    &target,
-                    &access.client_key.auth(),
-                    script,
-                    Duration::from_secs(60),
-                    &Redactor::none(),
-                    |_, l| lines.push(l.to_string()),
-                )
-                .await
-                .expect("ssh to the load balancer");
-            assert_eq!(code, 0, "{lines:?}");
-            lines
-        }
-    };
-    let lines = on_lb("bash /opt/kubeforge/lb/bootstrap-lb.sh").await;
+    let (code, lines) =
+        run_on_machine(&app, &lb.2, &lb.3, "bash /opt/kubeforge/lb/bootstrap-lb.sh").await;
+    assert_eq!(code, 0, "{lines:?}");
     assert_eq!(lines, ["load balancer: no changes"], "{lines:?}");
-    let lines = on_lb(
+    let (code, lines) = run_on_machine(
+        &app,
+        &lb.2,
+        &lb.3,
         "echo cut-off > /var/lib/kubeforge/lb/haproxy.sha256 && bash /opt/kubeforge/lb/bootstrap-lb.sh",
     )
     .await;
+    assert_eq!(code, 0, "{lines:?}");
     assert_eq!(
         lines,
         ["load balancer: configuration installed, HAProxy restarted"],
         "{lines:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, out) = kubectl_run(&kc, &["get", "--raw", "/readyz"]);
-        if ok && out.trim() == "ok" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no answer after HAProxy restarted: {out}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_readyz(
+        &kc,
+        Duration::from_secs(30),
+        "no answer after HAProxy restarted",
+    )
+    .await;
 
     // Lose one member.
     let lost = format!("{name}-cp-1");
@@ -139,18 +118,12 @@ async fn three_control_planes_survive_losing_one() {
     power_off(&lost);
 
     // The API still answers through the endpoint (HAProxy drops the dead backend).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, out) = kubectl_run(&kc, &["get", "--raw", "/readyz"]);
-        if ok && out.trim() == "ok" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the endpoint stopped answering: {out}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_readyz(
+        &kc,
+        Duration::from_secs(30),
+        "the endpoint stopped answering",
+    )
+    .await;
     // Writes need etcd quorum (2 of 3); if the lost member led etcd, the
     // survivors elect a new leader first, so allow a few seconds.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -182,19 +155,8 @@ async fn three_control_planes_survive_losing_one() {
          --key /etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=3s endpoint health",
         endpoints.join(",")
     );
-    let mut lines = Vec::new();
-    access
-        .ssh
-        .run(
-            &SshTarget::new(survivor.2.clone(), "root", survivor.3.clone()),
-            &access.client_key.auth(),
-            &cmd,
-            Duration::from_secs(30),
-            &Redactor::none(),
-            |_, l| lines.push(l.to_string()),
-        )
-        .await
-        .expect("etcdctl over ssh");
+    // (etcdctl exits non-zero while a member is unhealthy.)
+    let (_, lines) = run_on_machine(&app, &survivor.2, &survivor.3, &cmd).await;
     let healthy = lines.iter().filter(|l| l.contains("is healthy")).count();
     let unhealthy = lines.iter().filter(|l| l.contains("is unhealthy")).count();
     assert_eq!((healthy, unhealthy), (2, 1), "{lines:?}");

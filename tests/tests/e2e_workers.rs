@@ -14,7 +14,7 @@ use axum::http::Method;
 use kubeforge::context::Role;
 use kubeforge_tests::lab::{
     assert_machines_gone, drive, hurry_and_run, kubectl_run, power_off, processes_mentioning,
-    Bridge,
+    run_on_machine, Bridge,
 };
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
@@ -294,22 +294,15 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    let access = app.app.access.clone().expect("machine access");
-    let mut lines = Vec::new();
-    let code = access
-        .ssh
-        .run(
-            &kubeforge::ssh::SshTarget::new(worker.0.clone(), "root", worker.1.clone()),
-            &access.client_key.auth(),
-            "find / -xdev \\( -name 'ca.key' -o -name 'admin.conf' \\) -print; \
-             grep -l 'system:masters' -r /etc/kubernetes /var/lib/kubelet 2>/dev/null; \
-             bash /opt/kubeforge/bootstrap-worker.sh",
-            Duration::from_secs(120),
-            &kubeforge::ssh::Redactor::none(),
-            |_, l| lines.push(l.to_string()),
-        )
-        .await
-        .expect("ssh to a worker");
+    let (code, lines) = run_on_machine(
+        &app,
+        &worker.0,
+        &worker.1,
+        "find / -xdev \\( -name 'ca.key' -o -name 'admin.conf' \\) -print; \
+         grep -l 'system:masters' -r /etc/kubernetes /var/lib/kubelet 2>/dev/null; \
+         bash /opt/kubeforge/bootstrap-worker.sh",
+    )
+    .await;
     assert_eq!(code, 0, "{lines:?}");
     assert!(
         !lines
@@ -324,22 +317,16 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     // A run cut off after installing kube-proxy's files but before
     // restarting it (its stamp still names the old files) is finished by
     // the next run, which restarts kube-proxy and nothing else.
-    let mut lines = Vec::new();
-    let code = access
-        .ssh
-        .run(
-            &kubeforge::ssh::SshTarget::new(worker.0.clone(), "root", worker.1.clone()),
-            &access.client_key.auth(),
-            &format!(
-                "echo cut-off > {}/kube-proxy.sha256 && bash /opt/kubeforge/bootstrap-worker.sh",
-                kubeforge_cluster::worker::paths::STAMP_DIR
-            ),
-            Duration::from_secs(120),
-            &kubeforge::ssh::Redactor::none(),
-            |_, l| lines.push(l.to_string()),
-        )
-        .await
-        .expect("ssh to a worker");
+    let (code, lines) = run_on_machine(
+        &app,
+        &worker.0,
+        &worker.1,
+        &format!(
+            "echo cut-off > {}/kube-proxy.sha256 && bash /opt/kubeforge/bootstrap-worker.sh",
+            kubeforge_cluster::worker::paths::STAMP_DIR
+        ),
+    )
+    .await;
     assert_eq!(code, 0, "{lines:?}");
     let summary = lines
         .iter()
