@@ -71,7 +71,7 @@ impl App {
         (!provider.hosts_workers()).then(|| {
             format!(
                 "the {kind} provider cannot run worker nodes yet (its hosts get no containerd, \
-                 kubelet or kube-proxy); create the cluster without node pools"
+                 kubelet or kube-proxy), so its clusters cannot have node pools"
             )
         })
     }
