@@ -591,7 +591,10 @@ mod tests {
         let unit = &files[3].contents;
         assert!(!unit.contains("--node-labels"), "{unit}");
         assert!(!unit.contains("--register-with-taints"), "{unit}");
-        assert!(unit.contains("--hostname-override=demo-pool-a-0\nRestart=always"));
+        assert!(
+            unit.contains("--pod-infra-container-image=kubeforge.invalid/pause:1\nRestart=always"),
+            "{unit}"
+        );
     }
 
     #[test]
