@@ -13,6 +13,7 @@ pub mod kubeconfig;
 pub mod names;
 pub mod network;
 pub mod pki;
+pub mod restarts;
 pub mod spec;
 pub mod validation;
 pub mod worker;

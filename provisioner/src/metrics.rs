@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by route and status, job queue depth and
-//! latency, reconcile outcomes. Rendered at `/metrics`.
+//! latency, reconcile outcomes, control-plane component restarts. Rendered
+//! at `/metrics`.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -17,6 +18,11 @@ pub struct Metrics {
     pub job_wait: HistogramVec,
     pub job_run: HistogramVec,
     pub reconcile: IntCounterVec,
+    /// Restarts of control-plane components the engine counted (see
+    /// `kubeforge_cluster::restarts`), by component: `etcd`,
+    /// `kube-apiserver`, `kube-controller-manager`, `kube-scheduler`.
+    /// Per process; replicas' counts add up, each restart counted once.
+    pub control_plane_restarts: IntCounterVec,
 }
 
 impl Metrics {
@@ -52,12 +58,20 @@ impl Metrics {
             Opts::new("reconcile_total", "Reconcile runs by resource and outcome"),
             &["resource", "outcome"],
         )?;
+        let control_plane_restarts = IntCounterVec::new(
+            Opts::new(
+                "control_plane_component_restarts_total",
+                "Restarts of control-plane components seen by the engine, by component",
+            ),
+            &["component"],
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(job_queue_depth.clone()))?;
         registry.register(Box::new(job_wait.clone()))?;
         registry.register(Box::new(job_run.clone()))?;
         registry.register(Box::new(reconcile.clone()))?;
+        registry.register(Box::new(control_plane_restarts.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -66,6 +80,7 @@ impl Metrics {
             job_wait,
             job_run,
             reconcile,
+            control_plane_restarts,
         })
     }
 

@@ -97,6 +97,33 @@ impl Drop for Bridge {
     }
 }
 
+/// Runs the engine until `GET path` answers something `pick` accepts,
+/// returning what it picked; panics naming `what` and the last answer
+/// after `within`.
+pub async fn drive_until<T>(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    what: &str,
+    within: Duration,
+    pick: impl Fn(StatusCode, &Value) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        hurry_and_run(app).await;
+        let r = app.call(Method::GET, path, Some(token), None, &[]).await;
+        if let Some(found) = pick(r.status, &r.body) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not after {within:?}: {}",
+            serde_json::to_string_pretty(&r.body).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Runs the engine until the cluster's phase is `want` (or the cluster is
 /// gone, for `None`), returning the cluster JSON.
 pub async fn drive(
@@ -106,30 +133,58 @@ pub async fn drive(
     want: Option<&str>,
     within: Duration,
 ) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        hurry_and_run(app).await;
-        let r = app
-            .call(
-                Method::GET,
-                &format!("/v1/clusters/{cluster}"),
-                Some(token),
-                None,
-                &[],
-            )
-            .await;
-        match want {
-            Some(phase) if r.status == StatusCode::OK && r.body["phase"] == phase => return r.body,
-            None if r.status == StatusCode::NOT_FOUND => return Value::Null,
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cluster {cluster} not {want:?} after {within:?}: {}",
-            serde_json::to_string_pretty(&r.body).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    drive_until(
+        app,
+        token,
+        &format!("/v1/clusters/{cluster}"),
+        &format!("cluster {cluster} {want:?}"),
+        within,
+        |status, body| match want {
+            Some(phase) if status == StatusCode::OK && body["phase"] == phase => Some(body.clone()),
+            None if status == StatusCode::NOT_FOUND => Some(Value::Null),
+            _ => None,
+        },
+    )
+    .await
+}
+
+/// Mints a kubeconfig through the API (`role` admin or viewer) and writes
+/// it to `path`.
+pub async fn write_kubeconfig(
+    app: &TestApp,
+    token: &str,
+    cluster: &str,
+    role: &str,
+    ttl_seconds: u64,
+    path: &Path,
+) {
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/v1/clusters/{cluster}/kubeconfig"),
+            Some(token),
+            Some(serde_json::json!({"role": role, "ttl_seconds": ttl_seconds})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    std::fs::write(path, &r.text).unwrap();
+}
+
+/// Deletes the cluster through the API and runs the engine until it is
+/// gone.
+pub async fn delete_cluster(app: &TestApp, token: &str, cluster: &str, within: Duration) {
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/clusters/{cluster}"),
+            Some(token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    drive(app, token, cluster, None, within).await;
 }
 
 /// Asserts nothing of the given machines (ledger name, id) remains: no

@@ -9,6 +9,7 @@
 //! database, with the in-memory provider TEST DOUBLE registered for the
 //! `lab` kind (the shipped binary registers no such thing).
 
+pub mod conformance;
 pub mod lab;
 
 use axum::body::Body;
@@ -207,6 +208,17 @@ impl TestApp {
     /// `bridge`/`subnet`) and machine access, state under `data_dir`.
     /// Panics with how to fix it when the host lacks the lab's parts.
     pub async fn with_lab(data_dir: &std::path::Path, bridge: &str, subnet: &str) -> TestApp {
+        Self::with_lab_config(data_dir, bridge, subnet, Config::default()).await
+    }
+
+    /// [`TestApp::with_lab`] with service settings of the test's choosing
+    /// (e.g. a short control-plane restart window).
+    pub async fn with_lab_config(
+        data_dir: &std::path::Path,
+        bridge: &str,
+        subnet: &str,
+        config: Config,
+    ) -> TestApp {
         let db = TestDb::new().await;
         let pool = db.pool(60).await;
         let (providers, access) =
@@ -220,7 +232,7 @@ impl TestApp {
             kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).expect("keys"),
             kubeforge::crypto::SecretBox::new(&[9u8; 32]).expect("secret box"),
             providers,
-            Config::default(),
+            config,
             access,
         )
         .expect("app");

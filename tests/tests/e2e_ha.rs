@@ -9,7 +9,8 @@
 use axum::http::Method;
 use kubeforge::context::Role;
 use kubeforge_tests::lab::{
-    drive, kubectl_run, power_off, processes_mentioning, run_on_machine, wait_readyz, Bridge,
+    delete_cluster, drive, kubectl_run, power_off, processes_mentioning, run_on_machine,
+    wait_readyz, Bridge,
 };
 use kubeforge_tests::TestApp;
 use serde_json::json;
@@ -199,17 +200,7 @@ async fn three_control_planes_survive_losing_one() {
     let (ok, out) = kubectl_run(&kc, &["get", "namespace", "still-writable"]);
     assert!(ok, "data written while degraded survives: {out}");
 
-    let r = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/clusters/{name}"),
-            Some(&owner),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text);
-    drive(&app, &owner, &name, None, Duration::from_secs(90)).await;
+    delete_cluster(&app, &owner, &name, Duration::from_secs(90)).await;
     for m in &machines {
         assert_eq!(
             processes_mentioning(&format!("--machine={}", m.0)),

@@ -2,16 +2,22 @@
 //! Kubernetes v1.20.2 binaries, real kubectl. A cluster goes from POST to
 //! `ready`; kubeconfigs are minted for admin and viewer and honoured by the
 //! apiserver as such; an expired one is refused; another tenant cannot get
-//! one; deleting the cluster leaves no machine, process or mount behind.
+//! one; a crashing kube-apiserver, restarted by systemd within seconds, is
+//! an event and a metric, and repeated crashes degrade the cluster until
+//! they leave the restart window; deleting the cluster leaves no machine,
+//! process or mount behind.
 //!
 //! Needs root and the artifacts of `scripts/build-lab-image` and
 //! `scripts/build-kube` (the test command builds both).
 
 use axum::http::Method;
+use kubeforge::app::Config;
 use kubeforge::context::Role;
-use kubeforge_tests::lab::{assert_machines_gone, drive, kubectl_run, Bridge};
+use kubeforge_tests::lab::{
+    assert_machines_gone, delete_cluster, drive, drive_until, kubectl_run, run_on_machine, Bridge,
+};
 use kubeforge_tests::TestApp;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -23,7 +29,15 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
     std::fs::create_dir_all(&tmp).unwrap();
     let octet = 100 + (Uuid::new_v4().as_u128() % 100) as u8;
     let bridge = Bridge(format!("kfe{octet}"), tmp.clone());
-    let app = TestApp::with_lab(&tmp, &bridge.0, &format!("10.77.{octet}.0/24")).await;
+    // Restarts count towards degrading the cluster for RESTART_WINDOW (10
+    // minutes) in the service; here for long enough to see three, short
+    // enough to see the cluster recover.
+    let config = Config {
+        control_plane_restart_window: RESTART_WINDOW,
+        ..Config::default()
+    };
+    let app =
+        TestApp::with_lab_config(&tmp, &bridge.0, &format!("10.77.{octet}.0/24"), config).await;
     let owner = app.token("acme", Role::Admin);
     let viewer = app.token("acme", Role::Viewer);
     let other = app.token("globex", Role::Admin);
@@ -103,7 +117,7 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
     let code = access
         .ssh
         .run(
-            &kubeforge::ssh::SshTarget::new(m.0, "root", m.1),
+            &kubeforge::ssh::SshTarget::new(m.0.clone(), "root", m.1.clone()),
             &access.client_key.auth(),
             "bash /opt/kubeforge/bootstrap-controlplane.sh",
             Duration::from_secs(120),
@@ -214,6 +228,81 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
         .await;
     assert_eq!(r.status, 404, "{}", r.text);
 
+    // kube-apiserver crashes; systemd has it back within seconds, and
+    // Kubeforge sees it all the same: an event naming member and
+    // component, and the metric.
+    let member = format!("{name}-cp-0");
+    let crash_started = Instant::now();
+    let apiserver_before = restart_metric(&app, Some("kube-apiserver")).await;
+    let all_before = restart_metric(&app, None).await;
+    let (code, out) = run_on_machine(&app, &m.0, &m.1, SEGFAULT_APISERVER).await;
+    assert_eq!(code, 0, "{out:?}");
+    let first = wait_for_event(&app, &owner, &name, |e| {
+        e["reason"] == "ControlPlaneComponentRestarted"
+            && e["type"] == "Warning"
+            && e["message"]
+                .as_str()
+                .is_some_and(|msg| msg.starts_with(&format!("{member}: kube-apiserver restarted")))
+    })
+    .await;
+    eprintln!("crash seen: {}", first["message"]);
+    assert!(
+        restart_metric(&app, Some("kube-apiserver")).await >= apiserver_before + 1.0,
+        "the kube-apiserver restart metric did not rise"
+    );
+    // Two more crashes (each once it is back): three within the window
+    // degrade the cluster, with the reason and who restarted. (Without an
+    // apiserver for a while, kube-controller-manager and kube-scheduler
+    // lose their leases and exit too: they count as well.)
+    let (code, out) = run_on_machine(
+        &app,
+        &m.0,
+        &m.1,
+        &format!(
+            "for i in 1 2; do
+               for t in $(seq 60); do [ \"$(systemctl is-active kube-apiserver)\" = active ] && break; sleep 0.5; done
+               {SEGFAULT_APISERVER}
+             done"
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "{out:?}");
+    let degraded = wait_for_cluster(&app, &owner, &name, |c| {
+        c["phase"] == "degraded"
+            && condition(c, "ControlPlaneReady")["reason"] == "ComponentRestarting"
+    })
+    .await;
+    let cp = condition(&degraded, "ControlPlaneReady");
+    assert_eq!(cp["status"], "False", "{degraded}");
+    let msg = cp["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("kube-apiserver on {member} restarted")),
+        "{msg}"
+    );
+    eprintln!("degraded: {msg}");
+    assert!(
+        restart_metric(&app, None).await >= all_before + 3.0,
+        "the restart metric did not count three restarts"
+    );
+    // The crashes stop; once they leave the window the cluster is ready.
+    // Every crash was counted, none twice (whether a pass saw it down or
+    // only the counter risen, or both).
+    let back = drive(&app, &owner, &name, Some("ready"), Duration::from_secs(120)).await;
+    assert_eq!(
+        restart_metric(&app, Some("kube-apiserver")).await,
+        apiserver_before + 3.0,
+        "kube-apiserver crashed three times"
+    );
+    assert_eq!(
+        condition(&back, "ControlPlaneReady")["status"],
+        "True",
+        "{back}"
+    );
+    eprintln!(
+        "crash, degraded and ready again: {:.1} s",
+        crash_started.elapsed().as_secs_f64()
+    );
+
     // Delete: nothing of the cluster remains.
     let machines: Vec<(String, Uuid)> =
         sqlx::query_as("SELECT name, id FROM machines WHERE cluster_id = $1")
@@ -222,17 +311,7 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
             .await
             .unwrap();
     assert_eq!(machines.len(), 1);
-    let r = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/clusters/{name}"),
-            Some(&owner),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text);
-    drive(&app, &owner, &name, None, Duration::from_secs(60)).await;
+    delete_cluster(&app, &owner, &name, Duration::from_secs(60)).await;
     assert_machines_gone(&tmp, &machines);
     let secrets: i64 = sqlx::query_scalar("SELECT count(*) FROM secrets WHERE cluster_id = $1")
         .bind(c.id)
@@ -242,4 +321,86 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
     assert_eq!(secrets, 0, "the cluster's secrets were not removed");
     drop(bridge);
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// kube-apiserver's main process dies of a segfault, as in the incident
+/// (`systemctl kill` cannot signal a lab container's units: it fails on
+/// their cgroups); returns once the process is gone.
+const SEGFAULT_APISERVER: &str = "pid=$(systemctl show -p MainPID --value kube-apiserver) \
+    && [ \"$pid\" -gt 0 ] && kill -s SEGV \"$pid\" \
+    && for t in $(seq 150); do \
+         [ \"$(systemctl show -p MainPID --value kube-apiserver)\" = \"$pid\" ] || break; sleep 0.2; \
+       done";
+
+/// The control-plane restart window for this test (the service's is
+/// `kubeforge_cluster::restarts::RESTART_WINDOW`).
+const RESTART_WINDOW: Duration = Duration::from_secs(40);
+
+/// A condition of a cluster (JSON), or null.
+fn condition<'a>(cluster: &'a Value, type_: &str) -> &'a Value {
+    static NULL: Value = Value::Null;
+    cluster["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&NULL)
+}
+
+/// `kubeforge_control_plane_component_restarts_total` from `/metrics`:
+/// of one component, or of all (0 before the first restart).
+async fn restart_metric(app: &TestApp, component: Option<&str>) -> f64 {
+    let r = app.call(Method::GET, "/metrics", None, None, &[]).await;
+    let prefix = match component {
+        Some(c) => format!("kubeforge_control_plane_component_restarts_total{{component=\"{c}\"}}"),
+        None => "kubeforge_control_plane_component_restarts_total{".to_string(),
+    };
+    r.text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Runs the engine until an event of the cluster matches, returning it.
+async fn wait_for_event(
+    app: &TestApp,
+    token: &str,
+    cluster: &str,
+    matches: impl Fn(&Value) -> bool,
+) -> Value {
+    let path = format!("/v1/clusters/{cluster}/events?limit=100");
+    drive_until(
+        app,
+        token,
+        &path,
+        "the event",
+        Duration::from_secs(60),
+        |status, body| {
+            assert_eq!(status, 200, "{body}");
+            body["items"]
+                .as_array()?
+                .iter()
+                .find(|e| matches(e))
+                .cloned()
+        },
+    )
+    .await
+}
+
+/// Runs the engine until the cluster (JSON) matches, returning it.
+async fn wait_for_cluster(
+    app: &TestApp,
+    token: &str,
+    cluster: &str,
+    matches: impl Fn(&Value) -> bool,
+) -> Value {
+    let path = format!("/v1/clusters/{cluster}");
+    drive_until(
+        app,
+        token,
+        &path,
+        "the cluster",
+        Duration::from_secs(60),
+        |status, body| (status == 200 && matches(body)).then(|| body.clone()),
+    )
+    .await
 }

@@ -14,7 +14,7 @@ use kubeforge::context::Role;
 use kubeforge::providers::lab::{LabConfig, LabProvider};
 use kubeforge::providers::{MachineRequest, Provider, ProviderMachineState};
 use kubeforge::ssh::{ClientKey, Redactor, SshExecutor, SshTarget};
-use kubeforge_tests::lab::{drive, hurry_and_run, kubectl_run};
+use kubeforge_tests::lab::{delete_cluster, drive, hurry_and_run, kubectl_run};
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -270,17 +270,7 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
     assert!(ok && out.trim() == "ok", "readyz: {out}");
 
     // Delete: the host is wiped and back in the pool.
-    let r = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/clusters/{name}"),
-            Some(&owner),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text);
-    drive(&app, &owner, &name, None, Duration::from_secs(120)).await;
+    delete_cluster(&app, &owner, &name, Duration::from_secs(120)).await;
     let listed = hosts(&app, &admin).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["claimed_by"], Value::Null, "{listed:?}");

@@ -13,8 +13,8 @@
 use axum::http::Method;
 use kubeforge::context::Role;
 use kubeforge_tests::lab::{
-    assert_machines_gone, drive, hurry_and_run, kubectl_run, power_off, processes_mentioning,
-    run_on_machine, Bridge,
+    assert_machines_gone, delete_cluster, drive, hurry_and_run, kubectl_run, power_off,
+    processes_mentioning, run_on_machine, Bridge,
 };
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
@@ -601,17 +601,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         .fetch_all(&app.pool)
         .await
         .unwrap();
-    let r = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/clusters/{name}"),
-            Some(&owner),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text);
-    drive(&app, &owner, &name, None, Duration::from_secs(60)).await;
+    delete_cluster(&app, &owner, &name, Duration::from_secs(60)).await;
     assert_machines_gone(&tmp, &all);
     let live: i64 = sqlx::query_scalar("SELECT count(*) FROM machines WHERE deleted_at IS NULL")
         .fetch_one(&app.pool)

@@ -32,6 +32,12 @@ pub struct Config {
     pub max_job_attempts: i32,
     /// Longest kubeconfig TTL a tenant may ask for.
     pub kubeconfig_max_ttl: Duration,
+    /// How far back control-plane component restarts count towards
+    /// degrading a cluster. Always
+    /// `kubeforge_cluster::restarts::RESTART_WINDOW` in the service (no
+    /// flag or variable sets it); tests shorten it so a cluster recovers
+    /// within the test.
+    pub control_plane_restart_window: Duration,
 }
 
 impl Default for Config {
@@ -43,6 +49,7 @@ impl Default for Config {
             },
             max_job_attempts: 8,
             kubeconfig_max_ttl: Duration::from_secs(24 * 3600),
+            control_plane_restart_window: kubeforge_cluster::restarts::RESTART_WINDOW,
         }
     }
 }

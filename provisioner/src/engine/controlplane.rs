@@ -7,6 +7,14 @@
 //! kubeconfigs and bundle uploaded and the idempotent bootstrap script run,
 //! its output streamed line by line into cluster events (secrets redacted).
 //! The cluster's CA keys are generated once and kept sealed in `secrets`.
+//!
+//! Each pass also reads every reachable member's systemd restart counters
+//! before it touches the member, and counts component restarts since the
+//! previous pass (`kubeforge_cluster::restarts` decides): each becomes a
+//! `ControlPlaneComponentRestarted` warning event and a metric, and is kept
+//! on the member's ledger row so the reconciler can see repeated restarts.
+//! The units this pass's bootstrap (re)started get a new baseline once the
+//! member is healthy again: what the bootstrap caused is not a crash.
 
 use chrono::{TimeDelta, Utc};
 use kubeforge_cluster::bundle::{
@@ -17,9 +25,10 @@ use kubeforge_cluster::pki::{
     ApiServerSans, CertKeyPair, ClusterPki, MemberIdentity, ServiceAccountKey, SubjectAltName,
     DEFAULT_CA_VALIDITY, DEFAULT_LEAF_VALIDITY, VIEWER_GROUP,
 };
+use kubeforge_cluster::restarts::{self, MemberRestarts, Observation, RecentRestarts};
 use kubeforge_cluster::ClusterName;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::ssh::{ClientKey, Redactor, Session, SshExecutor, SshTarget, StreamKind};
 use crate::store::cluster::Cluster;
 use crate::store::event::{self, NewEvent};
-use crate::store::machine::Machine;
+use crate::store::machine::{self, Machine};
 use crate::store::secret;
 
 /// The apiserver's port on every member and on the endpoint.
@@ -107,6 +116,10 @@ pub struct ControlPlaneStatus {
     pub endpoint: Option<String>,
     pub rbac_applied: bool,
     pub certificates: serde_json::Value,
+    /// Component restarts within the configured window
+    /// (`Config::control_plane_restart_window`), per member and component,
+    /// unreachable members' included.
+    pub recent_restarts: Vec<RecentRestarts>,
 }
 
 const PKI_NAMES: [&str; 8] = [
@@ -495,7 +508,8 @@ async fn healthy(session: &Session) -> std::result::Result<(), String> {
 
 /// Uploads a machine's files and runs its bootstrap script; its output
 /// goes to cluster events line by line (all of it, or with `quiet` only
-/// stderr and failures). Returns whether the script succeeded.
+/// stderr and failures). Returns whether the script succeeded, and its
+/// output lines (redacted).
 #[allow(clippy::too_many_arguments)]
 async fn bootstrap(
     app: &App,
@@ -506,7 +520,7 @@ async fn bootstrap(
     machine: &str,
     script: &str,
     quiet: bool,
-) -> Result<bool> {
+) -> Result<(bool, Vec<String>)> {
     for (path, mode, contents) in files {
         session
             .upload(path, contents.as_bytes(), *mode)
@@ -542,7 +556,7 @@ async fn bootstrap(
         )
         .await?;
     }
-    Ok(status == 0)
+    Ok((status == 0, lines.into_iter().map(|(_, l)| l).collect()))
 }
 
 const VIEWER_BINDING: &str = "/etc/kubernetes/kubeforge-rbac.yaml";
@@ -579,6 +593,120 @@ async fn exec(session: &Session, cmd: &str) -> Result<(i32, Vec<String>)> {
     Ok((code, out))
 }
 
+/// The event reason for a control-plane component that restarted.
+pub const COMPONENT_RESTARTED: &str = "ControlPlaneComponentRestarted";
+
+/// A member's restart history as its ledger row holds it; an unreadable
+/// one starts over from a baseline.
+fn restart_history(m: &Machine) -> MemberRestarts {
+    let Some(v) = &m.component_restarts else {
+        return MemberRestarts::default();
+    };
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+        tracing::warn!(machine = %m.name, error = %e, "unreadable component_restarts; starting over");
+        MemberRestarts::default()
+    })
+}
+
+/// What systemd says about the member's units, or None (logged) when it
+/// cannot be asked or its answer is not what systemd prints. The command
+/// is a constant; the answer is only parsed.
+async fn observe_units(session: &Session, m: &Machine) -> Option<Observation> {
+    let (_, lines) = match exec(session, &restarts::show_command()).await {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::warn!(machine = %m.name, error = %e, "reading systemd restart counters");
+            return None;
+        }
+    };
+    match restarts::parse_show(&lines) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::warn!(machine = %m.name, error = %e, "reading systemd restart counters");
+            None
+        }
+    }
+}
+
+/// Counts the member's component restarts since the previous pass: the
+/// ledger row and one warning event per restarted component in one
+/// transaction, then the metric. Nothing is written when nothing changed.
+async fn count_restarts(
+    app: &App,
+    c: &Cluster,
+    m: &Machine,
+    history: &mut MemberRestarts,
+    observation: &Observation,
+) -> Result<()> {
+    let window = app.config.control_plane_restart_window;
+    let now = Utc::now();
+    let before = history.clone();
+    let counted = history.observe(observation, now, window);
+    if *history == before {
+        return Ok(());
+    }
+    let in_window = history.within(now, window);
+    let mut tx = app.pool.begin().await?;
+    machine::set_component_restarts(
+        &mut *tx,
+        m.id,
+        &serde_json::to_value(&*history).map_err(internal)?,
+    )
+    .await?;
+    for r in &counted {
+        let total = in_window.get(r.component).copied().unwrap_or(r.restarts);
+        let message = restarts::restart_message(&m.name, r, total, window);
+        tracing::warn!(cluster = %c.name, machine = %m.name, component = r.component, restarts = r.restarts, "control-plane component restarted");
+        event::record(
+            &mut *tx,
+            NewEvent {
+                tenant: &c.tenant,
+                cluster_id: c.id,
+                node_pool_id: None,
+                operation_id: None,
+                warning: true,
+                reason: COMPONENT_RESTARTED,
+                message: &message,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    for r in &counted {
+        app.metrics
+            .control_plane_restarts
+            .with_label_values(&[r.component])
+            .inc_by(u64::from(r.restarts));
+    }
+    Ok(())
+}
+
+/// After this pass's bootstrap (re)started `units` on the member: a new
+/// baseline for them, so what the bootstrap caused is not counted as
+/// crashes.
+async fn rebaseline_restarts(
+    app: &App,
+    session: &Session,
+    m: &Machine,
+    history: &mut MemberRestarts,
+    units: &[&str],
+) -> Result<()> {
+    let Some(observation) = observe_units(session, m).await else {
+        return Ok(());
+    };
+    let before = history.clone();
+    history.rebaseline(&observation, units);
+    if *history != before {
+        machine::set_component_restarts(
+            &app.pool,
+            m.id,
+            &serde_json::to_value(&*history).map_err(internal)?,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Installs (idempotently) and checks the load balancer in front of the members.
 async fn reconcile_load_balancer(
     app: &App,
@@ -610,7 +738,7 @@ async fn reconcile_load_balancer(
         .into_iter()
         .map(|f| (f.path, f.mode, f.contents))
         .collect();
-    let ok = bootstrap(
+    let (ok, _) = bootstrap(
         app,
         c,
         &session,
@@ -650,9 +778,12 @@ pub async fn reconcile(
         None => endpoint_host(members)?,
     };
     let mut apiserver_expiry = None;
+    let mut histories: HashMap<uuid::Uuid, MemberRestarts> =
+        members.iter().map(|m| (m.id, restart_history(m))).collect();
 
     // Observe every member; bootstrap the unhealthy ones, all before any
-    // waiting, so a new etcd cluster's members find each other.
+    // waiting, so a new etcd cluster's members find each other. Restarts
+    // are counted first, before the bootstrap may restart anything.
     let mut sessions: Vec<(&Machine, Session)> = Vec::new();
     let mut bootstrapped = Vec::new();
     for m in members {
@@ -663,11 +794,15 @@ pub async fn reconcile(
                 continue;
             }
         };
+        if let Some(observation) = observe_units(&session, m).await {
+            let history = histories.entry(m.id).or_default();
+            count_restarts(app, c, m, history, &observation).await?;
+        }
         if let Err(why) = healthy(&session).await {
             tracing::info!(machine = %m.name, why = %why, "bootstrapping control-plane member");
             let b = member_files(c, &pki, m, members, endpoint, access)?;
             apiserver_expiry = Some(b.apiserver_expires_at);
-            if !bootstrap(
+            let (ok, output) = bootstrap(
                 app,
                 c,
                 &session,
@@ -677,15 +812,15 @@ pub async fn reconcile(
                 paths::BOOTSTRAP_SCRIPT,
                 false,
             )
-            .await?
-            {
+            .await?;
+            if !ok {
                 status
                     .problems
                     .push(format!("{}: bootstrap script failed", m.name));
                 session.close().await;
                 continue;
             }
-            bootstrapped.push(m.name.clone());
+            bootstrapped.push((m.id, restarts::started_by_bootstrap(&output)));
         }
         sessions.push((m, session));
     }
@@ -710,6 +845,32 @@ pub async fn reconcile(
     }
     status.healthy_members = healthy_members.len();
     status.healthy = healthy_members.iter().map(|m| m.id).collect();
+    // What this pass's bootstrap (re)started is not a crash: a new
+    // baseline for those units, once the member is healthy again (or the
+    // wait is over).
+    for (m, session) in &sessions {
+        let Some((_, units)) = bootstrapped.iter().find(|(id, _)| *id == m.id) else {
+            continue;
+        };
+        if !units.is_empty() {
+            let history = histories.entry(m.id).or_default();
+            rebaseline_restarts(app, session, m, history, units).await?;
+        }
+    }
+    let window = app.config.control_plane_restart_window;
+    let now = Utc::now();
+    for m in members {
+        let Some(history) = histories.get(&m.id) else {
+            continue;
+        };
+        for (component, count) in history.within(now, window) {
+            status.recent_restarts.push(RecentRestarts {
+                member: m.name.clone(),
+                component,
+                count,
+            });
+        }
+    }
 
     // The endpoint: the load balancer (three members) or the member itself.
     let mut endpoint_ok = healthy_members.len() == members.len() || lb.is_some();

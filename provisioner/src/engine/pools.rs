@@ -1083,6 +1083,7 @@ mod tests {
             unhealthy_reason: None,
             drain_started_at: None,
             joined_at: None,
+            component_restarts: None,
         }
     }
 

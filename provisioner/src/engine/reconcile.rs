@@ -7,14 +7,18 @@
 //! and events, and asks to run again later to re-observe. A crash at any
 //! await is just an early return: the next run starts from what is real.
 //!
-//! Phases in this build: `machines` (real, through the provider trait) and
-//! `control_plane`, which waits with `ControlPlaneReady=False`
-//! (`BootstrapUnavailable`) because control-plane bootstrap is not part of
-//! this build; a cluster therefore stays `provisioning` with its machines
-//! running. Deletion is complete: ledger, provider sweep, secrets.
+//! Phases: `machines` (through the provider trait), then, with machine
+//! access, the control plane ([`controlplane`]) and worker pools
+//! ([`pools`]); a service without machine access waits with
+//! `ControlPlaneReady=False` (`BootstrapUnavailable`). A control plane that
+//! serves but whose components restarted [`RESTART_THRESHOLD`] times within
+//! the restart window is `ControlPlaneReady=False` (`ComponentRestarting`):
+//! the cluster is `degraded`, its pools are still reconciled. Deletion is
+//! complete: ledger, provider sweep, secrets.
 
 use chrono::Utc;
 use kubeforge_cluster::condition::set_condition;
+use kubeforge_cluster::restarts::{self, RESTART_THRESHOLD};
 use kubeforge_cluster::{ConditionStatus as S, Phase};
 use rand::distributions::{Alphanumeric, DistString};
 use std::collections::HashSet;
@@ -538,6 +542,9 @@ impl Run<'_> {
         let lb = machines
             .iter()
             .find(|m| m.role == "load_balancer" && m.state == "running");
+        // Serving: the control plane answers through its endpoint (worker
+        // pools can be reconciled); ready: serving, and not restarting.
+        let mut serving = false;
         let mut ready = false;
         let mut cp_message = None;
         let mut pool_status: Option<PoolsStatus> = None;
@@ -652,12 +659,26 @@ impl Run<'_> {
                     &why,
                     now,
                 );
+                // Components that keep restarting degrade the control plane
+                // even when every member looks healthy at this moment.
+                let restarting = restarts::restarting(
+                    &st.recent_restarts,
+                    RESTART_THRESHOLD,
+                    self.app.config.control_plane_restart_window,
+                );
+                let members_msg =
+                    format!("{} of {} members healthy", st.healthy_members, st.members);
+                let (cp, cp_reason, cp_msg) = match (all, &restarting) {
+                    (false, _) => (S::False, "MembersUnhealthy", members_msg.as_str()),
+                    (true, Some(r)) => (S::False, "ComponentRestarting", r.as_str()),
+                    (true, None) => (S::True, "Healthy", members_msg.as_str()),
+                };
                 set_condition(
                     &mut conditions,
                     "ControlPlaneReady",
-                    etcd,
-                    if all { "Healthy" } else { "MembersUnhealthy" },
-                    &format!("{} of {} members healthy", st.healthy_members, st.members),
+                    cp,
+                    cp_reason,
+                    cp_msg,
                     now,
                 );
                 match &st.endpoint {
@@ -673,7 +694,8 @@ impl Run<'_> {
                         now,
                     ),
                 };
-                ready = all && st.endpoint.is_some() && st.rbac_applied;
+                serving = all && st.endpoint.is_some() && st.rbac_applied;
+                ready = serving && restarting.is_none();
                 if ready {
                     set_condition(
                         &mut conditions,
@@ -684,6 +706,10 @@ impl Run<'_> {
                         now,
                     );
                 } else {
+                    let why = match (serving, restarting) {
+                        (true, Some(r)) => r,
+                        _ => why,
+                    };
                     set_condition(
                         &mut conditions,
                         "Ready",
@@ -696,9 +722,10 @@ impl Run<'_> {
                 }
                 cluster::write_endpoint(pool, c.id, st.endpoint.as_deref(), &st.certificates)
                     .await?;
-                // Worker pools, through a healthy member, once the API serves.
+                // Worker pools, through a healthy member, once the API serves
+                // (also while components keep restarting: the API answers).
                 let member = cp_members.iter().find(|m| st.healthy.contains(&m.id));
-                if let (true, Some(member), Some(endpoint)) = (ready, member, &st.endpoint) {
+                if let (true, Some(member), Some(endpoint)) = (serving, member, &st.endpoint) {
                     match pools::reconcile(self.app, access, c, pools, member, endpoint, stopped)
                         .await
                     {
@@ -948,7 +975,7 @@ impl Run<'_> {
                 v.leaving == 0 && v.joining == 0
             })
         });
-        let settled = all_running && pools_settled && (ready || access.is_none());
+        let settled = all_running && pools_settled && (serving || access.is_none());
         Ok(Outcome::RequeueAfter(if settled {
             RESYNC
         } else {

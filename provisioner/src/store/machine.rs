@@ -2,6 +2,7 @@
 //! the idempotency token the provider receives.
 
 use chrono::{DateTime, Utc};
+use serde_json::Value as JsonValue;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
@@ -40,6 +41,11 @@ pub struct Machine {
     pub drain_started_at: Option<DateTime<Utc>>,
     /// When the node first registered.
     pub joined_at: Option<DateTime<Utc>>,
+    /// A control-plane member: what the engine last saw of its systemd
+    /// units and the component restarts it counted recently
+    /// (`kubeforge_cluster::restarts::MemberRestarts`); None until the
+    /// first look.
+    pub component_restarts: Option<JsonValue>,
 }
 
 /// Values for a new ledger row.
@@ -202,6 +208,23 @@ pub async fn start_drain(db: impl PgExecutor<'_>, id: Uuid, reason: &str) -> Res
          WHERE id = $1",
         id,
         reason
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records what the engine observed of a control-plane member's units and
+/// the restarts it counted (see `kubeforge_cluster::restarts`).
+pub async fn set_component_restarts(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    restarts: &JsonValue,
+) -> Result<()> {
+    sqlx::query!(
+        "UPDATE machines SET component_restarts = $2 WHERE id = $1",
+        id,
+        restarts
     )
     .execute(db)
     .await?;
