@@ -158,14 +158,14 @@ impl Outcome {
                 .find(|c| c.has_tag_name("failure") || c.has_tag_name("error"));
             let skipped = case.children().any(|c| c.has_tag_name("skipped"));
             if let Some(f) = failure {
-                let msg = f
+                let text = f
                     .attribute("message")
                     .map(str::to_string)
                     .or_else(|| f.text().map(str::to_string))
                     .unwrap_or_default();
-                let first = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                let first = failure_summary(&text);
                 self.passed.remove(&name);
-                self.failed.insert(name.clone(), first.trim().to_string());
+                self.failed.insert(name.clone(), first);
             } else if !skipped && !self.failed.contains_key(&name) {
                 self.passed.insert(name.clone());
             }
@@ -176,6 +176,27 @@ impl Outcome {
             }
         }
         Ok(())
+    }
+}
+
+/// What a ginkgo failure says, in one line: its text without the code
+/// location ginkgo puts first, white space squeezed, at most 300 chars.
+fn failure_summary(text: &str) -> String {
+    let said: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter(|l| {
+            !(l.starts_with('/')
+                && l.rsplit(':')
+                    .next()
+                    .is_some_and(|n| n.parse::<u32>().is_ok()))
+        })
+        .collect();
+    let line = normalize(&said.join(" "));
+    match line.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line,
     }
 }
 
@@ -247,7 +268,7 @@ mod tests {
             match *how {
                 "pass" => s.push_str(&format!("<testcase name=\"{name}\" time=\"1.5\"></testcase>")),
                 "skip" => s.push_str(&format!("<testcase name=\"{name}\" time=\"0\"><skipped></skipped></testcase>")),
-                _ => s.push_str(&format!("<testcase name=\"{name}\" time=\"3\"><failure type=\"Failure\" message=\"{how}\">trace</failure></testcase>")),
+                _ => s.push_str(&format!("<testcase name=\"{name}\" time=\"3\"><failure type=\"Failure\">/src/test/e2e/framework/framework.go:629&#xA;Dec  1 16:00:17.960: {how}&#xA;</failure></testcase>")),
             }
         }
         s.push_str("<testcase name=\"[sig-x] not conformance\"></testcase></testsuite>");
@@ -305,7 +326,7 @@ mod tests {
             junit(&[(C, "timed out"), (A, "skip")]),
         ]);
         assert_eq!(o.passed, [A.to_string()].into());
-        assert_eq!(o.failed[C], "timed out");
+        assert_eq!(o.failed[C], "Dec 1 16:00:17.960: timed out");
         assert_eq!(o.suite.len(), 3);
         assert_eq!(verdict(&list(), &o), Vec::<String>::new());
     }
@@ -337,7 +358,7 @@ mod tests {
         let v = verdict(&list(), &o);
         let all = v.join("\n");
         assert!(
-            all.contains("suite setup failed: [SynchronizedBeforeSuite]: nodes never ready"),
+            all.contains("suite setup failed: [SynchronizedBeforeSuite]: Dec 1 16:00:17.960: nodes never ready"),
             "{all}"
         );
         assert!(all.contains(&format!("does not name: {extra}")), "{all}");

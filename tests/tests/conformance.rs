@@ -226,7 +226,7 @@ async fn upstream_conformance_specs_pass_on_a_lab_cluster() {
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         }
     }
-    let problems = verdict(&list, &outcome);
+    let mut problems = verdict(&list, &outcome);
 
     let mut slowest: Vec<(&String, &f64)> = outcome.seconds.iter().collect();
     slowest.sort_by(|a, b| b.1.total_cmp(a.1));
@@ -267,17 +267,24 @@ async fn upstream_conformance_specs_pass_on_a_lab_cluster() {
         .await
         .body;
 
+    // Kubeforge's own view: no component restarted, the cluster ready.
+    problems.extend(
+        restarts
+            .iter()
+            .map(|m| format!("a control-plane component restarted during the suite: {m}")),
+    );
+    if cluster["phase"] != "ready" {
+        problems.push(format!(
+            "the cluster is {} after the suite: {}",
+            cluster["phase"], cluster["conditions"]
+        ));
+    }
     assert!(
         problems.is_empty(),
-        "the conformance run does not match tests/conformance/specs-1.20.txt:\n  {}\n(logs and JUnit reports in {})",
+        "the conformance run does not hold (tests/conformance/specs-1.20.txt):\n  {}\n(logs and JUnit reports in {})",
         problems.join("\n  "),
         tmp.display()
     );
-    assert!(
-        restarts.is_empty(),
-        "control-plane components restarted during the suite: {restarts:?}"
-    );
-    assert_eq!(cluster["phase"], "ready", "{cluster}");
 
     // Nothing is left behind.
     delete_cluster(&app, &owner, &name, Duration::from_secs(180)).await;
