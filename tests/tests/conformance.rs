@@ -249,6 +249,8 @@ async fn upstream_conformance_specs_pass_on_a_lab_cluster() {
         eprintln!("  failed: {spec}: {msg}");
     }
 
+    // A fresh API token: the suite outlasts the harness's 10-minute tokens.
+    let owner = app.token("acme", Role::Admin);
     // The control plane took the whole suite without a crash.
     let restarts: Vec<String> = sqlx::query_scalar(
         "SELECT message FROM events WHERE reason = 'ControlPlaneComponentRestarted' ORDER BY created_at",
