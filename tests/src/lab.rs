@@ -86,6 +86,18 @@ pub async fn run_on_machine(
     (code, lines)
 }
 
+/// A lab test's own corner: a fresh directory `<root>/<name>-<uuid>`, a
+/// random octet for its subnet, and its bridge `<bridge_prefix><octet>`
+/// (removed, and the test's machines stopped, when dropped). Tests pass
+/// their `CARGO_TARGET_TMPDIR` as `root`.
+pub fn sandbox(root: &str, name: &str, bridge_prefix: &str) -> (PathBuf, u8, Bridge) {
+    let tmp = Path::new(root).join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let octet = 100 + (uuid::Uuid::new_v4().as_u128() % 100) as u8;
+    let bridge = Bridge(format!("{bridge_prefix}{octet}"), tmp.clone());
+    (tmp, octet, bridge)
+}
+
 /// Removes the test's bridge, and stops any machine the test left
 /// running (a failed assertion must not leak containers).
 pub struct Bridge(pub String, pub PathBuf);

@@ -18,15 +18,14 @@ use axum::http::Method;
 use kubeforge::context::Role;
 use kubeforge_tests::conformance::{focus, verdict, Expect, Outcome, SpecList};
 use kubeforge_tests::lab::{
-    delete_cluster, drive, drive_until, hurry_and_run, kubectl, run_on_machine, write_kubeconfig,
-    Bridge,
+    delete_cluster, drive, drive_until, hurry_and_run, kubectl, run_on_machine, sandbox,
+    write_kubeconfig,
 };
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use uuid::Uuid;
 
 const POOL: &str = "conformance";
 /// ginkgo processes for the specs that may run side by side.
@@ -147,11 +146,7 @@ async fn run_phase(
 async fn upstream_conformance_specs_pass_on_a_lab_cluster() {
     let list = spec_list();
     let (parallel, serial) = list.to_run();
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("conformance-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&tmp).unwrap();
-    let octet = 100 + (Uuid::new_v4().as_u128() % 100) as u8;
-    let bridge = Bridge(format!("kfc{octet}"), tmp.clone());
+    let (tmp, octet, bridge) = sandbox(env!("CARGO_TARGET_TMPDIR"), "conformance", "kfc");
     let app = TestApp::with_lab(&tmp, &bridge.0, &format!("10.79.{octet}.0/24")).await;
     let owner = app.token("acme", Role::Admin);
     let name = format!("conf{octet}");

@@ -9,22 +9,17 @@
 use axum::http::Method;
 use kubeforge::context::Role;
 use kubeforge_tests::lab::{
-    delete_cluster, drive, kubectl_run, power_off, processes_mentioning, run_on_machine,
-    wait_readyz, Bridge,
+    delete_cluster, drive, kubectl_run, power_off, processes_mentioning, run_on_machine, sandbox,
+    wait_readyz,
 };
 use kubeforge_tests::TestApp;
 use serde_json::json;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 #[tokio::test]
 async fn three_control_planes_survive_losing_one() {
-    let tmp =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ha-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&tmp).unwrap();
-    let octet = 100 + (Uuid::new_v4().as_u128() % 100) as u8;
-    let bridge = Bridge(format!("kfh{octet}"), tmp.clone());
+    let (tmp, octet, bridge) = sandbox(env!("CARGO_TARGET_TMPDIR"), "ha", "kfh");
     let app = TestApp::with_lab(&tmp, &bridge.0, &format!("10.77.{octet}.0/24")).await;
     let owner = app.token("acme", Role::Admin);
     let name = format!("ha{octet}");

@@ -14,21 +14,16 @@ use axum::http::Method;
 use kubeforge::app::Config;
 use kubeforge::context::Role;
 use kubeforge_tests::lab::{
-    assert_machines_gone, delete_cluster, drive, drive_until, kubectl_run, run_on_machine, Bridge,
+    assert_machines_gone, delete_cluster, drive, drive_until, kubectl_run, run_on_machine, sandbox,
 };
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 #[tokio::test]
 async fn one_control_plane_from_post_to_kubectl_and_back() {
-    let tmp =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&tmp).unwrap();
-    let octet = 100 + (Uuid::new_v4().as_u128() % 100) as u8;
-    let bridge = Bridge(format!("kfe{octet}"), tmp.clone());
+    let (tmp, octet, bridge) = sandbox(env!("CARGO_TARGET_TMPDIR"), "e2e", "kfe");
     // Restarts count towards degrading the cluster for RESTART_WINDOW (10
     // minutes) in the service; here for long enough to see three, short
     // enough to see the cluster recover.

@@ -14,12 +14,12 @@ use axum::http::Method;
 use kubeforge::context::Role;
 use kubeforge_tests::lab::{
     assert_machines_gone, delete_cluster, drive, hurry_and_run, kubectl_run, power_off,
-    processes_mentioning, run_on_machine, Bridge,
+    processes_mentioning, run_on_machine, sandbox,
 };
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -180,11 +180,7 @@ async fn wait_running(kc: &Path, pod: &str) {
 
 #[tokio::test]
 async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("e2e-workers-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&tmp).unwrap();
-    let octet = 100 + (Uuid::new_v4().as_u128() % 100) as u8;
-    let bridge = Bridge(format!("kfw{octet}"), tmp.clone());
+    let (tmp, octet, bridge) = sandbox(env!("CARGO_TARGET_TMPDIR"), "e2e-workers", "kfw");
     let app = TestApp::with_lab(&tmp, &bridge.0, &format!("10.78.{octet}.0/24")).await;
     let owner = app.token("acme", Role::Admin);
     let name = format!("w{octet}");
