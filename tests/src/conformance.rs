@@ -136,6 +136,9 @@ pub struct Outcome {
     pub suite: BTreeSet<String>,
     /// Spec -> seconds, for the specs that ran.
     pub seconds: BTreeMap<String, f64>,
+    /// Spec -> the first run's failure message, for specs that failed once
+    /// and passed when run again on their own (see [`Outcome::rerun`]).
+    pub flaked: BTreeMap<String, String>,
 }
 
 impl Outcome {
@@ -176,6 +179,66 @@ impl Outcome {
             }
         }
         Ok(())
+    }
+}
+
+impl Outcome {
+    /// Adds another phase of the same run (other specs), with the rules of
+    /// [`Outcome::add_junit`]: a failure anywhere wins.
+    pub fn merge(&mut self, other: Outcome) {
+        self.suite.extend(other.suite);
+        for (spec, msg) in other.failed {
+            self.passed.remove(&spec);
+            self.failed.insert(spec, msg);
+        }
+        for spec in other.passed {
+            if !self.failed.contains_key(&spec) {
+                self.passed.insert(spec);
+            }
+        }
+        self.seconds.extend(other.seconds);
+        self.flaked.extend(other.flaked);
+    }
+
+    /// The specs listed `pass` that failed: the ones worth running again.
+    /// None when more than `limit` failed (that is no flake, and rerunning
+    /// would only hide how broken the run was) or a suite node failed.
+    pub fn to_rerun(&self, list: &SpecList, limit: usize) -> Vec<String> {
+        if self
+            .failed
+            .keys()
+            .any(|n| n.starts_with('[') && n.contains("Suite]"))
+        {
+            return Vec::new();
+        }
+        let failed: Vec<String> = self
+            .failed
+            .keys()
+            .filter(|s| list.specs.get(*s) == Some(&Expect::Pass))
+            .cloned()
+            .collect();
+        if failed.len() > limit {
+            return Vec::new();
+        }
+        failed
+    }
+
+    /// Takes in a second run of some failed specs: a spec that passed
+    /// there counts as passed and is remembered as flaked, with the first
+    /// failure; one that failed again keeps its first failure, the rerun's
+    /// message added.
+    pub fn rerun(&mut self, again: &Outcome) {
+        for spec in &again.passed {
+            if let Some(msg) = self.failed.remove(spec) {
+                self.flaked.insert(spec.clone(), msg);
+                self.passed.insert(spec.clone());
+            }
+        }
+        for (spec, msg) in &again.failed {
+            if let Some(first) = self.failed.get_mut(spec) {
+                *first = format!("{first} (and again when rerun: {msg})");
+            }
+        }
     }
 }
 
@@ -372,6 +435,33 @@ mod tests {
             "{all}"
         );
         assert_eq!(v.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn a_spec_that_passes_when_rerun_counts_as_flaked_and_one_that_fails_again_does_not() {
+        let d = "[sig-d] Other [Conformance]";
+        let l = SpecList::parse(&format!("pass\t-\t{A}\npass\t-\t{d}\nfail\tx\t{C}\n")).unwrap();
+        let mut o = outcome(&[junit(&[(A, "slow eviction"), (d, "boom")])]);
+        o.merge(outcome(&[junit(&[(C, "x"), (A, "skip"), (d, "skip")])]));
+        assert_eq!(o.failed.len(), 3);
+        // Only the specs listed `pass` are worth a rerun, and not too many.
+        let mut again = o.to_rerun(&l, 3);
+        again.sort();
+        assert_eq!(again, vec![A.to_string(), d.to_string()]);
+        assert!(o.to_rerun(&l, 1).is_empty());
+        o.rerun(&outcome(&[junit(&[(A, "pass"), (d, "boom twice")])]));
+        assert!(o.passed.contains(A));
+        assert_eq!(o.flaked[A], "Dec 1 16:00:17.960: slow eviction");
+        let v = verdict(&l, &o);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].contains(d)
+                && v[0].contains("boom (and again when rerun: Dec 1 16:00:17.960: boom twice)"),
+            "{v:?}"
+        );
+        // A failed suite node is no flake: nothing is rerun.
+        let broken = outcome(&[junit(&[(A, "x"), ("[SynchronizedBeforeSuite]", "down")])]);
+        assert!(broken.to_rerun(&l, 3).is_empty());
     }
 
     #[test]

@@ -35,6 +35,8 @@ const PHASE_LIMIT: Duration = Duration::from_secs(40 * 60);
 /// Where the suite's pause image is looked for once the registries are
 /// overridden (`{gcRegistry}/pause:3.2` in the suite's image manifest).
 const SUITE_PAUSE_IMAGE: &str = "kubeforge.invalid/pause:3.2";
+/// At most this many failed specs are run again; more is no flake.
+const RERUN_LIMIT: usize = 3;
 
 fn spec_list() -> SpecList {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/specs-1.20.txt");
@@ -71,7 +73,8 @@ sampleRegistry: kubeforge.invalid
 ";
 
 /// Runs one ginkgo phase over `specs`, with the engine reconciling the
-/// cluster meanwhile; returns the seconds it took.
+/// cluster meanwhile; returns the seconds it took and what its JUnit
+/// reports say.
 #[allow(clippy::too_many_arguments)]
 async fn run_phase(
     app: &TestApp,
@@ -80,11 +83,12 @@ async fn run_phase(
     label: &str,
     specs: &[&str],
     nodes: usize,
-) -> f64 {
+) -> (f64, Outcome) {
+    let mut outcome = Outcome::default();
     if specs.is_empty() {
-        return 0.0;
+        return (0.0, outcome);
     }
-    let reports = tmp.join("reports");
+    let reports = tmp.join("reports").join(label);
     std::fs::create_dir_all(&reports).unwrap();
     let log_path = tmp.join(format!("{label}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
@@ -139,7 +143,16 @@ async fn run_phase(
         "conformance {label}: ginkgo exited {status} after {secs:.0} s; log tail:\n  {}",
         tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
     );
-    secs
+    for e in std::fs::read_dir(&reports).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "xml") {
+            let xml = std::fs::read_to_string(&p).unwrap();
+            outcome
+                .add_junit(&xml)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+    }
+    (secs, outcome)
 }
 
 #[tokio::test]
@@ -208,18 +221,21 @@ async fn upstream_conformance_specs_pass_on_a_lab_cluster() {
     std::fs::write(tmp.join("repo-list.yaml"), REPO_LIST).unwrap();
 
     // The suite: side by side, then the [Serial] specs one at a time.
-    let t_parallel = run_phase(&app, &tmp, &kc, "parallel", &parallel, PARALLEL_NODES).await;
-    let t_serial = run_phase(&app, &tmp, &kc, "serial", &serial, 1).await;
-
-    let mut outcome = Outcome::default();
-    for e in std::fs::read_dir(tmp.join("reports")).unwrap().flatten() {
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "xml") {
-            let xml = std::fs::read_to_string(&p).unwrap();
-            outcome
-                .add_junit(&xml)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        }
+    let (t_parallel, mut outcome) =
+        run_phase(&app, &tmp, &kc, "parallel", &parallel, PARALLEL_NODES).await;
+    let (t_serial, serial_outcome) = run_phase(&app, &tmp, &kc, "serial", &serial, 1).await;
+    outcome.merge(serial_outcome);
+    // A spec listed `pass` that failed runs once more on its own: some
+    // v1.20 specs are known upstream to flake on tight timers (the
+    // NoExecuteTaintManager eviction waits, kubernetes/kubernetes#94931),
+    // and this machine runs the rest of the test suite beside them. A spec
+    // that passes the second time is reported as flaked, by name, with its
+    // first failure; one that fails twice fails the run.
+    let again = outcome.to_rerun(&list, RERUN_LIMIT);
+    if !again.is_empty() {
+        let again: Vec<&str> = again.iter().map(String::as_str).collect();
+        let (_, rerun) = run_phase(&app, &tmp, &kc, "rerun", &again, 1).await;
+        outcome.rerun(&rerun);
     }
     let mut problems = verdict(&list, &outcome);
 
@@ -242,6 +258,9 @@ async fn upstream_conformance_specs_pass_on_a_lab_cluster() {
     }
     for (spec, msg) in &outcome.failed {
         eprintln!("  failed: {spec}: {msg}");
+    }
+    for (spec, msg) in &outcome.flaked {
+        eprintln!("  FLAKED (failed, then passed when rerun): {spec}: {msg}");
     }
 
     // A fresh API token: the suite outlasts the harness's 10-minute tokens.
