@@ -31,6 +31,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 use tera::{Context, Tera, Value};
 
+use crate::addons;
 use crate::{ClusterName, ClusterNetwork, KubernetesVersion, ValidationError};
 
 /// Where the bundle's files and the files it expects live on a control-plane
@@ -215,6 +216,12 @@ const TEMPLATES: &[Template] = &[
         0o644,
     ),
     (
+        "kubeforge-addons.service",
+        include_str!("../../templates/controlplane/kubeforge-addons.service.tera"),
+        "/opt/kubeforge/units/kubeforge-addons.service",
+        0o644,
+    ),
+    (
         "bootstrap-controlplane.sh",
         include_str!("../../templates/controlplane/bootstrap-controlplane.sh.tera"),
         paths::BOOTSTRAP_SCRIPT,
@@ -229,8 +236,9 @@ const TEMPLATES: &[Template] = &[
 ];
 
 /// Renders every file of one control-plane member's bundle, in upload order:
-/// the four units (to [`paths::STAGED_UNIT_DIR`]), then the bootstrap script
-/// and the health check.
+/// the four component units and the addons unit (to
+/// [`paths::STAGED_UNIT_DIR`]), the bootstrap script, the health check, and
+/// the addons manifest ([`crate::addons`]).
 pub fn render_control_plane(
     input: &ControlPlaneBundleInput,
 ) -> Result<Vec<BundleFile>, BundleError> {
@@ -239,7 +247,13 @@ pub fn render_control_plane(
             template: "context".into(),
             message: error_chain(&e),
         })?;
-    render_all(TEMPLATES, &context)
+    let mut files = render_all(TEMPLATES, &context)?;
+    files.push(BundleFile {
+        path: addons::MANIFEST_PATH.into(),
+        mode: 0o644,
+        contents: addons::manifest(),
+    });
+    Ok(files)
 }
 
 /// A name, its source, where the rendered file goes, and its mode.
@@ -377,6 +391,9 @@ struct RenderContext {
     directories: Vec<ManagedPath>,
     files: Vec<ManagedPath>,
     units: &'static [&'static str],
+    /// [`UNITS`] and the addons unit: what the bootstrap script installs.
+    bootstrap_units: Vec<&'static str>,
+    addons: AddonsContext,
     staged_unit_dir: &'static str,
     stamp_dir: &'static str,
     pki: PkiContext,
@@ -393,6 +410,17 @@ struct EtcdContext {
     initial_cluster_token: String,
     /// `--etcd-servers` for the API server: every member, over TLS.
     servers: String,
+}
+
+#[derive(Serialize)]
+struct AddonsContext {
+    unit: &'static str,
+    manifest: &'static str,
+    sha256: String,
+    kubectl: String,
+    kubeconfig: &'static str,
+    /// This member's API server: the addons need no load balancer.
+    server: String,
 }
 
 #[derive(Serialize)]
@@ -614,6 +642,15 @@ impl RenderContext {
             directories,
             files,
             units: UNITS,
+            bootstrap_units: UNITS.iter().copied().chain([addons::UNIT]).collect(),
+            addons: AddonsContext {
+                unit: addons::UNIT,
+                manifest: addons::MANIFEST_PATH,
+                sha256: hex_sha256(addons::manifest().as_bytes()),
+                kubectl: in_bin_dir("kubectl"),
+                kubeconfig: paths::ADMIN_KUBECONFIG,
+                server: format!("https://{address}:{APISERVER_PORT}"),
+            },
             staged_unit_dir: paths::STAGED_UNIT_DIR,
             stamp_dir: paths::STAMP_DIR,
             pki: PKI,
@@ -628,6 +665,14 @@ impl RenderContext {
             },
         })
     }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn parse_ipv4(field: &str, value: &str) -> Result<Ipv4Addr, ValidationError> {
@@ -855,7 +900,11 @@ mod tests {
     #[test]
     fn bundle_one_member_snapshots() {
         let files = render_control_plane(&one_member()).expect("renders");
-        assert_eq!(files.len(), TEMPLATES.len());
+        assert_eq!(
+            files.len(),
+            TEMPLATES.len() + 1,
+            "the templates and the addons manifest"
+        );
         for f in &files {
             insta::assert_snapshot!(snapshot_name("one_member", &f.path), f.contents);
         }
@@ -883,8 +932,10 @@ mod tests {
                 "644 /opt/kubeforge/units/kube-apiserver.service",
                 "644 /opt/kubeforge/units/kube-controller-manager.service",
                 "644 /opt/kubeforge/units/kube-scheduler.service",
+                "644 /opt/kubeforge/units/kubeforge-addons.service",
                 "755 /opt/kubeforge/bootstrap-controlplane.sh",
                 "755 /opt/kubeforge/healthcheck.sh",
+                "644 /etc/kubernetes/addons/kubeforge.yaml",
             ]
         );
         for unit in UNITS {

@@ -55,15 +55,16 @@ impl fmt::Debug for BootstrapToken {
 }
 
 impl BootstrapToken {
-    /// A fresh token from `rng` (the service passes a CSPRNG).
-    pub fn generate(rng: &mut impl Rng) -> Self {
-        let mut part = |n: usize| -> String {
-            (0..n)
-                .map(|_| char::from(TOKEN_ALPHABET[rng.gen_range(0..TOKEN_ALPHABET.len())]))
-                .collect()
-        };
-        let id = part(6);
-        let secret = part(16);
+    /// A fresh token for the machine with ledger id `machine`: its id is
+    /// derived from the machine (so each machine has one token Secret, a
+    /// retried join overwrites it, and the service deletes it by name
+    /// without ever listing the cluster's secrets), its secret is fresh
+    /// from `rng` (the service passes a CSPRNG).
+    pub fn for_machine(machine: &str, rng: &mut impl Rng) -> Self {
+        let id = token_id_for(machine);
+        let secret = (0..16)
+            .map(|_| char::from(TOKEN_ALPHABET[rng.gen_range(0..TOKEN_ALPHABET.len())]))
+            .collect();
         Self { id, secret }
     }
 
@@ -94,43 +95,54 @@ impl BootstrapToken {
 
     /// The token Secret for the machine with ledger id `machine` that will
     /// join as `node_name`, valid until `expires_at`. Holds the secret.
-    pub fn secret_manifest(
+    pub fn secret_object(
         &self,
         machine: &str,
         node_name: &str,
         expires_at: DateTime<Utc>,
-    ) -> String {
-        format!(
-            "apiVersion: v1\n\
-             kind: Secret\n\
-             metadata:\n  \
-               name: {name}\n  \
-               namespace: kube-system\n  \
-               labels:\n    \
-                 {MACHINE_LABEL}: {machine}\n    \
-                 kubeforge.io/managed: \"true\"\n\
-             type: bootstrap.kubernetes.io/token\n\
-             stringData:\n  \
-               description: {description}\n  \
-               token-id: {id}\n  \
-               token-secret: {secret}\n  \
-               expiration: {expiration}\n  \
-               usage-bootstrap-authentication: \"true\"\n  \
-               auth-extra-groups: {BOOTSTRAP_GROUP}\n",
-            name = self.secret_name(),
-            machine = json_quoted(machine),
-            description = json_quoted(&format!("Kubeforge join of node {node_name}")),
-            id = self.id,
-            secret = self.secret,
-            expiration = json_quoted(&expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)),
-        )
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": self.secret_name(),
+                "namespace": "kube-system",
+                "labels": {MACHINE_LABEL: machine, "kubeforge.io/managed": "true"},
+            },
+            "type": "bootstrap.kubernetes.io/token",
+            "stringData": {
+                "description": format!("Kubeforge join of node {node_name}"),
+                "token-id": self.id,
+                "token-secret": self.secret,
+                "expiration": expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                "usage-bootstrap-authentication": "true",
+                "auth-extra-groups": BOOTSTRAP_GROUP,
+            },
+        })
     }
 }
 
-/// YAML accepts JSON strings: quoting through serde_json keeps any value
-/// from changing the document's structure.
-fn json_quoted(value: &str) -> String {
-    serde_json::Value::from(value).to_string()
+/// The token id of a machine: six characters of `[a-z0-9]` from a hash
+/// of its ledger id (FNV-1a, 64 bits; ids are unique, the hash only needs
+/// to spread them).
+pub fn token_id_for(machine: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in machine.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (0..6)
+        .map(|_| {
+            let c = TOKEN_ALPHABET[(h % TOKEN_ALPHABET.len() as u64) as usize];
+            h /= TOKEN_ALPHABET.len() as u64;
+            char::from(c)
+        })
+        .collect()
+}
+
+/// The name of a machine's token Secret in `kube-system`.
+pub fn token_secret_name(machine: &str) -> String {
+    format!("bootstrap-token-{}", token_id_for(machine))
 }
 
 /// The bindings that make TLS bootstrapping work with service-side
@@ -254,9 +266,14 @@ mod tests {
     #[test]
     fn tokens_have_the_bootstrap_shape_and_differ() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let a = BootstrapToken::generate(&mut rng);
-        let b = BootstrapToken::generate(&mut rng);
-        assert_ne!(a, b);
+        let a = BootstrapToken::for_machine("0193-a", &mut rng);
+        let again = BootstrapToken::for_machine("0193-a", &mut rng);
+        let b = BootstrapToken::for_machine("0193-b", &mut rng);
+        assert_ne!(a.id(), b.id());
+        // One machine, one Secret name; a fresh secret each time.
+        assert_eq!(a.id(), again.id());
+        assert_ne!(a.secret(), again.secret());
+        assert_eq!(a.secret_name(), token_secret_name("0193-a"));
         let t = a.token();
         let (id, secret) = t.split_once('.').unwrap();
         assert_eq!(id.len(), 6);
@@ -271,17 +288,19 @@ mod tests {
     #[test]
     fn the_token_secret_names_machine_expiry_and_group() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let t = BootstrapToken::generate(&mut rng);
+        let t = BootstrapToken::for_machine("0193-m", &mut rng);
         let at = DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let y = t.secret_manifest("0193-m", "demo-default-abcde", at);
-        assert!(y.contains(&format!("name: bootstrap-token-{}\n", t.id())));
-        assert!(y.contains("type: bootstrap.kubernetes.io/token\n"));
-        assert!(y.contains("expiration: \"2026-11-25T10:00:00Z\"\n"));
-        assert!(y.contains(&format!("auth-extra-groups: {BOOTSTRAP_GROUP}\n")));
-        assert!(y.contains("kubeforge.io/machine: \"0193-m\"\n"));
-        assert!(y.contains(&format!("token-secret: {}\n", t.secret())));
+        let y = t.secret_object("0193-m", "demo-default-abcde", at);
+        assert_eq!(y["metadata"]["name"], format!("bootstrap-token-{}", t.id()));
+        assert_eq!(y["metadata"]["namespace"], "kube-system");
+        assert_eq!(y["type"], "bootstrap.kubernetes.io/token");
+        assert_eq!(y["stringData"]["expiration"], "2026-11-25T10:00:00Z");
+        assert_eq!(y["stringData"]["auth-extra-groups"], BOOTSTRAP_GROUP);
+        assert_eq!(y["metadata"]["labels"]["kubeforge.io/machine"], "0193-m");
+        assert_eq!(y["stringData"]["token-secret"], t.secret());
+        assert_eq!(y["stringData"]["token-id"], t.id());
         assert!(BOOTSTRAP_GROUP.starts_with("system:bootstrappers:"));
     }
 

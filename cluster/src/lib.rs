@@ -6,13 +6,16 @@
 //! the spec is valid. Nothing in this crate touches the network, the
 //! database or the clock; callers pass time in.
 
+pub mod addons;
 pub mod bundle;
 pub mod condition;
 pub mod join;
 pub mod kubeconfig;
 pub mod names;
 pub mod network;
+pub mod nodes;
 pub mod pki;
+pub mod pools;
 pub mod restarts;
 pub mod spec;
 pub mod validation;

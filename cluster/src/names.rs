@@ -26,6 +26,20 @@ fn check_dns_label(value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a DNS-1123 subdomain, the rule Kubernetes holds most object
+/// names to (nodes, pods, CSRs, secrets): dot-separated DNS-1123 labels,
+/// at most 253 characters in all. Names read from a tenant cluster pass
+/// this before the service uses them at all.
+pub fn check_dns_subdomain(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > 253 {
+        return Err("must be 1 to 253 characters (DNS-1123 subdomain)".into());
+    }
+    for label in value.split('.') {
+        check_dns_label(label, 63).map_err(|m| format!("each dot-separated part {m}"))?;
+    }
+    Ok(())
+}
+
 macro_rules! label_newtype {
     ($(#[$doc:meta])* $name:ident, $max:expr) => {
         $(#[$doc])*
@@ -168,6 +182,27 @@ impl MachineType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_subdomains() {
+        for ok in ["a", "node-1", "csr-abc.x1", "kubeforge.io", &"a".repeat(63)] {
+            assert!(check_dns_subdomain(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "x;touch /tmp/p",
+            "$(id)",
+            "a b",
+            "A",
+            "-a",
+            "a..b",
+            "a.",
+            &"a".repeat(64),
+            &["a"; 128].join("."),
+        ] {
+            assert!(check_dns_subdomain(bad).is_err(), "{bad:?}");
+        }
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -23,3 +23,4 @@ pub mod providers;
 pub mod server;
 pub mod ssh;
 pub mod store;
+pub mod tenant;

@@ -232,6 +232,7 @@ pub fn build_app(
         metrics: Metrics::new()?,
         config,
         access,
+        tenants: Default::default(),
     }))
 }
 

@@ -4,7 +4,9 @@
 //! service approves; pools grow and shrink (draining through the Eviction
 //! API, a PodDisruptionBudget holding a drain until the pool's timeout); a
 //! powered-off worker is replaced; deleting the pool and then the cluster
-//! leaves no machine behind.
+//! leaves no machine behind. While the pool grows, a tenant impersonating
+//! the joining machine's bootstrap user files a CSR named like a shell
+//! command and one for another node: nothing runs, the second is denied.
 //!
 //! Images cannot be pulled offline, so pods are asserted bound, not running.
 //! Needs root and the artifacts of `scripts/build-lab-image` and
@@ -24,6 +26,79 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const POOL: &str = "work";
+
+/// The CSR name a tenant might pick to run a command where it is pasted
+/// into a shell (a CSR's name is not restricted to DNS names).
+const HOSTILE_CSR: &str = "x;touch kubeforge-pwned";
+const INTRUDER_CSR: &str = "kubeforge-intruder";
+
+/// As the cluster's admin, impersonating the bootstrap user of the newest
+/// worker `machine` (its token id follows from its ledger id), files two
+/// CSRs for the kubelet client signer: one named [`HOSTILE_CSR`] for the
+/// node's own name, one named [`INTRUDER_CSR`] for another node.
+fn file_hostile_csrs(kc: &Path, dir: &Path, machine: &str, node: &str) {
+    let user = format!(
+        "system:bootstrap:{}",
+        kubeforge_cluster::join::token_id_for(machine)
+    );
+    let mut docs = Vec::new();
+    for (name, cn) in [
+        (HOSTILE_CSR, format!("system:node:{node}")),
+        (INTRUDER_CSR, "system:node:intruder".to_string()),
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-keyout", "/dev/null", "-subj"])
+            .arg(format!("/O=system:nodes/CN={cn}"))
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        use base64::Engine;
+        let request = base64::engine::general_purpose::STANDARD.encode(&out.stdout);
+        docs.push(json!({
+            "apiVersion": "certificates.k8s.io/v1",
+            "kind": "CertificateSigningRequest",
+            "metadata": {"name": name},
+            "spec": {
+                "request": request,
+                "signerName": kubeforge_cluster::join::KUBELET_CLIENT_SIGNER,
+                "usages": ["digital signature", "key encipherment", "client auth"],
+            },
+        }));
+    }
+    let path = dir.join("hostile-csrs.json");
+    std::fs::write(
+        &path,
+        json!({"apiVersion": "v1", "kind": "List", "items": docs}).to_string(),
+    )
+    .unwrap();
+    let (ok, out) = kubectl_run(
+        kc,
+        &[
+            "create",
+            "-f",
+            path.to_str().unwrap(),
+            "--as",
+            &user,
+            "--as-group",
+            kubeforge_cluster::join::BOOTSTRAP_GROUP,
+            "--as-group",
+            "system:authenticated",
+        ],
+    );
+    assert!(ok, "filing the hostile CSRs: {out}");
+}
 
 /// Runs the engine until the pool satisfies `done`; returns the pool JSON.
 async fn drive_pool(
@@ -50,11 +125,18 @@ async fn drive_pool(
         if r.status == 200 && done(&r.body) {
             return r.body;
         }
-        assert!(
-            Instant::now() < deadline,
-            "pool not {what} after {within:?}: {}",
-            serde_json::to_string_pretty(&r.body).unwrap_or_default()
-        );
+        if Instant::now() >= deadline {
+            let jobs: Vec<(String, String, i32, Option<String>)> = sqlx::query_as(
+                "SELECT kind, state, attempts, last_error FROM jobs ORDER BY id DESC LIMIT 5",
+            )
+            .fetch_all(&app.pool)
+            .await
+            .unwrap_or_default();
+            panic!(
+                "pool not {what} after {within:?}: {}\nlatest jobs: {jobs:?}",
+                serde_json::to_string_pretty(&r.body).unwrap_or_default()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -199,7 +281,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
                     "name": POOL, "machine_type": "small", "size": 2,
                     "labels": {"tier": "batch"},
                     "taints": [{"key": "dedicated", "value": "batch", "effect": "NoSchedule"}],
-                    "drain_timeout_seconds": 20,
+                    "drain_timeout_seconds": 40,
                     "auto_repair": {"enabled": true, "after_seconds": 20}
                 }]
             })),
@@ -399,6 +481,23 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let up_op = r.body["operation"]["id"].as_str().unwrap().to_string();
+    // The third machine's row, then the hostile CSRs before it joins.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (third_id, third_name) = loop {
+        hurry_and_run(&app).await;
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, name FROM machines WHERE role = 'worker' AND deleted_at IS NULL ORDER BY created_at",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        if rows.len() == 3 {
+            break rows[2].clone();
+        }
+        assert!(Instant::now() < deadline, "no third worker row: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    file_hostile_csrs(&kc, &tmp, &third_id.to_string(), &third_name);
     let p3 = drive_pool(
         &app,
         &owner,
@@ -424,6 +523,52 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         .await;
     assert_eq!(op.body["state"], "succeeded", "{}", op.text);
     assert_eq!(kubectl_nodes(&kc).len(), 3);
+    // The hostile CSRs: the one named like a command was left alone (the
+    // service does not use names that are not DNS names), the one for
+    // another node was denied, and nothing ran on any machine.
+    let csr = |name: &str| {
+        let (ok, out) = kubectl_run(&kc, &["get", "csr", name, "-o", "json"]);
+        assert!(ok, "{out}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let hostile = csr(HOSTILE_CSR);
+    assert!(
+        hostile["status"]["conditions"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{hostile}"
+    );
+    let intruder = csr(INTRUDER_CSR);
+    assert_eq!(
+        intruder["status"]["conditions"][0]["type"], "Denied",
+        "{intruder}"
+    );
+    let denied = events(&app, "CsrDenied").await;
+    assert!(
+        denied
+            .iter()
+            .any(|m| m.contains(INTRUDER_CSR) && m.contains("system:node:intruder")),
+        "{denied:?}"
+    );
+    let everyone: Vec<(String, String)> = sqlx::query_as(
+        "SELECT address, host_key FROM machines WHERE deleted_at IS NULL AND state = 'running'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(everyone.len(), 4, "one control plane and three workers");
+    for (address, host_key) in &everyone {
+        let (code, out) = run_on_machine(
+            &app,
+            address,
+            host_key,
+            "find / -xdev -name kubeforge-pwned 2>/dev/null; true",
+        )
+        .await;
+        assert_eq!(code, 0);
+        assert!(out.is_empty(), "{address}: {out:?}");
+    }
+
     let newest: String = sqlx::query_scalar(
         "SELECT name FROM machines WHERE role = 'worker' AND deleted_at IS NULL ORDER BY created_at DESC LIMIT 1",
     )
@@ -479,7 +624,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         took.as_secs_f64()
     );
     assert!(
-        took >= Duration::from_secs(20),
+        took >= Duration::from_secs(40),
         "the budget did not hold the drain"
     );
     assert!(

@@ -65,6 +65,8 @@ pub struct App {
     /// SSH key and binaries for bootstrapping machines; None when this
     /// service cannot reach machines (then control planes wait, saying why).
     pub access: Option<Arc<crate::engine::controlplane::MachineAccess>>,
+    /// The service's clients of tenant clusters, minted on first use.
+    pub tenants: crate::tenant::Clients,
 }
 
 pub type SharedApp = Arc<App>;

@@ -26,7 +26,7 @@ use kubeforge_cluster::pki::{
     DEFAULT_CA_VALIDITY, DEFAULT_LEAF_VALIDITY, VIEWER_GROUP,
 };
 use kubeforge_cluster::restarts::{self, MemberRestarts, Observation, RecentRestarts};
-use kubeforge_cluster::ClusterName;
+use kubeforge_cluster::{ClusterName, Phase};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -559,12 +559,30 @@ async fn bootstrap(
     Ok((status == 0, lines.into_iter().map(|(_, l)| l).collect()))
 }
 
-const VIEWER_BINDING: &str = "/etc/kubernetes/kubeforge-rbac.yaml";
-
-fn rbac_manifest() -> String {
-    format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: kubeforge-viewers\n  labels:\n    kubeforge.io/managed: \"true\"\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: view\nsubjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: Group\n  name: \"{VIEWER_GROUP}\"\n"
+/// Whether a viewer kubeconfig of this cluster works yet: a 2-minute
+/// viewer certificate lists namespaces, retried for a few seconds.
+async fn viewer_may_list(app: &App, c: &Cluster, url: &str) -> Result<()> {
+    let pki = ensure_pki(app, c).await?;
+    let signer = pki.ca.signer().map_err(internal)?;
+    let viewer = crate::tenant::KubeTenant::connect_as(
+        &c.name,
+        url,
+        &pki.ca.cert_pem,
+        &signer,
+        ("kubeforge:probe", &[VIEWER_GROUP]),
+        TimeDelta::minutes(2),
+        Utc::now(),
     )
+    .await?;
+    let mut answer = viewer.may_list_namespaces().await;
+    for _ in 0..10 {
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        answer = viewer.may_list_namespaces().await;
+    }
+    answer.map_err(|e| Error::Unavailable(format!("viewers cannot list namespaces yet: {e}")))
 }
 
 /// Opens a session to a machine, or says why not (an unreachable member
@@ -880,59 +898,48 @@ pub async fn reconcile(
             endpoint_ok = false;
         }
     }
-    // Through the endpoint, with the admin credentials, as a tenant would.
-    if let (true, Some((_, session))) = (
-        endpoint_ok,
-        sessions
-            .iter()
-            .find(|(m, _)| healthy_members.iter().any(|h| h.id == m.id)),
-    ) {
-        let kubectl = format!("{}/kubectl", access.artifacts.guest_dir);
-        let admin = paths::ADMIN_KUBECONFIG;
-        let mut answered = false;
+    // Through the endpoint, as the service's own identity: the API server
+    // is ready, and the addons (RBAC) are in force once that identity may
+    // list nodes (its binding is applied last; see
+    // `kubeforge_cluster::addons`).
+    if endpoint_ok && !healthy_members.is_empty() {
+        let url = format!("https://{endpoint}:{APISERVER_PORT}");
+        let api = super::tenant_api(app, c, &url).await?;
+        let mut answered = Err(Error::Unavailable("not asked".into()));
         for _ in 0..10 {
-            let (code, out) = exec(
-                session,
-                &format!("{kubectl} --kubeconfig {admin} --request-timeout=5s get --raw /readyz"),
-            )
-            .await?;
-            if code == 0 && out.iter().any(|l| l.trim() == "ok") {
-                answered = true;
+            answered = api.ready().await;
+            if answered.is_ok() {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        if answered {
-            status.endpoint = Some(format!("https://{endpoint}:{APISERVER_PORT}"));
-            session
-                .upload(VIEWER_BINDING, rbac_manifest().as_bytes(), 0o644)
-                .await
-                .map_err(|e| Error::Unavailable(format!("uploading RBAC: {e}")))?;
-            let (code, out) = exec(session, &format!("{kubectl} --kubeconfig {admin} apply --server-side --field-manager=kubeforge -f {VIEWER_BINDING}")).await?;
-            // Ready means usable: wait until the authorizer sees the binding
-            // (its informers lag the write by a moment).
-            let mut effective = false;
-            if code == 0 {
+        match answered {
+            Ok(()) => {
+                status.endpoint = Some(url.clone());
+                let mut effective = Err(Error::Unavailable("not asked".into()));
                 for _ in 0..10 {
-                    let (code, _) = exec(session, &format!("{kubectl} --kubeconfig {admin} auth can-i list namespaces --as=kubeforge:probe --as-group={VIEWER_GROUP}")).await?;
-                    if code == 0 {
-                        effective = true;
+                    effective = api.nodes().await.map(|_| ());
+                    if effective.is_ok() {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
+                // Viewers: `view` is an aggregated role, empty until the
+                // controller manager fills it; ask as a viewer would (once,
+                // until the cluster has been ready).
+                if effective.is_ok() && !matches!(c.phase, Phase::Ready | Phase::Degraded) {
+                    effective = viewer_may_list(app, c, &url).await;
+                }
+                status.rbac_applied = effective.is_ok();
+                if let Err(why) = effective {
+                    status.problems.push(format!(
+                        "the cluster's addons (RBAC) are not in force yet: {why}"
+                    ));
+                }
             }
-            status.rbac_applied = effective;
-            if !effective {
-                status.problems.push(format!(
-                    "RBAC bootstrap not effective yet: {}",
-                    out.join("; ")
-                ));
-            }
-        } else {
-            status.problems.push(format!(
-                "the endpoint https://{endpoint}:{APISERVER_PORT} does not answer /readyz"
-            ));
+            Err(why) => status
+                .problems
+                .push(format!("the endpoint {url} does not answer /readyz: {why}")),
         }
     }
     for (_, session) in sessions {

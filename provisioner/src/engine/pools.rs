@@ -2,17 +2,18 @@
 //! observed, drained on their way out, and replaced when they die.
 //!
 //! One pass, run by the cluster reconciler after the control plane is
-//! ready, talks to the tenant cluster with kubectl on a healthy
-//! control-plane member (the admin kubeconfig never leaves that machine):
+//! ready, talks to the tenant cluster through its API as the service's own
+//! least-privileged identity ([`crate::tenant`]); nothing runs kubectl and
+//! nothing read from the cluster reaches a shell:
 //!
-//! 1. **Observe.** `kubectl get nodes`; each worker's ledger row records
+//! 1. **Observe.** The nodes; each worker's ledger row records
 //!    its node's state (`joining`, `ready`, `not_ready`, `missing`) and
 //!    since when it has been unhealthy, and why.
 //! 2. **Scale down.** A pool with more live machines than its size picks
 //!    victims (not-ready first, then least CPU requested, then newest) and
-//!    marks them `draining`. A draining node is cordoned and drained with
-//!    `kubectl drain`, which evicts through the Eviction API and so honours
-//!    PodDisruptionBudgets; each pass tries for a few seconds, and after the
+//!    marks them `draining`. A draining node is cordoned and its pods
+//!    evicted through the Eviction API ([`crate::tenant::drain`]), which
+//!    honours PodDisruptionBudgets; each pass tries for a few seconds, and after the
 //!    pool's drain timeout the drain is abandoned, with the blocking reason
 //!    in an event and on the operation. Then the Node object is deleted and
 //!    the machine handed to the provider for deletion.
@@ -25,19 +26,21 @@
 //!    of its own ([`kubeforge_cluster::join`]), the worker bundle, and its
 //!    bootstrap script; while the scripts run, the service approves the
 //!    kubelet client CSRs whose token and node name match the ledger.
-//! 5. **Clean up.** Token Secrets of joined or vanished machines and Node
-//!    objects of pool machines no longer in the ledger are deleted.
+//! 5. **Clean up.** The token Secret of a machine that joined or is being
+//!    removed is deleted by name (the service never lists the cluster's
+//!    secrets; one left behind by a crash expires with its token and the
+//!    cluster's token cleaner removes it), and Node objects of pool
+//!    machines no longer in the ledger are deleted.
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use chrono::{DateTime, TimeDelta, Utc};
 use kubeforge_cluster::join::{
-    self, check_node_client_csr, BootstrapToken, KUBELET_CLIENT_SIGNER, MACHINE_LABEL, POOL_LABEL,
+    self, check_node_client_csr, token_secret_name, BootstrapToken, KUBELET_CLIENT_SIGNER,
+    POOL_LABEL,
 };
 use kubeforge_cluster::kubeconfig::render_token_kubeconfig;
+use kubeforge_cluster::nodes::{self as tenant_nodes, DrainProgress, NodeView};
 use kubeforge_cluster::spec::AutoRepair;
 use kubeforge_cluster::worker::{self, WorkerBundleInput};
-use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -46,12 +49,13 @@ use uuid::Uuid;
 use super::controlplane::{self, record_for as record, MachineAccess};
 use crate::app::App;
 use crate::error::{Error, Result};
-use crate::ssh::{Redactor, Session, StreamKind};
+use crate::ssh::{Redactor, StreamKind};
 use crate::store::cluster::Cluster;
 use crate::store::event;
 use crate::store::machine::{self, Machine};
 use crate::store::node_pool::NodePool;
 use crate::store::secret;
+use crate::tenant::{self, TenantApi};
 
 /// How long a bootstrap token lives: enough for one join, retried.
 pub const TOKEN_TTL: TimeDelta = TimeDelta::minutes(15);
@@ -63,9 +67,6 @@ pub const REPAIR_WINDOW: TimeDelta = TimeDelta::minutes(10);
 /// Longest one worker's bootstrap may take (its script waits up to 120 s
 /// for the node's pod CIDR).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(200);
-const KUBECTL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Where manifests holding secrets are staged on the member, briefly.
-const STAGING_DIR: &str = "/etc/kubernetes/kubeforge-staging";
 /// Validity of a node's kube-proxy client certificate.
 const KUBE_PROXY_CERT_TTL: TimeDelta = TimeDelta::days(365);
 
@@ -94,207 +95,19 @@ pub struct PoolsStatus {
     pub pools: HashMap<Uuid, PoolReport>,
 }
 
-/// A node as the pass needs it.
-#[derive(Debug, Clone)]
-struct NodeInfo {
-    ready: bool,
-    /// The Ready condition's reason and message, when not ready.
-    why: String,
-    pool: Option<String>,
-}
-
-/// kubectl with the admin kubeconfig, run on a control-plane member.
-struct Kube {
-    session: Session,
-    kubectl: String,
-}
-
-impl Kube {
-    fn command(&self, args: &str) -> String {
-        format!(
-            "{} --kubeconfig {} --request-timeout=20s {args}",
-            self.kubectl,
-            kubeforge_cluster::bundle::paths::ADMIN_KUBECONFIG
-        )
-    }
-
-    /// Runs kubectl; (exit status, stdout lines, stderr lines).
-    async fn run(&self, args: &str, timeout: Duration) -> Result<(i32, Vec<String>, Vec<String>)> {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = self
-            .session
-            .run(
-                &self.command(args),
-                timeout,
-                &Redactor::none(),
-                |kind, line| match kind {
-                    StreamKind::Stdout => out.push(line.to_string()),
-                    StreamKind::Stderr => err.push(line.to_string()),
-                },
-            )
-            .await
-            .map_err(|e| {
-                Error::Unavailable(format!("kubectl on {}: {e}", self.session.target()))
-            })?;
-        Ok((code, out, err))
-    }
-
-    /// Runs kubectl expecting JSON on stdout.
-    async fn json(&self, args: &str) -> Result<Value> {
-        let (code, out, err) = self
-            .run(&format!("{args} -o json"), KUBECTL_TIMEOUT)
-            .await?;
-        if code != 0 {
-            return Err(Error::Unavailable(format!(
-                "kubectl {args}: {}",
-                err.join("; ")
-            )));
-        }
-        serde_json::from_str(&out.join("\n"))
-            .map_err(|e| Error::Unavailable(format!("kubectl {args}: unreadable JSON: {e}")))
-    }
-
-    /// Applies a manifest that may hold a secret: staged on the member
-    /// readable by root only, applied, removed.
-    async fn apply(&self, name: &str, yaml: &str) -> Result<()> {
-        let path = format!("{STAGING_DIR}/{name}.yaml");
-        self.session
-            .upload(&path, yaml.as_bytes(), 0o600)
-            .await
-            .map_err(|e| Error::Unavailable(format!("staging {name}: {e}")))?;
-        let result = self
-            .run(
-                &format!(
-                    "apply --server-side --force-conflicts --field-manager=kubeforge -f {path}"
-                ),
-                KUBECTL_TIMEOUT,
-            )
-            .await;
-        let _ = self
-            .session
-            .run(
-                &format!("rm -f {path}"),
-                KUBECTL_TIMEOUT,
-                &Redactor::none(),
-                |_, _| {},
-            )
-            .await;
-        let (code, _, err) = result?;
-        if code != 0 {
-            return Err(Error::Unavailable(format!(
-                "applying {name}: {}",
-                err.join("; ")
-            )));
-        }
-        Ok(())
-    }
-
-    async fn nodes(&self) -> Result<HashMap<String, NodeInfo>> {
-        let list = self.json("get nodes").await?;
-        let mut out = HashMap::new();
-        for item in list["items"].as_array().into_iter().flatten() {
-            let Some(name) = item["metadata"]["name"].as_str() else {
-                continue;
-            };
-            let ready = item["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|c| c["type"] == "Ready");
-            let is_ready = ready.is_some_and(|c| c["status"] == "True");
-            let why = ready
-                .map(|c| {
-                    format!(
-                        "{}: {}",
-                        c["reason"].as_str().unwrap_or("Unknown"),
-                        c["message"].as_str().unwrap_or("")
-                    )
-                })
-                .unwrap_or_else(|| "NoReadyCondition: the kubelet has not reported".into());
-            out.insert(
-                name.to_string(),
-                NodeInfo {
-                    ready: is_ready,
-                    why,
-                    pool: item["metadata"]["labels"][POOL_LABEL]
-                        .as_str()
-                        .map(str::to_string),
-                },
-            );
-        }
-        Ok(out)
-    }
-
-    async fn delete_node(&self, name: &str) -> Result<()> {
-        let (code, _, err) = self
-            .run(
-                &format!("delete node {name} --ignore-not-found --wait=false"),
-                KUBECTL_TIMEOUT,
-            )
-            .await?;
-        if code != 0 {
-            return Err(Error::Unavailable(format!(
-                "deleting node {name}: {}",
-                err.join("; ")
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// Requested CPU per node, in millicores, from the pods bound to it.
-async fn cpu_requested(kube: &Kube) -> Result<HashMap<String, u64>> {
-    let pods = kube
-        .json("get pods --all-namespaces --field-selector=status.phase!=Succeeded,status.phase!=Failed")
-        .await?;
-    let mut out: HashMap<String, u64> = HashMap::new();
-    for p in pods["items"].as_array().into_iter().flatten() {
-        let Some(node) = p["spec"]["nodeName"].as_str() else {
-            continue;
-        };
-        let millis: u64 = p["spec"]["containers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["resources"]["requests"]["cpu"].as_str())
-            .filter_map(cpu_millis)
-            .sum();
-        *out.entry(node.to_string()).or_default() += millis;
-    }
-    Ok(out)
-}
-
-/// A Kubernetes CPU quantity (`250m`, `1`, `0.5`) in millicores.
-pub fn cpu_millis(q: &str) -> Option<u64> {
-    if let Some(m) = q.strip_suffix('m') {
-        return m.parse().ok();
-    }
-    let cores: f64 = q.parse().ok()?;
-    (cores.is_finite() && cores >= 0.0).then(|| (cores * 1000.0).round() as u64)
-}
-
 /// One pass over the pools of a cluster whose control plane serves through
-/// `endpoint`. `member` is a healthy control-plane machine; `stopped` are
-/// worker machines the provider reports powered off.
+/// `endpoint` (`https://host:port`). `stopped` are worker machines the
+/// provider reports powered off.
 pub async fn reconcile(
     app: &App,
     access: &MachineAccess,
     c: &Cluster,
     pools: &[NodePool],
-    member: &Machine,
     endpoint: &str,
     stopped: &HashSet<Uuid>,
 ) -> Result<PoolsStatus> {
-    let session = controlplane::open(access, member)
-        .await
-        .map_err(Error::Unavailable)?;
-    let kube = Kube {
-        session,
-        kubectl: format!("{}/kubectl", access.artifacts.guest_dir),
-    };
-    let result = pass(app, access, c, pools, &kube, endpoint, stopped).await;
-    kube.session.close().await;
-    result
+    let api = super::tenant_api(app, c, endpoint).await?;
+    pass(app, access, c, pools, api.as_ref(), endpoint, stopped).await
 }
 
 async fn pass(
@@ -302,19 +115,25 @@ async fn pass(
     access: &MachineAccess,
     c: &Cluster,
     pools: &[NodePool],
-    kube: &Kube,
+    kube: &dyn TenantApi,
     endpoint: &str,
     stopped: &HashSet<Uuid>,
 ) -> Result<PoolsStatus> {
     let now = Utc::now();
-    let nodes = kube.nodes().await?;
+    let nodes: HashMap<String, NodeView> = kube
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|n| (n.name.clone(), n))
+        .collect();
+    // Machines whose token Secret is done with: joined, or on their way out.
+    let mut tokens_done: Vec<Uuid> = Vec::new();
     let machines = machine::list_any(&app.pool, c.id).await?;
     let workers: Vec<&Machine> = machines.iter().filter(|m| m.role == "worker").collect();
     let pool_of = |m: &Machine| pools.iter().find(|p| Some(p.id) == m.node_pool_id);
 
     // 1. Observe.
     let mut to_join: Vec<&Machine> = Vec::new();
-    let mut joined_now = false;
     for m in workers.iter().filter(|m| m.state == "running") {
         let (state, unhealthy): (&str, Option<String>) = if stopped.contains(&m.id) {
             (
@@ -344,7 +163,7 @@ async fn pass(
         machine::observe_node(&app.pool, m.id, Some(state), unhealthy.as_deref()).await?;
         if state == "ready" && m.joined_at.is_none() {
             machine::mark_joined(&app.pool, m.id).await?;
-            joined_now = true;
+            tokens_done.push(m.id);
             let secs = (now - m.created_at).num_seconds();
             record(
                 app,
@@ -399,7 +218,7 @@ async fn pass(
             continue;
         }
         if requested.is_none() {
-            requested = Some(cpu_requested(kube).await?);
+            requested = Some(tenant_nodes::cpu_requested(&kube.pods(None).await?));
         }
         let req = requested.as_ref().expect("filled above");
         let mut victims = live.clone();
@@ -410,6 +229,7 @@ async fn pass(
             format!("node pool {} scales down to {want}", p.name)
         };
         for m in victims.into_iter().take(live.len() - want) {
+            tokens_done.push(m.id);
             if m.state == "running" {
                 machine::start_drain(&app.pool, m.id, &why).await?;
                 record(
@@ -452,29 +272,17 @@ async fn pass(
                     m.name, n.why
                 ),
             )),
-            Some(_) => {
-                let (code, out, mut err) = kube
-                    .run(
-                        &format!(
-                            "drain {} --ignore-daemonsets --delete-emptydir-data --force --grace-period=30 --timeout={}s",
-                            m.name,
-                            DRAIN_SLICE.as_secs()
-                        ),
-                        DRAIN_SLICE + KUBECTL_TIMEOUT,
-                    )
-                    .await?;
-                err.extend(out.iter().cloned());
-                if code == 0 {
-                    let evicted = out.iter().filter(|l| l.contains("evicted")).count();
-                    Some((
-                        false,
-                        format!(
-                            "node {} drained in {elapsed} s ({evicted} pods evicted)",
-                            m.name
-                        ),
-                    ))
-                } else if elapsed >= i64::from(p.drain_timeout_seconds) {
-                    let blocking = blocking_reason(&err);
+            Some(_) => match tenant::drain(kube, &m.name, DRAIN_SLICE).await? {
+                DrainProgress::Drained { evicted } => Some((
+                    false,
+                    format!(
+                        "node {} drained in {elapsed} s ({evicted} pods evicted in the last pass)",
+                        m.name
+                    ),
+                )),
+                DrainProgress::Pending { blocking, .. }
+                    if elapsed >= i64::from(p.drain_timeout_seconds) =>
+                {
                     Some((
                         true,
                         format!(
@@ -482,16 +290,15 @@ async fn pass(
                             m.name, p.drain_timeout_seconds
                         ),
                     ))
-                } else {
+                }
+                DrainProgress::Pending { blocking, .. } => {
                     report.draining += 1;
-                    report.problems.push(format!(
-                        "draining {} for {elapsed} s: {}",
-                        m.name,
-                        blocking_reason(&err)
-                    ));
+                    report
+                        .problems
+                        .push(format!("draining {} for {elapsed} s: {blocking}", m.name));
                     None
                 }
-            }
+            },
         };
         if let Some((warning, message)) = outcome {
             let reason = if message.contains("gave up") {
@@ -525,6 +332,7 @@ async fn pass(
                 message,
             } => {
                 record(app, c, Some(pool_id), true, "NodeRepair", &message).await?;
+                tokens_done.push(m.id);
                 kube.delete_node(&m.name).await?;
                 machine::set_state(&app.pool, m.id, "deleting", Some(&format!("repair: {why}")))
                     .await?;
@@ -557,16 +365,12 @@ async fn pass(
         join_all(app, access, c, pools, kube, endpoint, &to_join).await?;
     }
 
-    // 7. Tokens of machines that joined or are gone.
-    let machines = machine::list_any(&app.pool, c.id).await?;
-    if joined_now
-        || !to_join.is_empty()
-        || machines
-            .iter()
-            .any(|m| m.role == "worker" && m.state != "running")
-    {
-        collect_tokens(kube, &machines).await?;
+    // 7. Tokens of machines that joined or are leaving.
+    for id in &tokens_done {
+        kube.delete_system_secret(&token_secret_name(&id.to_string()))
+            .await?;
     }
+    let machines = machine::list_any(&app.pool, c.id).await?;
 
     // The report.
     for p in pools {
@@ -709,43 +513,6 @@ fn is_live(m: &Machine) -> bool {
     matches!(m.state.as_str(), "pending" | "running" | "failed")
 }
 
-/// The line of kubectl drain's error output that says what blocks it.
-fn blocking_reason(err: &[String]) -> String {
-    err.iter()
-        .rev()
-        .find(|l| l.contains("disruption budget"))
-        .or_else(|| err.iter().rev().find(|l| l.contains("evict")))
-        .or_else(|| err.last())
-        .map(|l| l.trim().to_string())
-        .unwrap_or_else(|| "kubectl drain did not finish".into())
-}
-
-/// Deletes the bootstrap-token Secrets of machines that joined or left.
-async fn collect_tokens(kube: &Kube, machines: &[Machine]) -> Result<()> {
-    let list = kube
-        .json(&format!("-n kube-system get secrets -l {MACHINE_LABEL}"))
-        .await?;
-    for s in list["items"].as_array().into_iter().flatten() {
-        let Some(name) = s["metadata"]["name"].as_str() else {
-            continue;
-        };
-        let owner = s["metadata"]["labels"][MACHINE_LABEL]
-            .as_str()
-            .unwrap_or("");
-        let pending = machines
-            .iter()
-            .any(|m| m.id.to_string() == owner && m.state == "running" && m.joined_at.is_none());
-        if !pending {
-            kube.run(
-                &format!("-n kube-system delete secret {name} --ignore-not-found"),
-                KUBECTL_TIMEOUT,
-            )
-            .await?;
-        }
-    }
-    Ok(())
-}
-
 /// A join in progress: the machine and the token it was given.
 struct Joining<'a> {
     machine: &'a Machine,
@@ -758,12 +525,10 @@ async fn join_all(
     access: &MachineAccess,
     c: &Cluster,
     pools: &[NodePool],
-    kube: &Kube,
+    kube: &dyn TenantApi,
     endpoint: &str,
     machines: &[&Machine],
 ) -> Result<()> {
-    kube.apply("node-bootstrap-rbac", &join::rbac_manifest())
-        .await?;
     let ca = secret::get(&app.pool, &app.secrets, c.id, "pki/ca.crt")
         .await?
         .ok_or_else(|| Error::Unavailable("the cluster has no CA yet".into()))?;
@@ -777,11 +542,11 @@ async fn join_all(
 
     let mut joins = Vec::new();
     for m in machines {
-        let token = BootstrapToken::generate(&mut rand::rngs::OsRng);
+        let token = BootstrapToken::for_machine(&m.id.to_string(), &mut rand::rngs::OsRng);
         let expires = Utc::now() + TOKEN_TTL;
-        kube.apply(
-            &format!("token-{}", token.id()),
-            &token.secret_manifest(&m.id.to_string(), &m.name, expires),
+        kube.apply_system_secret(
+            &token.secret_name(),
+            &token.secret_object(&m.id.to_string(), &m.name, expires),
         )
         .await?;
         joins.push(Joining { machine: m, token });
@@ -978,11 +743,12 @@ async fn join_one(
 
 /// Approves, until `done`, the pending kubelet client CSRs made with the
 /// joining machines' tokens for exactly their node names; denies any other
-/// CSR made with one of those tokens.
+/// CSR made with one of those tokens. CSRs whose names are not DNS
+/// subdomains never get here ([`crate::tenant`] drops them).
 async fn approve_while(
     app: &App,
     c: &Cluster,
-    kube: &Kube,
+    kube: &dyn TenantApi,
     joins: &[Joining<'_>],
     done: &AtomicBool,
 ) -> Result<()> {
@@ -992,34 +758,25 @@ async fn approve_while(
         .collect();
     let mut handled: HashSet<String> = HashSet::new();
     while !done.load(Ordering::SeqCst) {
-        let list = kube.json("get csr").await?;
-        for csr in list["items"].as_array().into_iter().flatten() {
-            let name = csr["metadata"]["name"].as_str().unwrap_or_default();
-            if name.is_empty() || handled.contains(name) {
+        for csr in kube.csrs().await? {
+            if handled.contains(&csr.name) || !csr.pending {
                 continue;
             }
-            let pending = csr["status"]["conditions"]
-                .as_array()
-                .is_none_or(|c| c.is_empty());
-            let user = csr["spec"]["username"].as_str().unwrap_or_default();
-            let (true, Some(m)) = (pending, by_user.get(user)) else {
+            let Some(m) = by_user.get(&csr.username) else {
                 continue;
             };
-            let verdict = if csr["spec"]["signerName"] != KUBELET_CLIENT_SIGNER {
+            let verdict = if csr.signer != KUBELET_CLIENT_SIGNER {
                 Err(format!(
-                    "signer {} is not {KUBELET_CLIENT_SIGNER}",
-                    csr["spec"]["signerName"]
+                    "signer {:?} is not {KUBELET_CLIENT_SIGNER}",
+                    csr.signer
                 ))
             } else {
-                BASE64
-                    .decode(csr["spec"]["request"].as_str().unwrap_or_default())
-                    .map_err(|e| format!("the request is not base64: {e}"))
-                    .and_then(|pem| check_node_client_csr(&pem, &m.name))
+                check_node_client_csr(&csr.request, &m.name)
             };
-            let (verb, warning, reason, message) = match &verdict {
+            let (name, user) = (&csr.name, &csr.username);
+            let (approve, reason, message) = match &verdict {
                 Ok(()) => (
-                    "approve",
-                    false,
+                    true,
                     "CsrApproved",
                     format!(
                         "approved {name}: {user} asks for {} as the ledger expects",
@@ -1027,23 +784,15 @@ async fn approve_while(
                     ),
                 ),
                 Err(why) => (
-                    "deny",
-                    true,
+                    false,
                     "CsrDenied",
                     format!("denied {name} from {user} (machine {}): {why}", m.name),
                 ),
             };
-            let (code, _, err) = kube
-                .run(&format!("certificate {verb} {name}"), KUBECTL_TIMEOUT)
+            kube.decide_csr(name, approve, &format!("Kubeforge{reason}"), &message)
                 .await?;
-            if code != 0 {
-                return Err(Error::Unavailable(format!(
-                    "kubectl certificate {verb} {name}: {}",
-                    err.join("; ")
-                )));
-            }
-            handled.insert(name.to_string());
-            record(app, c, m.node_pool_id, warning, reason, &message).await?;
+            handled.insert(csr.name.clone());
+            record(app, c, m.node_pool_id, !approve, reason, &message).await?;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -1102,27 +851,6 @@ mod tests {
             names,
             ["booting", "sick", "idle-new", "idle-old", "busy-old"]
         );
-    }
-
-    #[test]
-    fn cpu_quantities() {
-        assert_eq!(cpu_millis("250m"), Some(250));
-        assert_eq!(cpu_millis("1"), Some(1000));
-        assert_eq!(cpu_millis("0.5"), Some(500));
-        assert_eq!(cpu_millis("1.25"), Some(1250));
-        assert_eq!(cpu_millis("lots"), None);
-        assert_eq!(cpu_millis("-1"), None);
-    }
-
-    #[test]
-    fn drain_reason_prefers_the_budget_line() {
-        let err = vec![
-            "evicting pod default/web-0".to_string(),
-            "error when evicting pods/\"web-0\" -n \"default\" (will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget.".to_string(),
-            "error: unable to drain node \"n\": global timeout reached: 5s".to_string(),
-        ];
-        assert!(blocking_reason(&err).contains("disruption budget"));
-        assert_eq!(blocking_reason(&[]), "kubectl drain did not finish");
     }
 
     #[test]

@@ -722,13 +722,10 @@ impl Run<'_> {
                 }
                 cluster::write_endpoint(pool, c.id, st.endpoint.as_deref(), &st.certificates)
                     .await?;
-                // Worker pools, through a healthy member, once the API serves
+                // Worker pools, through the cluster's API, once it serves
                 // (also while components keep restarting: the API answers).
-                let member = cp_members.iter().find(|m| st.healthy.contains(&m.id));
-                if let (true, Some(member), Some(endpoint)) = (serving, member, &st.endpoint) {
-                    match pools::reconcile(self.app, access, c, pools, member, endpoint, stopped)
-                        .await
-                    {
+                if let (true, Some(endpoint)) = (serving, &st.endpoint) {
+                    match pools::reconcile(self.app, access, c, pools, endpoint, stopped).await {
                         Ok(s) => pool_status = Some(s),
                         Err(e) => pool_error = Some(e.to_string()),
                     }

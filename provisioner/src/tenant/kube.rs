@@ -1,0 +1,389 @@
+//! [`TenantApi`] over a `kube` client, with the service's own short-lived
+//! identity (see the module above for what it may do and why).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::certificates::v1::{
+    CertificateSigningRequest, CertificateSigningRequestCondition,
+};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kubeforge_cluster::addons::SERVICE_USER;
+use kubeforge_cluster::join::POOL_LABEL;
+use kubeforge_cluster::kubeconfig::{render_kubeconfig, KubeconfigInput};
+use kubeforge_cluster::names::check_dns_subdomain;
+use kubeforge_cluster::nodes::{cpu_millis, CsrView, Eviction, NodeView, PodView};
+use kubeforge_cluster::pki::{issue_client_cert, Ca};
+use std::time::Duration;
+
+use super::{TenantApi, EVICTION_GRACE_SECONDS, IDENTITY_TTL};
+use crate::error::{Error, Result};
+
+/// Longest one API call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+const FIELD_MANAGER: &str = "kubeforge";
+const SYSTEM_NAMESPACE: &str = "kube-system";
+
+/// One tenant cluster's API, as the service's identity.
+pub struct KubeTenant {
+    client: kube::Client,
+    /// For messages: the endpoint.
+    server: String,
+}
+
+impl KubeTenant {
+    /// A client of the cluster `cluster_name` at `server`
+    /// (`https://host:port`), trusting `ca_pem`, as a fresh
+    /// [`SERVICE_USER`] certificate from `ca` valid from `now` for
+    /// [`IDENTITY_TTL`]. Nothing is written anywhere.
+    pub async fn connect(
+        cluster_name: &str,
+        server: &str,
+        ca_pem: &str,
+        ca: &Ca,
+        now: DateTime<Utc>,
+    ) -> Result<Self> {
+        Self::connect_as(
+            cluster_name,
+            server,
+            ca_pem,
+            ca,
+            (SERVICE_USER, &[]),
+            IDENTITY_TTL,
+            now,
+        )
+        .await
+    }
+
+    /// A client as `user` in `groups` (a certificate valid for `ttl`), for
+    /// probing what such a user may do; see [`KubeTenant::connect`].
+    pub async fn connect_as(
+        cluster_name: &str,
+        server: &str,
+        ca_pem: &str,
+        ca: &Ca,
+        (user, groups): (&str, &[&str]),
+        ttl: chrono::TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Self> {
+        let pair = issue_client_cert(ca, user, groups, now, ttl)
+            .map_err(|e| Error::Internal(anyhow::anyhow!("minting an identity for {user}: {e}")))?;
+        let yaml = render_kubeconfig(&KubeconfigInput {
+            cluster_name,
+            server,
+            ca_pem,
+            user_name: user,
+            client_cert_pem: &pair.cert_pem,
+            client_key_pem: &pair.key_pem,
+        });
+        let kubeconfig = Kubeconfig::from_yaml(&yaml)
+            .map_err(|e| Error::Internal(anyhow::anyhow!("the service kubeconfig: {e}")))?;
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::Internal(anyhow::anyhow!("the service kubeconfig: {e}")))?;
+        config.connect_timeout = Some(Duration::from_secs(5));
+        config.read_timeout = Some(CALL_TIMEOUT);
+        config.write_timeout = Some(CALL_TIMEOUT);
+        // No retries inside the client: a 429 from the Eviction API is a
+        // PodDisruptionBudget's answer the drain must see at once (kube's
+        // default retry would back off for many minutes); the engine's next
+        // pass is the retry.
+        config.default_retry = false;
+        let client = kube::Client::try_from(config)
+            .map_err(|e| Error::Internal(anyhow::anyhow!("a client for {server}: {e}")))?;
+        Ok(Self {
+            client,
+            server: server.to_string(),
+        })
+    }
+
+    /// Lists namespaces (one is enough): what a viewer must be able to do.
+    pub async fn may_list_namespaces(&self) -> Result<()> {
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client.clone())
+            .list(&ListParams::default().limit(1))
+            .await
+            .map_err(|e| self.unavailable("listing namespaces", e))?;
+        Ok(())
+    }
+
+    fn unavailable(&self, what: &str, e: kube::Error) -> Error {
+        Error::Unavailable(format!("{what} on {}: {}", self.server, describe(&e)))
+    }
+}
+
+/// A kube error in one line: the API's own message where there is one.
+fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
+        other => other.to_string(),
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// A name read from the cluster, if it is one the service will use.
+fn checked(kind: &str, name: Option<&String>) -> Option<String> {
+    let name = name?;
+    match check_dns_subdomain(name) {
+        Ok(()) => Some(name.clone()),
+        Err(why) => {
+            tracing::warn!(kind, name = %name.escape_debug(), %why, "ignoring an object whose name is not a DNS subdomain");
+            None
+        }
+    }
+}
+
+fn node_view(n: &Node) -> Option<NodeView> {
+    let name = checked("Node", n.metadata.name.as_ref())?;
+    let ready = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+    let why = ready
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c.reason.as_deref().unwrap_or("Unknown"),
+                c.message.as_deref().unwrap_or("")
+            )
+        })
+        .unwrap_or_else(|| "NoReadyCondition: the kubelet has not reported".into());
+    Some(NodeView {
+        name,
+        ready: ready.is_some_and(|c| c.status == "True"),
+        why,
+        pool: n
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(POOL_LABEL))
+            .cloned(),
+        unschedulable: n
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false),
+    })
+}
+
+fn pod_view(p: &Pod) -> Option<PodView> {
+    let name = checked("Pod", p.metadata.name.as_ref())?;
+    let namespace = checked("Namespace", p.metadata.namespace.as_ref())?;
+    let spec = p.spec.as_ref();
+    let cpu = spec
+        .map(|s| {
+            s.containers
+                .iter()
+                .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get("cpu"))
+                .filter_map(|q| cpu_millis(&q.0))
+                .sum()
+        })
+        .unwrap_or(0);
+    Some(PodView {
+        namespace,
+        name,
+        node: spec.and_then(|s| s.node_name.clone()),
+        phase: p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default(),
+        cpu_requested_millis: cpu,
+        daemonset: p
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "DaemonSet"),
+        mirror: p
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")),
+        terminating: p.metadata.deletion_timestamp.is_some(),
+    })
+}
+
+fn csr_view(c: &CertificateSigningRequest) -> Option<CsrView> {
+    let name = checked("CertificateSigningRequest", c.metadata.name.as_ref())?;
+    Some(CsrView {
+        name,
+        username: c.spec.username.clone().unwrap_or_default(),
+        signer: c.spec.signer_name.clone(),
+        request: c.spec.request.0.clone(),
+        pending: c
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_none_or(|cs| cs.is_empty()),
+    })
+}
+
+#[async_trait]
+impl TenantApi for KubeTenant {
+    async fn ready(&self) -> Result<()> {
+        let req = http::Request::get("/readyz")
+            .body(Vec::new())
+            .map_err(|e| Error::Internal(anyhow::anyhow!("{e}")))?;
+        let text = self
+            .client
+            .request_text(req)
+            .await
+            .map_err(|e| self.unavailable("GET /readyz", e))?;
+        if text.trim() == "ok" {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(format!(
+                "{} is not ready: {}",
+                self.server,
+                text.trim()
+            )))
+        }
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeView>> {
+        let list = Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| self.unavailable("listing nodes", e))?;
+        Ok(list.items.iter().filter_map(node_view).collect())
+    }
+
+    async fn pods(&self, node: Option<&str>) -> Result<Vec<PodView>> {
+        let mut params = ListParams::default();
+        let selector;
+        if let Some(node) = node {
+            check_dns_subdomain(node)
+                .map_err(|why| Error::Internal(anyhow::anyhow!("node name {node:?}: {why}")))?;
+            selector = format!("spec.nodeName={node}");
+            params = params.fields(&selector);
+        }
+        let list = Api::<Pod>::all(self.client.clone())
+            .list(&params)
+            .await
+            .map_err(|e| self.unavailable("listing pods", e))?;
+        Ok(list.items.iter().filter_map(pod_view).collect())
+    }
+
+    async fn cordon(&self, node: &str) -> Result<()> {
+        check_dns_subdomain(node)
+            .map_err(|why| Error::Internal(anyhow::anyhow!("node name {node:?}: {why}")))?;
+        Api::<Node>::all(self.client.clone())
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})),
+            )
+            .await
+            .map_err(|e| self.unavailable(&format!("cordoning {node}"), e))?;
+        Ok(())
+    }
+
+    async fn evict(&self, namespace: &str, pod: &str) -> Result<Eviction> {
+        for (what, name) in [("namespace", namespace), ("pod", pod)] {
+            check_dns_subdomain(name)
+                .map_err(|why| Error::Internal(anyhow::anyhow!("{what} name {name:?}: {why}")))?;
+        }
+        // Kubernetes 1.20 serves Eviction as policy/v1beta1 only.
+        let body = serde_json::json!({
+            "apiVersion": "policy/v1beta1",
+            "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": namespace},
+            "deleteOptions": {"gracePeriodSeconds": EVICTION_GRACE_SECONDS},
+        });
+        let req = http::Request::post(format!(
+            "/api/v1/namespaces/{namespace}/pods/{pod}/eviction"
+        ))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).map_err(|e| Error::Internal(e.into()))?)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("{e}")))?;
+        match self.client.request_text(req).await {
+            Ok(_) => Ok(Eviction::Evicted),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(Eviction::Gone),
+            Err(kube::Error::Api(s)) if s.code == 429 => Ok(Eviction::Blocked(s.message)),
+            Err(e) => Err(self.unavailable(&format!("evicting {namespace}/{pod}"), e)),
+        }
+    }
+
+    async fn delete_node(&self, name: &str) -> Result<()> {
+        check_dns_subdomain(name)
+            .map_err(|why| Error::Internal(anyhow::anyhow!("node name {name:?}: {why}")))?;
+        match Api::<Node>::all(self.client.clone())
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(self.unavailable(&format!("deleting node {name}"), e)),
+        }
+    }
+
+    async fn apply_system_secret(&self, name: &str, object: &serde_json::Value) -> Result<()> {
+        Api::<Secret>::namespaced(self.client.clone(), SYSTEM_NAMESPACE)
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(object),
+            )
+            .await
+            .map_err(|e| self.unavailable(&format!("applying secret {name}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_system_secret(&self, name: &str) -> Result<()> {
+        match Api::<Secret>::namespaced(self.client.clone(), SYSTEM_NAMESPACE)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(self.unavailable(&format!("deleting secret {name}"), e)),
+        }
+    }
+
+    async fn csrs(&self) -> Result<Vec<CsrView>> {
+        let list = Api::<CertificateSigningRequest>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| self.unavailable("listing certificate signing requests", e))?;
+        Ok(list.items.iter().filter_map(csr_view).collect())
+    }
+
+    async fn decide_csr(
+        &self,
+        name: &str,
+        approve: bool,
+        reason: &str,
+        message: &str,
+    ) -> Result<()> {
+        check_dns_subdomain(name)
+            .map_err(|why| Error::Internal(anyhow::anyhow!("CSR name {name:?}: {why}")))?;
+        let api = Api::<CertificateSigningRequest>::all(self.client.clone());
+        let mut csr = api
+            .get(name)
+            .await
+            .map_err(|e| self.unavailable(&format!("reading CSR {name}"), e))?;
+        let status = csr.status.get_or_insert_with(Default::default);
+        status
+            .conditions
+            .get_or_insert_with(Vec::new)
+            .push(CertificateSigningRequestCondition {
+                type_: if approve { "Approved" } else { "Denied" }.into(),
+                status: "True".into(),
+                reason: Some(reason.into()),
+                message: Some(message.into()),
+                ..Default::default()
+            });
+        // PUT .../approval, as `kubectl certificate approve` does (the
+        // service's role may update approvals, not patch them).
+        api.replace_subresource("approval", name, &PostParams::default(), &csr)
+            .await
+            .map_err(|e| self.unavailable(&format!("deciding CSR {name}"), e))?;
+        Ok(())
+    }
+}
