@@ -18,10 +18,11 @@
 
 use chrono::Utc;
 use kubeforge_cluster::condition::set_condition;
+use kubeforge_cluster::pools::{scale_down_order, Worker};
 use kubeforge_cluster::restarts::{self, RESTART_THRESHOLD};
 use kubeforge_cluster::{ConditionStatus as S, Phase};
 use rand::distributions::{Alphanumeric, DistString};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -371,9 +372,11 @@ impl Run<'_> {
             // With a serving cluster, surplus nodes are drained first (see
             // `pools`); otherwise there is nothing to drain.
             if mine.len() > want && !self.drains(c) {
-                let mut victims = mine.clone();
-                // failed first, then not yet running, then newest.
-                victims.sort_by_key(|m| (m.state == "running", std::cmp::Reverse(m.created_at)));
+                // The pool engine's order, without CPU figures (the
+                // cluster cannot be asked): failed, then not ready, then newest.
+                let views: Vec<Worker> = mine.iter().map(|m| pools::worker_view(m)).collect();
+                let mut victims: Vec<&Worker> = views.iter().collect();
+                scale_down_order(&mut victims, &HashMap::new());
                 for m in victims.into_iter().take(mine.len() - want) {
                     machine::set_state(&self.app.pool, m.id, "deleting", None)
                         .await

@@ -1,0 +1,321 @@
+//! Joining workers to their cluster: each machine gets a bootstrap token
+//! of its own (a Secret in `kube-system`, server-side applied through the
+//! cluster's API; see [`kubeforge_cluster::join`]), its CA certificate,
+//! token kubeconfig, kube-proxy credential and worker bundle over SSH, and
+//! its bootstrap script runs; meanwhile the approver decides the kubelet
+//! client CSRs made with those tokens: approved for exactly the ledger's
+//! node name, denied otherwise. Called by the pool pass ([`super::pools`]).
+
+use chrono::{TimeDelta, Utc};
+use kubeforge_cluster::join::{
+    self, check_node_client_csr, BootstrapToken, KUBELET_CLIENT_SIGNER, POOL_LABEL,
+};
+use kubeforge_cluster::kubeconfig::render_token_kubeconfig;
+use kubeforge_cluster::worker::{self, WorkerBundleInput};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::controlplane::{self, record_for as record, MachineAccess};
+use crate::app::App;
+use crate::error::{Error, Result};
+use crate::ssh::{Redactor, StreamKind};
+use crate::store::cluster::Cluster;
+use crate::store::machine::{self, Machine};
+use crate::store::node_pool::NodePool;
+use crate::store::secret;
+use crate::tenant::TenantApi;
+
+/// How long a bootstrap token lives: enough for one join, retried.
+pub const TOKEN_TTL: TimeDelta = TimeDelta::minutes(15);
+/// Longest one worker's bootstrap may take (its script waits up to 120 s
+/// for the node's pod CIDR).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(200);
+/// Validity of a node's kube-proxy client certificate.
+const KUBE_PROXY_CERT_TTL: TimeDelta = TimeDelta::days(365);
+
+/// A join in progress: the machine and the token it was given.
+struct Joining<'a> {
+    machine: &'a Machine,
+    token: BootstrapToken,
+}
+
+/// Joins machines concurrently while approving their kubelets' CSRs.
+pub(super) async fn join_all(
+    app: &App,
+    access: &MachineAccess,
+    c: &Cluster,
+    pools: &[NodePool],
+    kube: &dyn TenantApi,
+    endpoint: &str,
+    machines: &[&Machine],
+) -> Result<()> {
+    let ca = secret::get(&app.pool, &app.secrets, c.id, "pki/ca.crt")
+        .await?
+        .ok_or_else(|| Error::Unavailable("the cluster has no CA yet".into()))?;
+    let ca_crt =
+        String::from_utf8(ca).map_err(|_| Error::Internal(anyhow::anyhow!("CA not UTF-8")))?;
+    let pki = controlplane::ensure_pki(app, c).await?;
+    let signer = pki
+        .ca
+        .signer()
+        .map_err(|e| Error::Internal(anyhow::anyhow!("{e}")))?;
+
+    let mut joins = Vec::new();
+    for m in machines {
+        let token = BootstrapToken::for_machine(&m.id.to_string(), &mut rand::rngs::OsRng);
+        let expires = Utc::now() + TOKEN_TTL;
+        kube.apply_system_secret(
+            &token.secret_name(),
+            &token.secret_object(&m.id.to_string(), &m.name, expires),
+        )
+        .await?;
+        joins.push(Joining { machine: m, token });
+    }
+    let done = AtomicBool::new(false);
+    let work = async {
+        let results = futures::future::join_all(
+            joins
+                .iter()
+                .map(|j| join_one(app, access, c, pools, endpoint, &ca_crt, &signer, j)),
+        )
+        .await;
+        done.store(true, Ordering::SeqCst);
+        results
+    };
+    let approver = approve_while(app, c, kube, &joins, &done);
+    let (results, approved) = tokio::join!(work, approver);
+    approved?;
+    for (j, r) in joins.iter().zip(results) {
+        if let Err(why) = r {
+            machine::observe_node(
+                &app.pool,
+                j.machine.id,
+                Some("joining"),
+                Some(&format!("JoinFailed: {why}")),
+            )
+            .await?;
+            record(
+                app,
+                c,
+                j.machine.node_pool_id,
+                true,
+                "NodeJoinFailed",
+                &format!("{}: {why}", j.machine.name),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Uploads one worker's credentials and bundle and runs its bootstrap.
+#[allow(clippy::too_many_arguments)]
+async fn join_one(
+    app: &App,
+    access: &MachineAccess,
+    c: &Cluster,
+    pools: &[NodePool],
+    endpoint: &str,
+    ca_crt: &str,
+    signer: &kubeforge_cluster::pki::Ca,
+    j: &Joining<'_>,
+) -> std::result::Result<(), String> {
+    let m = j.machine;
+    let pool = pools
+        .iter()
+        .find(|p| Some(p.id) == m.node_pool_id)
+        .ok_or("the machine's pool is gone")?;
+    let address = m.address.clone().ok_or("the machine has no address")?;
+    let mut labels: BTreeMap<String, String> = pool.labels.as_map().clone();
+    labels.insert(POOL_LABEL.into(), pool.name.clone());
+    let taints = pool
+        .taints
+        .iter()
+        .map(|t| {
+            format!(
+                "{}={}:{:?}",
+                t.key,
+                t.value.as_deref().unwrap_or(""),
+                t.effect
+            )
+        })
+        .collect();
+    let sums = access
+        .artifacts
+        .checksums_of(&["kubelet", "kube-proxy", "kubectl"])
+        .map_err(|e| e.to_string())?;
+    let input = WorkerBundleInput {
+        cluster_name: c.name.clone(),
+        node_name: m.name.clone(),
+        node_address: address,
+        api_server: endpoint.to_string(),
+        cluster_dns: c
+            .network
+            .service_cidr
+            .nth(10)
+            .ok_or("the service CIDR has no 10th address")?
+            .to_string(),
+        cluster_domain: "cluster.local".into(),
+        pod_cidr: c.network.pod_cidr.to_string(),
+        bin_dir: access.artifacts.guest_dir.clone(),
+        node_labels: labels,
+        node_taints: taints,
+        binary_sha256: sums,
+        lab: c.provider.kind() == "lab",
+    };
+    let bundle = worker::render_worker(&input).map_err(|e| e.to_string())?;
+    let proxy = kubeforge_cluster::pki::issue_client_cert(
+        signer,
+        "system:kube-proxy",
+        &[],
+        Utc::now(),
+        KUBE_PROXY_CERT_TTL,
+    )
+    .map_err(|e| e.to_string())?;
+    let proxy_conf = kubeforge_cluster::kubeconfig::render_kubeconfig(
+        &kubeforge_cluster::kubeconfig::KubeconfigInput {
+            cluster_name: &c.name,
+            server: endpoint,
+            ca_pem: ca_crt,
+            user_name: "kube-proxy",
+            client_cert_pem: &proxy.cert_pem,
+            client_key_pem: &proxy.key_pem,
+        },
+    );
+    let bootstrap_conf = render_token_kubeconfig(
+        &c.name,
+        endpoint,
+        ca_crt,
+        "kubelet-bootstrap",
+        &j.token.token(),
+    );
+    let mut redactor = Redactor::none();
+    redactor.add(j.token.secret());
+    for line in proxy.key_pem.lines().filter(|l| !l.starts_with("-----")) {
+        redactor.add(line);
+    }
+
+    let session = controlplane::open(access, m).await?;
+    let result = async {
+        let mut files: Vec<(&str, &[u8], u32)> = vec![
+            (worker::paths::CA_CRT, ca_crt.as_bytes(), 0o644),
+            (
+                worker::paths::BOOTSTRAP_KUBECONFIG,
+                bootstrap_conf.as_bytes(),
+                0o600,
+            ),
+            (
+                worker::paths::KUBE_PROXY_KUBECONFIG,
+                proxy_conf.as_bytes(),
+                0o600,
+            ),
+        ];
+        for f in &bundle {
+            files.push((&f.path, f.contents.as_bytes(), f.mode));
+        }
+        for (path, bytes, mode) in files {
+            session
+                .upload(path, bytes, mode)
+                .await
+                .map_err(|e| format!("uploading {path}: {e}"))?;
+        }
+        let mut lines = Vec::new();
+        let code = session
+            .run(
+                &format!("bash {}", worker::paths::BOOTSTRAP_SCRIPT),
+                JOIN_TIMEOUT,
+                &redactor,
+                |kind, line| lines.push((kind, line.to_string())),
+            )
+            .await
+            .map_err(|e| format!("bootstrap: {e}"))?;
+        for (kind, line) in &lines {
+            if *kind == StreamKind::Stderr || line.starts_with("bootstrap-worker:") {
+                let _ = record(
+                    app,
+                    c,
+                    m.node_pool_id,
+                    *kind == StreamKind::Stderr && code != 0,
+                    "BootstrapOutput",
+                    &format!("{}: {line}", m.name),
+                )
+                .await;
+            }
+        }
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "the bootstrap script exited with {code}: {}",
+                lines
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| *k == StreamKind::Stderr)
+                    .map(|(_, l)| l.as_str())
+                    .unwrap_or("no output")
+            ))
+        }
+    }
+    .await;
+    session.close().await;
+    result
+}
+
+/// Approves, until `done`, the pending kubelet client CSRs made with the
+/// joining machines' tokens for exactly their node names; denies any other
+/// CSR made with one of those tokens. CSRs whose names are not DNS
+/// subdomains never get here ([`crate::tenant`] drops them).
+async fn approve_while(
+    app: &App,
+    c: &Cluster,
+    kube: &dyn TenantApi,
+    joins: &[Joining<'_>],
+    done: &AtomicBool,
+) -> Result<()> {
+    let by_user: HashMap<String, &Machine> = joins
+        .iter()
+        .map(|j| (j.token.username(), j.machine))
+        .collect();
+    let mut handled: HashSet<String> = HashSet::new();
+    while !done.load(Ordering::SeqCst) {
+        for csr in kube.csrs().await? {
+            if handled.contains(&csr.name) || !csr.pending {
+                continue;
+            }
+            let Some(m) = by_user.get(&csr.username) else {
+                continue;
+            };
+            let verdict = if csr.signer != KUBELET_CLIENT_SIGNER {
+                Err(format!(
+                    "signer {:?} is not {KUBELET_CLIENT_SIGNER}",
+                    csr.signer
+                ))
+            } else {
+                check_node_client_csr(&csr.request, &m.name)
+            };
+            let (name, user) = (&csr.name, &csr.username);
+            let (approve, reason, message) = match &verdict {
+                Ok(()) => (
+                    true,
+                    "CsrApproved",
+                    format!(
+                        "approved {name}: {user} asks for {} as the ledger expects",
+                        join::node_user(&m.name)
+                    ),
+                ),
+                Err(why) => (
+                    false,
+                    "CsrDenied",
+                    format!("denied {name} from {user} (machine {}): {why}", m.name),
+                ),
+            };
+            kube.decide_csr(name, approve, &format!("Kubeforge{reason}"), &message)
+                .await?;
+            handled.insert(csr.name.clone());
+            record(app, c, m.node_pool_id, !approve, reason, &message).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
