@@ -44,13 +44,6 @@ impl fmt::Debug for KubeconfigInput<'_> {
     }
 }
 
-impl KubeconfigInput<'_> {
-    /// The name of the one context, as kubeadm names it.
-    pub fn context_name(&self) -> String {
-        format!("{}@{}", self.user_name, self.cluster_name)
-    }
-}
-
 /// Renders a kubeconfig (`apiVersion: v1`, `kind: Config`) whose current
 /// context uses the given user against the given cluster.
 ///

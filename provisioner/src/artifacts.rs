@@ -11,6 +11,7 @@
 
 use anyhow::{bail, Context as _};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The components a cluster needs from the source.
@@ -39,11 +40,51 @@ impl ArtifactSource {
     }
 }
 
+/// Kubernetes binaries as the machines see them.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub kubernetes_version: String,
+    /// On this host: `{cache}/kube/v{version}/bin/linux/amd64`, with `.sha256` files.
+    pub host_dir: PathBuf,
+    /// The same directory inside machines (bound read-only in the lab).
+    pub guest_dir: String,
+    /// etcd inside machines, and its checksum.
+    pub etcd_bin: String,
+    pub etcd_sha256: String,
+}
+
+impl Artifacts {
+    /// Expected checksums of the binaries a control plane runs.
+    pub fn checksums(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut out = self.checksums_of(&[
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubectl",
+        ])?;
+        out.insert("etcd".into(), self.etcd_sha256.clone());
+        Ok(out)
+    }
+
+    /// Expected checksums of the named binaries, from their `.sha256` files.
+    pub fn checksums_of(&self, names: &[&str]) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for c in names {
+            let path = self.host_dir.join(format!("{c}.sha256"));
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            out.insert(c.to_string(), digest_of(&text)?);
+        }
+        Ok(out)
+    }
+}
+
 fn rel(version: &str) -> String {
     format!("v{version}/bin/linux/amd64")
 }
 
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
+/// sha256 of a file on this host, hex.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(hex::encode(Sha256::digest(bytes)))
 }

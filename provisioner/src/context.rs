@@ -65,7 +65,6 @@ pub enum Action {
 pub enum Origin {
     Api,
     Reconciler,
-    Test,
 }
 
 /// The caller of one app or store call.
@@ -79,17 +78,6 @@ pub struct OpContext {
 }
 
 impl OpContext {
-    /// The context a reconciler acts under for a tenant's resource.
-    pub fn reconciler(tenant: &str) -> Self {
-        Self {
-            tenant: tenant.to_string(),
-            subject: "system:reconciler".into(),
-            role: Role::Admin,
-            request_id: String::new(),
-            origin: Origin::Reconciler,
-        }
-    }
-
     pub fn authorize(&self, action: Action) -> Result<(), Error> {
         let needed = match action {
             Action::Read => Role::Viewer,

@@ -5,7 +5,7 @@
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use anyhow::{anyhow, Context as _};
+use anyhow::anyhow;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -42,12 +42,6 @@ impl SecretBox {
             key_id: format!("k1-{}", hex::encode(&digest[..6])),
             cipher,
         })
-    }
-
-    /// From a hex string (64 characters).
-    pub fn from_hex(hex_key: &str) -> anyhow::Result<Self> {
-        let bytes = hex::decode(hex_key.trim()).context("secret key is not hex")?;
-        Self::new(&bytes)
     }
 
     pub fn key_id(&self) -> &str {

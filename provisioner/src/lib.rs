@@ -22,5 +22,6 @@ pub mod metrics;
 pub mod providers;
 pub mod server;
 pub mod ssh;
+pub mod state;
 pub mod store;
 pub mod tenant;

@@ -7,8 +7,6 @@ use prometheus::{
 };
 use std::time::Duration;
 
-use crate::engine::worker::EngineMetrics;
-
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -92,16 +90,16 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
-}
 
-impl EngineMetrics for Metrics {
-    fn job_started(&self, kind: &str, waited: Duration) {
+    /// A job of `kind` started after waiting `waited` in the queue.
+    pub fn observe_job_wait(&self, kind: &str, waited: Duration) {
         self.job_wait
             .with_label_values(&[kind])
             .observe(waited.as_secs_f64());
     }
 
-    fn job_finished(&self, kind: &str, outcome: &'static str, took: Duration) {
+    /// A job of `kind` ran for `took` and ended with `outcome`.
+    pub fn observe_job_run(&self, kind: &str, outcome: &str, took: Duration) {
         self.job_run
             .with_label_values(&[kind, outcome])
             .observe(took.as_secs_f64());

@@ -10,16 +10,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::app::{App, Config, SharedApp, RECONCILE_CLUSTER};
+use crate::artifacts::Artifacts;
 use crate::auth::AuthKeys;
 use crate::crypto::SecretBox;
 use crate::embedded_pg::{DataDirLock, EmbeddedPostgres};
-use crate::engine::controlplane::{Artifacts, MachineAccess};
+use crate::engine::jobs::{Engine, EngineConfig, EngineMetrics};
 use crate::engine::reconcile::ClusterReconciler;
-use crate::engine::worker::{Engine, EngineConfig};
 use crate::metrics::Metrics;
 use crate::providers::lab::{LabConfig, LabProvider};
 use crate::providers::ssh::SshProvider;
 use crate::providers::ProviderRegistry;
+use crate::ssh::MachineAccess;
 use crate::store;
 
 /// How the process is run.
@@ -134,7 +135,7 @@ pub async fn machine_setup_on(
     let setup = || -> anyhow::Result<(LabProvider, MachineAccess)> {
         let client_key = crate::ssh::load_or_create_client_key(&data_dir.join("ssh/id_ed25519"))?;
         let etcd_bin = "/usr/bin/etcd".to_string();
-        let etcd_sha256 = crate::engine::controlplane::file_sha256(&image.join("usr/bin/etcd"))
+        let etcd_sha256 = crate::artifacts::sha256_file(&image.join("usr/bin/etcd"))
             .context("the lab image has no /usr/bin/etcd")?;
         let lab = LabProvider::new(LabConfig {
             image_rootfs: image.clone(),
@@ -234,6 +235,17 @@ pub fn build_app(
         access,
         tenants: Default::default(),
     }))
+}
+
+/// The engine reports its jobs into the service's metrics.
+impl EngineMetrics for Metrics {
+    fn job_started(&self, kind: &str, waited: Duration) {
+        self.observe_job_wait(kind, waited);
+    }
+
+    fn job_finished(&self, kind: &str, outcome: &'static str, took: Duration) {
+        self.observe_job_run(kind, outcome, took);
+    }
 }
 
 /// An engine with this service's job handlers registered.

@@ -16,7 +16,7 @@
 
 use axum::http::Method;
 use kubeforge::context::Role;
-use kubeforge::engine::worker::EngineConfig;
+use kubeforge::engine::jobs::EngineConfig;
 use kubeforge_tests::lab::{power_off, Bridge};
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};

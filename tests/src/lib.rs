@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use kubeforge::app::{Config, SharedApp};
 use kubeforge::context::Role;
 use kubeforge::embedded_pg::EmbeddedPostgres;
-use kubeforge::engine::worker::{Engine, EngineConfig};
+use kubeforge::engine::jobs::{Engine, EngineConfig};
 use kubeforge::providers::test_double::InMemoryProvider;
 use kubeforge::providers::ProviderRegistry;
 use serde_json::Value;
@@ -55,7 +55,7 @@ async fn server() -> &'static (u16, String) {
 }
 
 fn template_name() -> String {
-    use sha2_lite::hash;
+    use fnv1a::hash;
     let mut all = Vec::new();
     for m in kubeforge::store::MIGRATOR.iter() {
         all.extend_from_slice(&m.checksum);
@@ -63,8 +63,10 @@ fn template_name() -> String {
     format!("kf_template_{}", hash(&all))
 }
 
-/// A tiny FNV-1a, enough to name a template after the migrations.
-mod sha2_lite {
+/// 64-bit FNV-1a (not a cryptographic hash): enough to name a template
+/// after the migrations' checksums.
+mod fnv1a {
+    /// The FNV-1a hash of `data`, as 16 lowercase hex digits.
     pub fn hash(data: &[u8]) -> String {
         let mut h: u64 = 0xcbf29ce484222325;
         for b in data {

@@ -193,15 +193,11 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
     .await
     .unwrap()
     .unwrap();
-    let (short, _) = kubeforge::engine::controlplane::issue_kubeconfig(
-        &app.app,
-        &c,
-        "short",
-        true,
-        Duration::from_secs(1),
-    )
-    .await
-    .unwrap();
+    let (short, _) = app
+        .app
+        .issue_kubeconfig(&c, "short", true, Duration::from_secs(1))
+        .await
+        .unwrap();
     let short_kc = tmp.join("short.kubeconfig");
     std::fs::write(&short_kc, short).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;

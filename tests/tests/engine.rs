@@ -7,7 +7,7 @@
 use axum::http::{Method, StatusCode};
 use kubeforge::app::Config;
 use kubeforge::context::Role;
-use kubeforge::engine::worker::{Engine, EngineConfig, JobError, JobHandler, Outcome};
+use kubeforge::engine::jobs::{Engine, EngineConfig, JobError, JobHandler, Outcome};
 use kubeforge::store::job::{self, Job, NewJob};
 use kubeforge_tests::{cluster_body, test_engine_config, TestApp, TestDb};
 use sqlx::PgPool;

@@ -5,7 +5,7 @@
 
 use axum::http::{Method, StatusCode};
 use kubeforge::context::Role;
-use kubeforge::engine::worker::EngineConfig;
+use kubeforge::engine::jobs::EngineConfig;
 use kubeforge_tests::{cluster_body, test_engine_config, Resp, TestApp};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;

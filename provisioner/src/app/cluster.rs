@@ -115,6 +115,7 @@ pub fn check_if_match(if_match: Option<&str>, etag: &str) -> Result<()> {
 
 impl App {
     #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, name = %req.name))]
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn cluster_create(
         &self,
         ctx: &OpContext,
@@ -204,6 +205,7 @@ impl App {
         Ok(Accepted { status: 202, body })
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn cluster_list(
         &self,
         ctx: &OpContext,
@@ -248,6 +250,7 @@ impl App {
         })
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn cluster_get(&self, ctx: &OpContext, id_or_name: &str) -> Result<ClusterView> {
         ctx.authorize(Action::Read)?;
         Ok(ClusterView::from(
@@ -255,6 +258,7 @@ impl App {
         ))
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn cluster_update(
         &self,
         ctx: &OpContext,
@@ -298,6 +302,7 @@ impl App {
         Ok(json!({ "cluster": ClusterView::from(&c), "operation": OperationView::from(&o) }))
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn cluster_delete(
         &self,
         ctx: &OpContext,
@@ -339,6 +344,7 @@ impl App {
         Ok(json!({ "operation": OperationView::from(&o) }))
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn machine_list(
         &self,
         ctx: &OpContext,
@@ -350,6 +356,7 @@ impl App {
         Ok(ms.iter().map(MachineView::from).collect())
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn operation_get(&self, ctx: &OpContext, id: &str) -> Result<OperationView> {
         ctx.authorize(Action::Read)?;
         let id = Uuid::parse_str(id).map_err(|_| Error::not_found("operation", id))?;
@@ -359,6 +366,7 @@ impl App {
         ))
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn operation_list(
         &self,
         ctx: &OpContext,
@@ -371,6 +379,7 @@ impl App {
         Ok(ops.iter().map(OperationView::from).collect())
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn event_list(
         &self,
         ctx: &OpContext,
@@ -397,6 +406,7 @@ impl App {
     /// Kubeconfigs carry client certificates signed by the cluster's CA.
     /// Until a cluster's control plane and PKI exist this answers
     /// `cluster_not_ready`; it never returns a kubeconfig that cannot work.
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn kubeconfig_create(
         &self,
         ctx: &OpContext,
@@ -426,14 +436,9 @@ impl App {
             )));
         }
         let ttl = std::time::Duration::from_secs(req.ttl_seconds);
-        let (yaml, serial) = crate::engine::controlplane::issue_kubeconfig(
-            self,
-            &c,
-            &ctx.subject,
-            needed == Action::Write,
-            ttl,
-        )
-        .await?;
+        let (yaml, serial) = self
+            .issue_kubeconfig(&c, &ctx.subject, needed == Action::Write, ttl)
+            .await?;
         // The audit record: who, when (the event's time), role, TTL, serial.
         event::record(
             &self.pool,
@@ -453,5 +458,61 @@ impl App {
         .await?;
         tracing::info!(cluster = %c.id, subject = %ctx.subject, role = %req.role, ttl = req.ttl_seconds, serial = %serial, "kubeconfig issued");
         Ok(yaml)
+    }
+}
+
+impl App {
+    /// A kubeconfig for a ready cluster: a fresh client certificate from
+    /// the cluster CA for `kubeforge:<subject>` in `system:masters`
+    /// (`admin`) or the viewers' group, valid for `ttl`; with its serial.
+    /// Nothing secret is stored.
+    pub async fn issue_kubeconfig(
+        &self,
+        c: &crate::store::cluster::Cluster,
+        subject: &str,
+        admin: bool,
+        ttl: std::time::Duration,
+    ) -> Result<(String, String)> {
+        let endpoint = c.endpoint.clone().ok_or_else(|| {
+            Error::ClusterNotReady(format!("cluster {} has no endpoint yet", c.name))
+        })?;
+        let pair = crate::store::pki::ca(&self.pool, &self.secrets, c.id)
+            .await?
+            .ok_or_else(|| {
+                Error::ClusterNotReady(format!(
+                    "cluster {} has no certificate authority yet",
+                    c.name
+                ))
+            })?;
+        let internal =
+            |e: kubeforge_cluster::pki::PkiError| Error::Internal(anyhow::anyhow!("{e}"));
+        let ca = pair.signer().map_err(internal)?;
+        let group = if admin {
+            kubeforge_cluster::pki::MASTERS_GROUP
+        } else {
+            kubeforge_cluster::pki::VIEWER_GROUP
+        };
+        let user = format!("kubeforge:{subject}");
+        let ttl = chrono::TimeDelta::from_std(ttl)
+            .map_err(|e| Error::Internal(anyhow::anyhow!("{e}")))?;
+        let client = kubeforge_cluster::pki::issue_client_cert(
+            &ca,
+            &user,
+            &[group],
+            chrono::Utc::now(),
+            ttl,
+        )
+        .map_err(internal)?;
+        let yaml = kubeforge_cluster::kubeconfig::render_kubeconfig(
+            &kubeforge_cluster::kubeconfig::KubeconfigInput {
+                cluster_name: &c.name,
+                server: &endpoint,
+                ca_pem: &pair.cert_pem,
+                user_name: &user,
+                client_cert_pem: &client.cert_pem,
+                client_key_pem: &client.key_pem,
+            },
+        );
+        Ok((yaml, client.serial_hex))
     }
 }

@@ -63,6 +63,7 @@ impl App {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn node_pool_create(
         &self,
         ctx: &OpContext,
@@ -119,6 +120,7 @@ impl App {
         Ok(Accepted { status: 202, body })
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn node_pool_list(
         &self,
         ctx: &OpContext,
@@ -134,6 +136,7 @@ impl App {
             .collect())
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn node_pool_get(
         &self,
         ctx: &OpContext,
@@ -148,6 +151,7 @@ impl App {
         Ok(NodePoolView::new(&p, &machines))
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn node_pool_update(
         &self,
         ctx: &OpContext,
@@ -238,6 +242,7 @@ impl App {
         )
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn node_pool_delete(
         &self,
         ctx: &OpContext,

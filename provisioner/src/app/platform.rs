@@ -146,6 +146,7 @@ fn check_host(req: &CreateHostRequest) -> Result<Labels> {
 }
 
 impl App {
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn host_create(
         &self,
         ctx: &OpContext,
@@ -218,6 +219,7 @@ impl App {
         Ok(host_view!(r))
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn host_list(&self, ctx: &OpContext) -> Result<Vec<HostView>> {
         ctx.authorize(Action::Platform)?;
         let rows = sqlx::query!(
@@ -229,6 +231,7 @@ impl App {
         Ok(rows.into_iter().map(|r| host_view!(r)).collect())
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn host_delete(&self, ctx: &OpContext, id: &str) -> Result<()> {
         ctx.authorize(Action::Platform)?;
         let id = Uuid::parse_str(id).map_err(|_| Error::not_found("host", id))?;
@@ -244,6 +247,7 @@ impl App {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn quota_get(&self, ctx: &OpContext, tenant_id: &str) -> Result<QuotaView> {
         ctx.authorize(Action::Platform)?;
         if !valid_tenant(tenant_id) {
@@ -263,6 +267,7 @@ impl App {
         })
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn quota_put(
         &self,
         ctx: &OpContext,

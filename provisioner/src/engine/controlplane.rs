@@ -22,87 +22,28 @@ use kubeforge_cluster::bundle::{
 };
 use kubeforge_cluster::kubeconfig::{render_kubeconfig, KubeconfigInput};
 use kubeforge_cluster::pki::{
-    ApiServerSans, CertKeyPair, ClusterPki, MemberIdentity, ServiceAccountKey, SubjectAltName,
-    DEFAULT_CA_VALIDITY, DEFAULT_LEAF_VALIDITY, VIEWER_GROUP,
+    ApiServerSans, CertKeyPair, ClusterPki, MemberIdentity, SubjectAltName, DEFAULT_LEAF_VALIDITY,
+    VIEWER_GROUP,
 };
 use kubeforge_cluster::restarts::{self, MemberRestarts, Observation, RecentRestarts};
-use kubeforge_cluster::{ClusterName, Phase};
-use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use kubeforge_cluster::Phase;
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::app::App;
 use crate::error::{Error, Result};
-use crate::ssh::{ClientKey, Redactor, Session, SshExecutor, SshTarget, StreamKind};
+use crate::ssh::{MachineAccess, Redactor, Session, SshTarget, StreamKind};
+use crate::state::App;
+use crate::store;
 use crate::store::cluster::Cluster;
 use crate::store::event::{self, NewEvent};
 use crate::store::machine::{self, Machine};
-use crate::store::secret;
 
 /// The apiserver's port on every member and on the endpoint.
 pub const APISERVER_PORT: u16 = 6443;
 /// Longest a bootstrap run may take on one machine.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(300);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Kubernetes binaries as the machines see them.
-#[derive(Debug, Clone)]
-pub struct Artifacts {
-    pub kubernetes_version: String,
-    /// On this host: `{cache}/kube/v{version}/bin/linux/amd64`, with `.sha256` files.
-    pub host_dir: PathBuf,
-    /// The same directory inside machines (bound read-only in the lab).
-    pub guest_dir: String,
-    /// etcd inside machines, and its checksum.
-    pub etcd_bin: String,
-    pub etcd_sha256: String,
-}
-
-impl Artifacts {
-    /// Expected checksums of the binaries a control plane runs.
-    pub fn checksums(&self) -> Result<BTreeMap<String, String>> {
-        let mut out = self.checksums_of(&[
-            "kube-apiserver",
-            "kube-controller-manager",
-            "kube-scheduler",
-            "kubectl",
-        ])?;
-        out.insert("etcd".into(), self.etcd_sha256.clone());
-        Ok(out)
-    }
-
-    /// Expected checksums of the named binaries, from their `.sha256` files.
-    pub fn checksums_of(&self, names: &[&str]) -> Result<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
-        for c in names {
-            let path = self.host_dir.join(format!("{c}.sha256"));
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Error::Internal(anyhow::anyhow!("reading {}: {e}", path.display())))?;
-            let hex = text
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_lowercase();
-            out.insert(c.to_string(), hex);
-        }
-        Ok(out)
-    }
-}
-
-/// sha256 of a file on this host, hex.
-pub fn file_sha256(path: &std::path::Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path)?;
-    Ok(hex::encode(Sha256::digest(bytes)))
-}
-
-/// What the service needs to reach machines and bootstrap them.
-pub struct MachineAccess {
-    pub ssh: SshExecutor,
-    pub client_key: ClientKey,
-    pub artifacts: Artifacts,
-}
 
 /// What one control-plane pass observed.
 #[derive(Debug, Default)]
@@ -122,84 +63,24 @@ pub struct ControlPlaneStatus {
     pub recent_restarts: Vec<RecentRestarts>,
 }
 
-const PKI_NAMES: [&str; 8] = [
-    "pki/ca.crt",
-    "pki/ca.key",
-    "pki/etcd-ca.crt",
-    "pki/etcd-ca.key",
-    "pki/front-proxy-ca.crt",
-    "pki/front-proxy-ca.key",
-    "pki/sa.key",
-    "pki/sa.pub",
-];
-
-fn text(bytes: Vec<u8>) -> Result<String> {
-    String::from_utf8(bytes)
-        .map_err(|_| Error::Internal(anyhow::anyhow!("a stored PEM is not UTF-8")))
-}
-
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::Internal(anyhow::anyhow!("{e}"))
 }
 
-/// The cluster's CAs and service-account key: generated on first use,
-/// sealed in `secrets`, read back on every later run.
+/// The cluster's CAs and service-account key (see [`store::pki`]); their
+/// creation is recorded as an event.
 pub async fn ensure_pki(app: &App, c: &Cluster) -> Result<ClusterPki> {
-    let mut stored = Vec::new();
-    for name in PKI_NAMES {
-        stored.push(secret::get(&app.pool, &app.secrets, c.id, name).await?);
-    }
-    if stored.iter().all(Option::is_some) {
-        let mut it = stored.into_iter().flatten();
-        let mut next = || text(it.next().unwrap_or_default());
-        let (ca_crt, ca_key) = (next()?, next()?);
-        let (etcd_crt, etcd_key) = (next()?, next()?);
-        let (fp_crt, fp_key) = (next()?, next()?);
-        let (sa_key, sa_pub) = (next()?, next()?);
-        return Ok(ClusterPki {
-            ca: CertKeyPair::from_pem(&ca_crt, &ca_key).map_err(internal)?,
-            etcd_ca: CertKeyPair::from_pem(&etcd_crt, &etcd_key).map_err(internal)?,
-            front_proxy_ca: CertKeyPair::from_pem(&fp_crt, &fp_key).map_err(internal)?,
-            service_account: ServiceAccountKey {
-                private_key_pem: sa_key,
-                public_key_pem: sa_pub,
-            },
-        });
-    }
-    let name = ClusterName::parse(&c.name)?;
-    let validity = DEFAULT_CA_VALIDITY;
-    let pki = ClusterPki::generate(&name, Utc::now(), validity).map_err(internal)?;
-    let values: [&str; 8] = [
-        &pki.ca.cert_pem,
-        &pki.ca.key_pem,
-        &pki.etcd_ca.cert_pem,
-        &pki.etcd_ca.key_pem,
-        &pki.front_proxy_ca.cert_pem,
-        &pki.front_proxy_ca.key_pem,
-        &pki.service_account.private_key_pem,
-        &pki.service_account.public_key_pem,
-    ];
-    let mut tx = app.pool.begin().await?;
-    for (name, value) in PKI_NAMES.iter().zip(values) {
-        secret::put(
-            &mut *tx,
-            &app.secrets,
-            &c.tenant,
-            c.id,
-            name,
-            value.as_bytes(),
+    let (pki, created) = store::pki::ensure(&app.pool, &app.secrets, c).await?;
+    if created {
+        record(
+            app,
+            c,
+            false,
+            "PkiCreated",
+            "cluster CA, etcd CA, front-proxy CA and service-account key created",
         )
         .await?;
     }
-    tx.commit().await?;
-    record(
-        app,
-        c,
-        false,
-        "PkiCreated",
-        "cluster CA, etcd CA, front-proxy CA and service-account key created",
-    )
-    .await?;
     Ok(pki)
 }
 
@@ -779,6 +660,7 @@ async fn reconcile_load_balancer(
 /// One pass over the control plane. Errors are for things that should be
 /// retried with backoff (the database, a failed upload); an unreachable or
 /// unhealthy member is reported in the status instead.
+#[tracing::instrument(skip_all, fields(cluster = %c.name))]
 pub async fn reconcile(
     app: &App,
     access: &MachineAccess,
@@ -956,42 +838,4 @@ pub async fn reconcile(
     }
     status.certificates = certs;
     Ok(status)
-}
-
-/// Issues a kubeconfig for a ready cluster: a fresh client certificate
-/// from the cluster CA, valid for `ttl`. Nothing secret is stored.
-pub async fn issue_kubeconfig(
-    app: &App,
-    c: &Cluster,
-    subject: &str,
-    admin: bool,
-    ttl: Duration,
-) -> Result<(String, String)> {
-    let endpoint = c
-        .endpoint
-        .clone()
-        .ok_or_else(|| Error::ClusterNotReady(format!("cluster {} has no endpoint yet", c.name)))?;
-    let crt = secret::get(&app.pool, &app.secrets, c.id, "pki/ca.crt").await?;
-    let key = secret::get(&app.pool, &app.secrets, c.id, "pki/ca.key").await?;
-    let (Some(crt), Some(key)) = (crt, key) else {
-        return Err(Error::ClusterNotReady(format!(
-            "cluster {} has no certificate authority yet",
-            c.name
-        )));
-    };
-    let (crt, key) = (text(crt)?, text(key)?);
-    let ca = kubeforge_cluster::pki::Ca::from_pem(&crt, &key).map_err(internal)?;
-    let group = if admin {
-        kubeforge_cluster::pki::MASTERS_GROUP
-    } else {
-        VIEWER_GROUP
-    };
-    let user = format!("kubeforge:{subject}");
-    let ttl = TimeDelta::from_std(ttl).map_err(internal)?;
-    let pair = kubeforge_cluster::pki::issue_client_cert(&ca, &user, &[group], Utc::now(), ttl)
-        .map_err(internal)?;
-    Ok((
-        kubeconfig(&c.name, &endpoint, &crt, &user, &pair),
-        pair.serial_hex.clone(),
-    ))
 }

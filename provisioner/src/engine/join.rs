@@ -16,10 +16,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::controlplane::{self, record_for as record, MachineAccess};
-use crate::app::App;
+use super::controlplane::{self, record_for as record};
 use crate::error::{Error, Result};
+use crate::ssh::MachineAccess;
 use crate::ssh::{Redactor, StreamKind};
+use crate::state::App;
 use crate::store::cluster::Cluster;
 use crate::store::machine::{self, Machine};
 use crate::store::node_pool::NodePool;
@@ -41,6 +42,7 @@ struct Joining<'a> {
 }
 
 /// Joins machines concurrently while approving their kubelets' CSRs.
+#[tracing::instrument(skip_all, fields(cluster = %c.name, machines = machines.len()))]
 pub(super) async fn join_all(
     app: &App,
     access: &MachineAccess,
@@ -162,7 +164,10 @@ async fn join_one(
         node_labels: labels,
         node_taints: taints,
         binary_sha256: sums,
-        lab: c.provider.kind() == "lab",
+        lab: app
+            .providers
+            .get(c.provider.kind())
+            .is_some_and(|p| p.capabilities().lab_machines),
     };
     let bundle = worker::render_worker(&input).map_err(|e| e.to_string())?;
     let proxy = kubeforge_cluster::pki::issue_client_cert(

@@ -1,16 +1,17 @@
-//! Background work: the job queue's workers and the reconcilers they run.
+//! Background work: the job queue ([`jobs`]: its runners, leases and
+//! retries) and the reconcilers it runs.
 
 pub mod controlplane;
+pub mod jobs;
 pub mod join;
 pub mod pools;
 pub mod reconcile;
-pub mod worker;
 
 use chrono::Utc;
 use std::sync::Arc;
 
-use crate::app::App;
 use crate::error::{Error, Result};
+use crate::state::App;
 use crate::store::cluster::Cluster;
 use crate::tenant::{KubeTenant, TenantApi};
 

@@ -44,9 +44,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
-use super::controlplane::{record_for as record, MachineAccess};
-use crate::app::App;
+use super::controlplane::record_for as record;
 use crate::error::Result;
+use crate::ssh::MachineAccess;
+use crate::state::App;
 use crate::store::cluster::Cluster;
 use crate::store::event;
 use crate::store::machine::{self, Machine};
@@ -84,6 +85,7 @@ pub struct PoolsStatus {
 /// One pass over the pools of a cluster whose control plane serves through
 /// `endpoint` (`https://host:port`). `stopped` are worker machines the
 /// provider reports powered off.
+#[tracing::instrument(skip_all, fields(cluster = %c.name, pools = pools.len()))]
 pub async fn reconcile(
     app: &App,
     access: &MachineAccess,
@@ -346,7 +348,7 @@ async fn pass(
     let joinable = app
         .providers
         .get(c.provider.kind())
-        .is_some_and(|p| p.hosts_workers());
+        .is_some_and(|p| p.capabilities().hosts_workers);
     if !joinable {
         for m in &to_join {
             machine::observe_node(&app.pool, m.id, Some(JOIN_UNSUPPORTED), None).await?;

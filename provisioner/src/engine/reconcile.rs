@@ -27,10 +27,10 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::controlplane;
+use super::jobs::{JobError, JobHandler, Outcome};
 use super::pools::{self, PoolsStatus};
-use super::worker::{JobError, JobHandler, Outcome};
-use crate::app::SharedApp;
 use crate::providers::{MachineRequest, Provider, ProviderError, ProviderMachineState};
+use crate::state::SharedApp;
 use crate::store::cluster::{self, Cluster};
 use crate::store::event::{self, NewEvent};
 use crate::store::job::Job;
@@ -54,6 +54,17 @@ pub struct ClusterReconciler {
 impl ClusterReconciler {
     pub fn new(app: SharedApp) -> Self {
         Self { app }
+    }
+}
+
+/// A provider's failure as a job's: retried when the provider says it may
+/// pass.
+impl From<ProviderError> for JobError {
+    fn from(e: ProviderError) -> Self {
+        JobError {
+            message: e.to_string(),
+            retryable: e.is_retryable(),
+        }
     }
 }
 
@@ -147,6 +158,7 @@ impl Run<'_> {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(cluster_id = %self.id))]
     async fn reconcile(&self) -> Result<Outcome, JobError> {
         let pool = &self.app.pool;
         let Some(c) = cluster::get_any(pool, self.id).await? else {
@@ -258,7 +270,16 @@ impl Run<'_> {
         self.app.access.is_some()
             && c.endpoint.is_some()
             && matches!(c.phase, Phase::Ready | Phase::Degraded)
-            && matches!(c.provider.kind(), "lab" | "ssh")
+            && self.bootstraps(c)
+    }
+
+    /// Whether this service bootstraps the cluster's machines itself (its
+    /// provider's machines take SSH; see `Capabilities`).
+    fn bootstraps(&self, c: &Cluster) -> bool {
+        self.app
+            .providers
+            .get(c.provider.kind())
+            .is_some_and(|p| p.capabilities().ssh_bootstrap)
     }
 
     /// Creates, observes and removes machines until the ledger matches the
@@ -552,11 +573,7 @@ impl Run<'_> {
         let mut cp_message = None;
         let mut pool_status: Option<PoolsStatus> = None;
         let mut pool_error: Option<String> = None;
-        let access = self
-            .app
-            .access
-            .as_deref()
-            .filter(|_| matches!(c.provider.kind(), "lab" | "ssh"));
+        let access = self.app.access.as_deref().filter(|_| self.bootstraps(c));
         match access {
             None => {
                 let msg = "control-plane bootstrap needs machine access (SSH key and Kubernetes \
@@ -1004,10 +1021,7 @@ impl Run<'_> {
                         Some(&err),
                     )
                     .await?;
-                    return Err(JobError {
-                        message: e.to_string(),
-                        retryable: e.is_retryable(),
-                    });
+                    return Err(e.into());
                 }
             }
             machine::mark_deleted(pool, m.id).await?;
@@ -1017,15 +1031,9 @@ impl Run<'_> {
         self.step(&del_ops, "sweep_provider", "running", None, None)
             .await?;
         if let Some(p) = &provider {
-            let strays = p.list_by_cluster(c.id).await.map_err(|e| JobError {
-                message: e.to_string(),
-                retryable: e.is_retryable(),
-            })?;
+            let strays = p.list_by_cluster(c.id).await?;
             for s in &strays {
-                p.delete(s.id).await.map_err(|e| JobError {
-                    message: e.to_string(),
-                    retryable: e.is_retryable(),
-                })?;
+                p.delete(s.id).await?;
             }
             if !strays.is_empty() {
                 self.event(

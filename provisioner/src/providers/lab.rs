@@ -31,7 +31,9 @@ use std::time::Duration;
 use tokio::process::Command;
 use uuid::Uuid;
 
-use super::{MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState};
+use super::{
+    Capabilities, MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState,
+};
 
 /// Where and how lab machines run.
 #[derive(Debug, Clone)]
@@ -547,8 +549,12 @@ impl Provider for LabProvider {
         "lab"
     }
 
-    fn hosts_workers(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ssh_bootstrap: true,
+            hosts_workers: true,
+            lab_machines: true,
+        }
     }
 
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError> {

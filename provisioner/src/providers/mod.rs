@@ -91,15 +91,29 @@ impl ProviderError {
     }
 }
 
+/// What a provider's machines allow, asked instead of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Reachable over SSH with the service's key at their address and
+    /// pinned host key, and bootstrapped by the service (control planes,
+    /// load balancers, workers).
+    pub ssh_bootstrap: bool,
+    /// Can become worker nodes (containerd, kubelet, kube-proxy installed
+    /// and joined). A cluster on a provider that cannot is refused node
+    /// pools at the API.
+    pub hosts_workers: bool,
+    /// Machines are lab containers on this host: the worker bootstrap
+    /// applies what containers need (and nothing of it elsewhere).
+    pub lab_machines: bool,
+}
+
 /// The provider contract (see the module doc).
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// The `provider.kind` this serves.
     fn kind(&self) -> &'static str;
-    /// Whether its machines can become worker nodes (containerd, kubelet,
-    /// kube-proxy installed and joined). A cluster on a provider that
-    /// cannot is refused node pools at the API.
-    fn hosts_workers(&self) -> bool;
+    /// What the engine may do with its machines.
+    fn capabilities(&self) -> Capabilities;
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError>;
     async fn get(&self, id: Uuid) -> Result<Option<ProviderMachine>, ProviderError>;
     async fn delete(&self, id: Uuid) -> Result<(), ProviderError>;

@@ -25,8 +25,9 @@
 //!   idempotent and re-run on every call: the service's public key is
 //!   appended to root's `authorized_keys` only if absent (mode 0600), the
 //!   identity file is rewritten, binaries are uploaded only when their
-//!   sha256 on the host differs. No free host is `Retryable` ("no free
-//!   host in the pool"): capacity may come back.
+//!   sha256 on the host differs. No free host is `NoCapacity` ("no free
+//!   host in the pool"): the machine waits for one, without using up its
+//!   attempts.
 //! - **Tagged.** The host records its machine in
 //!   `/etc/kubeforge/machine.json` (id, cluster_id, name); in the database
 //!   `list_by_cluster` joins `hosts.claimed_by` with `machines` without
@@ -66,9 +67,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
 
-use super::{MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState};
+use super::{
+    Capabilities, MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState,
+};
+use crate::artifacts::Artifacts;
 use crate::crypto::{Sealed, SecretBox};
-use crate::engine::controlplane::Artifacts;
 use crate::ssh::{
     shell_quote, Redactor, Session, SshAuth, SshError, SshExecutor, SshSettings, SshTarget,
 };
@@ -622,10 +625,14 @@ impl Provider for SshProvider {
         "ssh"
     }
 
-    /// Not yet: hosts get no containerd, kubelet or kube-proxy, and the wipe
-    /// does not remove a node's state.
-    fn hosts_workers(&self) -> bool {
-        false
+    /// Workers not yet: hosts get no containerd, kubelet or kube-proxy, and
+    /// the wipe does not remove a node's state.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ssh_bootstrap: true,
+            hosts_workers: false,
+            lab_machines: false,
+        }
     }
 
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError> {

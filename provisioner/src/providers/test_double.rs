@@ -12,7 +12,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 use uuid::Uuid;
 
-use super::{MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState};
+use super::{
+    Capabilities, MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState,
+};
 
 /// The in-memory test double (see the module doc).
 pub struct InMemoryProvider {
@@ -81,9 +83,14 @@ impl Provider for InMemoryProvider {
         self.kind
     }
 
-    /// The API and engine tests make node pools on it.
-    fn hosts_workers(&self) -> bool {
-        true
+    /// The API and engine tests make node pools on it; its machines are
+    /// in memory, so nothing is bootstrapped on them.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ssh_bootstrap: false,
+            hosts_workers: true,
+            lab_machines: false,
+        }
     }
 
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError> {

@@ -30,6 +30,7 @@
 //!
 //! Secrets (credentials, file contents, redacted secrets) are never logged.
 
+mod access;
 mod client_key;
 mod redact;
 mod session;
@@ -40,6 +41,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+pub use access::MachineAccess;
 pub use client_key::{
     fingerprint, load_or_create_client_key, parse_public_key, public_key_line,
     public_key_line_fingerprint, ClientKey, CLIENT_KEY_COMMENT,

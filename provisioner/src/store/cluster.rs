@@ -252,19 +252,6 @@ pub async fn update_spec(
     Ok(())
 }
 
-/// Bumps generation after a change to the cluster's pools.
-pub async fn bump_generation(conn: &mut PgConnection, id: Uuid) -> Result<i64> {
-    let g = sqlx::query_scalar!(
-        "UPDATE clusters SET generation = generation + 1, resource_version = resource_version + 1,
-                updated_at = now()
-         WHERE id = $1 RETURNING generation",
-        id
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok(g)
-}
-
 /// Marks the cluster for deletion (the reconciler does the rest).
 pub async fn request_deletion(conn: &mut PgConnection, id: Uuid) -> Result<i64> {
     let g = sqlx::query_scalar!(

@@ -10,6 +10,7 @@ pub mod job;
 pub mod machine;
 pub mod node_pool;
 pub mod operation;
+pub mod pki;
 pub mod secret;
 pub mod tenant;
 

@@ -1,0 +1,63 @@
+//! The shared state of one Kubeforge process: its database pool, keys,
+//! providers, machine access, the clients of tenant clusters, metrics and
+//! settings. The API's application layer (`app`) and the engine both work
+//! on it; it depends on neither (the layers point one way:
+//! api -> app -> {store, engine} -> {providers, ssh, tenant} -> cluster).
+
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::AuthKeys;
+use crate::crypto::SecretBox;
+use crate::metrics::Metrics;
+use crate::providers::ProviderRegistry;
+use crate::store::tenant::Quota;
+
+/// Service settings that app methods read.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Quota a tenant gets on its first write.
+    pub default_quota: Quota,
+    /// Attempts before a job is dead-lettered.
+    pub max_job_attempts: i32,
+    /// Longest kubeconfig TTL a tenant may ask for.
+    pub kubeconfig_max_ttl: Duration,
+    /// How far back control-plane component restarts count towards
+    /// degrading a cluster. Always
+    /// `kubeforge_cluster::restarts::RESTART_WINDOW` in the service (no
+    /// flag or variable sets it); tests shorten it so a cluster recovers
+    /// within the test.
+    pub control_plane_restart_window: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            default_quota: Quota {
+                max_clusters: 10,
+                max_nodes: 50,
+            },
+            max_job_attempts: 8,
+            kubeconfig_max_ttl: Duration::from_secs(24 * 3600),
+            control_plane_restart_window: kubeforge_cluster::restarts::RESTART_WINDOW,
+        }
+    }
+}
+
+/// Shared state of one Kubeforge process.
+pub struct App {
+    pub pool: PgPool,
+    pub auth: AuthKeys,
+    pub providers: ProviderRegistry,
+    pub secrets: SecretBox,
+    pub metrics: Metrics,
+    pub config: Config,
+    /// SSH key and binaries for bootstrapping machines; None when this
+    /// service cannot reach machines (then control planes wait, saying why).
+    pub access: Option<Arc<crate::ssh::MachineAccess>>,
+    /// The service's clients of tenant clusters, minted on first use.
+    pub tenants: crate::tenant::Clients,
+}
+
+pub type SharedApp = Arc<App>;
