@@ -430,8 +430,9 @@ struct BinContext {
     kube_scheduler: String,
 }
 
+/// A binary the bootstrap script verifies before going on.
 #[derive(Serialize)]
-struct BinaryCheck {
+pub(crate) struct BinaryCheck {
     path: String,
     sha256: String,
 }
@@ -675,7 +676,9 @@ fn hex_sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn parse_ipv4(field: &str, value: &str) -> Result<Ipv4Addr, ValidationError> {
+/// An IPv4 address a machine can have (not unspecified, multicast or
+/// broadcast).
+pub(crate) fn parse_ipv4(field: &str, value: &str) -> Result<Ipv4Addr, ValidationError> {
     let address: Ipv4Addr = value
         .parse()
         .map_err(|_| ValidationError::new(field, format!("{value:?} is not an IPv4 address")))?;
@@ -716,7 +719,25 @@ fn check_binaries(
     bin_dir: &str,
     etcd_bin: &str,
 ) -> Result<Vec<BinaryCheck>, ValidationError> {
-    if let Some(missing) = REQUIRED_BINARIES.iter().find(|b| !sha256.contains_key(**b)) {
+    check_binary_sums(sha256, REQUIRED_BINARIES, |name| {
+        if name == "etcd" {
+            etcd_bin.to_string()
+        } else {
+            format!("{bin_dir}/{name}")
+        }
+    })
+}
+
+/// Checks a bundle's binary checksums: every `required` name present,
+/// each name a plain file name, each sum lowercase sha256 hex; returns
+/// where each binary is (`path_of`) and what it must hash to. The one rule
+/// for the control-plane and worker bundles.
+pub(crate) fn check_binary_sums(
+    sha256: &BTreeMap<String, String>,
+    required: &[&str],
+    path_of: impl Fn(&str) -> String,
+) -> Result<Vec<BinaryCheck>, ValidationError> {
+    if let Some(missing) = required.iter().find(|b| !sha256.contains_key(**b)) {
         return Err(ValidationError::new(
             "binary_sha256",
             format!("no checksum for {missing}"),
@@ -737,13 +758,8 @@ fn check_binaries(
                     "must be a sha256 in lowercase hex (64 characters)",
                 ));
             }
-            let path = if name == "etcd" {
-                etcd_bin.to_string()
-            } else {
-                format!("{bin_dir}/{name}")
-            };
             Ok(BinaryCheck {
-                path,
+                path: path_of(name),
                 sha256: hex.clone(),
             })
         })
@@ -783,31 +799,19 @@ pub(crate) fn check_file_name(field: &str, value: &str) -> Result<(), Validation
 
 /// A DNS-1123 label: lowercase letters, digits and `-`, at most 63 characters.
 pub(crate) fn check_dns_label(field: &str, value: &str) -> Result<(), ValidationError> {
-    let bytes = value.as_bytes();
-    let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
-    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if value.len() > 63 || !bytes.iter().all(inner) || !edge(bytes.first()) || !edge(bytes.last()) {
-        return Err(ValidationError::new(
+    crate::names::check_dns_label(value, 63).map_err(|_| {
+        ValidationError::new(
             field,
             format!("{value:?} is not a DNS-1123 label (lowercase letters, digits, '-')"),
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
-/// A DNS name: dot-separated DNS-1123 labels, at most 253 characters.
+/// A DNS name: dot-separated DNS-1123 labels, at most 253 characters
+/// ([`crate::names::check_dns_subdomain`]).
 pub(crate) fn check_dns_name(field: &str, value: &str) -> Result<(), ValidationError> {
-    if value.len() > 253
-        || value
-            .split('.')
-            .any(|label| check_dns_label(field, label).is_err())
-    {
-        return Err(ValidationError::new(
-            field,
-            format!("{value:?} is not a DNS name"),
-        ));
-    }
-    Ok(())
+    crate::names::check_dns_subdomain(value)
+        .map_err(|_| ValidationError::new(field, format!("{value:?} is not a DNS name")))
 }
 
 fn check_endpoint_host(value: &str) -> Result<(), ValidationError> {

@@ -7,7 +7,7 @@ use crate::ValidationError;
 
 /// Checks a DNS-1123 label: lowercase alphanumerics and '-', starting and
 /// ending with an alphanumeric, at most `max` characters.
-fn check_dns_label(value: &str, max: usize) -> Result<(), String> {
+pub(crate) fn check_dns_label(value: &str, max: usize) -> Result<(), String> {
     if value.is_empty() {
         return Err("must not be empty".into());
     }

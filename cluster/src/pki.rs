@@ -820,29 +820,7 @@ fn invalid_dns(value: &str, reason: impl Into<String>) -> PkiError {
 /// A DNS-1123 subdomain: lowercase labels of 1 to 63 characters of
 /// letters, digits and '-', not starting or ending with '-'; 253 at most.
 fn check_dns_name(value: &str) -> Result<(), PkiError> {
-    if value.is_empty() || value.len() > 253 {
-        return Err(invalid_dns(value, "must be 1 to 253 characters"));
-    }
-    for label in value.split('.') {
-        let bytes = label.as_bytes();
-        let edge_ok = |b: Option<&u8>| b.is_some_and(|b| *b != b'-');
-        if bytes.is_empty() || bytes.len() > 63 {
-            return Err(invalid_dns(value, "each label must be 1 to 63 characters"));
-        }
-        if !bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        {
-            return Err(invalid_dns(
-                value,
-                "must contain only lowercase letters, digits, '-' and '.'",
-            ));
-        }
-        if !edge_ok(bytes.first()) || !edge_ok(bytes.last()) {
-            return Err(invalid_dns(value, "labels must not start or end with '-'"));
-        }
-    }
-    Ok(())
+    crate::names::check_dns_subdomain(value).map_err(|why| invalid_dns(value, why))
 }
 
 fn load_key(key_pem: &str) -> Result<KeyPair, PkiError> {

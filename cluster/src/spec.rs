@@ -229,6 +229,18 @@ pub struct Taint {
     pub effect: TaintEffect,
 }
 
+impl Taint {
+    /// Its key and value follow the label rules ([`check_label_key`],
+    /// [`check_label_value`]); errors name `key` or `value`.
+    pub fn check(&self) -> Result<(), ValidationError> {
+        check_label_key(&self.key).map_err(|m| ValidationError::new("key", m))?;
+        if let Some(v) = &self.value {
+            check_label_value(v).map_err(|m| ValidationError::new("value", m))?;
+        }
+        Ok(())
+    }
+}
+
 /// Kubernetes-style labels, checked: `[prefix/]name` keys and short values.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
@@ -254,15 +266,7 @@ pub fn check_label_key(key: &str) -> Result<(), String> {
         None => (None, key),
     };
     if let Some(p) = prefix {
-        let ok = !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|seg| {
-                !seg.is_empty()
-                    && seg
-                        .bytes()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-            });
-        if !ok {
+        if crate::names::check_dns_subdomain(p).is_err() {
             return Err(format!("key {key:?} has an invalid prefix"));
         }
     }
@@ -272,6 +276,18 @@ pub fn check_label_key(key: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Checks a label or taint value: empty, or 1-63 alphanumerics, '-', '_'
+/// or '.', starting and ending alphanumeric.
+pub fn check_label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || check_label_name(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "value {value:?} must be empty or 1-63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
+        ))
+    }
 }
 
 impl Labels {
@@ -293,12 +309,7 @@ impl Labels {
                     format!("keys under {RESERVED_LABEL_PREFIX} are reserved"),
                 ));
             }
-            if !v.is_empty() && !check_label_name(v) {
-                return Err(ValidationError::new(
-                    k.clone(),
-                    "value must be empty or 1-63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric",
-                ));
-            }
+            check_label_value(v).map_err(|m| ValidationError::new(k.clone(), m))?;
         }
         Ok(Self(map))
     }
@@ -445,16 +456,7 @@ impl NodePoolSpec {
             return Err(ValidationError::new("taints", "at most 32 taints"));
         }
         for (i, t) in req.taints.iter().enumerate() {
-            check_label_key(&t.key)
-                .map_err(|m| ValidationError::new(format!("taints[{i}].key"), m))?;
-            if let Some(v) = &t.value {
-                if !v.is_empty() && !check_label_name(v) {
-                    return Err(ValidationError::new(
-                        format!("taints[{i}].value"),
-                        "must be 1-63 alphanumerics, '-', '_' or '.'",
-                    ));
-                }
-            }
+            t.check().map_err(|e| e.under(&format!("taints[{i}]")))?;
         }
         let drain_timeout_seconds = req
             .drain_timeout_seconds
@@ -793,7 +795,8 @@ mod tests {
                     proptest::prop_assert!(!key.starts_with(RESERVED_LABEL_PREFIX), "{}", key);
                 }
             } else {
-                proptest::prop_assert!(prefix.contains("kubernetes.io") || prefix.contains("k8s.io") || prefix.contains("kubeforge.io"), "{}", key);
+                let bad_prefix = !prefix.is_empty() && crate::names::check_dns_subdomain(prefix.trim_end_matches('/')).is_err();
+                proptest::prop_assert!(bad_prefix || prefix.contains("kubernetes.io") || prefix.contains("k8s.io") || prefix.contains("kubeforge.io"), "{}", key);
             }
         }
     }

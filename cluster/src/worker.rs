@@ -33,9 +33,10 @@ use serde::{Deserialize, Serialize};
 use tera::Context;
 
 use crate::bundle::{
-    check_dns_label, check_dns_name, check_file_name, check_path, error_chain, render_all,
-    BundleError, BundleFile, Template,
+    check_binary_sums, check_dns_label, check_dns_name, check_path, error_chain, parse_ipv4,
+    render_all, BinaryCheck, BundleError, BundleFile, Template,
 };
+use crate::spec::{check_label_key, check_label_value};
 use crate::{ClusterName, Ipv4Cidr, ValidationError};
 
 /// Where the worker bundle's files live on a worker machine.
@@ -249,12 +250,6 @@ struct BinContext {
 }
 
 #[derive(Serialize)]
-struct BinaryCheck {
-    path: String,
-    sha256: String,
-}
-
-#[derive(Serialize)]
 struct KubeconfigContext {
     bootstrap: &'static str,
     kubelet: &'static str,
@@ -347,19 +342,6 @@ impl RenderContext {
     }
 }
 
-fn parse_ipv4(field: &str, value: &str) -> Result<Ipv4Addr, ValidationError> {
-    let address: Ipv4Addr = value
-        .parse()
-        .map_err(|_| ValidationError::new(field, format!("{value:?} is not an IPv4 address")))?;
-    if address.is_unspecified() || address.is_multicast() || address.is_broadcast() {
-        return Err(ValidationError::new(
-            field,
-            format!("{address} cannot be a machine's address"),
-        ));
-    }
-    Ok(address)
-}
-
 /// `https://HOST[:PORT]` with HOST an IPv4 address or DNS name, nothing after.
 fn check_api_server(value: &str) -> Result<(), ValidationError> {
     let bad = || {
@@ -389,33 +371,9 @@ fn check_binaries(
     sha256: &BTreeMap<String, String>,
     bin_dir: &str,
 ) -> Result<Vec<BinaryCheck>, ValidationError> {
-    if let Some(missing) = REQUIRED_BINARIES.iter().find(|b| !sha256.contains_key(**b)) {
-        return Err(ValidationError::new(
-            "binary_sha256",
-            format!("no checksum for {missing}"),
-        ));
-    }
-    sha256
-        .iter()
-        .map(|(name, hex)| {
-            let field = format!("binary_sha256.{name}");
-            check_file_name(&field, name)?;
-            if hex.len() != 64
-                || !hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                return Err(ValidationError::new(
-                    field,
-                    "must be a sha256 in lowercase hex (64 characters)",
-                ));
-            }
-            Ok(BinaryCheck {
-                path: format!("{bin_dir}/{name}"),
-                sha256: hex.clone(),
-            })
-        })
-        .collect()
+    check_binary_sums(sha256, REQUIRED_BINARIES, |name| {
+        format!("{bin_dir}/{name}")
+    })
 }
 
 /// Label keys: an optional DNS-name prefix and `/`, then a name of at most 63
@@ -425,13 +383,8 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<String, ValidationE
     let mut joined = Vec::with_capacity(labels.len());
     for (key, value) in labels {
         let field = format!("node_labels.{key}");
-        check_qualified_name(&field, key)?;
-        if !value.is_empty() && !is_label_name(value) {
-            return Err(ValidationError::new(
-                field,
-                format!("{value:?} is not a label value"),
-            ));
-        }
+        check_label_key(key).map_err(|m| ValidationError::new(field.clone(), m))?;
+        check_label_value(value).map_err(|m| ValidationError::new(field.clone(), m))?;
         joined.push(format!("{key}={value}"));
     }
     Ok(joined.join(","))
@@ -451,46 +404,79 @@ fn check_taints(taints: &[String]) -> Result<String, ValidationError> {
             ));
         }
         let (key, value) = key_value.split_once('=').unwrap_or((key_value, ""));
-        check_qualified_name(&field, key)?;
-        if !value.is_empty() && !is_label_name(value) {
-            return Err(bad("the value is not a label value"));
-        }
+        check_label_key(key).map_err(|m| bad(&m))?;
+        check_label_value(value).map_err(|m| bad(&m))?;
     }
     Ok(taints.join(","))
-}
-
-fn check_qualified_name(field: &str, key: &str) -> Result<(), ValidationError> {
-    let (prefix, name) = match key.split_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, key),
-    };
-    if let Some(prefix) = prefix {
-        check_dns_name(field, prefix)
-            .map_err(|_| ValidationError::new(field, format!("{key:?} has an invalid prefix")))?;
-    }
-    if !is_label_name(name) {
-        return Err(ValidationError::new(
-            field,
-            format!("{key:?} is not a qualified name"),
-        ));
-    }
-    Ok(())
-}
-
-fn is_label_name(value: &str) -> bool {
-    let bytes = value.as_bytes();
-    let edge = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
-    value.len() <= 63
-        && edge(bytes.first())
-        && edge(bytes.last())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The API (`Labels`, `Taint`) and the renderer accept exactly the same
+    /// keys and values: a pool the API accepted never fails to render
+    /// after its join began.
+    #[test]
+    fn the_api_and_the_renderer_agree_on_labels_and_taints() {
+        let keys = [
+            "tier",
+            "example.com/tier",
+            "-bad.example/x",
+            "bad-.example/x",
+            "a..b/x",
+            "UPPER.example/x",
+            "x_y",
+            "_x",
+            "x.",
+            "a/b/c",
+            "/x",
+            "x/",
+            "",
+            "é",
+            &"k".repeat(63),
+            &"k".repeat(64),
+            &format!("{}/x", "p".repeat(254)),
+        ];
+        let values = ["", "v", "v-1.2_3", "-v", "v_", "a b", &"v".repeat(64)];
+        for key in keys {
+            for value in values {
+                let api = crate::spec::Labels::parse(BTreeMap::from([(
+                    key.to_string(),
+                    value.to_string(),
+                )]));
+                let mut i = input();
+                i.node_labels = BTreeMap::from([(key.to_string(), value.to_string())]);
+                let rendered = render_worker(&i);
+                assert_eq!(
+                    api.is_ok(),
+                    rendered.is_ok(),
+                    "label {key:?}={value:?}: API {api:?}, renderer {:?}",
+                    rendered.err()
+                );
+                let taint = crate::spec::Taint {
+                    key: key.to_string(),
+                    value: Some(value.to_string()),
+                    effect: crate::spec::TaintEffect::NoSchedule,
+                }
+                .check()
+                .is_ok();
+                let mut i = input();
+                i.node_taints = vec![if value.is_empty() {
+                    format!("{key}:NoSchedule")
+                } else {
+                    format!("{key}={value}:NoSchedule")
+                }];
+                let rendered = render_worker(&i);
+                assert_eq!(
+                    taint,
+                    rendered.is_ok(),
+                    "taint {key:?}={value:?}: renderer {:?}",
+                    rendered.err()
+                );
+            }
+        }
+    }
 
     fn input() -> WorkerBundleInput {
         WorkerBundleInput {

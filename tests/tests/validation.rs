@@ -383,6 +383,18 @@ fn pool_cases(prefix: &str, base: &Value, at: impl Fn(&mut Value) -> &mut Value)
             &p("labels.bad key"),
         ),
         invalid(
+            // The renderer refused this after the join's token existed;
+            // now the API refuses it first (one rule for both).
+            "pool: label key prefix not a DNS subdomain",
+            m(&|b| b["labels"] = json!({"-bad.example/tier": "web"})),
+            &p("labels.-bad.example/tier"),
+        ),
+        invalid(
+            "pool: taint key prefix not a DNS subdomain",
+            m(&|b| b["taints"] = json!([{"key": "bad-.example/x", "effect": "NoSchedule"}])),
+            &p("taints[0].key"),
+        ),
+        invalid(
             "pool: label value invalid",
             m(&|b| b["labels"] = json!({"tier": "-x-"})),
             &p("labels.tier"),

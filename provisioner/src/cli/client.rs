@@ -558,36 +558,13 @@ fn nonzero(secs: u64, s: &str) -> Result<Duration, String> {
     }
 }
 
-fn is_label_key(k: &str) -> bool {
-    // Kubernetes qualified names: an optional DNS prefix and '/', then a name.
-    !k.is_empty()
-        && k.len() <= 317
-        && !k.starts_with('/')
-        && !k.ends_with('/')
-        && k.matches('/').count() <= 1
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
-}
-
-fn is_label_value(v: &str) -> bool {
-    v.len() <= 63
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 /// Parses `key=value` (the value may be empty).
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
     let Some((k, v)) = s.split_once('=') else {
         return Err(format!("{s:?} is not key=value"));
     };
-    if !is_label_key(k) {
-        return Err(format!("invalid label key {k:?}"));
-    }
-    if !is_label_value(v) {
-        return Err(format!(
-            "invalid label value {v:?}: at most 63 of [A-Za-z0-9._-]"
-        ));
-    }
+    kubeforge_cluster::spec::check_label_key(k)?;
+    kubeforge_cluster::spec::check_label_value(v)?;
     Ok((k.to_string(), v.to_string()))
 }
 
@@ -606,15 +583,12 @@ pub fn parse_taint(s: &str) -> Result<Taint, String> {
         Some((k, v)) => (k, Some(v)),
         None => (kv, None),
     };
-    if !is_label_key(key) {
-        return Err(format!("invalid taint key {key:?}"));
-    }
+    kubeforge_cluster::spec::check_label_key(key).map_err(|m| format!("taint {m}"))?;
     if let Some(v) = value {
-        if v.is_empty() || !is_label_value(v) {
-            return Err(format!(
-                "invalid taint value {v:?}: 1 to 63 of [A-Za-z0-9._-]"
-            ));
+        if v.is_empty() {
+            return Err(format!("taint {s:?}: write key:Effect for an empty value"));
         }
+        kubeforge_cluster::spec::check_label_value(v).map_err(|m| format!("taint {m}"))?;
     }
     Ok(Taint {
         key: key.to_string(),
