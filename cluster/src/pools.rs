@@ -69,6 +69,38 @@ impl fmt::Display for MachineState {
     }
 }
 
+/// What a machine is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MachineRole {
+    ControlPlane,
+    /// HAProxy in front of three control-plane members.
+    LoadBalancer,
+    Worker,
+}
+
+impl MachineRole {
+    pub const ALL: [MachineRole; 3] = [Self::ControlPlane, Self::LoadBalancer, Self::Worker];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ControlPlane => "control_plane",
+            Self::LoadBalancer => "load_balancer",
+            Self::Worker => "worker",
+        }
+    }
+
+    /// The ledger's spelling; None for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for MachineRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A pool's machine, as scale-down and repair see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Worker {
@@ -227,6 +259,10 @@ mod tests {
             assert_eq!(MachineState::parse(s.as_str()), Some(s));
         }
         assert_eq!(MachineState::parse("Running"), None);
+        for r in MachineRole::ALL {
+            assert_eq!(MachineRole::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(MachineRole::parse("master"), None);
         let live: Vec<&str> = MachineState::ALL
             .into_iter()
             .filter(|s| s.is_live())

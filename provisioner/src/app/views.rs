@@ -2,6 +2,7 @@
 //! (tenant scoping, resource versions) become `etag`s or stay hidden.
 
 use chrono::{DateTime, Utc};
+use kubeforge_cluster::pools::MachineState;
 use kubeforge_cluster::{AutoRepair, Autoscaling, Condition, Phase, ProviderSpec, Taint};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -100,11 +101,11 @@ pub struct NodeView {
 
 impl From<&Machine> for NodeView {
     fn from(m: &Machine) -> Self {
-        let state = match (&m.node_state, m.state.as_str()) {
+        let state = match (&m.node_state, m.state()) {
             (Some(observed), _) => observed.clone(),
-            (None, "pending") => "provisioning".into(),
-            (None, "running") => "joining".into(),
-            (None, other) => other.into(),
+            (None, MachineState::Pending) => "provisioning".into(),
+            (None, MachineState::Running) => "joining".into(),
+            (None, other) => other.as_str().into(),
         };
         Self {
             name: m.name.clone(),
@@ -150,7 +151,9 @@ impl NodePoolView {
         let mine = || machines.iter().filter(|m| m.node_pool_id == Some(p.id));
         let nodes: Vec<NodeView> = mine().map(NodeView::from).collect();
         let ready = mine()
-            .filter(|m| m.state == "running" && m.node_state.as_deref() == Some("ready"))
+            .filter(|m| {
+                m.state() == MachineState::Running && m.node_state.as_deref() == Some("ready")
+            })
             .count();
         Self {
             id: p.id,

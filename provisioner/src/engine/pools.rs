@@ -37,7 +37,7 @@ use chrono::Utc;
 use kubeforge_cluster::join::token_secret_name;
 use kubeforge_cluster::nodes::{self as tenant_nodes, DrainProgress, NodeView};
 use kubeforge_cluster::pools::{
-    plan_repairs, scale_down_order, MachineState, Repair, Worker, REPAIR_WINDOW,
+    plan_repairs, scale_down_order, MachineRole, MachineState, Repair, Worker, REPAIR_WINDOW,
 };
 use kubeforge_cluster::spec::AutoRepair;
 use std::collections::{HashMap, HashSet};
@@ -117,12 +117,18 @@ async fn pass(
     // Machines whose token Secret is done with: joined, or on their way out.
     let mut tokens_done: Vec<Uuid> = Vec::new();
     let machines = machine::list_any(&app.pool, c.id).await?;
-    let workers: Vec<&Machine> = machines.iter().filter(|m| m.role == "worker").collect();
+    let workers: Vec<&Machine> = machines
+        .iter()
+        .filter(|m| m.role() == MachineRole::Worker)
+        .collect();
     let pool_of = |m: &Machine| pools.iter().find(|p| Some(p.id) == m.node_pool_id);
 
     // 1. Observe.
     let mut to_join: Vec<&Machine> = Vec::new();
-    for m in workers.iter().filter(|m| m.state == "running") {
+    for m in workers
+        .iter()
+        .filter(|m| m.state() == MachineState::Running)
+    {
         let (state, unhealthy): (&str, Option<String>) = if stopped.contains(&m.id) {
             (
                 "not_ready",
@@ -186,7 +192,10 @@ async fn pass(
     }
 
     let machines = machine::list_any(&app.pool, c.id).await?;
-    let workers: Vec<&Machine> = machines.iter().filter(|m| m.role == "worker").collect();
+    let workers: Vec<&Machine> = machines
+        .iter()
+        .filter(|m| m.role() == MachineRole::Worker)
+        .collect();
     let mut status = PoolsStatus::default();
 
     // 3. Scale down: choose victims among live machines.
@@ -236,15 +245,21 @@ async fn pass(
                 )
                 .await?;
             } else {
-                machine::set_state(&app.pool, m.id, "deleting", Some(&why)).await?;
+                machine::set_state(&app.pool, m.id, MachineState::Deleting, Some(&why)).await?;
             }
         }
     }
 
     // 4. Drains.
     let machines = machine::list_any(&app.pool, c.id).await?;
-    let workers: Vec<&Machine> = machines.iter().filter(|m| m.role == "worker").collect();
-    for m in workers.iter().filter(|m| m.state == "draining") {
+    let workers: Vec<&Machine> = machines
+        .iter()
+        .filter(|m| m.role() == MachineRole::Worker)
+        .collect();
+    for m in workers
+        .iter()
+        .filter(|m| m.state() == MachineState::Draining)
+    {
         let Some(p) = pool_of(m) else { continue };
         let report = status.pools.entry(p.id).or_default();
         let started = m.drain_started_at.unwrap_or(now);
@@ -300,7 +315,13 @@ async fn pass(
             record(app, c, Some(p.id), warning, reason, &message).await?;
             report.drain_note = Some(message);
             kube.delete_node(&m.name).await?;
-            machine::set_state(&app.pool, m.id, "deleting", m.last_error.as_deref()).await?;
+            machine::set_state(
+                &app.pool,
+                m.id,
+                MachineState::Deleting,
+                m.last_error.as_deref(),
+            )
+            .await?;
         }
     }
 
@@ -326,8 +347,13 @@ async fn pass(
                 record(app, c, Some(pool_id), true, "NodeRepair", &message).await?;
                 tokens_done.push(id);
                 kube.delete_node(&name).await?;
-                machine::set_state(&app.pool, id, "deleting", Some(&format!("repair: {why}")))
-                    .await?;
+                machine::set_state(
+                    &app.pool,
+                    id,
+                    MachineState::Deleting,
+                    Some(&format!("repair: {why}")),
+                )
+                .await?;
             }
         }
     }
@@ -338,7 +364,7 @@ async fn pass(
         .filter(|j| {
             machines
                 .iter()
-                .any(|m| m.id == j.id && m.state == "running")
+                .any(|m| m.id == j.id && m.state() == MachineState::Running)
         })
         .collect();
     // Only providers whose machines carry containerd and the node binaries
@@ -371,16 +397,17 @@ async fn pass(
             if worker_view(m).state.is_live() {
                 report.live += 1;
             }
-            match (m.state.as_str(), m.node_state.as_deref()) {
-                ("running", Some("ready")) => report.ready += 1,
-                ("running", Some("joining")) | ("pending", _) => report.joining += 1,
-                ("running", Some(JOIN_UNSUPPORTED)) => report.problems.push(format!(
+            use MachineState::{Pending, Running};
+            match (m.state(), m.node_state.as_deref()) {
+                (Running, Some("ready")) => report.ready += 1,
+                (Running, Some("joining")) | (Pending, _) => report.joining += 1,
+                (Running, Some(JOIN_UNSUPPORTED)) => report.problems.push(format!(
                     "{}: workers on the {} provider cannot join yet (the host gets no kubelet, \
                      kube-proxy or containerd)",
                     m.name,
                     c.provider.kind()
                 )),
-                ("running", _) => report.problems.push(format!(
+                (Running, _) => report.problems.push(format!(
                     "{}: {}",
                     m.name,
                     m.unhealthy_reason.as_deref().unwrap_or("not ready")

@@ -18,7 +18,7 @@
 
 use chrono::Utc;
 use kubeforge_cluster::condition::set_condition;
-use kubeforge_cluster::pools::{scale_down_order, Worker};
+use kubeforge_cluster::pools::{scale_down_order, MachineRole, MachineState, Worker};
 use kubeforge_cluster::restarts::{self, RESTART_THRESHOLD};
 use kubeforge_cluster::{ConditionStatus as S, Phase};
 use rand::distributions::{Alphanumeric, DistString};
@@ -302,7 +302,7 @@ impl Run<'_> {
         // node auto-repair, which replaces it after its pool's threshold.
         for m in machines
             .iter()
-            .filter(|m| matches!(m.state.as_str(), "running" | "draining"))
+            .filter(|m| matches!(m.state(), MachineState::Running | MachineState::Draining))
         {
             let (reason, message) = match provider.get(m.id).await? {
                 None => {
@@ -314,7 +314,10 @@ impl Run<'_> {
                         format!("machine {} disappeared; replacing it", m.name),
                     )
                 }
-                Some(pm) if pm.state == ProviderMachineState::Stopped && m.role == "worker" => {
+                Some(pm)
+                    if pm.state == ProviderMachineState::Stopped
+                        && m.role() == MachineRole::Worker =>
+                {
                     if stopped.insert(m.id) && m.unhealthy_since.is_none() {
                         (
                             "MachineStopped",
@@ -325,9 +328,14 @@ impl Run<'_> {
                     }
                 }
                 Some(pm) if pm.state == ProviderMachineState::Stopped => {
-                    machine::set_state(&self.app.pool, m.id, "pending", Some("machine stopped"))
-                        .await
-                        .map_err(db)?;
+                    machine::set_state(
+                        &self.app.pool,
+                        m.id,
+                        MachineState::Pending,
+                        Some("machine stopped"),
+                    )
+                    .await
+                    .map_err(db)?;
                     (
                         "MachineStopped",
                         format!("machine {} stopped; starting it again", m.name),
@@ -348,7 +356,7 @@ impl Run<'_> {
                 self.record_machine(
                     c,
                     None,
-                    "control_plane",
+                    MachineRole::ControlPlane,
                     &name,
                     c.control_plane.machine_type.as_str(),
                 )
@@ -360,7 +368,7 @@ impl Run<'_> {
         if c.control_plane.replicas > 1 {
             let name = format!("{}-lb", c.name);
             if !machines.iter().any(|m| m.name == name) {
-                self.record_machine(c, None, "load_balancer", &name, "small")
+                self.record_machine(c, None, MachineRole::LoadBalancer, &name, "small")
                     .await
                     .map_err(db)?;
             }
@@ -371,10 +379,7 @@ impl Run<'_> {
             // are replaced at once, not after they are gone.
             let mine: Vec<&Machine> = machines
                 .iter()
-                .filter(|m| {
-                    m.node_pool_id == Some(p.id)
-                        && matches!(m.state.as_str(), "pending" | "running" | "failed")
-                })
+                .filter(|m| m.node_pool_id == Some(p.id) && m.state().is_live())
                 .collect();
             let want = if p.deletion_requested_at.is_some() {
                 0
@@ -386,9 +391,15 @@ impl Run<'_> {
                     .sample_string(&mut rand::thread_rng(), 5)
                     .to_lowercase();
                 let name = format!("{}-{}-{suffix}", c.name, p.name);
-                self.record_machine(c, Some(p.id), "worker", &name, p.machine_type.as_str())
-                    .await
-                    .map_err(db)?;
+                self.record_machine(
+                    c,
+                    Some(p.id),
+                    MachineRole::Worker,
+                    &name,
+                    p.machine_type.as_str(),
+                )
+                .await
+                .map_err(db)?;
             }
             // With a serving cluster, surplus nodes are drained first (see
             // `pools`); otherwise there is nothing to drain.
@@ -399,7 +410,7 @@ impl Run<'_> {
                 let mut victims: Vec<&Worker> = views.iter().collect();
                 scale_down_order(&mut victims, &HashMap::new());
                 for m in victims.into_iter().take(mine.len() - want) {
-                    machine::set_state(&self.app.pool, m.id, "deleting", None)
+                    machine::set_state(&self.app.pool, m.id, MachineState::Deleting, None)
                         .await
                         .map_err(db)?;
                 }
@@ -409,8 +420,8 @@ impl Run<'_> {
 
         let mut all_running = true;
         for m in &machines {
-            match m.state.as_str() {
-                "deleting" => {
+            match m.state() {
+                MachineState::Deleting => {
                     provider.delete(m.id).await?;
                     machine::mark_deleted(&self.app.pool, m.id)
                         .await
@@ -426,7 +437,7 @@ impl Run<'_> {
                     .await
                     .map_err(|e| ProviderError::Retryable(e.message))?;
                 }
-                "pending" | "failed" => {
+                MachineState::Pending | MachineState::Failed => {
                     let req = MachineRequest {
                         id: m.id,
                         name: m.name.clone(),
@@ -506,7 +517,7 @@ impl Run<'_> {
         &self,
         c: &Cluster,
         pool: Option<Uuid>,
-        role: &str,
+        role: MachineRole,
         name: &str,
         machine_type: &str,
     ) -> crate::error::Result<()> {
@@ -517,7 +528,7 @@ impl Run<'_> {
                 tenant: &c.tenant,
                 cluster_id: c.id,
                 node_pool_id: pool,
-                role,
+                role: role.as_str(),
                 name,
                 provider: c.provider.kind(),
                 machine_type,
@@ -540,7 +551,7 @@ impl Run<'_> {
         let machines = machine::list_any(pool, c.id).await?;
         let cp_running = machines
             .iter()
-            .filter(|m| m.role == "control_plane" && m.state == "running")
+            .filter(|m| m.role() == MachineRole::ControlPlane && m.state() == MachineState::Running)
             .count();
         let mut conditions = c.conditions.clone();
         let (status, reason, msg) = if all_running {
@@ -561,11 +572,11 @@ impl Run<'_> {
         // reach them; otherwise say plainly why it waits.
         let cp_members: Vec<&Machine> = machines
             .iter()
-            .filter(|m| m.role == "control_plane" && m.state == "running")
+            .filter(|m| m.role() == MachineRole::ControlPlane && m.state() == MachineState::Running)
             .collect();
         let lb = machines
             .iter()
-            .find(|m| m.role == "load_balancer" && m.state == "running");
+            .find(|m| m.role() == MachineRole::LoadBalancer && m.state() == MachineState::Running);
         // Serving: the control plane answers through its endpoint (worker
         // pools can be reconciled); ready: serving, and not restarting.
         let mut serving = false;
@@ -877,9 +888,9 @@ impl Run<'_> {
                         continue;
                     };
                     let v = PoolView::new(p, &machines, pool_status.as_ref());
-                    let draining = machines
-                        .iter()
-                        .any(|m| m.node_pool_id == Some(p.id) && m.state == "draining");
+                    let draining = machines.iter().any(|m| {
+                        m.node_pool_id == Some(p.id) && m.state() == MachineState::Draining
+                    });
                     operation::set_step(
                         pool,
                         op.id,
@@ -1009,7 +1020,7 @@ impl Run<'_> {
         self.step(&del_ops, "delete_machines", "running", None, None)
             .await?;
         for m in machine::list_any(pool, c.id).await? {
-            machine::set_state(pool, m.id, "deleting", None).await?;
+            machine::set_state(pool, m.id, MachineState::Deleting, None).await?;
             if let Some(p) = &provider {
                 if let Err(e) = p.delete(m.id).await {
                     let err = op_error("provider_error", &e.to_string(), e.is_retryable());
@@ -1163,10 +1174,13 @@ impl PoolView {
             .collect();
         let report = status.and_then(|s| s.pools.get(&p.id));
         Self {
-            running: mine.iter().filter(|m| m.state == "running").count(),
+            running: mine
+                .iter()
+                .filter(|m| m.state() == MachineState::Running)
+                .count(),
             leaving: mine
                 .iter()
-                .filter(|m| matches!(m.state.as_str(), "draining" | "deleting"))
+                .filter(|m| matches!(m.state(), MachineState::Draining | MachineState::Deleting))
                 .count(),
             ready: report.map_or(0, |r| r.ready),
             joining: report.map_or(0, |r| r.joining),

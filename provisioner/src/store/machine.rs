@@ -2,6 +2,7 @@
 //! the idempotency token the provider receives.
 
 use chrono::{DateTime, Utc};
+use kubeforge_cluster::pools::{MachineRole, MachineState};
 use serde_json::Value as JsonValue;
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -46,6 +47,25 @@ pub struct Machine {
     /// (`kubeforge_cluster::restarts::MemberRestarts`); None until the
     /// first look.
     pub component_restarts: Option<JsonValue>,
+}
+
+impl Machine {
+    /// Its state, typed. The ledger's CHECK constraint admits only the
+    /// spellings [`MachineState`] knows.
+    pub fn state(&self) -> MachineState {
+        MachineState::parse(&self.state).unwrap_or_else(|| {
+            tracing::error!(machine = %self.id, state = %self.state, "unknown machine state in the ledger");
+            MachineState::Failed
+        })
+    }
+
+    /// Its role, typed (see [`Machine::state`]).
+    pub fn role(&self) -> MachineRole {
+        MachineRole::parse(&self.role).unwrap_or_else(|| {
+            tracing::error!(machine = %self.id, role = %self.role, "unknown machine role in the ledger");
+            MachineRole::Worker
+        })
+    }
 }
 
 /// Values for a new ledger row.
@@ -135,13 +155,13 @@ pub async fn set_running(
 pub async fn set_state(
     db: impl PgExecutor<'_>,
     id: Uuid,
-    state: &str,
+    state: MachineState,
     last_error: Option<&str>,
 ) -> Result<()> {
     sqlx::query!(
         "UPDATE machines SET state = $2, last_error = $3, updated_at = now() WHERE id = $1",
         id,
-        state,
+        state.as_str(),
         last_error
     )
     .execute(db)
