@@ -468,6 +468,29 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     let (ok, out) = kubectl_run(&kc, &["delete", "pod", "p2", "--wait=false"]);
     assert!(ok, "{out}");
 
+    // The service's own node watch (kube-rs against the 1.20 API server,
+    // as the least-privileged service identity), open before the scale-up.
+    let c = kubeforge::store::cluster::get_any(
+        &app.pool,
+        Uuid::parse_str(p["cluster"].as_str().unwrap()).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let api = kubeforge::engine::tenant_api(&app.app, &c, c.endpoint.as_deref().unwrap())
+        .await
+        .unwrap();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch = tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut events = api.watch_nodes();
+        while let Some(e) = events.next().await {
+            if seen_tx.send(e).is_err() {
+                break;
+            }
+        }
+    });
+
     // Scale to 3: a third Ready node.
     let t = Instant::now();
     let r = app
@@ -523,6 +546,23 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         .await;
     assert_eq!(op.body["state"], "succeeded", "{}", op.text);
     assert_eq!(kubectl_nodes(&kc).len(), 3);
+    // The watch listed the two nodes, then saw the third become Ready.
+    let mut listed = None;
+    let mut third_ready = false;
+    while let Ok(e) = seen_rx.try_recv() {
+        match e {
+            Ok(kubeforge::tenant::NodeEvent::Listed(nodes)) if listed.is_none() => {
+                listed = Some(nodes.len())
+            }
+            Ok(kubeforge::tenant::NodeEvent::Applied(n)) if n.name == third_name && n.ready => {
+                third_ready = true
+            }
+            _ => {}
+        }
+    }
+    watch.abort();
+    assert_eq!(listed, Some(2), "the watch's first list");
+    assert!(third_ready, "the watch never saw {third_name} Ready");
     // The hostile CSRs: the one named like a command was left alone (the
     // service does not use names that are not DNS names), the one for
     // another node was denied, and nothing ran on any machine.

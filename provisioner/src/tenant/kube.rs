@@ -17,7 +17,7 @@ use kubeforge_cluster::nodes::{cpu_millis, CsrView, Eviction, NodeView, PodView}
 use kubeforge_cluster::pki::{issue_client_cert, Ca};
 use std::time::Duration;
 
-use super::{TenantApi, EVICTION_GRACE_SECONDS, IDENTITY_TTL};
+use super::{NodeEvent, TenantApi, EVICTION_GRACE_SECONDS, IDENTITY_TTL};
 use crate::error::{Error, Result};
 
 /// Longest one API call may take.
@@ -28,6 +28,9 @@ const SYSTEM_NAMESPACE: &str = "kube-system";
 /// One tenant cluster's API, as the service's identity.
 pub struct KubeTenant {
     client: kube::Client,
+    /// The same identity without a read timeout, for long-poll watches
+    /// (the API server closes them after `timeoutSeconds`).
+    watch_client: kube::Client,
     /// For messages: the endpoint.
     server: String,
 }
@@ -91,10 +94,15 @@ impl KubeTenant {
         // default retry would back off for many minutes); the engine's next
         // pass is the retry.
         config.default_retry = false;
+        let mut watch_config = config.clone();
+        watch_config.read_timeout = None;
         let client = kube::Client::try_from(config)
+            .map_err(|e| Error::Internal(anyhow::anyhow!("a client for {server}: {e}")))?;
+        let watch_client = kube::Client::try_from(watch_config)
             .map_err(|e| Error::Internal(anyhow::anyhow!("a client for {server}: {e}")))?;
         Ok(Self {
             client,
+            watch_client,
             server: server.to_string(),
         })
     }
@@ -352,6 +360,37 @@ impl TenantApi for KubeTenant {
             .await
             .map_err(|e| self.unavailable("listing certificate signing requests", e))?;
         Ok(list.items.iter().filter_map(csr_view).collect())
+    }
+
+    fn watch_nodes(&self) -> futures::stream::BoxStream<'static, Result<NodeEvent>> {
+        use futures::StreamExt;
+        use kube::runtime::watcher::{self, Event};
+        use kube::runtime::WatchStreamExt;
+        let server = self.server.clone();
+        let mut listing: Vec<NodeView> = Vec::new();
+        let nodes = Api::<Node>::all(self.watch_client.clone());
+        watcher::watcher(nodes, watcher::Config::default())
+            .default_backoff()
+            .filter_map(move |event| {
+                let out = match event {
+                    Ok(Event::Init) => {
+                        listing.clear();
+                        None
+                    }
+                    Ok(Event::InitApply(n)) => {
+                        listing.extend(node_view(&n));
+                        None
+                    }
+                    Ok(Event::InitDone) => Some(Ok(NodeEvent::Listed(std::mem::take(&mut listing)))),
+                    Ok(Event::Apply(n)) => node_view(&n).map(|v| Ok(NodeEvent::Applied(v))),
+                    Ok(Event::Delete(n)) => node_view(&n).map(|v| Ok(NodeEvent::Deleted(v.name))),
+                    Err(e) => Some(Err(Error::Unavailable(format!(
+                        "watching nodes on {server}: {e}"
+                    )))),
+                };
+                futures::future::ready(out)
+            })
+            .boxed()
     }
 
     async fn decide_csr(

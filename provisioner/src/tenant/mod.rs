@@ -68,6 +68,11 @@ pub trait TenantApi: Send + Sync {
     /// Deletes a Secret in `kube-system`; one that is gone already is fine.
     async fn delete_system_secret(&self, name: &str) -> Result<()>;
     async fn csrs(&self) -> Result<Vec<CsrView>>;
+    /// The nodes as they change: a full list first ([`NodeEvent::Listed`],
+    /// again whenever the watch restarts), then each change. The stream
+    /// re-lists and re-watches by itself after errors (each error is also
+    /// yielded, for the caller to log); it ends when dropped.
+    fn watch_nodes(&self) -> futures::stream::BoxStream<'static, Result<NodeEvent>>;
     /// Approves or denies a pending CSR, with a reason and a message.
     async fn decide_csr(
         &self,
@@ -76,6 +81,17 @@ pub trait TenantApi: Send + Sync {
         reason: &str,
         message: &str,
     ) -> Result<()>;
+}
+
+/// One change of a cluster's nodes, from [`TenantApi::watch_nodes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// Every node, as of a (re)started watch.
+    Listed(Vec<NodeView>),
+    /// A node was added or changed.
+    Applied(NodeView),
+    /// A node was deleted.
+    Deleted(String),
 }
 
 /// Drains `node` for at most `slice`: cordons it, asks the Eviction API to
@@ -235,6 +251,9 @@ mod tests {
         }
         async fn csrs(&self) -> Result<Vec<CsrView>> {
             Ok(Vec::new())
+        }
+        fn watch_nodes(&self) -> futures::stream::BoxStream<'static, Result<NodeEvent>> {
+            Box::pin(futures::stream::empty())
         }
         async fn decide_csr(&self, _: &str, _: bool, _: &str, _: &str) -> Result<()> {
             Err(Error::Unavailable("not in this double".into()))
