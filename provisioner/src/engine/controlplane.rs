@@ -456,11 +456,11 @@ async fn viewer_may_list(app: &App, c: &Cluster, url: &str) -> Result<()> {
     )
     .await?;
     let mut answer = viewer.may_list_namespaces().await;
-    for _ in 0..10 {
+    for _ in 0..60 {
         if answer.is_ok() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
         answer = viewer.may_list_namespaces().await;
     }
     answer.map_err(|e| Error::Unavailable(format!("viewers cannot list namespaces yet: {e}")))
@@ -787,24 +787,27 @@ pub async fn reconcile(
     if endpoint_ok && !healthy_members.is_empty() {
         let url = format!("https://{endpoint}:{APISERVER_PORT}");
         let api = super::tenant_api(app, c, &url).await?;
+        // Short polls, bounded: a fresh API server and its addons come up
+        // within seconds, and a whole pass (SSH to every member) is slower
+        // than waiting here.
         let mut answered = Err(Error::Unavailable("not asked".into()));
-        for _ in 0..10 {
+        for _ in 0..40 {
             answered = api.ready().await;
             if answered.is_ok() {
                 break;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         match answered {
             Ok(()) => {
                 status.endpoint = Some(url.clone());
                 let mut effective = Err(Error::Unavailable("not asked".into()));
-                for _ in 0..10 {
+                for _ in 0..80 {
                     effective = api.nodes().await.map(|_| ());
                     if effective.is_ok() {
                         break;
                     }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 // Viewers: `view` is an aggregated role, empty until the
                 // controller manager fills it; ask as a viewer would (once,
