@@ -381,7 +381,9 @@ impl TenantApi for KubeTenant {
                         listing.extend(node_view(&n));
                         None
                     }
-                    Ok(Event::InitDone) => Some(Ok(NodeEvent::Listed(std::mem::take(&mut listing)))),
+                    Ok(Event::InitDone) => {
+                        Some(Ok(NodeEvent::Listed(std::mem::take(&mut listing))))
+                    }
                     Ok(Event::Apply(n)) => node_view(&n).map(|v| Ok(NodeEvent::Applied(v))),
                     Ok(Event::Delete(n)) => node_view(&n).map(|v| Ok(NodeEvent::Deleted(v.name))),
                     Err(e) => Some(Err(Error::Unavailable(format!(
