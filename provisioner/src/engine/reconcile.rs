@@ -1017,6 +1017,8 @@ impl Run<'_> {
         let pool = &self.app.pool;
         let del_ops: Vec<&Operation> = ops.iter().filter(|o| o.type_ == "cluster_delete").collect();
         let provider = self.app.providers.get(c.provider.kind());
+        // The service's client of this cluster is of no more use.
+        self.app.tenants.forget(c.id);
         self.step(&del_ops, "delete_machines", "running", None, None)
             .await?;
         for m in machine::list_any(pool, c.id).await? {
