@@ -133,6 +133,13 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
+/// Refuses a name the service is about to put into a request unless it
+/// is a DNS subdomain.
+fn usable(what: &str, name: &str) -> Result<()> {
+    check_dns_subdomain(name)
+        .map_err(|why| Error::Internal(anyhow::anyhow!("{what} {name:?}: {why}")))
+}
+
 /// A name read from the cluster, if it is one the service will use.
 fn checked(kind: &str, name: Option<&String>) -> Option<String> {
     let name = name?;
@@ -266,8 +273,7 @@ impl TenantApi for KubeTenant {
         let mut params = ListParams::default();
         let selector;
         if let Some(node) = node {
-            check_dns_subdomain(node)
-                .map_err(|why| Error::Internal(anyhow::anyhow!("node name {node:?}: {why}")))?;
+            usable("node name", node)?;
             selector = format!("spec.nodeName={node}");
             params = params.fields(&selector);
         }
@@ -279,8 +285,7 @@ impl TenantApi for KubeTenant {
     }
 
     async fn cordon(&self, node: &str) -> Result<()> {
-        check_dns_subdomain(node)
-            .map_err(|why| Error::Internal(anyhow::anyhow!("node name {node:?}: {why}")))?;
+        usable("node name", node)?;
         Api::<Node>::all(self.client.clone())
             .patch(
                 node,
@@ -294,8 +299,7 @@ impl TenantApi for KubeTenant {
 
     async fn evict(&self, namespace: &str, pod: &str) -> Result<Eviction> {
         for (what, name) in [("namespace", namespace), ("pod", pod)] {
-            check_dns_subdomain(name)
-                .map_err(|why| Error::Internal(anyhow::anyhow!("{what} name {name:?}: {why}")))?;
+            usable(&format!("{what} name"), name)?;
         }
         // Kubernetes 1.20 serves Eviction as policy/v1beta1 only.
         let body = serde_json::json!({
@@ -319,8 +323,7 @@ impl TenantApi for KubeTenant {
     }
 
     async fn delete_node(&self, name: &str) -> Result<()> {
-        check_dns_subdomain(name)
-            .map_err(|why| Error::Internal(anyhow::anyhow!("node name {name:?}: {why}")))?;
+        usable("node name", name)?;
         match Api::<Node>::all(self.client.clone())
             .delete(name, &DeleteParams::default())
             .await
@@ -402,8 +405,7 @@ impl TenantApi for KubeTenant {
         reason: &str,
         message: &str,
     ) -> Result<()> {
-        check_dns_subdomain(name)
-            .map_err(|why| Error::Internal(anyhow::anyhow!("CSR name {name:?}: {why}")))?;
+        usable("CSR name", name)?;
         let api = Api::<CertificateSigningRequest>::all(self.client.clone());
         let mut csr = api
             .get(name)
