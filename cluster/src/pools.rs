@@ -19,8 +19,11 @@ pub const REPAIR_WINDOW: TimeDelta = TimeDelta::minutes(10);
 /// A machine's state in the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MachineState {
-    /// Recorded; the provider is making it.
+    /// Recorded; not yet accepted by the provider (`create` is called).
     Pending,
+    /// Accepted by the provider and on its way up: observed with `get`,
+    /// never created again.
+    Provisioning,
     Running,
     /// The provider could not make it, or lost it.
     Failed,
@@ -32,8 +35,9 @@ pub enum MachineState {
 }
 
 impl MachineState {
-    pub const ALL: [MachineState; 6] = [
+    pub const ALL: [MachineState; 7] = [
         Self::Pending,
+        Self::Provisioning,
         Self::Running,
         Self::Failed,
         Self::Draining,
@@ -44,6 +48,7 @@ impl MachineState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
+            Self::Provisioning => "provisioning",
             Self::Running => "running",
             Self::Failed => "failed",
             Self::Draining => "draining",
@@ -59,7 +64,10 @@ impl MachineState {
 
     /// Counts towards its pool's size: neither leaving nor gone.
     pub fn is_live(self) -> bool {
-        matches!(self, Self::Pending | Self::Running | Self::Failed)
+        matches!(
+            self,
+            Self::Pending | Self::Provisioning | Self::Running | Self::Failed
+        )
     }
 }
 
@@ -193,10 +201,12 @@ pub fn plan_repairs(
             continue;
         }
         let in_flight = mine.iter().any(|o| {
-            matches!(o.state, MachineState::Deleting | MachineState::Pending)
-                || (o.state == MachineState::Running
-                    && !o.joined
-                    && !due.iter().any(|d| d.id == o.id))
+            matches!(
+                o.state,
+                MachineState::Deleting | MachineState::Pending | MachineState::Provisioning
+            ) || (o.state == MachineState::Running
+                && !o.joined
+                && !due.iter().any(|d| d.id == o.id))
         });
         if in_flight {
             plan.push(wait(format!(
@@ -268,7 +278,7 @@ mod tests {
             .filter(|s| s.is_live())
             .map(MachineState::as_str)
             .collect();
-        assert_eq!(live, ["pending", "running", "failed"]);
+        assert_eq!(live, ["pending", "provisioning", "running", "failed"]);
     }
 
     #[test]

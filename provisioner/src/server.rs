@@ -248,8 +248,15 @@ impl EngineMetrics for Metrics {
     }
 }
 
-/// An engine with this service's job handlers registered.
-pub fn build_engine(app: &SharedApp, config: EngineConfig) -> Engine {
+/// An engine with this service's job handlers registered. It claims the
+/// jobs of the provider kinds `app` runs (and those that need none).
+pub fn build_engine(app: &SharedApp, mut config: EngineConfig) -> Engine {
+    config.providers = app
+        .providers
+        .kinds()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     let mut engine = Engine::new(app.pool.clone(), config, Arc::new(app.metrics.clone()));
     engine.register(
         RECONCILE_CLUSTER,

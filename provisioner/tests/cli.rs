@@ -135,6 +135,8 @@ async fn up_serves_the_cli_stops_cleanly_and_keeps_data() {
     wait_healthy(port).await;
     let admin = token(&dir, "acme", "admin");
 
+    // Without an artifact cache `up` runs no provider: a cluster is refused
+    // at create, naming the field, and nothing is listed afterwards.
     let created = cli(
         port,
         &admin,
@@ -148,21 +150,27 @@ async fn up_serves_the_cli_stops_cleanly_and_keeps_data() {
             "team=web",
         ],
     );
+    assert!(!created.status.success());
+    let err = String::from_utf8_lossy(&created.stderr);
     assert!(
-        created.status.success(),
-        "create: {}",
-        String::from_utf8_lossy(&created.stderr)
+        err.contains("422") && err.contains("provider.kind") && err.contains("it runs: none"),
+        "create: {err}"
     );
-    let text = String::from_utf8_lossy(&created.stdout);
-    assert!(
-        text.contains("web") && text.contains("cluster_create"),
-        "create output: {text}"
-    );
-
     let listed = cli(port, &admin, &["clusters", "list", "-o", "json"]);
     assert!(listed.status.success());
     let v: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json list");
-    assert_eq!(v["items"][0]["name"], "web", "{v}");
+    assert_eq!(v["items"], serde_json::json!([]), "{v}");
+
+    // A platform admin's write, read back after a restart below.
+    let platform = token(&dir, "ops", "platform-admin");
+    let r = reqwest::Client::new()
+        .put(format!("http://127.0.0.1:{port}/v1/tenants/acme/quota"))
+        .bearer_auth(&platform)
+        .json(&serde_json::json!({"max_clusters": 4, "max_nodes": 21}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     // API errors exit non-zero with the problem's code and detail.
     let missing = cli(port, &admin, &["clusters", "get", "nosuch"]);
@@ -211,14 +219,20 @@ async fn up_serves_the_cli_stops_cleanly_and_keeps_data() {
     let port = free_port();
     let server = up(&dir, port);
     wait_healthy(port).await;
-    let got = cli(port, &admin, &["clusters", "get", "web", "-o", "json"]);
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/v1/tenants/acme/quota"))
+        .bearer_auth(&platform)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["max_clusters"].as_i64(), v["max_nodes"].as_i64()),
+        (Some(4), Some(21)),
+        "{v}"
     );
-    let v: serde_json::Value = serde_json::from_slice(&got.stdout).expect("json");
-    assert_eq!(v["labels"]["team"], "web");
     let status = stop(server, Signal::SIGTERM);
     assert!(status.success(), "exit status after SIGTERM: {status}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -263,9 +277,20 @@ async fn two_serve_processes_share_one_database() {
             chrono::Utc::now().timestamp(),
         )
         .unwrap();
-    // Write through one replica, read through the other.
+    let platform = keys
+        .mint(
+            "ops",
+            "p",
+            kubeforge::context::Role::PlatformAdmin,
+            Duration::from_secs(600),
+            chrono::Utc::now().timestamp(),
+        )
+        .unwrap();
     let client = reqwest::Client::new();
-    for n in 0..6 {
+    // These replicas run no provider (no lab image in their cache): a
+    // cluster on one is refused at create, naming the field, by either
+    // replica, and nothing is written for any replica to pick up.
+    for n in 0..4 {
         let port = ports[n % 2];
         let r = client
             .post(format!("http://127.0.0.1:{port}/v1/clusters"))
@@ -274,43 +299,47 @@ async fn two_serve_processes_share_one_database() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 202);
-    }
-    // The shipped binary has no lab provider yet: every create operation
-    // must end `failed` with provider_unavailable, each exactly once.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let pool = kubeforge::store::connect(&url, 2).await.unwrap();
-    loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM operations WHERE state = 'failed' AND error->>'code' = 'provider_unavailable'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        if done == 6 {
-            break;
-        }
+        assert_eq!(r.status(), 422);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["field"], "provider.kind", "{v}");
         assert!(
-            Instant::now() < deadline,
-            "only {done} of 6 operations finished"
+            v["detail"].as_str().unwrap().contains("it runs: none"),
+            "{v}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let events: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE reason = 'ProviderUnavailable'")
+    let pool = kubeforge::store::connect(&url, 2).await.unwrap();
+    for table in ["clusters", "operations", "jobs"] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(events, 6, "each cluster's failure recorded once");
-    let r = client
-        .get(format!(
-            "http://127.0.0.1:{}/v1/clusters?phase=failed",
-            ports[1]
-        ))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
-    let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(v["items"].as_array().map(Vec::len), Some(6));
+        assert_eq!(n, 0, "nothing written to {table}");
+    }
+    // Write through one replica, read through the other.
+    for (i, max_clusters) in [3, 7, 5].into_iter().enumerate() {
+        let r = client
+            .put(format!(
+                "http://127.0.0.1:{}/v1/tenants/acme/quota",
+                ports[i % 2]
+            ))
+            .bearer_auth(&platform)
+            .json(&serde_json::json!({"max_clusters": max_clusters, "max_nodes": 40}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        let r = client
+            .get(format!(
+                "http://127.0.0.1:{}/v1/tenants/acme/quota",
+                ports[(i + 1) % 2]
+            ))
+            .bearer_auth(&platform)
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["max_clusters"], max_clusters, "{v}");
+    }
     pool.close().await;
     drop(procs);
     pg.stop().await.unwrap();

@@ -9,6 +9,8 @@
 
 use kubeforge::providers::lab::{LabConfig, LabProvider};
 use kubeforge::providers::{MachineRequest, Provider, ProviderMachineState};
+use kubeforge_cluster::pools::MachineRole;
+use kubeforge_cluster::{MachineType, ProviderSpec};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -122,15 +124,16 @@ async fn lab_machine_boots_answers_ssh_and_deletes_cleanly() {
 
     let cluster_id = Uuid::now_v7();
     let id = Uuid::now_v7();
-    let req = MachineRequest {
+    let req = MachineRequest::new(
         id,
-        name: format!("labtest-{octet}-cp-0"),
-        tenant: "acme".into(),
+        &format!("labtest-{octet}-cp-0"),
+        "acme",
         cluster_id,
-        role: "control_plane".into(),
-        machine_type: "small".into(),
-        node_pool: None,
-    };
+        MachineRole::ControlPlane,
+        MachineType::Small,
+        None,
+        ProviderSpec::Lab {},
+    );
     let first = provider.create(&req).await.expect("create");
     let address = first.address.clone().expect("address");
     let host_key = first.host_key.clone().expect("host key known at creation");

@@ -14,6 +14,8 @@ use kubeforge::context::Role;
 use kubeforge::providers::lab::{LabConfig, LabProvider};
 use kubeforge::providers::{MachineRequest, Provider, ProviderMachineState};
 use kubeforge::ssh::{ClientKey, Redactor, SshExecutor, SshTarget};
+use kubeforge_cluster::pools::MachineRole;
+use kubeforge_cluster::{MachineType, ProviderSpec};
 use kubeforge_tests::lab::{delete_cluster, drive, hurry_and_run, kubectl_run};
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
@@ -105,15 +107,16 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
         bind_ro: vec![],
     })
     .unwrap();
-    let host_req = MachineRequest {
-        id: Uuid::new_v4(),
-        name: format!("kfs{octet}-byo"),
-        tenant: "platform".into(),
-        cluster_id: Uuid::new_v4(),
-        role: "control_plane".into(),
-        machine_type: "small".into(),
-        node_pool: None,
-    };
+    let host_req = MachineRequest::new(
+        Uuid::new_v4(),
+        &format!("kfs{octet}-byo"),
+        "platform",
+        Uuid::new_v4(),
+        MachineRole::ControlPlane,
+        MachineType::Small,
+        None,
+        ProviderSpec::Lab {},
+    );
     let mut pm = lab.create(&host_req).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while pm.state != ProviderMachineState::Running {

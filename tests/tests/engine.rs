@@ -199,6 +199,7 @@ async fn enqueue_keyed(
                 dedupe_key,
                 operation_id: None,
                 max_attempts,
+                provider: None,
             },
         )
         .await

@@ -78,6 +78,27 @@ impl T {
             .collect()
     }
 
+    /// Runs reconcile passes (each due at once) until every machine of
+    /// `cluster` is running; panics after `max` passes.
+    async fn passes_until_running(&self, cluster: &str, max: usize) {
+        for _ in 0..max {
+            sqlx::query("UPDATE jobs SET run_after = now() WHERE state = 'queued'")
+                .execute(&self.app.pool)
+                .await
+                .unwrap();
+            self.app.run_jobs().await;
+            if self
+                .machines(cluster)
+                .await
+                .iter()
+                .all(|m| m["state"] == "running")
+            {
+                return;
+            }
+        }
+        panic!("{cluster}: machines not running after {max} passes");
+    }
+
     /// Ids of the machines the provider double holds for `cluster`.
     fn provider_ids(&self, cluster: Uuid) -> BTreeSet<Uuid> {
         self.app
@@ -619,21 +640,173 @@ async fn a_permanent_provider_failure_fails_the_cluster() {
 }
 
 #[tokio::test]
-async fn a_kind_without_a_provider_fails_with_provider_unavailable() {
+async fn a_kind_this_service_does_not_run_is_refused_at_create() {
     let t = T::new().await;
-    let mut body = cluster_body("byo");
-    body["provider"] = json!({"kind": "ssh"});
-    let (_, op) = t.create(body).await;
-    t.app.settle().await;
+    for kind in [
+        json!({"kind": "ssh"}),
+        json!({"kind": "aws", "region": "eu-west-1", "subnet_id": "subnet-1", "ami": "ami-1"}),
+    ] {
+        let mut body = cluster_body("byo");
+        body["provider"] = kind.clone();
+        let r = t.req(Method::POST, "/v1/clusters", Some(body)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+        assert_eq!(r.body["field"], "provider.kind", "{}", r.text);
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(kind["kind"].as_str().unwrap()) && detail.contains("it runs: lab"),
+            "{detail}"
+        );
+    }
+    for table in ["clusters", "node_pools", "operations", "events", "jobs"] {
+        assert_eq!(t.app.count(table).await, 0, "nothing written to {table}");
+    }
+}
 
-    let o = t.operation(&op).await;
-    assert_eq!(o["state"], "failed", "{o}");
-    assert_eq!(o["error"]["code"], "provider_unavailable", "{o}");
-    assert_eq!(o["error"]["retryable"], false);
-    let c = t.cluster("byo").await;
-    assert_eq!(c["phase"], "failed");
-    assert!(t.machines("byo").await.is_empty());
+#[tokio::test]
+async fn a_replica_without_the_provider_claims_none_of_its_jobs() {
+    let t = T::new().await;
+    let (id, _) = t.create(cluster_body("web")).await;
+    let provider: Option<String> = sqlx::query_scalar("SELECT provider FROM jobs")
+        .fetch_one(&t.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(provider.as_deref(), Some("lab"));
+
+    // A replica over the same database that runs no provider at all.
+    let bare = kubeforge::server::build_app(
+        t.app.pool.clone(),
+        kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).unwrap(),
+        kubeforge::crypto::SecretBox::new(&[9u8; 32]).unwrap(),
+        kubeforge::providers::ProviderRegistry::default(),
+        kubeforge::state::Config::default(),
+        None,
+    )
+    .unwrap();
+    let bare_engine = kubeforge::server::build_engine(&bare, test_engine_config());
+    assert_eq!(bare_engine.run_until_idle().await.unwrap(), 0);
+    let state: String = sqlx::query_scalar("SELECT state FROM jobs")
+        .fetch_one(&t.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "queued", "left for a replica that runs lab");
     assert_eq!(t.app.provider.create_calls.load(Ordering::SeqCst), 0);
+    let c = t.cluster("web").await;
+    assert_eq!(c["phase"], "provisioning", "{c}");
+
+    // The replica that runs it takes the job.
+    t.app.settle().await;
+    let c = t.cluster("web").await;
+    assert_eq!(condition(&c, "MachinesReady")["status"], "True", "{c}");
+    assert_eq!(t.provider_ids(id).len(), 3);
+}
+
+#[tokio::test]
+async fn a_machine_on_its_way_up_is_observed_not_created_again() {
+    let t = T::new().await;
+    t.app.provider.boot_polls.store(3, Ordering::SeqCst);
+    let (id, _) = t.create(cluster_body("web")).await;
+
+    // One pass: every machine accepted by the provider, none up yet.
+    t.app.run_jobs().await;
+    let ledger: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT state, provider_id FROM machines WHERE cluster_id = $1")
+            .bind(id)
+            .fetch_all(&t.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(ledger.len(), 3);
+    for (state, provider_id) in &ledger {
+        assert_eq!(state, "provisioning", "{ledger:?}");
+        assert!(
+            provider_id.as_deref().unwrap().starts_with("mem-"),
+            "{ledger:?}"
+        );
+    }
+    let nodes = t.get("/v1/clusters/web/node-pools/default").await.body;
+    assert!(
+        nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["machine_state"] == "provisioning"),
+        "{nodes}"
+    );
+
+    t.passes_until_running("web", 10).await;
+    let ms = t.machines("web").await;
+    assert!(ms.iter().all(|m| m["state"] == "running"), "{ms:?}");
+    assert_eq!(
+        t.app.provider.create_calls.load(Ordering::SeqCst),
+        3,
+        "one create per machine, however many passes it took to come up"
+    );
+    assert!(t.app.provider.get_calls.load(Ordering::SeqCst) >= 9);
+    let reasons = t.event_reasons("web").await;
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "MachineRunning").count(),
+        3,
+        "{reasons:?}"
+    );
+    let c = t.cluster("web").await;
+    assert_eq!(condition(&c, "MachinesReady")["status"], "True", "{c}");
+}
+
+#[tokio::test]
+async fn a_machine_that_ends_before_it_comes_up_is_asked_for_again() {
+    let t = T::new().await;
+    t.app.provider.boot_polls.store(2, Ordering::SeqCst);
+    let (id, _) = t.create(cluster_body("web")).await;
+    t.app.run_jobs().await;
+    let victim: Uuid = sqlx::query_scalar(
+        "SELECT id FROM machines WHERE cluster_id = $1 AND role = 'worker' ORDER BY name LIMIT 1",
+    )
+    .bind(id)
+    .fetch_one(&t.app.pool)
+    .await
+    .unwrap();
+    t.app.provider.lose(victim);
+
+    t.passes_until_running("web", 10).await;
+    let ms = t.machines("web").await;
+    assert_eq!(ms.len(), 3);
+    assert!(ms.iter().all(|m| m["state"] == "running"), "{ms:?}");
+    assert!(
+        ids(&ms).contains(&victim),
+        "the same ledger row, asked for again"
+    );
+    assert_eq!(t.app.provider.create_calls.load(Ordering::SeqCst), 4);
+    assert_eq!(t.provider_ids(id), ids(&ms));
+    let reasons = t.event_reasons("web").await;
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "MachineLost").count(),
+        1,
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_terminated_machine_is_replaced() {
+    let t = T::new().await;
+    let (_, _) = t.create(cluster_body("web")).await;
+    t.app.settle().await;
+    let ms = t.machines("web").await;
+    let worker = ms.iter().find(|m| m["role"] == "worker").unwrap();
+    let ended = Uuid::parse_str(worker["id"].as_str().unwrap()).unwrap();
+
+    t.app.provider.terminate(ended);
+    t.app.settle().await;
+    let after = t.machines("web").await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(!ids(&after).contains(&ended));
+    assert!(after.iter().all(|m| m["state"] == "running"));
+    assert_eq!(
+        t.event_reasons("web")
+            .await
+            .iter()
+            .filter(|r| *r == "MachineLost")
+            .count(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

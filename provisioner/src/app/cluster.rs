@@ -114,8 +114,7 @@ pub fn check_if_match(if_match: Option<&str>, etag: &str) -> Result<()> {
 }
 
 impl App {
-    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, name = %req.name))]
-    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
+    #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject, name = %req.name))]
     pub async fn cluster_create(
         &self,
         ctx: &OpContext,
@@ -124,6 +123,9 @@ impl App {
     ) -> Result<Accepted> {
         ctx.authorize(Action::Write)?;
         let spec = ClusterSpec::parse(req)?;
+        if let Some(why) = self.provider_unavailable(spec.provider.kind()) {
+            return Err(ValidationError::new("provider.kind", why).into());
+        }
         if !spec.node_pools.is_empty() {
             if let Some(why) = self.workers_unsupported(spec.provider.kind()) {
                 return Err(ValidationError::new("node_pools", why).into());
@@ -192,7 +194,14 @@ impl App {
             },
         )
         .await?;
-        enqueue_reconcile(&mut tx, id, Some(op), self.config.max_job_attempts).await?;
+        enqueue_reconcile(
+            &mut tx,
+            id,
+            spec.provider.kind(),
+            Some(op),
+            self.config.max_job_attempts,
+        )
+        .await?;
         let c = cluster::get(&mut *tx, ctx, &id.to_string()).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         let body =
@@ -295,7 +304,14 @@ impl App {
             },
         )
         .await?;
-        enqueue_reconcile(&mut tx, c.id, Some(op), self.config.max_job_attempts).await?;
+        enqueue_reconcile(
+            &mut tx,
+            c.id,
+            c.provider.kind(),
+            Some(op),
+            self.config.max_job_attempts,
+        )
+        .await?;
         let c = cluster::get(&mut *tx, ctx, &c.id.to_string()).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;
@@ -338,7 +354,14 @@ impl App {
             },
         )
         .await?;
-        enqueue_reconcile(&mut tx, c.id, Some(op), self.config.max_job_attempts).await?;
+        enqueue_reconcile(
+            &mut tx,
+            c.id,
+            c.provider.kind(),
+            Some(op),
+            self.config.max_job_attempts,
+        )
+        .await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;
         Ok(json!({ "operation": OperationView::from(&o) }))

@@ -20,9 +20,27 @@ use crate::store::job;
 pub use crate::state::{App, Config, SharedApp};
 
 impl App {
+    /// Why a cluster cannot be had on `kind`: this replica does not run
+    /// its provider. Every replica that serves the API runs the same
+    /// providers (see docs/ARCHITECTURE.md), so what this one refuses no
+    /// replica would have made.
+    pub fn provider_unavailable(&self, kind: &str) -> Option<String> {
+        if self.providers.get(kind).is_some() {
+            return None;
+        }
+        let runs = self.providers.kinds();
+        Some(format!(
+            "the {kind} provider is not run by this Kubeforge (it runs: {})",
+            if runs.is_empty() {
+                "none".to_string()
+            } else {
+                runs.join(", ")
+            }
+        ))
+    }
+
     /// Why node pools cannot be had on `kind`, when its provider runs here
-    /// and cannot host worker nodes. A kind with no provider here is left to
-    /// the engine, which fails the cluster with `provider_unavailable`.
+    /// and cannot host worker nodes.
     pub fn workers_unsupported(&self, kind: &str) -> Option<String> {
         let provider = self.providers.get(kind)?;
         (!provider.capabilities().hosts_workers).then(|| {
@@ -51,10 +69,12 @@ pub struct Accepted {
 /// The job kind that reconciles one cluster (and its pools).
 pub const RECONCILE_CLUSTER: &str = "reconcile_cluster";
 
-/// Queues a reconcile of `cluster_id` in the caller's transaction.
+/// Queues a reconcile of `cluster_id` in the caller's transaction; only
+/// replicas that run its `provider` kind claim it.
 pub async fn enqueue_reconcile(
     conn: &mut PgConnection,
     cluster_id: Uuid,
+    provider: &str,
     operation_id: Option<Uuid>,
     max_attempts: i32,
 ) -> Result<()> {
@@ -67,6 +87,7 @@ pub async fn enqueue_reconcile(
             dedupe_key: Some(&key),
             operation_id,
             max_attempts,
+            provider: Some(provider),
         },
     )
     .await

@@ -109,7 +109,14 @@ impl App {
             },
         )
         .await?;
-        enqueue_reconcile(&mut tx, c.id, Some(op), self.config.max_job_attempts).await?;
+        enqueue_reconcile(
+            &mut tx,
+            c.id,
+            c.provider.kind(),
+            Some(op),
+            self.config.max_job_attempts,
+        )
+        .await?;
         let p = node_pool::get(&mut tx, ctx, c.id, &id.to_string(), false).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         let body = json!({ "node_pool": NodePoolView::new(&p, &[]), "operation": OperationView::from(&o) });
@@ -232,7 +239,14 @@ impl App {
             },
         )
         .await?;
-        enqueue_reconcile(&mut tx, c.id, Some(op), self.config.max_job_attempts).await?;
+        enqueue_reconcile(
+            &mut tx,
+            c.id,
+            c.provider.kind(),
+            Some(op),
+            self.config.max_job_attempts,
+        )
+        .await?;
         let p = node_pool::get(&mut tx, ctx, c.id, &p.id.to_string(), false).await?;
         let machines = machine::list(&mut *tx, ctx, c.id).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
@@ -287,7 +301,14 @@ impl App {
             },
         )
         .await?;
-        enqueue_reconcile(&mut tx, c.id, Some(op), self.config.max_job_attempts).await?;
+        enqueue_reconcile(
+            &mut tx,
+            c.id,
+            c.provider.kind(),
+            Some(op),
+            self.config.max_job_attempts,
+        )
+        .await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;
         Ok(json!({ "operation": OperationView::from(&o) }))

@@ -91,8 +91,8 @@ pub struct NodeView {
     /// `missing` as last observed in the cluster; before that, from the
     /// machine: `provisioning`, `joining`, `draining`, `deleting`, `failed`.
     pub state: String,
-    /// The machine's state in the ledger (`pending`, `running`,
-    /// `draining`, `deleting`, `failed`).
+    /// The machine's state in the ledger (`pending`, `provisioning`,
+    /// `running`, `draining`, `deleting`, `failed`).
     pub machine_state: String,
     /// Since when the node has been unhealthy (auto-repair counts from here).
     pub unhealthy_since: Option<DateTime<Utc>>,
@@ -103,7 +103,7 @@ impl From<&Machine> for NodeView {
     fn from(m: &Machine) -> Self {
         let state = match (&m.node_state, m.state()) {
             (Some(observed), _) => observed.clone(),
-            (None, MachineState::Pending) => "provisioning".into(),
+            (None, MachineState::Pending | MachineState::Provisioning) => "provisioning".into(),
             (None, MachineState::Running) => "joining".into(),
             (None, other) => other.as_str().into(),
         };

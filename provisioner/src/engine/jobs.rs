@@ -155,6 +155,10 @@ pub struct EngineConfig {
     pub backoff_base: Duration,
     /// Longest retry delay (default 5 min).
     pub backoff_max: Duration,
+    /// The provider kinds this replica runs. A job that needs another kind
+    /// is left to a replica that runs it (default: none, so only jobs that
+    /// need no provider are claimed).
+    pub providers: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -166,6 +170,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_secs(2),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(5 * 60),
+            providers: Vec::new(),
         }
     }
 }
@@ -256,7 +261,14 @@ impl Engine {
         while !*shutdown.borrow() {
             // Claim while slots are free and jobs are due.
             while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
-                match job::claim(&inner.pool, config.worker_id, config.lease).await {
+                match job::claim(
+                    &inner.pool,
+                    config.worker_id,
+                    config.lease,
+                    &config.providers,
+                )
+                .await
+                {
                     Ok(Some(job)) => {
                         let inner = Arc::clone(&inner);
                         tasks.spawn(async move {
@@ -311,9 +323,14 @@ impl Engine {
     pub async fn run_until_idle(&self) -> anyhow::Result<usize> {
         let inner = &self.inner;
         let mut ran = 0;
-        while let Some(job) = job::claim(&inner.pool, inner.config.worker_id, inner.config.lease)
-            .await
-            .map_err(|e| anyhow::anyhow!("claiming a job: {e}"))?
+        while let Some(job) = job::claim(
+            &inner.pool,
+            inner.config.worker_id,
+            inner.config.lease,
+            &inner.config.providers,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("claiming a job: {e}"))?
         {
             inner.process(job).await;
             ran += 1;

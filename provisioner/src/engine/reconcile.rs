@@ -29,7 +29,9 @@ use uuid::Uuid;
 use super::controlplane;
 use super::jobs::{JobError, JobHandler, Outcome};
 use super::pools::{self, PoolsStatus};
-use crate::providers::{MachineRequest, Provider, ProviderError, ProviderMachineState};
+use crate::providers::{
+    MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState,
+};
 use crate::state::SharedApp;
 use crate::store::cluster::{self, Cluster};
 use crate::store::event::{self, NewEvent};
@@ -66,6 +68,27 @@ impl From<ProviderError> for JobError {
             retryable: e.is_retryable(),
         }
     }
+}
+
+/// What the provider is asked for to make ledger row `m`.
+fn machine_request(
+    c: &Cluster,
+    m: &Machine,
+    pools: &[NodePool],
+) -> crate::error::Result<MachineRequest> {
+    Ok(MachineRequest::new(
+        m.id,
+        &m.name,
+        &c.tenant,
+        c.id,
+        m.role(),
+        m.machine_type()?,
+        pools
+            .iter()
+            .find(|p| Some(p.id) == m.node_pool_id)
+            .map(|p| p.name.as_str()),
+        c.provider.clone(),
+    ))
 }
 
 fn cluster_id(job: &Job) -> Result<Uuid, JobError> {
@@ -314,6 +337,15 @@ impl Run<'_> {
                         format!("machine {} disappeared; replacing it", m.name),
                     )
                 }
+                Some(pm) if pm.state == ProviderMachineState::Terminated => {
+                    machine::mark_deleted(&self.app.pool, m.id)
+                        .await
+                        .map_err(db)?;
+                    (
+                        "MachineLost",
+                        format!("machine {} was terminated; replacing it", m.name),
+                    )
+                }
                 Some(pm)
                     if pm.state == ProviderMachineState::Stopped
                         && m.role() == MachineRole::Worker =>
@@ -438,41 +470,50 @@ impl Run<'_> {
                     .map_err(|e| ProviderError::Retryable(e.message))?;
                 }
                 MachineState::Pending | MachineState::Failed => {
-                    let req = MachineRequest {
-                        id: m.id,
-                        name: m.name.clone(),
-                        tenant: c.tenant.clone(),
-                        cluster_id: c.id,
-                        role: m.role.clone(),
-                        machine_type: m.machine_type.clone(),
-                        node_pool: pools
-                            .iter()
-                            .find(|p| Some(p.id) == m.node_pool_id)
-                            .map(|p| p.name.clone()),
-                    };
+                    let req = machine_request(c, m, pools).map_err(|e| {
+                        ProviderError::Permanent(format!("machine {}: {e}", m.name))
+                    })?;
                     let pm = provider.create(&req).await?;
-                    if pm.state == ProviderMachineState::Running {
-                        machine::set_running(
-                            &self.app.pool,
-                            m.id,
-                            &pm.provider_id,
-                            pm.address.as_deref(),
-                            pm.host_key.as_deref(),
-                        )
-                        .await
-                        .map_err(db)?;
-                        self.event(
-                            c,
-                            m.node_pool_id,
-                            None,
-                            false,
-                            "MachineRunning",
-                            &format!("machine {} is running", m.name),
-                        )
-                        .await
-                        .map_err(|e| ProviderError::Retryable(e.message))?;
-                    } else {
+                    if !self.came_up(c, m, &pm, provider).await? {
+                        machine::set_provisioning(&self.app.pool, m.id, &pm.provider_id)
+                            .await
+                            .map_err(db)?;
                         all_running = false;
+                    }
+                }
+                MachineState::Provisioning => {
+                    // Accepted by the provider: observed, never created again.
+                    match provider.get(m.id).await? {
+                        Some(pm) if pm.state == ProviderMachineState::Pending => {
+                            all_running = false;
+                        }
+                        Some(pm) if pm.state == ProviderMachineState::Running => {
+                            if !self.came_up(c, m, &pm, provider).await? {
+                                all_running = false;
+                            }
+                        }
+                        gone => {
+                            let why = match gone {
+                                None => "the provider no longer has it".to_string(),
+                                Some(pm) => format!("the provider reports it {:?}", pm.state),
+                            };
+                            let message = format!(
+                                "machine {} ended before it came up ({why}); asking for it again",
+                                m.name
+                            );
+                            machine::set_state(
+                                &self.app.pool,
+                                m.id,
+                                MachineState::Pending,
+                                Some(&message),
+                            )
+                            .await
+                            .map_err(db)?;
+                            self.event(c, m.node_pool_id, None, true, "MachineLost", &message)
+                                .await
+                                .map_err(|e| ProviderError::Retryable(e.message))?;
+                            all_running = false;
+                        }
                     }
                 }
                 _ => {}
@@ -511,6 +552,46 @@ impl Run<'_> {
             }
         }
         Ok((all_running, stopped))
+    }
+
+    /// Records `pm` as running when it is, with everything the engine
+    /// needs to reach it: a machine bootstrapped over SSH is not running
+    /// until its provider reports its host key (pinned from a trusted
+    /// channel, never learned over the network). Returns whether it is.
+    async fn came_up(
+        &self,
+        c: &Cluster,
+        m: &Machine,
+        pm: &ProviderMachine,
+        provider: &dyn Provider,
+    ) -> Result<bool, ProviderError> {
+        if pm.state != ProviderMachineState::Running {
+            return Ok(false);
+        }
+        if provider.capabilities().ssh_bootstrap && pm.host_key.is_none() {
+            tracing::info!(machine = %m.name, "running, but its host key is not known yet");
+            return Ok(false);
+        }
+        machine::set_running(
+            &self.app.pool,
+            m.id,
+            &pm.provider_id,
+            pm.address.as_deref(),
+            pm.host_key.as_deref(),
+        )
+        .await
+        .map_err(|e| ProviderError::Retryable(format!("database: {e}")))?;
+        self.event(
+            c,
+            m.node_pool_id,
+            None,
+            false,
+            "MachineRunning",
+            &format!("machine {} is running", m.name),
+        )
+        .await
+        .map_err(|e| ProviderError::Retryable(e.message))?;
+        Ok(true)
     }
 
     async fn record_machine(

@@ -573,7 +573,7 @@ impl Provider for LabProvider {
                     cluster_id: req.cluster_id,
                     name: req.name.clone(),
                     address,
-                    machine_type: req.machine_type.clone(),
+                    machine_type: req.machine_type.as_str().to_string(),
                     host_key,
                     pid: None,
                 };

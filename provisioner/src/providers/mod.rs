@@ -6,15 +6,30 @@
 //! - **Idempotent create.** `create` is keyed by `MachineRequest::id`, the
 //!   id of the ledger row committed before the call. Calling it again with
 //!   the same id (after a crash, a timeout, a retry) returns the machine
-//!   already made for that id and never makes a second one.
-//! - **Tagged.** Every machine carries its ledger id and cluster id as tags
-//!   (labels, EC2 tags, a file on the host), so `list_by_cluster` finds it
-//!   even if the ledger row was lost.
+//!   already made for that id and never makes a second one; for a stopped
+//!   machine it starts it again, with its disk.
+//! - **Quick create.** `create` returns once the provider has accepted the
+//!   machine, `Pending` if it is not up yet. The engine then records it
+//!   `provisioning` and only observes it with `get` until it is `Running`:
+//!   `create` is not called again for it (on EC2 that would be one
+//!   `RunInstances` per pass). Only a machine that ends before it came up
+//!   (`get` says gone, stopped or terminated) is asked for again.
+//! - **Host keys.** A machine the engine bootstraps over SSH
+//!   (`Capabilities::ssh_bootstrap`) counts as running only once its
+//!   provider reports its host key, from a channel the service trusts (the
+//!   lab generates it before boot; a registered host's was pinned by an
+//!   admin; a cloud reports it through its authenticated API). The engine
+//!   pins the first key it is given and never learns one over the network.
+//! - **Tagged.** Every machine carries `MachineRequest::tags` (its ledger
+//!   id, cluster id, tenant and name) as the provider can (labels, EC2
+//!   tags, a file on the host), so `list_by_cluster` finds it even if the
+//!   ledger row was lost.
 //! - **Idempotent delete.** Deleting a machine that does not exist (any
 //!   more) succeeds. After `delete` returns, nothing of the machine remains
 //!   (process, disk, address, host lease).
-//! - **`get` observes.** It returns `None` for a machine that is gone, and
-//!   never changes anything.
+//! - **`get` observes.** It returns `None` for a machine that is gone (or
+//!   `Terminated`, where the provider keeps a record of ended machines),
+//!   and never changes anything.
 //! - **Error classes.** `Retryable` for conditions that may pass (network,
 //!   throttling); `NoCapacity` when there is nothing to create a machine on
 //!   yet (the request waits, without using up its attempts); `Permanent` for
@@ -28,6 +43,9 @@ pub mod ssh;
 pub mod test_double;
 
 use async_trait::async_trait;
+use kubeforge_cluster::pools::MachineRole;
+use kubeforge_cluster::spec::ProviderSpec;
+use kubeforge_cluster::MachineType;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -40,10 +58,66 @@ pub struct MachineRequest {
     pub name: String,
     pub tenant: String,
     pub cluster_id: Uuid,
-    /// `control_plane` or `worker`.
-    pub role: String,
-    pub machine_type: String,
+    pub role: MachineRole,
+    pub machine_type: MachineType,
     pub node_pool: Option<String>,
+    /// The cluster's provider settings (region, subnet and image on EC2).
+    pub spec: ProviderSpec,
+    /// What the machine carries so it can be found without the ledger:
+    /// see [`machine_tags`].
+    pub tags: BTreeMap<String, String>,
+}
+
+impl MachineRequest {
+    /// A request with the standard [`machine_tags`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: Uuid,
+        name: &str,
+        tenant: &str,
+        cluster_id: Uuid,
+        role: MachineRole,
+        machine_type: MachineType,
+        node_pool: Option<&str>,
+        spec: ProviderSpec,
+    ) -> Self {
+        Self {
+            id,
+            name: name.to_string(),
+            tenant: tenant.to_string(),
+            cluster_id,
+            role,
+            machine_type,
+            node_pool: node_pool.map(str::to_string),
+            spec,
+            tags: machine_tags(cluster_id, id, tenant, name, role),
+        }
+    }
+}
+
+/// The tag holding the cluster id.
+pub const TAG_CLUSTER: &str = "kubeforge:cluster";
+/// The tag holding the machine's ledger id.
+pub const TAG_MACHINE: &str = "kubeforge:machine";
+/// The tag holding the tenant.
+pub const TAG_TENANT: &str = "kubeforge:tenant";
+
+/// The tags every machine carries: its cluster, ledger id and tenant under
+/// `kubeforge:*`, its role, and its name as `Name` (what EC2 consoles show).
+pub fn machine_tags(
+    cluster_id: Uuid,
+    id: Uuid,
+    tenant: &str,
+    name: &str,
+    role: MachineRole,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (TAG_CLUSTER.to_string(), cluster_id.to_string()),
+        (TAG_MACHINE.to_string(), id.to_string()),
+        (TAG_TENANT.to_string(), tenant.to_string()),
+        ("kubeforge:role".to_string(), role.as_str().to_string()),
+        ("Name".to_string(), name.to_string()),
+    ])
 }
 
 /// Lifecycle state as the provider reports it.
@@ -52,6 +126,9 @@ pub enum ProviderMachineState {
     Pending,
     Running,
     Stopped,
+    /// Ended for good; the provider merely still lists it (EC2 keeps
+    /// terminated instances visible for a while). Treated as gone.
+    Terminated,
 }
 
 /// A machine as the provider sees it.
@@ -124,7 +201,8 @@ pub trait Provider: Send + Sync + 'static {
 }
 
 /// The providers this service runs, by kind. A cluster of a kind with no
-/// provider here fails its operation with `provider_unavailable`.
+/// provider here is refused at create (`provider.kind`), and this
+/// replica's engine claims no job of that kind.
 #[derive(Clone, Default)]
 pub struct ProviderRegistry {
     by_kind: BTreeMap<&'static str, Arc<dyn Provider>>,

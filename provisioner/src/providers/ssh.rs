@@ -62,6 +62,7 @@
 //! would claim a pool host for the load balancer, which then needs HAProxy.
 
 use async_trait::async_trait;
+use kubeforge_cluster::pools::MachineRole;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -640,7 +641,7 @@ impl Provider for SshProvider {
         let hs = self.connect(&self.ssh, &host).await?;
         let result = async {
             self.prepare(&host, &hs, req).await?;
-            if req.role == "control_plane" {
+            if req.role == MachineRole::ControlPlane {
                 self.ensure_binaries(&host, &hs).await?;
             }
             Ok::<(), ProviderError>(())

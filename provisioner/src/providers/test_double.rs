@@ -29,6 +29,13 @@ pub struct InMemoryProvider {
     pub fail_permanently: std::sync::atomic::AtomicBool,
     /// Each create sleeps this long (milliseconds) first.
     pub create_delay_ms: AtomicU64,
+    /// A new machine is `Pending` for this many `get` calls, then
+    /// `Running` (default 0: running as soon as it is created).
+    pub boot_polls: AtomicU32,
+    /// Get calls made.
+    pub get_calls: AtomicU64,
+    /// Pending machines' remaining `get` calls until they run.
+    booting: Mutex<BTreeMap<Uuid, u32>>,
 }
 
 impl InMemoryProvider {
@@ -42,6 +49,9 @@ impl InMemoryProvider {
             fail_creates: AtomicU32::new(0),
             fail_permanently: std::sync::atomic::AtomicBool::new(false),
             create_delay_ms: AtomicU64::new(0),
+            boot_polls: AtomicU32::new(0),
+            get_calls: AtomicU64::new(0),
+            booting: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -53,6 +63,14 @@ impl InMemoryProvider {
     /// Makes a machine vanish behind the reconciler's back.
     pub fn lose(&self, id: Uuid) {
         self.lock().remove(&id);
+    }
+
+    /// Ends a machine for good while the provider still lists it, as EC2
+    /// lists terminated instances for a while.
+    pub fn terminate(&self, id: Uuid) {
+        if let Some(m) = self.lock().get_mut(&id) {
+            m.state = ProviderMachineState::Terminated;
+        }
     }
 
     /// Adds a machine the ledger does not know (a leak to be swept).
@@ -118,20 +136,41 @@ impl Provider for InMemoryProvider {
             return Ok(existing.clone());
         }
         let n = self.next_address.fetch_add(1, Ordering::SeqCst);
+        let polls = self.boot_polls.load(Ordering::SeqCst);
         let m = ProviderMachine {
             id: req.id,
             cluster_id: req.cluster_id,
             provider_id: format!("mem-{}", req.name),
             address: Some(format!("192.0.2.{}", n % 250)),
             host_key: None,
-            state: ProviderMachineState::Running,
+            state: if polls == 0 {
+                ProviderMachineState::Running
+            } else {
+                ProviderMachineState::Pending
+            },
         };
+        if polls > 0 {
+            self.booting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(req.id, polls);
+        }
         machines.insert(req.id, m.clone());
         Ok(m)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<ProviderMachine>, ProviderError> {
-        Ok(self.lock().get(&id).cloned())
+        self.get_calls.fetch_add(1, Ordering::SeqCst);
+        let mut machines = self.lock();
+        let mut booting = self.booting.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(m), Some(left)) = (machines.get_mut(&id), booting.get_mut(&id)) {
+            *left -= 1;
+            if *left == 0 {
+                m.state = ProviderMachineState::Running;
+                booting.remove(&id);
+            }
+        }
+        Ok(machines.get(&id).cloned())
     }
 
     async fn delete(&self, id: Uuid) -> Result<(), ProviderError> {

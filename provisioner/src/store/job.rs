@@ -34,6 +34,9 @@ pub struct NewJob<'a> {
     pub dedupe_key: Option<&'a str>,
     pub operation_id: Option<Uuid>,
     pub max_attempts: i32,
+    /// The provider kind the job needs: only replicas that run it claim
+    /// the job. None: any replica may.
+    pub provider: Option<&'a str>,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -43,10 +46,11 @@ fn secs(d: Duration) -> f64 {
 /// Enqueues (or re-arms) a job and wakes workers when the transaction commits.
 pub async fn enqueue(conn: &mut PgConnection, job: NewJob<'_>) -> Result<()> {
     sqlx::query!(
-        "INSERT INTO jobs (kind, payload, dedupe_key, operation_id, state, max_attempts)
-         VALUES ($1, $2, $3, $4, 'queued', $5)
+        "INSERT INTO jobs (kind, payload, dedupe_key, operation_id, state, max_attempts, provider)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6)
          ON CONFLICT (dedupe_key) DO UPDATE SET
              payload = EXCLUDED.payload,
+             provider = EXCLUDED.provider,
              operation_id = COALESCE(EXCLUDED.operation_id, jobs.operation_id),
              rerun = jobs.rerun OR jobs.state = 'running',
              state = CASE WHEN jobs.state = 'dead' THEN 'queued' ELSE jobs.state END,
@@ -58,7 +62,8 @@ pub async fn enqueue(conn: &mut PgConnection, job: NewJob<'_>) -> Result<()> {
         job.payload,
         job.dedupe_key,
         job.operation_id,
-        job.max_attempts
+        job.max_attempts,
+        job.provider
     )
     .execute(&mut *conn)
     .await?;
@@ -68,14 +73,21 @@ pub async fn enqueue(conn: &mut PgConnection, job: NewJob<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Claims the next due job (or one whose lease expired) for `owner`.
-pub async fn claim(db: impl PgExecutor<'_>, owner: Uuid, lease: Duration) -> Result<Option<Job>> {
+/// Claims the next due job (or one whose lease expired) for `owner`,
+/// among the jobs that need no provider or one of `providers`.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    owner: Uuid,
+    lease: Duration,
+    providers: &[String],
+) -> Result<Option<Job>> {
     let job = sqlx::query_as!(
         Job,
         "WITH next AS (
              SELECT id FROM jobs
-             WHERE (state = 'queued' AND run_after <= now())
-                OR (state = 'running' AND lease_expires_at < now())
+             WHERE ((state = 'queued' AND run_after <= now())
+                    OR (state = 'running' AND lease_expires_at < now()))
+               AND (provider IS NULL OR provider = ANY($3))
              ORDER BY run_after, id
              LIMIT 1
              FOR UPDATE SKIP LOCKED
@@ -87,7 +99,8 @@ pub async fn claim(db: impl PgExecutor<'_>, owner: Uuid, lease: Duration) -> Res
          RETURNING jobs.id, jobs.kind, jobs.payload, jobs.dedupe_key, jobs.operation_id,
                    jobs.attempts, jobs.max_attempts, jobs.enqueued_at, jobs.run_after",
         owner,
-        secs(lease)
+        secs(lease),
+        providers
     )
     .fetch_optional(db)
     .await?;

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use kubeforge_cluster::pools::{MachineRole, MachineState};
+use kubeforge_cluster::MachineType;
 use serde_json::Value as JsonValue;
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -57,6 +58,12 @@ impl Machine {
             tracing::error!(machine = %self.id, state = %self.state, "unknown machine state in the ledger");
             MachineState::Failed
         })
+    }
+
+    /// Its machine type, typed; the API admits only known types, so an
+    /// unknown one in the ledger is an error.
+    pub fn machine_type(&self) -> Result<MachineType> {
+        MachineType::parse(&self.machine_type).map_err(Into::into)
     }
 
     /// Its role, typed (see [`Machine::state`]).
@@ -144,6 +151,20 @@ pub async fn set_running(
         provider_id,
         address,
         host_key
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The provider accepted the machine (as `provider_id`); it is on its way up.
+pub async fn set_provisioning(db: impl PgExecutor<'_>, id: Uuid, provider_id: &str) -> Result<()> {
+    sqlx::query!(
+        "UPDATE machines SET state = 'provisioning', provider_id = $2, last_error = NULL,
+                updated_at = now()
+         WHERE id = $1",
+        id,
+        provider_id
     )
     .execute(db)
     .await?;
