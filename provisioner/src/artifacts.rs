@@ -56,12 +56,7 @@ pub struct Artifacts {
 impl Artifacts {
     /// Expected checksums of the binaries a control plane runs.
     pub fn checksums(&self) -> anyhow::Result<BTreeMap<String, String>> {
-        let mut out = self.checksums_of(&[
-            "kube-apiserver",
-            "kube-controller-manager",
-            "kube-scheduler",
-            "kubectl",
-        ])?;
+        let mut out = self.checksums_of(COMPONENTS)?;
         out.insert("etcd".into(), self.etcd_sha256.clone());
         Ok(out)
     }

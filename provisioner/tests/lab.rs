@@ -137,6 +137,12 @@ async fn lab_machine_boots_answers_ssh_and_deletes_cleanly() {
     let first = provider.create(&req).await.expect("create");
     let address = first.address.clone().expect("address");
     let host_key = first.host_key.clone().expect("host key known at creation");
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tmp.join(format!("state/machines/{id}/meta.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["tags"]["kubeforge:cluster"], cluster_id.to_string());
+    assert_eq!(meta["tags"]["Name"], format!("labtest-{octet}-cp-0"));
     wait_for(
         &provider,
         id,

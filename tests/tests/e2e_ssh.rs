@@ -248,6 +248,9 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
     let identity: Value = serde_json::from_str(&identity.join("")).unwrap();
     assert_eq!(identity["id"], json!(machine_id));
     assert_eq!(identity["cluster_id"], json!(cluster_id));
+    assert_eq!(identity["tags"]["kubeforge:cluster"], json!(cluster_id));
+    assert_eq!(identity["tags"]["kubeforge:machine"], json!(machine_id));
+    assert_eq!(identity["tags"]["kubeforge:tenant"], "acme");
     let ssh = app.app.providers.get("ssh").unwrap();
     let found = ssh.list_by_cluster(cluster_id).await.unwrap();
     assert_eq!(found.len(), 1);

@@ -678,6 +678,12 @@ pub async fn reconcile(
         None => endpoint_host(members)?,
     };
     let mut apiserver_expiry = None;
+    // Lab machines have the service's binaries bound in; others get them
+    // uploaded before their first bootstrap.
+    let binaries_bound = app
+        .providers
+        .get(c.provider.kind())
+        .is_some_and(|p| p.capabilities().kube_binaries_bound);
     let mut histories: HashMap<uuid::Uuid, MemberRestarts> =
         members.iter().map(|m| (m.id, restart_history(m))).collect();
 
@@ -700,6 +706,20 @@ pub async fn reconcile(
         }
         if let Err(why) = healthy(&session).await {
             tracing::info!(machine = %m.name, why = %why, "bootstrapping control-plane member");
+            if !binaries_bound {
+                let uploaded =
+                    super::binaries::ensure(&session, &access.artifacts, &m.name).await?;
+                if uploaded > 0 {
+                    record(
+                        app,
+                        c,
+                        false,
+                        "BinariesUploaded",
+                        &format!("{}: {uploaded} Kubernetes binaries uploaded", m.name),
+                    )
+                    .await?;
+                }
+            }
             let b = member_files(c, &pki, m, members, endpoint, access)?;
             apiserver_expiry = Some(b.apiserver_expires_at);
             let (ok, output) = bootstrap(

@@ -1,6 +1,7 @@
 //! Background work: the job queue ([`jobs`]: its runners, leases and
 //! retries) and the reconcilers it runs.
 
+pub mod binaries;
 pub mod controlplane;
 pub mod jobs;
 pub mod join;

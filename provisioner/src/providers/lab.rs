@@ -2,7 +2,7 @@
 //! container booted from a cached Debian bookworm image.
 //!
 //! A machine is a directory `<state_dir>/machines/<ledger id>/` holding its
-//! `meta.json` (name, cluster, address, pid, host key), the overlay upper
+//! `meta.json` (name, cluster, tags, address, pid, host key), the overlay upper
 //! dir with its identity (hostname, static address on the lab bridge, a
 //! freshly generated SSH host key, the service's authorized key) and the
 //! nspawn log. The image itself is shared read-only (`--overlay`).
@@ -61,6 +61,9 @@ struct Meta {
     address: Ipv4Addr,
     machine_type: String,
     host_key: String,
+    /// The machine's tags (`MachineRequest::tags`).
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
     /// The nspawn process, while it runs.
     pid: Option<i32>,
 }
@@ -554,6 +557,7 @@ impl Provider for LabProvider {
             ssh_bootstrap: true,
             hosts_workers: true,
             lab_machines: true,
+            kube_binaries_bound: true,
         }
     }
 
@@ -575,6 +579,7 @@ impl Provider for LabProvider {
                     address,
                     machine_type: req.machine_type.as_str().to_string(),
                     host_key,
+                    tags: req.tags.clone(),
                     pid: None,
                 };
                 self.prepare_upper(&meta).await?;

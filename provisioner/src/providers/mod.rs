@@ -182,6 +182,10 @@ pub struct Capabilities {
     /// Machines are lab containers on this host: the worker bootstrap
     /// applies what containers need (and nothing of it elsewhere).
     pub lab_machines: bool,
+    /// The service's Kubernetes binaries are already on its machines (the
+    /// lab binds the host's cache in read-only). Otherwise the bootstrap
+    /// uploads them (`engine::binaries`); providers never upload.
+    pub kube_binaries_bound: bool,
 }
 
 /// The provider contract (see the module doc).

@@ -24,8 +24,7 @@
 //!   never take the same host. Everything done on the host afterwards is
 //!   idempotent and re-run on every call: the service's public key is
 //!   appended to root's `authorized_keys` only if absent (mode 0600), the
-//!   identity file is rewritten, binaries are uploaded only when their
-//!   sha256 on the host differs. No free host is `NoCapacity` ("no free
+//!   identity file (with the machine's tags) is rewritten. No free host is `NoCapacity` ("no free
 //!   host in the pool"): the machine waits for one, without using up its
 //!   attempts.
 //! - **Tagged.** The host records its machine in
@@ -50,11 +49,12 @@
 //!   cannot be unsealed, and a host whose `/usr/bin/etcd` is missing or is
 //!   not the expected build are `Permanent` (an admin has to act).
 //!
-//! Binaries: the lab binds the service's Kubernetes binaries into every
-//! machine; registered hosts get them uploaded instead, into the same
-//! guest directory, for control-plane machines. etcd is not uploaded: the
-//! host must have Debian's `etcd-server` package, whose `/usr/bin/etcd` is
-//! checked against the expected checksum.
+//! Binaries: the provider uploads nothing. The lab binds the service's
+//! Kubernetes binaries into every machine; registered hosts get them from
+//! the control-plane bootstrap (`engine::binaries`), into the same guest
+//! directory. etcd is not uploaded: the host must have Debian's
+//! `etcd-server` package, whose `/usr/bin/etcd` `create` checks against the
+//! expected checksum.
 //!
 //! Limits of this build: the control plane reaches machines as `root` on
 //! port 22 with the service key (the ledger records an address, not a
@@ -83,14 +83,6 @@ pub const LEASE: Duration = Duration::from_secs(15 * 60);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on `get`'s probe: connect, authenticate, run `true`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The Kubernetes binaries a control-plane host gets.
-const KUBE_BINARIES: [&str; 4] = [
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kubectl",
-];
 
 /// Units Kubeforge installs; `delete` stops, disables and removes them.
 const UNITS: [&str; 5] = [
@@ -350,75 +342,6 @@ impl SshProvider {
         Ok((code, lines))
     }
 
-    /// Writes a file as root, atomically.
-    async fn upload(
-        host: &Host,
-        hs: &HostSession,
-        path: &str,
-        contents: &[u8],
-        mode: u32,
-    ) -> Result<(), ProviderError> {
-        if hs.root {
-            return hs
-                .session
-                .upload(path, contents, mode)
-                .await
-                .map_err(|e| ssh_error(host, e));
-        }
-        // Stage in a private directory of the login user, then install as root.
-        let stage = format!("/tmp/.kubeforge-stage-{}", Uuid::new_v4().simple());
-        let staged = format!("{stage}/file");
-        let mk = hs
-            .session
-            .run(
-                &format!("mkdir -m 700 {}", shell_quote(&stage)),
-                COMMAND_TIMEOUT,
-                &Redactor::none(),
-                |_, _| {},
-            )
-            .await
-            .map_err(|e| ssh_error(host, e))?;
-        if mk != 0 {
-            return Err(retryable(format!(
-                "cannot stage an upload on {}",
-                host.address
-            )));
-        }
-        let up = hs
-            .session
-            .upload(&staged, contents, 0o600)
-            .await
-            .map_err(|e| ssh_error(host, e));
-        let dst = shell_quote(path);
-        let tmp = shell_quote(&format!("{path}.kubeforge-new"));
-        let install = format!(
-            "mkdir -p \"$(dirname {dst})\" && install -m {mode:o} {src} {tmp} && mv -f {tmp} {dst}",
-            src = shell_quote(&staged),
-            mode = mode & 0o7777,
-        );
-        let result = match up {
-            Ok(()) => Self::run(host, hs, &install).await,
-            Err(e) => Err(e),
-        };
-        let _ = hs
-            .session
-            .run(
-                &format!("rm -rf {}", shell_quote(&stage)),
-                COMMAND_TIMEOUT,
-                &Redactor::none(),
-                |_, _| {},
-            )
-            .await;
-        match result? {
-            (0, _) => Ok(()),
-            (code, out) => Err(retryable(format!(
-                "installing {path} on {} failed ({code}): {}",
-                host.address,
-                out.join("; ")
-            ))),
-        }
-    }
-
     /// Authorizes the service key for root (only if absent) and records the
     /// machine's identity on the host.
     async fn prepare(
@@ -430,9 +353,13 @@ impl SshProvider {
         let key = &self.service_key_public;
         let body =
             key_body(key).ok_or_else(|| permanent("the service's public key line is malformed"))?;
-        let identity =
-            serde_json::json!({"id": req.id, "cluster_id": req.cluster_id, "name": req.name})
-                .to_string();
+        let identity = serde_json::json!({
+            "id": req.id,
+            "cluster_id": req.cluster_id,
+            "name": req.name,
+            "tags": req.tags,
+        })
+        .to_string();
         let script = format!(
             r#"set -e
 umask 077
@@ -492,60 +419,25 @@ mv -f {file}.tmp {file}
             .collect())
     }
 
-    /// etcd from the host's own package, the Kubernetes binaries uploaded
-    /// where they differ, all checked by sha256 on the host.
-    async fn ensure_binaries(&self, host: &Host, hs: &HostSession) -> Result<(), ProviderError> {
-        let expected = self
-            .artifacts
-            .checksums()
-            .map_err(|e| permanent(format!("the service's binaries: {e}")))?;
+    /// etcd from the host's own package, checked by sha256 on the host:
+    /// a host without the expected build cannot serve a control plane.
+    /// (The Kubernetes binaries are uploaded by the bootstrap.)
+    async fn check_etcd(&self, host: &Host, hs: &HostSession) -> Result<(), ProviderError> {
         let etcd = &self.artifacts.etcd_bin;
         let found = Self::remote_sha256(host, hs, std::slice::from_ref(etcd)).await?;
         match found.get(etcd.as_str()) {
-            None => {
-                return Err(permanent(format!(
-                    "host {} has no {etcd}: install Debian's etcd-server package \
-                     (Kubeforge expects sha256 {})",
-                    host.address, self.artifacts.etcd_sha256
-                )))
-            }
-            Some(sum) if *sum != self.artifacts.etcd_sha256 => {
-                return Err(permanent(format!(
-                    "{etcd} on host {} has sha256 {sum}, not the expected {}: \
-                     install the etcd-server package this Kubeforge was built against",
-                    host.address, self.artifacts.etcd_sha256
-                )))
-            }
-            Some(_) => {}
+            None => Err(permanent(format!(
+                "host {} has no {etcd}: install Debian's etcd-server package \
+                 (Kubeforge expects sha256 {})",
+                host.address, self.artifacts.etcd_sha256
+            ))),
+            Some(sum) if *sum != self.artifacts.etcd_sha256 => Err(permanent(format!(
+                "{etcd} on host {} has sha256 {sum}, not the expected {}: \
+                 install the etcd-server package this Kubeforge was built against",
+                host.address, self.artifacts.etcd_sha256
+            ))),
+            Some(_) => Ok(()),
         }
-        let guest = self.artifacts.guest_dir.trim_end_matches('/');
-        let path = |name: &str| format!("{guest}/{name}");
-        let paths: Vec<String> = KUBE_BINARIES.iter().map(|n| path(n)).collect();
-        let before = Self::remote_sha256(host, hs, &paths).await?;
-        for name in KUBE_BINARIES {
-            let want = expected.get(name).cloned().unwrap_or_default();
-            if before.get(&path(name)) == Some(&want) {
-                continue;
-            }
-            let local = self.artifacts.host_dir.join(name);
-            let bytes = tokio::fs::read(&local)
-                .await
-                .map_err(|e| permanent(format!("reading {}: {e}", local.display())))?;
-            tracing::info!(host = %host.address, binary = name, bytes = bytes.len(), "uploading a Kubernetes binary");
-            Self::upload(host, hs, &path(name), &bytes, 0o755).await?;
-        }
-        let after = Self::remote_sha256(host, hs, &paths).await?;
-        for name in KUBE_BINARIES {
-            let want = expected.get(name).cloned().unwrap_or_default();
-            if after.get(&path(name)) != Some(&want) {
-                return Err(retryable(format!(
-                    "{} on host {} does not match its sha256 {want} after upload",
-                    path(name),
-                    host.address
-                )));
-            }
-        }
-        Ok(())
     }
 
     fn machine(
@@ -633,6 +525,7 @@ impl Provider for SshProvider {
             ssh_bootstrap: true,
             hosts_workers: false,
             lab_machines: false,
+            kube_binaries_bound: false,
         }
     }
 
@@ -642,7 +535,7 @@ impl Provider for SshProvider {
         let result = async {
             self.prepare(&host, &hs, req).await?;
             if req.role == MachineRole::ControlPlane {
-                self.ensure_binaries(&host, &hs).await?;
+                self.check_etcd(&host, &hs).await?;
             }
             Ok::<(), ProviderError>(())
         }

@@ -108,6 +108,7 @@ impl Provider for InMemoryProvider {
             ssh_bootstrap: false,
             hosts_workers: true,
             lab_machines: false,
+            kube_binaries_bound: false,
         }
     }
 
