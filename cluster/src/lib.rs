@@ -18,6 +18,7 @@ pub mod pki;
 pub mod pools;
 pub mod restarts;
 pub mod spec;
+pub mod status;
 pub mod validation;
 pub mod worker;
 

@@ -60,13 +60,6 @@ pub enum Action {
     Platform,
 }
 
-/// Where the call comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    Api,
-    Reconciler,
-}
-
 /// The caller of one app or store call.
 #[derive(Debug, Clone)]
 pub struct OpContext {
@@ -74,7 +67,6 @@ pub struct OpContext {
     pub subject: String,
     pub role: Role,
     pub request_id: String,
-    pub origin: Origin,
 }
 
 impl OpContext {

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::app::{Idempotency, SharedApp};
-use crate::context::{OpContext, Origin};
+use crate::context::OpContext;
 use crate::error::Error;
 use crate::store::idempotency::request_hash;
 use kubeforge_cluster::ValidationError;
@@ -44,7 +44,6 @@ impl FromRequestParts<SharedApp> for OpContext {
             subject: claims.sub,
             role,
             request_id,
-            origin: Origin::Api,
         })
     }
 }

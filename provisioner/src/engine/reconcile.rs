@@ -17,10 +17,13 @@
 //! complete: ledger, provider sweep, secrets.
 
 use chrono::Utc;
-use kubeforge_cluster::condition::set_condition;
 use kubeforge_cluster::pools::{scale_down_order, MachineRole, MachineState, Worker};
 use kubeforge_cluster::restarts::{self, RESTART_THRESHOLD};
-use kubeforge_cluster::{ConditionStatus as S, Phase};
+use kubeforge_cluster::status::{
+    self, ControlPlaneObservation, ControlPlaneVerdict, MachinesObservation, NodesObservation,
+    PoolObservation,
+};
+use kubeforge_cluster::Phase;
 use rand::distributions::{Alphanumeric, DistString};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -32,6 +35,7 @@ use super::pools::{self, PoolsStatus};
 use crate::providers::{
     MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState,
 };
+use crate::ssh::MachineAccess;
 use crate::state::SharedApp;
 use crate::store::cluster::{self, Cluster};
 use crate::store::event::{self, NewEvent};
@@ -251,12 +255,9 @@ impl Run<'_> {
                 )
                 .await?;
                 let mut conditions = c.conditions.clone();
-                let changed = set_condition(
+                let changed = status::set_machines_ready(
                     &mut conditions,
-                    "MachinesReady",
-                    S::False,
-                    "WaitingForCapacity",
-                    &m,
+                    &MachinesObservation::WaitingForCapacity(m.clone()),
                     Utc::now(),
                 );
                 if changed {
@@ -618,7 +619,10 @@ impl Run<'_> {
         .await
     }
 
-    /// Writes status after machines converged (or not) and settles operations.
+    /// Writes status after machines converged (or not) and settles
+    /// operations, in phases: the control plane, the pools through the
+    /// cluster's API, the cluster's phase, the operations, the pools'
+    /// status. Conditions are worded by `kubeforge_cluster::status`.
     async fn finish_round(
         &self,
         c: &Cluster,
@@ -630,225 +634,28 @@ impl Run<'_> {
         let pool = &self.app.pool;
         let now = Utc::now();
         let machines = machine::list_any(pool, c.id).await?;
-        let cp_running = machines
-            .iter()
-            .filter(|m| m.role() == MachineRole::ControlPlane && m.state() == MachineState::Running)
-            .count();
         let mut conditions = c.conditions.clone();
-        let (status, reason, msg) = if all_running {
-            (
-                S::True,
-                "AllRunning",
-                format!("{} machines running", machines.len()),
-            )
+        let observed = if all_running {
+            MachinesObservation::AllRunning(machines.len())
         } else {
-            (
-                S::False,
-                "MachinesStarting",
-                "some machines are still starting".to_string(),
-            )
+            MachinesObservation::Starting
         };
-        set_condition(&mut conditions, "MachinesReady", status, reason, &msg, now);
-        // The control plane, once its machines run and this service can
-        // reach them; otherwise say plainly why it waits.
-        let cp_members: Vec<&Machine> = machines
-            .iter()
-            .filter(|m| m.role() == MachineRole::ControlPlane && m.state() == MachineState::Running)
-            .collect();
-        let lb = machines
-            .iter()
-            .find(|m| m.role() == MachineRole::LoadBalancer && m.state() == MachineState::Running);
-        // Serving: the control plane answers through its endpoint (worker
-        // pools can be reconciled); ready: serving, and not restarting.
-        let mut serving = false;
-        let mut ready = false;
-        let mut cp_message = None;
-        let mut pool_status: Option<PoolsStatus> = None;
-        let mut pool_error: Option<String> = None;
-        let access = self.app.access.as_deref().filter(|_| self.bootstraps(c));
-        match access {
-            None => {
-                let msg = "control-plane bootstrap needs machine access (SSH key and Kubernetes \
-                           binaries), which this service was started without";
-                set_condition(
-                    &mut conditions,
-                    "ControlPlaneReady",
-                    S::False,
-                    "BootstrapUnavailable",
-                    msg,
-                    now,
-                );
-                set_condition(
-                    &mut conditions,
-                    "Ready",
-                    S::False,
-                    "ControlPlaneNotReady",
-                    "the control plane is not ready",
-                    now,
-                );
-                cp_message = Some(msg.to_string());
-            }
-            Some(_)
-                if cp_members.len() as u32 != c.control_plane.replicas
-                    || (c.control_plane.replicas > 1 && lb.is_none()) =>
-            {
-                set_condition(
-                    &mut conditions,
-                    "ControlPlaneReady",
-                    S::False,
-                    "WaitingForMachines",
-                    "control-plane machines are not all running",
-                    now,
-                );
-                set_condition(
-                    &mut conditions,
-                    "Ready",
-                    S::False,
-                    "ControlPlaneNotReady",
-                    "the control plane is not ready",
-                    now,
-                );
-            }
-            Some(access) => {
-                // Machines are done; the control-plane step runs from here.
-                let create: Vec<&Operation> =
-                    ops.iter().filter(|o| o.type_ == "cluster_create").collect();
-                self.step(&create, "machines", "succeeded", None, None)
-                    .await?;
-                self.step(&create, "control_plane", "running", None, None)
-                    .await?;
-                let st = match controlplane::reconcile(self.app, access, c, &cp_members, lb).await {
-                    Ok(st) => st,
-                    Err(e) => {
-                        let msg = e.to_string();
-                        set_condition(
-                            &mut conditions,
-                            "ControlPlaneReady",
-                            S::Unknown,
-                            "Unreachable",
-                            &msg,
-                            now,
-                        );
-                        set_condition(
-                            &mut conditions,
-                            "Ready",
-                            S::False,
-                            "ControlPlaneUnreachable",
-                            &msg,
-                            now,
-                        );
-                        cluster::write_status(pool, c.id, c.phase, &conditions, c.generation)
-                            .await?;
-                        let err = OperationError {
-                            code: "control_plane_unreachable".into(),
-                            message: msg.clone(),
-                            retryable: true,
-                        };
-                        let create: Vec<&Operation> =
-                            ops.iter().filter(|o| o.type_ == "cluster_create").collect();
-                        self.step(
-                            &create,
-                            "control_plane",
-                            "running",
-                            Some("retrying"),
-                            Some(&err),
-                        )
-                        .await?;
-                        return Err(JobError::retryable(msg));
-                    }
-                };
-                let all = st.healthy_members == st.members;
-                let (etcd, why) = if all {
-                    (S::True, "Healthy".to_string())
-                } else {
-                    (S::False, st.problems.join("; "))
-                };
-                set_condition(
-                    &mut conditions,
-                    "EtcdReady",
-                    etcd,
-                    if all { "Healthy" } else { "MembersUnhealthy" },
-                    &why,
-                    now,
-                );
-                // Components that keep restarting degrade the control plane
-                // even when every member looks healthy at this moment.
-                let restarting = restarts::restarting(
-                    &st.recent_restarts,
-                    RESTART_THRESHOLD,
-                    self.app.config.control_plane_restart_window,
-                );
-                let members_msg =
-                    format!("{} of {} members healthy", st.healthy_members, st.members);
-                let (cp, cp_reason, cp_msg) = match (all, &restarting) {
-                    (false, _) => (S::False, "MembersUnhealthy", members_msg.as_str()),
-                    (true, Some(r)) => (S::False, "ComponentRestarting", r.as_str()),
-                    (true, None) => (S::True, "Healthy", members_msg.as_str()),
-                };
-                set_condition(
-                    &mut conditions,
-                    "ControlPlaneReady",
-                    cp,
-                    cp_reason,
-                    cp_msg,
-                    now,
-                );
-                match &st.endpoint {
-                    Some(e) => {
-                        set_condition(&mut conditions, "EndpointReady", S::True, "Serving", e, now)
-                    }
-                    None => set_condition(
-                        &mut conditions,
-                        "EndpointReady",
-                        S::False,
-                        "NotServing",
-                        "the endpoint does not answer yet",
-                        now,
-                    ),
-                };
-                serving = all && st.endpoint.is_some() && st.rbac_applied;
-                ready = serving && restarting.is_none();
-                if ready {
-                    set_condition(
-                        &mut conditions,
-                        "Ready",
-                        S::True,
-                        "Ready",
-                        "the control plane is serving",
-                        now,
-                    );
-                } else {
-                    let why = match (serving, restarting) {
-                        (true, Some(r)) => r,
-                        _ => why,
-                    };
-                    set_condition(
-                        &mut conditions,
-                        "Ready",
-                        S::False,
-                        "ControlPlaneNotReady",
-                        &why,
-                        now,
-                    );
-                    cp_message = Some(why);
-                }
-                cluster::write_endpoint(pool, c.id, st.endpoint.as_deref(), &st.certificates)
-                    .await?;
-                // Worker pools, through the cluster's API, once it serves
-                // (also while components keep restarting: the API answers).
-                if let (true, Some(endpoint)) = (serving, &st.endpoint) {
-                    match pools::reconcile(self.app, access, c, pools, endpoint, stopped).await {
-                        Ok(s) => pool_status = Some(s),
-                        Err(e) => pool_error = Some(e.to_string()),
-                    }
+        status::set_machines_ready(&mut conditions, &observed, now);
+        let cp = self
+            .control_plane_phase(c, &machines, ops, &mut conditions, now)
+            .await?;
+        let (pool_status, pool_error) = match (&cp.access, cp.verdict.serving, &cp.endpoint) {
+            // Worker pools, through the cluster's API, once it serves (also
+            // while components keep restarting: the API answers).
+            (Some(access), true, Some(endpoint)) => {
+                match pools::reconcile(self.app, access, c, pools, endpoint, stopped).await {
+                    Ok(s) => (Some(s), None),
+                    Err(e) => (None, Some(e.to_string())),
                 }
             }
-        }
-        let phase = match (ready, c.phase) {
-            (true, _) => Phase::Ready,
-            (false, Phase::Ready | Phase::Degraded) => Phase::Degraded,
-            (false, _) => Phase::Provisioning,
+            _ => (None, None),
         };
+        let phase = status::cluster_phase(cp.verdict.ready, c.phase);
         if phase != c.phase {
             let (warning, reason) = match phase {
                 Phase::Ready => (false, "ClusterReady"),
@@ -865,7 +672,146 @@ impl Run<'_> {
             )
             .await?;
         }
+        self.operations_phase(c, pools, ops, &machines, &cp.verdict, pool_status.as_ref())
+            .await?;
+        self.pool_status_phase(pools, &machines, pool_status.as_ref(), pool_error, now)
+            .await?;
+        cluster::write_status(pool, c.id, phase, &conditions, c.generation).await?;
+        // Settled clusters are re-observed at leisure; anything still on
+        // its way (machines booting, a control plane not yet serving, a
+        // member down) is looked at again soon.
+        let pools_settled = pool_status.as_ref().is_none_or(|ps| {
+            pools.iter().all(|p| {
+                let v = PoolView::new(p, &machines, Some(ps));
+                v.leaving == 0 && v.joining == 0
+            })
+        });
+        let settled = all_running && pools_settled && (cp.verdict.serving || cp.access.is_none());
+        Ok(Outcome::RequeueAfter(if settled {
+            RESYNC
+        } else {
+            SHORT_RESYNC
+        }))
+    }
 
+    /// The control plane, once its machines run and this service can reach
+    /// them; otherwise its conditions say plainly why it waits. A pass that
+    /// could not look at the members writes that and is retried.
+    async fn control_plane_phase(
+        &self,
+        c: &Cluster,
+        machines: &[Machine],
+        ops: &[Operation],
+        conditions: &mut Vec<kubeforge_cluster::Condition>,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<ControlPlaneRound<'_>, JobError> {
+        let running = |role| {
+            machines
+                .iter()
+                .filter(move |m| m.role() == role && m.state() == MachineState::Running)
+        };
+        let cp_members: Vec<&Machine> = running(MachineRole::ControlPlane).collect();
+        let lb = running(MachineRole::LoadBalancer).next();
+        let access = self.app.access.as_deref().filter(|_| self.bootstraps(c));
+        let round = |verdict, endpoint| ControlPlaneRound {
+            access,
+            verdict,
+            endpoint,
+        };
+        let Some(access) = access else {
+            let verdict = status::set_control_plane(
+                conditions,
+                &ControlPlaneObservation::BootstrapUnavailable,
+                now,
+            );
+            return Ok(round(verdict, None));
+        };
+        if cp_members.len() as u32 != c.control_plane.replicas
+            || (c.control_plane.replicas > 1 && lb.is_none())
+        {
+            let verdict = status::set_control_plane(
+                conditions,
+                &ControlPlaneObservation::WaitingForMachines,
+                now,
+            );
+            return Ok(round(verdict, None));
+        }
+        // Machines are done; the control-plane step runs from here.
+        let create: Vec<&Operation> = ops.iter().filter(|o| o.type_ == "cluster_create").collect();
+        self.step(&create, "machines", "succeeded", None, None)
+            .await?;
+        self.step(&create, "control_plane", "running", None, None)
+            .await?;
+        let st = match controlplane::reconcile(self.app, access, c, &cp_members, lb).await {
+            Ok(st) => st,
+            Err(e) => {
+                let msg = e.to_string();
+                status::set_control_plane(
+                    conditions,
+                    &ControlPlaneObservation::Unreachable(msg.clone()),
+                    now,
+                );
+                cluster::write_status(&self.app.pool, c.id, c.phase, conditions, c.generation)
+                    .await?;
+                let err = op_error("control_plane_unreachable", &msg, true);
+                self.step(
+                    &create,
+                    "control_plane",
+                    "running",
+                    Some("retrying"),
+                    Some(&err),
+                )
+                .await?;
+                return Err(JobError::retryable(msg));
+            }
+        };
+        // Components that keep restarting degrade the control plane even
+        // when every member looks healthy at this moment.
+        let restarting = restarts::restarting(
+            &st.recent_restarts,
+            RESTART_THRESHOLD,
+            self.app.config.control_plane_restart_window,
+        );
+        let verdict = status::set_control_plane(
+            conditions,
+            &ControlPlaneObservation::Observed {
+                healthy_members: st.healthy_members,
+                members: st.members,
+                problems: st.problems.clone(),
+                restarting,
+                endpoint: st.endpoint.clone(),
+                rbac_applied: st.rbac_applied,
+            },
+            now,
+        );
+        cluster::write_endpoint(
+            &self.app.pool,
+            c.id,
+            st.endpoint.as_deref(),
+            &st.certificates,
+        )
+        .await?;
+        Ok(round(verdict, st.endpoint))
+    }
+
+    /// Moves each active operation's steps on from what this pass saw, and
+    /// finishes those that are done.
+    async fn operations_phase(
+        &self,
+        c: &Cluster,
+        pools: &[NodePool],
+        ops: &[Operation],
+        machines: &[Machine],
+        cp: &ControlPlaneVerdict,
+        pool_status: Option<&PoolsStatus>,
+    ) -> Result<(), JobError> {
+        let pool = &self.app.pool;
+        let cp_running = machines
+            .iter()
+            .filter(|m| m.role() == MachineRole::ControlPlane && m.state() == MachineState::Running)
+            .count();
+        let ready = cp.ready;
+        let cp_message = cp.waiting_for.clone();
         for op in ops {
             match op.type_.as_str() {
                 "cluster_create" if cp_running as u32 == c.control_plane.replicas => {
@@ -899,7 +845,7 @@ impl Run<'_> {
                     let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
                         continue;
                     };
-                    let v = PoolView::new(p, &machines, pool_status.as_ref());
+                    let v = PoolView::new(p, machines, pool_status);
                     let machines_done = v.running == p.size as usize && v.leaving == 0;
                     operation::set_step(
                         pool,
@@ -914,7 +860,7 @@ impl Run<'_> {
                         None,
                     )
                     .await?;
-                    let join_done = match &pool_status {
+                    let join_done = match pool_status {
                         Some(_) => {
                             let done = v.ready == p.size as usize;
                             operation::set_step(
@@ -968,7 +914,7 @@ impl Run<'_> {
                     let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
                         continue;
                     };
-                    let v = PoolView::new(p, &machines, pool_status.as_ref());
+                    let v = PoolView::new(p, machines, pool_status);
                     let draining = machines.iter().any(|m| {
                         m.node_pool_id == Some(p.id) && m.state() == MachineState::Draining
                     });
@@ -985,111 +931,46 @@ impl Run<'_> {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// Writes each live pool's conditions and phase.
+    async fn pool_status_phase(
+        &self,
+        pools: &[NodePool],
+        machines: &[Machine],
+        pool_status: Option<&PoolsStatus>,
+        pool_error: Option<String>,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), JobError> {
         for p in pools.iter().filter(|p| p.deletion_requested_at.is_none()) {
-            let v = PoolView::new(p, &machines, pool_status.as_ref());
-            let mut pc = p.conditions.clone();
-            let (st, why) = if v.running == p.size as usize && v.leaving == 0 {
-                (S::True, "AllRunning")
-            } else {
-                (S::False, "Scaling")
+            let v = PoolView::new(p, machines, pool_status);
+            let nodes = match (pool_status, &pool_error) {
+                (Some(_), _) => NodesObservation::Observed {
+                    ready: v.ready,
+                    problems: v.problems,
+                    repair_note: v.repair_note,
+                },
+                (None, Some(e)) => NodesObservation::Unreachable(e.clone()),
+                (None, None) if self.app.access.is_none() => NodesObservation::JoinUnavailable,
+                (None, None) => NodesObservation::WaitingForControlPlane,
             };
-            set_condition(
+            let mut pc = p.conditions.clone();
+            let phase = status::set_pool(
                 &mut pc,
-                "MachinesReady",
-                st,
-                why,
-                &format!("{} of {} machines running", v.running, p.size),
+                &PoolObservation {
+                    size: p.size as usize,
+                    running: v.running,
+                    leaving: v.leaving,
+                    nodes,
+                    auto_repair: p.auto_repair,
+                },
+                p.phase,
                 now,
             );
-            let pool_phase = match (&pool_status, &pool_error) {
-                (Some(_), _) => {
-                    let all = v.ready == p.size as usize;
-                    let (st, why) = if all {
-                        (S::True, "AllReady")
-                    } else if !v.problems.is_empty() {
-                        (S::False, "NodesNotReady")
-                    } else {
-                        (S::False, "Joining")
-                    };
-                    let mut msg = format!("{} of {} nodes ready", v.ready, p.size);
-                    for problem in &v.problems {
-                        msg.push_str("; ");
-                        msg.push_str(problem);
-                    }
-                    set_condition(&mut pc, "NodesReady", st, why, &msg, now);
-                    match &v.repair_note {
-                        Some(note) => set_condition(
-                            &mut pc,
-                            "AutoRepair",
-                            S::False,
-                            "RepairWaiting",
-                            note,
-                            now,
-                        ),
-                        None => set_condition(
-                            &mut pc,
-                            "AutoRepair",
-                            S::True,
-                            if p.auto_repair.enabled {
-                                "Enabled"
-                            } else {
-                                "Disabled"
-                            },
-                            &format!(
-                                "unhealthy nodes are replaced after {} s",
-                                p.auto_repair.after_seconds
-                            ),
-                            now,
-                        ),
-                    };
-                    match (all && v.leaving == 0, p.phase) {
-                        (true, _) => Phase::Ready,
-                        (false, Phase::Ready | Phase::Degraded) if !v.problems.is_empty() => {
-                            Phase::Degraded
-                        }
-                        _ => Phase::Provisioning,
-                    }
-                }
-                (None, Some(e)) => {
-                    set_condition(&mut pc, "NodesReady", S::Unknown, "Unreachable", e, now);
-                    p.phase
-                }
-                (None, None) => {
-                    let why = if self.app.access.is_none() {
-                        "node join needs machine access (SSH key and Kubernetes binaries), which \
-                         this service was started without"
-                    } else {
-                        "waiting for the control plane to serve"
-                    };
-                    set_condition(
-                        &mut pc,
-                        "NodesReady",
-                        S::Unknown,
-                        "NodeJoinUnavailable",
-                        why,
-                        now,
-                    );
-                    Phase::Provisioning
-                }
-            };
-            node_pool::write_status(pool, p.id, pool_phase, &pc, p.generation).await?;
+            node_pool::write_status(&self.app.pool, p.id, phase, &pc, p.generation).await?;
         }
-        cluster::write_status(pool, c.id, phase, &conditions, c.generation).await?;
-        // Settled clusters are re-observed at leisure; anything still on
-        // its way (machines booting, a control plane not yet serving, a
-        // member down) is looked at again soon.
-        let pools_settled = pool_status.as_ref().is_none_or(|ps| {
-            pools.iter().all(|p| {
-                let v = PoolView::new(p, &machines, Some(ps));
-                v.leaving == 0 && v.joining == 0
-            })
-        });
-        let settled = all_running && pools_settled && (serving || access.is_none());
-        Ok(Outcome::RequeueAfter(if settled {
-            RESYNC
-        } else {
-            SHORT_RESYNC
-        }))
+        Ok(())
     }
 
     /// Deletion: every ledger machine, then anything still tagged with the
@@ -1189,20 +1070,20 @@ impl Run<'_> {
         let pool = &self.app.pool;
         let now = Utc::now();
         let mut conditions = c.conditions.clone();
-        let changed = set_condition(
+        let changed = status::set_machines_ready(
             &mut conditions,
-            "MachinesReady",
-            S::False,
-            reason,
-            &err.message,
+            &MachinesObservation::Failed {
+                reason: reason.into(),
+                message: err.message.clone(),
+            },
             now,
         );
-        set_condition(
+        status::set_control_plane(
             &mut conditions,
-            "Ready",
-            S::False,
-            reason,
-            &err.message,
+            &ControlPlaneObservation::Failed {
+                reason: reason.into(),
+                message: err.message.clone(),
+            },
             now,
         );
         for op in ops {
@@ -1235,6 +1116,15 @@ impl Run<'_> {
         );
         self.fail(&c, &ops, "ReconcileFailed", &err).await
     }
+}
+
+/// What the control-plane phase leaves for the rest of the pass.
+struct ControlPlaneRound<'a> {
+    /// Machine access, when this service bootstraps the cluster.
+    access: Option<&'a MachineAccess>,
+    verdict: ControlPlaneVerdict,
+    /// The endpoint, when it answers.
+    endpoint: Option<String>,
 }
 
 /// One pool's machines and nodes, as the status and operations report them.
