@@ -187,6 +187,20 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
         "{cluster}"
     );
     let cluster_id = Uuid::parse_str(cluster["id"].as_str().unwrap()).unwrap();
+    // The bootstrap, not the provider, put the Kubernetes binaries on the
+    // host (it has none bound in, unlike a lab machine): once.
+    let uploads: Vec<String> = sqlx::query_scalar(
+        "SELECT message FROM events WHERE cluster_id = $1 AND reason = 'BinariesUploaded'",
+    )
+    .bind(cluster_id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert!(
+        uploads[0].ends_with(": 4 Kubernetes binaries uploaded"),
+        "{uploads:?}"
+    );
 
     // Hosts cannot run worker nodes yet: node pools on the ssh provider are
     // refused, naming why, and nothing is written.
