@@ -5,8 +5,12 @@
 //! ...). The service crate never re-validates: if it holds a `ClusterSpec`,
 //! the spec is valid. Nothing in this crate touches the network, the
 //! database or the clock; callers pass time in.
+//!
+//! [`api`] holds the API's wire types (requests, views, answers, the
+//! problem document), shared by the service, its CLI and other clients.
 
 pub mod addons;
+pub mod api;
 pub mod bundle;
 pub mod condition;
 pub mod join;

@@ -380,9 +380,9 @@ pub struct CreateNodePoolRequest {
     #[serde(default = "small")]
     pub machine_type: String,
     /// Desired size; defaults to `autoscaling.min`, or 1.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -390,10 +390,10 @@ pub struct CreateNodePoolRequest {
     pub taints: Vec<Taint>,
     /// Seconds to wait for a node's pods to be evicted before it is removed
     /// anyway (0-3600, default 300).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout_seconds: Option<u32>,
     /// Replacement of unhealthy nodes; on after 300 seconds when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_repair: Option<AutoRepair>,
 }
 

@@ -6,9 +6,8 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use kubeforge_cluster::api::Problem;
 use kubeforge_cluster::ValidationError;
-use serde::Serialize;
-use utoipa::ToSchema;
 
 /// Everything an app or store call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -57,20 +56,6 @@ impl From<sqlx::Error> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// An RFC 9457 problem document with Kubeforge's stable `code`.
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct Problem {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub title: String,
-    pub status: u16,
-    pub code: String,
-    pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    pub retryable: bool,
-}
 
 impl Error {
     pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
@@ -160,6 +145,7 @@ impl Error {
         self.parts().0
     }
 
+    /// What the client is told: the problem document of this error.
     pub fn to_problem(&self) -> Problem {
         let (status, code, title, retryable) = self.parts();
         let (detail, field) = match self {

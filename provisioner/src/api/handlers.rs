@@ -10,16 +10,15 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::extract::{idempotency, if_match, JsonBody, QueryParams};
-use crate::app::cluster::{ClusterListQuery, KubeconfigRequest, PageQuery, UpdateClusterRequest};
-use crate::app::node_pool::UpdateNodePoolRequest;
-use crate::app::platform::{CreateHostRequest, HostView, QuotaView};
-use crate::app::views::{ClusterView, MachineView, NodePoolView, OperationView};
 use crate::app::{Accepted, SharedApp};
 use crate::context::OpContext;
-use crate::error::{Error, Problem, Result};
-use crate::store::event::Event;
-use crate::store::tenant::Quota;
-use kubeforge_cluster::{CreateClusterRequest, CreateNodePoolRequest};
+use crate::error::{Error, Result};
+use kubeforge_cluster::api::{
+    ClusterAccepted, ClusterListQuery, ClusterView, CreateClusterRequest, CreateHostRequest,
+    CreateNodePoolRequest, EventView, HostCreated, HostView, Items, KubeconfigRequest, MachineView,
+    NodePoolAccepted, NodePoolView, OperationAccepted, OperationView, PageQuery, Problem, Quota,
+    QuotaView, UpdateClusterRequest, UpdateNodePoolRequest,
+};
 
 fn accepted(a: Accepted) -> Response {
     let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK);
@@ -36,7 +35,7 @@ fn with_etag<T: serde::Serialize>(etag: &str, body: T) -> Response {
 
 #[utoipa::path(post, path = "/v1/clusters", request_body = CreateClusterRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first response")),
-    responses((status = 202, description = "{cluster, operation}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, body = ClusterAccepted, description = "{cluster, operation}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn cluster_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -71,7 +70,7 @@ pub async fn cluster_get(
 
 #[utoipa::path(patch, path = "/v1/clusters/{cluster}", request_body = UpdateClusterRequest,
     params(("cluster" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, description = "{cluster, operation}"), (status = 412, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ClusterAccepted, description = "{cluster, operation}"), (status = 412, body = Problem, content_type = "application/problem+json")))]
 pub async fn cluster_update(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -87,7 +86,7 @@ pub async fn cluster_update(
 
 #[utoipa::path(delete, path = "/v1/clusters/{cluster}",
     params(("cluster" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 202, description = "{operation}"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, body = OperationAccepted, description = "{operation}"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub async fn cluster_delete(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -102,7 +101,7 @@ pub async fn cluster_delete(
 
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/node-pools", request_body = CreateNodePoolRequest,
     params(("cluster" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 202, description = "{node_pool, operation}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, body = NodePoolAccepted, description = "{node_pool, operation}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn node_pool_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -124,7 +123,8 @@ pub async fn node_pool_list(
     ctx: OpContext,
     Path(c): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(serde_json::json!({ "items": app.node_pool_list(&ctx, &c).await? })).into_response())
+    let items = app.node_pool_list(&ctx, &c).await?;
+    Ok(Json(Items { items }).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/clusters/{cluster}/node-pools/{pool}",
@@ -141,7 +141,7 @@ pub async fn node_pool_get(
 
 #[utoipa::path(patch, path = "/v1/clusters/{cluster}/node-pools/{pool}", request_body = UpdateNodePoolRequest,
     params(("cluster" = String, Path), ("pool" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, description = "{node_pool, operation}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = NodePoolAccepted, description = "{node_pool, operation}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn node_pool_update(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -157,7 +157,7 @@ pub async fn node_pool_update(
 
 #[utoipa::path(delete, path = "/v1/clusters/{cluster}/node-pools/{pool}",
     params(("cluster" = String, Path), ("pool" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 202, description = "{operation}")))]
+    responses((status = 202, body = OperationAccepted, description = "{operation}")))]
 pub async fn node_pool_delete(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -177,7 +177,8 @@ pub async fn machine_list(
     ctx: OpContext,
     Path(c): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(serde_json::json!({ "items": app.machine_list(&ctx, &c).await? })).into_response())
+    let items = app.machine_list(&ctx, &c).await?;
+    Ok(Json(Items { items }).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/clusters/{cluster}/operations", params(("cluster" = String, Path)),
@@ -187,7 +188,8 @@ pub async fn operation_list(
     ctx: OpContext,
     Path(c): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(serde_json::json!({ "items": app.operation_list(&ctx, &c).await? })).into_response())
+    let items = app.operation_list(&ctx, &c).await?;
+    Ok(Json(Items { items }).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/operations/{operation}", params(("operation" = String, Path)),
@@ -226,7 +228,7 @@ pub async fn kubeconfig_create(
 }
 
 #[utoipa::path(post, path = "/v1/hosts", request_body = CreateHostRequest,
-    responses((status = 201, description = "{host}"), (status = 403, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, body = HostCreated, description = "{host}"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub async fn host_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -240,7 +242,8 @@ pub async fn host_create(
 
 #[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = [HostView])))]
 pub async fn host_list(State(app): State<SharedApp>, ctx: OpContext) -> Result<Response> {
-    Ok(Json(serde_json::json!({ "items": app.host_list(&ctx).await? })).into_response())
+    let items = app.host_list(&ctx).await?;
+    Ok(Json(Items { items }).into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/hosts/{host}", params(("host" = String, Path)),
@@ -317,10 +320,11 @@ pub async fn metrics(State(app): State<SharedApp>) -> Response {
         host_create, host_list, host_delete, quota_get, quota_put, healthz, readyz, metrics,
         openapi
     ),
-    components(schemas(Problem, ClusterView, NodePoolView, MachineView, OperationView, Event,
+    components(schemas(Problem, ClusterView, NodePoolView, MachineView, OperationView, EventView,
                        CreateClusterRequest, CreateNodePoolRequest, UpdateClusterRequest,
                        UpdateNodePoolRequest, KubeconfigRequest, CreateHostRequest, HostView,
-                       Quota, QuotaView)),
+                       Quota, QuotaView, ClusterAccepted, NodePoolAccepted, OperationAccepted,
+                       HostCreated)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

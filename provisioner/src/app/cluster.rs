@@ -2,68 +2,24 @@
 //! views of a cluster (machines, operations, events, kubeconfig).
 
 use base64::Engine as _;
-use kubeforge_cluster::{ClusterSpec, CreateClusterRequest, Labels, Phase, ValidationError};
-use serde::Deserialize;
-use serde_json::json;
-use std::collections::BTreeMap;
-use utoipa::ToSchema;
+use kubeforge_cluster::api::{
+    ClusterAccepted, ClusterListQuery, ClusterView, CreateClusterRequest, EventView,
+    KubeconfigRequest, MachineView, OperationAccepted, OperationView, Page, PageQuery,
+    UpdateClusterRequest,
+};
+use kubeforge_cluster::{ClusterSpec, Labels, Phase, ValidationError};
 use uuid::Uuid;
 
-use super::views::{ClusterView, MachineView, OperationView, Page};
 use super::{enqueue_reconcile, Accepted, App, Idempotency};
 use crate::context::{Action, OpContext};
 use crate::error::{Error, Result};
-use crate::store::event::{self, Event, NewEvent};
+use crate::store::event::{self, NewEvent};
 use crate::store::idempotency::{self, Claim};
 use crate::store::{cluster, machine, node_pool, operation, tenant};
 
 /// Most items one page returns.
 pub const MAX_PAGE: i64 = 200;
 pub const DEFAULT_PAGE: i64 = 50;
-
-/// `PATCH /v1/clusters/{c}` body: only these fields may change.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateClusterRequest {
-    pub labels: Option<BTreeMap<String, String>>,
-    pub deletion_protection: Option<bool>,
-}
-
-/// Query of `GET /v1/clusters`.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterListQuery {
-    pub phase: Option<String>,
-    /// `key` or `key=value`.
-    pub label: Option<String>,
-    pub page_token: Option<String>,
-    pub limit: Option<i64>,
-}
-
-/// Query of paginated sub-lists (events).
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct PageQuery {
-    pub page_token: Option<String>,
-    pub limit: Option<i64>,
-}
-
-/// `POST /v1/clusters/{c}/kubeconfig` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct KubeconfigRequest {
-    #[serde(default = "admin_role")]
-    pub role: String,
-    #[serde(default = "hour")]
-    pub ttl_seconds: u64,
-}
-
-fn admin_role() -> String {
-    "admin".into()
-}
-fn hour() -> u64 {
-    3600
-}
 
 pub fn check_limit(limit: Option<i64>) -> Result<i64> {
     let limit = limit.unwrap_or(DEFAULT_PAGE);
@@ -204,14 +160,19 @@ impl App {
         .await?;
         let c = cluster::get(&mut *tx, ctx, &id.to_string()).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
-        let body =
-            json!({ "cluster": ClusterView::from(&c), "operation": OperationView::from(&o) });
+        let accepted = Accepted::new(
+            202,
+            &ClusterAccepted {
+                cluster: ClusterView::from(&c),
+                operation: OperationView::from(&o),
+            },
+        )?;
         if let Some(i) = &idem {
-            idempotency::save(&mut tx, ctx, &i.key, 202, &body).await?;
+            idempotency::save(&mut tx, ctx, &i.key, 202, &accepted.body).await?;
         }
         tx.commit().await?;
         tracing::info!(cluster = %id, operation = %op, "cluster create accepted");
-        Ok(Accepted { status: 202, body })
+        Ok(accepted)
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
@@ -274,7 +235,7 @@ impl App {
         id_or_name: &str,
         if_match: Option<&str>,
         req: UpdateClusterRequest,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<ClusterAccepted> {
         ctx.authorize(Action::Write)?;
         let labels = req
             .labels
@@ -315,7 +276,10 @@ impl App {
         let c = cluster::get(&mut *tx, ctx, &c.id.to_string()).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;
-        Ok(json!({ "cluster": ClusterView::from(&c), "operation": OperationView::from(&o) }))
+        Ok(ClusterAccepted {
+            cluster: ClusterView::from(&c),
+            operation: OperationView::from(&o),
+        })
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
@@ -324,7 +288,7 @@ impl App {
         ctx: &OpContext,
         id_or_name: &str,
         if_match: Option<&str>,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<OperationAccepted> {
         ctx.authorize(Action::Write)?;
         let mut tx = self.pool.begin().await?;
         let c = cluster::get_for_update(&mut tx, ctx, id_or_name).await?;
@@ -336,7 +300,9 @@ impl App {
             // Already deleting: answer with the delete operation in flight.
             let ops = operation::list_active(&mut tx, c.id).await?;
             if let Some(o) = ops.iter().find(|o| o.type_ == "cluster_delete") {
-                return Ok(json!({ "operation": OperationView::from(o) }));
+                return Ok(OperationAccepted {
+                    operation: OperationView::from(o),
+                });
             }
         }
         let generation = cluster::request_deletion(&mut tx, c.id).await?;
@@ -364,7 +330,9 @@ impl App {
         .await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;
-        Ok(json!({ "operation": OperationView::from(&o) }))
+        Ok(OperationAccepted {
+            operation: OperationView::from(&o),
+        })
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
@@ -408,7 +376,7 @@ impl App {
         ctx: &OpContext,
         id_or_name: &str,
         q: PageQuery,
-    ) -> Result<Page<Event>> {
+    ) -> Result<Page<EventView>> {
         ctx.authorize(Action::Read)?;
         let limit = check_limit(q.limit)?;
         let before = match q.page_token.as_deref() {
@@ -419,9 +387,9 @@ impl App {
         };
         let c = cluster::get(&self.pool, ctx, id_or_name).await?;
         let rows = event::list(&self.pool, ctx, c.id, before, limit + 1).await?;
-        let (items, next_page_token) = page(rows, limit, |e| e.id.to_string());
+        let (rows, next_page_token) = page(rows, limit, |e| e.id.to_string());
         Ok(Page {
-            items,
+            items: rows.iter().map(EventView::from).collect(),
             next_page_token,
         })
     }

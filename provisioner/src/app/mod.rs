@@ -66,6 +66,16 @@ pub struct Accepted {
     pub body: serde_json::Value,
 }
 
+impl Accepted {
+    /// The answer `body` (one of the typed answers of
+    /// [`kubeforge_cluster::api`]) as the JSON that is sent and saved for
+    /// replays.
+    pub fn new(status: u16, body: &impl serde::Serialize) -> Result<Self> {
+        let body = serde_json::to_value(body).map_err(anyhow::Error::from)?;
+        Ok(Self { status, body })
+    }
+}
+
 /// The job kind that reconciles one cluster (and its pools).
 pub const RECONCILE_CLUSTER: &str = "reconcile_cluster";
 

@@ -1,42 +1,21 @@
 //! Node pool calls: create, list, get, update (size, autoscaling, drain
 //! timeout, auto-repair), delete.
 
+use kubeforge_cluster::api::{
+    CreateNodePoolRequest, NodePoolAccepted, NodePoolView, OperationAccepted, OperationView,
+    UpdateNodePoolRequest,
+};
 use kubeforge_cluster::spec::{check_drain_timeout, check_pool_size};
-use kubeforge_cluster::{AutoRepair, Autoscaling, CreateNodePoolRequest, NodePoolSpec};
-use serde::{Deserialize, Deserializer};
-use serde_json::json;
-use utoipa::ToSchema;
+use kubeforge_cluster::{AutoRepair, Autoscaling, NodePoolSpec};
 
 use super::cluster::check_if_match;
-use super::views::{NodePoolView, OperationView};
+use super::views::node_pool_view;
 use super::{enqueue_reconcile, Accepted, App, Idempotency};
 use crate::context::{Action, OpContext};
 use crate::error::{Error, Result};
 use crate::store::event::{self, NewEvent};
 use crate::store::idempotency::{self, Claim};
 use crate::store::{cluster, machine, node_pool, operation, tenant};
-
-/// `PATCH .../node-pools/{p}`: `{"size": N}`, `{"autoscaling": {..}}` or
-/// `{"autoscaling": null}`, `{"drain_timeout_seconds": S}`,
-/// `{"auto_repair": {..}}`, or several at once. Absent fields are unchanged.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateNodePoolRequest {
-    pub size: Option<u32>,
-    /// Absent: unchanged. `null`: autoscaling off.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Autoscaling>)]
-    pub autoscaling: Option<Option<Autoscaling>>,
-    /// 0-3600.
-    pub drain_timeout_seconds: Option<u32>,
-    /// Replaces the pool's auto-repair settings; fields left out take their
-    /// defaults (`{}`: on, after 300 seconds).
-    pub auto_repair: Option<AutoRepair>,
-}
-
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Autoscaling>>, D::Error> {
-    Option::<Autoscaling>::deserialize(d).map(Some)
-}
 
 impl App {
     async fn check_node_quota(
@@ -119,12 +98,18 @@ impl App {
         .await?;
         let p = node_pool::get(&mut tx, ctx, c.id, &id.to_string(), false).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
-        let body = json!({ "node_pool": NodePoolView::new(&p, &[]), "operation": OperationView::from(&o) });
+        let accepted = Accepted::new(
+            202,
+            &NodePoolAccepted {
+                node_pool: node_pool_view(&p, &[]),
+                operation: OperationView::from(&o),
+            },
+        )?;
         if let Some(i) = &idem {
-            idempotency::save(&mut tx, ctx, &i.key, 202, &body).await?;
+            idempotency::save(&mut tx, ctx, &i.key, 202, &accepted.body).await?;
         }
         tx.commit().await?;
-        Ok(Accepted { status: 202, body })
+        Ok(accepted)
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
@@ -137,10 +122,7 @@ impl App {
         let c = cluster::get(&self.pool, ctx, cluster_ref).await?;
         let pools = node_pool::list(&self.pool, ctx, c.id).await?;
         let machines = machine::list(&self.pool, ctx, c.id).await?;
-        Ok(pools
-            .iter()
-            .map(|p| NodePoolView::new(p, &machines))
-            .collect())
+        Ok(pools.iter().map(|p| node_pool_view(p, &machines)).collect())
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
@@ -155,7 +137,7 @@ impl App {
         let c = cluster::get(&mut *conn, ctx, cluster_ref).await?;
         let p = node_pool::get(&mut conn, ctx, c.id, pool_ref, false).await?;
         let machines = machine::list(&mut *conn, ctx, c.id).await?;
-        Ok(NodePoolView::new(&p, &machines))
+        Ok(node_pool_view(&p, &machines))
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
@@ -166,7 +148,7 @@ impl App {
         pool_ref: &str,
         if_match: Option<&str>,
         req: UpdateNodePoolRequest,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<NodePoolAccepted> {
         ctx.authorize(Action::Write)?;
         if req.size.is_none()
             && req.autoscaling.is_none()
@@ -251,9 +233,10 @@ impl App {
         let machines = machine::list(&mut *tx, ctx, c.id).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;
-        Ok(
-            json!({ "node_pool": NodePoolView::new(&p, &machines), "operation": OperationView::from(&o) }),
-        )
+        Ok(NodePoolAccepted {
+            node_pool: node_pool_view(&p, &machines),
+            operation: OperationView::from(&o),
+        })
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
@@ -263,7 +246,7 @@ impl App {
         cluster_ref: &str,
         pool_ref: &str,
         if_match: Option<&str>,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<OperationAccepted> {
         ctx.authorize(Action::Write)?;
         let mut tx = self.pool.begin().await?;
         let c = cluster::get_for_update(&mut tx, ctx, cluster_ref).await?;
@@ -275,7 +258,9 @@ impl App {
                 .iter()
                 .find(|o| o.type_ == "node_pool_delete" && o.node_pool_id == Some(p.id))
             {
-                return Ok(json!({ "operation": OperationView::from(o) }));
+                return Ok(OperationAccepted {
+                    operation: OperationView::from(o),
+                });
             }
         }
         let generation = node_pool::request_deletion(&mut tx, p.id).await?;
@@ -311,7 +296,9 @@ impl App {
         .await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;
-        Ok(json!({ "operation": OperationView::from(&o) }))
+        Ok(OperationAccepted {
+            operation: OperationView::from(&o),
+        })
     }
 }
 

@@ -1,10 +1,11 @@
 //! Platform administration: the `ssh` provider's host pool and tenant
 //! quotas. Only `platform-admin` tokens reach these.
 
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use kubeforge_cluster::api::{
+    CreateHostRequest, HostCreated, HostCredentials, HostView, Quota, QuotaView,
+};
+use kubeforge_cluster::{Labels, ValidationError};
 use std::net::IpAddr;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Accepted, App, Idempotency};
@@ -12,63 +13,7 @@ use crate::auth::valid_tenant;
 use crate::context::{Action, OpContext};
 use crate::error::{Error, Result};
 use crate::store::idempotency::{self, Claim};
-use crate::store::tenant::{self, Quota};
-use kubeforge_cluster::{Labels, ValidationError};
-
-/// Credentials for a registered host; sealed at rest, never returned.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum HostCredentials {
-    PrivateKey(String),
-    Password(String),
-}
-
-/// `POST /v1/hosts` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateHostRequest {
-    pub address: String,
-    #[serde(default = "ssh_port")]
-    pub port: u16,
-    #[serde(default = "root")]
-    pub user: String,
-    pub credentials: HostCredentials,
-    /// The host's public key, `TYPE BASE64` as in known_hosts. Pinned.
-    pub host_key: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-fn ssh_port() -> u16 {
-    22
-}
-fn root() -> String {
-    "root".into()
-}
-
-/// A registered host as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HostView {
-    pub id: Uuid,
-    pub address: String,
-    pub port: u16,
-    pub user: String,
-    pub host_key: String,
-    pub labels: BTreeMap<String, String>,
-    pub credential_kind: String,
-    pub claimed_by: Option<Uuid>,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// A tenant's quota and what it uses now.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct QuotaView {
-    pub tenant: String,
-    pub max_clusters: i32,
-    pub max_nodes: i32,
-    pub clusters: i64,
-    pub nodes: i64,
-}
+use crate::store::tenant;
 
 /// Builds a [`HostView`] from a `hosts` row of either query (their
 /// anonymous record types differ, their columns do not).
@@ -199,12 +144,12 @@ impl App {
             }
         }
         let host = self.host_by_id(&mut tx, id).await?;
-        let body = serde_json::json!({ "host": host });
+        let accepted = Accepted::new(201, &HostCreated { host })?;
         if let Some(i) = &idem {
-            idempotency::save(&mut tx, ctx, &i.key, 201, &body).await?;
+            idempotency::save(&mut tx, ctx, &i.key, 201, &accepted.body).await?;
         }
         tx.commit().await?;
-        Ok(Accepted { status: 201, body })
+        Ok(accepted)
     }
 
     async fn host_by_id(&self, conn: &mut sqlx::PgConnection, id: Uuid) -> Result<HostView> {

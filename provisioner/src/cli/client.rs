@@ -2,9 +2,12 @@
 //!
 //! These subcommands let people and scripts use the Kubeforge HTTP API
 //! (`/v1`, see `API.md`) without hand-written `curl` calls. This module
-//! holds the clap argument types, turns them into requests, and renders
-//! the JSON responses either as aligned tables (`-o table`, the default)
-//! or as pretty-printed JSON (`-o json`, passed through unchanged).
+//! holds the clap argument types and turns them into requests. Requests
+//! and answers are the API's own types ([`kubeforge_cluster::api`]), the
+//! ones the service serializes, so client and service agree on the JSON. The
+//! answers are rendered either as aligned tables (`-o table`, the default)
+//! or as pretty-printed JSON (`-o json`: the answer serialized again, keys
+//! sorted, which is the server's JSON when both run the same version).
 //!
 //! Guarantees:
 //! - Every request carries `Authorization: Bearer <token>`; without a
@@ -14,7 +17,8 @@
 //!   as one encoded segment; query values are form-encoded.
 //! - A non-2xx answer becomes an error. An `application/problem+json`
 //!   body is rendered as `error: 422 validation_failed: <detail> (field:
-//!   network.pod_cidr)`; anything else as the status and a short excerpt.
+//!   network.pod_cidr)`, whatever fields it lacks; anything else as the
+//!   status and a short excerpt.
 //! - Text that comes from the server is stripped of control characters
 //!   before it reaches a terminal as a table cell or an error message.
 //! - Output is produced only once the whole command has succeeded, so a
@@ -26,14 +30,22 @@
 //! [`std::io::Write`], which is what the tests use.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use kubeforge_cluster::api::{
+    ClusterAccepted, ClusterView, ControlPlaneRequest, CreateClusterRequest, CreateNodePoolRequest,
+    Items, KubeconfigRequest, NetworkRequest, NodePoolAccepted, NodePoolView, OperationAccepted,
+    OperationView, Page, Problem, UpdateNodePoolRequest,
+};
+use kubeforge_cluster::{AutoRepair, Autoscaling, ProviderSpec, Taint, TaintEffect};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 /// Connection options shared by every client command.
@@ -224,14 +236,6 @@ pub struct NodePoolCreateArgs {
     pub no_auto_repair: bool,
 }
 
-/// A Kubernetes node taint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Taint {
-    pub key: String,
-    pub value: Option<String>,
-    pub effect: String,
-}
-
 /// `kubeforge kubeconfig CLUSTER [--role viewer] [--ttl 1h]`
 #[derive(Debug, Clone, clap::Args)]
 pub struct KubeconfigArgs {
@@ -308,8 +312,8 @@ pub async fn run_clusters_to(
                 headers.insert("idempotency-key", header_value("--idempotency-key", key)?);
             }
             let url = api.url(&["clusters"])?;
-            let resp = api.json(Method::POST, url, headers, Some(&body)).await?;
-            print_accepted(out, opts.output, &resp)?;
+            let answer: ClusterAccepted = api.call(Method::POST, url, headers, Some(&body)).await?;
+            print_accepted(out, opts.output, &answer)?;
         }
         ClustersCmd::List {
             phase,
@@ -318,13 +322,15 @@ pub async fn run_clusters_to(
             page_token,
             all,
         } => {
-            let resp = list_clusters(&api, phase, &labels, limit, page_token, all).await?;
-            print_cluster_list(out, opts.output, &resp)?;
+            let page = list_clusters(&api, phase, &labels, limit, page_token, all).await?;
+            print_cluster_list(out, opts.output, &page)?;
         }
         ClustersCmd::Get { cluster } => {
             let url = api.url(&["clusters", &cluster])?;
-            let resp = api.json(Method::GET, url, HeaderMap::new(), None).await?;
-            print_cluster(out, opts.output, &resp)?;
+            let view: ClusterView = api
+                .call(Method::GET, url, HeaderMap::new(), NO_BODY)
+                .await?;
+            print_cluster(out, opts.output, &view)?;
         }
         ClustersCmd::Delete { cluster, if_match } => {
             let mut headers = HeaderMap::new();
@@ -332,8 +338,8 @@ pub async fn run_clusters_to(
                 headers.insert(reqwest::header::IF_MATCH, header_value("--if-match", etag)?);
             }
             let url = api.url(&["clusters", &cluster])?;
-            let resp = api.json(Method::DELETE, url, headers, None).await?;
-            print_accepted(out, opts.output, &resp)?;
+            let answer: OperationAccepted = api.call(Method::DELETE, url, headers, NO_BODY).await?;
+            print_accepted(out, opts.output, &answer)?;
         }
     }
     Ok(())
@@ -350,10 +356,10 @@ pub async fn run_nodepools_to(
         NodePoolsCmd::Create(args) => {
             let body = node_pool_body(&args);
             let url = api.url(&["clusters", &args.cluster, "node-pools"])?;
-            let resp = api
-                .json(Method::POST, url, HeaderMap::new(), Some(&body))
+            let answer: NodePoolAccepted = api
+                .call(Method::POST, url, HeaderMap::new(), Some(&body))
                 .await?;
-            print_accepted(out, opts.output, &resp)?;
+            print_accepted(out, opts.output, &answer)?;
         }
         NodePoolsCmd::Scale {
             cluster,
@@ -361,28 +367,35 @@ pub async fn run_nodepools_to(
             size,
         } => {
             let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
-            let body = json!({ "size": size });
-            let resp = api
-                .json(Method::PATCH, url, HeaderMap::new(), Some(&body))
+            let body = UpdateNodePoolRequest {
+                size: Some(size),
+                ..UpdateNodePoolRequest::default()
+            };
+            let answer: NodePoolAccepted = api
+                .call(Method::PATCH, url, HeaderMap::new(), Some(&body))
                 .await?;
-            print_accepted(out, opts.output, &resp)?;
+            print_accepted(out, opts.output, &answer)?;
         }
         NodePoolsCmd::Delete { cluster, pool } => {
             let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
-            let resp = api
-                .json(Method::DELETE, url, HeaderMap::new(), None)
+            let answer: OperationAccepted = api
+                .call(Method::DELETE, url, HeaderMap::new(), NO_BODY)
                 .await?;
-            print_accepted(out, opts.output, &resp)?;
+            print_accepted(out, opts.output, &answer)?;
         }
         NodePoolsCmd::List { cluster } => {
             let url = api.url(&["clusters", &cluster, "node-pools"])?;
-            let resp = api.json(Method::GET, url, HeaderMap::new(), None).await?;
-            print_pool_list(out, opts.output, &resp)?;
+            let list: Items<NodePoolView> = api
+                .call(Method::GET, url, HeaderMap::new(), NO_BODY)
+                .await?;
+            print_pool_list(out, opts.output, &list)?;
         }
         NodePoolsCmd::Get { cluster, pool } => {
             let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
-            let resp = api.json(Method::GET, url, HeaderMap::new(), None).await?;
-            print_pool(out, opts.output, &resp)?;
+            let view: NodePoolView = api
+                .call(Method::GET, url, HeaderMap::new(), NO_BODY)
+                .await?;
+            print_pool(out, opts.output, &view)?;
         }
     }
     Ok(())
@@ -396,7 +409,10 @@ pub async fn run_kubeconfig_to(
 ) -> anyhow::Result<()> {
     let api = Api::new(opts)?;
     let url = api.url(&["clusters", &args.cluster, "kubeconfig"])?;
-    let body = json!({ "role": args.role.as_str(), "ttl_seconds": args.ttl.as_secs() });
+    let body = KubeconfigRequest {
+        role: args.role.as_str().into(),
+        ttl_seconds: args.ttl.as_secs(),
+    };
     let mut headers = HeaderMap::new();
     headers.insert(ACCEPT, HeaderValue::from_static("application/yaml"));
     let bytes = api.send(Method::POST, url, headers, Some(&body)).await?;
@@ -407,16 +423,13 @@ pub async fn run_kubeconfig_to(
 // ---------------------------------------------------------------------------
 // Request bodies
 
-fn labels_json(labels: &[(String, String)]) -> Value {
-    // A BTreeMap gives a stable order; a repeated key keeps its last value.
-    let map: BTreeMap<&str, &str> = labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    json!(map)
+fn labels_map(labels: &[(String, String)]) -> BTreeMap<String, String> {
+    // A repeated key keeps its last value.
+    labels.iter().cloned().collect()
 }
 
-/// The create body: the JSON file as given, or one built from the flags.
+/// The create body: the JSON file as given (the service checks it), or a
+/// [`CreateClusterRequest`] built from the flags.
 pub fn cluster_create_body(args: &ClusterCreateArgs) -> anyhow::Result<Value> {
     if let Some(path) = &args.file {
         let text =
@@ -444,59 +457,78 @@ pub fn cluster_create_body(args: &ClusterCreateArgs) -> anyhow::Result<Value> {
     let Some(name) = &args.name else {
         anyhow::bail!("a cluster NAME or --file is required");
     };
-    let pools: Vec<Value> = args
-        .node_pools
-        .iter()
-        .map(|p| {
-            json!({
-                "name": p.name,
-                "machine_type": p.machine_type.as_deref().unwrap_or(&args.machine_type),
-                "size": p.size,
-                "labels": {},
-                "taints": [],
-            })
-        })
-        .collect();
-    Ok(json!({
-        "name": name,
-        "kubernetes_version": args.version,
-        "provider": { "kind": args.provider },
-        "control_plane": {
-            "replicas": args.control_plane_replicas,
-            "machine_type": args.machine_type,
+    // Read as the service reads `provider`, so only kinds without further
+    // fields can be had from the flag.
+    let provider: ProviderSpec =
+        serde_json::from_value(json!({ "kind": args.provider })).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid --provider {:?}: {e} (use --file for providers that need more fields)",
+                args.provider
+            )
+        })?;
+    let request = CreateClusterRequest {
+        name: name.clone(),
+        kubernetes_version: args.version.clone(),
+        provider,
+        control_plane: ControlPlaneRequest {
+            replicas: args.control_plane_replicas,
+            machine_type: args.machine_type.clone(),
         },
-        "network": { "pod_cidr": args.pod_cidr, "service_cidr": args.service_cidr },
-        "node_pools": pools,
-        "labels": labels_json(&args.labels),
-        "deletion_protection": args.deletion_protection,
-    }))
+        network: NetworkRequest {
+            pod_cidr: args.pod_cidr.clone(),
+            service_cidr: args.service_cidr.clone(),
+        },
+        node_pools: args
+            .node_pools
+            .iter()
+            .map(|p| CreateNodePoolRequest {
+                name: p.name.clone(),
+                machine_type: p
+                    .machine_type
+                    .clone()
+                    .unwrap_or_else(|| args.machine_type.clone()),
+                size: Some(p.size),
+                autoscaling: None,
+                labels: BTreeMap::new(),
+                taints: Vec::new(),
+                drain_timeout_seconds: None,
+                auto_repair: None,
+            })
+            .collect(),
+        labels: labels_map(&args.labels),
+        deletion_protection: args.deletion_protection,
+    };
+    Ok(serde_json::to_value(request)?)
 }
 
 /// The create body. Drain and repair settings the flags leave out are left
-/// out of the body too, so the service's defaults apply.
-fn node_pool_body(args: &NodePoolCreateArgs) -> Value {
-    let mut body = json!({
-        "name": args.name,
-        "machine_type": args.machine_type,
-        "size": args.size.or(args.min).unwrap_or(1),
-        "labels": labels_json(&args.labels),
-        "taints": args.taints
-            .iter()
-            .map(|t| json!({ "key": t.key, "value": t.value, "effect": t.effect }))
-            .collect::<Vec<_>>(),
-    });
-    if let (Some(min), Some(max)) = (args.min, args.max) {
-        body["autoscaling"] = json!({ "min": min, "max": max });
+/// out of the body too, so the service's defaults apply; `--no-auto-repair`
+/// keeps the default threshold, for when repair is turned back on.
+fn node_pool_body(args: &NodePoolCreateArgs) -> CreateNodePoolRequest {
+    let auto_repair = if args.no_auto_repair {
+        Some(AutoRepair {
+            enabled: false,
+            ..AutoRepair::default()
+        })
+    } else {
+        args.repair_after.map(|after_seconds| AutoRepair {
+            enabled: true,
+            after_seconds,
+        })
+    };
+    CreateNodePoolRequest {
+        name: args.name.clone(),
+        machine_type: args.machine_type.clone(),
+        size: Some(args.size.or(args.min).unwrap_or(1)),
+        autoscaling: args
+            .min
+            .zip(args.max)
+            .map(|(min, max)| Autoscaling { min, max }),
+        labels: labels_map(&args.labels),
+        taints: args.taints.clone(),
+        drain_timeout_seconds: args.drain_timeout,
+        auto_repair,
     }
-    if let Some(t) = args.drain_timeout {
-        body["drain_timeout_seconds"] = json!(t);
-    }
-    if args.no_auto_repair {
-        body["auto_repair"] = json!({ "enabled": false });
-    } else if let Some(after) = args.repair_after {
-        body["auto_repair"] = json!({ "enabled": true, "after_seconds": after });
-    }
-    body
 }
 
 // ---------------------------------------------------------------------------
@@ -569,32 +601,36 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 
 /// Parses `key=value:Effect` or `key:Effect`, where Effect is one of
-/// NoSchedule, PreferNoSchedule, NoExecute.
+/// NoSchedule, PreferNoSchedule, NoExecute; key and value are checked as
+/// the service checks them ([`Taint::check`]).
 pub fn parse_taint(s: &str) -> Result<Taint, String> {
     let Some((kv, effect)) = s.rsplit_once(':') else {
         return Err(format!("{s:?} is not key=value:Effect"));
     };
-    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-        return Err(format!(
-            "invalid taint effect {effect:?}: expected NoSchedule, PreferNoSchedule or NoExecute"
-        ));
-    }
+    let effect = match effect {
+        "NoSchedule" => TaintEffect::NoSchedule,
+        "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
+        "NoExecute" => TaintEffect::NoExecute,
+        other => {
+            return Err(format!(
+                "invalid taint effect {other:?}: expected NoSchedule, PreferNoSchedule or NoExecute"
+            ))
+        }
+    };
     let (key, value) = match kv.split_once('=') {
         Some((k, v)) => (k, Some(v)),
         None => (kv, None),
     };
-    kubeforge_cluster::spec::check_label_key(key).map_err(|m| format!("taint {m}"))?;
-    if let Some(v) = value {
-        if v.is_empty() {
-            return Err(format!("taint {s:?}: write key:Effect for an empty value"));
-        }
-        kubeforge_cluster::spec::check_label_value(v).map_err(|m| format!("taint {m}"))?;
-    }
-    Ok(Taint {
+    let taint = Taint {
         key: key.to_string(),
         value: value.map(str::to_string),
-        effect: effect.to_string(),
-    })
+        effect,
+    };
+    taint.check().map_err(|e| format!("taint {}", e.message))?;
+    if value == Some("") {
+        return Err(format!("taint {s:?}: write key:Effect for an empty value"));
+    }
+    Ok(taint)
 }
 
 /// Parses `name:size[:machine_type]`.
@@ -630,44 +666,26 @@ pub fn parse_pool_spec(s: &str) -> Result<PoolSpec, String> {
 // ---------------------------------------------------------------------------
 // Errors
 
-/// An error answer from the API, as `application/problem+json`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub status: u16,
-    pub code: String,
-    pub detail: String,
-    pub field: Option<String>,
-    pub retryable: bool,
-}
-
-impl Problem {
-    /// Reads a problem document; fields the server left out get fallbacks.
-    pub fn from_json(status: StatusCode, v: &Value) -> Problem {
-        let s = |key: &str| v.get(key).and_then(Value::as_str).map(sanitize);
-        let status_code = v
-            .get("status")
-            .and_then(Value::as_u64)
-            .and_then(|n| u16::try_from(n).ok())
-            .unwrap_or(status.as_u16());
-        Problem {
-            status: status_code,
-            code: s("code").unwrap_or_else(|| reason(status)),
-            detail: s("detail")
-                .or_else(|| s("title"))
-                .unwrap_or_else(|| "no detail given".into()),
-            field: s("field").filter(|f| !f.is_empty()),
-            retryable: v.get("retryable").and_then(Value::as_bool).unwrap_or(false),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error: {} {}: {}", self.status, self.code, self.detail)?;
-        if let Some(field) = &self.field {
-            write!(f, " (field: {field})")?;
-        }
-        Ok(())
+/// Reads an error answer as a problem document. Fields the server left out
+/// get fallbacks (the HTTP status, its reason as the code, the title as
+/// the detail), and its text is stripped of control characters.
+pub fn problem_from_json(status: StatusCode, v: &Value) -> Problem {
+    let s = |key: &str| v.get(key).and_then(Value::as_str).map(sanitize);
+    let status_code = v
+        .get("status")
+        .and_then(Value::as_u64)
+        .and_then(|n| u16::try_from(n).ok())
+        .unwrap_or(status.as_u16());
+    Problem {
+        type_: s("type").unwrap_or_else(|| "about:blank".into()),
+        title: s("title").unwrap_or_else(|| status.canonical_reason().unwrap_or("Error").into()),
+        status: status_code,
+        code: s("code").unwrap_or_else(|| reason(status)),
+        detail: s("detail")
+            .or_else(|| s("title"))
+            .unwrap_or_else(|| "no detail given".into()),
+        field: s("field").filter(|f| !f.is_empty()),
+        retryable: v.get("retryable").and_then(Value::as_bool).unwrap_or(false),
     }
 }
 
@@ -682,8 +700,8 @@ pub enum ClientError {
     BadArgument { what: String, reason: String },
     #[error("cannot reach the Kubeforge API at {url}: {cause}")]
     Connect { url: String, cause: String },
-    #[error("{0}")]
-    Api(Problem),
+    #[error("error: {0}")]
+    Api(Box<Problem>),
     #[error("error: {status}: {body}")]
     Status { status: u16, body: String },
     #[error("unexpected answer from {url}: {reason}")]
@@ -806,12 +824,12 @@ impl Api {
     }
 
     /// Sends a request and returns the body of a 2xx answer.
-    async fn send(
+    async fn send<B: Serialize + ?Sized>(
         &self,
         method: Method,
         url: Url,
         mut headers: HeaderMap,
-        body: Option<&Value>,
+        body: Option<&B>,
     ) -> Result<Vec<u8>, ClientError> {
         headers.insert(AUTHORIZATION, self.auth.clone());
         headers
@@ -840,24 +858,24 @@ impl Api {
         Err(api_error(status, &content_type, &bytes))
     }
 
-    /// Sends a request and parses the 2xx answer as JSON (`null` if empty).
-    async fn json(
+    /// Sends a request and reads the 2xx answer as a `T`.
+    async fn call<T: DeserializeOwned, B: Serialize + ?Sized>(
         &self,
         method: Method,
         url: Url,
         headers: HeaderMap,
-        body: Option<&Value>,
-    ) -> Result<Value, ClientError> {
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
         let bytes = self.send(method, url.clone(), headers, body).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Value::Null);
-        }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse {
             url: url.to_string(),
             reason: format!("invalid JSON: {e}"),
         })
     }
 }
+
+/// The body of a request that has none.
+const NO_BODY: Option<&()> = None;
 
 /// Turns a non-2xx answer into an error.
 fn api_error(status: StatusCode, content_type: &str, body: &[u8]) -> ClientError {
@@ -867,7 +885,9 @@ fn api_error(status: StatusCode, content_type: &str, body: &[u8]) -> ClientError
             .as_ref()
             .is_some_and(|v| v.get("code").is_some_and(Value::is_string));
     match parsed {
-        Some(v) if is_problem && v.is_object() => ClientError::Api(Problem::from_json(status, &v)),
+        Some(v) if is_problem && v.is_object() => {
+            ClientError::Api(Box::new(problem_from_json(status, &v)))
+        }
         _ => {
             let text = sanitize(String::from_utf8_lossy(body).trim());
             let mut excerpt: String = text.chars().take(200).collect();
@@ -890,24 +910,6 @@ fn api_error(status: StatusCode, content_type: &str, body: &[u8]) -> ClientError
 // ---------------------------------------------------------------------------
 // Listing
 
-/// The item array of a list answer: a bare array, or an object with
-/// `items` (or a key named after the resource).
-fn list_items<'a>(v: &'a Value, resource_key: &str) -> Option<&'a Vec<Value>> {
-    if let Some(items) = v.as_array() {
-        return Some(items);
-    }
-    ["items", resource_key]
-        .iter()
-        .find_map(|k| v.get(*k).and_then(Value::as_array))
-}
-
-fn next_page_token(v: &Value) -> Option<String> {
-    v.get("next_page_token")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-}
-
 /// Safety net against a server that keeps handing out page tokens.
 const MAX_PAGES: usize = 10_000;
 
@@ -918,8 +920,8 @@ async fn list_clusters(
     limit: Option<u32>,
     mut page_token: Option<String>,
     all: bool,
-) -> Result<Value, ClientError> {
-    let mut collected: Vec<Value> = Vec::new();
+) -> Result<Page<ClusterView>, ClientError> {
+    let mut collected = Vec::new();
     let mut seen_tokens = std::collections::HashSet::new();
     for _ in 0..MAX_PAGES {
         let mut url = api.url(&["clusters"])?;
@@ -941,20 +943,19 @@ async fn list_clusters(
         if url.query() == Some("") {
             url.set_query(None);
         }
-        let page = api
-            .json(Method::GET, url.clone(), HeaderMap::new(), None)
+        let page: Page<ClusterView> = api
+            .call(Method::GET, url.clone(), HeaderMap::new(), NO_BODY)
             .await?;
         if !all {
             return Ok(page);
         }
-        let items = list_items(&page, "clusters").ok_or_else(|| ClientError::BadResponse {
-            url: url.to_string(),
-            reason: "a list answer without items".into(),
-        })?;
-        collected.extend(items.iter().cloned());
-        match next_page_token(&page) {
+        collected.extend(page.items);
+        match page.next_page_token.filter(|t| !t.is_empty()) {
             None => {
-                return Ok(json!({ "items": collected, "next_page_token": null }));
+                return Ok(Page {
+                    items: collected,
+                    next_page_token: None,
+                });
             }
             Some(t) => {
                 if !seen_tokens.insert(t.clone()) {
@@ -1024,187 +1025,207 @@ impl Table {
     }
 }
 
-/// The value at a JSON pointer as cell text; `-` when absent or null.
-fn cell(v: &Value, pointer: &str) -> String {
-    match v.pointer(pointer) {
-        None | Some(Value::Null) => "-".into(),
-        Some(Value::String(s)) if s.is_empty() => "-".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+/// Server text as a cell: `-` when empty.
+fn text(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
     }
 }
 
-fn write_json(out: &mut impl Write, v: &Value) -> std::io::Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(std::io::Error::other)?;
+/// Optional server text as a cell: `-` when absent or empty.
+fn opt_text(s: Option<&str>) -> String {
+    s.map_or_else(|| "-".into(), text)
+}
+
+/// A time as the JSON has it: RFC 3339 in UTC, fractions only when there
+/// are any.
+fn time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Pretty-printed JSON of an answer. It goes through a `Value`, so keys
+/// come out sorted, as they did when answers were passed through.
+fn write_json(out: &mut impl Write, v: &impl Serialize) -> std::io::Result<()> {
+    let v = serde_json::to_value(v).map_err(std::io::Error::other)?;
+    let text = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)?;
     writeln!(out, "{text}")
 }
 
-const CLUSTER_COLUMNS: [&str; 7] = [
-    "NAME", "ID", "PHASE", "VERSION", "CP", "ENDPOINT", "CREATED",
-];
-
-fn cluster_row(c: &Value) -> Vec<String> {
-    vec![
-        cell(c, "/name"),
-        cell(c, "/id"),
-        cell(c, "/phase"),
-        cell(c, "/kubernetes_version"),
-        cell(c, "/control_plane/replicas"),
-        cell(c, "/endpoint"),
-        cell(c, "/created_at"),
-    ]
+fn cluster_table<'a>(clusters: impl IntoIterator<Item = &'a ClusterView>) -> Table {
+    let mut t = Table::new(&[
+        "NAME", "ID", "PHASE", "VERSION", "CP", "ENDPOINT", "CREATED",
+    ]);
+    for c in clusters {
+        t.row(vec![
+            text(&c.name),
+            c.id.to_string(),
+            c.phase.as_str().into(),
+            text(&c.kubernetes_version),
+            c.control_plane.replicas.to_string(),
+            opt_text(c.endpoint.as_deref()),
+            time(&c.created_at),
+        ]);
+    }
+    t
 }
 
-const POOL_COLUMNS: [&str; 5] = ["NAME", "READY", "MACHINE TYPE", "AUTOSCALING", "PHASE"];
-
-fn pool_row(p: &Value) -> Vec<String> {
-    let autoscaling = match p.get("autoscaling") {
-        Some(a) if a.is_object() => format!("{}-{}", cell(a, "/min"), cell(a, "/max")),
-        _ => "off".into(),
-    };
-    vec![
-        cell(p, "/name"),
-        // Ready nodes out of the desired size, as kubectl shows replicas.
-        format!("{}/{}", cell(p, "/ready_nodes"), cell(p, "/size")),
-        cell(p, "/machine_type"),
-        autoscaling,
-        cell(p, "/phase"),
-    ]
+fn pool_table<'a>(pools: impl IntoIterator<Item = &'a NodePoolView>) -> Table {
+    let mut t = Table::new(&["NAME", "READY", "MACHINE TYPE", "AUTOSCALING", "PHASE"]);
+    for p in pools {
+        let autoscaling = p
+            .autoscaling
+            .map_or_else(|| "off".into(), |a| format!("{}-{}", a.min, a.max));
+        t.row(vec![
+            text(&p.name),
+            // Ready nodes out of the desired size, as kubectl shows replicas.
+            format!("{}/{}", p.ready_nodes, p.size),
+            text(&p.machine_type),
+            autoscaling,
+            p.phase.as_str().into(),
+        ]);
+    }
+    t
 }
 
-fn write_operation(out: &mut impl Write, op: &Value) -> std::io::Result<()> {
+fn write_operation(out: &mut impl Write, op: &OperationView) -> std::io::Result<()> {
     let mut t = Table::new(&["OPERATION", "TYPE", "STATE"]);
-    t.row(vec![cell(op, "/id"), cell(op, "/type"), cell(op, "/state")]);
+    t.row(vec![op.id.to_string(), text(&op.type_), text(&op.state)]);
     t.write(out)
 }
 
 /// Prints a `GET /v1/clusters` answer.
-pub fn print_cluster_list(out: &mut impl Write, format: Output, v: &Value) -> std::io::Result<()> {
+pub fn print_cluster_list(
+    out: &mut impl Write,
+    format: Output,
+    page: &Page<ClusterView>,
+) -> std::io::Result<()> {
     if format == Output::Json {
-        return write_json(out, v);
+        return write_json(out, page);
     }
-    let mut t = Table::new(&CLUSTER_COLUMNS);
-    for c in list_items(v, "clusters").into_iter().flatten() {
-        t.row(cluster_row(c));
-    }
-    t.write(out)?;
-    if let Some(token) = next_page_token(v) {
-        writeln!(out, "\nmore: --page-token {} (or --all)", sanitize(&token))?;
+    cluster_table(&page.items).write(out)?;
+    if let Some(token) = page.next_page_token.as_deref().filter(|t| !t.is_empty()) {
+        writeln!(out, "\nmore: --page-token {} (or --all)", sanitize(token))?;
     }
     Ok(())
 }
 
 /// Prints one cluster and its conditions.
-pub fn print_cluster(out: &mut impl Write, format: Output, c: &Value) -> std::io::Result<()> {
+pub fn print_cluster(out: &mut impl Write, format: Output, c: &ClusterView) -> std::io::Result<()> {
     if format == Output::Json {
         return write_json(out, c);
     }
-    let mut t = Table::new(&CLUSTER_COLUMNS);
-    t.row(cluster_row(c));
-    t.write(out)?;
-    if let Some(conds) = c.get("conditions").and_then(Value::as_array) {
-        if !conds.is_empty() {
-            writeln!(out)?;
-            let mut t = Table::new(&["CONDITION", "STATUS", "REASON", "MESSAGE"]);
-            for cond in conds {
-                t.row(vec![
-                    cell(cond, "/type"),
-                    cell(cond, "/status"),
-                    cell(cond, "/reason"),
-                    cell(cond, "/message"),
-                ]);
-            }
-            t.write(out)?;
+    cluster_table([c]).write(out)?;
+    if !c.conditions.is_empty() {
+        writeln!(out)?;
+        let mut t = Table::new(&["CONDITION", "STATUS", "REASON", "MESSAGE"]);
+        for cond in &c.conditions {
+            t.row(vec![
+                text(&cond.type_),
+                cond.status.as_str().into(),
+                text(&cond.reason),
+                text(&cond.message),
+            ]);
         }
+        t.write(out)?;
     }
     Ok(())
 }
 
 /// Prints a `GET .../node-pools` answer.
-pub fn print_pool_list(out: &mut impl Write, format: Output, v: &Value) -> std::io::Result<()> {
+pub fn print_pool_list(
+    out: &mut impl Write,
+    format: Output,
+    list: &Items<NodePoolView>,
+) -> std::io::Result<()> {
     if format == Output::Json {
-        return write_json(out, v);
+        return write_json(out, list);
     }
-    let mut t = Table::new(&POOL_COLUMNS);
-    for p in list_items(v, "node_pools").into_iter().flatten() {
-        t.row(pool_row(p));
-    }
-    t.write(out)
+    pool_table(&list.items).write(out)
 }
 
 /// Prints one node pool and its nodes.
-pub fn print_pool(out: &mut impl Write, format: Output, p: &Value) -> std::io::Result<()> {
+pub fn print_pool(out: &mut impl Write, format: Output, p: &NodePoolView) -> std::io::Result<()> {
     if format == Output::Json {
         return write_json(out, p);
     }
-    let mut t = Table::new(&POOL_COLUMNS);
-    t.row(pool_row(p));
-    t.write(out)?;
-    if let Some(nodes) = p.get("nodes").and_then(Value::as_array) {
-        if !nodes.is_empty() {
-            writeln!(out)?;
-            let mut t = Table::new(&[
-                "NODE",
-                "MACHINE",
-                "ADDRESS",
-                "STATE",
-                "MACHINE STATE",
-                "UNHEALTHY SINCE",
+    pool_table([p]).write(out)?;
+    if !p.nodes.is_empty() {
+        writeln!(out)?;
+        let mut t = Table::new(&[
+            "NODE",
+            "MACHINE",
+            "ADDRESS",
+            "STATE",
+            "MACHINE STATE",
+            "UNHEALTHY SINCE",
+        ]);
+        for n in &p.nodes {
+            t.row(vec![
+                text(&n.name),
+                n.machine.to_string(),
+                opt_text(n.address.as_deref()),
+                text(&n.state),
+                text(&n.machine_state),
+                n.unhealthy_since.as_ref().map_or_else(|| "-".into(), time),
             ]);
-            for n in nodes {
-                t.row(vec![
-                    cell(n, "/name"),
-                    cell(n, "/machine"),
-                    cell(n, "/address"),
-                    cell(n, "/state"),
-                    cell(n, "/machine_state"),
-                    cell(n, "/unhealthy_since"),
-                ]);
-            }
-            t.write(out)?;
         }
+        t.write(out)?;
     }
     Ok(())
 }
 
-/// Prints a create/scale/delete answer: `{cluster?, node_pool?, operation?}`
-/// or a bare node pool.
-pub fn print_accepted(out: &mut impl Write, format: Output, v: &Value) -> std::io::Result<()> {
+/// A create, scale or delete answer, as the table view shows it.
+pub trait AcceptedAnswer: Serialize {
+    /// The resource as it is now, when the answer carries it.
+    fn resource(&self) -> Option<Table>;
+    /// The operation that carries the request out.
+    fn operation(&self) -> &OperationView;
+}
+
+impl AcceptedAnswer for ClusterAccepted {
+    fn resource(&self) -> Option<Table> {
+        Some(cluster_table([&self.cluster]))
+    }
+    fn operation(&self) -> &OperationView {
+        &self.operation
+    }
+}
+
+impl AcceptedAnswer for NodePoolAccepted {
+    fn resource(&self) -> Option<Table> {
+        Some(pool_table([&self.node_pool]))
+    }
+    fn operation(&self) -> &OperationView {
+        &self.operation
+    }
+}
+
+impl AcceptedAnswer for OperationAccepted {
+    fn resource(&self) -> Option<Table> {
+        None
+    }
+    fn operation(&self) -> &OperationView {
+        &self.operation
+    }
+}
+
+/// Prints a create/scale/delete answer: the resource, if the answer has
+/// it, then the operation.
+pub fn print_accepted(
+    out: &mut impl Write,
+    format: Output,
+    answer: &impl AcceptedAnswer,
+) -> std::io::Result<()> {
     if format == Output::Json {
-        return write_json(out, v);
+        return write_json(out, answer);
     }
-    let mut sections = 0;
-    let mut gap = |out: &mut dyn Write| -> std::io::Result<()> {
-        sections += 1;
-        if sections > 1 {
-            writeln!(out)?;
-        }
-        Ok(())
-    };
-    if let Some(c) = v.get("cluster").filter(|c| c.is_object()) {
-        gap(out)?;
-        let mut t = Table::new(&CLUSTER_COLUMNS);
-        t.row(cluster_row(c));
+    if let Some(t) = answer.resource() {
         t.write(out)?;
+        writeln!(out)?;
     }
-    let pool = v
-        .get("node_pool")
-        .filter(|p| p.is_object())
-        .or_else(|| v.get("size").map(|_| v));
-    if let Some(p) = pool {
-        gap(out)?;
-        let mut t = Table::new(&POOL_COLUMNS);
-        t.row(pool_row(p));
-        t.write(out)?;
-    }
-    if let Some(op) = v.get("operation").filter(|o| o.is_object()) {
-        gap(out)?;
-        write_operation(out, op)?;
-    }
-    if sections == 0 && !v.is_null() {
-        write_json(out, v)?;
-    }
-    Ok(())
+    write_operation(out, answer.operation())
 }
 
 // ---------------------------------------------------------------------------
@@ -1213,8 +1234,11 @@ pub fn print_accepted(out: &mut impl Write, format: Output, v: &Value) -> std::i
 mod tests {
     use super::*;
     use clap::Parser;
+    use kubeforge_cluster::api::{ControlPlaneView, NetworkView, NodeView, Step};
+    use kubeforge_cluster::{Condition, ConditionStatus, Phase};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use uuid::Uuid;
 
     #[derive(Debug, Parser)]
     struct Cli {
@@ -1296,7 +1320,7 @@ mod tests {
             Ok(Taint {
                 key: "dedicated".into(),
                 value: Some("gpu".into()),
-                effect: "NoSchedule".into()
+                effect: TaintEffect::NoSchedule
             })
         );
         assert_eq!(
@@ -1304,9 +1328,16 @@ mod tests {
             Ok(Taint {
                 key: "spot".into(),
                 value: None,
-                effect: "PreferNoSchedule".into()
+                effect: TaintEffect::PreferNoSchedule
             })
         );
+        assert_eq!(
+            parse_taint("k=:NoExecute"),
+            Err("taint \"k=:NoExecute\": write key:Effect for an empty value".into())
+        );
+        assert!(parse_taint("k v=x:NoExecute")
+            .unwrap_err()
+            .starts_with("taint key \"k v\" must be"));
         for bad in [
             "k=v",
             "k=v:Bogus",
@@ -1365,15 +1396,16 @@ mod tests {
             "detail": "pod_cidr overlaps service_cidr", "field": "network.pod_cidr",
             "retryable": false
         });
-        let p = Problem::from_json(StatusCode::UNPROCESSABLE_ENTITY, &v);
+        let p = problem_from_json(StatusCode::UNPROCESSABLE_ENTITY, &v);
+        assert_eq!(p, serde_json::from_value(v).unwrap());
         assert_eq!(
-            p.to_string(),
+            ClientError::Api(Box::new(p)).to_string(),
             "error: 422 validation_failed: pod_cidr overlaps service_cidr (field: network.pod_cidr)"
         );
         let v =
             json!({"title": "Not Found", "status": 404, "code": "not_found", "retryable": false});
         assert_eq!(
-            Problem::from_json(StatusCode::NOT_FOUND, &v).to_string(),
+            ClientError::Api(Box::new(problem_from_json(StatusCode::NOT_FOUND, &v))).to_string(),
             "error: 404 not_found: Not Found"
         );
         let e = api_error(
@@ -1387,6 +1419,30 @@ mod tests {
         );
         let e = api_error(StatusCode::UNAUTHORIZED, "", b"");
         assert_eq!(e.to_string(), "error: 401: unauthorized");
+    }
+
+    #[test]
+    fn problem_with_missing_fields_prints_sensibly() {
+        let e = api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/problem+json",
+            b"{}",
+        );
+        assert_eq!(
+            e.to_string(),
+            "error: 503 service_unavailable: no detail given"
+        );
+        let e = api_error(
+            StatusCode::CONFLICT,
+            "application/json",
+            br#"{"code": "conflict", "detail": "in\u001b[2Juse", "field": ""}"#,
+        );
+        assert_eq!(e.to_string(), "error: 409 conflict: in [2Juse");
+        let p = problem_from_json(StatusCode::BAD_GATEWAY, &json!({"status": "x"}));
+        assert_eq!(
+            (p.type_.as_str(), p.title.as_str(), p.status, p.retryable),
+            ("about:blank", "Bad Gateway", 502, false)
+        );
     }
 
     #[test]
@@ -1407,11 +1463,15 @@ mod tests {
             "--deletion-protection",
         ])
         .unwrap();
-        let Cmd::Clusters(ClustersCmd::Create(args)) = cli.cmd else {
+        let Cmd::Clusters(ClustersCmd::Create(mut args)) = cli.cmd else {
             panic!("wrong command")
         };
+        let body = cluster_create_body(&args).unwrap();
+        // What the service reads back.
+        let request: CreateClusterRequest = serde_json::from_value(body.clone()).unwrap();
+        assert!(kubeforge_cluster::ClusterSpec::parse(request).is_ok());
         assert_eq!(
-            cluster_create_body(&args).unwrap(),
+            body,
             json!({
                 "name": "web-prod",
                 "kubernetes_version": "1.20.2",
@@ -1425,6 +1485,12 @@ mod tests {
                 "labels": {"team": "web"},
                 "deletion_protection": true
             })
+        );
+        args.provider = "aws".into();
+        let err = cluster_create_body(&args).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid --provider \"aws\": missing field `region`"),
+            "{err}"
         );
     }
 
@@ -1489,7 +1555,7 @@ mod tests {
             "gpu=yes:NoSchedule",
         ]));
         assert_eq!(
-            body,
+            serde_json::to_value(body).unwrap(),
             json!({
                 "name": "gpu", "machine_type": "large", "size": 2,
                 "autoscaling": {"min": 2, "max": 5},
@@ -1501,22 +1567,26 @@ mod tests {
 
     #[test]
     fn node_pool_body_drain_and_repair() {
-        let body = node_pool_body(&pool_args(&[
-            "--drain-timeout",
-            "0",
-            "--repair-after",
-            "600",
-        ]));
-        assert_eq!(body["drain_timeout_seconds"], 0);
+        let body =
+            |flags: &[&str]| serde_json::to_value(node_pool_body(&pool_args(flags))).unwrap();
+        let b = body(&["--drain-timeout", "0", "--repair-after", "600"]);
+        assert_eq!(b["drain_timeout_seconds"], 0);
         assert_eq!(
-            body["auto_repair"],
+            b["auto_repair"],
             json!({"enabled": true, "after_seconds": 600})
         );
-        let body = node_pool_body(&pool_args(&["--no-auto-repair"]));
-        assert_eq!(body["auto_repair"], json!({"enabled": false}));
-        assert!(body.get("drain_timeout_seconds").is_none());
-        let body = node_pool_body(&pool_args(&[]));
-        assert!(body.get("auto_repair").is_none());
+        let b = body(&["--no-auto-repair"]);
+        assert_eq!(
+            b["auto_repair"],
+            json!({"enabled": false, "after_seconds": 300})
+        );
+        assert!(b.get("drain_timeout_seconds").is_none());
+        let b = body(&[]);
+        assert!(b.get("auto_repair").is_none());
+        assert_eq!(
+            b,
+            json!({"name": "gpu", "machine_type": "small", "size": 1, "labels": {}, "taints": []})
+        );
         let argv = [
             "kf",
             "nodepools",
@@ -1624,16 +1694,137 @@ mod tests {
         assert!(req.contains(r#""name":"web""#));
     }
 
+    fn at(t: &str) -> DateTime<Utc> {
+        t.parse().unwrap()
+    }
+
+    fn cluster_view(n: u128, name: &str) -> ClusterView {
+        ClusterView {
+            id: Uuid::from_u128(n),
+            name: name.into(),
+            tenant: "acme".into(),
+            kubernetes_version: "1.20.2".into(),
+            provider: ProviderSpec::Lab {},
+            control_plane: ControlPlaneView {
+                replicas: 1,
+                machine_type: "small".into(),
+            },
+            network: NetworkView {
+                pod_cidr: "10.244.0.0/16".into(),
+                service_cidr: "10.96.0.0/12".into(),
+            },
+            labels: BTreeMap::new(),
+            deletion_protection: false,
+            phase: Phase::Provisioning,
+            conditions: Vec::new(),
+            endpoint: None,
+            certificates: json!({}),
+            generation: 1,
+            observed_generation: 0,
+            etag: "\"1\"".into(),
+            created_at: at("2024-05-01T10:00:00Z"),
+            updated_at: at("2024-05-01T10:00:00.250Z"),
+        }
+    }
+
+    fn operation_view(n: u128, type_: &str) -> OperationView {
+        OperationView {
+            id: Uuid::from_u128(n),
+            cluster: Uuid::from_u128(1),
+            node_pool: None,
+            type_: type_.into(),
+            state: "pending".into(),
+            steps: vec![Step {
+                name: "finalize".into(),
+                state: "pending".into(),
+                message: None,
+                started_at: None,
+                finished_at: None,
+                error: None,
+            }],
+            error: None,
+            created_at: at("2024-05-01T10:00:00.123456Z"),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn pool_view(name: &str, size: u32, ready: u32, machine_type: &str) -> NodePoolView {
+        NodePoolView {
+            id: Uuid::from_u128(9),
+            cluster: Uuid::from_u128(1),
+            name: name.into(),
+            machine_type: machine_type.into(),
+            size,
+            autoscaling: None,
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            drain_timeout_seconds: 300,
+            auto_repair: AutoRepair::default(),
+            ready_nodes: ready,
+            nodes: Vec::new(),
+            phase: Phase::Ready,
+            conditions: Vec::new(),
+            generation: 1,
+            observed_generation: 1,
+            etag: "\"1\"".into(),
+            created_at: at("2024-05-01T10:00:00Z"),
+            updated_at: at("2024-05-01T10:00:00Z"),
+        }
+    }
+
+    fn node_view(name: &str, machine: u128, address: Option<&str>, state: &str) -> NodeView {
+        NodeView {
+            name: name.into(),
+            machine: Uuid::from_u128(machine),
+            address: address.map(str::to_string),
+            state: state.into(),
+            machine_state: if state == "ready" {
+                "running"
+            } else {
+                "pending"
+            }
+            .into(),
+            unhealthy_since: None,
+            unhealthy_reason: None,
+        }
+    }
+
+    fn ok_json(v: &impl Serialize) -> String {
+        response(
+            "200 OK",
+            "application/json",
+            &serde_json::to_string(v).unwrap(),
+        )
+    }
+
+    #[test]
+    fn times_print_as_in_json() {
+        for t in [
+            "2024-05-01T10:00:00Z",
+            "2024-05-01T10:00:00.250Z",
+            "2024-05-01T10:00:00.123456Z",
+            "2024-05-01T10:00:00.000000001Z",
+        ] {
+            let t = at(t);
+            assert_eq!(serde_json::to_value(t).unwrap(), time(&t));
+        }
+    }
+
     #[tokio::test]
     async fn get_cluster_prints_table_and_json() {
-        let cluster = r#"{"id":"c-1","name":"web","phase":"ready","kubernetes_version":"1.20.2",
-            "control_plane":{"replicas":3},"endpoint":"https://10.0.0.5:6443","created_at":"2024-05-01T10:00:00Z",
-            "conditions":[{"type":"Ready","status":"True","reason":"Up","message":"all good"}]}"#;
-        let (url, server) = serve(vec![
-            response("200 OK", "application/json", cluster),
-            response("200 OK", "application/json", cluster),
-        ])
-        .await;
+        let mut cluster = cluster_view(1, "web");
+        cluster.phase = Phase::Ready;
+        cluster.control_plane.replicas = 3;
+        cluster.endpoint = Some("https://10.0.0.5:6443".into());
+        cluster.conditions = vec![Condition {
+            type_: "Ready".into(),
+            status: ConditionStatus::True,
+            reason: "Up".into(),
+            message: "all good".into(),
+            last_transition: at("2024-05-01T10:05:00Z"),
+        }];
+        let (url, server) = serve(vec![ok_json(&cluster), ok_json(&cluster)]).await;
         let get = || ClustersCmd::Get {
             cluster: "web".into(),
         };
@@ -1643,42 +1834,46 @@ mod tests {
             .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "NAME  ID   PHASE  VERSION  CP  ENDPOINT               CREATED\n\
-             web   c-1  ready  1.20.2   3   https://10.0.0.5:6443  2024-05-01T10:00:00Z\n\
-             \n\
-             CONDITION  STATUS  REASON  MESSAGE\n\
-             Ready      True    Up      all good\n"
+            format!(
+                "NAME  {:36}  PHASE  VERSION  CP  ENDPOINT               CREATED\n\
+                 web   {}  ready  1.20.2   3   https://10.0.0.5:6443  2024-05-01T10:00:00Z\n\
+                 \n\
+                 CONDITION  STATUS  REASON  MESSAGE\n\
+                 Ready      True    Up      all good\n",
+                "ID", cluster.id
+            )
         );
         let mut out = Vec::new();
         run_clusters_to(&opts(&url, Output::Json), get(), &mut out)
             .await
             .unwrap();
-        let printed: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(printed["control_plane"]["replicas"], 3);
-        assert!(String::from_utf8(out)
-            .unwrap()
-            .contains("\n  \"id\": \"c-1\""));
+        // The server's JSON, pretty-printed with its keys sorted.
+        let sent = serde_json::to_value(&cluster).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("{}\n", serde_json::to_string_pretty(&sent).unwrap())
+        );
         let requests = server.await.unwrap();
         assert!(requests[0].starts_with("GET /v1/clusters/web HTTP/1.1\r\n"));
     }
 
     #[tokio::test]
     async fn list_all_follows_page_tokens() {
+        let a = cluster_view(1, "a");
+        let b = cluster_view(2, "b");
         let (url, server) = serve(vec![
-            response(
-                "200 OK",
-                "application/json",
-                r#"{"items":[{"name":"a","id":"1"}],"next_page_token":"p 2"}"#,
-            ),
-            response(
-                "200 OK",
-                "application/json",
-                r#"{"items":[{"name":"b","id":"2"}],"next_page_token":null}"#,
-            ),
+            ok_json(&Page {
+                items: vec![a.clone()],
+                next_page_token: Some("p 2".into()),
+            }),
+            ok_json(&Page {
+                items: vec![b.clone()],
+                next_page_token: None,
+            }),
         ])
         .await;
         let cmd = ClustersCmd::List {
-            phase: Some("ready".into()),
+            phase: Some("provisioning".into()),
             labels: vec![("team".into(), "web".into())],
             limit: Some(1),
             page_token: None,
@@ -1690,24 +1885,31 @@ mod tests {
             .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "NAME  ID  PHASE  VERSION  CP  ENDPOINT  CREATED\n\
-             a     1   -      -        -   -         -\n\
-             b     2   -      -        -   -         -\n"
+            format!(
+                "NAME  {:36}  PHASE         VERSION  CP  ENDPOINT  CREATED\n\
+                 a     {}  provisioning  1.20.2   1   -         2024-05-01T10:00:00Z\n\
+                 b     {}  provisioning  1.20.2   1   -         2024-05-01T10:00:00Z\n",
+                "ID", a.id, b.id
+            )
         );
         let requests = server.await.unwrap();
         assert!(requests[0]
-            .starts_with("GET /v1/clusters?phase=ready&label=team%3Dweb&limit=1 HTTP/1.1"));
+            .starts_with("GET /v1/clusters?phase=provisioning&label=team%3Dweb&limit=1 HTTP/1.1"));
         assert!(requests[1].starts_with(
-            "GET /v1/clusters?phase=ready&label=team%3Dweb&page_token=p+2&limit=1 HTTP/1.1"
+            "GET /v1/clusters?phase=provisioning&label=team%3Dweb&page_token=p+2&limit=1 HTTP/1.1"
         ));
     }
 
     #[tokio::test]
     async fn delete_prints_operation() {
+        let op = operation_view(7, "cluster_delete");
         let (url, server) = serve(vec![response(
             "202 Accepted",
             "application/json",
-            r#"{"operation":{"id":"op-7","cluster":"c-1","type":"delete_cluster","state":"pending"}}"#,
+            &serde_json::to_string(&OperationAccepted {
+                operation: op.clone(),
+            })
+            .unwrap(),
         )])
         .await;
         let cmd = ClustersCmd::Delete {
@@ -1720,7 +1922,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "OPERATION  TYPE            STATE\nop-7       delete_cluster  pending\n"
+            format!(
+                "{:36}  TYPE            STATE\n{}  cluster_delete  pending\n",
+                "OPERATION", op.id
+            )
         );
         let req = server.await.unwrap().remove(0);
         assert!(req.starts_with("DELETE /v1/clusters/web HTTP/1.1"));
@@ -1728,13 +1933,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn scale_prints_pool_and_operation() {
+        let answer = NodePoolAccepted {
+            node_pool: pool_view("default", 4, 2, "small"),
+            operation: operation_view(8, "node_pool_update"),
+        };
+        let (url, server) = serve(vec![ok_json(&answer), ok_json(&answer)]).await;
+        let scale = || NodePoolsCmd::Scale {
+            cluster: "web".into(),
+            pool: "default".into(),
+            size: 4,
+        };
+        let mut out = Vec::new();
+        run_nodepools_to(&opts(&url, Output::Table), scale(), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(
+                "NAME     READY  MACHINE TYPE  AUTOSCALING  PHASE\n\
+                 default  2/4    small         off          ready\n\
+                 \n\
+                 {:36}  TYPE              STATE\n\
+                 {}  node_pool_update  pending\n",
+                "OPERATION", answer.operation.id
+            )
+        );
+        let mut out = Vec::new();
+        run_nodepools_to(&opts(&url, Output::Json), scale(), &mut out)
+            .await
+            .unwrap();
+        let printed: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(printed, serde_json::to_value(&answer).unwrap());
+        let requests = server.await.unwrap();
+        assert!(requests[0].starts_with("PATCH /v1/clusters/web/node-pools/default HTTP/1.1"));
+        let body: Value =
+            serde_json::from_str(requests[0].split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body, json!({"size": 4}));
+    }
+
+    #[tokio::test]
     async fn nodepools_list_table() {
-        let (url, _server) = serve(vec![response(
-            "200 OK",
-            "application/json",
-            r#"{"items":[{"name":"default","size":3,"ready_nodes":2,"machine_type":"small","autoscaling":{"min":1,"max":5},"phase":"scaling"},
-                          {"name":"gpu","size":1,"ready_nodes":1,"machine_type":"large","autoscaling":null,"phase":"ready"}]}"#,
-        )])
+        let mut default = pool_view("default", 3, 2, "small");
+        default.autoscaling = Some(Autoscaling { min: 1, max: 5 });
+        default.phase = Phase::Provisioning;
+        let gpu = pool_view("gpu", 1, 1, "large");
+        let (url, _server) = serve(vec![ok_json(&Items {
+            items: vec![default, gpu],
+        })])
         .await;
         let mut out = Vec::new();
         let cmd = NodePoolsCmd::List {
@@ -1746,21 +1992,20 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "NAME     READY  MACHINE TYPE  AUTOSCALING  PHASE\n\
-             default  2/3    small         1-5          scaling\n\
+             default  2/3    small         1-5          provisioning\n\
              gpu      1/1    large         off          ready\n"
         );
     }
 
     #[tokio::test]
     async fn nodepools_get_shows_nodes() {
-        let (url, _server) = serve(vec![response(
-            "200 OK",
-            "application/json",
-            r#"{"name":"default","size":2,"ready_nodes":1,"machine_type":"small","autoscaling":null,"phase":"scaling",
-                "nodes":[{"name":"web-default-a","machine":"m-1","address":"10.0.0.7","state":"ready","machine_state":"running","unhealthy_since":null},
-                         {"name":"web-default-b","machine":"m-2","address":null,"state":"provisioning","machine_state":"pending","unhealthy_since":null}]}"#,
-        )])
-        .await;
+        let mut pool = pool_view("default", 2, 1, "small");
+        pool.phase = Phase::Provisioning;
+        pool.nodes = vec![
+            node_view("web-default-a", 11, Some("10.0.0.7"), "ready"),
+            node_view("web-default-b", 12, None, "provisioning"),
+        ];
+        let (url, _server) = serve(vec![ok_json(&pool)]).await;
         let mut out = Vec::new();
         let cmd = NodePoolsCmd::Get {
             cluster: "web".into(),
@@ -1773,12 +2018,35 @@ mod tests {
         assert!(
             out.starts_with(
                 "NAME     READY  MACHINE TYPE  AUTOSCALING  PHASE\n\
-                                 default  1/2    small         off          scaling\n"
+                 default  1/2    small         off          provisioning\n"
             ),
             "{out}"
         );
         assert!(out.contains("ready         running"), "{out}");
         assert!(out.contains("provisioning  pending"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_the_wrong_shape_is_an_error() {
+        let (url, _server) = serve(vec![response(
+            "200 OK",
+            "application/json",
+            r#"{"name":"web"}"#,
+        )])
+        .await;
+        let mut out = Vec::new();
+        let cmd = ClustersCmd::Get {
+            cluster: "web".into(),
+        };
+        let err = run_clusters_to(&opts(&url, Output::Table), cmd, &mut out)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("unexpected answer from ") && err.contains("missing field"),
+            "{err}"
+        );
+        assert!(out.is_empty());
     }
 
     #[tokio::test]

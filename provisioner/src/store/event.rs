@@ -1,27 +1,21 @@
 //! Cluster events: what happened and why, newest first.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgExecutor;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::context::OpContext;
 use crate::error::Result;
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// An `events` row; the API shows it as a `kubeforge_cluster::api::EventView`.
+#[derive(Debug, Clone)]
 pub struct Event {
     pub id: i64,
-    #[serde(skip)]
     pub tenant: String,
-    #[serde(rename = "cluster")]
     pub cluster_id: Uuid,
-    #[serde(rename = "node_pool")]
     pub node_pool_id: Option<Uuid>,
-    #[serde(rename = "operation")]
     pub operation_id: Option<Uuid>,
     /// Normal or Warning.
-    #[serde(rename = "type")]
     pub r#type: String,
     pub reason: String,
     pub message: String,

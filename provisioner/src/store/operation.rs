@@ -2,34 +2,14 @@
 //! moves through and a typed error when it ends badly.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 use sqlx::{PgConnection, PgExecutor};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::context::OpContext;
 use crate::error::{Error, Result};
 
-/// Why an operation failed, for machines and people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct OperationError {
-    pub code: String,
-    pub message: String,
-    pub retryable: bool,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Step {
-    pub name: String,
-    /// pending, running, succeeded or failed.
-    pub state: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub error: Option<OperationError>,
-}
+pub use kubeforge_cluster::api::{OperationError, Step};
 
 #[derive(Debug, Clone)]
 pub struct Operation {

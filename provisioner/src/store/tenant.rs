@@ -1,19 +1,9 @@
 //! Tenants and their quotas. A tenant row appears on its first write, with
 //! the service's default quota; a platform admin can change it.
 
-use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
-use utoipa::ToSchema;
 
-/// How much one tenant may have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Quota {
-    /// Live clusters.
-    pub max_clusters: i32,
-    /// Worker nodes summed over all pools' desired sizes (and autoscaling maxima).
-    pub max_nodes: i32,
-}
+pub use kubeforge_cluster::api::Quota;
 
 /// Makes sure the tenant exists and locks its row for the rest of the
 /// transaction, so concurrent creates check the quota one at a time.

@@ -1,0 +1,650 @@
+//! The API's wire types: the body of every `/v1` request and answer, and
+//! the `Problem` every error answers with.
+//!
+//! They live here, once, so that everything speaking the API agrees on the
+//! JSON by construction: the HTTP API serializes them and generates its
+//! OpenAPI document from them, the `kubeforge` CLI builds its requests and
+//! reads the answers with them, and so will the gRPC service and a web
+//! console. Everything here is plain data (`Serialize + Deserialize +
+//! ToSchema`): no I/O, no database row types. The service turns its store
+//! rows into these views; the create requests are defined with their
+//! parsing in [`crate::spec`] and re-exported here.
+//!
+//! The views show resources as tenants see them: internal columns (tenant
+//! scoping, resource versions) become `etag`s or stay hidden.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::{AutoRepair, Autoscaling, Condition, Phase, ProviderSpec, Taint};
+
+pub use crate::spec::{
+    ControlPlaneRequest, CreateClusterRequest, CreateNodePoolRequest, NetworkRequest,
+};
+
+// ---------------------------------------------------------------------------
+// Clusters
+
+/// A cluster's control plane: how many members, on which machine type.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ControlPlaneView {
+    pub replicas: u32,
+    pub machine_type: String,
+}
+
+/// A cluster's pod and service ranges, as CIDR strings.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NetworkView {
+    pub pod_cidr: String,
+    pub service_cidr: String,
+}
+
+/// A cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterView {
+    pub id: Uuid,
+    pub name: String,
+    pub tenant: String,
+    pub kubernetes_version: String,
+    pub provider: ProviderSpec,
+    pub control_plane: ControlPlaneView,
+    pub network: NetworkView,
+    pub labels: BTreeMap<String, String>,
+    pub deletion_protection: bool,
+    pub phase: Phase,
+    pub conditions: Vec<Condition>,
+    pub endpoint: Option<String>,
+    #[schema(value_type = Object)]
+    pub certificates: serde_json::Value,
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub etag: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `PATCH /v1/clusters/{c}` body: only these fields may change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateClusterRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_protection: Option<bool>,
+}
+
+/// Query of `GET /v1/clusters`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterListQuery {
+    pub phase: Option<String>,
+    /// `key` or `key=value`.
+    pub label: Option<String>,
+    pub page_token: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// Query of paginated sub-lists (events).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub page_token: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// `POST /v1/clusters/{c}/kubeconfig` body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubeconfigRequest {
+    #[serde(default = "admin_role")]
+    pub role: String,
+    #[serde(default = "hour")]
+    pub ttl_seconds: u64,
+}
+
+fn admin_role() -> String {
+    "admin".into()
+}
+fn hour() -> u64 {
+    3600
+}
+
+/// The answer to a cluster create (202) or update (200): the cluster as it
+/// is now, and the operation that brings it where it was asked to be.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterAccepted {
+    pub cluster: ClusterView,
+    pub operation: OperationView,
+}
+
+// ---------------------------------------------------------------------------
+// Node pools
+
+/// One node of a pool: its machine, and what became of it in the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    pub name: String,
+    pub machine: Uuid,
+    pub address: Option<String>,
+    /// The node's state: `ready`, `not_ready`, `joining`, `draining` or
+    /// `missing` as last observed in the cluster; before that, from the
+    /// machine: `provisioning`, `joining`, `draining`, `deleting`, `failed`.
+    pub state: String,
+    /// The machine's state in the ledger (`pending`, `provisioning`,
+    /// `running`, `draining`, `deleting`, `failed`).
+    pub machine_state: String,
+    /// Since when the node has been unhealthy (auto-repair counts from here).
+    pub unhealthy_since: Option<DateTime<Utc>>,
+    pub unhealthy_reason: Option<String>,
+}
+
+/// A node pool.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodePoolView {
+    pub id: Uuid,
+    pub cluster: Uuid,
+    pub name: String,
+    pub machine_type: String,
+    pub size: u32,
+    pub autoscaling: Option<Autoscaling>,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    /// Seconds a node's drain may take before it is removed anyway.
+    pub drain_timeout_seconds: u32,
+    pub auto_repair: AutoRepair,
+    /// Nodes Ready in the cluster on running machines.
+    pub ready_nodes: u32,
+    pub nodes: Vec<NodeView>,
+    pub phase: Phase,
+    pub conditions: Vec<Condition>,
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub etag: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `PATCH .../node-pools/{p}`: `{"size": N}`, `{"autoscaling": {..}}` or
+/// `{"autoscaling": null}`, `{"drain_timeout_seconds": S}`,
+/// `{"auto_repair": {..}}`, or several at once. Absent fields are unchanged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateNodePoolRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+    /// Absent: unchanged. `null`: autoscaling off.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<Autoscaling>)]
+    pub autoscaling: Option<Option<Autoscaling>>,
+    /// 0-3600.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_timeout_seconds: Option<u32>,
+    /// Replaces the pool's auto-repair settings; fields left out take their
+    /// defaults (`{}`: on, after 300 seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_repair: Option<AutoRepair>,
+}
+
+/// A field that is present, `null` included: `Some(None)` for `null`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Autoscaling>>, D::Error> {
+    Option::<Autoscaling>::deserialize(d).map(Some)
+}
+
+/// The answer to a node pool create (202) or update (200): the pool as it
+/// is now, and the operation that brings it where it was asked to be.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodePoolAccepted {
+    pub node_pool: NodePoolView,
+    pub operation: OperationView,
+}
+
+// ---------------------------------------------------------------------------
+// Machines, operations, events
+
+/// A machine in the ledger.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MachineView {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub node_pool: Option<Uuid>,
+    pub provider: String,
+    pub provider_id: Option<String>,
+    pub machine_type: String,
+    pub state: String,
+    pub address: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An operation with its steps.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperationView {
+    pub id: Uuid,
+    pub cluster: Uuid,
+    pub node_pool: Option<Uuid>,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub state: String,
+    pub steps: Vec<Step>,
+    pub error: Option<OperationError>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One step of an operation, in the order the reconciler goes through them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Step {
+    pub name: String,
+    /// pending, running, succeeded or failed.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<OperationError>,
+}
+
+/// Why an operation failed, for machines and people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OperationError {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// The answer to a delete (202): the operation that deletes, the one
+/// already under way if deletion had been asked for before.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperationAccepted {
+    pub operation: OperationView,
+}
+
+/// Something that happened to a cluster, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Event)]
+pub struct EventView {
+    pub id: i64,
+    pub cluster: Uuid,
+    pub node_pool: Option<Uuid>,
+    pub operation: Option<Uuid>,
+    /// Normal or Warning.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub reason: String,
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------------------
+// Lists
+
+/// A page of results; `next_page_token` asks for the next one and is
+/// `null` on the last page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Page<T: ToSchema> {
+    pub items: Vec<T>,
+    pub next_page_token: Option<String>,
+}
+
+/// A whole list, in one answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Items<T: ToSchema> {
+    pub items: Vec<T>,
+}
+
+// ---------------------------------------------------------------------------
+// Platform administration
+
+/// Credentials for a registered host; sealed at rest, never returned.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum HostCredentials {
+    PrivateKey(String),
+    Password(String),
+}
+
+/// `POST /v1/hosts` body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateHostRequest {
+    pub address: String,
+    #[serde(default = "ssh_port")]
+    pub port: u16,
+    #[serde(default = "root")]
+    pub user: String,
+    pub credentials: HostCredentials,
+    /// The host's public key, `TYPE BASE64` as in known_hosts. Pinned.
+    pub host_key: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn ssh_port() -> u16 {
+    22
+}
+fn root() -> String {
+    "root".into()
+}
+
+/// A registered host as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostView {
+    pub id: Uuid,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub host_key: String,
+    pub labels: BTreeMap<String, String>,
+    pub credential_kind: String,
+    pub claimed_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The answer to `POST /v1/hosts` (201): the host as registered.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostCreated {
+    pub host: HostView,
+}
+
+/// How much one tenant may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Live clusters.
+    pub max_clusters: i32,
+    /// Worker nodes summed over all pools' desired sizes (and autoscaling maxima).
+    pub max_nodes: i32,
+}
+
+/// A tenant's quota and what it uses now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QuotaView {
+    pub tenant: String,
+    pub max_clusters: i32,
+    pub max_nodes: i32,
+    pub clusters: i64,
+    pub nodes: i64,
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// An RFC 9457 problem document with Kubeforge's stable `code`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    pub code: String,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub retryable: bool,
+}
+
+/// `422 validation_failed: <detail> (field: network.pod_cidr)`; the field
+/// only when there is one.
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.detail)?;
+        if let Some(field) = &self.field {
+            write!(f, " (field: {field})")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ConditionStatus, TaintEffect};
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn at(secs: i64, micros: u32) -> DateTime<Utc> {
+        Utc.timestamp_opt(secs, micros * 1000).unwrap()
+    }
+
+    fn operation() -> OperationView {
+        OperationView {
+            id: Uuid::from_u128(2),
+            cluster: Uuid::from_u128(1),
+            node_pool: None,
+            type_: "cluster_create".into(),
+            state: "running".into(),
+            steps: vec![
+                Step {
+                    name: "machines".into(),
+                    state: "succeeded".into(),
+                    message: Some("2 of 2".into()),
+                    started_at: Some(at(1_700_000_001, 250_000)),
+                    finished_at: Some(at(1_700_000_020, 0)),
+                    error: None,
+                },
+                Step {
+                    name: "control_plane".into(),
+                    state: "failed".into(),
+                    message: None,
+                    started_at: Some(at(1_700_000_020, 123_456)),
+                    finished_at: None,
+                    error: Some(OperationError {
+                        code: "bootstrap_failed".into(),
+                        message: "etcd did not start".into(),
+                        retryable: true,
+                    }),
+                },
+            ],
+            error: None,
+            created_at: at(1_700_000_000, 0),
+            started_at: Some(at(1_700_000_001, 0)),
+            finished_at: None,
+        }
+    }
+
+    fn cluster() -> ClusterView {
+        ClusterView {
+            id: Uuid::from_u128(1),
+            name: "web".into(),
+            tenant: "acme".into(),
+            kubernetes_version: "1.20.2".into(),
+            provider: ProviderSpec::Aws {
+                region: "eu-west-1".into(),
+                subnet_id: "subnet-1".into(),
+                ami: "ami-1".into(),
+            },
+            control_plane: ControlPlaneView {
+                replicas: 3,
+                machine_type: "small".into(),
+            },
+            network: NetworkView {
+                pod_cidr: "10.244.0.0/16".into(),
+                service_cidr: "10.96.0.0/12".into(),
+            },
+            labels: BTreeMap::from([("team".into(), "web".into())]),
+            deletion_protection: true,
+            phase: Phase::Provisioning,
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: ConditionStatus::False,
+                reason: "Provisioning".into(),
+                message: "machines are starting".into(),
+                last_transition: at(1_700_000_000, 999_999),
+            }],
+            endpoint: None,
+            certificates: json!({"ca": {"not_after": "2034-01-01T00:00:00Z"}}),
+            generation: 1,
+            observed_generation: 0,
+            etag: "\"1\"".into(),
+            created_at: at(1_700_000_000, 0),
+            updated_at: at(1_700_000_000, 5_000),
+        }
+    }
+
+    /// Serializes, reads back, serializes again: the same JSON both times.
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned>(value: &T) -> serde_json::Value {
+        let first = serde_json::to_value(value).unwrap();
+        let back: T = serde_json::from_value(first.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), first);
+        first
+    }
+
+    #[test]
+    fn cluster_accepted_round_trips() {
+        let accepted = ClusterAccepted {
+            cluster: cluster(),
+            operation: operation(),
+        };
+        let v = round_trip(&accepted);
+        assert_eq!(v["cluster"]["phase"], "provisioning");
+        assert_eq!(v["cluster"]["provider"]["kind"], "aws");
+        assert_eq!(v["cluster"]["conditions"][0]["type"], "Ready");
+        assert_eq!(v["operation"]["type"], "cluster_create");
+        assert_eq!(v["operation"]["steps"][0]["message"], "2 of 2");
+        // An absent step message is left out, not null.
+        assert!(v["operation"]["steps"][1].get("message").is_none());
+        assert_eq!(
+            v["operation"]["steps"][1]["started_at"],
+            "2023-11-14T22:13:40.123456Z"
+        );
+    }
+
+    #[test]
+    fn node_pool_accepted_round_trips() {
+        let pool = NodePoolView {
+            id: Uuid::from_u128(3),
+            cluster: Uuid::from_u128(1),
+            name: "gpu".into(),
+            machine_type: "large".into(),
+            size: 2,
+            autoscaling: Some(Autoscaling { min: 1, max: 4 }),
+            labels: BTreeMap::new(),
+            taints: vec![
+                Taint {
+                    key: "gpu".into(),
+                    value: Some("yes".into()),
+                    effect: TaintEffect::NoSchedule,
+                },
+                Taint {
+                    key: "spot".into(),
+                    value: None,
+                    effect: TaintEffect::PreferNoSchedule,
+                },
+            ],
+            drain_timeout_seconds: 300,
+            auto_repair: AutoRepair::default(),
+            ready_nodes: 1,
+            nodes: vec![NodeView {
+                name: "web-gpu-a".into(),
+                machine: Uuid::from_u128(4),
+                address: Some("10.77.0.9".into()),
+                state: "ready".into(),
+                machine_state: "running".into(),
+                unhealthy_since: None,
+                unhealthy_reason: None,
+            }],
+            phase: Phase::Ready,
+            conditions: vec![],
+            generation: 2,
+            observed_generation: 2,
+            etag: "\"2\"".into(),
+            created_at: at(1_700_000_000, 0),
+            updated_at: at(1_700_000_100, 0),
+        };
+        let v = round_trip(&NodePoolAccepted {
+            node_pool: pool,
+            operation: operation(),
+        });
+        assert_eq!(
+            v["node_pool"]["taints"],
+            json!([
+                {"key": "gpu", "value": "yes", "effect": "NoSchedule"},
+                {"key": "spot", "effect": "PreferNoSchedule"}
+            ])
+        );
+        assert_eq!(v["node_pool"]["nodes"][0]["unhealthy_since"], json!(null));
+    }
+
+    #[test]
+    fn problem_round_trips_and_displays() {
+        let mut p = Problem {
+            type_: "https://kubeforge.dev/problems/validation_failed".into(),
+            title: "Invalid request".into(),
+            status: 422,
+            code: "validation_failed".into(),
+            detail: "pod_cidr overlaps service_cidr".into(),
+            field: Some("network.pod_cidr".into()),
+            retryable: false,
+        };
+        let v = round_trip(&p);
+        assert_eq!(
+            v["type"],
+            "https://kubeforge.dev/problems/validation_failed"
+        );
+        assert_eq!(serde_json::from_value::<Problem>(v).unwrap(), p);
+        assert_eq!(
+            p.to_string(),
+            "422 validation_failed: pod_cidr overlaps service_cidr (field: network.pod_cidr)"
+        );
+        p.field = None;
+        let v = round_trip(&p);
+        assert!(v.get("field").is_none(), "no field, no key: {v}");
+        assert_eq!(
+            p.to_string(),
+            "422 validation_failed: pod_cidr overlaps service_cidr"
+        );
+    }
+
+    #[test]
+    fn pool_update_keeps_absent_apart_from_null() {
+        let scale = UpdateNodePoolRequest {
+            size: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(serde_json::to_value(&scale).unwrap(), json!({"size": 3}));
+        let off = UpdateNodePoolRequest {
+            autoscaling: Some(None),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&off).unwrap();
+        assert_eq!(v, json!({"autoscaling": null}));
+        let back: UpdateNodePoolRequest = serde_json::from_value(v).unwrap();
+        assert_eq!(back.autoscaling, Some(None));
+        let back: UpdateNodePoolRequest = serde_json::from_value(json!({"size": 3})).unwrap();
+        assert_eq!(back.autoscaling, None);
+        assert!(serde_json::from_value::<UpdateNodePoolRequest>(json!({"sise": 3})).is_err());
+    }
+
+    #[test]
+    fn request_defaults_fill_in() {
+        let k: KubeconfigRequest = serde_json::from_value(json!({})).unwrap();
+        assert_eq!((k.role.as_str(), k.ttl_seconds), ("admin", 3600));
+        let h: CreateHostRequest = serde_json::from_value(json!({
+            "address": "10.0.0.1", "credentials": {"password": "x"}, "host_key": "ssh-ed25519 AAAA"
+        }))
+        .unwrap();
+        assert_eq!((h.port, h.user.as_str()), (22, "root"));
+        assert_eq!(
+            serde_json::to_value(&h.credentials).unwrap(),
+            json!({"password": "x"})
+        );
+        assert_eq!(
+            serde_json::to_value(UpdateClusterRequest {
+                deletion_protection: Some(false),
+                ..Default::default()
+            })
+            .unwrap(),
+            json!({"deletion_protection": false})
+        );
+    }
+}
