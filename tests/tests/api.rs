@@ -267,10 +267,10 @@ async fn node_pool_reports_node_states_from_observations() {
                 tenant: "acme",
                 cluster_id,
                 node_pool_id: Some(pool_id),
-                role: "worker",
+                role: kubeforge_cluster::pools::MachineRole::Worker,
                 name: &name,
                 provider: "lab",
-                machine_type: "small",
+                machine_type: kubeforge_cluster::MachineType::Small,
             },
         )
         .await

@@ -47,7 +47,7 @@ impl From<&Cluster> for ClusterView {
 
 impl From<&Machine> for NodeView {
     fn from(m: &Machine) -> Self {
-        let state = match (&m.node_state, m.state()) {
+        let state = match (&m.node_state, m.state) {
             (Some(observed), _) => observed.clone(),
             (None, MachineState::Pending | MachineState::Provisioning) => "provisioning".into(),
             (None, MachineState::Running) => "joining".into(),
@@ -58,7 +58,7 @@ impl From<&Machine> for NodeView {
             machine: m.id,
             address: m.address.clone(),
             state,
-            machine_state: m.state.clone(),
+            machine_state: m.state.as_str().into(),
             unhealthy_since: m.unhealthy_since,
             unhealthy_reason: m.unhealthy_reason.clone(),
         }
@@ -71,7 +71,7 @@ pub fn node_pool_view(p: &NodePool, machines: &[Machine]) -> NodePoolView {
     let mine = || machines.iter().filter(|m| m.node_pool_id == Some(p.id));
     let nodes: Vec<NodeView> = mine().map(NodeView::from).collect();
     let ready = mine()
-        .filter(|m| m.state() == MachineState::Running && m.node_state.as_deref() == Some("ready"))
+        .filter(|m| m.state == MachineState::Running && m.node_state.as_deref() == Some("ready"))
         .count();
     NodePoolView {
         id: p.id,
@@ -101,12 +101,12 @@ impl From<&Machine> for MachineView {
         Self {
             id: m.id,
             name: m.name.clone(),
-            role: m.role.clone(),
+            role: m.role.as_str().into(),
             node_pool: m.node_pool_id,
             provider: m.provider.clone(),
             provider_id: m.provider_id.clone(),
-            machine_type: m.machine_type.clone(),
-            state: m.state.clone(),
+            machine_type: m.machine_type.as_str().into(),
+            state: m.state.as_str().into(),
             address: m.address.clone(),
             last_error: m.last_error.clone(),
             created_at: m.created_at,

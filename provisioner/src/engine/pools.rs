@@ -119,16 +119,13 @@ async fn pass(
     let machines = machine::list_any(&app.pool, c.id).await?;
     let workers: Vec<&Machine> = machines
         .iter()
-        .filter(|m| m.role() == MachineRole::Worker)
+        .filter(|m| m.role == MachineRole::Worker)
         .collect();
     let pool_of = |m: &Machine| pools.iter().find(|p| Some(p.id) == m.node_pool_id);
 
     // 1. Observe.
     let mut to_join: Vec<&Machine> = Vec::new();
-    for m in workers
-        .iter()
-        .filter(|m| m.state() == MachineState::Running)
-    {
+    for m in workers.iter().filter(|m| m.state == MachineState::Running) {
         let (state, unhealthy): (&str, Option<String>) = if stopped.contains(&m.id) {
             (
                 "not_ready",
@@ -194,7 +191,7 @@ async fn pass(
     let machines = machine::list_any(&app.pool, c.id).await?;
     let workers: Vec<&Machine> = machines
         .iter()
-        .filter(|m| m.role() == MachineRole::Worker)
+        .filter(|m| m.role == MachineRole::Worker)
         .collect();
     let mut status = PoolsStatus::default();
 
@@ -254,12 +251,9 @@ async fn pass(
     let machines = machine::list_any(&app.pool, c.id).await?;
     let workers: Vec<&Machine> = machines
         .iter()
-        .filter(|m| m.role() == MachineRole::Worker)
+        .filter(|m| m.role == MachineRole::Worker)
         .collect();
-    for m in workers
-        .iter()
-        .filter(|m| m.state() == MachineState::Draining)
-    {
+    for m in workers.iter().filter(|m| m.state == MachineState::Draining) {
         let Some(p) = pool_of(m) else { continue };
         let report = status.pools.entry(p.id).or_default();
         let started = m.drain_started_at.unwrap_or(now);
@@ -364,7 +358,7 @@ async fn pass(
         .filter(|j| {
             machines
                 .iter()
-                .any(|m| m.id == j.id && m.state() == MachineState::Running)
+                .any(|m| m.id == j.id && m.state == MachineState::Running)
         })
         .collect();
     // Only providers whose machines carry containerd and the node binaries
@@ -398,7 +392,7 @@ async fn pass(
                 report.live += 1;
             }
             use MachineState::{Pending, Running};
-            match (m.state(), m.node_state.as_deref()) {
+            match (m.state, m.node_state.as_deref()) {
                 (Running, Some("ready")) => report.ready += 1,
                 (Running, Some("joining")) | (Pending, _) => report.joining += 1,
                 (Running, Some(JOIN_UNSUPPORTED)) => report.problems.push(format!(
@@ -425,8 +419,7 @@ pub(crate) fn worker_view(m: &Machine) -> Worker {
         id: m.id,
         name: m.name.clone(),
         pool: m.node_pool_id,
-        // The ledger's CHECK constraint admits no other spelling.
-        state: MachineState::parse(&m.state).unwrap_or(MachineState::Failed),
+        state: m.state,
         node_ready: m.node_state.as_deref() == Some("ready"),
         joined: m.joined_at.is_some(),
         created_at: m.created_at,

@@ -23,7 +23,7 @@ use kubeforge_cluster::status::{
     self, ControlPlaneObservation, ControlPlaneVerdict, MachinesObservation, NodesObservation,
     PoolObservation,
 };
-use kubeforge_cluster::Phase;
+use kubeforge_cluster::{MachineType, Phase};
 use rand::distributions::{Alphanumeric, DistString};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -85,8 +85,8 @@ fn machine_request(
         &m.name,
         &c.tenant,
         c.id,
-        m.role(),
-        m.machine_type()?,
+        m.role,
+        m.machine_type,
         pools
             .iter()
             .find(|p| Some(p.id) == m.node_pool_id)
@@ -326,7 +326,7 @@ impl Run<'_> {
         // node auto-repair, which replaces it after its pool's threshold.
         for m in machines
             .iter()
-            .filter(|m| matches!(m.state(), MachineState::Running | MachineState::Draining))
+            .filter(|m| matches!(m.state, MachineState::Running | MachineState::Draining))
         {
             let (reason, message) = match provider.get(m.id).await? {
                 None => {
@@ -349,7 +349,7 @@ impl Run<'_> {
                 }
                 Some(pm)
                     if pm.state == ProviderMachineState::Stopped
-                        && m.role() == MachineRole::Worker =>
+                        && m.role == MachineRole::Worker =>
                 {
                     if stopped.insert(m.id) && m.unhealthy_since.is_none() {
                         (
@@ -391,7 +391,7 @@ impl Run<'_> {
                     None,
                     MachineRole::ControlPlane,
                     &name,
-                    c.control_plane.machine_type.as_str(),
+                    c.control_plane.machine_type,
                 )
                 .await
                 .map_err(db)?;
@@ -401,9 +401,15 @@ impl Run<'_> {
         if c.control_plane.replicas > 1 {
             let name = format!("{}-lb", c.name);
             if !machines.iter().any(|m| m.name == name) {
-                self.record_machine(c, None, MachineRole::LoadBalancer, &name, "small")
-                    .await
-                    .map_err(db)?;
+                self.record_machine(
+                    c,
+                    None,
+                    MachineRole::LoadBalancer,
+                    &name,
+                    MachineType::Small,
+                )
+                .await
+                .map_err(db)?;
             }
         }
         // Pools: grow with fresh names, shrink by removing the least useful.
@@ -412,7 +418,7 @@ impl Run<'_> {
             // are replaced at once, not after they are gone.
             let mine: Vec<&Machine> = machines
                 .iter()
-                .filter(|m| m.node_pool_id == Some(p.id) && m.state().is_live())
+                .filter(|m| m.node_pool_id == Some(p.id) && m.state.is_live())
                 .collect();
             let want = if p.deletion_requested_at.is_some() {
                 0
@@ -424,15 +430,9 @@ impl Run<'_> {
                     .sample_string(&mut rand::thread_rng(), 5)
                     .to_lowercase();
                 let name = format!("{}-{}-{suffix}", c.name, p.name);
-                self.record_machine(
-                    c,
-                    Some(p.id),
-                    MachineRole::Worker,
-                    &name,
-                    p.machine_type.as_str(),
-                )
-                .await
-                .map_err(db)?;
+                self.record_machine(c, Some(p.id), MachineRole::Worker, &name, p.machine_type)
+                    .await
+                    .map_err(db)?;
             }
             // With a serving cluster, surplus nodes are drained first (see
             // `pools`); otherwise there is nothing to drain.
@@ -453,7 +453,7 @@ impl Run<'_> {
 
         let mut all_running = true;
         for m in &machines {
-            match m.state() {
+            match m.state {
                 MachineState::Deleting => {
                     provider.delete(m.id).await?;
                     machine::mark_deleted(&self.app.pool, m.id)
@@ -601,7 +601,7 @@ impl Run<'_> {
         pool: Option<Uuid>,
         role: MachineRole,
         name: &str,
-        machine_type: &str,
+        machine_type: MachineType,
     ) -> crate::error::Result<()> {
         machine::insert_pending(
             &self.app.pool,
@@ -610,7 +610,7 @@ impl Run<'_> {
                 tenant: &c.tenant,
                 cluster_id: c.id,
                 node_pool_id: pool,
-                role: role.as_str(),
+                role,
                 name,
                 provider: c.provider.kind(),
                 machine_type,
@@ -708,7 +708,7 @@ impl Run<'_> {
         let running = |role| {
             machines
                 .iter()
-                .filter(move |m| m.role() == role && m.state() == MachineState::Running)
+                .filter(move |m| m.role == role && m.state == MachineState::Running)
         };
         let cp_members: Vec<&Machine> = running(MachineRole::ControlPlane).collect();
         let lb = running(MachineRole::LoadBalancer).next();
@@ -808,7 +808,7 @@ impl Run<'_> {
         let pool = &self.app.pool;
         let cp_running = machines
             .iter()
-            .filter(|m| m.role() == MachineRole::ControlPlane && m.state() == MachineState::Running)
+            .filter(|m| m.role == MachineRole::ControlPlane && m.state == MachineState::Running)
             .count();
         let ready = cp.ready;
         let cp_message = cp.waiting_for.clone();
@@ -915,9 +915,9 @@ impl Run<'_> {
                         continue;
                     };
                     let v = PoolView::new(p, machines, pool_status);
-                    let draining = machines.iter().any(|m| {
-                        m.node_pool_id == Some(p.id) && m.state() == MachineState::Draining
-                    });
+                    let draining = machines
+                        .iter()
+                        .any(|m| m.node_pool_id == Some(p.id) && m.state == MachineState::Draining);
                     operation::set_step(
                         pool,
                         op.id,
@@ -1149,11 +1149,11 @@ impl PoolView {
         Self {
             running: mine
                 .iter()
-                .filter(|m| m.state() == MachineState::Running)
+                .filter(|m| m.state == MachineState::Running)
                 .count(),
             leaving: mine
                 .iter()
-                .filter(|m| matches!(m.state(), MachineState::Draining | MachineState::Deleting))
+                .filter(|m| matches!(m.state, MachineState::Draining | MachineState::Deleting))
                 .count(),
             ready: report.map_or(0, |r| r.ready),
             joining: report.map_or(0, |r| r.joining),

@@ -9,19 +9,21 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use crate::context::OpContext;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// A machine in the ledger, typed.
+#[derive(Debug, Clone)]
 pub struct Machine {
     pub id: Uuid,
     pub tenant: String,
     pub cluster_id: Uuid,
     pub node_pool_id: Option<Uuid>,
-    pub role: String,
+    pub role: MachineRole,
     pub name: String,
+    /// The provider kind that made it.
     pub provider: String,
-    pub machine_type: String,
-    pub state: String,
+    pub machine_type: MachineType,
+    pub state: MachineState,
     pub provider_id: Option<String>,
     pub address: Option<String>,
     pub last_error: Option<String>,
@@ -50,29 +52,75 @@ pub struct Machine {
     pub component_restarts: Option<JsonValue>,
 }
 
-impl Machine {
-    /// Its state, typed. The ledger's CHECK constraint admits only the
-    /// spellings [`MachineState`] knows.
-    pub fn state(&self) -> MachineState {
-        MachineState::parse(&self.state).unwrap_or_else(|| {
-            tracing::error!(machine = %self.id, state = %self.state, "unknown machine state in the ledger");
-            MachineState::Failed
+/// A `machines` row as stored: parsed into a [`Machine`] right away.
+struct MachineRow {
+    id: Uuid,
+    tenant: String,
+    cluster_id: Uuid,
+    node_pool_id: Option<Uuid>,
+    role: String,
+    name: String,
+    provider: String,
+    machine_type: String,
+    state: String,
+    provider_id: Option<String>,
+    address: Option<String>,
+    last_error: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+    host_key: Option<String>,
+    node_state: Option<String>,
+    unhealthy_since: Option<DateTime<Utc>>,
+    unhealthy_reason: Option<String>,
+    drain_started_at: Option<DateTime<Utc>>,
+    joined_at: Option<DateTime<Utc>>,
+    component_restarts: Option<JsonValue>,
+}
+
+impl TryFrom<MachineRow> for Machine {
+    type Error = Error;
+
+    /// The ledger's CHECK constraints admit only the states and roles the
+    /// enums know, and the API only known machine types; anything else is
+    /// a corrupt row, refused rather than guessed at.
+    fn try_from(r: MachineRow) -> Result<Self> {
+        let corrupt = |what: &str, value: &str| {
+            Error::Internal(anyhow::anyhow!(
+                "machine {}: unknown {what} {value:?} in the ledger",
+                r.id
+            ))
+        };
+        Ok(Machine {
+            role: MachineRole::parse(&r.role).ok_or_else(|| corrupt("role", &r.role))?,
+            state: MachineState::parse(&r.state).ok_or_else(|| corrupt("state", &r.state))?,
+            machine_type: MachineType::parse(&r.machine_type)
+                .map_err(|_| corrupt("machine type", &r.machine_type))?,
+            id: r.id,
+            tenant: r.tenant,
+            cluster_id: r.cluster_id,
+            node_pool_id: r.node_pool_id,
+            name: r.name,
+            provider: r.provider,
+            provider_id: r.provider_id,
+            address: r.address,
+            last_error: r.last_error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            deleted_at: r.deleted_at,
+            host_key: r.host_key,
+            node_state: r.node_state,
+            unhealthy_since: r.unhealthy_since,
+            unhealthy_reason: r.unhealthy_reason,
+            drain_started_at: r.drain_started_at,
+            joined_at: r.joined_at,
+            component_restarts: r.component_restarts,
         })
     }
+}
 
-    /// Its machine type, typed; the API admits only known types, so an
-    /// unknown one in the ledger is an error.
-    pub fn machine_type(&self) -> Result<MachineType> {
-        MachineType::parse(&self.machine_type).map_err(Into::into)
-    }
-
-    /// Its role, typed (see [`Machine::state`]).
-    pub fn role(&self) -> MachineRole {
-        MachineRole::parse(&self.role).unwrap_or_else(|| {
-            tracing::error!(machine = %self.id, role = %self.role, "unknown machine role in the ledger");
-            MachineRole::Worker
-        })
-    }
+fn parse_rows(rows: Vec<MachineRow>) -> Result<Vec<Machine>> {
+    rows.into_iter().map(Machine::try_from).collect()
 }
 
 /// Values for a new ledger row.
@@ -81,10 +129,10 @@ pub struct NewMachine<'a> {
     pub tenant: &'a str,
     pub cluster_id: Uuid,
     pub node_pool_id: Option<Uuid>,
-    pub role: &'a str,
+    pub role: MachineRole,
     pub name: &'a str,
     pub provider: &'a str,
-    pub machine_type: &'a str,
+    pub machine_type: MachineType,
 }
 
 /// Records intent: committed before the provider is asked for the machine.
@@ -97,10 +145,10 @@ pub async fn insert_pending(db: impl PgExecutor<'_>, m: NewMachine<'_>) -> Resul
         m.tenant,
         m.cluster_id,
         m.node_pool_id,
-        m.role,
+        m.role.as_str(),
         m.name,
         m.provider,
-        m.machine_type
+        m.machine_type.as_str()
     )
     .execute(db)
     .await?;
@@ -113,27 +161,31 @@ pub async fn list(
     ctx: &OpContext,
     cluster_id: Uuid,
 ) -> Result<Vec<Machine>> {
-    Ok(sqlx::query_as!(
-        Machine,
-        "SELECT * FROM machines WHERE tenant = $1 AND cluster_id = $2 AND deleted_at IS NULL
+    parse_rows(
+        sqlx::query_as!(
+            MachineRow,
+            "SELECT * FROM machines WHERE tenant = $1 AND cluster_id = $2 AND deleted_at IS NULL
          ORDER BY created_at, id",
-        ctx.tenant,
-        cluster_id
+            ctx.tenant,
+            cluster_id
+        )
+        .fetch_all(db)
+        .await?,
     )
-    .fetch_all(db)
-    .await?)
 }
 
 /// Every ledger row of a cluster not yet deleted, for the reconciler.
 pub async fn list_any(db: impl PgExecutor<'_>, cluster_id: Uuid) -> Result<Vec<Machine>> {
-    Ok(sqlx::query_as!(
-        Machine,
-        "SELECT * FROM machines WHERE cluster_id = $1 AND deleted_at IS NULL
+    parse_rows(
+        sqlx::query_as!(
+            MachineRow,
+            "SELECT * FROM machines WHERE cluster_id = $1 AND deleted_at IS NULL
          ORDER BY created_at, id",
-        cluster_id
+            cluster_id
+        )
+        .fetch_all(db)
+        .await?,
     )
-    .fetch_all(db)
-    .await?)
 }
 
 pub async fn set_running(
