@@ -18,6 +18,7 @@ pub mod kubeconfig;
 pub mod names;
 pub mod network;
 pub mod nodes;
+pub mod operations;
 pub mod pki;
 pub mod pools;
 pub mod restarts;

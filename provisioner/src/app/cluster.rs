@@ -7,6 +7,7 @@ use kubeforge_cluster::api::{
     KubeconfigRequest, MachineView, OperationAccepted, OperationView, Page, PageQuery,
     UpdateClusterRequest,
 };
+use kubeforge_cluster::operations::OperationKind;
 use kubeforge_cluster::{ClusterSpec, Labels, Phase, ValidationError};
 use uuid::Uuid;
 
@@ -136,7 +137,7 @@ impl App {
         for pool in &spec.node_pools {
             node_pool::insert(&mut tx, ctx, id, Uuid::now_v7(), pool).await?;
         }
-        let op = operation::insert(&mut tx, ctx, id, None, "cluster_create", 1).await?;
+        let op = operation::insert(&mut tx, ctx, id, None, OperationKind::ClusterCreate, 1).await?;
         event::record(
             &mut *tx,
             NewEvent {
@@ -250,8 +251,15 @@ impl App {
         let labels = labels.unwrap_or_else(|| c.labels.clone());
         let protection = req.deletion_protection.unwrap_or(c.deletion_protection);
         cluster::update_spec(&mut tx, c.id, &labels, protection).await?;
-        let op =
-            operation::insert(&mut tx, ctx, c.id, None, "cluster_update", c.generation + 1).await?;
+        let op = operation::insert(
+            &mut tx,
+            ctx,
+            c.id,
+            None,
+            OperationKind::ClusterUpdate,
+            c.generation + 1,
+        )
+        .await?;
         event::record(
             &mut *tx,
             NewEvent {
@@ -299,14 +307,22 @@ impl App {
         if c.deletion_requested_at.is_some() {
             // Already deleting: answer with the delete operation in flight.
             let ops = operation::list_active(&mut tx, c.id).await?;
-            if let Some(o) = ops.iter().find(|o| o.type_ == "cluster_delete") {
+            if let Some(o) = ops.iter().find(|o| o.kind == OperationKind::ClusterDelete) {
                 return Ok(OperationAccepted {
                     operation: OperationView::from(o),
                 });
             }
         }
         let generation = cluster::request_deletion(&mut tx, c.id).await?;
-        let op = operation::insert(&mut tx, ctx, c.id, None, "cluster_delete", generation).await?;
+        let op = operation::insert(
+            &mut tx,
+            ctx,
+            c.id,
+            None,
+            OperationKind::ClusterDelete,
+            generation,
+        )
+        .await?;
         event::record(
             &mut *tx,
             NewEvent {

@@ -5,6 +5,7 @@ use kubeforge_cluster::api::{
     CreateNodePoolRequest, NodePoolAccepted, NodePoolView, OperationAccepted, OperationView,
     UpdateNodePoolRequest,
 };
+use kubeforge_cluster::operations::OperationKind;
 use kubeforge_cluster::spec::{check_drain_timeout, check_pool_size};
 use kubeforge_cluster::{AutoRepair, Autoscaling, NodePoolSpec};
 
@@ -71,7 +72,15 @@ impl App {
         self.check_node_quota(&mut tx, ctx, extra, "size").await?;
         let id = uuid::Uuid::now_v7();
         node_pool::insert(&mut tx, ctx, c.id, id, &spec).await?;
-        let op = operation::insert(&mut tx, ctx, c.id, Some(id), "node_pool_create", 1).await?;
+        let op = operation::insert(
+            &mut tx,
+            ctx,
+            c.id,
+            Some(id),
+            OperationKind::NodePoolCreate,
+            1,
+        )
+        .await?;
         event::record(
             &mut *tx,
             NewEvent {
@@ -199,7 +208,7 @@ impl App {
             ctx,
             c.id,
             Some(p.id),
-            "node_pool_update",
+            OperationKind::NodePoolUpdate,
             generation,
         )
         .await?;
@@ -256,7 +265,7 @@ impl App {
             let ops = operation::list_active(&mut tx, c.id).await?;
             if let Some(o) = ops
                 .iter()
-                .find(|o| o.type_ == "node_pool_delete" && o.node_pool_id == Some(p.id))
+                .find(|o| o.kind == OperationKind::NodePoolDelete && o.node_pool_id == Some(p.id))
             {
                 return Ok(OperationAccepted {
                     operation: OperationView::from(o),
@@ -269,7 +278,7 @@ impl App {
             ctx,
             c.id,
             Some(p.id),
-            "node_pool_delete",
+            OperationKind::NodePoolDelete,
             generation,
         )
         .await?;

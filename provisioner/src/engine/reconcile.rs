@@ -17,6 +17,7 @@
 //! complete: ledger, provider sweep, secrets.
 
 use chrono::Utc;
+use kubeforge_cluster::operations::{OperationKind, Progress, Step as StepName};
 use kubeforge_cluster::pools::{scale_down_order, MachineRole, MachineState, Worker};
 use kubeforge_cluster::restarts::{self, RESTART_THRESHOLD};
 use kubeforge_cluster::status::{
@@ -174,8 +175,8 @@ impl Run<'_> {
     async fn step(
         &self,
         ops: &[&Operation],
-        name: &str,
-        state: &str,
+        name: StepName,
+        state: Progress,
         message: Option<&str>,
         error: Option<&OperationError>,
     ) -> Result<(), JobError> {
@@ -216,10 +217,18 @@ impl Run<'_> {
             return Ok(Outcome::Done);
         };
         let pools = node_pool::list_any(pool, c.id).await?;
-        let create_ops: Vec<&Operation> =
-            ops.iter().filter(|o| o.type_ == "cluster_create").collect();
-        self.step(&create_ops, "machines", "running", None, None)
-            .await?;
+        let create_ops: Vec<&Operation> = ops
+            .iter()
+            .filter(|o| o.kind == OperationKind::ClusterCreate)
+            .collect();
+        self.step(
+            &create_ops,
+            StepName::Machines,
+            Progress::Running,
+            None,
+            None,
+        )
+        .await?;
         match self
             .converge_machines(&c, &pools, &ops, provider.as_ref())
             .await
@@ -233,8 +242,8 @@ impl Run<'_> {
                 let all: Vec<&Operation> = ops.iter().collect();
                 self.step(
                     &all,
-                    "machines",
-                    "running",
+                    StepName::Machines,
+                    Progress::Running,
                     Some("retrying after a provider error"),
                     Some(&err),
                 )
@@ -248,8 +257,8 @@ impl Run<'_> {
                 let all: Vec<&Operation> = ops.iter().collect();
                 self.step(
                     &all,
-                    "machines",
-                    "running",
+                    StepName::Machines,
+                    Progress::Running,
                     Some(&format!("waiting for capacity: {m}")),
                     None,
                 )
@@ -527,14 +536,24 @@ impl Run<'_> {
                 node_pool::mark_deleted(&self.app.pool, p.id)
                     .await
                     .map_err(db)?;
-                for op in ops
-                    .iter()
-                    .filter(|o| o.type_ == "node_pool_delete" && o.node_pool_id == Some(p.id))
-                {
-                    for s in ["drain", "delete_machines", "finalize"] {
-                        operation::set_step(&self.app.pool, op.id, s, "succeeded", None, None)
-                            .await
-                            .map_err(db)?;
+                for op in ops.iter().filter(|o| {
+                    o.kind == OperationKind::NodePoolDelete && o.node_pool_id == Some(p.id)
+                }) {
+                    for s in [
+                        StepName::Drain,
+                        StepName::DeleteMachines,
+                        StepName::Finalize,
+                    ] {
+                        operation::set_step(
+                            &self.app.pool,
+                            op.id,
+                            s,
+                            Progress::Succeeded,
+                            None,
+                            None,
+                        )
+                        .await
+                        .map_err(db)?;
                     }
                     operation::finish(&self.app.pool, op.id, None)
                         .await
@@ -737,11 +756,20 @@ impl Run<'_> {
             return Ok(round(verdict, None));
         }
         // Machines are done; the control-plane step runs from here.
-        let create: Vec<&Operation> = ops.iter().filter(|o| o.type_ == "cluster_create").collect();
-        self.step(&create, "machines", "succeeded", None, None)
+        let create: Vec<&Operation> = ops
+            .iter()
+            .filter(|o| o.kind == OperationKind::ClusterCreate)
+            .collect();
+        self.step(&create, StepName::Machines, Progress::Succeeded, None, None)
             .await?;
-        self.step(&create, "control_plane", "running", None, None)
-            .await?;
+        self.step(
+            &create,
+            StepName::ControlPlane,
+            Progress::Running,
+            None,
+            None,
+        )
+        .await?;
         let st = match controlplane::reconcile(self.app, access, c, &cp_members, lb).await {
             Ok(st) => st,
             Err(e) => {
@@ -756,8 +784,8 @@ impl Run<'_> {
                 let err = op_error("control_plane_unreachable", &msg, true);
                 self.step(
                     &create,
-                    "control_plane",
-                    "running",
+                    StepName::ControlPlane,
+                    Progress::Running,
                     Some("retrying"),
                     Some(&err),
                 )
@@ -813,23 +841,38 @@ impl Run<'_> {
         let ready = cp.ready;
         let cp_message = cp.waiting_for.clone();
         for op in ops {
-            match op.type_.as_str() {
-                "cluster_create" if cp_running as u32 == c.control_plane.replicas => {
-                    operation::set_step(pool, op.id, "machines", "succeeded", None, None).await?;
+            match op.kind {
+                OperationKind::ClusterCreate if cp_running as u32 == c.control_plane.replicas => {
+                    operation::set_step(
+                        pool,
+                        op.id,
+                        StepName::Machines,
+                        Progress::Succeeded,
+                        None,
+                        None,
+                    )
+                    .await?;
                     if ready {
-                        operation::set_step(pool, op.id, "control_plane", "succeeded", None, None)
-                            .await?;
+                        operation::set_step(
+                            pool,
+                            op.id,
+                            StepName::ControlPlane,
+                            Progress::Succeeded,
+                            None,
+                            None,
+                        )
+                        .await?;
                         operation::finish(pool, op.id, None).await?;
                     } else {
                         let state = if cp_message.is_some() && self.app.access.is_none() {
-                            "pending"
+                            Progress::Pending
                         } else {
-                            "running"
+                            Progress::Running
                         };
                         operation::set_step(
                             pool,
                             op.id,
-                            "control_plane",
+                            StepName::ControlPlane,
                             state,
                             cp_message.as_deref(),
                             None,
@@ -837,11 +880,19 @@ impl Run<'_> {
                         .await?;
                     }
                 }
-                "cluster_update" if op.target_generation <= c.generation => {
-                    operation::set_step(pool, op.id, "apply", "succeeded", None, None).await?;
+                OperationKind::ClusterUpdate if op.target_generation <= c.generation => {
+                    operation::set_step(
+                        pool,
+                        op.id,
+                        StepName::Apply,
+                        Progress::Succeeded,
+                        None,
+                        None,
+                    )
+                    .await?;
                     operation::finish(pool, op.id, None).await?;
                 }
-                "node_pool_create" | "node_pool_update" => {
+                OperationKind::NodePoolCreate | OperationKind::NodePoolUpdate => {
                     let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
                         continue;
                     };
@@ -850,11 +901,11 @@ impl Run<'_> {
                     operation::set_step(
                         pool,
                         op.id,
-                        "machines",
+                        StepName::Machines,
                         if machines_done {
-                            "succeeded"
+                            Progress::Succeeded
                         } else {
-                            "running"
+                            Progress::Running
                         },
                         Some(&format!("{} of {} machines running", v.running, p.size)),
                         None,
@@ -866,8 +917,12 @@ impl Run<'_> {
                             operation::set_step(
                                 pool,
                                 op.id,
-                                "join",
-                                if done { "succeeded" } else { "running" },
+                                StepName::Join,
+                                if done {
+                                    Progress::Succeeded
+                                } else {
+                                    Progress::Running
+                                },
                                 Some(&format!("{} of {} nodes ready", v.ready, p.size)),
                                 None,
                             )
@@ -880,8 +935,8 @@ impl Run<'_> {
                             operation::set_step(
                                 pool,
                                 op.id,
-                                "join",
-                                "pending",
+                                StepName::Join,
+                                Progress::Pending,
                                 Some("not run: this service has no machine access"),
                                 None,
                             )
@@ -891,12 +946,16 @@ impl Run<'_> {
                         None => false,
                     };
                     let drain_done = v.leaving == 0;
-                    if op.type_ == "node_pool_update" {
+                    if op.kind == OperationKind::NodePoolUpdate {
                         operation::set_step(
                             pool,
                             op.id,
-                            "drain",
-                            if drain_done { "succeeded" } else { "running" },
+                            StepName::Drain,
+                            if drain_done {
+                                Progress::Succeeded
+                            } else {
+                                Progress::Running
+                            },
                             v.drain_note.as_deref(),
                             None,
                         )
@@ -910,7 +969,7 @@ impl Run<'_> {
                         operation::finish(pool, op.id, None).await?;
                     }
                 }
-                "node_pool_delete" => {
+                OperationKind::NodePoolDelete => {
                     let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
                         continue;
                     };
@@ -921,8 +980,12 @@ impl Run<'_> {
                     operation::set_step(
                         pool,
                         op.id,
-                        "drain",
-                        if draining { "running" } else { "succeeded" },
+                        StepName::Drain,
+                        if draining {
+                            Progress::Running
+                        } else {
+                            Progress::Succeeded
+                        },
                         v.drain_note.as_deref(),
                         None,
                     )
@@ -977,12 +1040,21 @@ impl Run<'_> {
     /// cluster, then secrets; only then is the cluster gone.
     async fn delete(&self, c: &Cluster, ops: &[Operation]) -> Result<Outcome, JobError> {
         let pool = &self.app.pool;
-        let del_ops: Vec<&Operation> = ops.iter().filter(|o| o.type_ == "cluster_delete").collect();
+        let del_ops: Vec<&Operation> = ops
+            .iter()
+            .filter(|o| o.kind == OperationKind::ClusterDelete)
+            .collect();
         let provider = self.app.providers.get(c.provider.kind());
         // The service's client of this cluster is of no more use.
         self.app.tenants.forget(c.id);
-        self.step(&del_ops, "delete_machines", "running", None, None)
-            .await?;
+        self.step(
+            &del_ops,
+            StepName::DeleteMachines,
+            Progress::Running,
+            None,
+            None,
+        )
+        .await?;
         for m in machine::list_any(pool, c.id).await? {
             machine::set_state(pool, m.id, MachineState::Deleting, None).await?;
             if let Some(p) = &provider {
@@ -990,8 +1062,8 @@ impl Run<'_> {
                     let err = op_error("provider_error", &e.to_string(), e.is_retryable());
                     self.step(
                         &del_ops,
-                        "delete_machines",
-                        "running",
+                        StepName::DeleteMachines,
+                        Progress::Running,
                         Some(&format!("deleting {}", m.name)),
                         Some(&err),
                     )
@@ -1001,10 +1073,22 @@ impl Run<'_> {
             }
             machine::mark_deleted(pool, m.id).await?;
         }
-        self.step(&del_ops, "delete_machines", "succeeded", None, None)
-            .await?;
-        self.step(&del_ops, "sweep_provider", "running", None, None)
-            .await?;
+        self.step(
+            &del_ops,
+            StepName::DeleteMachines,
+            Progress::Succeeded,
+            None,
+            None,
+        )
+        .await?;
+        self.step(
+            &del_ops,
+            StepName::SweepProvider,
+            Progress::Running,
+            None,
+            None,
+        )
+        .await?;
         if let Some(p) = &provider {
             let strays = p.list_by_cluster(c.id).await?;
             for s in &strays {
@@ -1025,17 +1109,43 @@ impl Run<'_> {
                 .await?;
             }
         }
-        self.step(&del_ops, "sweep_provider", "succeeded", None, None)
-            .await?;
-        self.step(&del_ops, "remove_secrets", "running", None, None)
-            .await?;
+        self.step(
+            &del_ops,
+            StepName::SweepProvider,
+            Progress::Succeeded,
+            None,
+            None,
+        )
+        .await?;
+        self.step(
+            &del_ops,
+            StepName::RemoveSecrets,
+            Progress::Running,
+            None,
+            None,
+        )
+        .await?;
         secret::delete_for_cluster(pool, c.id).await?;
-        self.step(&del_ops, "remove_secrets", "succeeded", None, None)
-            .await?;
+        self.step(
+            &del_ops,
+            StepName::RemoveSecrets,
+            Progress::Succeeded,
+            None,
+            None,
+        )
+        .await?;
         node_pool::mark_all_deleted(pool, c.id).await?;
         for op in ops {
-            if op.type_ == "cluster_delete" {
-                operation::set_step(pool, op.id, "finalize", "succeeded", None, None).await?;
+            if op.kind == OperationKind::ClusterDelete {
+                operation::set_step(
+                    pool,
+                    op.id,
+                    StepName::Finalize,
+                    Progress::Succeeded,
+                    None,
+                    None,
+                )
+                .await?;
                 operation::finish(pool, op.id, None).await?;
             } else {
                 operation::finish(
@@ -1087,8 +1197,13 @@ impl Run<'_> {
             now,
         );
         for op in ops {
-            if let Some(s) = op.steps.iter().find(|s| s.state != "succeeded") {
-                operation::set_step(pool, op.id, &s.name, "failed", None, Some(err)).await?;
+            let unfinished = op
+                .steps
+                .iter()
+                .filter(|s| s.state != Progress::Succeeded.as_str())
+                .find_map(|s| StepName::parse(&s.name));
+            if let Some(step) = unfinished {
+                operation::set_step(pool, op.id, step, Progress::Failed, None, Some(err)).await?;
             }
             operation::finish(pool, op.id, Some(err)).await?;
         }

@@ -10,6 +10,7 @@ use crate::context::OpContext;
 use crate::error::{Error, Result};
 
 pub use kubeforge_cluster::api::{OperationError, Step};
+use kubeforge_cluster::operations::{OperationKind, Progress, Step as StepName};
 
 #[derive(Debug, Clone)]
 pub struct Operation {
@@ -17,8 +18,8 @@ pub struct Operation {
     pub tenant: String,
     pub cluster_id: Uuid,
     pub node_pool_id: Option<Uuid>,
-    pub type_: String,
-    pub state: String,
+    pub kind: OperationKind,
+    pub state: Progress,
     pub target_generation: i64,
     pub error: Option<OperationError>,
     pub created_at: DateTime<Utc>,
@@ -42,39 +43,31 @@ struct OperationRecord {
 }
 
 impl OperationRecord {
-    fn into_operation(self, steps: Vec<Step>) -> Operation {
-        Operation {
+    /// The ledger's CHECK constraint admits only the states [`Progress`]
+    /// knows, and only this service writes kinds; anything else is a
+    /// corrupt row, refused rather than guessed at.
+    fn into_operation(self, steps: Vec<Step>) -> Result<Operation> {
+        let corrupt = |what: &str, value: &str| {
+            Error::Internal(anyhow::anyhow!(
+                "operation {}: unknown {what} {value:?} in the ledger",
+                self.id
+            ))
+        };
+        Ok(Operation {
+            kind: OperationKind::parse(&self.r#type)
+                .ok_or_else(|| corrupt("kind", &self.r#type))?,
+            state: Progress::parse(&self.state).ok_or_else(|| corrupt("state", &self.state))?,
             id: self.id,
             tenant: self.tenant,
             cluster_id: self.cluster_id,
             node_pool_id: self.node_pool_id,
-            type_: self.r#type,
-            state: self.state,
             target_generation: self.target_generation,
             error: self.error.and_then(|e| serde_json::from_value(e).ok()),
             created_at: self.created_at,
             started_at: self.started_at,
             finished_at: self.finished_at,
             steps,
-        }
-    }
-}
-
-/// Operation types and the steps each goes through, in order.
-pub fn planned_steps(type_: &str) -> &'static [&'static str] {
-    match type_ {
-        "cluster_create" => &["machines", "control_plane"],
-        "cluster_update" => &["apply"],
-        "cluster_delete" => &[
-            "delete_machines",
-            "sweep_provider",
-            "remove_secrets",
-            "finalize",
-        ],
-        "node_pool_create" => &["machines", "join"],
-        "node_pool_update" => &["machines", "join", "drain"],
-        "node_pool_delete" => &["drain", "delete_machines", "finalize"],
-        _ => &[],
+        })
     }
 }
 
@@ -84,7 +77,7 @@ pub async fn insert(
     ctx: &OpContext,
     cluster_id: Uuid,
     node_pool_id: Option<Uuid>,
-    type_: &str,
+    kind: OperationKind,
     target_generation: i64,
 ) -> Result<Uuid> {
     let id = Uuid::now_v7();
@@ -95,18 +88,18 @@ pub async fn insert(
         ctx.tenant,
         cluster_id,
         node_pool_id,
-        type_,
+        kind.as_str(),
         target_generation
     )
     .execute(&mut *conn)
     .await?;
-    for (i, name) in planned_steps(type_).iter().enumerate() {
+    for (i, step) in kind.steps().iter().enumerate() {
         sqlx::query!(
             "INSERT INTO operation_steps (operation_id, position, name, state)
              VALUES ($1, $2, $3, 'pending')",
             id,
             i as i32,
-            name
+            step.as_str()
         )
         .execute(&mut *conn)
         .await?;
@@ -149,7 +142,7 @@ pub async fn get(conn: &mut PgConnection, ctx: &OpContext, id: Uuid) -> Result<O
     .await?
     .ok_or_else(|| Error::not_found("operation", id.to_string()))?;
     let steps = steps(conn, id).await?;
-    Ok(rec.into_operation(steps))
+    rec.into_operation(steps)
 }
 
 /// A cluster's operations, newest first.
@@ -174,7 +167,7 @@ pub async fn list(
     let mut out = Vec::with_capacity(recs.len());
     for r in recs {
         let s = steps(conn, r.id).await?;
-        out.push(r.into_operation(s));
+        out.push(r.into_operation(s)?);
     }
     Ok(out)
 }
@@ -194,7 +187,7 @@ pub async fn list_active(conn: &mut PgConnection, cluster_id: Uuid) -> Result<Ve
     let mut out = Vec::with_capacity(recs.len());
     for r in recs {
         let s = steps(conn, r.id).await?;
-        out.push(r.into_operation(s));
+        out.push(r.into_operation(s)?);
     }
     Ok(out)
 }
@@ -218,10 +211,11 @@ pub async fn finish(
     error: Option<&OperationError>,
 ) -> Result<()> {
     let state = if error.is_some() {
-        "failed"
+        Progress::Failed
     } else {
-        "succeeded"
-    };
+        Progress::Succeeded
+    }
+    .as_str();
     let error = error
         .map(serde_json::to_value)
         .transpose()
@@ -245,8 +239,8 @@ pub async fn finish(
 pub async fn set_step(
     db: impl PgExecutor<'_>,
     id: Uuid,
-    name: &str,
-    state: &str,
+    step: StepName,
+    state: Progress,
     message: Option<&str>,
     error: Option<&OperationError>,
 ) -> Result<()> {
@@ -267,8 +261,8 @@ pub async fn set_step(
            AND NOT (state = $3 AND message IS NOT DISTINCT FROM $4
                     AND error IS NOT DISTINCT FROM $5)",
         id,
-        name,
-        state,
+        step.as_str(),
+        state.as_str(),
         message,
         error
     )
