@@ -113,7 +113,7 @@ pub const UNITS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EtcdMember {
     pub name: String,
-    pub address: String,
+    pub address: Ipv4Addr,
 }
 
 /// Whether this member founds the etcd cluster or joins one that exists.
@@ -141,20 +141,19 @@ impl InitialClusterState {
 /// another's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlPlaneBundleInput {
-    pub cluster_name: String,
-    /// Only `1.20.2` is supported (see `KubernetesVersion`).
-    pub kubernetes_version: String,
+    pub cluster_name: ClusterName,
+    pub kubernetes_version: KubernetesVersion,
     /// This member's etcd name; must appear in `members`.
     pub member_name: String,
     /// This member's IPv4 address; must match its entry in `members`.
-    pub member_address: String,
+    pub member_address: Ipv4Addr,
     /// The whole etcd cluster: 1 or 3 members.
     pub members: Vec<EtcdMember>,
     /// The stable address kubeconfigs point at (an IPv4 address or DNS name).
     pub endpoint_host: String,
     pub endpoint_port: u16,
-    pub service_cidr: String,
-    pub pod_cidr: String,
+    /// The cluster's pod and service ranges.
+    pub network: ClusterNetwork,
     /// Where kube-apiserver, kube-controller-manager, kube-scheduler and
     /// kubectl live, e.g. `/opt/kubeforge/bin`.
     pub bin_dir: String,
@@ -542,9 +541,9 @@ const MANAGED_FILES: &[(&str, &str, bool)] = &[
 
 impl RenderContext {
     fn new(input: &ControlPlaneBundleInput) -> Result<Self, ValidationError> {
-        let cluster_name = ClusterName::parse(&input.cluster_name)?;
-        let version = KubernetesVersion::parse(&input.kubernetes_version)?;
-        let network = ClusterNetwork::parse(&input.pod_cidr, &input.service_cidr)?;
+        let cluster_name = &input.cluster_name;
+        let version = &input.kubernetes_version;
+        let network = &input.network;
         check_dns_name("cluster_domain", &input.cluster_domain)?;
         check_endpoint_host(&input.endpoint_host)?;
         if input.endpoint_port == 0 {
@@ -556,7 +555,7 @@ impl RenderContext {
 
         let members = check_members(&input.members)?;
         check_dns_label("member_name", &input.member_name)?;
-        let address = parse_ipv4("member_address", &input.member_address)?;
+        let address = check_machine_ipv4("member_address", input.member_address)?;
         match members.iter().find(|(name, _)| *name == input.member_name) {
             Some((_, listed)) if *listed == address => {}
             Some((_, listed)) => {
@@ -676,12 +675,21 @@ fn hex_sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// An IPv4 address a machine can have (not unspecified, multicast or
-/// broadcast).
+/// An IPv4 address a machine can have, from text (see
+/// [`check_machine_ipv4`]).
 pub(crate) fn parse_ipv4(field: &str, value: &str) -> Result<Ipv4Addr, ValidationError> {
     let address: Ipv4Addr = value
         .parse()
         .map_err(|_| ValidationError::new(field, format!("{value:?} is not an IPv4 address")))?;
+    check_machine_ipv4(field, address)
+}
+
+/// An IPv4 address a machine can have (not unspecified, multicast or
+/// broadcast).
+pub(crate) fn check_machine_ipv4(
+    field: &str,
+    address: Ipv4Addr,
+) -> Result<Ipv4Addr, ValidationError> {
     if address.is_unspecified() || address.is_multicast() || address.is_broadcast() {
         return Err(ValidationError::new(
             field,
@@ -702,7 +710,7 @@ fn check_members(members: &[EtcdMember]) -> Result<Vec<(String, Ipv4Addr)>, Vali
     for (i, member) in members.iter().enumerate() {
         let under = |e: ValidationError| e.under(&format!("members[{i}]"));
         check_dns_label("name", &member.name).map_err(under)?;
-        let address = parse_ipv4("address", &member.address).map_err(under)?;
+        let address = check_machine_ipv4("address", member.address).map_err(under)?;
         if checked.iter().any(|(name, _)| *name == member.name) {
             return Err(under(ValidationError::new("name", "is listed twice")));
         }
@@ -844,21 +852,20 @@ mod tests {
             "10.77.0.10"
         };
         ControlPlaneBundleInput {
-            cluster_name: "demo".into(),
-            kubernetes_version: "1.20.2".into(),
+            cluster_name: ClusterName::parse("demo").unwrap(),
+            kubernetes_version: KubernetesVersion::parse("1.20.2").unwrap(),
             member_name: member_name.into(),
-            member_address: member_address.into(),
+            member_address: member_address.parse().unwrap(),
             members: members
                 .iter()
                 .map(|(name, address)| EtcdMember {
                     name: (*name).into(),
-                    address: (*address).into(),
+                    address: address.parse().unwrap(),
                 })
                 .collect(),
             endpoint_host: endpoint_host.into(),
             endpoint_port: 6443,
-            service_cidr: "10.96.0.0/12".into(),
-            pod_cidr: "10.244.0.0/16".into(),
+            network: ClusterNetwork::parse("10.244.0.0/16", "10.96.0.0/12").unwrap(),
             bin_dir: "/opt/kubeforge/bin".into(),
             etcd_bin: "/usr/bin/etcd".into(),
             data_dir: "/var/lib/etcd".into(),
@@ -974,7 +981,7 @@ mod tests {
     fn bundle_each_member_advertises_its_own_address() {
         let mut second = three_members();
         second.member_name = "demo-cp-1".into();
-        second.member_address = "10.77.0.22".into();
+        second.member_address = Ipv4Addr::new(10, 77, 0, 22);
         let files = render_control_plane(&second).expect("renders");
         let etcd = &file(&files, "/opt/kubeforge/units/etcd.service").contents;
         assert!(etcd.contains("--name=demo-cp-1 \\"));
@@ -1119,16 +1126,16 @@ mod tests {
         assert_eq!(invalid(&stranger).field, "member_name");
 
         let mut moved = three_members();
-        moved.member_address = "10.77.0.99".into();
+        moved.member_address = Ipv4Addr::new(10, 77, 0, 99);
         assert_eq!(invalid(&moved).field, "member_address");
 
         let mut twice = three_members();
-        twice.members[2].address = "10.77.0.21".into();
+        twice.members[2].address = Ipv4Addr::new(10, 77, 0, 21);
         assert_eq!(invalid(&twice).field, "members[2].address");
 
-        let mut not_ip = three_members();
-        not_ip.members[1].address = "10.77.0.22; reboot".into();
-        assert_eq!(invalid(&not_ip).field, "members[1].address");
+        let mut broadcast = three_members();
+        broadcast.members[1].address = Ipv4Addr::BROADCAST;
+        assert_eq!(invalid(&broadcast).field, "members[1].address");
 
         let mut shell = one_member();
         shell.bin_dir = "/opt/$(reboot)".into();
@@ -1154,10 +1161,6 @@ mod tests {
         sneaky.binary_sha256.insert("../sh".into(), sha('f'));
         assert_eq!(invalid(&sneaky).field, "binary_sha256.../sh");
 
-        let mut version = one_member();
-        version.kubernetes_version = "1.19.0".into();
-        assert_eq!(invalid(&version).field, "kubernetes_version");
-
         let mut domain = one_member();
         domain.cluster_domain = "cluster..local".into();
         assert_eq!(invalid(&domain).field, "cluster_domain");
@@ -1165,10 +1168,6 @@ mod tests {
         let mut endpoint = one_member();
         endpoint.endpoint_host = "api.example.com:443".into();
         assert_eq!(invalid(&endpoint).field, "endpoint_host");
-
-        let mut overlap = one_member();
-        overlap.service_cidr = "10.244.0.0/16".into();
-        assert_eq!(invalid(&overlap).field, "service_cidr");
     }
 
     #[test]
@@ -1193,7 +1192,7 @@ pub mod lb_paths {
 /// mode, health-checking each member's `/readyz`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LoadBalancerInput {
-    pub cluster_name: String,
+    pub cluster_name: ClusterName,
     pub listen_port: u16,
     pub backend_port: u16,
     pub backends: Vec<EtcdMember>,
@@ -1231,29 +1230,13 @@ pub fn render_load_balancer(input: &LoadBalancerInput) -> Result<Vec<BundleFile>
     let invalid = |field: String, message: &str| {
         BundleError::Invalid(crate::ValidationError::new(field, message))
     };
-    crate::ClusterName::parse(&input.cluster_name)
-        .map_err(|e| BundleError::Invalid(e.under("cluster_name")))?;
     if input.backends.is_empty() || input.backends.len() > 7 {
         return Err(invalid("backends".into(), "between 1 and 7 backends"));
     }
     for (i, b) in input.backends.iter().enumerate() {
-        let name_ok = !b.name.is_empty()
-            && b.name.len() <= 63
-            && b.name
-                .bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
-        if !name_ok {
-            return Err(invalid(
-                format!("backends[{i}].name"),
-                "must be a DNS label",
-            ));
-        }
-        if b.address.parse::<std::net::Ipv4Addr>().is_err() {
-            return Err(invalid(
-                format!("backends[{i}].address"),
-                "must be an IPv4 address",
-            ));
-        }
+        let under = |e: ValidationError| BundleError::Invalid(e.under(&format!("backends[{i}]")));
+        check_dns_label("name", &b.name).map_err(under)?;
+        check_machine_ipv4("address", b.address).map_err(under)?;
     }
     if input.listen_port == 0 || input.backend_port == 0 {
         return Err(invalid("listen_port".into(), "ports must be 1-65535"));
@@ -1272,13 +1255,13 @@ mod lb_tests {
 
     fn input() -> LoadBalancerInput {
         LoadBalancerInput {
-            cluster_name: "web".into(),
+            cluster_name: ClusterName::parse("web").unwrap(),
             listen_port: 6443,
             backend_port: 6443,
             backends: (0..3)
                 .map(|i| EtcdMember {
                     name: format!("web-cp-{i}"),
-                    address: format!("10.77.0.{}", 10 + i),
+                    address: Ipv4Addr::new(10, 77, 0, 10 + i),
                 })
                 .collect(),
         }
@@ -1335,9 +1318,14 @@ mod lb_tests {
     #[test]
     fn load_balancer_rejects_bad_backends() {
         let mut bad = input();
-        bad.backends[1].address = "10.77.0.11; rm -rf /".into();
+        bad.backends[1].address = Ipv4Addr::UNSPECIFIED;
         assert!(
             matches!(render_load_balancer(&bad), Err(BundleError::Invalid(e)) if e.field == "backends[1].address")
+        );
+        let mut bad = input();
+        bad.backends[2].name = "web;reboot".into();
+        assert!(
+            matches!(render_load_balancer(&bad), Err(BundleError::Invalid(e)) if e.field == "backends[2].name")
         );
         let mut bad = input();
         bad.backends.clear();

@@ -29,7 +29,7 @@ pub const BOOTSTRAP_GROUP: &str = "system:bootstrappers:kubeforge:worker";
 /// On every token Secret: the ledger id of the machine it was made for.
 pub const MACHINE_LABEL: &str = "kubeforge.io/machine";
 /// On every node: the pool it belongs to.
-pub const POOL_LABEL: &str = "kubeforge.io/node-pool";
+pub use crate::spec::NODE_POOL_LABEL as POOL_LABEL;
 /// The signer of kubelet client certificates.
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 /// The group kubelet client certificates carry.

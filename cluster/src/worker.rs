@@ -33,11 +33,11 @@ use serde::{Deserialize, Serialize};
 use tera::Context;
 
 use crate::bundle::{
-    check_binary_sums, check_dns_label, check_dns_name, check_path, error_chain, parse_ipv4,
-    render_all, BinaryCheck, BundleError, BundleFile, Template,
+    check_binary_sums, check_dns_label, check_dns_name, check_machine_ipv4, check_path,
+    error_chain, parse_ipv4, render_all, BinaryCheck, BundleError, BundleFile, Template,
 };
-use crate::spec::{check_label_key, check_label_value};
-use crate::{ClusterName, Ipv4Cidr, ValidationError};
+use crate::spec::{Labels, Taint, NODE_POOL_LABEL};
+use crate::{ClusterName, Ipv4Cidr, NodePoolName, ValidationError};
 
 /// Where the worker bundle's files live on a worker machine.
 pub mod paths {
@@ -124,26 +124,28 @@ const CNI_TEMPLATE: &str = "10-kubeforge.conflist.template";
 /// Everything that differs between one worker's bundle and another's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerBundleInput {
-    pub cluster_name: String,
+    pub cluster_name: ClusterName,
     /// The node's name (`--hostname-override`); a DNS-1123 label.
     pub node_name: String,
     /// The node's IPv4 address (`--node-ip`).
-    pub node_address: String,
+    pub node_address: Ipv4Addr,
     /// The API server endpoint, e.g. `https://10.77.0.10:6443`. The
     /// kubeconfigs carry it; the bundle only validates it and records it.
     pub api_server: String,
     /// The cluster DNS service address: the 10th service IP, e.g. `10.96.0.10`.
-    pub cluster_dns: String,
+    pub cluster_dns: Ipv4Addr,
     /// e.g. `cluster.local`.
     pub cluster_domain: String,
     /// The cluster's pod CIDR (kube-proxy's `clusterCIDR`).
-    pub pod_cidr: String,
+    pub pod_cidr: Ipv4Cidr,
     /// Where kubelet and kube-proxy (and optionally kubectl) live.
     pub bin_dir: String,
-    /// `--node-labels`, including `kubeforge.io/node-pool`.
-    pub node_labels: BTreeMap<String, String>,
-    /// `--register-with-taints`, each already `key=value:Effect`.
-    pub node_taints: Vec<String>,
+    /// The node's pool: `--node-labels` carries it as `kubeforge.io/node-pool`.
+    pub node_pool: NodePoolName,
+    /// The pool's labels, as its tenant set them (`--node-labels`).
+    pub node_labels: Labels,
+    /// `--register-with-taints`.
+    pub node_taints: Vec<Taint>,
     /// Expected sha256 (lowercase hex) per binary under `bin_dir`. Must cover
     /// [`REQUIRED_BINARIES`].
     pub binary_sha256: BTreeMap<String, String>,
@@ -272,28 +274,24 @@ struct Install {
 
 impl RenderContext {
     fn new(input: &WorkerBundleInput) -> Result<Self, ValidationError> {
-        let cluster_name = ClusterName::parse(&input.cluster_name)
-            .map_err(|e| ValidationError::new("cluster_name", e.message))?;
         check_dns_label("node_name", &input.node_name)?;
-        let address = parse_ipv4("node_address", &input.node_address)?;
+        let address = check_machine_ipv4("node_address", input.node_address)?;
         check_api_server(&input.api_server)?;
-        let cluster_dns = parse_ipv4("cluster_dns", &input.cluster_dns)?;
+        let cluster_dns = check_machine_ipv4("cluster_dns", input.cluster_dns)?;
         check_dns_name("cluster_domain", &input.cluster_domain)?;
-        let pod_cidr =
-            Ipv4Cidr::parse(&input.pod_cidr).map_err(|m| ValidationError::new("pod_cidr", m))?;
         let bin_dir = check_path("bin_dir", &input.bin_dir)?;
-        let node_labels = check_labels(&input.node_labels)?;
-        let node_taints = check_taints(&input.node_taints)?;
+        let node_labels = label_flag(&input.node_pool, &input.node_labels);
+        let node_taints = taint_flag(&input.node_taints)?;
         let binaries = check_binaries(&input.binary_sha256, &bin_dir)?;
 
         Ok(Self {
-            cluster_name: cluster_name.to_string(),
+            cluster_name: input.cluster_name.to_string(),
             node_name: input.node_name.clone(),
             node_address: address.to_string(),
             api_server: input.api_server.clone(),
             cluster_dns: cluster_dns.to_string(),
             cluster_domain: input.cluster_domain.clone(),
-            pod_cidr: pod_cidr.to_string(),
+            pod_cidr: input.pod_cidr.to_string(),
             node_labels,
             node_taints,
             lab: input.lab,
@@ -376,38 +374,32 @@ fn check_binaries(
     })
 }
 
-/// Label keys: an optional DNS-name prefix and `/`, then a name of at most 63
-/// letters, digits, `-`, `_`, `.` starting and ending alphanumeric. Values:
-/// empty or the same form as a name. Returns `k=v,k=v`.
-fn check_labels(labels: &BTreeMap<String, String>) -> Result<String, ValidationError> {
-    let mut joined = Vec::with_capacity(labels.len());
-    for (key, value) in labels {
-        let field = format!("node_labels.{key}");
-        check_label_key(key).map_err(|m| ValidationError::new(field.clone(), m))?;
-        check_label_value(value).map_err(|m| ValidationError::new(field.clone(), m))?;
-        joined.push(format!("{key}={value}"));
-    }
-    Ok(joined.join(","))
+/// `k=v,k=v`, sorted by key, with the pool's label (the labels were
+/// checked when parsed, and the pool label is reserved to Kubeforge).
+fn label_flag(pool: &NodePoolName, labels: &Labels) -> String {
+    let mut all = labels.as_map().clone();
+    all.insert(NODE_POOL_LABEL.to_string(), pool.to_string());
+    all.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-/// Taints `key=value:Effect` or `key:Effect`. Returns them comma-joined.
-fn check_taints(taints: &[String]) -> Result<String, ValidationError> {
-    for (i, taint) in taints.iter().enumerate() {
-        let field = format!("node_taints[{i}]");
-        let bad = |why: &str| ValidationError::new(field.clone(), format!("{taint:?}: {why}"));
-        let (key_value, effect) = taint
-            .rsplit_once(':')
-            .ok_or_else(|| bad("must be key=value:Effect"))?;
-        if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
-            return Err(bad(
-                "the effect must be NoSchedule, PreferNoSchedule or NoExecute",
-            ));
-        }
-        let (key, value) = key_value.split_once('=').unwrap_or((key_value, ""));
-        check_label_key(key).map_err(|m| bad(&m))?;
-        check_label_value(value).map_err(|m| bad(&m))?;
+/// `key=value:Effect,...` (`key=:Effect` without a value), each taint
+/// checked by the one taint rule ([`Taint::check`]).
+fn taint_flag(taints: &[Taint]) -> Result<String, ValidationError> {
+    let mut out = Vec::with_capacity(taints.len());
+    for (i, t) in taints.iter().enumerate() {
+        t.check()
+            .map_err(|e| e.under(&format!("node_taints[{i}]")))?;
+        out.push(format!(
+            "{}={}:{:?}",
+            t.key,
+            t.value.as_deref().unwrap_or(""),
+            t.effect
+        ));
     }
-    Ok(taints.join(","))
+    Ok(out.join(","))
 }
 
 #[cfg(test)]
@@ -441,35 +433,31 @@ mod tests {
         let values = ["", "v", "v-1.2_3", "-v", "v_", "a b", &"v".repeat(64)];
         for key in keys {
             for value in values {
-                let api = crate::spec::Labels::parse(BTreeMap::from([(
-                    key.to_string(),
-                    value.to_string(),
-                )]));
-                let mut i = input();
-                i.node_labels = BTreeMap::from([(key.to_string(), value.to_string())]);
-                let rendered = render_worker(&i);
-                assert_eq!(
-                    api.is_ok(),
-                    rendered.is_ok(),
-                    "label {key:?}={value:?}: API {api:?}, renderer {:?}",
-                    rendered.err()
-                );
-                let taint = crate::spec::Taint {
-                    key: key.to_string(),
-                    value: Some(value.to_string()),
-                    effect: crate::spec::TaintEffect::NoSchedule,
+                // Labels the API accepts always render (the renderer takes
+                // them parsed, so it has nothing to refuse).
+                if let Ok(labels) =
+                    Labels::parse(BTreeMap::from([(key.to_string(), value.to_string())]))
+                {
+                    let mut i = input();
+                    i.node_labels = labels;
+                    let rendered = render_worker(&i);
+                    assert!(
+                        rendered.is_ok(),
+                        "label {key:?}={value:?}: {:?}",
+                        rendered.err()
+                    );
                 }
-                .check()
-                .is_ok();
+                // Taints: the API and the renderer apply the same rule.
+                let taint = Taint {
+                    key: key.to_string(),
+                    value: (!value.is_empty()).then(|| value.to_string()),
+                    effect: crate::spec::TaintEffect::NoSchedule,
+                };
                 let mut i = input();
-                i.node_taints = vec![if value.is_empty() {
-                    format!("{key}:NoSchedule")
-                } else {
-                    format!("{key}={value}:NoSchedule")
-                }];
+                i.node_taints = vec![taint.clone()];
                 let rendered = render_worker(&i);
                 assert_eq!(
-                    taint,
+                    taint.check().is_ok(),
                     rendered.is_ok(),
                     "taint {key:?}={value:?}: renderer {:?}",
                     rendered.err()
@@ -480,19 +468,21 @@ mod tests {
 
     fn input() -> WorkerBundleInput {
         WorkerBundleInput {
-            cluster_name: "demo".into(),
+            cluster_name: ClusterName::parse("demo").unwrap(),
             node_name: "demo-pool-a-0".into(),
-            node_address: "10.77.0.31".into(),
+            node_address: Ipv4Addr::new(10, 77, 0, 31),
             api_server: "https://10.77.0.10:6443".into(),
-            cluster_dns: "10.96.0.10".into(),
+            cluster_dns: Ipv4Addr::new(10, 96, 0, 10),
             cluster_domain: "cluster.local".into(),
-            pod_cidr: "10.244.0.0/16".into(),
+            pod_cidr: Ipv4Cidr::parse("10.244.0.0/16").unwrap(),
             bin_dir: "/opt/kubeforge/bin".into(),
-            node_labels: BTreeMap::from([
-                ("kubeforge.io/node-pool".into(), "pool-a".into()),
-                ("tier".into(), "web".into()),
-            ]),
-            node_taints: vec!["dedicated=web:NoSchedule".into()],
+            node_pool: NodePoolName::parse("pool-a").unwrap(),
+            node_labels: Labels::parse(BTreeMap::from([("tier".into(), "web".into())])).unwrap(),
+            node_taints: vec![Taint {
+                key: "dedicated".into(),
+                value: Some("web".into()),
+                effect: crate::spec::TaintEffect::NoSchedule,
+            }],
             binary_sha256: BTreeMap::from([
                 ("kube-proxy".into(), "b".repeat(64)),
                 ("kubelet".into(), "a".repeat(64)),
@@ -569,16 +559,15 @@ mod tests {
     }
 
     #[test]
-    fn worker_without_labels_or_taints_omits_the_flags() {
+    fn worker_without_labels_or_taints_carries_only_its_pool() {
         let mut bare = input();
-        bare.node_labels.clear();
+        bare.node_labels = Labels::default();
         bare.node_taints.clear();
         let files = render_worker(&bare).expect("renders");
         let unit = &files[3].contents;
-        assert!(!unit.contains("--node-labels"), "{unit}");
         assert!(!unit.contains("--register-with-taints"), "{unit}");
         assert!(
-            unit.contains("--pod-infra-container-image=kubeforge.invalid/pause:1\nRestart=always"),
+            unit.contains("--node-labels=kubeforge.io/node-pool=pool-a\nRestart=always"),
             "{unit}"
         );
     }
@@ -586,11 +575,10 @@ mod tests {
     #[test]
     fn worker_rejects_invalid_input() {
         let cases: Vec<(&str, Mutation)> = vec![
-            ("cluster_name", Box::new(|i| i.cluster_name = "Demo".into())),
             ("node_name", Box::new(|i| i.node_name = "node_1".into())),
             (
                 "node_address",
-                Box::new(|i| i.node_address = "10.77.0.31; reboot".into()),
+                Box::new(|i| i.node_address = Ipv4Addr::UNSPECIFIED),
             ),
             (
                 "api_server",
@@ -602,30 +590,21 @@ mod tests {
             ),
             (
                 "cluster_dns",
-                Box::new(|i| i.cluster_dns = "10.96.0".into()),
+                Box::new(|i| i.cluster_dns = Ipv4Addr::new(224, 0, 0, 1)),
             ),
             (
                 "cluster_domain",
                 Box::new(|i| i.cluster_domain = "cluster..local".into()),
             ),
-            ("pod_cidr", Box::new(|i| i.pod_cidr = "10.244.0.0".into())),
             ("bin_dir", Box::new(|i| i.bin_dir = "/opt/$(reboot)".into())),
             ("bin_dir", Box::new(|i| i.bin_dir = "opt/bin".into())),
             (
-                "node_labels.tier",
-                Box::new(|i| {
-                    i.node_labels.insert("tier".into(), "a b".into());
-                }),
+                "node_taints[0].value",
+                Box::new(|i| i.node_taints[0].value = Some("a b".into())),
             ),
             (
-                "node_labels.bad key",
-                Box::new(|i| {
-                    i.node_labels.insert("bad key".into(), "x".into());
-                }),
-            ),
-            (
-                "node_taints[0]",
-                Box::new(|i| i.node_taints[0] = "dedicated=web:Sometimes".into()),
+                "node_taints[0].key",
+                Box::new(|i| i.node_taints[0].key = "bad key".into()),
             ),
             (
                 "binary_sha256",

@@ -302,7 +302,7 @@ impl App {
         let c = cluster::get_for_update(&mut tx, ctx, id_or_name).await?;
         check_if_match(if_match, &c.etag())?;
         if c.deletion_protection {
-            return Err(Error::DeletionProtected(c.name.clone()));
+            return Err(Error::DeletionProtected(c.name.to_string()));
         }
         if c.deletion_requested_at.is_some() {
             // Already deleting: answer with the delete operation in flight.
@@ -512,7 +512,7 @@ impl App {
         .map_err(internal)?;
         let yaml = kubeforge_cluster::kubeconfig::render_kubeconfig(
             &kubeforge_cluster::kubeconfig::KubeconfigInput {
-                cluster_name: &c.name,
+                cluster_name: c.name.as_str(),
                 server: &endpoint,
                 ca_pem: &pair.cert_pem,
                 user_name: &user,

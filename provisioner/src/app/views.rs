@@ -18,9 +18,9 @@ impl From<&Cluster> for ClusterView {
     fn from(c: &Cluster) -> Self {
         Self {
             id: c.id,
-            name: c.name.clone(),
+            name: c.name.to_string(),
             tenant: c.tenant.clone(),
-            kubernetes_version: c.kubernetes_version.clone(),
+            kubernetes_version: c.kubernetes_version.as_str().into(),
             provider: c.provider.clone(),
             control_plane: ControlPlaneView {
                 replicas: c.control_plane.replicas,
@@ -76,7 +76,7 @@ pub fn node_pool_view(p: &NodePool, machines: &[Machine]) -> NodePoolView {
     NodePoolView {
         id: p.id,
         cluster: p.cluster_id,
-        name: p.name.clone(),
+        name: p.name.to_string(),
         machine_type: p.machine_type.as_str().into(),
         size: p.size,
         autoscaling: p.autoscaling,

@@ -28,7 +28,7 @@ use kubeforge_cluster::pki::{
 use kubeforge_cluster::restarts::{self, MemberRestarts, Observation, RecentRestarts};
 use kubeforge_cluster::Phase;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -124,18 +124,19 @@ fn target(m: &Machine) -> Result<SshTarget> {
     Ok(SshTarget::new(address, "root", host_key))
 }
 
-fn address(m: &Machine) -> Result<IpAddr> {
+/// A machine's IPv4 address, as its provider reported it.
+fn address(m: &Machine) -> Result<Ipv4Addr> {
     m.address
         .as_deref()
         .and_then(|a| a.parse().ok())
-        .ok_or_else(|| internal(format!("machine {} has no IP address", m.name)))
+        .ok_or_else(|| internal(format!("machine {} has no IPv4 address", m.name)))
 }
 
 /// The stable address kubeconfigs point at. One member: its own address.
 pub fn endpoint_host(members: &[&Machine]) -> Result<IpAddr> {
     members
         .first()
-        .map(|m| address(m))
+        .map(|m| address(m).map(IpAddr::V4))
         .unwrap_or_else(|| Err(internal("no control-plane machine")))
 }
 
@@ -169,8 +170,10 @@ fn member_files(
     access: &MachineAccess,
 ) -> Result<MemberBundle> {
     let addr = address(me)?;
-    let member_addresses: Vec<IpAddr> =
-        members.iter().map(|m| address(m)).collect::<Result<_>>()?;
+    let member_addresses: Vec<IpAddr> = members
+        .iter()
+        .map(|m| address(m).map(IpAddr::V4))
+        .collect::<Result<_>>()?;
     let sans = ApiServerSans::new(
         vec![SubjectAltName::Ip(endpoint)],
         member_addresses,
@@ -178,7 +181,7 @@ fn member_files(
     );
     let identity = MemberIdentity {
         name: me.name.clone(),
-        address: addr,
+        address: IpAddr::V4(addr),
     };
     let validity = DEFAULT_LEAF_VALIDITY;
     let certs = pki
@@ -294,7 +297,7 @@ fn member_files(
             paths::CONTROLLER_MANAGER_KUBECONFIG.into(),
             0o600,
             kubeconfig(
-                &c.name,
+                c.name.as_str(),
                 &local,
                 ca,
                 "system:kube-controller-manager",
@@ -305,7 +308,7 @@ fn member_files(
             paths::SCHEDULER_KUBECONFIG.into(),
             0o600,
             kubeconfig(
-                &c.name,
+                c.name.as_str(),
                 &local,
                 ca,
                 "system:kube-scheduler",
@@ -316,7 +319,7 @@ fn member_files(
             paths::ADMIN_KUBECONFIG.into(),
             0o600,
             kubeconfig(
-                &c.name,
+                c.name.as_str(),
                 &external,
                 ca,
                 "kubernetes-admin",
@@ -328,20 +331,19 @@ fn member_files(
         cluster_name: c.name.clone(),
         kubernetes_version: c.kubernetes_version.clone(),
         member_name: me.name.clone(),
-        member_address: addr.to_string(),
+        member_address: addr,
         members: members
             .iter()
             .map(|m| {
                 Ok(EtcdMember {
                     name: m.name.clone(),
-                    address: address(m)?.to_string(),
+                    address: address(m)?,
                 })
             })
             .collect::<Result<_>>()?,
         endpoint_host: endpoint.to_string(),
         endpoint_port: APISERVER_PORT,
-        service_cidr: c.network.service_cidr.to_string(),
-        pod_cidr: c.network.pod_cidr.to_string(),
+        network: c.network.clone(),
         bin_dir: access.artifacts.guest_dir.clone(),
         etcd_bin: access.artifacts.etcd_bin.clone(),
         data_dir: "/var/lib/etcd".into(),
@@ -446,7 +448,7 @@ async fn viewer_may_list(app: &App, c: &Cluster, url: &str) -> Result<()> {
     let pki = ensure_pki(app, c).await?;
     let signer = pki.ca.signer().map_err(internal)?;
     let viewer = crate::tenant::KubeTenant::connect_as(
-        &c.name,
+        c.name.as_str(),
         url,
         &pki.ca.cert_pem,
         &signer,
@@ -627,7 +629,7 @@ async fn reconcile_load_balancer(
             .map(|m| {
                 Ok(EtcdMember {
                     name: m.name.clone(),
-                    address: address(m)?.to_string(),
+                    address: address(m)?,
                 })
             })
             .collect::<Result<_>>()?,
@@ -674,7 +676,7 @@ pub async fn reconcile(
         ..Default::default()
     };
     let endpoint = match lb {
-        Some(lb) => address(lb)?,
+        Some(lb) => IpAddr::V4(address(lb)?),
         None => endpoint_host(members)?,
     };
     let mut apiserver_expiry = None;

@@ -7,12 +7,11 @@
 //! node name, denied otherwise. Called by the pool pass ([`super::pools`]).
 
 use chrono::{TimeDelta, Utc};
-use kubeforge_cluster::join::{
-    self, check_node_client_csr, BootstrapToken, KUBELET_CLIENT_SIGNER, POOL_LABEL,
-};
+use kubeforge_cluster::join::{self, check_node_client_csr, BootstrapToken, KUBELET_CLIENT_SIGNER};
 use kubeforge_cluster::kubeconfig::render_token_kubeconfig;
 use kubeforge_cluster::worker::{self, WorkerBundleInput};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -128,21 +127,11 @@ async fn join_one(
         .iter()
         .find(|p| Some(p.id) == m.node_pool_id)
         .ok_or("the machine's pool is gone")?;
-    let address = m.address.clone().ok_or("the machine has no address")?;
-    let mut labels: BTreeMap<String, String> = pool.labels.as_map().clone();
-    labels.insert(POOL_LABEL.into(), pool.name.clone());
-    let taints = pool
-        .taints
-        .iter()
-        .map(|t| {
-            format!(
-                "{}={}:{:?}",
-                t.key,
-                t.value.as_deref().unwrap_or(""),
-                t.effect
-            )
-        })
-        .collect();
+    let address: Ipv4Addr = m
+        .address
+        .as_deref()
+        .and_then(|a| a.parse().ok())
+        .ok_or("the machine has no IPv4 address")?;
     let sums = access
         .artifacts
         .checksums_of(&["kubelet", "kube-proxy", "kubectl"])
@@ -156,13 +145,13 @@ async fn join_one(
             .network
             .service_cidr
             .nth(10)
-            .ok_or("the service CIDR has no 10th address")?
-            .to_string(),
+            .ok_or("the service CIDR has no 10th address")?,
         cluster_domain: "cluster.local".into(),
-        pod_cidr: c.network.pod_cidr.to_string(),
+        pod_cidr: c.network.pod_cidr,
         bin_dir: access.artifacts.guest_dir.clone(),
-        node_labels: labels,
-        node_taints: taints,
+        node_pool: pool.name.clone(),
+        node_labels: pool.labels.clone(),
+        node_taints: pool.taints.clone(),
         binary_sha256: sums,
         lab: app
             .providers
@@ -180,7 +169,7 @@ async fn join_one(
     .map_err(|e| e.to_string())?;
     let proxy_conf = kubeforge_cluster::kubeconfig::render_kubeconfig(
         &kubeforge_cluster::kubeconfig::KubeconfigInput {
-            cluster_name: &c.name,
+            cluster_name: c.name.as_str(),
             server: endpoint,
             ca_pem: ca_crt,
             user_name: "kube-proxy",
@@ -189,7 +178,7 @@ async fn join_one(
         },
     );
     let bootstrap_conf = render_token_kubeconfig(
-        &c.name,
+        c.name.as_str(),
         endpoint,
         ca_crt,
         "kubelet-bootstrap",

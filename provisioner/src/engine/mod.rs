@@ -29,8 +29,9 @@ pub async fn tenant_api(app: &App, c: &Cluster, endpoint: &str) -> Result<Arc<dy
         .ca
         .signer()
         .map_err(|e| Error::Internal(anyhow::anyhow!("the cluster CA: {e}")))?;
-    let api: Arc<KubeTenant> =
-        Arc::new(KubeTenant::connect(&c.name, endpoint, &pki.ca.cert_pem, &signer, now).await?);
+    let api: Arc<KubeTenant> = Arc::new(
+        KubeTenant::connect(c.name.as_str(), endpoint, &pki.ca.cert_pem, &signer, now).await?,
+    );
     app.tenants.put(c.id, endpoint, now, api.clone());
     Ok(api as Arc<dyn TenantApi>)
 }

@@ -4,7 +4,10 @@
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use kubeforge_cluster::{ClusterNetwork, Condition, ControlPlaneSpec, Labels, Phase, ProviderSpec};
+use kubeforge_cluster::{
+    ClusterName, ClusterNetwork, Condition, ControlPlaneSpec, KubernetesVersion, Labels, Phase,
+    ProviderSpec,
+};
 use serde_json::Value as JsonValue;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -42,8 +45,8 @@ pub struct ClusterRecord {
 pub struct Cluster {
     pub id: Uuid,
     pub tenant: String,
-    pub name: String,
-    pub kubernetes_version: String,
+    pub name: ClusterName,
+    pub kubernetes_version: KubernetesVersion,
     pub provider: ProviderSpec,
     pub control_plane: ControlPlaneSpec,
     pub network: ClusterNetwork,
@@ -81,8 +84,9 @@ impl TryFrom<ClusterRecord> for Cluster {
                 phase: Phase::parse(&r.phase).context("phase")?,
                 conditions: serde_json::from_value(r.conditions).context("conditions")?,
                 tenant: r.tenant,
-                name: r.name,
-                kubernetes_version: r.kubernetes_version,
+                name: ClusterName::parse(&r.name).map_err(anyhow::Error::msg)?,
+                kubernetes_version: KubernetesVersion::parse(&r.kubernetes_version)
+                    .map_err(anyhow::Error::msg)?,
                 deletion_protection: r.deletion_protection,
                 endpoint: r.endpoint,
                 certificates: r.certificates,

@@ -4,7 +4,8 @@
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use kubeforge_cluster::{
-    AutoRepair, Autoscaling, Condition, Labels, MachineType, NodePoolSpec, Phase, Taint,
+    AutoRepair, Autoscaling, Condition, Labels, MachineType, NodePoolName, NodePoolSpec, Phase,
+    Taint,
 };
 use serde_json::Value as JsonValue;
 use sqlx::{PgConnection, PgExecutor};
@@ -45,7 +46,7 @@ pub struct NodePool {
     pub id: Uuid,
     pub tenant: String,
     pub cluster_id: Uuid,
-    pub name: String,
+    pub name: NodePoolName,
     pub machine_type: MachineType,
     pub size: u32,
     pub autoscaling: Option<Autoscaling>,
@@ -99,7 +100,7 @@ impl TryFrom<NodePoolRecord> for NodePool {
                 conditions: serde_json::from_value(r.conditions).context("conditions")?,
                 tenant: r.tenant,
                 cluster_id: r.cluster_id,
-                name: r.name,
+                name: NodePoolName::parse(&r.name).map_err(anyhow::Error::msg)?,
                 generation: r.generation,
                 observed_generation: r.observed_generation,
                 resource_version: r.resource_version,

@@ -6,7 +6,6 @@
 
 use chrono::Utc;
 use kubeforge_cluster::pki::{CertKeyPair, ClusterPki, ServiceAccountKey, DEFAULT_CA_VALIDITY};
-use kubeforge_cluster::ClusterName;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -60,8 +59,7 @@ pub async fn ensure(db: &PgPool, sbox: &SecretBox, c: &Cluster) -> Result<(Clust
         };
         return Ok((pki, false));
     }
-    let name = ClusterName::parse(&c.name)?;
-    let pki = ClusterPki::generate(&name, Utc::now(), DEFAULT_CA_VALIDITY).map_err(internal)?;
+    let pki = ClusterPki::generate(&c.name, Utc::now(), DEFAULT_CA_VALIDITY).map_err(internal)?;
     let values: [&str; 8] = [
         &pki.ca.cert_pem,
         &pki.ca.key_pem,
