@@ -24,6 +24,7 @@ pub mod pools;
 pub mod restarts;
 pub mod spec;
 pub mod status;
+pub mod userdata;
 pub mod validation;
 pub mod worker;
 

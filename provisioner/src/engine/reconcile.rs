@@ -7,9 +7,12 @@
 //! and events, and asks to run again later to re-observe. A crash at any
 //! await is just an early return: the next run starts from what is real.
 //!
-//! Phases: `machines` (through the provider trait), then, with machine
-//! access, the control plane ([`controlplane`]) and worker pools
-//! ([`pools`]); a service without machine access waits with
+//! Phases: `machines` (through the provider trait: a machine is created
+//! once, then observed while `provisioning`), then, with machine access,
+//! the control plane ([`controlplane`]), worker pools ([`pools`]), the
+//! cluster's phase, the operations and the pools' status. Each phase hands
+//! what it observed to `kubeforge_cluster::status`, which sets every
+//! condition from one function. A service without machine access waits with
 //! `ControlPlaneReady=False` (`BootstrapUnavailable`). A control plane that
 //! serves but whose components restarted [`RESTART_THRESHOLD`] times within
 //! the restart window is `ControlPlaneReady=False` (`ComponentRestarting`):
@@ -75,13 +78,15 @@ impl From<ProviderError> for JobError {
     }
 }
 
-/// What the provider is asked for to make ledger row `m`.
+/// What the provider is asked for to make ledger row `m`; with user-data
+/// when this service has an SSH key (`authorized_key`) to put on it.
 fn machine_request(
     c: &Cluster,
     m: &Machine,
     pools: &[NodePool],
+    authorized_key: Option<&str>,
 ) -> crate::error::Result<MachineRequest> {
-    Ok(MachineRequest::new(
+    let mut req = MachineRequest::new(
         m.id,
         &m.name,
         &c.tenant,
@@ -93,7 +98,11 @@ fn machine_request(
             .find(|p| Some(p.id) == m.node_pool_id)
             .map(|p| p.name.as_str()),
         c.provider.clone(),
-    ))
+    );
+    if let Some(key) = authorized_key {
+        req.user_data = Some(kubeforge_cluster::userdata::render(&req.identity(), key)?);
+    }
+    Ok(req)
 }
 
 fn cluster_id(job: &Job) -> Result<Uuid, JobError> {
@@ -480,7 +489,12 @@ impl Run<'_> {
                     .map_err(|e| ProviderError::Retryable(e.message))?;
                 }
                 MachineState::Pending | MachineState::Failed => {
-                    let req = machine_request(c, m, pools).map_err(|e| {
+                    let key = self
+                        .app
+                        .access
+                        .as_ref()
+                        .map(|a| a.client_key.public_key_line());
+                    let req = machine_request(c, m, pools, key).map_err(|e| {
                         ProviderError::Permanent(format!("machine {}: {e}", m.name))
                     })?;
                     let pm = provider.create(&req).await?;

@@ -24,6 +24,7 @@
 
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
+use kubeforge_cluster::userdata::{MachineIdentity, IDENTITY_FILE};
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -297,10 +298,15 @@ impl LabProvider {
             &format!("{}\n", self.cfg.authorized_key.trim()),
             0o600,
         )?;
+        let identity = MachineIdentity {
+            id: meta.id,
+            cluster_id: meta.cluster_id,
+            name: meta.name.clone(),
+            tags: meta.tags.clone(),
+        };
         w(
-            "etc/kubeforge/machine.json",
-            &serde_json::json!({"id": meta.id, "cluster_id": meta.cluster_id, "name": meta.name})
-                .to_string(),
+            IDENTITY_FILE.trim_start_matches('/'),
+            &identity.to_json(),
             0o644,
         )?;
         Ok(())

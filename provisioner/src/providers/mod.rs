@@ -45,6 +45,7 @@ pub mod test_double;
 use async_trait::async_trait;
 use kubeforge_cluster::pools::MachineRole;
 use kubeforge_cluster::spec::ProviderSpec;
+use kubeforge_cluster::userdata::MachineIdentity;
 use kubeforge_cluster::MachineType;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -66,6 +67,12 @@ pub struct MachineRequest {
     /// What the machine carries so it can be found without the ledger:
     /// see [`machine_tags`].
     pub tags: BTreeMap<String, String>,
+    /// cloud-init user-data (`kubeforge_cluster::userdata`) for providers
+    /// whose images boot with cloud-init: hostname, the service's SSH key
+    /// for root, the identity file. None when this service has no SSH key
+    /// (it bootstraps nothing). The lab and the `ssh` provider write the
+    /// same facts themselves.
+    pub user_data: Option<String>,
 }
 
 impl MachineRequest {
@@ -91,6 +98,17 @@ impl MachineRequest {
             node_pool: node_pool.map(str::to_string),
             spec,
             tags: machine_tags(cluster_id, id, tenant, name, role),
+            user_data: None,
+        }
+    }
+
+    /// What the machine records about itself in its identity file.
+    pub fn identity(&self) -> MachineIdentity {
+        MachineIdentity {
+            id: self.id,
+            cluster_id: self.cluster_id,
+            name: self.name.clone(),
+            tags: self.tags.clone(),
         }
     }
 }

@@ -63,6 +63,7 @@
 
 use async_trait::async_trait;
 use kubeforge_cluster::pools::MachineRole;
+use kubeforge_cluster::userdata::IDENTITY_FILE;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -102,8 +103,6 @@ const WIPED_DIRS: [&str; 5] = [
     "/etc/kubeforge",
 ];
 
-/// Where the host records which machine it is.
-const IDENTITY_FILE: &str = "/etc/kubeforge/machine.json";
 /// Present when Kubeforge added the service key to `authorized_keys` (and
 /// so must remove it); absent when the key was there before the claim.
 const KEY_MARKER: &str = "/etc/kubeforge/service-key-added";
@@ -353,13 +352,7 @@ impl SshProvider {
         let key = &self.service_key_public;
         let body =
             key_body(key).ok_or_else(|| permanent("the service's public key line is malformed"))?;
-        let identity = serde_json::json!({
-            "id": req.id,
-            "cluster_id": req.cluster_id,
-            "name": req.name,
-            "tags": req.tags,
-        })
-        .to_string();
+        let identity = req.identity().to_json();
         let script = format!(
             r#"set -e
 umask 077
