@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::artifacts::{Artifacts, COMPONENTS};
 use crate::error::{Error, Result};
-use crate::ssh::{shell_quote, Redactor, Session};
+use crate::ssh::{parse_sha256sum, sha256sum_command, Redactor, Session};
 
 /// Bound on one `sha256sum` over the binaries.
 const SUM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -24,11 +24,10 @@ async fn remote_sha256(
     machine: &str,
     paths: &[String],
 ) -> Result<BTreeMap<String, String>> {
-    let quoted: Vec<String> = paths.iter().map(|p| shell_quote(p)).collect();
     let mut lines = Vec::new();
     session
         .run(
-            &format!("sha256sum {} 2>/dev/null; true", quoted.join(" ")),
+            &sha256sum_command(paths),
             SUM_TIMEOUT,
             &Redactor::none(),
             |_, l| lines.push(l.to_string()),
@@ -36,21 +35,6 @@ async fn remote_sha256(
         .await
         .map_err(|e| Error::Unavailable(format!("checking binaries on {machine}: {e}")))?;
     Ok(parse_sha256sum(&lines))
-}
-
-/// `sha256sum` output lines as path -> lowercase hex digest.
-fn parse_sha256sum(lines: &[String]) -> BTreeMap<String, String> {
-    lines
-        .iter()
-        .filter_map(|l| {
-            let (sum, path) = l.split_once(char::is_whitespace)?;
-            let path = path.trim_start().trim_start_matches('*');
-            Some((
-                path.to_string(),
-                sum.trim_start_matches('\\').to_lowercase(),
-            ))
-        })
-        .collect()
 }
 
 /// Makes the control-plane binaries on the machine match `artifacts`;
@@ -96,24 +80,4 @@ pub async fn ensure(session: &Session, artifacts: &Artifacts, machine: &str) -> 
         }
     }
     Ok(uploaded)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sha256sum_output_is_read_in_text_and_binary_mode() {
-        let lines = vec![
-            "ABCDEF  /opt/kubeforge/kube/bin/kubectl".to_string(),
-            "123abc */opt/kubeforge/kube/bin/kube-apiserver".to_string(),
-            "\\9f0e  /opt/odd\\nname".to_string(),
-            "garbage".to_string(),
-        ];
-        let sums = parse_sha256sum(&lines);
-        assert_eq!(sums["/opt/kubeforge/kube/bin/kubectl"], "abcdef");
-        assert_eq!(sums["/opt/kubeforge/kube/bin/kube-apiserver"], "123abc");
-        assert_eq!(sums["/opt/odd\\nname"], "9f0e");
-        assert_eq!(sums.len(), 3);
-    }
 }

@@ -75,7 +75,8 @@ use super::{
 use crate::artifacts::Artifacts;
 use crate::crypto::{Sealed, SecretBox};
 use crate::ssh::{
-    shell_quote, Redactor, Session, SshAuth, SshError, SshExecutor, SshSettings, SshTarget,
+    parse_sha256sum, sha256sum_command, shell_quote, Redactor, Session, SshAuth, SshError,
+    SshExecutor, SshSettings, SshTarget,
 };
 
 /// How long a claim is good for after `create` last confirmed it.
@@ -392,24 +393,8 @@ mv -f {file}.tmp {file}
         hs: &HostSession,
         paths: &[String],
     ) -> Result<BTreeMap<String, String>, ProviderError> {
-        let quoted: Vec<String> = paths.iter().map(|p| shell_quote(p)).collect();
-        let (_, out) = Self::run(
-            host,
-            hs,
-            &format!("sha256sum {} 2>/dev/null; true", quoted.join(" ")),
-        )
-        .await?;
-        Ok(out
-            .iter()
-            .filter_map(|l| {
-                let (sum, path) = l.split_once(char::is_whitespace)?;
-                let path = path.trim_start().trim_start_matches('*');
-                Some((
-                    path.to_string(),
-                    sum.trim_start_matches('\\').to_lowercase(),
-                ))
-            })
-            .collect())
+        let (_, out) = Self::run(host, hs, &sha256sum_command(paths)).await?;
+        Ok(parse_sha256sum(&out))
     }
 
     /// etcd from the host's own package, checked by sha256 on the host:

@@ -387,6 +387,28 @@ impl SshExecutor {
     }
 }
 
+/// The command that prints the sha256 of `paths` on a machine (missing
+/// files print nothing); read its output with [`parse_sha256sum`].
+pub fn sha256sum_command(paths: &[String]) -> String {
+    let quoted: Vec<String> = paths.iter().map(|p| shell_quote(p)).collect();
+    format!("sha256sum {} 2>/dev/null; true", quoted.join(" "))
+}
+
+/// `sha256sum` output lines as path -> lowercase hex digest.
+pub fn parse_sha256sum(lines: &[String]) -> std::collections::BTreeMap<String, String> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let (sum, path) = l.split_once(char::is_whitespace)?;
+            let path = path.trim_start().trim_start_matches('*');
+            Some((
+                path.to_string(),
+                sum.trim_start_matches('\\').to_lowercase(),
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,5 +468,24 @@ mod tests {
             after: Duration::from_secs(1),
         };
         assert!(!timeout.is_connection_error() && timeout.is_retryable());
+    }
+
+    #[test]
+    fn sha256sum_output_is_read_in_text_and_binary_mode() {
+        let lines = vec![
+            "ABCDEF  /opt/kubeforge/kube/bin/kubectl".to_string(),
+            "123abc */opt/kubeforge/kube/bin/kube-apiserver".to_string(),
+            "\\9f0e  /opt/odd\\nname".to_string(),
+            "garbage".to_string(),
+        ];
+        let sums = parse_sha256sum(&lines);
+        assert_eq!(sums["/opt/kubeforge/kube/bin/kubectl"], "abcdef");
+        assert_eq!(sums["/opt/kubeforge/kube/bin/kube-apiserver"], "123abc");
+        assert_eq!(sums["/opt/odd\\nname"], "9f0e");
+        assert_eq!(sums.len(), 3);
+        assert_eq!(
+            sha256sum_command(&["/a b".to_string()]),
+            "sha256sum '/a b' 2>/dev/null; true"
+        );
     }
 }
