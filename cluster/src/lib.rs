@@ -22,6 +22,7 @@ pub mod operations;
 pub mod pki;
 pub mod pools;
 pub mod restarts;
+pub mod simulate;
 pub mod spec;
 pub mod status;
 pub mod userdata;

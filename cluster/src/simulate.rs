@@ -1,0 +1,287 @@
+//! The autoscaler's view of what pods ask for, pure (issue 10, first part):
+//! resource quantities as Kubernetes writes them, a pod's effective request
+//! (what the scheduler reserves for it), and which pods count as pending.
+//! The placement simulation over existing and template nodes builds on
+//! these; nothing here knows how a pod was read.
+
+use std::collections::BTreeMap;
+
+/// Amounts of the resources the scheduler accounts: CPU in millicores,
+/// memory and ephemeral storage in bytes, a pod count, and extended
+/// resources (`nvidia.com/gpu`, ...) in whole units.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub ephemeral_bytes: u64,
+    pub pods: u64,
+    pub extended: BTreeMap<String, u64>,
+}
+
+impl Resources {
+    /// Both together (saturating).
+    pub fn plus(&self, other: &Resources) -> Resources {
+        let mut extended = self.extended.clone();
+        for (k, v) in &other.extended {
+            let e = extended.entry(k.clone()).or_insert(0);
+            *e = e.saturating_add(*v);
+        }
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+            ephemeral_bytes: self.ephemeral_bytes.saturating_add(other.ephemeral_bytes),
+            pods: self.pods.saturating_add(other.pods),
+            extended,
+        }
+    }
+
+    /// The larger of the two, resource by resource.
+    pub fn max(&self, other: &Resources) -> Resources {
+        let mut extended = self.extended.clone();
+        for (k, v) in &other.extended {
+            let e = extended.entry(k.clone()).or_insert(0);
+            *e = (*e).max(*v);
+        }
+        Resources {
+            cpu_millis: self.cpu_millis.max(other.cpu_millis),
+            memory_bytes: self.memory_bytes.max(other.memory_bytes),
+            ephemeral_bytes: self.ephemeral_bytes.max(other.ephemeral_bytes),
+            pods: self.pods.max(other.pods),
+            extended,
+        }
+    }
+
+    /// Whether `self` fits into `free`; otherwise the resources that are
+    /// short, named as Kubernetes names them (`cpu`, `memory`,
+    /// `ephemeral-storage`, `pods`, or the extended resource's name).
+    pub fn fits_in(&self, free: &Resources) -> Result<(), Vec<String>> {
+        let mut short = Vec::new();
+        if self.cpu_millis > free.cpu_millis {
+            short.push("cpu".to_string());
+        }
+        if self.memory_bytes > free.memory_bytes {
+            short.push("memory".to_string());
+        }
+        if self.ephemeral_bytes > free.ephemeral_bytes {
+            short.push("ephemeral-storage".to_string());
+        }
+        if self.pods > free.pods {
+            short.push("pods".to_string());
+        }
+        for (k, v) in &self.extended {
+            if *v > free.extended.get(k).copied().unwrap_or(0) {
+                short.push(k.clone());
+            }
+        }
+        if short.is_empty() {
+            Ok(())
+        } else {
+            Err(short)
+        }
+    }
+}
+
+/// A byte quantity (`128974848`, `129e6`, `129M`, `123Mi`, `1.5Gi`) in
+/// bytes, rounded up as the scheduler rounds requests; None for anything
+/// else (negative, malformed, or beyond u64).
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    const BINARY: [(&str, u32); 6] = [
+        ("Ki", 10),
+        ("Mi", 20),
+        ("Gi", 30),
+        ("Ti", 40),
+        ("Pi", 50),
+        ("Ei", 60),
+    ];
+    const DECIMAL: [(&str, i32); 7] = [
+        ("k", 3),
+        ("M", 6),
+        ("G", 9),
+        ("T", 12),
+        ("P", 15),
+        ("E", 18),
+        ("m", -3),
+    ];
+    let q = q.trim();
+    let (number, factor) = if let Some((n, shift)) = BINARY
+        .iter()
+        .find_map(|(s, shift)| q.strip_suffix(s).map(|n| (n, *shift)))
+    {
+        (n, 2f64.powi(shift as i32))
+    } else if let Some((n, exp)) = DECIMAL
+        .iter()
+        .find_map(|(s, exp)| q.strip_suffix(s).map(|n| (n, *exp)))
+    {
+        (n, 10f64.powi(exp))
+    } else {
+        (q, 1.0)
+    };
+    if number.is_empty() || number.starts_with(['-', '+']) {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    let bytes = (value * factor).ceil();
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// What the scheduler reserves for a pod: per resource, the larger of its
+/// largest init container and the sum of its containers, plus the pod's
+/// overhead, and one pod.
+pub fn pod_request(
+    containers: &[Resources],
+    init: &[Resources],
+    overhead: &Resources,
+) -> Resources {
+    let sum = containers
+        .iter()
+        .fold(Resources::default(), |acc, c| acc.plus(c));
+    let largest_init = init.iter().fold(Resources::default(), |acc, c| acc.max(c));
+    let mut request = sum.max(&largest_init).plus(overhead);
+    request.pods = 1;
+    request
+}
+
+/// What decides whether a pod waits for a node that does not exist yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodSchedulingFacts {
+    /// Its `PodScheduled` condition is False with reason `Unschedulable`.
+    pub unschedulable: bool,
+    /// `spec.nodeName`.
+    pub node_name: Option<String>,
+    /// `status.nominatedNodeName`: preemption made room for it somewhere.
+    pub nominated_node: Option<String>,
+    /// Owned by a DaemonSet (it follows nodes, it does not ask for them).
+    pub daemonset: bool,
+    /// A static pod's mirror.
+    pub mirror: bool,
+    /// Has a deletion timestamp.
+    pub terminating: bool,
+}
+
+/// A pod counts as pending for the autoscaler when the scheduler found no
+/// node for it (`PodScheduled=False`, `Unschedulable`), it is not bound,
+/// no node was nominated for it, and it is neither a DaemonSet pod nor a
+/// mirror pod nor on its way out.
+pub fn counts_as_pending(p: &PodSchedulingFacts) -> bool {
+    p.unschedulable
+        && p.node_name.is_none()
+        && p.nominated_node.is_none()
+        && !p.daemonset
+        && !p.mirror
+        && !p.terminating
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(cpu: u64, mem: u64) -> Resources {
+        Resources {
+            cpu_millis: cpu,
+            memory_bytes: mem,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn byte_quantities_as_kubernetes_writes_them() {
+        for (q, want) in [
+            ("128974848", Some(128_974_848)),
+            ("129e6", Some(129_000_000)),
+            ("129M", Some(129_000_000)),
+            ("123Mi", Some(123 * 1024 * 1024)),
+            ("1.5Gi", Some(1_610_612_736)),
+            ("1k", Some(1000)),
+            ("1Ki", Some(1024)),
+            ("0", Some(0)),
+            ("1500m", Some(2)),
+            ("", None),
+            ("-1Gi", None),
+            ("1Zi", None),
+            ("Gi", None),
+            ("1 Gi", None),
+            ("99999999999Ei", None),
+        ] {
+            assert_eq!(quantity_bytes(q), want, "{q:?}");
+        }
+    }
+
+    #[test]
+    fn a_pods_request_is_the_larger_of_init_and_containers_plus_overhead() {
+        let gpu = |n| Resources {
+            extended: BTreeMap::from([("nvidia.com/gpu".to_string(), n)]),
+            ..Default::default()
+        };
+        // Containers sum to 300m / 384 B; the largest init wants more
+        // memory and fewer CPUs; the overhead is added after.
+        let r = pod_request(
+            &[res(100, 128), res(200, 256).plus(&gpu(1))],
+            &[res(50, 1024), res(250, 64)],
+            &res(10, 16),
+        );
+        assert_eq!(r.cpu_millis, 310);
+        assert_eq!(r.memory_bytes, 1040);
+        assert_eq!(r.extended["nvidia.com/gpu"], 1);
+        assert_eq!(r.pods, 1);
+        // No containers at all still takes a pod slot.
+        assert_eq!(pod_request(&[], &[], &Resources::default()).pods, 1);
+    }
+
+    #[test]
+    fn fits_in_names_what_is_short() {
+        let free = Resources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            ephemeral_bytes: 10 << 30,
+            pods: 110,
+            extended: BTreeMap::new(),
+        };
+        let mut want = pod_request(&[res(500, 1 << 20)], &[], &Resources::default());
+        assert_eq!(want.fits_in(&free), Ok(()));
+        want.cpu_millis = 1500;
+        want.memory_bytes = 2 << 30;
+        want.extended.insert("nvidia.com/gpu".into(), 1);
+        assert_eq!(
+            want.fits_in(&free),
+            Err(vec!["cpu".into(), "memory".into(), "nvidia.com/gpu".into()])
+        );
+    }
+
+    #[test]
+    fn only_unschedulable_unbound_unnominated_ordinary_pods_are_pending() {
+        let pending = PodSchedulingFacts {
+            unschedulable: true,
+            ..Default::default()
+        };
+        assert!(counts_as_pending(&pending));
+        let not = [
+            PodSchedulingFacts {
+                unschedulable: false,
+                ..pending.clone()
+            },
+            PodSchedulingFacts {
+                node_name: Some("n1".into()),
+                ..pending.clone()
+            },
+            PodSchedulingFacts {
+                nominated_node: Some("n2".into()),
+                ..pending.clone()
+            },
+            PodSchedulingFacts {
+                daemonset: true,
+                ..pending.clone()
+            },
+            PodSchedulingFacts {
+                mirror: true,
+                ..pending.clone()
+            },
+            PodSchedulingFacts {
+                terminating: true,
+                ..pending.clone()
+            },
+        ];
+        for p in not {
+            assert!(!counts_as_pending(&p), "{p:?}");
+        }
+    }
+}
