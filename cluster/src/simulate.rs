@@ -1,10 +1,16 @@
-//! The autoscaler's view of what pods ask for, pure (issue 10, first part):
-//! resource quantities as Kubernetes writes them, a pod's effective request
-//! (what the scheduler reserves for it), and which pods count as pending.
-//! The placement simulation over existing and template nodes builds on
-//! these; nothing here knows how a pod was read.
+//! The autoscaler's view of what pods ask for and nodes offer, pure
+//! (issue 10, first part): resource quantities as Kubernetes writes them, a
+//! pod's effective request (what the scheduler reserves for it), which pods
+//! count as pending, whether a pod fits a node (resources, node selector,
+//! taints and tolerations) and why not, and a pool's template node. The
+//! placement simulation over existing and template nodes builds on these;
+//! nothing here knows how a pod or node was read.
 
 use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::spec::{Taint, TaintEffect, NODE_POOL_LABEL};
+use crate::NodePoolName;
 
 /// Amounts of the resources the scheduler accounts: CPU in millicores,
 /// memory and ephemeral storage in bytes, a pod count, and extended
@@ -47,6 +53,23 @@ impl Resources {
             memory_bytes: self.memory_bytes.max(other.memory_bytes),
             ephemeral_bytes: self.ephemeral_bytes.max(other.ephemeral_bytes),
             pods: self.pods.max(other.pods),
+            extended,
+        }
+    }
+
+    /// What is left of `self` after `used` (saturating at zero).
+    pub fn minus(&self, used: &Resources) -> Resources {
+        let mut extended = self.extended.clone();
+        for (k, v) in &used.extended {
+            if let Some(e) = extended.get_mut(k) {
+                *e = e.saturating_sub(*v);
+            }
+        }
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(used.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(used.memory_bytes),
+            ephemeral_bytes: self.ephemeral_bytes.saturating_sub(used.ephemeral_bytes),
+            pods: self.pods.saturating_sub(used.pods),
             extended,
         }
     }
@@ -171,6 +194,138 @@ pub fn counts_as_pending(p: &PodSchedulingFacts) -> bool {
         && !p.terminating
 }
 
+/// How a toleration matches a taint's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TolerationOperator {
+    /// The values are equal.
+    Equal,
+    /// Any value.
+    Exists,
+}
+
+/// A pod's toleration, as in `spec.tolerations`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toleration {
+    /// None (with `Exists`): every key.
+    pub key: Option<String>,
+    pub operator: TolerationOperator,
+    pub value: Option<String>,
+    /// None: every effect.
+    pub effect: Option<TaintEffect>,
+}
+
+impl Toleration {
+    /// The scheduler's rule: effects match (or the toleration names none),
+    /// keys match (or the toleration has none, with `Exists`), and with
+    /// `Equal` the values match (a missing value is the empty string).
+    pub fn tolerates(&self, taint: &Taint) -> bool {
+        if self.effect.is_some_and(|e| e != taint.effect) {
+            return false;
+        }
+        match (&self.key, self.operator) {
+            (None, TolerationOperator::Exists) => true,
+            (None, TolerationOperator::Equal) => false,
+            (Some(k), _) if *k != taint.key => false,
+            (Some(_), TolerationOperator::Exists) => true,
+            (Some(_), TolerationOperator::Equal) => {
+                self.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+            }
+        }
+    }
+}
+
+/// What a node offers pods and asks of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeShape {
+    pub allocatable: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+}
+
+/// What a pod asks of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodShape {
+    /// Its effective request ([`pod_request`]).
+    pub request: Resources,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+}
+
+/// Why a pod does not fit a node, worded for the autoscaler's
+/// explanations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misfit {
+    /// The node lacks a label the pod's node selector asks for.
+    NodeSelector { key: String },
+    /// A NoSchedule or NoExecute taint the pod does not tolerate.
+    Taint(Taint),
+    /// Not enough of these resources free.
+    Insufficient(Vec<String>),
+}
+
+impl fmt::Display for Misfit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Misfit::NodeSelector { key } => write!(f, "node selector mismatch ({key})"),
+            Misfit::Taint(t) => write!(
+                f,
+                "untolerated taint {}={}:{:?}",
+                t.key,
+                t.value.as_deref().unwrap_or(""),
+                t.effect
+            ),
+            Misfit::Insufficient(what) => write!(f, "insufficient {}", what.join(", ")),
+        }
+    }
+}
+
+/// Whether `pod` fits on `node` with `used` already requested there: its
+/// node selector first, then taints (PreferNoSchedule does not keep a pod
+/// off), then resources, as the scheduler filters.
+pub fn fits(pod: &PodShape, node: &NodeShape, used: &Resources) -> Result<(), Misfit> {
+    for (key, value) in &pod.node_selector {
+        if node.labels.get(key) != Some(value) {
+            return Err(Misfit::NodeSelector { key: key.clone() });
+        }
+    }
+    for taint in node
+        .taints
+        .iter()
+        .filter(|t| t.effect != TaintEffect::PreferNoSchedule)
+    {
+        if !pod.tolerations.iter().any(|t| t.tolerates(taint)) {
+            return Err(Misfit::Taint(taint.clone()));
+        }
+    }
+    pod.request
+        .fits_in(&node.allocatable.minus(used))
+        .map_err(Misfit::Insufficient)
+}
+
+/// What a new node of a pool will look like before it exists: the machine
+/// type's `capacity` minus the kubelet's `reserved` share and the requests
+/// of the DaemonSet pods that would land on it, carrying the pool's labels
+/// (and its pool label) and taints. This is what makes scale-from-zero work.
+pub fn template_node(
+    capacity: &Resources,
+    reserved: &Resources,
+    daemonsets: &[Resources],
+    pool: &NodePoolName,
+    labels: &BTreeMap<String, String>,
+    taints: &[Taint],
+) -> NodeShape {
+    let daemons = daemonsets
+        .iter()
+        .fold(Resources::default(), |acc, d| acc.plus(d));
+    let mut labels = labels.clone();
+    labels.insert(NODE_POOL_LABEL.to_string(), pool.to_string());
+    NodeShape {
+        allocatable: capacity.minus(reserved).minus(&daemons),
+        labels,
+        taints: taints.to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +438,102 @@ mod tests {
         for p in not {
             assert!(!counts_as_pending(&p), "{p:?}");
         }
+    }
+
+    fn taint(key: &str, value: Option<&str>, effect: TaintEffect) -> Taint {
+        Taint {
+            key: key.into(),
+            value: value.map(str::to_string),
+            effect,
+        }
+    }
+
+    #[test]
+    fn tolerations_follow_the_schedulers_rule() {
+        use TolerationOperator::*;
+        let t = taint("dedicated", Some("web"), TaintEffect::NoSchedule);
+        let tol = |key: Option<&str>, op, value: Option<&str>, effect| Toleration {
+            key: key.map(str::to_string),
+            operator: op,
+            value: value.map(str::to_string),
+            effect,
+        };
+        assert!(tol(Some("dedicated"), Equal, Some("web"), None).tolerates(&t));
+        assert!(tol(
+            Some("dedicated"),
+            Exists,
+            None,
+            Some(TaintEffect::NoSchedule)
+        )
+        .tolerates(&t));
+        assert!(tol(None, Exists, None, None).tolerates(&t));
+        assert!(!tol(None, Equal, None, None).tolerates(&t));
+        assert!(!tol(Some("dedicated"), Equal, Some("db"), None).tolerates(&t));
+        assert!(!tol(
+            Some("dedicated"),
+            Exists,
+            None,
+            Some(TaintEffect::NoExecute)
+        )
+        .tolerates(&t));
+        assert!(!tol(Some("other"), Exists, None, None).tolerates(&t));
+        // A taint without a value is tolerated by Equal with an empty one.
+        let bare = taint("gpu", None, TaintEffect::NoSchedule);
+        assert!(tol(Some("gpu"), Equal, None, None).tolerates(&bare));
+    }
+
+    #[test]
+    fn fit_checks_selector_then_taints_then_resources() {
+        let pool = NodePoolName::parse("gpu").unwrap();
+        let capacity = Resources {
+            cpu_millis: 4000,
+            memory_bytes: 8 << 30,
+            ephemeral_bytes: 20 << 30,
+            pods: 110,
+            extended: BTreeMap::from([("nvidia.com/gpu".into(), 1)]),
+        };
+        let node = template_node(
+            &capacity,
+            &res(100, 512 << 20),
+            &[res(100, 128 << 20), res(50, 64 << 20)],
+            &pool,
+            &BTreeMap::from([("tier".into(), "ml".into())]),
+            &[
+                taint("nvidia.com/gpu", None, TaintEffect::NoSchedule),
+                taint("spot", None, TaintEffect::PreferNoSchedule),
+            ],
+        );
+        assert_eq!(node.allocatable.cpu_millis, 3750);
+        assert_eq!(node.allocatable.memory_bytes, (8 << 30) - (704 << 20));
+        assert_eq!(node.labels[NODE_POOL_LABEL], "gpu");
+
+        let mut pod = PodShape {
+            request: pod_request(&[res(1000, 1 << 30)], &[], &Resources::default()),
+            node_selector: BTreeMap::from([("tier".into(), "ml".into())]),
+            tolerations: vec![],
+        };
+        let misfit = fits(&pod, &node, &Resources::default()).unwrap_err();
+        assert_eq!(
+            misfit.to_string(),
+            "untolerated taint nvidia.com/gpu=:NoSchedule"
+        );
+        pod.tolerations.push(Toleration {
+            key: Some("nvidia.com/gpu".into()),
+            operator: TolerationOperator::Exists,
+            value: None,
+            effect: None,
+        });
+        assert_eq!(fits(&pod, &node, &Resources::default()), Ok(()));
+        // Resources already requested on the node count.
+        let busy = res(3000, 0);
+        assert_eq!(
+            fits(&pod, &node, &busy).unwrap_err().to_string(),
+            "insufficient cpu"
+        );
+        pod.node_selector.insert("zone".into(), "a".into());
+        assert_eq!(
+            fits(&pod, &node, &Resources::default()).unwrap_err(),
+            Misfit::NodeSelector { key: "zone".into() }
+        );
     }
 }
