@@ -6,7 +6,7 @@
 //! placement simulation over existing and template nodes builds on these;
 //! nothing here knows how a pod or node was read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use crate::spec::{Taint, TaintEffect, NODE_POOL_LABEL};
@@ -15,7 +15,7 @@ use crate::NodePoolName;
 /// Amounts of the resources the scheduler accounts: CPU in millicores,
 /// memory and ephemeral storage in bytes, a pod count, and extended
 /// resources (`nvidia.com/gpu`, ...) in whole units.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Resources {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -195,7 +195,7 @@ pub fn counts_as_pending(p: &PodSchedulingFacts) -> bool {
 }
 
 /// How a toleration matches a taint's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TolerationOperator {
     /// The values are equal.
     Equal,
@@ -204,7 +204,7 @@ pub enum TolerationOperator {
 }
 
 /// A pod's toleration, as in `spec.tolerations`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Toleration {
     /// None (with `Exists`): every key.
     pub key: Option<String>,
@@ -243,7 +243,7 @@ pub struct NodeShape {
 }
 
 /// What a pod asks of a node.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PodShape {
     /// Its effective request ([`pod_request`]).
     pub request: Resources,
@@ -324,6 +324,217 @@ pub fn template_node(
         labels,
         taints: taints.to_vec(),
     }
+}
+
+/// Pods that ask exactly the same of a node, simulated once: 40,000
+/// pending pods of a few hundred shapes cost a few hundred fits per node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EquivalenceClass {
+    pub shape: PodShape,
+    /// `namespace/name` of each pod in the class.
+    pub pods: Vec<String>,
+}
+
+/// Groups pending pods (`namespace/name`, shape) by shape, largest
+/// requests first (CPU, then memory), so big pods are packed first.
+pub fn classes(pods: impl IntoIterator<Item = (String, PodShape)>) -> Vec<EquivalenceClass> {
+    let mut index: HashMap<PodShape, usize> = HashMap::new();
+    let mut out: Vec<EquivalenceClass> = Vec::new();
+    for (name, shape) in pods {
+        match index.get(&shape) {
+            Some(&i) => out[i].pods.push(name),
+            None => {
+                index.insert(shape.clone(), out.len());
+                out.push(EquivalenceClass {
+                    shape,
+                    pods: vec![name],
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        (b.shape.request.cpu_millis, b.shape.request.memory_bytes)
+            .cmp(&(a.shape.request.cpu_millis, a.shape.request.memory_bytes))
+    });
+    out
+}
+
+/// A node that exists, with what is requested on it already.
+#[derive(Debug, Clone)]
+pub struct ExistingNode {
+    pub name: String,
+    pub shape: NodeShape,
+    pub used: Resources,
+}
+
+/// A pool the autoscaler may grow: its template node and how many nodes
+/// it may still add (up to its max, the tenant's quota, and the
+/// per-decision cap).
+#[derive(Debug, Clone)]
+pub struct PoolOption {
+    pub pool: String,
+    pub template: NodeShape,
+    pub room: u32,
+}
+
+/// What one simulation round decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScaleUp {
+    /// The pool chosen by the expander, and how many nodes it gets.
+    pub grow: Option<(String, u32)>,
+    /// Pods that fit on nodes that exist (the scheduler will place them).
+    pub fit_existing: Vec<String>,
+    /// Pods the new nodes will take.
+    pub on_new_nodes: Vec<String>,
+    /// Pods no pool can take, with why, pool by pool
+    /// (`pool gpu: insufficient nvidia.com/gpu; pool default: ...`).
+    pub unplaceable: Vec<(String, String)>,
+}
+
+/// Packs `pods` onto `count` or fewer new copies of `template`
+/// (first fit, classes in order); returns the nodes opened (their used
+/// resources) and the pods placed.
+fn pack_new(
+    classes: &[EquivalenceClass],
+    template: &NodeShape,
+    room: u32,
+) -> (Vec<Resources>, Vec<String>) {
+    let mut nodes: Vec<Resources> = Vec::new();
+    let mut placed = Vec::new();
+    for class in classes {
+        if fits(&class.shape, template, &Resources::default()).is_err() {
+            continue;
+        }
+        for pod in &class.pods {
+            let slot = nodes
+                .iter()
+                .position(|used| fits(&class.shape, template, used).is_ok());
+            let i = match slot {
+                Some(i) => i,
+                None if (nodes.len() as u32) < room => {
+                    nodes.push(Resources::default());
+                    nodes.len() - 1
+                }
+                None => break,
+            };
+            nodes[i] = nodes[i].plus(&class.shape.request);
+            placed.push(pod.clone());
+        }
+    }
+    (nodes, placed)
+}
+
+/// The share of the new nodes' CPU and memory left unrequested (0 to 2):
+/// the least-waste expander picks the pool where this is smallest.
+fn waste(template: &NodeShape, nodes: &[Resources]) -> f64 {
+    let share = |used: u64, total: u64| {
+        if total == 0 {
+            0.0
+        } else {
+            1.0 - used as f64 / total as f64
+        }
+    };
+    let n = nodes.len() as u64;
+    let used = nodes.iter().fold(Resources::default(), |a, r| a.plus(r));
+    share(
+        used.cpu_millis,
+        template.allocatable.cpu_millis.saturating_mul(n),
+    ) + share(
+        used.memory_bytes,
+        template.allocatable.memory_bytes.saturating_mul(n),
+    )
+}
+
+/// One scale-up round, as cluster-autoscaler runs it: pending pods first
+/// onto the free room of existing nodes, then the rest onto new nodes of
+/// each pool that can take any of them; the pool that places the most pods
+/// wins, ties broken by least waste, then by name. Pods no pool can take
+/// get the reason of each pool.
+pub fn scale_up(
+    pending: &[EquivalenceClass],
+    existing: &mut [ExistingNode],
+    pools: &[PoolOption],
+) -> ScaleUp {
+    let mut out = ScaleUp::default();
+    let mut rest: Vec<EquivalenceClass> = Vec::new();
+    for class in pending {
+        let mut left = Vec::new();
+        for pod in &class.pods {
+            match existing
+                .iter_mut()
+                .find(|n| fits(&class.shape, &n.shape, &n.used).is_ok())
+            {
+                Some(n) => {
+                    n.used = n.used.plus(&class.shape.request);
+                    out.fit_existing.push(pod.clone());
+                }
+                None => left.push(pod.clone()),
+            }
+        }
+        if !left.is_empty() {
+            rest.push(EquivalenceClass {
+                shape: class.shape.clone(),
+                pods: left,
+            });
+        }
+    }
+    /// One pool's packing: its pods placed, nodes opened and waste.
+    struct Candidate<'a> {
+        pool: &'a str,
+        nodes: usize,
+        waste: f64,
+        placed: Vec<String>,
+    }
+    let mut best: Option<Candidate> = None;
+    for option in pools.iter().filter(|o| o.room > 0) {
+        let (nodes, placed) = pack_new(&rest, &option.template, option.room);
+        if placed.is_empty() {
+            continue;
+        }
+        let c = Candidate {
+            pool: &option.pool,
+            nodes: nodes.len(),
+            waste: waste(&option.template, &nodes),
+            placed,
+        };
+        let better = best.as_ref().is_none_or(|b| {
+            c.placed.len() > b.placed.len()
+                || (c.placed.len() == b.placed.len()
+                    && (c.waste < b.waste || (c.waste == b.waste && c.pool < b.pool)))
+        });
+        if better {
+            best = Some(c);
+        }
+    }
+    if let Some(c) = best {
+        out.grow = Some((c.pool.to_string(), c.nodes as u32));
+        out.on_new_nodes = c.placed;
+    }
+    for class in &rest {
+        let why: Vec<String> = pools
+            .iter()
+            .filter_map(
+                |o| match fits(&class.shape, &o.template, &Resources::default()) {
+                    Err(m) => Some(format!("pool {}: {m}", o.pool)),
+                    Ok(()) if o.room == 0 => Some(format!("pool {}: at its maximum size", o.pool)),
+                    Ok(()) => None,
+                },
+            )
+            .collect();
+        // A class some pool could take waits for the next round; one that
+        // every pool refuses (or that has no pool at all) is explained.
+        if why.len() == pools.len() {
+            let reason = if why.is_empty() {
+                "no pool has autoscaling".to_string()
+            } else {
+                why.join("; ")
+            };
+            for pod in &class.pods {
+                out.unplaceable.push((pod.clone(), reason.clone()));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -535,5 +746,140 @@ mod tests {
             fits(&pod, &node, &Resources::default()).unwrap_err(),
             Misfit::NodeSelector { key: "zone".into() }
         );
+    }
+
+    fn shape(cpu: u64, mem: u64) -> PodShape {
+        PodShape {
+            request: pod_request(&[res(cpu, mem)], &[], &Resources::default()),
+            ..Default::default()
+        }
+    }
+
+    fn option(pool: &str, cpu: u64, mem: u64, room: u32) -> PoolOption {
+        PoolOption {
+            pool: pool.into(),
+            template: template_node(
+                &Resources {
+                    cpu_millis: cpu,
+                    memory_bytes: mem,
+                    ephemeral_bytes: 0,
+                    pods: 110,
+                    extended: BTreeMap::new(),
+                },
+                &Resources::default(),
+                &[],
+                &NodePoolName::parse(pool).unwrap(),
+                &BTreeMap::new(),
+                &[],
+            ),
+            room,
+        }
+    }
+
+    fn pods(prefix: &str, n: usize, s: &PodShape) -> Vec<(String, PodShape)> {
+        (0..n)
+            .map(|i| (format!("default/{prefix}-{i}"), s.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn identical_pods_form_one_class_largest_first() {
+        let small = shape(100, 1 << 20);
+        let big = shape(2000, 1 << 30);
+        let mut all = pods("web", 3, &small);
+        all.extend(pods("db", 2, &big));
+        let c = classes(all);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].shape, big);
+        assert_eq!(c[0].pods, ["default/db-0", "default/db-1"]);
+        assert_eq!(c[1].pods.len(), 3);
+    }
+
+    #[test]
+    fn existing_room_first_then_the_pool_that_places_most_with_least_waste() {
+        let pending = classes(pods("web", 5, &shape(1000, 1 << 30)));
+        let mut existing = vec![ExistingNode {
+            name: "n1".into(),
+            shape: option("x", 2000, 4 << 30, 0).template,
+            used: res(500, 0),
+        }];
+        // n1 has room for one; 4 remain. `small` (2 CPUs) needs 2 nodes with
+        // no waste; `large` (8 CPUs) 1 node, half empty; both place all 4.
+        let pools = [
+            option("large", 8000, 16 << 30, 5),
+            option("small", 2000, 4 << 30, 5),
+        ];
+        let plan = scale_up(&pending, &mut existing, &pools);
+        assert_eq!(plan.fit_existing, ["default/web-0"]);
+        assert_eq!(plan.grow, Some(("small".to_string(), 2)));
+        assert_eq!(plan.on_new_nodes.len(), 4);
+        assert!(plan.unplaceable.is_empty());
+        assert_eq!(existing[0].used.cpu_millis, 1500);
+
+        // A pool with room for only one node places fewer pods and loses.
+        let pools = [
+            option("large", 8000, 16 << 30, 5),
+            option("small", 2000, 4 << 30, 1),
+        ];
+        let mut none: Vec<ExistingNode> = vec![];
+        let plan = scale_up(&pending, &mut none, &pools);
+        assert_eq!(plan.grow, Some(("large".to_string(), 1)));
+        assert_eq!(plan.on_new_nodes.len(), 5);
+    }
+
+    #[test]
+    fn pods_no_pool_can_take_say_why_per_pool() {
+        let mut gpu_pod = shape(100, 1 << 20);
+        gpu_pod.request.extended.insert("nvidia.com/gpu".into(), 1);
+        let mut zoned = shape(100, 1 << 20);
+        zoned.node_selector.insert("zone".into(), "b".into());
+        let mut all = pods("train", 1, &gpu_pod);
+        all.extend(pods("web", 1, &zoned));
+        let pending = classes(all);
+        let pools = [
+            option("default", 2000, 4 << 30, 3),
+            option("full", 2000, 4 << 30, 0),
+        ];
+        let plan = scale_up(&pending, &mut [], &pools);
+        assert_eq!(plan.grow, None);
+        let why: BTreeMap<_, _> = plan.unplaceable.into_iter().collect();
+        assert_eq!(
+            why["default/train-0"],
+            "pool default: insufficient nvidia.com/gpu; pool full: insufficient nvidia.com/gpu"
+        );
+        assert_eq!(
+            why["default/web-0"],
+            "pool default: node selector mismatch (zone); pool full: node selector mismatch (zone)"
+        );
+        // Fits, but the only pool is at its maximum.
+        let plan = scale_up(&classes(pods("w", 1, &shape(100, 1))), &mut [], &pools[1..]);
+        assert_eq!(plan.unplaceable[0].1, "pool full: at its maximum size");
+    }
+
+    #[test]
+    fn many_pods_in_few_classes_pack_near_the_lower_bound() {
+        // 2,000 pods of 4 shapes onto 4-CPU, 8 GiB nodes.
+        let shapes = [
+            shape(250, 256 << 20),
+            shape(500, 512 << 20),
+            shape(1000, 1 << 30),
+            shape(100, 128 << 20),
+        ];
+        let mut all = Vec::new();
+        for (i, s) in shapes.iter().enumerate() {
+            all.extend(pods(&format!("app{i}"), 500, s));
+        }
+        let pending = classes(all);
+        assert_eq!(pending.len(), 4);
+        let pools = [option("default", 4000, 8 << 30, 1000)];
+        let plan = scale_up(&pending, &mut [], &pools);
+        let (_, nodes) = plan.grow.clone().unwrap();
+        // Total CPU 925 cores / 4 per node: at least 232 nodes.
+        let lower = (500u64 * (250 + 500 + 1000 + 100)).div_ceil(4000);
+        assert!(
+            nodes as u64 >= lower && (nodes as u64) <= lower + lower / 20,
+            "{nodes} vs {lower}"
+        );
+        assert_eq!(plan.on_new_nodes.len(), 2000);
     }
 }

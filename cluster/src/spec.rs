@@ -212,7 +212,7 @@ pub fn check_drain_timeout(seconds: u32) -> Result<(), ValidationError> {
 }
 
 /// A taint's effect, as in Kubernetes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, ToSchema)]
 pub enum TaintEffect {
     NoSchedule,
     PreferNoSchedule,
@@ -220,7 +220,7 @@ pub enum TaintEffect {
 }
 
 /// A node taint.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Taint {
     pub key: String,
