@@ -11,7 +11,7 @@ use kubeforge_cluster::operations::OperationKind;
 use kubeforge_cluster::{ClusterSpec, Labels, Phase, ValidationError};
 use uuid::Uuid;
 
-use super::{enqueue_reconcile, Accepted, App, Idempotency};
+use super::{Accepted, App, Idempotency};
 use crate::context::{Action, OpContext};
 use crate::error::{Error, Result};
 use crate::store::event::{self, NewEvent};
@@ -151,14 +151,8 @@ impl App {
             },
         )
         .await?;
-        enqueue_reconcile(
-            &mut tx,
-            id,
-            spec.provider.kind(),
-            Some(op),
-            self.config.max_job_attempts,
-        )
-        .await?;
+        self.enqueue_reconcile(&mut tx, id, spec.provider.kind(), op)
+            .await?;
         let c = cluster::get(&mut *tx, ctx, &id.to_string()).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         let accepted = Accepted::new(
@@ -273,14 +267,8 @@ impl App {
             },
         )
         .await?;
-        enqueue_reconcile(
-            &mut tx,
-            c.id,
-            c.provider.kind(),
-            Some(op),
-            self.config.max_job_attempts,
-        )
-        .await?;
+        self.enqueue_reconcile(&mut tx, c.id, c.provider.kind(), op)
+            .await?;
         let c = cluster::get(&mut *tx, ctx, &c.id.to_string()).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;
@@ -336,14 +324,8 @@ impl App {
             },
         )
         .await?;
-        enqueue_reconcile(
-            &mut tx,
-            c.id,
-            c.provider.kind(),
-            Some(op),
-            self.config.max_job_attempts,
-        )
-        .await?;
+        self.enqueue_reconcile(&mut tx, c.id, c.provider.kind(), op)
+            .await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;
         Ok(OperationAccepted {

@@ -79,26 +79,29 @@ impl Accepted {
 /// The job kind that reconciles one cluster (and its pools).
 pub const RECONCILE_CLUSTER: &str = "reconcile_cluster";
 
-/// Queues a reconcile of `cluster_id` in the caller's transaction; only
-/// replicas that run its `provider` kind claim it.
-pub async fn enqueue_reconcile(
-    conn: &mut PgConnection,
-    cluster_id: Uuid,
-    provider: &str,
-    operation_id: Option<Uuid>,
-    max_attempts: i32,
-) -> Result<()> {
-    let key = format!("cluster:{cluster_id}");
-    job::enqueue(
-        conn,
-        job::NewJob {
-            kind: RECONCILE_CLUSTER,
-            payload: serde_json::json!({ "cluster_id": cluster_id }),
-            dedupe_key: Some(&key),
-            operation_id,
-            max_attempts,
-            provider: Some(provider),
-        },
-    )
-    .await
+impl App {
+    /// Queues a reconcile of `cluster_id` for operation `op` in the
+    /// caller's transaction; only replicas that run its `provider` kind
+    /// claim it.
+    pub(crate) async fn enqueue_reconcile(
+        &self,
+        conn: &mut PgConnection,
+        cluster_id: Uuid,
+        provider: &str,
+        op: Uuid,
+    ) -> Result<()> {
+        let key = format!("cluster:{cluster_id}");
+        job::enqueue(
+            conn,
+            job::NewJob {
+                kind: RECONCILE_CLUSTER,
+                payload: serde_json::json!({ "cluster_id": cluster_id }),
+                dedupe_key: Some(&key),
+                operation_id: Some(op),
+                max_attempts: self.config.max_job_attempts,
+                provider: Some(provider),
+            },
+        )
+        .await
+    }
 }

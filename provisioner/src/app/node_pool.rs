@@ -11,7 +11,7 @@ use kubeforge_cluster::{AutoRepair, Autoscaling, NodePoolSpec};
 
 use super::cluster::check_if_match;
 use super::views::node_pool_view;
-use super::{enqueue_reconcile, Accepted, App, Idempotency};
+use super::{Accepted, App, Idempotency};
 use crate::context::{Action, OpContext};
 use crate::error::{Error, Result};
 use crate::store::event::{self, NewEvent};
@@ -97,14 +97,8 @@ impl App {
             },
         )
         .await?;
-        enqueue_reconcile(
-            &mut tx,
-            c.id,
-            c.provider.kind(),
-            Some(op),
-            self.config.max_job_attempts,
-        )
-        .await?;
+        self.enqueue_reconcile(&mut tx, c.id, c.provider.kind(), op)
+            .await?;
         let p = node_pool::get(&mut tx, ctx, c.id, &id.to_string(), false).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         let accepted = Accepted::new(
@@ -230,14 +224,8 @@ impl App {
             },
         )
         .await?;
-        enqueue_reconcile(
-            &mut tx,
-            c.id,
-            c.provider.kind(),
-            Some(op),
-            self.config.max_job_attempts,
-        )
-        .await?;
+        self.enqueue_reconcile(&mut tx, c.id, c.provider.kind(), op)
+            .await?;
         let p = node_pool::get(&mut tx, ctx, c.id, &p.id.to_string(), false).await?;
         let machines = machine::list(&mut *tx, ctx, c.id).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
@@ -295,14 +283,8 @@ impl App {
             },
         )
         .await?;
-        enqueue_reconcile(
-            &mut tx,
-            c.id,
-            c.provider.kind(),
-            Some(op),
-            self.config.max_job_attempts,
-        )
-        .await?;
+        self.enqueue_reconcile(&mut tx, c.id, c.provider.kind(), op)
+            .await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;
         Ok(OperationAccepted {
