@@ -286,6 +286,104 @@ pub struct EventView {
 }
 
 // ---------------------------------------------------------------------------
+// Autoscaler
+
+/// What the autoscaler of a cluster sees and decided: per pool its recent
+/// decisions, per pending pod where it goes or why no pool takes it
+/// (`GET /v1/clusters/{cluster}/autoscaler`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AutoscalerStatusView {
+    pub cluster: Uuid,
+    /// `builtin`, `off` or `external`, from the cluster's settings.
+    pub mode: String,
+    /// When a replica last looked at the cluster; null if none has yet
+    /// (no pool autoscales, or the watch has not started).
+    pub observed_at: Option<DateTime<Utc>>,
+    /// Pods pending as the autoscaler counts them (unschedulable, unbound,
+    /// not nominated, not DaemonSet or mirror pods).
+    pub pending_pods: u64,
+    pub pools: Vec<AutoscalerPoolView>,
+    /// Pending pods and what the autoscaler made of them; at most
+    /// [`PENDING_SHOWN`] pods (`pending_pods` counts all).
+    pub pending: Vec<PendingPodView>,
+}
+
+/// How many pending pods a status lists one by one.
+pub const PENDING_SHOWN: usize = 200;
+/// How many recent decisions a status keeps per pool.
+pub const DECISIONS_KEPT: usize = 20;
+
+/// One autoscaling pool, as the autoscaler sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AutoscalerPoolView {
+    pub name: String,
+    pub min: u32,
+    pub max: u32,
+    /// The pool's size now (what the autoscaler or `PATCH` last wrote).
+    pub size: u32,
+    /// Nodes of the pool that are Ready.
+    pub ready: u32,
+    /// Why the autoscaler leaves the pool alone for now, if it does
+    /// (backed off after machines failed, cooling down after a scale-up).
+    pub hold: Option<String>,
+    /// Newest first, at most [`DECISIONS_KEPT`].
+    pub recent_decisions: Vec<AutoscalerDecisionView>,
+}
+
+/// What one autoscaler decision did to a pool, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AutoscalerDecisionView {
+    pub at: DateTime<Utc>,
+    /// `scale_up`, `scale_down` or `no_scale_up`.
+    pub kind: String,
+    pub from: u32,
+    pub to: u32,
+    /// The node removed, for a scale-down.
+    pub node: Option<String>,
+    /// Pending pods the decision is for (scale-up).
+    pub pods: u64,
+    pub reason: String,
+    /// The operation that carries the new size out.
+    pub operation: Option<Uuid>,
+}
+
+/// One pending pod and what the autoscaler made of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct PendingPodView {
+    pub namespace: String,
+    pub name: String,
+    /// `existing_node` (fits on a node there now: the scheduler will take
+    /// it), `scale_up` (a new node of `pool` is on its way for it), or
+    /// `no_pool` (nothing can take it; `reasons` says why, pool by pool).
+    pub outcome: String,
+    pub pool: Option<String>,
+    pub node: Option<String>,
+    /// Why each pool cannot take the pod (`no_pool`), or why it waits.
+    pub reasons: Vec<PoolReasonView>,
+}
+
+/// Why one pool cannot take a pod.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct PoolReasonView {
+    pub pool: String,
+    pub reason: String,
+}
+
+/// What the autoscaler of a cluster keeps between looks (stored as JSON by
+/// the replica that watches the cluster); the status view is built from it
+/// and the pools' rows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AutoscalerSnapshot {
+    pub observed_at: Option<DateTime<Utc>>,
+    pub pending_pods: u64,
+    pub pending: Vec<PendingPodView>,
+    /// By pool name.
+    pub holds: BTreeMap<String, String>,
+    /// By pool name, newest first.
+    pub decisions: BTreeMap<String, Vec<AutoscalerDecisionView>>,
+}
+
+// ---------------------------------------------------------------------------
 // Lists
 
 /// A page of results; `next_page_token` asks for the next one and is
