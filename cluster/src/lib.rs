@@ -10,6 +10,7 @@
 //! problem document), shared by the service, its CLI and other clients.
 
 pub mod addons;
+pub mod affinity;
 pub mod api;
 pub mod bundle;
 pub mod condition;
@@ -22,6 +23,7 @@ pub mod operations;
 pub mod pki;
 pub mod pools;
 pub mod restarts;
+pub mod scaleup;
 pub mod simulate;
 pub mod spec;
 pub mod status;

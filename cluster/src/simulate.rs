@@ -1,14 +1,36 @@
 //! The autoscaler's view of what pods ask for and nodes offer, pure
-//! (issue 10, first part): resource quantities as Kubernetes writes them, a
-//! pod's effective request (what the scheduler reserves for it), which pods
-//! count as pending, whether a pod fits a node (resources, node selector,
-//! taints and tolerations) and why not, and a pool's template node. The
-//! placement simulation over existing and template nodes builds on these;
+//! (issue 10): resource quantities as Kubernetes writes them, a pod's
+//! effective request (what the scheduler reserves for it), which pods
+//! count as pending, whether a pod fits a node and why not, and a pool's
+//! template node.
+//!
+//! The fit follows the scheduler's filters that matter for choosing nodes:
+//! node selector, required node affinity, taints and tolerations, host
+//! ports, resources (extended ones included), and required pod
+//! anti-affinity on the node's hostname in both directions. A node's side
+//! is a [`NodeState`] (what is requested there, the host ports taken, the
+//! kinds of pods there), so a simulation can place pods one class at a
+//! time and ask again. [`copies_that_fit`] places a whole equivalence
+//! class on a node in one arithmetic step, which is what keeps 40,000
+//! pending pods cheap.
+//!
+//! The scale-up round built on these lives in [`crate::scaleup`] (its
+//! names are re-exported here), scale-down in [`crate::scaledown`];
 //! nothing here knows how a pod or node was read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
+pub use crate::affinity::{
+    AntiAffinityTerm, HostPort, LabelSelector, LabelSelectorOperator, LabelSelectorRequirement,
+    NodeAffinity, NodeSelectorOperator, NodeSelectorRequirement, NodeSelectorTerm, PortProtocol,
+    TermNamespaces,
+};
+pub use crate::scaleup::{
+    scale_up, ClassOutcome, Expander, Growth, OnExisting, PodOutcome, PoolOption, PoolReason,
+    Quota, ScaleUp, ScaleUpSettings,
+};
 use crate::spec::{Taint, TaintEffect, NODE_POOL_LABEL};
 use crate::NodePoolName;
 
@@ -242,13 +264,206 @@ pub struct NodeShape {
     pub taints: Vec<Taint>,
 }
 
-/// What a pod asks of a node.
+/// What a pod asks of a node, and what other pods see of it. Pods with
+/// equal shapes are interchangeable to the scheduler, so the namespace and
+/// labels are part of the shape: anti-affinity terms select on them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PodShape {
     /// Its effective request ([`pod_request`]).
     pub request: Resources,
     pub node_selector: BTreeMap<String, String>,
+    /// Required node affinity; None asks nothing.
+    pub node_affinity: Option<NodeAffinity>,
     pub tolerations: Vec<Toleration>,
+    /// The host ports of its containers (see [`HostPort`] on `hostIP`).
+    pub host_ports: Vec<HostPort>,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// Required anti-affinity terms keyed on the node's hostname.
+    pub anti_affinity: Vec<AntiAffinityTerm>,
+}
+
+impl PodShape {
+    /// Two copies of this pod can never share a node: they would ask for
+    /// the same host port, or its anti-affinity selects its own kind.
+    pub fn one_per_node(&self) -> bool {
+        !self.host_ports.is_empty()
+            || self
+                .anti_affinity
+                .iter()
+                .any(|t| t.matches(&self.namespace, &self.namespace, &self.labels))
+    }
+}
+
+/// A pod on a node as anti-affinity sees it: where it lives, what it is
+/// labelled, and which pods it keeps away.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Resident {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub anti_affinity: Vec<AntiAffinityTerm>,
+}
+
+impl Resident {
+    pub fn of(pod: &PodShape) -> Resident {
+        Resident {
+            namespace: pod.namespace.clone(),
+            labels: pod.labels.clone(),
+            anti_affinity: pod.anti_affinity.clone(),
+        }
+    }
+}
+
+/// What is on a node already, as far as the next pod's fit depends on it:
+/// the resources requested, the host ports taken, and the pods there (one
+/// entry per kind of pod: anti-affinity asks whether such a pod is there,
+/// not how many).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeState {
+    used: Resources,
+    host_ports: Vec<HostPort>,
+    residents: Vec<Arc<Resident>>,
+    /// Residents with anti-affinity terms of their own: when none, an
+    /// incoming pod need not be checked against theirs.
+    with_terms: usize,
+}
+
+impl NodeState {
+    /// A node with `used` requested and nothing known of its pods (no
+    /// host ports taken, no pod for anti-affinity to see).
+    pub fn with_used(used: Resources) -> NodeState {
+        NodeState {
+            used,
+            ..Default::default()
+        }
+    }
+
+    /// Accounts `copies` copies of `pod` on the node (whether or not they
+    /// fit: this is how the engine records the pods already running).
+    pub fn place(&mut self, pod: &PodShape, copies: u64) {
+        self.place_shared(pod, &Arc::new(Resident::of(pod)), copies);
+    }
+
+    /// As [`NodeState::place`], with the pod's [`Resident`] made once for
+    /// many nodes.
+    pub fn place_shared(&mut self, pod: &PodShape, resident: &Arc<Resident>, copies: u64) {
+        if copies == 0 {
+            return;
+        }
+        self.used.add_copies(&pod.request, copies);
+        self.host_ports.extend_from_slice(&pod.host_ports);
+        if !self
+            .residents
+            .last()
+            .is_some_and(|r| Arc::ptr_eq(r, resident))
+        {
+            self.residents.push(resident.clone());
+            if !resident.anti_affinity.is_empty() {
+                self.with_terms += 1;
+            }
+        }
+    }
+
+    pub fn used(&self) -> &Resources {
+        &self.used
+    }
+
+    pub fn host_ports(&self) -> &[HostPort] {
+        &self.host_ports
+    }
+
+    pub fn residents(&self) -> &[Arc<Resident>] {
+        &self.residents
+    }
+}
+
+impl Resources {
+    /// Adds `copies` times `other` to `self` in place (saturating).
+    pub fn add_copies(&mut self, other: &Resources, copies: u64) {
+        let times = |v: u64| v.saturating_mul(copies);
+        self.cpu_millis = self.cpu_millis.saturating_add(times(other.cpu_millis));
+        self.memory_bytes = self.memory_bytes.saturating_add(times(other.memory_bytes));
+        self.ephemeral_bytes = self
+            .ephemeral_bytes
+            .saturating_add(times(other.ephemeral_bytes));
+        self.pods = self.pods.saturating_add(times(other.pods));
+        for (k, v) in &other.extended {
+            if *v > 0 {
+                let e = self.extended.entry(k.clone()).or_insert(0);
+                *e = e.saturating_add(times(*v));
+            }
+        }
+    }
+
+    /// How many copies of `self` fit in `allocatable` with `used` taken
+    /// (u64::MAX when it requests nothing). A resource requested at zero
+    /// never limits, as in the scheduler, even on an overcommitted node.
+    pub fn copies_in(&self, allocatable: &Resources, used: &Resources) -> u64 {
+        let mut n = u64::MAX;
+        let mut limit = |want: u64, have: u64, taken: u64| {
+            if let Some(copies) = have.saturating_sub(taken).checked_div(want) {
+                n = n.min(copies);
+            }
+        };
+        limit(self.cpu_millis, allocatable.cpu_millis, used.cpu_millis);
+        limit(
+            self.memory_bytes,
+            allocatable.memory_bytes,
+            used.memory_bytes,
+        );
+        limit(
+            self.ephemeral_bytes,
+            allocatable.ephemeral_bytes,
+            used.ephemeral_bytes,
+        );
+        limit(self.pods, allocatable.pods, used.pods);
+        for (k, want) in &self.extended {
+            let have = allocatable.extended.get(k).copied().unwrap_or(0);
+            let taken = used.extended.get(k).copied().unwrap_or(0);
+            limit(*want, have, taken);
+        }
+        n
+    }
+
+    /// The resources of which `allocatable` minus `used` holds less than
+    /// `self`, named as Kubernetes names them.
+    fn short_of(&self, allocatable: &Resources, used: &Resources) -> Vec<String> {
+        let free = |have: u64, taken: u64| have.saturating_sub(taken);
+        let mut short = Vec::new();
+        for (name, want, have, taken) in [
+            (
+                "cpu",
+                self.cpu_millis,
+                allocatable.cpu_millis,
+                used.cpu_millis,
+            ),
+            (
+                "memory",
+                self.memory_bytes,
+                allocatable.memory_bytes,
+                used.memory_bytes,
+            ),
+            (
+                "ephemeral-storage",
+                self.ephemeral_bytes,
+                allocatable.ephemeral_bytes,
+                used.ephemeral_bytes,
+            ),
+            ("pods", self.pods, allocatable.pods, used.pods),
+        ] {
+            if want > free(have, taken) {
+                short.push(name.to_string());
+            }
+        }
+        for (k, want) in &self.extended {
+            let have = allocatable.extended.get(k).copied().unwrap_or(0);
+            let taken = used.extended.get(k).copied().unwrap_or(0);
+            if *want > free(have, taken) {
+                short.push(k.clone());
+            }
+        }
+        short
+    }
 }
 
 /// Why a pod does not fit a node, worded for the autoscaler's
@@ -257,16 +472,26 @@ pub struct PodShape {
 pub enum Misfit {
     /// The node lacks a label the pod's node selector asks for.
     NodeSelector { key: String },
+    /// No term of the pod's required node affinity matches the node.
+    NodeAffinity,
     /// A NoSchedule or NoExecute taint the pod does not tolerate.
     Taint(Taint),
+    /// A host port the pod needs is taken on the node.
+    HostPort(HostPort),
     /// Not enough of these resources free.
     Insufficient(Vec<String>),
+    /// The pod's anti-affinity selects a pod (in `namespace`) on the node.
+    AntiAffinity { namespace: String },
+    /// The anti-affinity of a pod on the node (in `namespace`) selects
+    /// the incoming pod.
+    ExistingAntiAffinity { namespace: String },
 }
 
 impl fmt::Display for Misfit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Misfit::NodeSelector { key } => write!(f, "node selector mismatch ({key})"),
+            Misfit::NodeAffinity => write!(f, "node affinity mismatch"),
             Misfit::Taint(t) => write!(
                 f,
                 "untolerated taint {}={}:{:?}",
@@ -274,18 +499,40 @@ impl fmt::Display for Misfit {
                 t.value.as_deref().unwrap_or(""),
                 t.effect
             ),
+            Misfit::HostPort(p) => write!(f, "host port {p} in use"),
             Misfit::Insufficient(what) => write!(f, "insufficient {}", what.join(", ")),
+            Misfit::AntiAffinity { namespace } => write!(
+                f,
+                "pod anti-affinity: a pod it avoids (namespace {namespace}) runs there"
+            ),
+            Misfit::ExistingAntiAffinity { namespace } => write!(
+                f,
+                "pod anti-affinity of a pod there (namespace {namespace}) keeps it off"
+            ),
         }
     }
 }
 
-/// Whether `pod` fits on `node` with `used` already requested there: its
-/// node selector first, then taints (PreferNoSchedule does not keep a pod
-/// off), then resources, as the scheduler filters.
-pub fn fits(pod: &PodShape, node: &NodeShape, used: &Resources) -> Result<(), Misfit> {
+/// Whether `pod` fits on `node` with `state` there, as the scheduler
+/// filters: [`fits_node`] (what the node is), then [`fits_beside`] (what
+/// is on it already).
+pub fn fits(pod: &PodShape, node: &NodeShape, state: &NodeState) -> Result<(), Misfit> {
+    fits_node(pod, node)?;
+    fits_beside(pod, node, state)
+}
+
+/// The part of the fit that no pod on the node changes: the node selector,
+/// the required node affinity, then taints (PreferNoSchedule does not keep
+/// a pod off).
+pub fn fits_node(pod: &PodShape, node: &NodeShape) -> Result<(), Misfit> {
     for (key, value) in &pod.node_selector {
         if node.labels.get(key) != Some(value) {
             return Err(Misfit::NodeSelector { key: key.clone() });
+        }
+    }
+    if let Some(affinity) = &pod.node_affinity {
+        if !affinity.matches(&node.labels) {
+            return Err(Misfit::NodeAffinity);
         }
     }
     for taint in node
@@ -297,9 +544,62 @@ pub fn fits(pod: &PodShape, node: &NodeShape, used: &Resources) -> Result<(), Mi
             return Err(Misfit::Taint(taint.clone()));
         }
     }
+    Ok(())
+}
+
+/// The part of the fit that depends on the pods on the node: host ports,
+/// then resources, then anti-affinity both ways (the pod's terms against
+/// the pods there, and theirs against the pod). Allocates only to word a
+/// misfit.
+pub fn fits_beside(pod: &PodShape, node: &NodeShape, state: &NodeState) -> Result<(), Misfit> {
+    if let Some(p) = pod.host_ports.iter().find(|p| state.host_ports.contains(p)) {
+        return Err(Misfit::HostPort(*p));
+    }
+    if pod.request.copies_in(&node.allocatable, &state.used) == 0 {
+        return Err(Misfit::Insufficient(
+            pod.request.short_of(&node.allocatable, &state.used),
+        ));
+    }
+    if !pod.anti_affinity.is_empty() {
+        if let Some(r) = state.residents.iter().find(|r| {
+            pod.anti_affinity
+                .iter()
+                .any(|t| t.matches(&pod.namespace, &r.namespace, &r.labels))
+        }) {
+            return Err(Misfit::AntiAffinity {
+                namespace: r.namespace.clone(),
+            });
+        }
+    }
+    if state.with_terms > 0 {
+        if let Some(r) = state.residents.iter().find(|r| {
+            r.anti_affinity
+                .iter()
+                .any(|t| t.matches(&r.namespace, &pod.namespace, &pod.labels))
+        }) {
+            return Err(Misfit::ExistingAntiAffinity {
+                namespace: r.namespace.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// How many copies of `pod` (at most `want`) fit on `node` beside `state`
+/// together, assuming [`fits_node`] holds: none if one does not fit, one
+/// if copies exclude each other ([`PodShape::one_per_node`]), else as
+/// many as the scarcest resource allows. This places a whole equivalence
+/// class on a node in one step.
+pub fn copies_that_fit(pod: &PodShape, node: &NodeShape, state: &NodeState, want: u64) -> u64 {
+    if want == 0 || fits_beside(pod, node, state).is_err() {
+        return 0;
+    }
+    if pod.one_per_node() {
+        return 1;
+    }
     pod.request
-        .fits_in(&node.allocatable.minus(used))
-        .map_err(Misfit::Insufficient)
+        .copies_in(&node.allocatable, &state.used)
+        .min(want)
 }
 
 /// What a new node of a pool will look like before it exists: the machine
@@ -359,182 +659,14 @@ pub fn classes(pods: impl IntoIterator<Item = (String, PodShape)>) -> Vec<Equiva
     out
 }
 
-/// A node that exists, with what is requested on it already.
+/// A node that exists (or is on its way: the engine adds nodes still
+/// being provisioned as empty copies of their pool's template, so pods are
+/// not counted twice), with what is on it already.
 #[derive(Debug, Clone)]
 pub struct ExistingNode {
     pub name: String,
     pub shape: NodeShape,
-    pub used: Resources,
-}
-
-/// A pool the autoscaler may grow: its template node and how many nodes
-/// it may still add (up to its max, the tenant's quota, and the
-/// per-decision cap).
-#[derive(Debug, Clone)]
-pub struct PoolOption {
-    pub pool: String,
-    pub template: NodeShape,
-    pub room: u32,
-}
-
-/// What one simulation round decided.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScaleUp {
-    /// The pool chosen by the expander, and how many nodes it gets.
-    pub grow: Option<(String, u32)>,
-    /// Pods that fit on nodes that exist (the scheduler will place them).
-    pub fit_existing: Vec<String>,
-    /// Pods the new nodes will take.
-    pub on_new_nodes: Vec<String>,
-    /// Pods no pool can take, with why, pool by pool
-    /// (`pool gpu: insufficient nvidia.com/gpu; pool default: ...`).
-    pub unplaceable: Vec<(String, String)>,
-}
-
-/// Packs `pods` onto `count` or fewer new copies of `template`
-/// (first fit, classes in order); returns the nodes opened (their used
-/// resources) and the pods placed.
-fn pack_new(
-    classes: &[EquivalenceClass],
-    template: &NodeShape,
-    room: u32,
-) -> (Vec<Resources>, Vec<String>) {
-    let mut nodes: Vec<Resources> = Vec::new();
-    let mut placed = Vec::new();
-    for class in classes {
-        if fits(&class.shape, template, &Resources::default()).is_err() {
-            continue;
-        }
-        for pod in &class.pods {
-            let slot = nodes
-                .iter()
-                .position(|used| fits(&class.shape, template, used).is_ok());
-            let i = match slot {
-                Some(i) => i,
-                None if (nodes.len() as u32) < room => {
-                    nodes.push(Resources::default());
-                    nodes.len() - 1
-                }
-                None => break,
-            };
-            nodes[i] = nodes[i].plus(&class.shape.request);
-            placed.push(pod.clone());
-        }
-    }
-    (nodes, placed)
-}
-
-/// The share of the new nodes' CPU and memory left unrequested (0 to 2):
-/// the least-waste expander picks the pool where this is smallest.
-fn waste(template: &NodeShape, nodes: &[Resources]) -> f64 {
-    let share = |used: u64, total: u64| {
-        if total == 0 {
-            0.0
-        } else {
-            1.0 - used as f64 / total as f64
-        }
-    };
-    let n = nodes.len() as u64;
-    let used = nodes.iter().fold(Resources::default(), |a, r| a.plus(r));
-    share(
-        used.cpu_millis,
-        template.allocatable.cpu_millis.saturating_mul(n),
-    ) + share(
-        used.memory_bytes,
-        template.allocatable.memory_bytes.saturating_mul(n),
-    )
-}
-
-/// One scale-up round, as cluster-autoscaler runs it: pending pods first
-/// onto the free room of existing nodes, then the rest onto new nodes of
-/// each pool that can take any of them; the pool that places the most pods
-/// wins, ties broken by least waste, then by name. Pods no pool can take
-/// get the reason of each pool.
-pub fn scale_up(
-    pending: &[EquivalenceClass],
-    existing: &mut [ExistingNode],
-    pools: &[PoolOption],
-) -> ScaleUp {
-    let mut out = ScaleUp::default();
-    let mut rest: Vec<EquivalenceClass> = Vec::new();
-    for class in pending {
-        let mut left = Vec::new();
-        for pod in &class.pods {
-            match existing
-                .iter_mut()
-                .find(|n| fits(&class.shape, &n.shape, &n.used).is_ok())
-            {
-                Some(n) => {
-                    n.used = n.used.plus(&class.shape.request);
-                    out.fit_existing.push(pod.clone());
-                }
-                None => left.push(pod.clone()),
-            }
-        }
-        if !left.is_empty() {
-            rest.push(EquivalenceClass {
-                shape: class.shape.clone(),
-                pods: left,
-            });
-        }
-    }
-    /// One pool's packing: its pods placed, nodes opened and waste.
-    struct Candidate<'a> {
-        pool: &'a str,
-        nodes: usize,
-        waste: f64,
-        placed: Vec<String>,
-    }
-    let mut best: Option<Candidate> = None;
-    for option in pools.iter().filter(|o| o.room > 0) {
-        let (nodes, placed) = pack_new(&rest, &option.template, option.room);
-        if placed.is_empty() {
-            continue;
-        }
-        let c = Candidate {
-            pool: &option.pool,
-            nodes: nodes.len(),
-            waste: waste(&option.template, &nodes),
-            placed,
-        };
-        let better = best.as_ref().is_none_or(|b| {
-            c.placed.len() > b.placed.len()
-                || (c.placed.len() == b.placed.len()
-                    && (c.waste < b.waste || (c.waste == b.waste && c.pool < b.pool)))
-        });
-        if better {
-            best = Some(c);
-        }
-    }
-    if let Some(c) = best {
-        out.grow = Some((c.pool.to_string(), c.nodes as u32));
-        out.on_new_nodes = c.placed;
-    }
-    for class in &rest {
-        let why: Vec<String> = pools
-            .iter()
-            .filter_map(
-                |o| match fits(&class.shape, &o.template, &Resources::default()) {
-                    Err(m) => Some(format!("pool {}: {m}", o.pool)),
-                    Ok(()) if o.room == 0 => Some(format!("pool {}: at its maximum size", o.pool)),
-                    Ok(()) => None,
-                },
-            )
-            .collect();
-        // A class some pool could take waits for the next round; one that
-        // every pool refuses (or that has no pool at all) is explained.
-        if why.len() == pools.len() {
-            let reason = if why.is_empty() {
-                "no pool has autoscaling".to_string()
-            } else {
-                why.join("; ")
-            };
-            for pod in &class.pods {
-                out.unplaceable.push((pod.clone(), reason.clone()));
-            }
-        }
-    }
-    out
+    pub state: NodeState,
 }
 
 #[cfg(test)]
@@ -721,9 +853,10 @@ mod tests {
         let mut pod = PodShape {
             request: pod_request(&[res(1000, 1 << 30)], &[], &Resources::default()),
             node_selector: BTreeMap::from([("tier".into(), "ml".into())]),
-            tolerations: vec![],
+            ..Default::default()
         };
-        let misfit = fits(&pod, &node, &Resources::default()).unwrap_err();
+        let empty = NodeState::default();
+        let misfit = fits(&pod, &node, &empty).unwrap_err();
         assert_eq!(
             misfit.to_string(),
             "untolerated taint nvidia.com/gpu=:NoSchedule"
@@ -734,16 +867,16 @@ mod tests {
             value: None,
             effect: None,
         });
-        assert_eq!(fits(&pod, &node, &Resources::default()), Ok(()));
+        assert_eq!(fits(&pod, &node, &empty), Ok(()));
         // Resources already requested on the node count.
-        let busy = res(3000, 0);
+        let busy = NodeState::with_used(res(3000, 0));
         assert_eq!(
             fits(&pod, &node, &busy).unwrap_err().to_string(),
             "insufficient cpu"
         );
         pod.node_selector.insert("zone".into(), "a".into());
         assert_eq!(
-            fits(&pod, &node, &Resources::default()).unwrap_err(),
+            fits(&pod, &node, &empty).unwrap_err(),
             Misfit::NodeSelector { key: "zone".into() }
         );
     }
@@ -752,27 +885,6 @@ mod tests {
         PodShape {
             request: pod_request(&[res(cpu, mem)], &[], &Resources::default()),
             ..Default::default()
-        }
-    }
-
-    fn option(pool: &str, cpu: u64, mem: u64, room: u32) -> PoolOption {
-        PoolOption {
-            pool: pool.into(),
-            template: template_node(
-                &Resources {
-                    cpu_millis: cpu,
-                    memory_bytes: mem,
-                    ephemeral_bytes: 0,
-                    pods: 110,
-                    extended: BTreeMap::new(),
-                },
-                &Resources::default(),
-                &[],
-                &NodePoolName::parse(pool).unwrap(),
-                &BTreeMap::new(),
-                &[],
-            ),
-            room,
         }
     }
 
@@ -795,91 +907,163 @@ mod tests {
         assert_eq!(c[1].pods.len(), 3);
     }
 
-    #[test]
-    fn existing_room_first_then_the_pool_that_places_most_with_least_waste() {
-        let pending = classes(pods("web", 5, &shape(1000, 1 << 30)));
-        let mut existing = vec![ExistingNode {
-            name: "n1".into(),
-            shape: option("x", 2000, 4 << 30, 0).template,
-            used: res(500, 0),
-        }];
-        // n1 has room for one; 4 remain. `small` (2 CPUs) needs 2 nodes with
-        // no waste; `large` (8 CPUs) 1 node, half empty; both place all 4.
-        let pools = [
-            option("large", 8000, 16 << 30, 5),
-            option("small", 2000, 4 << 30, 5),
-        ];
-        let plan = scale_up(&pending, &mut existing, &pools);
-        assert_eq!(plan.fit_existing, ["default/web-0"]);
-        assert_eq!(plan.grow, Some(("small".to_string(), 2)));
-        assert_eq!(plan.on_new_nodes.len(), 4);
-        assert!(plan.unplaceable.is_empty());
-        assert_eq!(existing[0].used.cpu_millis, 1500);
-
-        // A pool with room for only one node places fewer pods and loses.
-        let pools = [
-            option("large", 8000, 16 << 30, 5),
-            option("small", 2000, 4 << 30, 1),
-        ];
-        let mut none: Vec<ExistingNode> = vec![];
-        let plan = scale_up(&pending, &mut none, &pools);
-        assert_eq!(plan.grow, Some(("large".to_string(), 1)));
-        assert_eq!(plan.on_new_nodes.len(), 5);
-    }
-
-    #[test]
-    fn pods_no_pool_can_take_say_why_per_pool() {
-        let mut gpu_pod = shape(100, 1 << 20);
-        gpu_pod.request.extended.insert("nvidia.com/gpu".into(), 1);
-        let mut zoned = shape(100, 1 << 20);
-        zoned.node_selector.insert("zone".into(), "b".into());
-        let mut all = pods("train", 1, &gpu_pod);
-        all.extend(pods("web", 1, &zoned));
-        let pending = classes(all);
-        let pools = [
-            option("default", 2000, 4 << 30, 3),
-            option("full", 2000, 4 << 30, 0),
-        ];
-        let plan = scale_up(&pending, &mut [], &pools);
-        assert_eq!(plan.grow, None);
-        let why: BTreeMap<_, _> = plan.unplaceable.into_iter().collect();
-        assert_eq!(
-            why["default/train-0"],
-            "pool default: insufficient nvidia.com/gpu; pool full: insufficient nvidia.com/gpu"
-        );
-        assert_eq!(
-            why["default/web-0"],
-            "pool default: node selector mismatch (zone); pool full: node selector mismatch (zone)"
-        );
-        // Fits, but the only pool is at its maximum.
-        let plan = scale_up(&classes(pods("w", 1, &shape(100, 1))), &mut [], &pools[1..]);
-        assert_eq!(plan.unplaceable[0].1, "pool full: at its maximum size");
-    }
-
-    #[test]
-    fn many_pods_in_few_classes_pack_near_the_lower_bound() {
-        // 2,000 pods of 4 shapes onto 4-CPU, 8 GiB nodes.
-        let shapes = [
-            shape(250, 256 << 20),
-            shape(500, 512 << 20),
-            shape(1000, 1 << 30),
-            shape(100, 128 << 20),
-        ];
-        let mut all = Vec::new();
-        for (i, s) in shapes.iter().enumerate() {
-            all.extend(pods(&format!("app{i}"), 500, s));
+    fn node(cpu: u64, mem: u64, labels: &[(&str, &str)]) -> NodeShape {
+        NodeShape {
+            allocatable: Resources {
+                cpu_millis: cpu,
+                memory_bytes: mem,
+                ephemeral_bytes: 0,
+                pods: 110,
+                extended: BTreeMap::new(),
+            },
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            taints: vec![],
         }
-        let pending = classes(all);
-        assert_eq!(pending.len(), 4);
-        let pools = [option("default", 4000, 8 << 30, 1000)];
-        let plan = scale_up(&pending, &mut [], &pools);
-        let (_, nodes) = plan.grow.clone().unwrap();
-        // Total CPU 925 cores / 4 per node: at least 232 nodes.
-        let lower = (500u64 * (250 + 500 + 1000 + 100)).div_ceil(4000);
-        assert!(
-            nodes as u64 >= lower && (nodes as u64) <= lower + lower / 20,
-            "{nodes} vs {lower}"
+    }
+
+    #[test]
+    fn required_node_affinity_is_checked_and_worded() {
+        let n = node(4000, 8 << 30, &[("zone", "a"), ("cores", "4")]);
+        let term = |key: &str, operator, values: &[&str]| NodeSelectorTerm {
+            match_expressions: vec![NodeSelectorRequirement {
+                key: key.into(),
+                operator,
+                values: values.iter().map(|v| v.to_string()).collect(),
+            }],
+        };
+        let mut pod = shape(100, 1 << 20);
+        pod.node_affinity = Some(NodeAffinity {
+            terms: vec![
+                term("zone", NodeSelectorOperator::In, &["b"]),
+                term("cores", NodeSelectorOperator::Gt, &["2"]),
+            ],
+        });
+        assert_eq!(fits(&pod, &n, &NodeState::default()), Ok(()));
+        pod.node_affinity = Some(NodeAffinity {
+            terms: vec![term("zone", NodeSelectorOperator::NotIn, &["a"])],
+        });
+        let misfit = fits(&pod, &n, &NodeState::default()).unwrap_err();
+        assert_eq!(misfit, Misfit::NodeAffinity);
+        assert_eq!(misfit.to_string(), "node affinity mismatch");
+    }
+
+    #[test]
+    fn host_ports_conflict_and_copies_that_use_one_go_one_per_node() {
+        let n = node(4000, 8 << 30, &[]);
+        let port = |protocol, port| HostPort { protocol, port };
+        let mut dns = shape(100, 1 << 20);
+        dns.host_ports = vec![port(PortProtocol::Udp, 53), port(PortProtocol::Tcp, 53)];
+        let mut state = NodeState::default();
+        assert_eq!(copies_that_fit(&dns, &n, &state, 10), 1);
+        state.place(&dns, 1);
+        let misfit = fits(&dns, &n, &state).unwrap_err();
+        assert_eq!(misfit.to_string(), "host port 53/UDP in use");
+        assert_eq!(copies_that_fit(&dns, &n, &state, 10), 0);
+        // Another protocol on the same number is another port.
+        let mut sctp = shape(100, 1 << 20);
+        sctp.host_ports = vec![port(PortProtocol::Sctp, 53)];
+        assert_eq!(fits(&sctp, &n, &state), Ok(()));
+        // No host ports, no limit beyond resources: 39 more of 100m in
+        // the 3.9 CPUs left.
+        assert_eq!(copies_that_fit(&shape(100, 1 << 20), &n, &state, 1000), 39);
+    }
+
+    fn web(namespace: &str, app: &str) -> PodShape {
+        let mut pod = shape(100, 1 << 20);
+        pod.namespace = namespace.into();
+        pod.labels.insert("app".into(), app.into());
+        pod
+    }
+
+    fn avoid(app: &str, namespaces: TermNamespaces) -> AntiAffinityTerm {
+        AntiAffinityTerm {
+            selector: LabelSelector {
+                match_labels: BTreeMap::from([("app".into(), app.into())]),
+                match_expressions: vec![],
+            },
+            namespaces,
+        }
+    }
+
+    #[test]
+    fn anti_affinity_keeps_pods_apart_in_both_directions() {
+        let n = node(4000, 8 << 30, &[]);
+        let mut state = NodeState::default();
+        state.place(&web("shop", "db"), 1);
+
+        // The incoming pod avoids what runs there.
+        let mut picky = web("shop", "web");
+        picky.anti_affinity = vec![avoid("db", TermNamespaces::Own)];
+        assert_eq!(
+            fits(&picky, &n, &state).unwrap_err().to_string(),
+            "pod anti-affinity: a pod it avoids (namespace shop) runs there"
         );
-        assert_eq!(plan.on_new_nodes.len(), 2000);
+        // Its own namespace by default: a db in another one is no matter.
+        let mut elsewhere = NodeState::default();
+        elsewhere.place(&web("blog", "db"), 1);
+        assert_eq!(fits(&picky, &n, &elsewhere), Ok(()));
+        picky.anti_affinity = vec![avoid("db", TermNamespaces::Listed(vec!["blog".into()]))];
+        assert!(fits(&picky, &n, &elsewhere).is_err());
+
+        // What runs there avoids the incoming pod (the scheduler's
+        // symmetric check), though the incoming pod asks nothing.
+        let mut loner = web("shop", "db");
+        loner.anti_affinity = vec![avoid("web", TermNamespaces::Own)];
+        let mut guarded = NodeState::default();
+        guarded.place(&loner, 1);
+        assert_eq!(
+            fits(&web("shop", "web"), &n, &guarded)
+                .unwrap_err()
+                .to_string(),
+            "pod anti-affinity of a pod there (namespace shop) keeps it off"
+        );
+        assert_eq!(fits(&web("blog", "web"), &n, &guarded), Ok(()));
+    }
+
+    #[test]
+    fn a_pod_avoiding_its_own_kind_goes_one_per_node() {
+        let n = node(4000, 8 << 30, &[]);
+        let mut spread = web("shop", "cache");
+        spread.anti_affinity = vec![avoid("cache", TermNamespaces::Own)];
+        assert!(spread.one_per_node());
+        let state = NodeState::default();
+        assert_eq!(copies_that_fit(&spread, &n, &state, 5), 1);
+        let mut one = state.clone();
+        one.place(&spread, 1);
+        assert_eq!(copies_that_fit(&spread, &n, &one, 5), 0);
+        // Avoiding another kind does not limit copies of itself.
+        let mut other = web("shop", "cache");
+        other.anti_affinity = vec![avoid("db", TermNamespaces::Own)];
+        assert!(!other.one_per_node());
+        assert_eq!(copies_that_fit(&other, &n, &state, 5), 5);
+    }
+
+    #[test]
+    fn copies_are_limited_by_the_scarcest_resource_extended_ones_included() {
+        let mut n = node(16_000, 64 << 30, &[]);
+        n.allocatable.extended.insert("nvidia.com/gpu".into(), 4);
+        let mut trainer = shape(2000, 4 << 30);
+        trainer.request.extended.insert("nvidia.com/gpu".into(), 1);
+        let mut state = NodeState::default();
+        assert_eq!(copies_that_fit(&trainer, &n, &state, 100), 4);
+        state.place(&trainer, 3);
+        assert_eq!(state.used().extended["nvidia.com/gpu"], 3);
+        assert_eq!(copies_that_fit(&trainer, &n, &state, 100), 1);
+        state.place(&trainer, 1);
+        assert_eq!(
+            fits(&trainer, &n, &state).unwrap_err().to_string(),
+            "insufficient nvidia.com/gpu"
+        );
+        // Memory binds before CPU here: 8 GiB pods, 64 GiB node, 16 CPUs.
+        let fat = shape(100, 8 << 30);
+        assert_eq!(copies_that_fit(&fat, &n, &NodeState::default(), 100), 8);
+        // A resource not requested never limits, even overcommitted.
+        let over = NodeState::with_used(res(20_000, 0));
+        assert_eq!(copies_that_fit(&shape(0, 1 << 30), &n, &over, 100), 64);
+        // The want caps the answer.
+        assert_eq!(copies_that_fit(&fat, &n, &NodeState::default(), 3), 3);
     }
 }
