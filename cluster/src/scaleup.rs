@@ -954,4 +954,226 @@ mod tests {
         );
         assert_eq!(plan.on_new_nodes(&pending).len(), 2000);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A pod kind: CPU, memory, GPUs, whether it asks for zone `b`,
+        /// whether its copies go one per node (1: anti-affinity against
+        /// its own labels, 2: a host port), and how many pods.
+        type Kind = (u64, u64, u64, bool, u8, usize);
+
+        fn kind() -> impl Strategy<Value = Kind> {
+            (
+                1u64..4000,
+                1u64..8192,
+                0u64..3,
+                any::<bool>(),
+                0u8..3,
+                0usize..40,
+            )
+        }
+
+        fn kind_shape(i: usize, (cpu, mem, gpu, zoned, apart, _): Kind) -> PodShape {
+            let mut s = shape(cpu, mem << 20);
+            s.labels.insert("app".into(), format!("app{i}"));
+            if gpu > 0 {
+                s.request.extended.insert("nvidia.com/gpu".into(), gpu);
+            }
+            if zoned {
+                s.node_selector.insert("zone".into(), "b".into());
+            }
+            match apart {
+                1 => s.anti_affinity.push(AntiAffinityTerm {
+                    selector: LabelSelector {
+                        match_labels: s.labels.clone(),
+                        match_expressions: vec![],
+                    },
+                    namespaces: TermNamespaces::Own,
+                }),
+                2 => s.host_ports.push(HostPort {
+                    protocol: PortProtocol::Tcp,
+                    port: 8000 + i as u16,
+                }),
+                _ => {}
+            }
+            s
+        }
+
+        /// A pool: CPU, memory, GPUs, zone b, size, max, priority, excluded.
+        type Pool = (u64, u64, u64, bool, u32, u32, i32, bool);
+
+        fn pool() -> impl Strategy<Value = Pool> {
+            (
+                2000u64..16_000,
+                4096u64..65_536,
+                0u64..5,
+                any::<bool>(),
+                0u32..5,
+                0u32..12,
+                0i32..3,
+                prop::bool::weighted(0.2),
+            )
+        }
+
+        fn pool_option(
+            i: usize,
+            (cpu, mem, gpu, zone_b, size, max, priority, excluded): Pool,
+        ) -> PoolOption {
+            let mut o = option(&format!("pool{i}"), cpu, mem << 20, size, max);
+            if gpu > 0 {
+                o.template
+                    .allocatable
+                    .extended
+                    .insert("nvidia.com/gpu".into(), gpu);
+            }
+            if zone_b {
+                o.template.labels.insert("zone".into(), "b".into());
+            }
+            o.priority = priority;
+            o.excluded = excluded.then(|| "backed off".to_string());
+            o
+        }
+
+        type Inputs = (Vec<Kind>, Vec<Pool>, Vec<(u64, u64, bool)>, ScaleUpSettings);
+
+        fn inputs() -> impl Strategy<Value = Inputs> {
+            let settings = (0usize..3, prop::option::of((0u32..12, 0u32..16)), 1u32..12).prop_map(
+                |(e, quota, cap)| ScaleUpSettings {
+                    expander: [Expander::LeastWaste, Expander::MostPods, Expander::Priority][e],
+                    quota: quota.map(|(in_use, limit)| Quota { in_use, limit }),
+                    max_nodes_per_scale_up: cap,
+                },
+            );
+            (
+                prop::collection::vec(kind(), 1..6),
+                prop::collection::vec(pool(), 0..4),
+                prop::collection::vec((2000u64..8000, 0u64..8000, any::<bool>()), 0..4),
+                settings,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            #[test]
+            fn a_decision_keeps_its_bounds_and_every_placement_fits(
+                (kinds, pool_specs, existing_specs, settings) in inputs()
+            ) {
+                let mut all = Vec::new();
+                for (i, k) in kinds.iter().enumerate() {
+                    all.extend(pods(&format!("k{i}"), k.5, &kind_shape(i, *k)));
+                }
+                let pending = classes(all);
+                let total: usize = pending.iter().map(|c| c.pods.len()).sum();
+                let pools: Vec<PoolOption> = pool_specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| pool_option(i, *p))
+                    .collect();
+                // Existing nodes, some running a copy of the first kind.
+                let first = kind_shape(0, kinds[0]);
+                let mut existing: Vec<ExistingNode> = existing_specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (cpu, used, copy))| {
+                        let mut state = NodeState::with_used(res(*used % cpu, 0));
+                        if *copy {
+                            state.place(&first, 1);
+                        }
+                        ExistingNode {
+                            name: format!("n{i}"),
+                            shape: template("x", *cpu, 16 << 30),
+                            state,
+                        }
+                    })
+                    .collect();
+                let before: Vec<NodeState> = existing.iter().map(|n| n.state.clone()).collect();
+                let plan = scale_up(&pending, &mut existing, &pools, &settings);
+
+                // Bounds.
+                let added = plan.nodes_added();
+                prop_assert!(added <= settings.max_nodes_per_scale_up);
+                if let Some(q) = settings.quota {
+                    prop_assert!(added <= q.limit.saturating_sub(q.in_use));
+                }
+                for o in &pools {
+                    let grew: u32 = plan.grow.iter().filter(|g| g.pool == o.pool).map(|g| g.nodes).sum();
+                    prop_assert!(grew <= o.room(), "{} grew {grew}", o.pool);
+                    prop_assert!(o.excluded.is_none() || grew == 0);
+                }
+
+                // Every pod has exactly one outcome.
+                prop_assert_eq!(plan.pods(&pending).count(), total);
+                for (class, o) in pending.iter().zip(&plan.classes) {
+                    let n: u64 = o.existing.iter().map(|e| e.pods).sum::<u64>()
+                        + o.new_nodes.iter().map(|(_, k)| k).sum::<u64>()
+                        + o.unplaced;
+                    prop_assert_eq!(n, class.pods.len() as u64);
+                    prop_assert_eq!(o.reasons.len(), if o.unplaced > 0 { pools.len() } else { 0 });
+                }
+
+                // Replayed one pod at a time, in the decision's order (copies
+                // that go one per node first), every placement fits.
+                let mut order: Vec<usize> = (0..pending.len()).collect();
+                order.sort_by_key(|&c| !pending[c].shape.one_per_node());
+                let mut states = before;
+                for &c in &order {
+                    for e in &plan.classes[c].existing {
+                        for _ in 0..e.pods {
+                            let node = &existing[e.node];
+                            prop_assert_eq!(fits(&pending[c].shape, &node.shape, &states[e.node]), Ok(()));
+                            states[e.node].place(&pending[c].shape, 1);
+                        }
+                    }
+                }
+                for (state, node) in states.iter().zip(&existing) {
+                    prop_assert_eq!(state.used(), node.state.used());
+                }
+                for g in &plan.grow {
+                    let o = pools.iter().find(|o| o.pool == g.pool).unwrap();
+                    prop_assert_eq!(g.nodes as usize, g.packing.len());
+                    let mut placed = 0;
+                    for node in &g.packing {
+                        let mut state = NodeState::default();
+                        for &(c, k) in node {
+                            if pending[c].shape.one_per_node() {
+                                prop_assert_eq!(k, 1);
+                            }
+                            for _ in 0..k {
+                                prop_assert_eq!(fits(&pending[c].shape, &o.template, &state), Ok(()));
+                                state.place(&pending[c].shape, 1);
+                            }
+                            placed += k;
+                        }
+                    }
+                    prop_assert_eq!(placed, g.pods);
+                }
+            }
+
+            #[test]
+            fn one_pool_adds_at_least_the_lower_bound(
+                kinds in prop::collection::vec((1u64..4000, 1u64..8192, 1usize..60), 1..6),
+                cpu in 4000u64..16_000,
+                mem in 8192u64..32_768,
+            ) {
+                let mut all = Vec::new();
+                for (i, (c, m, n)) in kinds.iter().enumerate() {
+                    all.extend(pods(&format!("k{i}"), *n, &shape(*c, *m << 20)));
+                }
+                let pending = classes(all);
+                let pools = [option("default", cpu, mem << 20, 0, 10_000)];
+                let plan = scale_up(&pending, &mut [], &pools, &Default::default());
+                prop_assert!(plan.unplaceable(&pending).is_empty());
+                let want_cpu: u64 = kinds.iter().map(|(c, _, n)| c * *n as u64).sum();
+                let want_mem: u64 = kinds.iter().map(|(_, m, n)| (m << 20) * *n as u64).sum();
+                let lower = want_cpu.div_ceil(cpu).max(want_mem.div_ceil(mem << 20));
+                prop_assert!(plan.nodes_added() as u64 >= lower);
+                // First fit decreasing stays within twice the bound.
+                prop_assert!(plan.nodes_added() as u64 <= 2 * lower + 1);
+            }
+        }
+    }
 }
