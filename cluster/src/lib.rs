@@ -23,6 +23,7 @@ pub mod operations;
 pub mod pki;
 pub mod pools;
 pub mod restarts;
+pub mod scaledown;
 pub mod scaleup;
 pub mod simulate;
 pub mod spec;
