@@ -931,4 +931,131 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<UnneededTracker>(&json).unwrap(), t);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A pod: CPU, app (a or b), 0 ReplicaSet / 1 DaemonSet / 2 none,
+        /// local storage, safe-to-evict (0 unset, 1 true, 2 false).
+        type Pod = (u64, bool, u8, bool, u8);
+
+        fn pods() -> impl Strategy<Value = Vec<Pod>> {
+            prop::collection::vec(
+                (
+                    100u64..2500,
+                    any::<bool>(),
+                    0u8..3,
+                    prop::bool::weighted(0.15),
+                    0u8..3,
+                ),
+                0..4,
+            )
+        }
+
+        fn make(node: usize, i: usize, (cpu, app_a, owner, local, safe): Pod) -> PodOnNode {
+            let app = if app_a { "a" } else { "b" };
+            let mut p = pod(app, cpu, 1 << 28);
+            p.name = format!("default/{app}-{node}-{i}");
+            p.controller = match owner {
+                0 => Controller::ReplicaSet,
+                1 => Controller::DaemonSet,
+                _ => Controller::None,
+            };
+            p.local_storage = local;
+            p.safe_to_evict = [None, Some(true), Some(false)][safe as usize];
+            p
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            #[test]
+            fn never_below_min_never_a_blocked_pod_and_every_move_fits(
+                nodes in prop::collection::vec((any::<bool>(), pods()), 1..7),
+                mins in (0u32..4, 0u32..4),
+                pdbs in prop::collection::vec((any::<bool>(), 0u32..2), 0..3),
+                others in prop::collection::vec(0u64..4000, 0..3),
+            ) {
+                let nodes: Vec<PoolNode> = nodes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, (in_p, pods))| {
+                        node(
+                            &format!("n{n}"),
+                            if in_p { "p" } else { "q" },
+                            pods.into_iter().enumerate().map(|(i, p)| make(n, i, p)).collect(),
+                        )
+                    })
+                    .collect();
+                let size = |pool: &str| nodes.iter().filter(|n| n.pool == pool).count() as u32;
+                let pools = [bounds("p", size("p"), mins.0), bounds("q", size("q"), mins.1)];
+                let pdbs: Vec<Pdb> = pdbs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (a, allowed))| Pdb {
+                        namespace: "default".into(),
+                        name: format!("pdb{i}"),
+                        selector: LabelSelector {
+                            match_labels: BTreeMap::from([(
+                                "app".into(),
+                                if a { "a" } else { "b" }.into(),
+                            )]),
+                            match_expressions: vec![],
+                        },
+                        disruptions_allowed: allowed,
+                    })
+                    .collect();
+                let others: Vec<ExistingNode> = others
+                    .iter()
+                    .enumerate()
+                    .map(|(i, used)| other(&format!("o{i}"), *used))
+                    .collect();
+                let (_, plan) = two_rounds(&pools, &nodes, &others, &pdbs);
+
+                for b in &pools {
+                    let gone = plan.remove.iter().filter(|r| r.pool == b.pool).count() as u32;
+                    prop_assert!(gone <= b.size.saturating_sub(b.min));
+                }
+                prop_assert!(plan.remove.iter().filter(|r| !r.empty).count() <= 1);
+                let gone: BTreeSet<&str> = plan.remove.iter().map(|r| r.node.as_str()).collect();
+                for n in nodes.iter().filter(|n| gone.contains(n.name.as_str())) {
+                    for p in n.pods.iter().filter(|p| p.must_move()) {
+                        let evictable = p.safe_to_evict != Some(false)
+                            && (p.safe_to_evict == Some(true)
+                                || (!p.local_storage && p.controller != Controller::None))
+                            && !pdbs.iter().any(|b| b.disruptions_allowed == 0 && b.selects(&p.shape));
+                        prop_assert!(evictable, "{} removed with {}", n.name, p.name);
+                    }
+                }
+
+                // Every pod that must move has one move, to a node that
+                // stays, and fits there with the moves before it.
+                let mut states: BTreeMap<&str, (&NodeShape, NodeState)> = BTreeMap::new();
+                for n in nodes.iter().filter(|n| !gone.contains(n.name.as_str())) {
+                    let mut st = NodeState::default();
+                    for p in &n.pods {
+                        st.place(&p.shape, 1);
+                    }
+                    states.insert(&n.name, (&n.shape, st));
+                }
+                for o in &others {
+                    states.insert(&o.name, (&o.shape, o.state.clone()));
+                }
+                for r in &plan.remove {
+                    let n = nodes.iter().find(|n| n.name == r.node).unwrap();
+                    let movers: Vec<&PodOnNode> = n.pods.iter().filter(|p| p.must_move()).collect();
+                    prop_assert_eq!(movers.len(), r.moves.len());
+                    prop_assert_eq!(r.empty, movers.is_empty());
+                    for (p, (name, to)) in movers.iter().zip(&r.moves) {
+                        prop_assert_eq!(&p.name, name);
+                        let (shape, st) = states.get_mut(to.as_str()).expect("moves go to nodes that stay");
+                        prop_assert_eq!(fits(&p.shape, shape, st), Ok(()));
+                        st.place(&p.shape, 1);
+                    }
+                }
+            }
+        }
+    }
 }
