@@ -637,6 +637,9 @@ pub struct EquivalenceClass {
 
 /// Groups pending pods (`namespace/name`, shape) by shape, largest
 /// requests first (CPU, then memory), so big pods are packed first.
+/// Labels are part of the shape, so pods that differ in a label no
+/// selector reads (a StatefulSet's pod name) fall in separate classes;
+/// the engine may drop such labels before grouping.
 pub fn classes(pods: impl IntoIterator<Item = (String, PodShape)>) -> Vec<EquivalenceClass> {
     let mut index: HashMap<PodShape, usize> = HashMap::new();
     let mut out: Vec<EquivalenceClass> = Vec::new();
