@@ -20,10 +20,14 @@ use std::fmt;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::{AutoRepair, Autoscaling, Condition, Phase, ProviderSpec, Taint};
+use crate::{
+    AutoRepair, AutoscalerSettings, Autoscaling, Condition, NodeResources, Phase, ProviderSpec,
+    Taint,
+};
 
 pub use crate::spec::{
-    ControlPlaneRequest, CreateClusterRequest, CreateNodePoolRequest, NetworkRequest,
+    AutoscalerSettingsRequest, ControlPlaneRequest, CreateClusterRequest, CreateNodePoolRequest,
+    NetworkRequest,
 };
 
 // ---------------------------------------------------------------------------
@@ -55,6 +59,8 @@ pub struct ClusterView {
     pub network: NetworkView,
     pub labels: BTreeMap<String, String>,
     pub deletion_protection: bool,
+    /// The autoscaler's settings, every field.
+    pub autoscaler: AutoscalerSettings,
     pub phase: Phase,
     pub conditions: Vec<Condition>,
     pub endpoint: Option<String>,
@@ -75,6 +81,10 @@ pub struct UpdateClusterRequest {
     pub labels: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deletion_protection: Option<bool>,
+    /// Merged onto the current settings: the fields given change, the
+    /// others stay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerSettingsRequest>,
 }
 
 /// Query of `GET /v1/clusters`.
@@ -283,6 +293,40 @@ pub struct EventView {
     pub reason: String,
     pub message: String,
     pub created_at: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------------------
+// Machine types
+
+/// A machine type (`GET /v1/machine-types`): what a machine of it has, and
+/// what its node offers to pods. `allocatable` is what the autoscaler's
+/// template node of a pool of this type starts from (before DaemonSet
+/// pods), and lab workers are held to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MachineTypeView {
+    /// `small`, `medium` or `large`.
+    pub name: String,
+    /// vCPUs.
+    pub cpu: u32,
+    pub memory_mib: u32,
+    /// Most pods on one node.
+    pub pods: u32,
+    /// Capacity less the system reservation (100m CPU, 256 MiB) and the
+    /// kubelet's hard-eviction threshold (100 MiB).
+    pub allocatable: NodeResources,
+}
+
+impl From<crate::MachineType> for MachineTypeView {
+    fn from(t: crate::MachineType) -> Self {
+        let capacity = t.capacity();
+        Self {
+            name: t.as_str().into(),
+            cpu: capacity.cpu_millis / 1000,
+            memory_mib: capacity.memory_mib,
+            pods: capacity.pods,
+            allocatable: t.allocatable(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -571,6 +615,7 @@ mod tests {
             },
             labels: BTreeMap::from([("team".into(), "web".into())]),
             deletion_protection: true,
+            autoscaler: AutoscalerSettings::default(),
             phase: Phase::Provisioning,
             conditions: vec![Condition {
                 type_: "Ready".into(),
@@ -607,6 +652,12 @@ mod tests {
         assert_eq!(v["cluster"]["phase"], "provisioning");
         assert_eq!(v["cluster"]["provider"]["kind"], "aws");
         assert_eq!(v["cluster"]["conditions"][0]["type"], "Ready");
+        assert_eq!(
+            v["cluster"]["autoscaler"],
+            json!({"mode": "builtin", "expander": "least-waste",
+                   "scale_down_utilization_threshold": 0.5, "scale_down_unneeded_seconds": 600,
+                   "batch_idle_seconds": 1, "batch_max_seconds": 10, "max_nodes_per_scale_up": 10})
+        );
         assert_eq!(v["operation"]["type"], "cluster_create");
         assert_eq!(v["operation"]["steps"][0]["message"], "2 of 2");
         // An absent step message is left out, not null.
@@ -625,7 +676,11 @@ mod tests {
             name: "gpu".into(),
             machine_type: "large".into(),
             size: 2,
-            autoscaling: Some(Autoscaling { min: 1, max: 4 }),
+            autoscaling: Some(Autoscaling {
+                min: 1,
+                max: 4,
+                priority: 0,
+            }),
             labels: BTreeMap::new(),
             taints: vec![
                 Taint {
@@ -721,6 +776,75 @@ mod tests {
         let back: UpdateNodePoolRequest = serde_json::from_value(json!({"size": 3})).unwrap();
         assert_eq!(back.autoscaling, None);
         assert!(serde_json::from_value::<UpdateNodePoolRequest>(json!({"sise": 3})).is_err());
+    }
+
+    #[test]
+    fn machine_types_show_capacity_and_allocatable() {
+        let v = round_trip(&Items {
+            items: crate::MachineType::ALL
+                .into_iter()
+                .map(MachineTypeView::from)
+                .collect::<Vec<_>>(),
+        });
+        assert_eq!(
+            v["items"][0],
+            json!({"name": "small", "cpu": 1, "memory_mib": 2048, "pods": 110,
+                   "allocatable": {"cpu_millis": 900, "memory_mib": 1692, "pods": 110}})
+        );
+        assert_eq!(v["items"][2]["allocatable"]["memory_mib"], 7836);
+    }
+
+    #[test]
+    fn autoscaler_snapshot_round_trips_and_cluster_patch_is_partial() {
+        let snapshot = AutoscalerSnapshot {
+            observed_at: Some(at(1_700_000_000, 0)),
+            pending_pods: 1,
+            pending: vec![PendingPodView {
+                namespace: "default".into(),
+                name: "web-7".into(),
+                outcome: "no_pool".into(),
+                pool: None,
+                node: None,
+                reasons: vec![PoolReasonView {
+                    pool: "gpu".into(),
+                    reason: "insufficient nvidia.com/gpu".into(),
+                }],
+            }],
+            holds: BTreeMap::from([("gpu".into(), "backed off".into())]),
+            decisions: BTreeMap::from([(
+                "default".into(),
+                vec![AutoscalerDecisionView {
+                    at: at(1_700_000_000, 0),
+                    kind: "scale_up".into(),
+                    from: 1,
+                    to: 2,
+                    node: None,
+                    pods: 3,
+                    reason: "3 pods pending".into(),
+                    operation: Some(Uuid::from_u128(9)),
+                }],
+            )]),
+        };
+        let v = round_trip(&snapshot);
+        assert_eq!(
+            serde_json::from_value::<AutoscalerSnapshot>(v).unwrap(),
+            snapshot
+        );
+        let patch = UpdateClusterRequest {
+            autoscaler: Some(AutoscalerSettingsRequest {
+                expander: Some("priority".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            json!({"autoscaler": {"expander": "priority"}})
+        );
+        assert!(serde_json::from_value::<UpdateClusterRequest>(
+            json!({"autoscaler": {"expandr": "priority"}})
+        )
+        .is_err());
     }
 
     #[test]

@@ -33,10 +33,11 @@ pub mod validation;
 pub mod worker;
 
 pub use condition::{Condition, ConditionStatus, Phase};
-pub use names::{ClusterName, KubernetesVersion, MachineType, NodePoolName};
+pub use names::{ClusterName, KubernetesVersion, MachineType, NodePoolName, NodeResources};
 pub use network::{ClusterNetwork, Ipv4Cidr};
 pub use spec::{
-    AutoRepair, Autoscaling, ClusterSpec, ControlPlaneSpec, CreateClusterRequest,
-    CreateNodePoolRequest, Labels, NodePoolSpec, ProviderSpec, Taint, TaintEffect,
+    AutoRepair, AutoscalerMode, AutoscalerSettings, AutoscalerSettingsRequest, Autoscaling,
+    ClusterSpec, ControlPlaneSpec, CreateClusterRequest, CreateNodePoolRequest, Expander, Labels,
+    NodePoolSpec, ProviderSpec, Taint, TaintEffect,
 };
 pub use validation::ValidationError;

@@ -177,6 +177,61 @@ impl MachineType {
             Self::Large => (4, 8192),
         }
     }
+
+    /// What a machine of this type has: its CPUs, its memory and the most
+    /// pods its kubelet runs ([`MAX_PODS`]).
+    pub fn capacity(self) -> NodeResources {
+        let (cpus, memory_mib) = self.resources();
+        NodeResources {
+            cpu_millis: cpus * 1000,
+            memory_mib,
+            pods: MAX_PODS,
+        }
+    }
+
+    /// What a node of this type offers to pods: its [`capacity`] less the
+    /// system reservation ([`SYSTEM_RESERVED_CPU_MILLIS`],
+    /// [`SYSTEM_RESERVED_MEMORY_MIB`]) and the kubelet's hard-eviction
+    /// threshold ([`EVICTION_HARD_MEMORY_MIB`]), as the kubelet reports
+    /// `status.allocatable`. These are the numbers the autoscaler's
+    /// template nodes start from (before DaemonSet pods), and lab workers
+    /// are held to them: their kubelets are to reserve exactly this much
+    /// (`systemReserved`, `evictionHard`, `maxPods` in the worker bundle,
+    /// set by a separate change), so that a node that joins offers what its
+    /// template promised.
+    ///
+    /// [`capacity`]: MachineType::capacity
+    pub fn allocatable(self) -> NodeResources {
+        let c = self.capacity();
+        NodeResources {
+            cpu_millis: c.cpu_millis.saturating_sub(SYSTEM_RESERVED_CPU_MILLIS),
+            memory_mib: c
+                .memory_mib
+                .saturating_sub(SYSTEM_RESERVED_MEMORY_MIB + EVICTION_HARD_MEMORY_MIB),
+            pods: c.pods,
+        }
+    }
+}
+
+/// The most pods one node runs (the kubelet's `maxPods`).
+pub const MAX_PODS: u32 = 110;
+/// CPU a worker keeps for its system and Kubernetes daemons (the kubelet's
+/// `systemReserved` plus `kubeReserved`), in millicores.
+pub const SYSTEM_RESERVED_CPU_MILLIS: u32 = 100;
+/// Memory a worker keeps for its system and Kubernetes daemons, in MiB.
+pub const SYSTEM_RESERVED_MEMORY_MIB: u32 = 256;
+/// The kubelet's hard-eviction threshold (`memory.available<100Mi`), in
+/// MiB: memory pods cannot have either.
+pub const EVICTION_HARD_MEMORY_MIB: u32 = 100;
+
+/// CPU, memory and pod slots: of a machine ([`MachineType::capacity`]) or
+/// of what its node offers to pods ([`MachineType::allocatable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeResources {
+    /// Millicores (1000 per vCPU).
+    pub cpu_millis: u32,
+    pub memory_mib: u32,
+    pub pods: u32,
 }
 
 #[cfg(test)]
@@ -204,6 +259,27 @@ mod tests {
         }
     }
     use proptest::prelude::*;
+
+    #[test]
+    fn machine_type_capacity_and_allocatable() {
+        let got: Vec<_> = MachineType::ALL
+            .into_iter()
+            .map(|t| (t.as_str(), t.capacity(), t.allocatable()))
+            .collect();
+        let r = |cpu_millis, memory_mib| NodeResources {
+            cpu_millis,
+            memory_mib,
+            pods: 110,
+        };
+        assert_eq!(
+            got,
+            vec![
+                ("small", r(1000, 2048), r(900, 1692)),
+                ("medium", r(2000, 4096), r(1900, 3740)),
+                ("large", r(4000, 8192), r(3900, 7836)),
+            ]
+        );
+    }
 
     #[test]
     fn cluster_names() {

@@ -129,12 +129,18 @@ impl Default for NetworkRequest {
     }
 }
 
-/// Autoscaling bounds of a node pool.
+/// Autoscaling bounds of a node pool, and its rank for the `priority`
+/// expander.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Autoscaling {
     pub min: u32,
     pub max: u32,
+    /// With the cluster's `priority` expander, a scale-up goes to the pool
+    /// with the highest priority among those that can take the pods (ties
+    /// fall back to least waste). 0 when absent; other expanders ignore it.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 impl Autoscaling {
@@ -197,6 +203,318 @@ impl AutoRepair {
             ));
         }
         Ok(())
+    }
+}
+
+/// Bounds of the cluster's autoscaler settings (`autoscaler.*`), checked
+/// by [`AutoscalerSettings::validate`]; `scale_down_utilization_threshold`
+/// is in (0, 1].
+///
+/// `scale_down_unneeded_seconds` is at least 10 (a node stays unneeded for
+/// at least one look) ...
+pub const MIN_SCALE_DOWN_UNNEEDED_SECONDS: u32 = 10;
+/// ... and at most a day.
+pub const MAX_SCALE_DOWN_UNNEEDED_SECONDS: u32 = 86_400;
+/// `batch_idle_seconds` is 0 (act on the first pending pod) to 60.
+pub const MAX_BATCH_IDLE_SECONDS: u32 = 60;
+/// `batch_max_seconds` is `batch_idle_seconds` to 300.
+pub const MAX_BATCH_MAX_SECONDS: u32 = 300;
+/// `max_nodes_per_scale_up` is 1 to 1000 (a pool holds at most
+/// [`MAX_POOL_SIZE`] nodes anyway).
+pub const MAX_NODES_PER_SCALE_UP: u32 = 1000;
+
+/// Who scales a cluster's autoscaling pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoscalerMode {
+    /// Kubeforge's own autoscaler, from pending pods.
+    #[default]
+    Builtin,
+    /// Nobody: pools keep the size they are given.
+    Off,
+    /// An upstream cluster-autoscaler through Kubeforge's gRPC provider
+    /// (a later issue; refused at the API until it is served).
+    External,
+}
+
+impl AutoscalerMode {
+    pub const ALL: [AutoscalerMode; 3] = [Self::Builtin, Self::Off, Self::External];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Builtin => "builtin",
+            Self::Off => "off",
+            Self::External => "external",
+        }
+    }
+
+    /// Errors name `mode`.
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == value)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "mode",
+                    format!("unknown mode {value:?}; one of builtin, off, external"),
+                )
+            })
+    }
+}
+
+/// How a scale-up chooses among the pools that can take the pending pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expander {
+    /// The pool whose new nodes would be left with the least unused CPU
+    /// and memory.
+    #[default]
+    LeastWaste,
+    /// The pool whose new nodes take the most pending pods.
+    MostPods,
+    /// The pool with the highest `autoscaling.priority`.
+    Priority,
+}
+
+impl Expander {
+    pub const ALL: [Expander; 3] = [Self::LeastWaste, Self::MostPods, Self::Priority];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LeastWaste => "least-waste",
+            Self::MostPods => "most-pods",
+            Self::Priority => "priority",
+        }
+    }
+
+    /// Errors name `expander`.
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        Self::ALL
+            .into_iter()
+            .find(|e| e.as_str() == value)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "expander",
+                    format!("unknown expander {value:?}; one of least-waste, most-pods, priority"),
+                )
+            })
+    }
+}
+
+// Stored as JSON on the cluster: a stored object missing fields (clusters
+// from before these settings have `{}`) reads with the defaults below,
+// unknown fields are ignored (a newer replica may have written them), and
+// anything else that does not parse or fails `validate` is the store's
+// internal error, never a guess.
+/// A cluster's autoscaler settings (`"autoscaler"` in the cluster spec),
+/// every field set.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct AutoscalerSettings {
+    /// `builtin` (default), `off`, or `external` (not served yet).
+    #[schema(required = true)]
+    pub mode: AutoscalerMode,
+    /// `least-waste` (default), `most-pods` or `priority`.
+    #[schema(required = true)]
+    pub expander: Expander,
+    /// A node whose pods request less than this share of its allocatable
+    /// CPU and memory (the larger of the two) is a scale-down candidate;
+    /// in (0, 1], default 0.5.
+    #[schema(required = true)]
+    pub scale_down_utilization_threshold: f64,
+    /// How long a node must stay a candidate before it is removed;
+    /// 10-86400, default 600.
+    #[schema(required = true)]
+    pub scale_down_unneeded_seconds: u32,
+    /// A scale-up waits until no new pod has gone pending for this long;
+    /// 0-60, default 1.
+    #[schema(required = true)]
+    pub batch_idle_seconds: u32,
+    /// ... but no longer than this after the first pending pod;
+    /// `batch_idle_seconds`-300, default 10.
+    #[schema(required = true)]
+    pub batch_max_seconds: u32,
+    /// Most nodes one scale-up adds to one pool; 1-1000, default 10.
+    #[schema(required = true)]
+    pub max_nodes_per_scale_up: u32,
+}
+
+impl Default for AutoscalerSettings {
+    fn default() -> Self {
+        Self {
+            mode: AutoscalerMode::Builtin,
+            expander: Expander::LeastWaste,
+            scale_down_utilization_threshold: 0.5,
+            scale_down_unneeded_seconds: 600,
+            batch_idle_seconds: 1,
+            batch_max_seconds: 10,
+            max_nodes_per_scale_up: 10,
+        }
+    }
+}
+
+/// Autoscaler settings as they arrive: on `POST /v1/clusters` the fields
+/// given override the defaults, on `PATCH /v1/clusters/{c}` the current
+/// settings. Absent fields are unchanged; unknown fields are refused.
+// `remote = "Self"`: the derived code becomes inherent functions, which
+// the trait impls below call, so that only a JSON object is read (serde
+// would also fill a struct from an array, by position).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(remote = "Self", deny_unknown_fields)]
+pub struct AutoscalerSettingsRequest {
+    /// `builtin` or `off` (`external` is refused until it is served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<AutoscalerMode>)]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Expander>)]
+    pub expander: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_utilization_threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_unneeded_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_idle_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_max_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nodes_per_scale_up: Option<u32>,
+}
+
+impl Serialize for AutoscalerSettingsRequest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Self::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for AutoscalerSettingsRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = AutoscalerSettingsRequest;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of autoscaler settings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                AutoscalerSettingsRequest::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )
+            }
+        }
+        d.deserialize_map(ObjectOnly)
+    }
+}
+
+impl AutoscalerSettings {
+    /// Checks every bound (see [`MAX_NODES_PER_SCALE_UP`] and the constants
+    /// above it). Errors name the field without the `autoscaler.` prefix.
+    /// Any mode passes: refusing `external` is the request's business
+    /// ([`AutoscalerSettings::apply`]), not the stored value's.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let t = self.scale_down_utilization_threshold;
+        if !(t.is_finite() && t > 0.0 && t <= 1.0) {
+            return Err(ValidationError::new(
+                "scale_down_utilization_threshold",
+                format!("must be greater than 0 and at most 1, not {t}"),
+            ));
+        }
+        let unneeded = self.scale_down_unneeded_seconds;
+        if !(MIN_SCALE_DOWN_UNNEEDED_SECONDS..=MAX_SCALE_DOWN_UNNEEDED_SECONDS).contains(&unneeded)
+        {
+            return Err(ValidationError::new(
+                "scale_down_unneeded_seconds",
+                format!(
+                    "must be between {MIN_SCALE_DOWN_UNNEEDED_SECONDS} and \
+                     {MAX_SCALE_DOWN_UNNEEDED_SECONDS} seconds, not {unneeded}"
+                ),
+            ));
+        }
+        if self.batch_idle_seconds > MAX_BATCH_IDLE_SECONDS {
+            return Err(ValidationError::new(
+                "batch_idle_seconds",
+                format!(
+                    "must be between 0 and {MAX_BATCH_IDLE_SECONDS} seconds, not {}",
+                    self.batch_idle_seconds
+                ),
+            ));
+        }
+        if self.batch_max_seconds > MAX_BATCH_MAX_SECONDS
+            || self.batch_max_seconds < self.batch_idle_seconds
+        {
+            return Err(ValidationError::new(
+                "batch_max_seconds",
+                format!(
+                    "must be between batch_idle_seconds ({}) and {MAX_BATCH_MAX_SECONDS} seconds, not {}",
+                    self.batch_idle_seconds, self.batch_max_seconds
+                ),
+            ));
+        }
+        if !(1..=MAX_NODES_PER_SCALE_UP).contains(&self.max_nodes_per_scale_up) {
+            return Err(ValidationError::new(
+                "max_nodes_per_scale_up",
+                format!(
+                    "must be between 1 and {MAX_NODES_PER_SCALE_UP}, not {}",
+                    self.max_nodes_per_scale_up
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// These settings with the fields `req` gives replaced, checked. Errors
+    /// name the field without the `autoscaler.` prefix; `mode: external` is
+    /// refused (not served yet). When only `batch_idle_seconds` is given
+    /// and it passes the current `batch_max_seconds`, the error names the
+    /// field that was given.
+    pub fn apply(self, req: AutoscalerSettingsRequest) -> Result<Self, ValidationError> {
+        let mut s = self;
+        if let Some(m) = &req.mode {
+            s.mode = AutoscalerMode::parse(m)?;
+            if s.mode == AutoscalerMode::External {
+                return Err(ValidationError::new(
+                    "mode",
+                    "external (an upstream cluster-autoscaler through Kubeforge's gRPC provider) \
+                     is not served yet; use builtin or off",
+                ));
+            }
+        }
+        if let Some(e) = &req.expander {
+            s.expander = Expander::parse(e)?;
+        }
+        if let Some(t) = req.scale_down_utilization_threshold {
+            s.scale_down_utilization_threshold = t;
+        }
+        if let Some(v) = req.scale_down_unneeded_seconds {
+            s.scale_down_unneeded_seconds = v;
+        }
+        if let Some(v) = req.batch_idle_seconds {
+            s.batch_idle_seconds = v;
+        }
+        if let Some(v) = req.batch_max_seconds {
+            s.batch_max_seconds = v;
+        }
+        if let Some(v) = req.max_nodes_per_scale_up {
+            s.max_nodes_per_scale_up = v;
+        }
+        s.validate().map_err(|mut e| {
+            if e.field == "batch_max_seconds"
+                && req.batch_max_seconds.is_none()
+                && req.batch_idle_seconds.is_some()
+            {
+                e = ValidationError::new(
+                    "batch_idle_seconds",
+                    format!(
+                        "must be at most batch_max_seconds ({}), not {}",
+                        s.batch_max_seconds, s.batch_idle_seconds
+                    ),
+                );
+            }
+            e
+        })?;
+        Ok(s)
     }
 }
 
@@ -494,6 +812,9 @@ pub struct CreateClusterRequest {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub deletion_protection: bool,
+    /// Autoscaler settings; the fields left out take their defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerSettingsRequest>,
 }
 
 /// A valid control plane shape.
@@ -504,7 +825,7 @@ pub struct ControlPlaneSpec {
 }
 
 /// A valid cluster request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClusterSpec {
     pub name: ClusterName,
     pub kubernetes_version: KubernetesVersion,
@@ -514,6 +835,7 @@ pub struct ClusterSpec {
     pub node_pools: Vec<NodePoolSpec>,
     pub labels: Labels,
     pub deletion_protection: bool,
+    pub autoscaler: AutoscalerSettings,
 }
 
 impl ClusterSpec {
@@ -551,6 +873,9 @@ impl ClusterSpec {
             node_pools.push(pool);
         }
         let labels = Labels::parse(req.labels).map_err(|e| e.under("labels"))?;
+        let autoscaler = AutoscalerSettings::default()
+            .apply(req.autoscaler.unwrap_or_default())
+            .map_err(|e| e.under("autoscaler"))?;
         Ok(Self {
             name,
             kubernetes_version,
@@ -563,6 +888,7 @@ impl ClusterSpec {
             node_pools,
             labels,
             deletion_protection: req.deletion_protection,
+            autoscaler,
         })
     }
 }
@@ -798,6 +1124,179 @@ mod tests {
                 let bad_prefix = !prefix.is_empty() && crate::names::check_dns_subdomain(prefix.trim_end_matches('/')).is_err();
                 proptest::prop_assert!(bad_prefix || prefix.contains("kubernetes.io") || prefix.contains("k8s.io") || prefix.contains("kubeforge.io"), "{}", key);
             }
+        }
+    }
+
+    fn autoscaler(v: serde_json::Value) -> Result<AutoscalerSettings, ValidationError> {
+        let mut body = base();
+        body["autoscaler"] = v;
+        req(body).map(|s| s.autoscaler)
+    }
+
+    #[test]
+    fn autoscaler_defaults_and_partial_objects() {
+        let d = req(base()).unwrap().autoscaler;
+        assert_eq!(d, AutoscalerSettings::default());
+        assert_eq!(
+            serde_json::to_value(d).unwrap(),
+            json!({"mode": "builtin", "expander": "least-waste",
+                   "scale_down_utilization_threshold": 0.5, "scale_down_unneeded_seconds": 600,
+                   "batch_idle_seconds": 1, "batch_max_seconds": 10, "max_nodes_per_scale_up": 10})
+        );
+        assert_eq!(autoscaler(json!({})).unwrap(), d);
+        let s = autoscaler(json!({"mode": "off", "expander": "priority", "batch_max_seconds": 30}))
+            .unwrap();
+        assert_eq!(
+            (
+                s.mode,
+                s.expander,
+                s.batch_max_seconds,
+                s.batch_idle_seconds
+            ),
+            (AutoscalerMode::Off, Expander::Priority, 30, 1)
+        );
+        // The bounds themselves are accepted.
+        let s = autoscaler(json!({"scale_down_utilization_threshold": 1, "scale_down_unneeded_seconds": 10,
+                                  "batch_idle_seconds": 0, "batch_max_seconds": 0, "max_nodes_per_scale_up": 1}))
+        .unwrap();
+        assert_eq!(s.scale_down_utilization_threshold, 1.0);
+        let s = autoscaler(
+            json!({"scale_down_unneeded_seconds": 86400, "batch_idle_seconds": 60,
+                                  "batch_max_seconds": 300, "max_nodes_per_scale_up": 1000}),
+        )
+        .unwrap();
+        assert_eq!(s.max_nodes_per_scale_up, 1000);
+    }
+
+    #[test]
+    fn autoscaler_errors_name_the_field() {
+        for (v, field) in [
+            (json!({"mode": "auto"}), "autoscaler.mode"),
+            (json!({"mode": "external"}), "autoscaler.mode"),
+            (json!({"expander": "random"}), "autoscaler.expander"),
+            (
+                json!({"scale_down_utilization_threshold": 0}),
+                "autoscaler.scale_down_utilization_threshold",
+            ),
+            (
+                json!({"scale_down_utilization_threshold": 1.01}),
+                "autoscaler.scale_down_utilization_threshold",
+            ),
+            (
+                json!({"scale_down_utilization_threshold": -0.5}),
+                "autoscaler.scale_down_utilization_threshold",
+            ),
+            (
+                json!({"scale_down_unneeded_seconds": 9}),
+                "autoscaler.scale_down_unneeded_seconds",
+            ),
+            (
+                json!({"scale_down_unneeded_seconds": 86401}),
+                "autoscaler.scale_down_unneeded_seconds",
+            ),
+            (
+                json!({"batch_idle_seconds": 61, "batch_max_seconds": 100}),
+                "autoscaler.batch_idle_seconds",
+            ),
+            (
+                json!({"batch_max_seconds": 301}),
+                "autoscaler.batch_max_seconds",
+            ),
+            (
+                json!({"batch_idle_seconds": 5, "batch_max_seconds": 4}),
+                "autoscaler.batch_max_seconds",
+            ),
+            (
+                json!({"batch_idle_seconds": 11}),
+                "autoscaler.batch_idle_seconds",
+            ),
+            (
+                json!({"max_nodes_per_scale_up": 0}),
+                "autoscaler.max_nodes_per_scale_up",
+            ),
+            (
+                json!({"max_nodes_per_scale_up": 1001}),
+                "autoscaler.max_nodes_per_scale_up",
+            ),
+        ] {
+            let err = autoscaler(v.clone()).unwrap_err();
+            assert_eq!(err.field, field, "{v}: {err}");
+        }
+        let err = autoscaler(json!({"mode": "external"})).unwrap_err();
+        assert!(err.message.contains("not served yet"), "{err}");
+        let mut body = base();
+        body["autoscaler"] = json!({"mode": "off", "colour": 1});
+        assert!(serde_json::from_value::<CreateClusterRequest>(body).is_err());
+        // Only an object: not the fields by position.
+        let mut body = base();
+        body["autoscaler"] = json!(["off", "priority"]);
+        assert!(serde_json::from_value::<CreateClusterRequest>(body).is_err());
+    }
+
+    #[test]
+    fn autoscaler_apply_merges_onto_current_settings() {
+        let current = AutoscalerSettings::default()
+            .apply(AutoscalerSettingsRequest {
+                expander: Some("most-pods".into()),
+                batch_max_seconds: Some(20),
+                ..Default::default()
+            })
+            .unwrap();
+        let next = current
+            .apply(AutoscalerSettingsRequest {
+                batch_idle_seconds: Some(15),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(next.expander, Expander::MostPods);
+        assert_eq!((next.batch_idle_seconds, next.batch_max_seconds), (15, 20));
+        // Already external (a later replica wrote it): other fields may change.
+        let external = AutoscalerSettings {
+            mode: AutoscalerMode::External,
+            ..AutoscalerSettings::default()
+        };
+        assert!(external.validate().is_ok());
+        let kept = external
+            .apply(AutoscalerSettingsRequest {
+                expander: Some("priority".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(kept.mode, AutoscalerMode::External);
+    }
+
+    #[test]
+    fn stored_autoscaler_settings_fill_defaults_and_ignore_unknown_fields() {
+        let s: AutoscalerSettings = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(s, AutoscalerSettings::default());
+        let s: AutoscalerSettings =
+            serde_json::from_value(json!({"mode": "off", "later_field": true})).unwrap();
+        assert_eq!(s.mode, AutoscalerMode::Off);
+        assert!(serde_json::from_value::<AutoscalerSettings>(json!({"mode": "auto"})).is_err());
+        for m in AutoscalerMode::ALL {
+            assert_eq!(AutoscalerMode::parse(m.as_str()).unwrap(), m);
+            assert_eq!(serde_json::to_value(m).unwrap(), json!(m.as_str()));
+        }
+        for e in Expander::ALL {
+            assert_eq!(Expander::parse(e.as_str()).unwrap(), e);
+            assert_eq!(serde_json::to_value(e).unwrap(), json!(e.as_str()));
+        }
+    }
+
+    #[test]
+    fn pool_priority_defaults_to_zero() {
+        let p = pool(json!({"name": "p", "autoscaling": {"min": 1, "max": 3}})).unwrap();
+        assert_eq!(p.autoscaling.unwrap().priority, 0);
+        let p = pool(json!({"name": "p", "autoscaling": {"min": 1, "max": 3, "priority": -7}}))
+            .unwrap();
+        assert_eq!(p.autoscaling.unwrap().priority, -7);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn batch_windows_accepted_iff_ordered_and_in_range(idle in 0u32..400, max in 0u32..400) {
+            let r = autoscaler(json!({"batch_idle_seconds": idle, "batch_max_seconds": max}));
+            proptest::prop_assert_eq!(r.is_ok(), idle <= 60 && max <= 300 && idle <= max);
         }
     }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use kubeforge::cli::autoscaler::{self, AutoscalerCmd};
 use kubeforge::cli::client::{self, ClientOpts, ClustersCmd, KubeconfigArgs, NodePoolsCmd};
 use kubeforge::context::Role;
 use kubeforge::server::{self, ServeOptions};
@@ -83,6 +84,19 @@ enum Command {
         client: ClientOpts,
         #[command(flatten)]
         args: KubeconfigArgs,
+    },
+    /// What a cluster's autoscaler saw and decided.
+    Autoscaler {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: AutoscalerCmd,
+    },
+    /// List the machine types: CPU, memory and pods, and what a node of
+    /// each offers to pods.
+    MachineTypes {
+        #[command(flatten)]
+        client: ClientOpts,
     },
 }
 
@@ -238,6 +252,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clusters { client, command } => client::run_clusters(&client, command).await,
         Command::Nodepools { client, command } => client::run_nodepools(&client, command).await,
         Command::Kubeconfig { client, args } => client::run_kubeconfig(&client, args).await,
+        Command::Autoscaler { client, command } => {
+            autoscaler::run_autoscaler(&client, command).await
+        }
+        Command::MachineTypes { client } => autoscaler::run_machine_types(&client).await,
     }
 }
 

@@ -346,6 +346,222 @@ async fn two_serve_processes_share_one_database() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `autoscaler status` and `machine-types` against a service that runs no
+/// provider: the cluster, its pools and the autoscaler's snapshot are
+/// written straight through the store, as the API and the autoscaler
+/// would have.
+#[tokio::test]
+async fn autoscaler_status_and_machine_types_from_the_cli() {
+    use kubeforge::context::{OpContext, Role};
+    use kubeforge::store::{autoscaler, cluster, node_pool, tenant};
+    use kubeforge_cluster::api::{
+        AutoscalerDecisionView, AutoscalerSnapshot, PendingPodView, PoolReasonView, Quota,
+    };
+
+    let dir = temp_dir("autoscaler");
+    let pg = kubeforge::embedded_pg::EmbeddedPostgres::start(&dir.join("pg"))
+        .await
+        .expect("postgres");
+    let url = pg.url("kubeforge");
+    let key = "ab".repeat(32);
+    let port = free_port();
+    let server = Proc(
+        Command::new(BIN)
+            .args(["serve", "--database-url", &url, "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("KUBEFORGE_TOKEN_KEY", &key)
+            .env("KUBEFORGE_SECRET_KEY", "cd".repeat(32))
+            .env("KUBEFORGE_CACHE", dir.join("no-cache"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve"),
+    );
+    wait_healthy(port).await;
+    let keys = kubeforge::auth::AuthKeys::from_secret(&hex::decode(&key).unwrap()).unwrap();
+    let mint = |tenant: &str, role: Role| {
+        keys.mint(
+            tenant,
+            "t",
+            role,
+            Duration::from_secs(600),
+            chrono::Utc::now().timestamp(),
+        )
+        .unwrap()
+    };
+    let viewer = mint("acme", Role::Viewer);
+
+    let pool = kubeforge::store::connect(&url, 2).await.unwrap();
+    let ctx = OpContext {
+        tenant: "acme".into(),
+        subject: "t".into(),
+        role: Role::Admin,
+        request_id: "cli-test".into(),
+    };
+    let spec = kubeforge_cluster::ClusterSpec::parse(
+        serde_json::from_value(serde_json::json!({
+            "name": "web", "kubernetes_version": "1.20.2", "provider": {"kind": "lab"},
+            "autoscaler": {"expander": "priority"},
+            "node_pools": [
+                {"name": "default", "size": 2, "autoscaling": {"min": 1, "max": 5}},
+                {"name": "gpu", "machine_type": "large", "autoscaling": {"min": 0, "max": 2, "priority": 5}}
+            ]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let id = uuid::Uuid::now_v7();
+    let mut tx = pool.begin().await.unwrap();
+    tenant::ensure_locked(
+        &mut tx,
+        "acme",
+        Quota {
+            max_clusters: 5,
+            max_nodes: 50,
+        },
+    )
+    .await
+    .unwrap();
+    cluster::insert(
+        &mut tx,
+        &ctx,
+        cluster::NewCluster {
+            id,
+            name: spec.name.as_str(),
+            kubernetes_version: spec.kubernetes_version.as_str(),
+            provider: &spec.provider,
+            control_plane: &spec.control_plane,
+            network: &spec.network,
+            labels: &spec.labels,
+            deletion_protection: false,
+            autoscaler: &spec.autoscaler,
+        },
+    )
+    .await
+    .unwrap();
+    for p in &spec.node_pools {
+        node_pool::insert(&mut tx, &ctx, id, uuid::Uuid::now_v7(), p)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    autoscaler::put_snapshot(
+        &pool,
+        id,
+        &AutoscalerSnapshot {
+            observed_at: Some(at("2026-12-02T10:00:05Z")),
+            pending_pods: 2,
+            pending: vec![
+                PendingPodView {
+                    namespace: "default".into(),
+                    name: "web-7".into(),
+                    outcome: "no_pool".into(),
+                    pool: None,
+                    node: None,
+                    reasons: vec![
+                        PoolReasonView {
+                            pool: "gpu".into(),
+                            reason: "insufficient nvidia.com/gpu".into(),
+                        },
+                        PoolReasonView {
+                            pool: "default".into(),
+                            reason: "node selector mismatch".into(),
+                        },
+                    ],
+                },
+                PendingPodView {
+                    namespace: "default".into(),
+                    name: "web-8".into(),
+                    outcome: "scale_up".into(),
+                    pool: Some("default".into()),
+                    node: None,
+                    reasons: vec![],
+                },
+            ],
+            holds: [("gpu".to_string(), "cooling down".to_string())].into(),
+            decisions: [(
+                "default".to_string(),
+                vec![AutoscalerDecisionView {
+                    at: at("2026-12-02T10:00:01Z"),
+                    kind: "scale_up".into(),
+                    from: 1,
+                    to: 2,
+                    node: None,
+                    pods: 1,
+                    reason: "1 pod fits on 1 new small node".into(),
+                    operation: None,
+                }],
+            )]
+            .into(),
+        },
+    )
+    .await
+    .unwrap();
+
+    let out = cli(port, &viewer, &["autoscaler", "status", "web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "MODE     OBSERVED              PENDING PODS\n\
+         builtin  2026-12-02T10:00:05Z  2\n\
+         \n\
+         POOL     MIN  MAX  SIZE  READY  HOLD\n\
+         default  1    5    2     0      -\n\
+         gpu      0    2    0     0      cooling down\n\
+         \n\
+         POOL     DECIDED AT            KIND      FROM  TO  PODS  NODE  REASON\n\
+         default  2026-12-02T10:00:01Z  scale_up  1     2   1     -     1 pod fits on 1 new small node\n\
+         \n\
+         PENDING POD    OUTCOME   TO       REASONS\n\
+         default/web-7  no_pool   -        pool gpu: insufficient nvidia.com/gpu; pool default: node selector mismatch\n\
+         default/web-8  scale_up  default  -\n"
+    );
+    let out = cli(
+        port,
+        &viewer,
+        &["autoscaler", "status", "web", "-o", "json"],
+    );
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json status");
+    assert_eq!(v["cluster"], id.to_string());
+    assert_eq!(v["pools"][1]["hold"], "cooling down");
+    assert_eq!(v["pending"][0]["reasons"][0]["pool"], "gpu");
+
+    // Another tenant's cluster is not found.
+    let out = cli(
+        port,
+        &mint("globex", Role::Admin),
+        &["autoscaler", "status", "web"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404") && err.contains("not_found"), "{err}");
+
+    let out = cli(port, &viewer, &["machine-types"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "NAME    CPU  MEMORY MIB  PODS  ALLOCATABLE CPU  ALLOCATABLE MEMORY MIB  ALLOCATABLE PODS\n\
+         small   1    2048        110   900m             1692                    110\n\
+         medium  2    4096        110   1900m            3740                    110\n\
+         large   4    8192        110   3900m            7836                    110\n"
+    );
+    let out = cli(port, &viewer, &["machine-types", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json types");
+    assert_eq!(v["items"][1]["allocatable"]["cpu_millis"], 1900);
+
+    pool.close().await;
+    drop(server);
+    pg.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Stops every lab machine of a data dir when dropped, so a failed
 /// assertion leaks no container, and removes the test's bridge.
 struct LabCleanup(PathBuf, String);

@@ -1,6 +1,7 @@
 //! API behaviours: entity tags and If-Match, deletion protection,
 //! lookups, list pagination and filters, events, operations, kubeconfig,
-//! service endpoints, request ids, hosts and the OpenAPI document.
+//! service endpoints, request ids, hosts, autoscaler settings and status,
+//! machine types and the OpenAPI document.
 
 use axum::http::Method;
 use kubeforge::context::Role;
@@ -1211,6 +1212,392 @@ async fn hosts_are_registered_listed_and_removed_without_leaking_credentials() {
     assert_problem(&r, 404, "not_found");
 }
 
+/// The autoscaler settings of a cluster that never named any.
+fn default_autoscaler() -> Value {
+    json!({"mode": "builtin", "expander": "least-waste",
+           "scale_down_utilization_threshold": 0.5, "scale_down_unneeded_seconds": 600,
+           "batch_idle_seconds": 1, "batch_max_seconds": 10, "max_nodes_per_scale_up": 10})
+}
+
+#[tokio::test]
+async fn autoscaler_settings_default_fill_in_and_merge_on_patch() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+
+    // None given: every default, in the answer and on GET.
+    let created = create(&app, &token, cluster_body("web")).await;
+    assert_eq!(created["cluster"]["autoscaler"], default_autoscaler());
+    let c = get(&app, &token, "/v1/clusters/web").await;
+    assert_eq!(c.body["autoscaler"], default_autoscaler());
+
+    // A partial object: the rest are defaults.
+    let mut body = cluster_body("db");
+    body["autoscaler"] =
+        json!({"mode": "off", "batch_max_seconds": 30, "scale_down_unneeded_seconds": 10});
+    let created = create(&app, &token, body).await;
+    let mut want = default_autoscaler();
+    want["mode"] = json!("off");
+    want["batch_max_seconds"] = json!(30);
+    want["scale_down_unneeded_seconds"] = json!(10);
+    assert_eq!(created["cluster"]["autoscaler"], want);
+
+    // PATCH merges onto the current settings, as an update like any other.
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/db",
+            Some(&token),
+            Some(
+                json!({"autoscaler": {"expander": "priority", "batch_idle_seconds": 20,
+                                       "scale_down_utilization_threshold": 0.75}}),
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    want["expander"] = json!("priority");
+    want["batch_idle_seconds"] = json!(20);
+    want["scale_down_utilization_threshold"] = json!(0.75);
+    assert_eq!(r.body["cluster"]["autoscaler"], want);
+    assert_eq!(r.body["cluster"]["generation"], 2);
+    assert_eq!(r.body["operation"]["type"], "cluster_update");
+    // Another PATCH without the settings keeps them.
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/db",
+            Some(&token),
+            Some(json!({"labels": {"team": "db"}})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["cluster"]["autoscaler"], want);
+    let c = get(&app, &token, "/v1/clusters/db").await;
+    assert_eq!(c.body["autoscaler"], want);
+    // `builtin` may come back; `external` may not, yet.
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/db",
+            Some(&token),
+            Some(json!({"autoscaler": {"mode": "external"}})),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 422, "validation_failed");
+    assert_eq!(r.body["field"], "autoscaler.mode");
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not served yet"),
+        "{}",
+        r.text
+    );
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/db",
+            Some(&token),
+            Some(json!({"autoscaler": {"mode": "builtin"}})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["cluster"]["autoscaler"]["mode"], "builtin");
+
+    // A row from before the settings (`{}`) reads as the defaults; a stored
+    // value out of bounds is an internal error, not a guess.
+    sqlx::query("UPDATE clusters SET autoscaler = '{}' WHERE name = 'web'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let c = get(&app, &token, "/v1/clusters/web").await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    assert_eq!(c.body["autoscaler"], default_autoscaler());
+    for corrupt in [
+        r#"{"mode": "banana"}"#,
+        r#"{"batch_idle_seconds": 30, "batch_max_seconds": 5}"#,
+        r#"{"scale_down_unneeded_seconds": "soon"}"#,
+    ] {
+        sqlx::query("UPDATE clusters SET autoscaler = $1::jsonb WHERE name = 'web'")
+            .bind(corrupt)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        let c = get(&app, &token, "/v1/clusters/web").await;
+        assert_problem(&c, 500, "internal");
+        assert!(
+            !c.text.contains("banana"),
+            "internal detail leaked: {}",
+            c.text
+        );
+    }
+}
+
+#[tokio::test]
+async fn node_pool_priority_defaults_to_zero_and_is_patched() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    let mut body = cluster_body("web");
+    body["node_pools"] = json!([
+        {"name": "default", "autoscaling": {"min": 1, "max": 3}},
+        {"name": "gpu", "machine_type": "large", "autoscaling": {"min": 0, "max": 2, "priority": 10}}
+    ]);
+    create(&app, &token, body).await;
+    let p = get(&app, &token, "/v1/clusters/web/node-pools/default").await;
+    assert_eq!(
+        p.body["autoscaling"],
+        json!({"min": 1, "max": 3, "priority": 0})
+    );
+    let p = get(&app, &token, "/v1/clusters/web/node-pools/gpu").await;
+    assert_eq!(
+        p.body["autoscaling"],
+        json!({"min": 0, "max": 2, "priority": 10})
+    );
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/web/node-pools/default",
+            Some(&token),
+            Some(json!({"autoscaling": {"min": 1, "max": 4, "priority": -5}})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["node_pool"]["autoscaling"],
+        json!({"min": 1, "max": 4, "priority": -5})
+    );
+    // Autoscaling off and on again: the priority is the one given, or 0.
+    for (patch, want) in [
+        (json!({"autoscaling": null}), Value::Null),
+        (
+            json!({"autoscaling": {"min": 1, "max": 2}}),
+            json!({"min": 1, "max": 2, "priority": 0}),
+        ),
+    ] {
+        let r = app
+            .call(
+                Method::PATCH,
+                "/v1/clusters/web/node-pools/default",
+                Some(&token),
+                Some(patch),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["node_pool"]["autoscaling"], want);
+    }
+}
+
+#[tokio::test]
+async fn machine_types_are_listed_for_any_caller() {
+    let app = TestApp::new().await;
+    let want = json!({"items": [
+        {"name": "small", "cpu": 1, "memory_mib": 2048, "pods": 110,
+         "allocatable": {"cpu_millis": 900, "memory_mib": 1692, "pods": 110}},
+        {"name": "medium", "cpu": 2, "memory_mib": 4096, "pods": 110,
+         "allocatable": {"cpu_millis": 1900, "memory_mib": 3740, "pods": 110}},
+        {"name": "large", "cpu": 4, "memory_mib": 8192, "pods": 110,
+         "allocatable": {"cpu_millis": 3900, "memory_mib": 7836, "pods": 110}}
+    ]});
+    for (tenant, role) in [
+        ("acme", Role::Viewer),
+        ("acme", Role::Admin),
+        ("ops", Role::PlatformAdmin),
+    ] {
+        let r = get(&app, &app.token(tenant, role), "/v1/machine-types").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body, want);
+    }
+    let r = app
+        .call(Method::GET, "/v1/machine-types", None, None, &[])
+        .await;
+    assert_problem(&r, 401, "unauthenticated");
+}
+
+#[tokio::test]
+async fn autoscaler_status_from_pools_and_snapshot() {
+    use kubeforge::store::{autoscaler, machine};
+    use kubeforge_cluster::api::{
+        AutoscalerDecisionView, AutoscalerSnapshot, PendingPodView, PoolReasonView, DECISIONS_KEPT,
+    };
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Viewer);
+    let editor = app.token("acme", Role::Editor);
+    let mut body = cluster_body("web");
+    body["node_pools"] = json!([
+        {"name": "default", "size": 2},
+        {"name": "auto", "size": 2, "autoscaling": {"min": 1, "max": 5}},
+        {"name": "gpu", "machine_type": "large", "autoscaling": {"min": 0, "max": 2, "priority": 3}}
+    ]);
+    let created = create(&app, &editor, body).await;
+    let cluster_id: uuid::Uuid = created["cluster"]["id"].as_str().unwrap().parse().unwrap();
+
+    // No snapshot yet: the pools from their rows, nothing observed.
+    let r = get(&app, &token, "/v1/clusters/web/autoscaler").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body,
+        json!({
+            "cluster": cluster_id, "mode": "builtin", "observed_at": null, "pending_pods": 0,
+            "pools": [
+                {"name": "auto", "min": 1, "max": 5, "size": 2, "ready": 0, "hold": null,
+                 "recent_decisions": []},
+                {"name": "gpu", "min": 0, "max": 2, "size": 0, "ready": 0, "hold": null,
+                 "recent_decisions": []}
+            ],
+            "pending": []
+        })
+    );
+
+    // One node of `auto` Ready, one still joining: ready counts like the pool's.
+    let p = get(&app, &token, "/v1/clusters/web/node-pools/auto").await;
+    let pool_id: uuid::Uuid = p.body["id"].as_str().unwrap().parse().unwrap();
+    for (i, state) in ["ready", "joining"].into_iter().enumerate() {
+        let id = uuid::Uuid::now_v7();
+        machine::insert_pending(
+            &app.pool,
+            machine::NewMachine {
+                id,
+                tenant: "acme",
+                cluster_id,
+                node_pool_id: Some(pool_id),
+                role: kubeforge_cluster::pools::MachineRole::Worker,
+                name: &format!("web-auto-{i}"),
+                provider: "lab",
+                machine_type: kubeforge_cluster::MachineType::Small,
+            },
+        )
+        .await
+        .unwrap();
+        machine::set_running(&app.pool, id, "p", Some("10.0.0.9"), None)
+            .await
+            .unwrap();
+        machine::observe_node(&app.pool, id, Some(state), None)
+            .await
+            .unwrap();
+    }
+
+    // What the autoscaler stored: holds and decisions by pool name.
+    let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    let decision = |n: u32| AutoscalerDecisionView {
+        at: at("2026-12-02T10:00:00Z") - chrono::TimeDelta::seconds(i64::from(n)),
+        kind: "scale_up".into(),
+        from: 1,
+        to: 2,
+        node: None,
+        pods: 3,
+        reason: format!("decision {n}"),
+        operation: None,
+    };
+    let web_7 = PendingPodView {
+        namespace: "default".into(),
+        name: "web-7".into(),
+        outcome: "no_pool".into(),
+        pool: None,
+        node: None,
+        reasons: vec![
+            PoolReasonView {
+                pool: "gpu".into(),
+                reason: "insufficient nvidia.com/gpu".into(),
+            },
+            PoolReasonView {
+                pool: "auto".into(),
+                reason: "node selector mismatch".into(),
+            },
+        ],
+    };
+    let snapshot = AutoscalerSnapshot {
+        observed_at: Some(at("2026-12-02T10:00:05Z")),
+        pending_pods: 7,
+        pending: vec![web_7.clone()],
+        holds: [(
+            "gpu".to_string(),
+            "backed off after machines failed".to_string(),
+        )]
+        .into(),
+        decisions: [
+            ("auto".to_string(), (0..30).map(decision).collect()),
+            // Not an autoscaling pool (any more): not shown.
+            ("default".to_string(), vec![decision(0)]),
+        ]
+        .into(),
+    };
+    autoscaler::put_snapshot(&app.pool, cluster_id, &snapshot)
+        .await
+        .unwrap();
+    let r = get(
+        &app,
+        &token,
+        &format!("/v1/clusters/{cluster_id}/autoscaler"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["observed_at"], "2026-12-02T10:00:05Z");
+    assert_eq!(r.body["pending_pods"], 7);
+    assert_eq!(r.body["pending"], json!([web_7]));
+    let pools = r.body["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 2, "{}", r.text);
+    assert_eq!(
+        (&pools[0]["name"], &pools[0]["ready"], &pools[0]["hold"]),
+        (&json!("auto"), &json!(1), &Value::Null)
+    );
+    let decisions = pools[0]["recent_decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), DECISIONS_KEPT);
+    assert_eq!(decisions[0]["reason"], "decision 0", "newest first");
+    assert_eq!(pools[1]["hold"], "backed off after machines failed");
+    assert_eq!(pools[1]["recent_decisions"], json!([]));
+
+    // The next snapshot replaces it; the settings' mode shows.
+    let next = AutoscalerSnapshot {
+        observed_at: Some(at("2026-12-02T10:00:15Z")),
+        ..AutoscalerSnapshot::default()
+    };
+    autoscaler::put_snapshot(&app.pool, cluster_id, &next)
+        .await
+        .unwrap();
+    let got = autoscaler::get_snapshot(&app.pool, cluster_id)
+        .await
+        .unwrap();
+    assert_eq!(got, Some(next));
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/web",
+            Some(&editor),
+            Some(json!({"autoscaler": {"mode": "off"}})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = get(&app, &token, "/v1/clusters/web/autoscaler").await;
+    assert_eq!(r.body["mode"], "off");
+    assert_eq!(r.body["pending"], json!([]));
+    assert_eq!(r.body["pools"][1]["hold"], Value::Null);
+
+    // Another tenant's cluster is not found, like a missing one.
+    let other = app.token("globex", Role::Admin);
+    for path in [
+        "/v1/clusters/web/autoscaler".to_string(),
+        format!("/v1/clusters/{cluster_id}/autoscaler"),
+        format!("/v1/clusters/{}/autoscaler", uuid::Uuid::now_v7()),
+    ] {
+        let r = get(&app, &other, &path).await;
+        assert_problem(&r, 404, "not_found");
+    }
+
+    // A snapshot that does not parse is an internal error.
+    sqlx::query("UPDATE autoscaler_status SET snapshot = '{\"pending_pods\": -1}'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let r = get(&app, &token, "/v1/clusters/web/autoscaler").await;
+    assert_problem(&r, 500, "internal");
+}
+
 /// Every route of `kubeforge::api::router`, with its methods.
 const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/clusters", &["post", "get"]),
@@ -1224,6 +1611,8 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/clusters/{cluster}/operations", &["get"]),
     ("/v1/clusters/{cluster}/events", &["get"]),
     ("/v1/clusters/{cluster}/kubeconfig", &["post"]),
+    ("/v1/clusters/{cluster}/autoscaler", &["get"]),
+    ("/v1/machine-types", &["get"]),
     ("/v1/operations/{operation}", &["get"]),
     ("/v1/hosts", &["post", "get"]),
     ("/v1/hosts/{host}", &["delete"]),

@@ -456,6 +456,28 @@ fn rows() -> Vec<Row> {
         ),
         row(
             Tenant,
+            get(),
+            "/v1/clusters/{ac}/autoscaler",
+            None,
+            [S(200), S(200), NF, NF],
+        ),
+        row(
+            Tenant,
+            get(),
+            "/v1/clusters/{acn}/autoscaler",
+            None,
+            [S(200), S(200), NF, NF],
+        ),
+        // the same for every caller who authenticates
+        row(
+            Tenant,
+            get(),
+            "/v1/machine-types",
+            None,
+            [S(200), S(200), S(200), S(200)],
+        ),
+        row(
+            Tenant,
             Method::POST,
             "/v1/clusters/{ac}/kubeconfig",
             Some(json!({"role": "viewer", "ttl_seconds": 3600})),
@@ -547,6 +569,17 @@ async fn fixture() -> Fx {
     app.settle().await;
     let ac = a["cluster"]["id"].as_str().unwrap().to_string();
     let aop = a["operation"]["id"].as_str().unwrap().to_string();
+    // What A's autoscaler saw, for its status route to show.
+    kubeforge::store::autoscaler::put_snapshot(
+        &app.pool,
+        ac.parse().unwrap(),
+        &kubeforge_cluster::api::AutoscalerSnapshot {
+            observed_at: Some(chrono::Utc::now()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let tok = app.token(A, Role::Viewer);
     let pools = app
         .call(
@@ -907,6 +940,8 @@ fn matrix_covers_every_route() {
         ("GET", "/v1/clusters/{ac}/operations"),
         ("GET", "/v1/clusters/{ac}/events"),
         ("POST", "/v1/clusters/{ac}/kubeconfig"),
+        ("GET", "/v1/clusters/{ac}/autoscaler"),
+        ("GET", "/v1/machine-types"),
         ("GET", "/v1/operations/{aop}"),
         ("POST", "/v1/hosts"),
         ("GET", "/v1/hosts"),

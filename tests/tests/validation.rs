@@ -378,6 +378,16 @@ fn pool_cases(prefix: &str, base: &Value, at: impl Fn(&mut Value) -> &mut Value)
             &p("autoscaling.min"),
         ),
         invalid(
+            "pool: autoscaling priority a string",
+            m(&|b| b["autoscaling"] = json!({"min": 1, "max": 3, "priority": "high"})),
+            &p("autoscaling.priority"),
+        ),
+        invalid(
+            "pool: autoscaling priority beyond i32",
+            m(&|b| b["autoscaling"] = json!({"min": 1, "max": 3, "priority": 1u64 << 32})),
+            &p("autoscaling.priority"),
+        ),
+        invalid(
             "pool: label key with space",
             m(&|b| b["labels"] = json!({"bad key": "v"})),
             &p("labels.bad key"),
@@ -513,6 +523,94 @@ fn pool_cases(prefix: &str, base: &Value, at: impl Fn(&mut Value) -> &mut Value)
             m(&|b| b["auto_repair"] = json!(true)),
             &p("auto_repair"),
         ),
+    ]
+}
+
+/// Bad autoscaler settings, each under `"autoscaler"` of a body made by
+/// `wrap`; every one names its field.
+fn autoscaler_cases(wrap: impl Fn(Value) -> Value) -> Vec<Case> {
+    let a = |name: &str, settings: Value, field: &str| {
+        invalid(
+            &format!("autoscaler: {name}"),
+            wrap(settings),
+            &format!("autoscaler.{field}"),
+        )
+    };
+    vec![
+        a("unknown field", json!({"colour": 1}), "colour"),
+        a("unknown mode", json!({"mode": "auto"}), "mode"),
+        a(
+            "external mode, not served yet",
+            json!({"mode": "external"}),
+            "mode",
+        ),
+        a("mode a number", json!({"mode": 1}), "mode"),
+        a(
+            "unknown expander",
+            json!({"expander": "random"}),
+            "expander",
+        ),
+        a(
+            "threshold 0",
+            json!({"scale_down_utilization_threshold": 0}),
+            "scale_down_utilization_threshold",
+        ),
+        a(
+            "threshold above 1",
+            json!({"scale_down_utilization_threshold": 1.5}),
+            "scale_down_utilization_threshold",
+        ),
+        a(
+            "threshold a string",
+            json!({"scale_down_utilization_threshold": "half"}),
+            "scale_down_utilization_threshold",
+        ),
+        a(
+            "unneeded below 10 s",
+            json!({"scale_down_unneeded_seconds": 9}),
+            "scale_down_unneeded_seconds",
+        ),
+        a(
+            "unneeded above a day",
+            json!({"scale_down_unneeded_seconds": 86_401}),
+            "scale_down_unneeded_seconds",
+        ),
+        a(
+            "unneeded negative",
+            json!({"scale_down_unneeded_seconds": -1}),
+            "scale_down_unneeded_seconds",
+        ),
+        a(
+            "batch idle above 60 s",
+            json!({"batch_idle_seconds": 61, "batch_max_seconds": 120}),
+            "batch_idle_seconds",
+        ),
+        a(
+            "batch idle above the current batch max",
+            json!({"batch_idle_seconds": 11}),
+            "batch_idle_seconds",
+        ),
+        a(
+            "batch max below batch idle",
+            json!({"batch_idle_seconds": 5, "batch_max_seconds": 4}),
+            "batch_max_seconds",
+        ),
+        a(
+            "batch max above 300 s",
+            json!({"batch_max_seconds": 301}),
+            "batch_max_seconds",
+        ),
+        a(
+            "no nodes per scale-up",
+            json!({"max_nodes_per_scale_up": 0}),
+            "max_nodes_per_scale_up",
+        ),
+        a(
+            "too many nodes per scale-up",
+            json!({"max_nodes_per_scale_up": 1001}),
+            "max_nodes_per_scale_up",
+        ),
+        invalid("autoscaler: an array", wrap(json!(["off"])), "autoscaler"),
     ]
 }
 
@@ -837,6 +935,9 @@ async fn cluster_create_refuses_bad_requests_and_writes_nothing() {
     cases.extend(pool_cases("node_pools[0]", &base, |v| {
         &mut v["node_pools"][0]
     }));
+    cases.extend(autoscaler_cases(|a| {
+        with(&base, |v| v["autoscaler"] = a.clone())
+    }));
     run_cases(&app, Method::POST, "/v1/clusters", &token, cases).await;
     assert_eq!(app.count("clusters").await, 0);
 }
@@ -953,6 +1054,10 @@ async fn cluster_update_refuses_bad_requests_and_writes_nothing() {
             "deletion_protection",
         ),
     ]);
+    // The labels are valid: a bad setting refuses the whole PATCH.
+    cases.extend(autoscaler_cases(
+        |a| json!({"labels": {"team": "api"}, "autoscaler": a}),
+    ));
     run_cases(&app, Method::PATCH, "/v1/clusters/web", &token, cases).await;
     let c = app
         .call(Method::GET, "/v1/clusters/web", Some(&token), None, &[])
@@ -960,6 +1065,8 @@ async fn cluster_update_refuses_bad_requests_and_writes_nothing() {
     assert_eq!(c.body["generation"], 1);
     assert_eq!(c.body["labels"], json!({"team": "web"}));
     assert_eq!(c.body["deletion_protection"], false);
+    assert_eq!(c.body["autoscaler"]["mode"], "builtin");
+    assert_eq!(c.body["autoscaler"]["batch_idle_seconds"], 1);
 }
 
 #[tokio::test]

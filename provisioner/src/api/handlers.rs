@@ -14,11 +14,14 @@ use crate::app::{Accepted, SharedApp};
 use crate::context::OpContext;
 use crate::error::{Error, Result};
 use kubeforge_cluster::api::{
+    AutoscalerDecisionView, AutoscalerPoolView, AutoscalerSettingsRequest, AutoscalerStatusView,
     ClusterAccepted, ClusterListQuery, ClusterView, CreateClusterRequest, CreateHostRequest,
-    CreateNodePoolRequest, EventView, HostCreated, HostView, Items, KubeconfigRequest, MachineView,
-    NodePoolAccepted, NodePoolView, OperationAccepted, OperationView, PageQuery, Problem, Quota,
-    QuotaView, UpdateClusterRequest, UpdateNodePoolRequest,
+    CreateNodePoolRequest, EventView, HostCreated, HostView, Items, KubeconfigRequest,
+    MachineTypeView, MachineView, NodePoolAccepted, NodePoolView, OperationAccepted, OperationView,
+    PageQuery, PendingPodView, PoolReasonView, Problem, Quota, QuotaView, UpdateClusterRequest,
+    UpdateNodePoolRequest,
 };
+use kubeforge_cluster::{AutoscalerMode, AutoscalerSettings, Expander, NodeResources};
 
 fn accepted(a: Accepted) -> Response {
     let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK);
@@ -227,6 +230,25 @@ pub async fn kubeconfig_create(
     Ok(([(header::CONTENT_TYPE, "application/yaml")], yaml).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/autoscaler", params(("cluster" = String, Path, description = "id or name")),
+    responses((status = 200, body = AutoscalerStatusView, description = "per pool its recent decisions, per pending pod where it goes or why no pool takes it"),
+              (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn autoscaler_get(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(c): Path<String>,
+) -> Result<Response> {
+    Ok(Json(app.autoscaler_get(&ctx, &c).await?).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/machine-types",
+    responses((status = 200, body = Items<MachineTypeView>, description = "{items}: every machine type with what its nodes offer to pods"),
+              (status = 401, body = Problem, content_type = "application/problem+json")))]
+pub async fn machine_type_list(State(app): State<SharedApp>, ctx: OpContext) -> Result<Response> {
+    let items = app.machine_type_list(&ctx)?;
+    Ok(Json(Items { items }).into_response())
+}
+
 #[utoipa::path(post, path = "/v1/hosts", request_body = CreateHostRequest,
     responses((status = 201, body = HostCreated, description = "{host}"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub async fn host_create(
@@ -317,14 +339,17 @@ pub async fn metrics(State(app): State<SharedApp>) -> Response {
         cluster_create, cluster_list, cluster_get, cluster_update, cluster_delete,
         node_pool_create, node_pool_list, node_pool_get, node_pool_update, node_pool_delete,
         machine_list, operation_list, operation_get, event_list, kubeconfig_create,
-        host_create, host_list, host_delete, quota_get, quota_put, healthz, readyz, metrics,
-        openapi
+        autoscaler_get, machine_type_list, host_create, host_list, host_delete, quota_get,
+        quota_put, healthz, readyz, metrics, openapi
     ),
     components(schemas(Problem, ClusterView, NodePoolView, MachineView, OperationView, EventView,
                        CreateClusterRequest, CreateNodePoolRequest, UpdateClusterRequest,
                        UpdateNodePoolRequest, KubeconfigRequest, CreateHostRequest, HostView,
                        Quota, QuotaView, ClusterAccepted, NodePoolAccepted, OperationAccepted,
-                       HostCreated)),
+                       HostCreated, AutoscalerSettings, AutoscalerSettingsRequest,
+                       AutoscalerMode, Expander, AutoscalerStatusView, AutoscalerPoolView,
+                       AutoscalerDecisionView, PendingPodView, PoolReasonView, MachineTypeView,
+                       NodeResources)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

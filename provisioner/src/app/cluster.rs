@@ -131,6 +131,7 @@ impl App {
                 network: &spec.network,
                 labels: &spec.labels,
                 deletion_protection: spec.deletion_protection,
+                autoscaler: &spec.autoscaler,
             },
         )
         .await?;
@@ -244,7 +245,12 @@ impl App {
         }
         let labels = labels.unwrap_or_else(|| c.labels.clone());
         let protection = req.deletion_protection.unwrap_or(c.deletion_protection);
-        cluster::update_spec(&mut tx, c.id, &labels, protection).await?;
+        // Merged onto the settings as they are now, under the row lock.
+        let autoscaler = match req.autoscaler {
+            Some(a) => c.autoscaler.apply(a).map_err(|e| e.under("autoscaler"))?,
+            None => c.autoscaler,
+        };
+        cluster::update_spec(&mut tx, c.id, &labels, protection, &autoscaler).await?;
         let op = operation::insert(
             &mut tx,
             ctx,

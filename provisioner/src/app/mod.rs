@@ -6,6 +6,7 @@
 //! transaction: the resource rows, the operation, the event and the job
 //! that will reconcile it commit together or not at all.
 
+pub mod autoscaler;
 pub mod cluster;
 pub mod node_pool;
 pub mod platform;

@@ -298,8 +298,10 @@ impl App {
 fn describe_changes(old: &node_pool::PoolSettings, new: &node_pool::PoolSettings) -> String {
     let mut parts = vec![format!("size {} -> {}", old.size, new.size)];
     if old.autoscaling != new.autoscaling {
-        let show = |a: Option<Autoscaling>| {
-            a.map_or("off".to_string(), |a| format!("{}-{}", a.min, a.max))
+        let show = |a: Option<Autoscaling>| match a {
+            None => "off".to_string(),
+            Some(a) if a.priority == 0 => format!("{}-{}", a.min, a.max),
+            Some(a) => format!("{}-{} (priority {})", a.min, a.max, a.priority),
         };
         parts.push(format!(
             "autoscaling {} -> {}",

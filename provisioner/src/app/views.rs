@@ -3,8 +3,9 @@
 //! versions) become `etag`s or stay hidden.
 
 use kubeforge_cluster::api::{
-    ClusterView, ControlPlaneView, EventView, MachineView, NetworkView, NodePoolView, NodeView,
-    OperationView,
+    AutoscalerPoolView, AutoscalerSnapshot, AutoscalerStatusView, ClusterView, ControlPlaneView,
+    EventView, MachineView, NetworkView, NodePoolView, NodeView, OperationView, DECISIONS_KEPT,
+    PENDING_SHOWN,
 };
 use kubeforge_cluster::pools::MachineState;
 
@@ -32,6 +33,7 @@ impl From<&Cluster> for ClusterView {
             },
             labels: c.labels.as_map().clone(),
             deletion_protection: c.deletion_protection,
+            autoscaler: c.autoscaler,
             phase: c.phase,
             conditions: c.conditions.clone(),
             endpoint: c.endpoint.clone(),
@@ -65,14 +67,25 @@ impl From<&Machine> for NodeView {
     }
 }
 
+/// Nodes of pool `p` Ready in the cluster on running machines, among the
+/// cluster's ledger rows `machines`.
+fn ready_nodes(p: &NodePool, machines: &[Machine]) -> u32 {
+    let ready = machines
+        .iter()
+        .filter(|m| m.node_pool_id == Some(p.id))
+        .filter(|m| m.state == MachineState::Running && m.node_state.as_deref() == Some("ready"))
+        .count();
+    u32::try_from(ready).unwrap_or(u32::MAX)
+}
+
 /// A pool with its nodes: `machines` are the cluster's ledger rows, those
 /// of this pool become nodes.
 pub fn node_pool_view(p: &NodePool, machines: &[Machine]) -> NodePoolView {
-    let mine = || machines.iter().filter(|m| m.node_pool_id == Some(p.id));
-    let nodes: Vec<NodeView> = mine().map(NodeView::from).collect();
-    let ready = mine()
-        .filter(|m| m.state == MachineState::Running && m.node_state.as_deref() == Some("ready"))
-        .count();
+    let nodes: Vec<NodeView> = machines
+        .iter()
+        .filter(|m| m.node_pool_id == Some(p.id))
+        .map(NodeView::from)
+        .collect();
     NodePoolView {
         id: p.id,
         cluster: p.cluster_id,
@@ -84,7 +97,7 @@ pub fn node_pool_view(p: &NodePool, machines: &[Machine]) -> NodePoolView {
         taints: p.taints.clone(),
         drain_timeout_seconds: p.drain_timeout_seconds,
         auto_repair: p.auto_repair,
-        ready_nodes: u32::try_from(ready).unwrap_or(u32::MAX),
+        ready_nodes: ready_nodes(p, machines),
         nodes,
         phase: p.phase,
         conditions: p.conditions.clone(),
@@ -93,6 +106,54 @@ pub fn node_pool_view(p: &NodePool, machines: &[Machine]) -> NodePoolView {
         etag: p.etag(),
         created_at: p.created_at,
         updated_at: p.updated_at,
+    }
+}
+
+/// A cluster's autoscaler status: its pools that autoscale (in the order
+/// they are listed), with their size and Ready nodes from the rows and
+/// their hold and recent decisions from the autoscaler's `snapshot` (by
+/// pool name; pools the snapshot does not name have none), and the pending
+/// pods the snapshot holds. No snapshot yet: the default one (observed
+/// never, nothing pending, no decisions).
+pub fn autoscaler_status_view(
+    c: &Cluster,
+    pools: &[NodePool],
+    machines: &[Machine],
+    snapshot: AutoscalerSnapshot,
+) -> AutoscalerStatusView {
+    let AutoscalerSnapshot {
+        observed_at,
+        pending_pods,
+        mut pending,
+        mut holds,
+        mut decisions,
+    } = snapshot;
+    pending.truncate(PENDING_SHOWN);
+    let pools = pools
+        .iter()
+        .filter_map(|p| {
+            let a = p.autoscaling?;
+            let name = p.name.as_str();
+            let mut recent_decisions = decisions.remove(name).unwrap_or_default();
+            recent_decisions.truncate(DECISIONS_KEPT);
+            Some(AutoscalerPoolView {
+                name: name.into(),
+                min: a.min,
+                max: a.max,
+                size: p.size,
+                ready: ready_nodes(p, machines),
+                hold: holds.remove(name),
+                recent_decisions,
+            })
+        })
+        .collect();
+    AutoscalerStatusView {
+        cluster: c.id,
+        mode: c.autoscaler.mode.as_str().into(),
+        observed_at,
+        pending_pods,
+        pools,
+        pending,
     }
 }
 

@@ -37,9 +37,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use kubeforge_cluster::api::{
-    ClusterAccepted, ClusterView, ControlPlaneRequest, CreateClusterRequest, CreateNodePoolRequest,
-    Items, KubeconfigRequest, NetworkRequest, NodePoolAccepted, NodePoolView, OperationAccepted,
-    OperationView, Page, Problem, UpdateNodePoolRequest,
+    AutoscalerSettingsRequest, ClusterAccepted, ClusterView, ControlPlaneRequest,
+    CreateClusterRequest, CreateNodePoolRequest, Items, KubeconfigRequest, NetworkRequest,
+    NodePoolAccepted, NodePoolView, OperationAccepted, OperationView, Page, Problem,
+    UpdateClusterRequest, UpdateNodePoolRequest,
 };
 use kubeforge_cluster::{AutoRepair, Autoscaling, ProviderSpec, Taint, TaintEffect};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -104,6 +105,22 @@ pub enum ClustersCmd {
         /// Cluster name or id.
         cluster: String,
     },
+    /// Change a cluster's autoscaler settings or deletion protection
+    /// (PATCH /v1/clusters/{cluster}); settings not named stay as they are.
+    Update {
+        /// Cluster name or id.
+        cluster: String,
+        /// An autoscaler setting as key=value (repeatable), e.g. mode=off,
+        /// expander=priority, scale_down_unneeded_seconds=300.
+        #[arg(long = "autoscaler", value_name = "KEY=VALUE", value_parser = parse_autoscaler_setting)]
+        autoscaler: Vec<(String, Value)>,
+        /// Turn deletion protection on or off.
+        #[arg(long, value_name = "true|false")]
+        deletion_protection: Option<bool>,
+        /// Only update if the cluster's etag still matches (412 otherwise).
+        #[arg(long)]
+        if_match: Option<String>,
+    },
     /// Delete a cluster (202: deletion runs as an operation).
     Delete {
         /// Cluster name or id.
@@ -147,6 +164,10 @@ pub struct ClusterCreateArgs {
     /// Worker pool as name:size[:machine_type] (repeatable).
     #[arg(long = "node-pool", value_name = "NAME:SIZE[:MACHINE_TYPE]", value_parser = parse_pool_spec)]
     pub node_pools: Vec<PoolSpec>,
+    /// An autoscaler setting as key=value (repeatable; the others keep
+    /// their defaults), e.g. mode=off, expander=most-pods, batch_max_seconds=30.
+    #[arg(long = "autoscaler", value_name = "KEY=VALUE", value_parser = parse_autoscaler_setting)]
+    pub autoscaler: Vec<(String, Value)>,
     /// Sent as the Idempotency-Key header: a retry with the same key replays the first answer.
     #[arg(long)]
     pub idempotency_key: Option<String>,
@@ -217,6 +238,10 @@ pub struct NodePoolCreateArgs {
     /// Autoscaling upper bound (needs --min).
     #[arg(long, requires = "min")]
     pub max: Option<u32>,
+    /// Rank of the pool for the cluster's `priority` expander (needs --min
+    /// and --max; default 0).
+    #[arg(long, requires = "min", allow_hyphen_values = true)]
+    pub priority: Option<i32>,
     /// Node label as key=value (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -289,7 +314,7 @@ pub async fn run_kubeconfig(opts: &ClientOpts, args: KubeconfigArgs) -> anyhow::
     write_stdout(&buf)
 }
 
-fn write_stdout(buf: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_stdout(buf: &[u8]) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(buf)
@@ -331,6 +356,26 @@ pub async fn run_clusters_to(
                 .call(Method::GET, url, HeaderMap::new(), NO_BODY)
                 .await?;
             print_cluster(out, opts.output, &view)?;
+        }
+        ClustersCmd::Update {
+            cluster,
+            autoscaler,
+            deletion_protection,
+            if_match,
+        } => {
+            let body = UpdateClusterRequest {
+                labels: None,
+                deletion_protection,
+                autoscaler: autoscaler_request(&autoscaler)?,
+            };
+            let mut headers = HeaderMap::new();
+            if let Some(etag) = &if_match {
+                headers.insert(reqwest::header::IF_MATCH, header_value("--if-match", etag)?);
+            }
+            let url = api.url(&["clusters", &cluster])?;
+            let answer: ClusterAccepted =
+                api.call(Method::PATCH, url, headers, Some(&body)).await?;
+            print_accepted(out, opts.output, &answer)?;
         }
         ClustersCmd::Delete { cluster, if_match } => {
             let mut headers = HeaderMap::new();
@@ -497,8 +542,23 @@ pub fn cluster_create_body(args: &ClusterCreateArgs) -> anyhow::Result<Value> {
             .collect(),
         labels: labels_map(&args.labels),
         deletion_protection: args.deletion_protection,
+        autoscaler: autoscaler_request(&args.autoscaler)?,
     };
     Ok(serde_json::to_value(request)?)
+}
+
+/// The `--autoscaler` flags as the request's partial settings; none given,
+/// none sent. A key given twice keeps its last value.
+fn autoscaler_request(
+    settings: &[(String, Value)],
+) -> anyhow::Result<Option<AutoscalerSettingsRequest>> {
+    if settings.is_empty() {
+        return Ok(None);
+    }
+    let fields: serde_json::Map<String, Value> = settings.iter().cloned().collect();
+    let request =
+        serde_json::from_value(Value::Object(fields)).context("invalid --autoscaler settings")?;
+    Ok(Some(request))
 }
 
 /// The create body. Drain and repair settings the flags leave out are left
@@ -520,10 +580,11 @@ fn node_pool_body(args: &NodePoolCreateArgs) -> CreateNodePoolRequest {
         name: args.name.clone(),
         machine_type: args.machine_type.clone(),
         size: Some(args.size.or(args.min).unwrap_or(1)),
-        autoscaling: args
-            .min
-            .zip(args.max)
-            .map(|(min, max)| Autoscaling { min, max }),
+        autoscaling: args.min.zip(args.max).map(|(min, max)| Autoscaling {
+            min,
+            max,
+            priority: args.priority.unwrap_or(0),
+        }),
         labels: labels_map(&args.labels),
         taints: args.taints.clone(),
         drain_timeout_seconds: args.drain_timeout,
@@ -533,6 +594,46 @@ fn node_pool_body(args: &NodePoolCreateArgs) -> CreateNodePoolRequest {
 
 // ---------------------------------------------------------------------------
 // Flag parsers
+
+/// The names `--autoscaler KEY=VALUE` accepts, with the JSON type of their values.
+const AUTOSCALER_SETTINGS: &[(&str, &str)] = &[
+    ("mode", "text"),
+    ("expander", "text"),
+    ("scale_down_utilization_threshold", "number"),
+    ("scale_down_unneeded_seconds", "seconds"),
+    ("batch_idle_seconds", "seconds"),
+    ("batch_max_seconds", "seconds"),
+    ("max_nodes_per_scale_up", "count"),
+];
+
+/// Parses `--autoscaler KEY=VALUE`: KEY one of the autoscaler's settings,
+/// VALUE of its type (the service checks the bounds).
+pub fn parse_autoscaler_setting(s: &str) -> Result<(String, Value), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let Some((key, kind)) = AUTOSCALER_SETTINGS.iter().find(|(k, _)| *k == key) else {
+        let names: Vec<&str> = AUTOSCALER_SETTINGS.iter().map(|(k, _)| *k).collect();
+        return Err(format!(
+            "unknown autoscaler setting {key:?}; one of {}",
+            names.join(", ")
+        ));
+    };
+    let value = match *kind {
+        "text" => Value::String(value.to_string()),
+        "number" => value
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .map(|v| json!(v))
+            .ok_or_else(|| format!("{key} must be a number, not {value:?}"))?,
+        _ => value
+            .parse::<u32>()
+            .map(|v| json!(v))
+            .map_err(|_| format!("{key} must be a whole number, not {value:?}"))?,
+    };
+    Ok((key.to_string(), value))
+}
 
 /// Parses a duration such as `1h`, `30m`, `3600s`, `1h30m`, `2d` or a bare
 /// number of seconds. Units: `s`, `m`, `h`, `d`. Zero is rejected.
@@ -755,14 +856,14 @@ fn is_segment(s: &str) -> bool {
 // ---------------------------------------------------------------------------
 // HTTP
 
-struct Api {
+pub(crate) struct Api {
     http: reqwest::Client,
     base: Url,
     auth: HeaderValue,
 }
 
 impl Api {
-    fn new(opts: &ClientOpts) -> Result<Api, ClientError> {
+    pub(crate) fn new(opts: &ClientOpts) -> Result<Api, ClientError> {
         let token = opts
             .token
             .as_deref()
@@ -803,7 +904,7 @@ impl Api {
     }
 
     /// `{base}/v1/{segments...}`, each segment checked and encoded.
-    fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
+    pub(crate) fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
         for s in segments {
             if !is_segment(s) {
                 return Err(ClientError::BadArgument {
@@ -859,7 +960,7 @@ impl Api {
     }
 
     /// Sends a request and reads the 2xx answer as a `T`.
-    async fn call<T: DeserializeOwned, B: Serialize + ?Sized>(
+    pub(crate) async fn call<T: DeserializeOwned, B: Serialize + ?Sized>(
         &self,
         method: Method,
         url: Url,
@@ -875,7 +976,7 @@ impl Api {
 }
 
 /// The body of a request that has none.
-const NO_BODY: Option<&()> = None;
+pub(crate) const NO_BODY: Option<&()> = None;
 
 /// Turns a non-2xx answer into an error.
 fn api_error(status: StatusCode, content_type: &str, body: &[u8]) -> ClientError {
@@ -1026,7 +1127,7 @@ impl Table {
 }
 
 /// Server text as a cell: `-` when empty.
-fn text(s: &str) -> String {
+pub(crate) fn text(s: &str) -> String {
     if s.is_empty() {
         "-".into()
     } else {
@@ -1035,19 +1136,19 @@ fn text(s: &str) -> String {
 }
 
 /// Optional server text as a cell: `-` when absent or empty.
-fn opt_text(s: Option<&str>) -> String {
+pub(crate) fn opt_text(s: Option<&str>) -> String {
     s.map_or_else(|| "-".into(), text)
 }
 
 /// A time as the JSON has it: RFC 3339 in UTC, fractions only when there
 /// are any.
-fn time(t: &DateTime<Utc>) -> String {
+pub(crate) fn time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 /// Pretty-printed JSON of an answer. It goes through a `Value`, so keys
 /// come out sorted, as they did when answers were passed through.
-fn write_json(out: &mut impl Write, v: &impl Serialize) -> std::io::Result<()> {
+pub(crate) fn write_json(out: &mut impl Write, v: &impl Serialize) -> std::io::Result<()> {
     let v = serde_json::to_value(v).map_err(std::io::Error::other)?;
     let text = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)?;
     writeln!(out, "{text}")
@@ -1558,11 +1659,114 @@ mod tests {
             serde_json::to_value(body).unwrap(),
             json!({
                 "name": "gpu", "machine_type": "large", "size": 2,
-                "autoscaling": {"min": 2, "max": 5},
+                "autoscaling": {"min": 2, "max": 5, "priority": 0},
                 "labels": {"a": "b"},
                 "taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]
             })
         );
+        let body = node_pool_body(&pool_args(&[
+            "--min",
+            "0",
+            "--max",
+            "3",
+            "--priority",
+            "-2",
+        ]));
+        assert_eq!(
+            serde_json::to_value(body.autoscaling).unwrap(),
+            json!({"min": 0, "max": 3, "priority": -2})
+        );
+        let no_bounds = ["kf", "nodepools", "create", "web", "gpu", "--priority", "1"];
+        assert!(
+            Cli::try_parse_from(no_bounds).is_err(),
+            "--priority needs --min"
+        );
+    }
+
+    #[test]
+    fn autoscaler_flags_become_partial_settings() {
+        let cli = Cli::try_parse_from([
+            "kf",
+            "clusters",
+            "create",
+            "web",
+            "--autoscaler",
+            "mode=off",
+            "--autoscaler",
+            "scale_down_utilization_threshold=0.7",
+            "--autoscaler",
+            "batch_max_seconds=30",
+        ])
+        .unwrap();
+        let Cmd::Clusters(ClustersCmd::Create(args)) = cli.cmd else {
+            panic!("wrong command")
+        };
+        let body = cluster_create_body(&args).unwrap();
+        assert_eq!(
+            body["autoscaler"],
+            json!({"mode": "off", "scale_down_utilization_threshold": 0.7, "batch_max_seconds": 30})
+        );
+        let request: CreateClusterRequest = serde_json::from_value(body).unwrap();
+        let spec = kubeforge_cluster::ClusterSpec::parse(request).unwrap();
+        assert_eq!(
+            (
+                spec.autoscaler.batch_max_seconds,
+                spec.autoscaler.batch_idle_seconds
+            ),
+            (30, 1)
+        );
+        for bad in [
+            "mode",
+            "colour=red",
+            "batch_max_seconds=-1",
+            "batch_max_seconds=ten",
+            "scale_down_utilization_threshold=NaN",
+        ] {
+            assert!(parse_autoscaler_setting(bad).is_err(), "{bad}");
+        }
+        // No flag, no field: the service's defaults apply.
+        let cli = Cli::try_parse_from(["kf", "clusters", "create", "web"]).unwrap();
+        let Cmd::Clusters(ClustersCmd::Create(args)) = cli.cmd else {
+            panic!("wrong command")
+        };
+        assert!(cluster_create_body(&args)
+            .unwrap()
+            .get("autoscaler")
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn update_patches_only_the_settings_named() {
+        let answer = ClusterAccepted {
+            cluster: cluster_view(1, "web"),
+            operation: operation_view(8, "cluster_update"),
+        };
+        let (url, server) = serve(vec![ok_json(&answer)]).await;
+        let cli = Cli::try_parse_from([
+            "kf",
+            "clusters",
+            "update",
+            "web",
+            "--autoscaler",
+            "expander=priority",
+            "--if-match",
+            "\"e1\"",
+        ])
+        .unwrap();
+        let Cmd::Clusters(cmd) = cli.cmd else {
+            panic!("wrong command")
+        };
+        let mut out = Vec::new();
+        run_clusters_to(&opts(&url, Output::Json), cmd, &mut out)
+            .await
+            .unwrap();
+        let printed: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(printed, serde_json::to_value(&answer).unwrap());
+        let req = server.await.unwrap().remove(0);
+        assert!(req.starts_with("PATCH /v1/clusters/web HTTP/1.1"), "{req}");
+        assert!(req.to_ascii_lowercase().contains("if-match: \"e1\"\r\n"));
+        let body: Value = serde_json::from_str(req.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body, json!({"autoscaler": {"expander": "priority"}}));
     }
 
     #[test]
@@ -1715,6 +1919,7 @@ mod tests {
             },
             labels: BTreeMap::new(),
             deletion_protection: false,
+            autoscaler: kubeforge_cluster::AutoscalerSettings::default(),
             phase: Phase::Provisioning,
             conditions: Vec::new(),
             endpoint: None,
@@ -1975,7 +2180,11 @@ mod tests {
     #[tokio::test]
     async fn nodepools_list_table() {
         let mut default = pool_view("default", 3, 2, "small");
-        default.autoscaling = Some(Autoscaling { min: 1, max: 5 });
+        default.autoscaling = Some(Autoscaling {
+            min: 1,
+            max: 5,
+            priority: 0,
+        });
         default.phase = Phase::Provisioning;
         let gpu = pool_view("gpu", 1, 1, "large");
         let (url, _server) = serve(vec![ok_json(&Items {

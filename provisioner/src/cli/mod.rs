@@ -1,5 +1,6 @@
 //! The command line: the service commands (`up`, `serve`, `migrate`,
 //! `token`) and the API client commands (`clusters`, `nodepools`,
-//! `kubeconfig`) in one binary.
+//! `kubeconfig`, `autoscaler`, `machine-types`) in one binary.
 
+pub mod autoscaler;
 pub mod client;

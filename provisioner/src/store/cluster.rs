@@ -5,8 +5,8 @@
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use kubeforge_cluster::{
-    ClusterName, ClusterNetwork, Condition, ControlPlaneSpec, KubernetesVersion, Labels, Phase,
-    ProviderSpec,
+    AutoscalerSettings, ClusterName, ClusterNetwork, Condition, ControlPlaneSpec,
+    KubernetesVersion, Labels, Phase, ProviderSpec,
 };
 use serde_json::Value as JsonValue;
 use sqlx::{PgConnection, PgExecutor};
@@ -38,6 +38,7 @@ pub struct ClusterRecord {
     pub deleted_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub autoscaler: JsonValue,
 }
 
 /// A cluster, its JSON columns parsed.
@@ -52,6 +53,8 @@ pub struct Cluster {
     pub network: ClusterNetwork,
     pub labels: Labels,
     pub deletion_protection: bool,
+    /// Stored `{}` and missing fields read as the defaults.
+    pub autoscaler: AutoscalerSettings,
     pub phase: Phase,
     pub conditions: Vec<Condition>,
     pub endpoint: Option<String>,
@@ -81,6 +84,7 @@ impl TryFrom<ClusterRecord> for Cluster {
                 control_plane: serde_json::from_value(r.control_plane).context("control_plane")?,
                 network: serde_json::from_value(r.network).context("network")?,
                 labels: serde_json::from_value(r.labels).context("labels")?,
+                autoscaler: parse_autoscaler(r.autoscaler).context("autoscaler")?,
                 phase: Phase::parse(&r.phase).context("phase")?,
                 conditions: serde_json::from_value(r.conditions).context("conditions")?,
                 tenant: r.tenant,
@@ -104,6 +108,14 @@ impl TryFrom<ClusterRecord> for Cluster {
     }
 }
 
+/// The stored settings: missing fields take their defaults; a value out of
+/// bounds is an error, not something to guess a meaning for.
+fn parse_autoscaler(v: JsonValue) -> anyhow::Result<AutoscalerSettings> {
+    let s: AutoscalerSettings = serde_json::from_value(v)?;
+    s.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(s)
+}
+
 /// Values for a new cluster row.
 pub struct NewCluster<'a> {
     pub id: Uuid,
@@ -114,6 +126,7 @@ pub struct NewCluster<'a> {
     pub network: &'a ClusterNetwork,
     pub labels: &'a Labels,
     pub deletion_protection: bool,
+    pub autoscaler: &'a AutoscalerSettings,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<JsonValue> {
@@ -126,8 +139,8 @@ fn json<T: serde::Serialize>(v: &T) -> Result<JsonValue> {
 pub async fn insert(conn: &mut PgConnection, ctx: &OpContext, c: NewCluster<'_>) -> Result<()> {
     let res = sqlx::query!(
         "INSERT INTO clusters (id, tenant, name, kubernetes_version, provider, control_plane,
-                               network, labels, deletion_protection, phase)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'provisioning')",
+                               network, labels, deletion_protection, autoscaler, phase)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'provisioning')",
         c.id,
         ctx.tenant,
         c.name,
@@ -137,6 +150,7 @@ pub async fn insert(conn: &mut PgConnection, ctx: &OpContext, c: NewCluster<'_>)
         json(c.network)?,
         json(c.labels)?,
         c.deletion_protection,
+        json(c.autoscaler)?,
     )
     .execute(conn)
     .await;
@@ -235,21 +249,24 @@ pub async fn list(
     recs.into_iter().map(Cluster::try_from).collect()
 }
 
-/// Applies a tenant's change to labels and deletion protection, bumping
-/// generation and resource version.
+/// Applies a tenant's change to labels, deletion protection and autoscaler
+/// settings, bumping generation and resource version.
 pub async fn update_spec(
     conn: &mut PgConnection,
     id: Uuid,
     labels: &Labels,
     deletion_protection: bool,
+    autoscaler: &AutoscalerSettings,
 ) -> Result<()> {
     sqlx::query!(
-        "UPDATE clusters SET labels = $2, deletion_protection = $3, generation = generation + 1,
-                resource_version = resource_version + 1, updated_at = now()
+        "UPDATE clusters SET labels = $2, deletion_protection = $3, autoscaler = $4,
+                generation = generation + 1, resource_version = resource_version + 1,
+                updated_at = now()
          WHERE id = $1",
         id,
         json(labels)?,
-        deletion_protection
+        deletion_protection,
+        json(autoscaler)?
     )
     .execute(conn)
     .await?;

@@ -3,6 +3,7 @@
 //! `OpContext`. Queries are compile-checked (`sqlx::query!`) against the
 //! schema in `migrations/`, with the offline data committed in `.sqlx/`.
 
+pub mod autoscaler;
 pub mod cluster;
 pub mod event;
 pub mod idempotency;

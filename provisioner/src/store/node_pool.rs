@@ -38,6 +38,7 @@ pub struct NodePoolRecord {
     pub drain_timeout_seconds: i32,
     pub auto_repair: bool,
     pub repair_after_seconds: i32,
+    pub autoscaling_priority: i32,
 }
 
 /// A node pool, parsed.
@@ -79,6 +80,7 @@ impl TryFrom<NodePoolRecord> for NodePool {
                 (Some(min), Some(max)) => Some(Autoscaling {
                     min: u32::try_from(min)?,
                     max: u32::try_from(max)?,
+                    priority: r.autoscaling_priority,
                 }),
                 _ => None,
             };
@@ -131,9 +133,10 @@ pub async fn insert(
     let taints = serde_json::to_value(&spec.taints).map_err(anyhow::Error::from)?;
     let res = sqlx::query!(
         "INSERT INTO node_pools (id, tenant, cluster_id, name, machine_type, size,
-                                 autoscaling_min, autoscaling_max, labels, taints,
-                                 drain_timeout_seconds, auto_repair, repair_after_seconds, phase)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'provisioning')",
+                                 autoscaling_min, autoscaling_max, autoscaling_priority, labels,
+                                 taints, drain_timeout_seconds, auto_repair, repair_after_seconds,
+                                 phase)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'provisioning')",
         id,
         ctx.tenant,
         cluster_id,
@@ -142,6 +145,7 @@ pub async fn insert(
         to_i32(spec.size),
         spec.autoscaling.map(|a| to_i32(a.min)),
         spec.autoscaling.map(|a| to_i32(a.max)),
+        spec.autoscaling.map_or(0, |a| a.priority),
         labels,
         taints,
         to_i32(spec.drain_timeout_seconds),
@@ -243,6 +247,7 @@ impl NodePool {
 pub async fn update_settings(conn: &mut PgConnection, id: Uuid, s: &PoolSettings) -> Result<i64> {
     let g = sqlx::query_scalar!(
         "UPDATE node_pools SET size = $2, autoscaling_min = $3, autoscaling_max = $4,
+                autoscaling_priority = $8,
                 drain_timeout_seconds = $5, auto_repair = $6, repair_after_seconds = $7,
                 generation = generation + 1, resource_version = resource_version + 1,
                 updated_at = now()
@@ -254,6 +259,7 @@ pub async fn update_settings(conn: &mut PgConnection, id: Uuid, s: &PoolSettings
         to_i32(s.drain_timeout_seconds),
         s.auto_repair.enabled,
         to_i32(s.auto_repair.after_seconds),
+        s.autoscaling.map_or(0, |a| a.priority),
     )
     .fetch_one(conn)
     .await?;

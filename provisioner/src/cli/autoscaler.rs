@@ -1,0 +1,349 @@
+//! The `kubeforge autoscaler status CLUSTER` and `kubeforge machine-types`
+//! client commands: what a cluster's autoscaler saw and decided, and what
+//! each machine type offers to pods. The same guarantees as the other
+//! client commands ([`super::client`]): checked path segments, problem
+//! documents as errors, server text stripped of control characters, and
+//! nothing printed unless the whole command succeeded.
+
+use std::io::Write;
+
+use kubeforge_cluster::api::{AutoscalerStatusView, Items, MachineTypeView, PendingPodView};
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+
+use super::client::{
+    opt_text, text, time, write_json, write_stdout, Api, ClientOpts, Output, Table, NO_BODY,
+};
+
+/// `kubeforge autoscaler ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AutoscalerCmd {
+    /// Show a cluster's autoscaling pools with their recent decisions, and
+    /// the pending pods with where they go or why no pool takes them.
+    Status {
+        /// Cluster name or id.
+        cluster: String,
+    },
+}
+
+/// Runs an `autoscaler` subcommand and prints its result on stdout.
+pub async fn run_autoscaler(opts: &ClientOpts, cmd: AutoscalerCmd) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    run_autoscaler_to(opts, cmd, &mut buf).await?;
+    write_stdout(&buf)
+}
+
+/// [`run_autoscaler`], writing to `out`.
+pub async fn run_autoscaler_to(
+    opts: &ClientOpts,
+    cmd: AutoscalerCmd,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let api = Api::new(opts)?;
+    match cmd {
+        AutoscalerCmd::Status { cluster } => {
+            let url = api.url(&["clusters", &cluster, "autoscaler"])?;
+            let status: AutoscalerStatusView = api
+                .call(Method::GET, url, HeaderMap::new(), NO_BODY)
+                .await?;
+            print_autoscaler_status(out, opts.output, &status)?;
+        }
+    }
+    Ok(())
+}
+
+/// Lists the machine types (`kubeforge machine-types`) on stdout.
+pub async fn run_machine_types(opts: &ClientOpts) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    run_machine_types_to(opts, &mut buf).await?;
+    write_stdout(&buf)
+}
+
+/// [`run_machine_types`], writing to `out`.
+pub async fn run_machine_types_to(opts: &ClientOpts, out: &mut impl Write) -> anyhow::Result<()> {
+    let api = Api::new(opts)?;
+    let url = api.url(&["machine-types"])?;
+    let list: Items<MachineTypeView> = api
+        .call(Method::GET, url, HeaderMap::new(), NO_BODY)
+        .await?;
+    print_machine_types(out, opts.output, &list)?;
+    Ok(())
+}
+
+/// Prints a `GET /v1/machine-types` answer: capacity, then what a node
+/// offers to pods.
+pub fn print_machine_types(
+    out: &mut impl Write,
+    format: Output,
+    list: &Items<MachineTypeView>,
+) -> std::io::Result<()> {
+    if format == Output::Json {
+        return write_json(out, list);
+    }
+    let mut t = Table::new(&[
+        "NAME",
+        "CPU",
+        "MEMORY MIB",
+        "PODS",
+        "ALLOCATABLE CPU",
+        "ALLOCATABLE MEMORY MIB",
+        "ALLOCATABLE PODS",
+    ]);
+    for m in &list.items {
+        t.row(vec![
+            text(&m.name),
+            m.cpu.to_string(),
+            m.memory_mib.to_string(),
+            m.pods.to_string(),
+            format!("{}m", m.allocatable.cpu_millis),
+            m.allocatable.memory_mib.to_string(),
+            m.allocatable.pods.to_string(),
+        ]);
+    }
+    t.write(out)
+}
+
+/// `pool gpu: insufficient nvidia.com/gpu; pool default: node selector mismatch`
+fn reasons(p: &PendingPodView) -> String {
+    let all: Vec<String> = p
+        .reasons
+        .iter()
+        .map(|r| format!("pool {}: {}", r.pool, r.reason))
+        .collect();
+    if all.is_empty() {
+        "-".into()
+    } else {
+        all.join("; ")
+    }
+}
+
+/// Prints a `GET /v1/clusters/{c}/autoscaler` answer: the mode and when
+/// the autoscaler last looked, the autoscaling pools, their recent
+/// decisions (pool by pool, newest first), then the pending pods: the outcome, the pool
+/// (scale-up) or node (existing room) they go to, and each pool's reason
+/// for not taking them.
+pub fn print_autoscaler_status(
+    out: &mut impl Write,
+    format: Output,
+    s: &AutoscalerStatusView,
+) -> std::io::Result<()> {
+    if format == Output::Json {
+        return write_json(out, s);
+    }
+    let mut t = Table::new(&["MODE", "OBSERVED", "PENDING PODS"]);
+    t.row(vec![
+        text(&s.mode),
+        s.observed_at.as_ref().map_or_else(|| "never".into(), time),
+        s.pending_pods.to_string(),
+    ]);
+    t.write(out)?;
+    writeln!(out)?;
+    let mut t = Table::new(&["POOL", "MIN", "MAX", "SIZE", "READY", "HOLD"]);
+    for p in &s.pools {
+        t.row(vec![
+            text(&p.name),
+            p.min.to_string(),
+            p.max.to_string(),
+            p.size.to_string(),
+            p.ready.to_string(),
+            opt_text(p.hold.as_deref()),
+        ]);
+    }
+    t.write(out)?;
+    if s.pools.iter().any(|p| !p.recent_decisions.is_empty()) {
+        writeln!(out)?;
+        let mut t = Table::new(&[
+            "POOL",
+            "DECIDED AT",
+            "KIND",
+            "FROM",
+            "TO",
+            "PODS",
+            "NODE",
+            "REASON",
+        ]);
+        for p in &s.pools {
+            for d in &p.recent_decisions {
+                t.row(vec![
+                    text(&p.name),
+                    time(&d.at),
+                    text(&d.kind),
+                    d.from.to_string(),
+                    d.to.to_string(),
+                    d.pods.to_string(),
+                    opt_text(d.node.as_deref()),
+                    text(&d.reason),
+                ]);
+            }
+        }
+        t.write(out)?;
+    }
+    writeln!(out)?;
+    if s.pending.is_empty() {
+        writeln!(out, "no pending pods listed")?;
+        return Ok(());
+    }
+    let mut t = Table::new(&["PENDING POD", "OUTCOME", "TO", "REASONS"]);
+    for p in &s.pending {
+        t.row(vec![
+            format!("{}/{}", p.namespace, p.name),
+            text(&p.outcome),
+            opt_text(p.pool.as_deref().or(p.node.as_deref())),
+            reasons(p),
+        ]);
+    }
+    t.write(out)?;
+    if s.pending_pods > s.pending.len() as u64 {
+        writeln!(
+            out,
+            "\n{} of {} pending pods listed",
+            s.pending.len(),
+            s.pending_pods
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use kubeforge_cluster::api::{AutoscalerDecisionView, AutoscalerPoolView, PoolReasonView};
+    use kubeforge_cluster::MachineType;
+    use uuid::Uuid;
+
+    fn at(t: &str) -> DateTime<Utc> {
+        t.parse().unwrap()
+    }
+
+    fn printed(format: Output, s: &AutoscalerStatusView) -> String {
+        let mut out = Vec::new();
+        print_autoscaler_status(&mut out, format, s).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn status() -> AutoscalerStatusView {
+        AutoscalerStatusView {
+            cluster: Uuid::from_u128(1),
+            mode: "builtin".into(),
+            observed_at: Some(at("2026-12-02T10:00:05Z")),
+            pending_pods: 3,
+            pools: vec![
+                AutoscalerPoolView {
+                    name: "default".into(),
+                    min: 1,
+                    max: 5,
+                    size: 3,
+                    ready: 2,
+                    hold: None,
+                    recent_decisions: vec![AutoscalerDecisionView {
+                        at: at("2026-12-02T10:00:01Z"),
+                        kind: "scale_up".into(),
+                        from: 2,
+                        to: 3,
+                        node: None,
+                        pods: 4,
+                        reason: "4 pods fit on 1 new small node".into(),
+                        operation: Some(Uuid::from_u128(7)),
+                    }],
+                },
+                AutoscalerPoolView {
+                    name: "gpu".into(),
+                    min: 0,
+                    max: 2,
+                    size: 0,
+                    ready: 0,
+                    hold: Some("backed off\u{1b}[2J after machines failed".into()),
+                    recent_decisions: vec![],
+                },
+            ],
+            pending: vec![
+                PendingPodView {
+                    namespace: "default".into(),
+                    name: "web-7".into(),
+                    outcome: "no_pool".into(),
+                    pool: None,
+                    node: None,
+                    reasons: vec![
+                        PoolReasonView {
+                            pool: "gpu".into(),
+                            reason: "insufficient nvidia.com/gpu".into(),
+                        },
+                        PoolReasonView {
+                            pool: "default".into(),
+                            reason: "node selector mismatch".into(),
+                        },
+                    ],
+                },
+                PendingPodView {
+                    namespace: "default".into(),
+                    name: "web-8".into(),
+                    outcome: "scale_up".into(),
+                    pool: Some("default".into()),
+                    node: None,
+                    reasons: vec![],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn status_prints_pools_decisions_and_pending_pods() {
+        assert_eq!(
+            printed(Output::Table, &status()),
+            "MODE     OBSERVED              PENDING PODS\n\
+             builtin  2026-12-02T10:00:05Z  3\n\
+             \n\
+             POOL     MIN  MAX  SIZE  READY  HOLD\n\
+             default  1    5    3     2      -\n\
+             gpu      0    2    0     0      backed off [2J after machines failed\n\
+             \n\
+             POOL     DECIDED AT            KIND      FROM  TO  PODS  NODE  REASON\n\
+             default  2026-12-02T10:00:01Z  scale_up  2     3   4     -     4 pods fit on 1 new small node\n\
+             \n\
+             PENDING POD    OUTCOME   TO       REASONS\n\
+             default/web-7  no_pool   -        pool gpu: insufficient nvidia.com/gpu; pool default: node selector mismatch\n\
+             default/web-8  scale_up  default  -\n\
+             \n\
+             2 of 3 pending pods listed\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&printed(Output::Json, &status())).unwrap();
+        assert_eq!(json, serde_json::to_value(status()).unwrap());
+    }
+
+    #[test]
+    fn status_before_the_autoscaler_looked() {
+        let s = AutoscalerStatusView {
+            observed_at: None,
+            pending_pods: 0,
+            pending: vec![],
+            ..status()
+        };
+        let text = printed(Output::Table, &s);
+        assert!(
+            text.starts_with("MODE     OBSERVED  PENDING PODS\nbuiltin  never     0\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\nno pending pods listed\n"), "{text}");
+    }
+
+    #[test]
+    fn machine_types_table() {
+        let list = Items {
+            items: MachineType::ALL
+                .into_iter()
+                .map(MachineTypeView::from)
+                .collect(),
+        };
+        let mut out = Vec::new();
+        print_machine_types(&mut out, Output::Table, &list).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "NAME    CPU  MEMORY MIB  PODS  ALLOCATABLE CPU  ALLOCATABLE MEMORY MIB  ALLOCATABLE PODS\n\
+             small   1    2048        110   900m             1692                    110\n\
+             medium  2    4096        110   1900m            3740                    110\n\
+             large   4    8192        110   3900m            7836                    110\n"
+        );
+    }
+}
