@@ -17,6 +17,11 @@
 //! - pods: get, list, watch (CPU accounting, drains); `pods/eviction`:
 //!   create (drains go through the Eviction API, so PodDisruptionBudgets
 //!   hold).
+//! - PodDisruptionBudgets and DaemonSets: get, list, watch (the
+//!   autoscaler's simulation: which pods may move, what every new node
+//!   will run).
+//! - events: create, patch (the autoscaler tells each pending pod what it
+//!   decided for it, as `kubectl describe pod` shows).
 //! - certificate signing requests: get, list, watch; `/approval`: update,
 //!   and `approve` on the kubelet client signer only (the join approver).
 //! - in `kube-system` only, Secrets: create, patch, delete (each joining
@@ -50,6 +55,15 @@ pub fn manifest() -> String {
 - apiGroups: [""]
   resources: ["pods/eviction"]
   verbs: ["create"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["apps"]
+  resources: ["daemonsets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
 - apiGroups: ["certificates.k8s.io"]
   resources: ["certificatesigningrequests"]
   verbs: ["get", "list", "watch"]

@@ -195,10 +195,9 @@ impl MachineType {
     /// threshold ([`EVICTION_HARD_MEMORY_MIB`]), as the kubelet reports
     /// `status.allocatable`. These are the numbers the autoscaler's
     /// template nodes start from (before DaemonSet pods), and lab workers
-    /// are held to them: their kubelets are to reserve exactly this much
-    /// (`systemReserved`, `evictionHard`, `maxPods` in the worker bundle,
-    /// set by a separate change), so that a node that joins offers what its
-    /// template promised.
+    /// are held to them: a lab machine sees the whole host, so its worker
+    /// bundle reserves the difference (`crate::worker::NodeOffer`), and a
+    /// node that joins offers what its template promised.
     ///
     /// [`capacity`]: MachineType::capacity
     pub fn allocatable(self) -> NodeResources {

@@ -21,6 +21,10 @@ pub struct NodeView {
     pub pool: Option<String>,
     /// Cordoned.
     pub unschedulable: bool,
+    /// When the Node object was created (the node registered).
+    pub registered_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Since when the Ready condition has been True, when it is.
+    pub ready_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A Pod, as far as drains and CPU accounting care.

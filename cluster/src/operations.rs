@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
+
 /// What an operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OperationKind {
@@ -155,6 +157,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_timeline_says_each_point_reached_after_the_request() {
+        let t0: DateTime<Utc> = "2026-12-02T00:00:00Z".parse().unwrap();
+        let at = |ms: i64| Some(t0 + chrono::TimeDelta::milliseconds(ms));
+        let mut t = Timeline {
+            requested: t0,
+            ..Timeline::default()
+        };
+        assert_eq!(t.describe(), "requested");
+        t.running = at(3_140);
+        t.bootstrap_started = at(3_420);
+        assert_eq!(t.describe(), "running +3.1 s, bootstrap +3.4 s");
+        t.registered = at(15_000);
+        t.ready = at(24_160);
+        assert_eq!(
+            t.describe(),
+            "running +3.1 s, bootstrap +3.4 s, registered +15.0 s, Ready +24.2 s"
+        );
+    }
+
+    #[test]
     fn spellings_round_trip() {
         for k in OperationKind::ALL {
             assert_eq!(OperationKind::parse(k.as_str()), Some(k));
@@ -182,5 +204,42 @@ mod tests {
             OperationKind::NodePoolUpdate.steps(),
             &[Step::Machines, Step::Join, Step::Drain]
         );
+    }
+}
+
+/// Where a new node's time went, from its machine's request on: what an
+/// operation that adds nodes shows per node, so the next second to cut is
+/// visible.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Timeline {
+    pub requested: DateTime<Utc>,
+    pub running: Option<DateTime<Utc>>,
+    pub bootstrap_started: Option<DateTime<Utc>>,
+    pub registered: Option<DateTime<Utc>>,
+    pub ready: Option<DateTime<Utc>>,
+}
+
+impl Timeline {
+    /// `running +3.1 s, bootstrap +3.4 s, registered +15.0 s, Ready
+    /// +24.2 s`: each point reached, in seconds after the request.
+    pub fn describe(&self) -> String {
+        let points = [
+            ("running", self.running),
+            ("bootstrap", self.bootstrap_started),
+            ("registered", self.registered),
+            ("Ready", self.ready),
+        ];
+        let reached: Vec<String> = points
+            .iter()
+            .filter_map(|(what, at)| {
+                let secs = ((*at)? - self.requested).num_milliseconds() as f64 / 1000.0;
+                Some(format!("{what} +{secs:.1} s"))
+            })
+            .collect();
+        if reached.is_empty() {
+            "requested".into()
+        } else {
+            reached.join(", ")
+        }
     }
 }

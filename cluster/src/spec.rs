@@ -334,7 +334,8 @@ pub struct AutoscalerSettings {
     /// `batch_idle_seconds`-300, default 10.
     #[schema(required = true)]
     pub batch_max_seconds: u32,
-    /// Most nodes one scale-up adds to one pool; 1-1000, default 10.
+    /// Most nodes one scale-up decision adds, all pools together; 1-1000,
+    /// default 10.
     #[schema(required = true)]
     pub max_nodes_per_scale_up: u32,
 }

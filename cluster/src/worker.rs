@@ -37,7 +37,7 @@ use crate::bundle::{
     error_chain, parse_ipv4, render_all, BinaryCheck, BundleError, BundleFile, Template,
 };
 use crate::spec::{Labels, Taint, NODE_POOL_LABEL};
-use crate::{ClusterName, Ipv4Cidr, NodePoolName, ValidationError};
+use crate::{names, ClusterName, Ipv4Cidr, NodePoolName, ValidationError};
 
 /// Where the worker bundle's files live on a worker machine.
 pub mod paths {
@@ -56,6 +56,9 @@ pub mod paths {
     pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
     pub const CNI_CONFLIST: &str = "/etc/cni/net.d/10-kubeforge.conflist";
     pub const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
+    /// kubelet's `--system-reserved`, computed on the machine by the
+    /// bootstrap script from what the kernel shows.
+    pub const KUBELET_RESERVED_ENV: &str = "/etc/kubernetes/kubelet-reserved.env";
     pub const KUBE_PROXY_CONFIG: &str = "/var/lib/kube-proxy/config.yaml";
     pub const KUBELET_UNIT: &str = "/etc/systemd/system/kubelet.service";
     pub const KUBE_PROXY_UNIT: &str = "/etc/systemd/system/kube-proxy.service";
@@ -151,6 +154,31 @@ pub struct WorkerBundleInput {
     pub binary_sha256: BTreeMap<String, String>,
     /// A systemd-nspawn lab machine: remount cgroups read-write, make /dev/kmsg.
     pub lab: bool,
+    /// What the node must offer pods (its allocatable), when its machine
+    /// promises a size the kernel does not show: a lab machine sees the
+    /// host's CPUs and memory, so kubelet's system reservation is set to
+    /// the difference ([`NodeOffer`]). None: the machine's own capacity
+    /// minus the system reservation of `crate::names`.
+    pub offer: Option<NodeOffer>,
+}
+
+/// A node's allocatable CPU and memory, as promised by its machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeOffer {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+impl NodeOffer {
+    /// What a node of machine type `t` offers pods
+    /// ([`crate::MachineType::allocatable`]).
+    pub fn of(t: crate::MachineType) -> NodeOffer {
+        let a = t.allocatable();
+        NodeOffer {
+            cpu_millis: u64::from(a.cpu_millis),
+            memory_bytes: u64::from(a.memory_mib) << 20,
+        }
+    }
 }
 
 const TEMPLATES: &[Template] = &[
@@ -238,10 +266,20 @@ struct RenderContext {
     lab_pause_image: &'static str,
     /// `/kubeforge/<node>`: where the lab provider puts the machine itself.
     lab_cgroup_root: String,
+    offer: Option<NodeOffer>,
+    reserved: ReservedContext,
     lab_pause_archive: &'static str,
     cni_template: &'static str,
     cni_conflist: &'static str,
     pod_cidr_placeholder: &'static str,
+}
+
+#[derive(Serialize)]
+struct ReservedContext {
+    cpu_millis: u64,
+    memory_bytes: u64,
+    eviction_memory_bytes: u64,
+    env_file: &'static str,
 }
 
 #[derive(Serialize)]
@@ -295,6 +333,13 @@ impl RenderContext {
             node_labels,
             node_taints,
             lab: input.lab,
+            offer: input.offer,
+            reserved: ReservedContext {
+                cpu_millis: u64::from(names::SYSTEM_RESERVED_CPU_MILLIS),
+                memory_bytes: u64::from(names::SYSTEM_RESERVED_MEMORY_MIB) << 20,
+                eviction_memory_bytes: u64::from(names::EVICTION_HARD_MEMORY_MIB) << 20,
+                env_file: paths::KUBELET_RESERVED_ENV,
+            },
             bin: BinContext {
                 kubelet: format!("{bin_dir}/kubelet"),
                 kube_proxy: format!("{bin_dir}/kube-proxy"),
@@ -488,6 +533,7 @@ mod tests {
                 ("kubelet".into(), "a".repeat(64)),
             ]),
             lab: true,
+            offer: Some(NodeOffer::of(crate::MachineType::Small)),
         }
     }
 

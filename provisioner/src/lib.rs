@@ -2,7 +2,8 @@
 //!
 //! This crate is the `kubeforge` binary's library: the HTTP API (`api`),
 //! the application calls behind it (`app`), the Postgres store (`store`),
-//! the job engine and reconcilers (`engine`), machine providers
+//! the job engine and reconcilers (`engine`), the builtin autoscaler
+//! (`autoscaler`), machine providers
 //! (`providers`), the embedded Postgres of `kubeforge up`
 //! (`embedded_pg`), the server wiring (`server`) and the CLI client
 //! (`cli`). The domain types live in the `kubeforge-cluster` crate.
@@ -11,6 +12,7 @@ pub mod api;
 pub mod app;
 pub mod artifacts;
 pub mod auth;
+pub mod autoscaler;
 pub mod cli;
 pub mod context;
 pub mod crypto;

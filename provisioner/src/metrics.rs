@@ -1,6 +1,7 @@
 //! Prometheus metrics: requests by route and status, job queue depth and
-//! latency, reconcile outcomes, control-plane component restarts. Rendered
-//! at `/metrics`.
+//! latency, reconcile outcomes, control-plane component restarts, and the
+//! autoscaler (pending pods, decisions, decision latency). Rendered at
+//! `/metrics`.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -21,6 +22,15 @@ pub struct Metrics {
     /// `kube-apiserver`, `kube-controller-manager`, `kube-scheduler`.
     /// Per process; replicas' counts add up, each restart counted once.
     pub control_plane_restarts: IntCounterVec,
+    /// Pods the autoscaler counts as pending, by cluster id, as of its
+    /// last round (on the replica watching that cluster).
+    pub autoscaler_pending_pods: IntGaugeVec,
+    /// Autoscaler decisions by kind: `scale_up`, `scale_down`,
+    /// `no_scale_up`.
+    pub autoscaler_decisions: IntCounterVec,
+    /// From a pod becoming unschedulable to the new size written for it,
+    /// per scale-up (the oldest pod of the decision).
+    pub autoscaler_decision_latency: HistogramVec,
 }
 
 impl Metrics {
@@ -63,6 +73,30 @@ impl Metrics {
             ),
             &["component"],
         )?;
+        let autoscaler_pending_pods = IntGaugeVec::new(
+            Opts::new(
+                "autoscaler_pending_pods",
+                "Pods the autoscaler counts as pending, by cluster",
+            ),
+            &["cluster"],
+        )?;
+        let autoscaler_decisions = IntCounterVec::new(
+            Opts::new("autoscaler_decisions_total", "Autoscaler decisions by kind"),
+            &["kind"],
+        )?;
+        let autoscaler_decision_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "autoscaler_decision_latency_seconds",
+                "From a pod unschedulable to the new pool size written",
+            )
+            .buckets(vec![
+                0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+            ]),
+            &["kind"],
+        )?;
+        registry.register(Box::new(autoscaler_pending_pods.clone()))?;
+        registry.register(Box::new(autoscaler_decisions.clone()))?;
+        registry.register(Box::new(autoscaler_decision_latency.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(job_queue_depth.clone()))?;
@@ -79,6 +113,9 @@ impl Metrics {
             job_run,
             reconcile,
             control_plane_restarts,
+            autoscaler_pending_pods,
+            autoscaler_decisions,
+            autoscaler_decision_latency,
         })
     }
 

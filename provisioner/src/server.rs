@@ -257,10 +257,17 @@ pub fn build_engine(app: &SharedApp, mut config: EngineConfig) -> Engine {
         .into_iter()
         .map(str::to_string)
         .collect();
+    config
+        .lanes
+        .push((crate::autoscaler::AUTOSCALE, crate::autoscaler::LANE_SLOTS));
     let mut engine = Engine::new(app.pool.clone(), config, Arc::new(app.metrics.clone()));
     engine.register(
         RECONCILE_CLUSTER,
         Arc::new(ClusterReconciler::new(app.clone())),
+    );
+    engine.register(
+        crate::autoscaler::AUTOSCALE,
+        Arc::new(crate::autoscaler::Autoscaler::new(app.clone())),
     );
     engine
 }

@@ -3,6 +3,8 @@
 //!
 //!     api -> app -> {store, engine} -> {providers, ssh, tenant} -> cluster
 //!
+//! with the autoscaler beside the app, on top of the engine (it runs as
+//! one of the engine's jobs, registered by `server`), and
 //! with `state` (the shared process state) between app/engine and what
 //! they use, and foundations (errors, contexts, crypto, metrics, keys,
 //! artifacts) usable from any layer. `server`, `cli` and `main` wire
@@ -31,6 +33,7 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
             "engine",
             vec!["state", "store", "providers", "ssh", "tenant"],
         ),
+        ("autoscaler", vec!["state", "store", "engine", "tenant"]),
         ("state", vec!["store", "providers", "ssh", "tenant"]),
         ("store", vec![]),
         ("providers", vec!["ssh"]),

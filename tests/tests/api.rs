@@ -287,7 +287,7 @@ async fn node_pool_reports_node_states_from_observations() {
     machine::observe_node(&app.pool, ids[2], Some("ready"), None)
         .await
         .unwrap();
-    machine::mark_joined(&app.pool, ids[2]).await.unwrap();
+    machine::mark_joined(&app.pool, ids[2], None).await.unwrap();
     machine::observe_node(
         &app.pool,
         ids[3],
@@ -325,7 +325,7 @@ async fn node_pool_reports_node_states_from_observations() {
     assert_eq!((again, reason.as_deref()), (first, Some("NodeGone")));
     let joined = since(ids[2]).await.2;
     assert!(joined.is_some());
-    machine::mark_joined(&app.pool, ids[2]).await.unwrap();
+    machine::mark_joined(&app.pool, ids[2], None).await.unwrap();
     assert_eq!(since(ids[2]).await.2, joined, "the first join counts");
 
     let p = get(&app, &token, "/v1/clusters/web/node-pools/default").await;

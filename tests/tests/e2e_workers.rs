@@ -326,8 +326,22 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         names(&p),
         "{p}"
     );
+    // What a node offers pods is what its machine type promises (a lab
+    // machine sees the whole host; kubelet reserves the difference).
+    let offer = kubeforge_cluster::worker::NodeOffer::of(kubeforge_cluster::MachineType::Small);
     for (n, ready, obj) in &nodes {
         assert!(ready, "{n} not Ready");
+        let alloc = &obj["status"]["allocatable"];
+        assert_eq!(
+            kubeforge_cluster::nodes::cpu_millis(alloc["cpu"].as_str().unwrap()),
+            Some(offer.cpu_millis),
+            "{n}: {alloc}"
+        );
+        assert_eq!(
+            kubeforge_cluster::simulate::quantity_bytes(alloc["memory"].as_str().unwrap()),
+            Some(offer.memory_bytes),
+            "{n}: {alloc}"
+        );
         assert_eq!(obj["metadata"]["labels"]["tier"], "batch", "{obj}");
         assert!(
             obj["spec"]["taints"].as_array().is_some_and(|t| t

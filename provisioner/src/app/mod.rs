@@ -91,6 +91,28 @@ impl App {
         provider: &str,
         op: Uuid,
     ) -> Result<()> {
+        self.queue_reconcile(conn, cluster_id, provider, Some(op))
+            .await
+    }
+
+    /// Asks for a reconcile of the cluster now, for no operation (something
+    /// it waits for happened, such as a node becoming Ready).
+    pub(crate) async fn nudge_reconcile(
+        &self,
+        conn: &mut PgConnection,
+        cluster_id: Uuid,
+        provider: &str,
+    ) -> Result<()> {
+        self.queue_reconcile(conn, cluster_id, provider, None).await
+    }
+
+    async fn queue_reconcile(
+        &self,
+        conn: &mut PgConnection,
+        cluster_id: Uuid,
+        provider: &str,
+        op: Option<Uuid>,
+    ) -> Result<()> {
         let key = format!("cluster:{cluster_id}");
         job::enqueue(
             conn,
@@ -98,7 +120,7 @@ impl App {
                 kind: RECONCILE_CLUSTER,
                 payload: serde_json::json!({ "cluster_id": cluster_id }),
                 dedupe_key: Some(&key),
-                operation_id: Some(op),
+                operation_id: op,
                 max_attempts: self.config.max_job_attempts,
                 provider: Some(provider),
             },

@@ -159,6 +159,11 @@ pub struct EngineConfig {
     /// is left to a replica that runs it (default: none, so only jobs that
     /// need no provider are claimed).
     pub providers: Vec<String>,
+    /// Kinds that run on slots of their own (kind, how many at once), for
+    /// long-running jobs such as a cluster's autoscaler watch, so that
+    /// they never hold the slots the other jobs need. [`Engine::run_until_idle`]
+    /// leaves them alone. Default: none.
+    pub lanes: Vec<(&'static str, usize)>,
 }
 
 impl Default for EngineConfig {
@@ -171,6 +176,7 @@ impl Default for EngineConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(5 * 60),
             providers: Vec::new(),
+            lanes: Vec::new(),
         }
     }
 }
@@ -243,7 +249,19 @@ impl Engine {
     ) -> anyhow::Result<()> {
         let inner = Arc::new(self.inner);
         let config = &inner.config;
-        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        // The main lane takes every kind but the laned ones; each lane
+        // only its own kind.
+        let lanes: Vec<(job::KindFilter, Arc<Semaphore>)> =
+            std::iter::once((inner.main_kinds(), config.concurrency))
+                .chain(config.lanes.iter().map(|(kind, n)| {
+                    let only = job::KindFilter {
+                        only: vec![kind.to_string()],
+                        except: Vec::new(),
+                    };
+                    (only, *n)
+                }))
+                .map(|(filter, n)| (filter, Arc::new(Semaphore::new(n.max(1)))))
+                .collect();
         let wake = Arc::new(Notify::new());
         let _listener = AbortOnDrop(tokio::spawn(listen(
             inner.pool.clone(),
@@ -259,27 +277,30 @@ impl Engine {
         );
 
         while !*shutdown.borrow() {
-            // Claim while slots are free and jobs are due.
-            while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
-                match job::claim(
-                    &inner.pool,
-                    config.worker_id,
-                    config.lease,
-                    &config.providers,
-                )
-                .await
-                {
-                    Ok(Some(job)) => {
-                        let inner = Arc::clone(&inner);
-                        tasks.spawn(async move {
-                            let _permit: OwnedSemaphorePermit = permit;
-                            inner.process(job).await;
-                        });
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claiming a job failed; will retry");
-                        break;
+            // Claim while a lane has free slots and jobs are due.
+            for (kinds, slots) in &lanes {
+                while let Ok(permit) = Arc::clone(slots).try_acquire_owned() {
+                    match job::claim(
+                        &inner.pool,
+                        config.worker_id,
+                        config.lease,
+                        &config.providers,
+                        kinds,
+                    )
+                    .await
+                    {
+                        Ok(Some(job)) => {
+                            let inner = Arc::clone(&inner);
+                            tasks.spawn(async move {
+                                let _permit: OwnedSemaphorePermit = permit;
+                                inner.process(job).await;
+                            });
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "claiming a job failed; will retry");
+                            break;
+                        }
                     }
                 }
             }
@@ -328,6 +349,7 @@ impl Engine {
             inner.config.worker_id,
             inner.config.lease,
             &inner.config.providers,
+            &inner.main_kinds(),
         )
         .await
         .map_err(|e| anyhow::anyhow!("claiming a job: {e}"))?
@@ -422,6 +444,19 @@ const FINISH_TRIES: u32 = 3;
 const MAX_ERROR_LEN: usize = 4096;
 
 impl Inner {
+    /// The kinds the main lane claims: all but the laned ones.
+    fn main_kinds(&self) -> job::KindFilter {
+        job::KindFilter {
+            only: Vec::new(),
+            except: self
+                .config
+                .lanes
+                .iter()
+                .map(|(k, _)| k.to_string())
+                .collect(),
+        }
+    }
+
     /// Runs one claimed job to the end of its attempt and records the
     /// outcome. Never fails: problems are logged, and the lease covers the
     /// rest.

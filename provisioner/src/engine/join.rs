@@ -136,6 +136,10 @@ async fn join_one(
         .artifacts
         .checksums_of(&["kubelet", "kube-proxy", "kubectl"])
         .map_err(|e| e.to_string())?;
+    let lab = app
+        .providers
+        .get(c.provider.kind())
+        .is_some_and(|p| p.capabilities().lab_machines);
     let input = WorkerBundleInput {
         cluster_name: c.name.clone(),
         node_name: m.name.clone(),
@@ -153,10 +157,10 @@ async fn join_one(
         node_labels: pool.labels.clone(),
         node_taints: pool.taints.clone(),
         binary_sha256: sums,
-        lab: app
-            .providers
-            .get(c.provider.kind())
-            .is_some_and(|p| p.capabilities().lab_machines),
+        lab,
+        // A lab machine sees the host's CPUs and memory: hold its node to
+        // what its machine type promises.
+        offer: lab.then(|| worker::NodeOffer::of(pool.machine_type)),
     };
     let bundle = worker::render_worker(&input).map_err(|e| e.to_string())?;
     let proxy = kubeforge_cluster::pki::issue_client_cert(
@@ -214,6 +218,9 @@ async fn join_one(
                 .await
                 .map_err(|e| format!("uploading {path}: {e}"))?;
         }
+        machine::mark_bootstrap_started(&app.pool, m.id)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut lines = Vec::new();
         let code = session
             .run(

@@ -10,10 +10,12 @@ pub mod reconcile;
 
 use chrono::Utc;
 use std::sync::Arc;
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::state::App;
 use crate::store::cluster::Cluster;
+use crate::store::job;
 use crate::tenant::{KubeTenant, TenantApi};
 
 /// The service's client of a cluster whose API server answers at
@@ -34,4 +36,29 @@ pub async fn tenant_api(app: &App, c: &Cluster, endpoint: &str) -> Result<Arc<dy
     );
     app.tenants.put(c.id, endpoint, now, api.clone());
     Ok(api as Arc<dyn TenantApi>)
+}
+
+/// The job kind of a cluster's autoscaler (run by `crate::autoscaler`,
+/// which sits above the engine): one long-running job per cluster that
+/// wants it.
+pub const AUTOSCALE_CLUSTER: &str = "autoscale_cluster";
+
+/// Makes sure the cluster's autoscaler job exists (queued or running);
+/// does nothing if it does. The reconciler calls this while the cluster
+/// serves and [`Cluster::wants_autoscaler`]; the job ends by itself when
+/// the cluster no longer does.
+pub async fn ensure_autoscaler(conn: &mut sqlx::PgConnection, cluster_id: Uuid) -> Result<()> {
+    let key = format!("autoscale:{cluster_id}");
+    job::ensure(
+        conn,
+        job::NewJob {
+            kind: AUTOSCALE_CLUSTER,
+            payload: serde_json::json!({ "cluster_id": cluster_id }),
+            dedupe_key: Some(&key),
+            operation_id: None,
+            max_attempts: i32::MAX,
+            provider: None,
+        },
+    )
+    .await
 }

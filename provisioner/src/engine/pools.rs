@@ -152,8 +152,12 @@ async fn pass(
             }
         };
         machine::observe_node(&app.pool, m.id, Some(state), unhealthy.as_deref()).await?;
+        let node = nodes.get(&m.name);
+        if let (Some(n), None) = (node, m.timeline.registered) {
+            machine::mark_registered(&app.pool, m.id, n.registered_at).await?;
+        }
         if state == "ready" && m.joined_at.is_none() {
-            machine::mark_joined(&app.pool, m.id).await?;
+            machine::mark_joined(&app.pool, m.id, node.and_then(|n| n.ready_since)).await?;
             tokens_done.push(m.id);
             let secs = (now - m.created_at).num_seconds();
             record(

@@ -105,7 +105,8 @@ fn machine_request(
     Ok(req)
 }
 
-fn cluster_id(job: &Job) -> Result<Uuid, JobError> {
+/// The cluster a cluster job (reconcile, autoscale) is for.
+pub(crate) fn cluster_id(job: &Job) -> Result<Uuid, JobError> {
     job.payload
         .get("cluster_id")
         .and_then(|v| v.as_str())
@@ -705,11 +706,23 @@ impl Run<'_> {
             )
             .await?;
         }
+        // The pools' pass wrote what it saw of each worker (joined, Ready
+        // since when): the operations and pools are worded from that.
+        let machines = match pool_status {
+            Some(_) => machine::list_any(pool, c.id).await?,
+            None => machines.clone(),
+        };
         self.operations_phase(c, pools, ops, &machines, &cp.verdict, pool_status.as_ref())
             .await?;
         self.pool_status_phase(pools, &machines, pool_status.as_ref(), pool_error, now)
             .await?;
         cluster::write_status(pool, c.id, phase, &conditions, c.generation).await?;
+        // A serving cluster whose pools autoscale has an autoscaler
+        // watching it (the job ends by itself when no longer wanted).
+        if matches!(phase, Phase::Ready | Phase::Degraded) && c.wants_autoscaler(pools) {
+            let mut conn = pool.acquire().await?;
+            super::ensure_autoscaler(&mut conn, c.id).await?;
+        }
         // Settled clusters are re-observed at leisure; anything still on
         // its way (machines booting, a control plane not yet serving, a
         // member down) is looked at again soon.
@@ -928,6 +941,25 @@ impl Run<'_> {
                     let join_done = match pool_status {
                         Some(_) => {
                             let done = v.ready == p.size as usize;
+                            // Where each node this operation added spent
+                            // its time.
+                            let mut message = format!("{} of {} nodes ready", v.ready, p.size);
+                            let mut new: Vec<&Machine> = machines
+                                .iter()
+                                .filter(|m| {
+                                    m.node_pool_id == Some(p.id)
+                                        && m.created_at >= op.created_at
+                                        && m.state != MachineState::Deleted
+                                })
+                                .collect();
+                            new.sort_by(|a, b| a.name.cmp(&b.name));
+                            for m in new {
+                                message.push_str(&format!(
+                                    "; {}: {}",
+                                    m.name,
+                                    m.timeline.describe()
+                                ));
+                            }
                             operation::set_step(
                                 pool,
                                 op.id,
@@ -937,7 +969,7 @@ impl Run<'_> {
                                 } else {
                                     Progress::Running
                                 },
-                                Some(&format!("{} of {} nodes ready", v.ready, p.size)),
+                                Some(&message),
                                 None,
                             )
                             .await?;

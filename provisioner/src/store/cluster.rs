@@ -68,6 +68,17 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Whether the builtin autoscaler should watch the cluster: its mode
+    /// is `builtin`, it is not being deleted, and at least one live pool
+    /// autoscales.
+    pub fn wants_autoscaler(&self, pools: &[super::node_pool::NodePool]) -> bool {
+        self.autoscaler.mode == kubeforge_cluster::spec::AutoscalerMode::Builtin
+            && self.deletion_requested_at.is_none()
+            && pools
+                .iter()
+                .any(|p| p.autoscaling.is_some() && p.deletion_requested_at.is_none())
+    }
+
     /// The entity tag clients send back in `If-Match`.
     pub fn etag(&self) -> String {
         format!("\"{}-{}\"", self.id.simple(), self.resource_version)

@@ -23,6 +23,18 @@ pub struct Job {
     pub max_attempts: i32,
     pub enqueued_at: DateTime<Utc>,
     pub run_after: DateTime<Utc>,
+    /// The lease owner that claimed it (the engine's worker id): a handler
+    /// that writes outside the queue fences those writes with it
+    /// ([`holds_lease`]).
+    pub owner: Uuid,
+}
+
+/// Which kinds a claim may take: those in `only` (all kinds when empty),
+/// except those in `except`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KindFilter {
+    pub only: Vec<String>,
+    pub except: Vec<String>,
 }
 
 /// What to enqueue.
@@ -73,21 +85,51 @@ pub async fn enqueue(conn: &mut PgConnection, job: NewJob<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Enqueues a job unless one with its dedupe key exists (queued, running
+/// or dead): unlike [`enqueue`], an existing job is left exactly as it is.
+/// For long-running jobs that something re-ensures periodically.
+pub async fn ensure(conn: &mut PgConnection, job: NewJob<'_>) -> Result<()> {
+    let inserted = sqlx::query!(
+        "INSERT INTO jobs (kind, payload, dedupe_key, operation_id, state, max_attempts, provider)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6)
+         ON CONFLICT (dedupe_key) DO NOTHING",
+        job.kind,
+        job.payload,
+        job.dedupe_key,
+        job.operation_id,
+        job.max_attempts,
+        job.provider
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        sqlx::query!("SELECT pg_notify($1, $2)", super::JOBS_CHANNEL, job.kind)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Claims the next due job (or one whose lease expired) for `owner`,
-/// among the jobs that need no provider or one of `providers`.
+/// among the jobs that need no provider or one of `providers`, of the
+/// kinds `kinds` lets through.
 pub async fn claim(
     db: impl PgExecutor<'_>,
     owner: Uuid,
     lease: Duration,
     providers: &[String],
+    kinds: &KindFilter,
 ) -> Result<Option<Job>> {
     let job = sqlx::query_as!(
         Job,
-        "WITH next AS (
+        r#"WITH next AS (
              SELECT id FROM jobs
              WHERE ((state = 'queued' AND run_after <= now())
                     OR (state = 'running' AND lease_expires_at < now()))
                AND (provider IS NULL OR provider = ANY($3))
+               AND (cardinality($4::text[]) = 0 OR kind = ANY($4))
+               AND NOT (kind = ANY($5))
              ORDER BY run_after, id
              LIMIT 1
              FOR UPDATE SKIP LOCKED
@@ -97,14 +139,33 @@ pub async fn claim(
                 attempts = jobs.attempts + 1, rerun = false, updated_at = now()
          FROM next WHERE jobs.id = next.id
          RETURNING jobs.id, jobs.kind, jobs.payload, jobs.dedupe_key, jobs.operation_id,
-                   jobs.attempts, jobs.max_attempts, jobs.enqueued_at, jobs.run_after",
+                   jobs.attempts, jobs.max_attempts, jobs.enqueued_at, jobs.run_after,
+                   jobs.lease_owner AS "owner!""#,
         owner,
         secs(lease),
-        providers
+        providers,
+        &kinds.only,
+        &kinds.except
     )
     .fetch_optional(db)
     .await?;
     Ok(job)
+}
+
+/// Whether `owner` still holds job `id`, taking a share lock on the row
+/// until the transaction ends: a write made in the same transaction after
+/// a `true` cannot race a takeover (a new claim must lock the row first).
+pub async fn holds_lease(conn: &mut PgConnection, id: i64, owner: Uuid) -> Result<bool> {
+    let held = sqlx::query_scalar!(
+        r#"SELECT 1 AS "one!" FROM jobs
+         WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND lease_expires_at > now()
+         FOR SHARE"#,
+        id,
+        owner
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(held.is_some())
 }
 
 /// Extends the lease; false if this owner no longer holds the job.

@@ -43,8 +43,12 @@ pub struct Machine {
     /// When the drain of a machine being removed began: the clock the
     /// pool's drain timeout runs on.
     pub drain_started_at: Option<DateTime<Utc>>,
-    /// When the node first registered.
+    /// When the engine first saw the node Ready (the join is over).
     pub joined_at: Option<DateTime<Utc>>,
+    /// Where a new node's time went: its machine first running, its
+    /// bootstrap started, its Node registered, its Ready condition first
+    /// True (the cluster's own timestamps where it has them).
+    pub timeline: Timeline,
     /// A control-plane member: what the engine last saw of its systemd
     /// units and the component restarts it counted recently
     /// (`kubeforge_cluster::restarts::MemberRestarts`); None until the
@@ -76,7 +80,13 @@ struct MachineRow {
     drain_started_at: Option<DateTime<Utc>>,
     joined_at: Option<DateTime<Utc>>,
     component_restarts: Option<JsonValue>,
+    running_at: Option<DateTime<Utc>>,
+    bootstrap_started_at: Option<DateTime<Utc>>,
+    registered_at: Option<DateTime<Utc>>,
+    ready_at: Option<DateTime<Utc>>,
 }
+
+pub use kubeforge_cluster::operations::Timeline;
 
 impl TryFrom<MachineRow> for Machine {
     type Error = Error;
@@ -115,6 +125,13 @@ impl TryFrom<MachineRow> for Machine {
             drain_started_at: r.drain_started_at,
             joined_at: r.joined_at,
             component_restarts: r.component_restarts,
+            timeline: Timeline {
+                requested: r.created_at,
+                running: r.running_at,
+                bootstrap_started: r.bootstrap_started_at,
+                registered: r.registered_at,
+                ready: r.ready_at,
+            },
         })
     }
 }
@@ -197,7 +214,8 @@ pub async fn set_running(
 ) -> Result<()> {
     sqlx::query!(
         "UPDATE machines SET state = 'running', provider_id = $2, address = $3, last_error = NULL,
-                host_key = COALESCE(host_key, $4), updated_at = now()
+                host_key = COALESCE(host_key, $4), running_at = COALESCE(running_at, now()),
+                updated_at = now()
          WHERE id = $1",
         id,
         provider_id,
@@ -278,11 +296,49 @@ pub async fn observe_node(
     Ok(())
 }
 
-/// The machine's node registered with the tenant cluster; the first time counts.
-pub async fn mark_joined(db: impl PgExecutor<'_>, id: Uuid) -> Result<()> {
+/// The machine's node is Ready (since `ready_at`, the condition's own
+/// time when the cluster gave one): the join is over. The first time
+/// counts.
+pub async fn mark_joined(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    ready_at: Option<DateTime<Utc>>,
+) -> Result<()> {
     sqlx::query!(
-        "UPDATE machines SET joined_at = COALESCE(joined_at, now()) WHERE id = $1",
+        "UPDATE machines SET joined_at = COALESCE(joined_at, now()),
+                ready_at = COALESCE(ready_at, $2, now())
+         WHERE id = $1",
+        id,
+        ready_at
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The worker's bootstrap is starting; the first time counts.
+pub async fn mark_bootstrap_started(db: impl PgExecutor<'_>, id: Uuid) -> Result<()> {
+    sqlx::query!(
+        "UPDATE machines SET bootstrap_started_at = COALESCE(bootstrap_started_at, now())
+         WHERE id = $1",
         id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The machine's Node object exists (created at `at`, the cluster's own
+/// time when it gave one); the first time counts.
+pub async fn mark_registered(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    at: Option<DateTime<Utc>>,
+) -> Result<()> {
+    sqlx::query!(
+        "UPDATE machines SET registered_at = COALESCE(registered_at, $2, now()) WHERE id = $1",
+        id,
+        at
     )
     .execute(db)
     .await?;

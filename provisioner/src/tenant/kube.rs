@@ -7,8 +7,12 @@ use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
 use kubeforge_cluster::addons::SERVICE_USER;
 use kubeforge_cluster::join::POOL_LABEL;
 use kubeforge_cluster::kubeconfig::{render_kubeconfig, KubeconfigInput};
@@ -17,13 +21,18 @@ use kubeforge_cluster::nodes::{cpu_millis, CsrView, Eviction, NodeView, PodView}
 use kubeforge_cluster::pki::{issue_client_cert, Ca};
 use std::time::Duration;
 
-use super::{NodeEvent, TenantApi, EVICTION_GRACE_SECONDS, IDENTITY_TTL};
+use super::{
+    DaemonSet, NodeEvent, Pod as WatchedPod, PodDisruptionBudget, PodRef, TenantApi, WatchEvent,
+    Watched, EVICTION_GRACE_SECONDS, IDENTITY_TTL,
+};
 use crate::error::{Error, Result};
 
 /// Longest one API call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 const FIELD_MANAGER: &str = "kubeforge";
 const SYSTEM_NAMESPACE: &str = "kube-system";
+/// The component the service's events on pods name as their source.
+const EVENT_SOURCE: &str = "kubeforge-autoscaler";
 
 /// One tenant cluster's API, as the service's identity.
 pub struct KubeTenant {
@@ -121,6 +130,55 @@ impl KubeTenant {
     }
 }
 
+/// Every object `api` lists, as a [`Watched`] stream with its errors
+/// worded.
+fn watch_objects<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    server: String,
+) -> Watched<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    watcher::watcher(api, config)
+        .default_backoff()
+        .map(move |event| {
+            event.map_err(|e| Error::Unavailable(format!("watching {what} on {server}: {e}")))
+        })
+        .boxed()
+}
+
+/// A PodDisruptionBudget of either served version as the `policy/v1`
+/// type; one that does not read as one is dropped with a warning.
+fn as_pdb_event(
+    event: Result<WatchEvent<DynamicObject>>,
+) -> Option<Result<WatchEvent<PodDisruptionBudget>>> {
+    let convert = |o: DynamicObject| -> Option<PodDisruptionBudget> {
+        let name = o.metadata.name.clone().unwrap_or_default();
+        let mut value = serde_json::to_value(&o).ok()?;
+        // The typed reader wants the kind and version it knows.
+        value["apiVersion"] = "policy/v1".into();
+        match serde_json::from_value(value) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(pdb = %name.escape_debug(), error = %e, "ignoring a PodDisruptionBudget that does not read");
+                None
+            }
+        }
+    };
+    Some(match event {
+        Err(e) => Err(e),
+        Ok(WatchEvent::Init) => Ok(WatchEvent::Init),
+        Ok(WatchEvent::InitDone) => Ok(WatchEvent::InitDone),
+        Ok(WatchEvent::InitApply(o)) => Ok(WatchEvent::InitApply(convert(o)?)),
+        Ok(WatchEvent::Apply(o)) => Ok(WatchEvent::Apply(convert(o)?)),
+        Ok(WatchEvent::Delete(o)) => Ok(WatchEvent::Delete(convert(o)?)),
+    })
+}
+
 /// A kube error in one line: the API's own message where there is one.
 fn describe(e: &kube::Error) -> String {
     match e {
@@ -183,7 +241,19 @@ fn node_view(n: &Node) -> Option<NodeView> {
             .as_ref()
             .and_then(|s| s.unschedulable)
             .unwrap_or(false),
+        registered_at: n.metadata.creation_timestamp.as_ref().and_then(time),
+        ready_since: ready
+            .filter(|c| c.status == "True")
+            .and_then(|c| c.last_transition_time.as_ref())
+            .and_then(time),
     })
+}
+
+/// A Kubernetes timestamp as chrono's.
+pub(crate) fn time(
+    t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32)
 }
 
 fn pod_view(p: &Pod) -> Option<PodView> {
@@ -357,6 +427,53 @@ impl TenantApi for KubeTenant {
         }
     }
 
+    async fn pod_event(
+        &self,
+        pod: &PodRef,
+        warning: bool,
+        reason: &str,
+        message: &str,
+    ) -> Result<()> {
+        usable("namespace", &pod.namespace)?;
+        usable("pod name", &pod.name)?;
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let event = k8s_openapi::api::core::v1::Event {
+            metadata: kube::api::ObjectMeta {
+                generate_name: Some(format!("{}.", pod.name)),
+                namespace: Some(pod.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                namespace: Some(pod.namespace.clone()),
+                name: Some(pod.name.clone()),
+                uid: Some(pod.uid.clone()),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some(EVENT_SOURCE.into()),
+                ..Default::default()
+            }),
+            reporting_component: Some(EVENT_SOURCE.into()),
+            reporting_instance: Some(EVENT_SOURCE.into()),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            ..Default::default()
+        };
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(self.client.clone(), &pod.namespace)
+            .create(&PostParams::default(), &event)
+            .await
+            .map_err(|e| self.unavailable(&format!("recording an event on pod {}", pod.name), e))?;
+        Ok(())
+    }
+
     async fn csrs(&self) -> Result<Vec<CsrView>> {
         let list = Api::<CertificateSigningRequest>::all(self.client.clone())
             .list(&ListParams::default())
@@ -367,35 +484,84 @@ impl TenantApi for KubeTenant {
 
     fn watch_nodes(&self) -> futures::stream::BoxStream<'static, Result<NodeEvent>> {
         use futures::StreamExt;
-        use kube::runtime::watcher::{self, Event};
-        use kube::runtime::WatchStreamExt;
-        let server = self.server.clone();
         let mut listing: Vec<NodeView> = Vec::new();
-        let nodes = Api::<Node>::all(self.watch_client.clone());
-        watcher::watcher(nodes, watcher::Config::default())
-            .default_backoff()
+        self.watch_node_objects()
             .filter_map(move |event| {
                 let out = match event {
-                    Ok(Event::Init) => {
+                    Ok(WatchEvent::Init) => {
                         listing.clear();
                         None
                     }
-                    Ok(Event::InitApply(n)) => {
+                    Ok(WatchEvent::InitApply(n)) => {
                         listing.extend(node_view(&n));
                         None
                     }
-                    Ok(Event::InitDone) => {
+                    Ok(WatchEvent::InitDone) => {
                         Some(Ok(NodeEvent::Listed(std::mem::take(&mut listing))))
                     }
-                    Ok(Event::Apply(n)) => node_view(&n).map(|v| Ok(NodeEvent::Applied(v))),
-                    Ok(Event::Delete(n)) => node_view(&n).map(|v| Ok(NodeEvent::Deleted(v.name))),
-                    Err(e) => Some(Err(Error::Unavailable(format!(
-                        "watching nodes on {server}: {e}"
-                    )))),
+                    Ok(WatchEvent::Apply(n)) => node_view(&n).map(|v| Ok(NodeEvent::Applied(v))),
+                    Ok(WatchEvent::Delete(n)) => {
+                        node_view(&n).map(|v| Ok(NodeEvent::Deleted(v.name)))
+                    }
+                    Err(e) => Some(Err(e)),
                 };
                 futures::future::ready(out)
             })
             .boxed()
+    }
+
+    fn watch_node_objects(&self) -> Watched<Node> {
+        let api = Api::<Node>::all(self.watch_client.clone());
+        watch_objects(
+            api,
+            watcher::Config::default(),
+            "nodes",
+            self.server.clone(),
+        )
+    }
+
+    fn watch_pods(&self) -> Watched<WatchedPod> {
+        let api = Api::<WatchedPod>::all(self.watch_client.clone());
+        let config =
+            watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+        watch_objects(api, config, "pods", self.server.clone())
+    }
+
+    fn watch_daemonsets(&self) -> Watched<DaemonSet> {
+        let api = Api::<DaemonSet>::all(self.watch_client.clone());
+        watch_objects(
+            api,
+            watcher::Config::default(),
+            "daemonsets",
+            self.server.clone(),
+        )
+    }
+
+    fn watch_pdbs(&self) -> Watched<PodDisruptionBudget> {
+        use futures::StreamExt;
+        // Which version the cluster serves is only known by asking; the
+        // stream asks first (1.21 and later serve policy/v1).
+        let client = self.watch_client.clone();
+        let server = self.server.clone();
+        futures::stream::once(async move {
+            let v1 = client
+                .list_api_group_resources("policy/v1")
+                .await
+                .map(|l| l.resources.iter().any(|r| r.name == "poddisruptionbudgets"))
+                .unwrap_or(false);
+            let version = if v1 { "v1" } else { "v1beta1" };
+            let gvk = GroupVersionKind::gvk("policy", version, "PodDisruptionBudget");
+            let api = Api::<DynamicObject>::all_with(client, &ApiResource::from_gvk(&gvk));
+            watch_objects(
+                api,
+                watcher::Config::default(),
+                "poddisruptionbudgets",
+                server,
+            )
+            .filter_map(|event| futures::future::ready(as_pdb_event(event)))
+        })
+        .flatten()
+        .boxed()
     }
 
     async fn decide_csr(

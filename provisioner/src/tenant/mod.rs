@@ -29,6 +29,7 @@
 
 mod kube;
 
+pub(crate) use self::kube::time;
 pub use self::kube::KubeTenant;
 
 use async_trait::async_trait;
@@ -73,6 +74,26 @@ pub trait TenantApi: Send + Sync {
     /// re-lists and re-watches by itself after errors (each error is also
     /// yielded, for the caller to log); it ends when dropped.
     fn watch_nodes(&self) -> futures::stream::BoxStream<'static, Result<NodeEvent>>;
+    /// The Node objects themselves (what the autoscaler reads of them:
+    /// allocatable, labels, taints); see [`Watched`].
+    fn watch_node_objects(&self) -> Watched<Node>;
+    /// Every pod that is not finished (phase neither Succeeded nor Failed),
+    /// as it changes; see [`Watched`].
+    fn watch_pods(&self) -> Watched<Pod>;
+    fn watch_daemonsets(&self) -> Watched<DaemonSet>;
+    /// PodDisruptionBudgets, in the `policy/v1` shape whichever version
+    /// the cluster serves (1.20 serves `v1beta1` only; the fields the
+    /// autoscaler reads are the same).
+    fn watch_pdbs(&self) -> Watched<PodDisruptionBudget>;
+    /// Records a Kubernetes Event on a pod (`kubectl describe pod` shows
+    /// it), from the `kubeforge-autoscaler` component.
+    async fn pod_event(
+        &self,
+        pod: &PodRef,
+        warning: bool,
+        reason: &str,
+        message: &str,
+    ) -> Result<()>;
     /// Approves or denies a pending CSR, with a reason and a message.
     async fn decide_csr(
         &self,
@@ -81,6 +102,27 @@ pub trait TenantApi: Send + Sync {
         reason: &str,
         message: &str,
     ) -> Result<()>;
+}
+
+/// A watch of every object of a kind: `Init`, each object as `InitApply`,
+/// `InitDone` (again whenever the watch restarts), then `Apply` and
+/// `Delete` per change. It re-lists and re-watches by itself after errors,
+/// backing off (each error is also yielded, for the caller to log); it
+/// ends when dropped. Objects come whole: a caller that keeps them should
+/// keep only what it needs.
+pub type Watched<K> = futures::stream::BoxStream<'static, Result<WatchEvent<K>>>;
+
+pub use ::kube::runtime::watcher::Event as WatchEvent;
+pub use k8s_openapi::api::apps::v1::DaemonSet;
+pub use k8s_openapi::api::core::v1::{Node, Pod};
+pub use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
+/// A pod an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
 }
 
 /// One change of a cluster's nodes, from [`TenantApi::watch_nodes`].
@@ -255,7 +297,22 @@ mod tests {
         fn watch_nodes(&self) -> futures::stream::BoxStream<'static, Result<NodeEvent>> {
             Box::pin(futures::stream::empty())
         }
+        fn watch_node_objects(&self) -> Watched<Node> {
+            Box::pin(futures::stream::empty())
+        }
+        fn watch_pods(&self) -> Watched<Pod> {
+            Box::pin(futures::stream::empty())
+        }
+        fn watch_daemonsets(&self) -> Watched<DaemonSet> {
+            Box::pin(futures::stream::empty())
+        }
+        fn watch_pdbs(&self) -> Watched<PodDisruptionBudget> {
+            Box::pin(futures::stream::empty())
+        }
         async fn decide_csr(&self, _: &str, _: bool, _: &str, _: &str) -> Result<()> {
+            Err(Error::Unavailable("not in this double".into()))
+        }
+        async fn pod_event(&self, _: &PodRef, _: bool, _: &str, _: &str) -> Result<()> {
             Err(Error::Unavailable("not in this double".into()))
         }
     }
