@@ -564,6 +564,22 @@ async fn pending_pods_grow_pools_once_each_explained_across_replicas() {
     let downs = events(&app, "ScaleDown").await;
     assert_eq!(downs.len(), 3, "{downs:?}");
 
+    // Metrics: the decisions by kind, and how long pods waited for them.
+    let r = app.call(Method::GET, "/metrics", None, None, &[]).await;
+    assert_eq!(r.status, 200);
+    let metric = |name: &str| -> f64 {
+        r.text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert!(metric("kubeforge_autoscaler_decisions_total{kind=\"scale_up\"}") >= 2.0);
+    assert!(metric("kubeforge_autoscaler_decisions_total{kind=\"scale_down\"}") >= 3.0);
+    assert!(
+        metric("kubeforge_autoscaler_decision_latency_seconds_count{kind=\"scale_up\"}") >= 2.0
+    );
+
     // What the replica kill left: one autoscale job, no other owner.
     let jobs: i64 =
         sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'autoscale_cluster'")

@@ -523,6 +523,21 @@ pub fn plan_scale_down(
         .filter(|m| m.role == MachineRole::Worker && m.state == MachineState::Running)
         .map(|m| (m.name.as_str(), m))
         .collect();
+    // A pool with nodes still on their way (its size above its Ready
+    // live nodes) is converging: its nodes are not taken away until it
+    // has settled, whoever asked for the new ones.
+    let on_their_way: HashMap<&str, u32> = pools
+        .values()
+        .filter_map(|p| {
+            let ready = world
+                .machines
+                .iter()
+                .filter(|m| m.node_pool_id == Some(p.id) && m.state == MachineState::Running)
+                .filter(|m| mirror.nodes.items.get(&m.name).is_some_and(|n| n.ready))
+                .count() as u32;
+            (p.size > ready).then(|| (p.name.as_str(), p.size - ready))
+        })
+        .collect();
     let mut on_node: HashMap<&str, Vec<&PodRecord>> = HashMap::new();
     for p in mirror.pods.items.values() {
         if let Some(n) = p.facts.node_name.as_deref() {
@@ -541,7 +556,7 @@ pub fn plan_scale_down(
         let in_pool = n
             .pool
             .as_deref()
-            .filter(|p| pools.contains_key(p))
+            .filter(|p| pools.contains_key(p) && !on_their_way.contains_key(p))
             .filter(|_| n.ready && running.contains_key(n.name.as_str()));
         match in_pool {
             Some(pool) => nodes.push(PoolNode {
@@ -613,6 +628,12 @@ pub fn plan_scale_down(
     );
 
     let mut plan = ScaleDownPlan::default();
+    for (pool, n) in &on_their_way {
+        plan.notes.insert(
+            pool.to_string(),
+            format!("scale-down waits: {n} node(s) of the pool are on their way"),
+        );
+    }
     for r in &decision.nodes {
         let note = match &r.verdict {
             Verdict::Blocked(why) => Some(format!(
@@ -1000,6 +1021,25 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_whose_machine_failed_is_held_for_the_backoff() {
+        let c = cluster();
+        let auto = pool(&c, "auto", 2, 1, 4);
+        let mut failed = machine(&auto, "auto-2", MachineState::Failed);
+        failed.last_error = Some("no address within 120 s".into());
+        let now = failed.updated_at;
+        let w = world(vec![auto.clone()], vec![failed.clone()]);
+        let holds = w.holds(now + chrono::TimeDelta::seconds(30));
+        let hold = &holds["auto"];
+        assert!(
+            hold.starts_with("backed off until ")
+                && hold.contains("machine auto-2 failed to come up (no address within 120 s)"),
+            "{hold}"
+        );
+        let later = now + chrono::TimeDelta::from_std(BACKOFF).unwrap();
+        assert!(w.holds(later).is_empty());
+    }
+
+    #[test]
     fn an_idle_node_goes_after_the_unneeded_time_and_a_budget_keeps_another() {
         let c = cluster();
         let auto = pool(&c, "auto", 3, 1, 4);
@@ -1049,6 +1089,24 @@ mod tests {
         assert!(
             note.contains("auto-2") && note.contains("default/guarded"),
             "{note}"
+        );
+        // A pool with a node on its way (a tenant asked for 4) keeps its
+        // idle ones until that node is Ready.
+        let mut grown = w.clone();
+        grown.pools[0].size = 4;
+        let mut tracker = UnneededTracker::default();
+        plan_scale_down(&grown, &m, &mut tracker, t0, None);
+        let plan = plan_scale_down(
+            &grown,
+            &m,
+            &mut tracker,
+            t0 + chrono::TimeDelta::seconds(11),
+            None,
+        );
+        assert!(plan.removals.is_empty(), "{plan:?}");
+        assert_eq!(
+            plan.notes["auto"],
+            "scale-down waits: 1 node(s) of the pool are on their way"
         );
         // Within the cool-down after a scale-up nothing goes.
         let mut tracker = UnneededTracker::default();

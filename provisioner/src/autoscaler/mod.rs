@@ -23,13 +23,15 @@
 //! wakes the cluster's reconciler at once, so a join ends when the Ready
 //! condition arrives, not at the next resync.
 //!
-//! **A round** ([`decide`]) re-reads the pools and machines from the
-//! database, simulates (pure code in `kubeforge_cluster::simulate`) and
-//! writes: scale-ups first; scale-down only when no pod is waiting for a
-//! new node and the cluster's last scale-up is older than the cool-down.
-//! Nodes still on their way (a pool's size above its registered nodes)
-//! count as nodes in the simulation, so a round never asks twice for the
-//! same pods, whichever replica runs it. What the round saw and decided
+//! **A round** ([`decide`]) re-reads the cluster, pools and machines
+//! from the database (it decides from sizes as they are now), simulates
+//! (pure code in `kubeforge_cluster::simulate`) and writes: scale-ups
+//! first; scale-down only when no pending pod waits for a node, the
+//! pool has no node on its way, and the cluster's last scale-up (by this
+//! autoscaler or anyone's `PATCH`) is older than the cool-down (the
+//! unneeded time). Nodes still on their way (a pool's size above its
+//! Ready nodes) count as nodes in the simulation, so a round never asks
+//! twice for the same pods, whichever replica runs it. What the round saw and decided
 //! is kept per cluster (`autoscaler_status`, see
 //! `GET /v1/clusters/{cluster}/autoscaler`), each decision is a cluster
 //! event, and the pending pods, decisions and decision latency are
@@ -176,6 +178,12 @@ async fn watch(app: &SharedApp, id: Uuid, fence: Fence) -> Result<Outcome, JobEr
             },
             () = sleep_until(due), if due.is_some() => {
                 batch = Batch::default();
+                // Decide from the pools as they are now, not as the last
+                // tick saw them (a scale-down may have lowered a size).
+                match World::load(app, id).await? {
+                    Some(w) => world = w,
+                    None => return Ok(Outcome::Done),
+                }
                 round(app, api.as_ref(), fence, &world, &mirror, &mut state).await?;
             }
             _ = tick.tick() => {
@@ -211,6 +219,9 @@ struct State {
     last_scale_up: Option<chrono::DateTime<Utc>>,
     /// The last `no_scale_up` explanation recorded, to record it once.
     last_no_scale_up: Option<String>,
+    /// Each pool's size as last seen: a size that grew since (whoever
+    /// grew it, a tenant's `PATCH` too) starts the scale-down cool-down.
+    sizes: HashMap<Uuid, u32>,
     /// What each pending pod was last told (a hash of the message), so
     /// that each is told once per change.
     told: HashMap<String, u64>,
@@ -273,6 +284,13 @@ async fn round(
         store::autoscaler::put_snapshot(&app.pool, c.id, &state.snapshot).await?;
         return Ok(());
     }
+    for p in world.autoscaling_pools() {
+        if let Some(seen) = state.sizes.insert(p.id, p.size) {
+            if p.size > seen {
+                state.last_scale_up = Some(now);
+            }
+        }
+    }
     let holds = world.holds(now);
     let up = decide::plan_scale_up(world, mirror, &holds);
     app.metrics
@@ -301,6 +319,7 @@ async fn round(
                 .observe(waited.as_secs_f64());
         }
         state.last_scale_up = Some(now);
+        state.sizes.insert(g.pool_id, g.to);
         let max = world
             .autoscaling_pools()
             .find(|p| p.id == g.pool_id)
@@ -367,6 +386,7 @@ async fn round(
                 continue;
             };
             sizes.insert(r.pool_id, from - 1);
+            state.sizes.insert(r.pool_id, from - 1);
             app.metrics
                 .autoscaler_decisions
                 .with_label_values(&["scale_down"])

@@ -608,7 +608,13 @@ impl Provider for LabProvider {
     }
 
     async fn delete(&self, id: Uuid) -> Result<(), ProviderError> {
-        let _guard = self.lock.lock().await;
+        // Stopping a machine takes seconds to tens of seconds (its systemd
+        // shuts kubelet and containerd down). The lock guards only the
+        // machine directories (whose meta holds the addresses in use), so
+        // it is taken for the removal alone: a create for another machine
+        // (an autoscaler's scale-up while a scale-down's node goes) does
+        // not wait for the stop. This machine's address stays taken until
+        // its directory is gone.
         let dir = self.machine_dir(id);
         if let Some(meta) = self.read_meta(id) {
             if let Some(pid) = Self::running_pid(&meta) {
@@ -624,6 +630,7 @@ impl Provider for LabProvider {
                 );
             }
         }
+        let _guard = self.lock.lock().await;
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
