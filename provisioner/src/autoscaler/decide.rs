@@ -118,16 +118,6 @@ impl World {
             .filter(|p| p.autoscaling.is_some() && p.deletion_requested_at.is_none())
     }
 
-    /// Whether any of `nodes` is a worker of this cluster that has not
-    /// joined yet as far as the ledger knows.
-    pub fn joining(&self, nodes: &[String]) -> bool {
-        self.machines.iter().any(|m| {
-            m.role == MachineRole::Worker
-                && m.node_state.as_deref() != Some("ready")
-                && nodes.contains(&m.name)
-        })
-    }
-
     /// Pools left out of scale-ups for now, with why.
     pub fn holds(&self, now: DateTime<Utc>) -> HashMap<String, String> {
         let mut out = HashMap::new();

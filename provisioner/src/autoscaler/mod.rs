@@ -158,10 +158,11 @@ async fn watch(app: &SharedApp, id: Uuid, fence: Fence) -> Result<Outcome, JobEr
             },
             Some(e) = nodes.next() => match e {
                 Ok(e) => {
-                    let ready = mirror.node_event(e);
-                    if !ready.is_empty() && world.joining(&ready) {
-                        // A join ends when its node is Ready: tell the
-                        // reconciler now rather than at its next resync.
+                    // A join ends when its node is Ready: tell the
+                    // reconciler now rather than at its next resync (the
+                    // job is deduplicated, so a Ready it did not wait for
+                    // costs one pass).
+                    if !mirror.node_event(e).is_empty() {
                         let mut conn = app.pool.acquire().await.map_err(JobError::from)?;
                         app.nudge_reconcile(&mut conn, id, world.cluster.provider.kind()).await?;
                     }
