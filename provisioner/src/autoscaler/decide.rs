@@ -88,6 +88,8 @@ pub struct World {
     pub pools: Vec<NodePool>,
     pub machines: Vec<Machine>,
     pub settings: Settings,
+    /// The tenant's node quota and the nodes its pools ask for now.
+    pub quota: Option<scaleup::Quota>,
 }
 
 impl World {
@@ -103,7 +105,13 @@ impl World {
             return Ok(None);
         }
         let machines = machine::list_any(&app.pool, id).await?;
+        let (in_use, limit) = crate::store::tenant::nodes_now(&app.pool, &c.tenant).await?;
+        let quota = limit.map(|limit| scaleup::Quota {
+            in_use: u32::try_from(in_use).unwrap_or(u32::MAX),
+            limit: u32::try_from(limit).unwrap_or(0),
+        });
         Ok(Some(World {
+            quota,
             settings: Settings::from(&c.autoscaler),
             cluster: c,
             pools,
@@ -328,7 +336,7 @@ pub fn plan_scale_up(
         &options,
         &ScaleUpSettings {
             expander: world.settings.expander,
-            quota: None,
+            quota: world.quota,
             max_nodes_per_scale_up: world.settings.max_nodes_per_scale_up,
         },
     );
@@ -887,6 +895,7 @@ mod tests {
             cluster: c,
             pools,
             machines,
+            quota: None,
         }
     }
 
@@ -1008,6 +1017,37 @@ mod tests {
         );
         let why = plan.no_scale_up.unwrap();
         assert!(why.starts_with("2 pending pod(s) fit no pool: "), "{why}");
+    }
+
+    #[test]
+    fn the_tenant_quota_bounds_a_scale_up_and_says_so() {
+        let c = cluster();
+        let auto = pool(&c, "auto", 1, 1, 4);
+        let mut w = world(
+            vec![auto.clone()],
+            vec![machine(&auto, "auto-1", MachineState::Running)],
+        );
+        // A platform admin lowered the quota to 2 nodes; 1 is in use.
+        w.quota = Some(scaleup::Quota {
+            in_use: 1,
+            limit: 2,
+        });
+        let m = mirror(
+            vec![node("auto-1", "auto", true)],
+            vec![
+                pod("web-1", "600m", Some("auto-1"), json!({})),
+                pod("web-2", "600m", None, json!({})),
+                pod("web-3", "600m", None, json!({})),
+            ],
+        );
+        let plan = plan_scale_up(&w, &m, &HashMap::new());
+        assert_eq!((plan.grows[0].from, plan.grows[0].to), (1, 2), "{plan:?}");
+        let left = plan
+            .pending
+            .iter()
+            .find(|p| p.outcome == "no_pool")
+            .unwrap();
+        assert!(left.reasons[0].reason.contains("quota"), "{left:?}");
     }
 
     #[test]

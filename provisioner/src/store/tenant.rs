@@ -76,3 +76,19 @@ pub async fn usage(conn: &mut PgConnection, tenant: &str) -> sqlx::Result<(i64, 
     .await?;
     Ok((clusters, nodes))
 }
+
+/// Worker nodes the tenant's pools ask for now (their sizes, not their
+/// autoscaling maxima), and its node quota: what an autoscaler decision
+/// may still add. (Admission counts each pool at its max, so this only
+/// bites when a platform admin lowered the quota since.)
+pub async fn nodes_now(db: impl PgExecutor<'_>, tenant: &str) -> sqlx::Result<(i64, Option<i32>)> {
+    let r = sqlx::query!(
+        r#"SELECT COALESCE((SELECT sum(size) FROM node_pools
+                            WHERE tenant = $1 AND deleted_at IS NULL), 0)::BIGINT AS "in_use!",
+                  (SELECT max_nodes FROM tenants WHERE id = $1) AS max_nodes"#,
+        tenant
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((r.in_use, r.max_nodes))
+}
