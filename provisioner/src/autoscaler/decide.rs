@@ -251,11 +251,13 @@ fn nodes_for_simulation(
     let mut names: Vec<&String> = mirror.nodes.items.keys().collect();
     names.sort();
     let autoscaled: HashSet<&str> = world.autoscaling_pools().map(|p| p.name.as_str()).collect();
-    // A node of an autoscaling pool that registered but is not Ready yet
-    // carries the not-ready taint and may not show its allocatable: it
-    // stands in the simulation as its pool's template until it is Ready.
+    // A node of an autoscaling pool that registered but has not settled
+    // (Ready, and the not-ready taint gone: the lifecycle controller
+    // lifts it seconds after Ready) fits no ordinary pod and may not show
+    // its allocatable yet: it stands in the simulation as its pool's
+    // template until then.
     let joining = |n: &super::observe::NodeRecord| {
-        !n.ready && n.pool.as_deref().is_some_and(|p| autoscaled.contains(p))
+        !n.settled() && n.pool.as_deref().is_some_and(|p| autoscaled.contains(p))
     };
     let mut out: Vec<ExistingNode> = names
         .into_iter()
@@ -278,7 +280,7 @@ fn nodes_for_simulation(
                         m.state,
                         MachineState::Pending | MachineState::Provisioning | MachineState::Running
                     )
-                    && mirror.nodes.items.get(&m.name).is_some_and(|n| n.ready)
+                    && mirror.nodes.items.get(&m.name).is_some_and(|n| n.settled())
             })
             .count() as u32;
         for i in 0..p.size.saturating_sub(registered) {
@@ -531,7 +533,7 @@ pub fn plan_scale_down(
                 .machines
                 .iter()
                 .filter(|m| m.node_pool_id == Some(p.id) && m.state == MachineState::Running)
-                .filter(|m| mirror.nodes.items.get(&m.name).is_some_and(|n| n.ready))
+                .filter(|m| mirror.nodes.items.get(&m.name).is_some_and(|n| n.settled()))
                 .count() as u32;
             (p.size > ready).then(|| (p.name.as_str(), p.size - ready))
         })
@@ -555,7 +557,7 @@ pub fn plan_scale_down(
             .pool
             .as_deref()
             .filter(|p| pools.contains_key(p) && !on_their_way.contains_key(p))
-            .filter(|_| n.ready && running.contains_key(n.name.as_str()));
+            .filter(|_| n.settled() && running.contains_key(n.name.as_str()));
         match in_pool {
             Some(pool) => nodes.push(PoolNode {
                 name: n.name.clone(),
@@ -934,6 +936,28 @@ mod tests {
         let m = mirror(
             vec![node("auto-1", "auto", true), node("auto-2", "auto", false)],
             pods,
+        );
+        let plan = plan_scale_up(&w, &m, &HashMap::new());
+        assert!(plan.grows.is_empty(), "asked twice: {plan:?}");
+        assert_eq!(plan.waiting_for_new_nodes, 2);
+
+        // Ready, but the lifecycle controller has not lifted the not-ready
+        // taint yet: still on its way, still not asked for twice.
+        let WatchEvent::Apply(mut tainted) = node("auto-2", "auto", true) else {
+            unreachable!()
+        };
+        tainted.spec = Some(
+            serde_json::from_value(json!({"taints": [
+                {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]}))
+            .unwrap(),
+        );
+        let m = mirror(
+            vec![node("auto-1", "auto", true), WatchEvent::Apply(tainted)],
+            vec![
+                pod("web-1", "600m", Some("auto-1"), json!({})),
+                pod("web-2", "600m", None, json!({})),
+                pod("web-3", "600m", None, json!({})),
+            ],
         );
         let plan = plan_scale_up(&w, &m, &HashMap::new());
         assert!(plan.grows.is_empty(), "asked twice: {plan:?}");

@@ -76,6 +76,30 @@ pub struct NodeRecord {
     pub unschedulable: bool,
 }
 
+/// Taints Kubernetes puts on a node while it comes up (or goes away),
+/// which no ordinary pod tolerates: the node lifecycle controller removes
+/// `not-ready` up to a few seconds after the Ready condition turns True.
+pub const TRANSIENT_TAINTS: &[&str] = &[
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+    "node.kubernetes.io/network-unavailable",
+    "node.cloudprovider.kubernetes.io/uninitialized",
+];
+
+impl NodeRecord {
+    /// Ready, and rid of the taints of a node coming up: pods may land on
+    /// it now. Until then a new node of an autoscaling pool stands in the
+    /// simulation as its pool's template (it is on its way).
+    pub fn settled(&self) -> bool {
+        self.ready
+            && !self
+                .shape
+                .taints
+                .iter()
+                .any(|t| TRANSIENT_TAINTS.contains(&t.key.as_str()))
+    }
+}
+
 /// A DaemonSet: what its pod asks of every node it runs on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonSetRecord {
