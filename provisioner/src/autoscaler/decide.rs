@@ -9,10 +9,11 @@
 //! - **Existing nodes** are every node not cordoned, with every pod bound
 //!   to it placed on it (resources, host ports, anti-affinity).
 //! - **Nodes on their way** (a pool's size above its live machines whose
-//!   node is Ready) are empty copies of the pool's template: pods they
-//!   will take are not asked for twice, whichever replica decides. A node
-//!   that registered but is not Ready yet counts as on its way (it carries
-//!   the not-ready taint, so the real node would fit nothing).
+//!   node has settled: Ready, and rid of the not-ready taint the
+//!   lifecycle controller lifts seconds later) are empty copies of the
+//!   pool's template: pods they will take are not asked for twice,
+//!   whichever replica decides. A registered node that has not settled
+//!   fits no ordinary pod, so it counts as on its way.
 //! - **Template nodes** offer what the pool's machine type promises
 //!   (`NodeOffer`: the lab holds its nodes to exactly that), 110 pods,
 //!   the ephemeral storage of a node of the cluster, minus the DaemonSet
