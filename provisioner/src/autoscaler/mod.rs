@@ -68,6 +68,9 @@ pub const ROUND_EVERY: Duration = Duration::from_secs(10);
 /// Most events one round records on pods in the tenant cluster (the rest
 /// are told in later rounds).
 pub const POD_EVENTS_PER_ROUND: usize = 50;
+/// How soon a cluster found too large for the builtin autoscaler is
+/// looked at again.
+pub const TOO_LARGE_RECHECK: Duration = Duration::from_secs(10 * 60);
 /// The watch is restarted this often, with a fresh identity (the
 /// service's certificates for a cluster live an hour).
 pub const WATCH_FOR: Duration = Duration::from_secs(30 * 60);
@@ -152,6 +155,12 @@ async fn watch(app: &SharedApp, id: Uuid, fence: Fence) -> Result<Outcome, JobEr
                 Ok(e) => {
                     if !mirror.pod_event(e).is_empty() {
                         batch.arrived(Instant::now());
+                    }
+                    if mirror.too_large() {
+                        // Memory stays bounded: the watch and what it
+                        // kept are dropped, and looked at again later.
+                        too_large(app, &world, &mut state).await?;
+                        return Ok(Outcome::RequeueAfter(TOO_LARGE_RECHECK));
                     }
                 }
                 Err(e) => tracing::warn!(cluster = %world.cluster.name, error = %e, "pod watch"),
@@ -254,6 +263,23 @@ impl State {
     }
 }
 
+/// Says, on every autoscaling pool of the cluster, that it has more pods
+/// than the builtin autoscaler keeps.
+async fn too_large(app: &SharedApp, world: &World, state: &mut State) -> Result<(), JobError> {
+    let why = format!(
+        "the cluster has more than {} pods, more than the builtin autoscaler keeps; looked at again in {} minutes",
+        observe::MAX_PODS,
+        TOO_LARGE_RECHECK.as_secs() / 60
+    );
+    state.snapshot.holds = world
+        .autoscaling_pools()
+        .map(|p| (p.name.to_string(), why.clone()))
+        .collect();
+    state.snapshot.observed_at = Some(Utc::now());
+    store::autoscaler::put_snapshot(&app.pool, world.cluster.id, &state.snapshot).await?;
+    Ok(())
+}
+
 /// One round: simulate, write what it decided, keep what it saw.
 async fn round(
     app: &SharedApp,
@@ -268,23 +294,6 @@ async fn round(
     }
     let now = Utc::now();
     let c = &world.cluster;
-    if mirror.too_large() {
-        state.snapshot.holds = world
-            .autoscaling_pools()
-            .map(|p| {
-                (
-                    p.name.to_string(),
-                    format!(
-                        "the cluster has more than {} pods, more than the builtin autoscaler keeps",
-                        observe::MAX_PODS
-                    ),
-                )
-            })
-            .collect();
-        state.snapshot.observed_at = Some(now);
-        store::autoscaler::put_snapshot(&app.pool, c.id, &state.snapshot).await?;
-        return Ok(());
-    }
     for p in world.autoscaling_pools() {
         if let Some(seen) = state.sizes.insert(p.id, p.size) {
             if p.size > seen {

@@ -4,7 +4,8 @@
 //! what the simulation needs (about a few hundred bytes a pod), not the
 //! objects the API server sends. The [`Mirror`] is fed by the watches'
 //! events and counts as synced once every watch has listed once; past
-//! [`MAX_PODS`] pods it says so instead of growing.
+//! [`MAX_PODS`] pods (listed or being listed) it says so, and the
+//! autoscaler drops it and the watch.
 //!
 //! Everything here is a pure function of the objects read, so the
 //! conversions are unit-tested from JSON as the API server writes it.
