@@ -235,6 +235,23 @@ pub enum PodNotice {
     NoPool { pod: String, why: String },
 }
 
+/// The live machines of pool `pool` whose node has settled (Ready, rid of
+/// the not-ready taint): a pool's size above this is nodes on their way.
+fn settled_nodes(world: &World, mirror: &Mirror, pool: Uuid) -> u32 {
+    world
+        .machines
+        .iter()
+        .filter(|m| {
+            m.node_pool_id == Some(pool)
+                && matches!(
+                    m.state,
+                    MachineState::Pending | MachineState::Provisioning | MachineState::Running
+                )
+                && mirror.nodes.items.get(&m.name).is_some_and(|n| n.settled())
+        })
+        .count() as u32
+}
+
 /// The nodes that exist (not cordoned), with their pods, then the nodes
 /// on their way as template copies; returns them and, for the latter,
 /// which pool each belongs to.
@@ -272,18 +289,7 @@ fn nodes_for_simulation(
         .collect();
     let mut upcoming = HashMap::new();
     for p in world.autoscaling_pools() {
-        let registered = world
-            .machines
-            .iter()
-            .filter(|m| {
-                m.node_pool_id == Some(p.id)
-                    && matches!(
-                        m.state,
-                        MachineState::Pending | MachineState::Provisioning | MachineState::Running
-                    )
-                    && mirror.nodes.items.get(&m.name).is_some_and(|n| n.settled())
-            })
-            .count() as u32;
+        let registered = settled_nodes(world, mirror, p.id);
         for i in 0..p.size.saturating_sub(registered) {
             let name = format!("{} (new node {})", p.name, i + 1);
             upcoming.insert(name.clone(), p.name.to_string());
@@ -530,12 +536,7 @@ pub fn plan_scale_down(
     let on_their_way: HashMap<&str, u32> = pools
         .values()
         .filter_map(|p| {
-            let ready = world
-                .machines
-                .iter()
-                .filter(|m| m.node_pool_id == Some(p.id) && m.state == MachineState::Running)
-                .filter(|m| mirror.nodes.items.get(&m.name).is_some_and(|n| n.settled()))
-                .count() as u32;
+            let ready = settled_nodes(world, mirror, p.id);
             (p.size > ready).then(|| (p.name.as_str(), p.size - ready))
         })
         .collect();
