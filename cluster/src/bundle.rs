@@ -384,6 +384,11 @@ struct RenderContext {
     etcd_bin: String,
     etcd_data_dir: String,
     initial_cluster_state: &'static str,
+    /// Whether the controller manager and the scheduler elect a leader: only
+    /// with three members. A lone member has no one to hand over to, and an
+    /// election lost while its API server stalls (a busy disk under etcd)
+    /// only makes both components exit and restart.
+    leader_elect: bool,
     etcd: EtcdContext,
     bin: BinContext,
     binaries: Vec<BinaryCheck>,
@@ -632,6 +637,7 @@ impl RenderContext {
             etcd_bin,
             etcd_data_dir: data_dir,
             initial_cluster_state: input.initial_cluster_state.as_str(),
+            leader_elect: members.len() > 1,
             etcd,
             bin: BinContext {
                 kube_apiserver: in_bin_dir("kube-apiserver"),

@@ -242,9 +242,9 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
         "the kube-apiserver restart metric did not rise"
     );
     // Two more crashes (each once it is back): three within the window
-    // degrade the cluster, with the reason and who restarted. (Without an
-    // apiserver for a while, kube-controller-manager and kube-scheduler
-    // lose their leases and exit too: they count as well.)
+    // degrade the cluster, with the reason and who restarted. (A lone
+    // member's controller manager and scheduler elect no leader, so they
+    // wait out the API server's absence; where they do exit, they count.)
     let (code, out) = run_on_machine(
         &app,
         &m.0,
