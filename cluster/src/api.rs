@@ -352,6 +352,71 @@ pub struct AutoscalerStatusView {
     pub pending: Vec<PendingPodView>,
 }
 
+/// `POST /v1/clusters/{cluster}/autoscaler/credentials` body; the body
+/// itself is optional (all defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscalerCredentialsRequest {
+    /// Lifetime of the client certificate, 3600 to 31536000 (365 days);
+    /// 7776000 (90 days) when left out.
+    #[serde(default = "ninety_days")]
+    pub ttl_seconds: u64,
+}
+
+impl Default for AutoscalerCredentialsRequest {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: ninety_days(),
+        }
+    }
+}
+
+fn ninety_days() -> u64 {
+    crate::externalgrpc::DEFAULT_CREDENTIALS_TTL
+        .num_seconds()
+        .unsigned_abs()
+}
+
+/// What an external cluster-autoscaler needs to reach this service's
+/// `externalgrpc` endpoint as one cluster: the endpoint, the CA that
+/// signs its serving certificate, a client certificate and key naming the
+/// cluster, and the `--cloud-config` file that points at them under
+/// `/etc/kubeforge-autoscaler`. The key exists only in this answer: the
+/// service keeps no copy (hence `Serialize` on a private key, here only).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AutoscalerCredentialsView {
+    /// `host:port` the autoscaler dials.
+    pub address: String,
+    /// The endpoint's CA (PEM): trust it for the server, nothing else.
+    pub ca_pem: String,
+    /// The client certificate (PEM): CN `cluster:<id>`, O the tenant, URI
+    /// SAN `kubeforge://clusters/<id>`, clientAuth only.
+    pub cert_pem: String,
+    /// The client certificate's private key (PKCS#8 PEM); not kept by the
+    /// service, so it cannot be fetched again.
+    pub key_pem: String,
+    /// The YAML for `cluster-autoscaler --cloud-provider=externalgrpc
+    /// --cloud-config=FILE`: `address`, `key`, `cert`, `cacert`.
+    pub cloud_config: String,
+    /// Lowercase hex of the certificate's serial (as the audit event says).
+    pub serial: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for AutoscalerCredentialsView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AutoscalerCredentialsView")
+            .field("address", &self.address)
+            .field("ca_pem", &self.ca_pem)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"[redacted]")
+            .field("cloud_config", &self.cloud_config)
+            .field("serial", &self.serial)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 /// How many pending pods a status lists one by one.
 pub const PENDING_SHOWN: usize = 200;
 /// How many recent decisions a status keeps per pool.

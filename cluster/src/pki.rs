@@ -6,7 +6,11 @@
 //! certs towards kubelets and etcd, etcd's server and peer certs, and the
 //! client certs of the controller-manager, the scheduler and the admin.
 //! Kubeconfigs handed to tenants carry short-lived client certs from
-//! [`issue_client_cert`].
+//! [`issue_client_cert`]. The service's own endpoints (the autoscaler's
+//! gRPC provider) use a standalone CA ([`Ca::generate_standalone`]), a
+//! serving cert from [`issue_server_cert`] and client certs that name
+//! their holder by URI ([`issue_client_cert_with_sans`]), read back with
+//! [`read_leaf_der`].
 //!
 //! What this module guarantees:
 //! - Every certificate has a fresh ECDSA P-256 key, a random 128-bit
@@ -38,6 +42,12 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::ClusterName;
+
+/// The X.509 parser this module reads certificates with, for callers that
+/// check what it issued on their own terms (the integration tests), so
+/// they parse with the same version without a dependency of their own.
+#[doc(hidden)]
+pub use x509_parser;
 
 /// Common name of the cluster CA (signs apiserver, kubelet and user certs).
 pub const CLUSTER_CA_COMMON_NAME: &str = "kubernetes-ca";
@@ -236,10 +246,22 @@ impl Ca {
         })
     }
 
-    /// Creates a self-signed CA.
+    /// Creates a self-signed CA belonging to no cluster (a service-wide
+    /// one, such as the gRPC endpoint's), subject `CN=<common_name>,
+    /// O=kubeforge`, with the same guarantees as a cluster's CAs.
+    pub fn generate_standalone(
+        common_name: &str,
+        now: DateTime<Utc>,
+        validity: TimeDelta,
+    ) -> Result<Self, PkiError> {
+        check_subject_value("common name", common_name)?;
+        Self::generate(common_name, None, now, validity)
+    }
+
+    /// Creates a self-signed CA, of a cluster when `cluster_name` is given.
     fn generate(
         common_name: &str,
-        cluster_name: &ClusterName,
+        cluster_name: Option<&ClusterName>,
         now: DateTime<Utc>,
         validity: TimeDelta,
     ) -> Result<Self, PkiError> {
@@ -256,7 +278,9 @@ impl Ca {
         dn.push(DnType::OrganizationName, "kubeforge");
         // Names the cluster so an operator holding a stray CA cert can tell
         // which cluster it belongs to; Kubernetes ignores CA subjects.
-        dn.push(DnType::OrganizationalUnitName, cluster_name.as_str());
+        if let Some(cluster_name) = cluster_name {
+            dn.push(DnType::OrganizationalUnitName, cluster_name.as_str());
+        }
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -371,10 +395,14 @@ impl ClusterPki {
         now: DateTime<Utc>,
         ca_validity: TimeDelta,
     ) -> Result<Self, PkiError> {
-        let ca = Ca::generate(CLUSTER_CA_COMMON_NAME, cluster_name, now, ca_validity)?;
-        let etcd_ca = Ca::generate(ETCD_CA_COMMON_NAME, cluster_name, now, ca_validity)?;
-        let front_proxy_ca =
-            Ca::generate(FRONT_PROXY_CA_COMMON_NAME, cluster_name, now, ca_validity)?;
+        let ca = Ca::generate(CLUSTER_CA_COMMON_NAME, Some(cluster_name), now, ca_validity)?;
+        let etcd_ca = Ca::generate(ETCD_CA_COMMON_NAME, Some(cluster_name), now, ca_validity)?;
+        let front_proxy_ca = Ca::generate(
+            FRONT_PROXY_CA_COMMON_NAME,
+            Some(cluster_name),
+            now,
+            ca_validity,
+        )?;
         Ok(Self {
             ca: ca.into_cert_key_pair(),
             etcd_ca: etcd_ca.into_cert_key_pair(),
@@ -504,11 +532,14 @@ pub struct MemberIdentity {
     pub address: IpAddr,
 }
 
-/// A subject alternative name: an IP address or a DNS name.
+/// A subject alternative name: an IP address, a DNS name, or a URI
+/// (which names a holder rather than a host, e.g.
+/// `kubeforge://clusters/<id>`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SubjectAltName {
     Ip(IpAddr),
     Dns(String),
+    Uri(String),
 }
 
 impl SubjectAltName {
@@ -526,6 +557,13 @@ impl SubjectAltName {
         Ok(Self::Dns(value.to_string()))
     }
 
+    /// A URI: a lowercase scheme, `:`, then visible ASCII only (no spaces
+    /// or control characters), 255 bytes at most.
+    pub fn uri(value: &str) -> Result<Self, PkiError> {
+        check_uri(value)?;
+        Ok(Self::Uri(value.to_string()))
+    }
+
     fn to_rcgen(&self) -> Result<SanType, PkiError> {
         match self {
             Self::Ip(ip) => Ok(SanType::IpAddress(*ip)),
@@ -536,6 +574,14 @@ impl SubjectAltName {
                     .try_into()
                     .map_err(|e: rcgen::Error| invalid_dns(name, e.to_string()))?;
                 Ok(SanType::DnsName(name))
+            }
+            Self::Uri(uri) => {
+                check_uri(uri)?;
+                let uri = uri
+                    .as_str()
+                    .try_into()
+                    .map_err(|e: rcgen::Error| invalid_uri(uri, e.to_string()))?;
+                Ok(SanType::URI(uri))
             }
         }
     }
@@ -551,7 +597,7 @@ impl fmt::Display for SubjectAltName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Ip(ip) => write!(f, "{ip}"),
-            Self::Dns(name) => f.write_str(name),
+            Self::Dns(name) | Self::Uri(name) => f.write_str(name),
         }
     }
 }
@@ -665,6 +711,151 @@ pub fn issue_client_cert(
         usages: Usages::Client,
     };
     ca.issue(&leaf, now, ttl)
+}
+
+/// Issues a client certificate like [`issue_client_cert`] that also names
+/// its holder in subject alternative names (typically one
+/// [`SubjectAltName::Uri`]), for services that authorize by them rather
+/// than by a Kubernetes user name. clientAuth only.
+pub fn issue_client_cert_with_sans(
+    ca: &Ca,
+    common_name: &str,
+    organizations: &[&str],
+    sans: &[SubjectAltName],
+    now: DateTime<Utc>,
+    ttl: TimeDelta,
+) -> Result<CertKeyPair, PkiError> {
+    let leaf = Leaf {
+        what: "client",
+        common_name,
+        organizations,
+        sans: sans.to_vec(),
+        usages: Usages::Client,
+    };
+    ca.issue(&leaf, now, ttl)
+}
+
+/// Issues a serving certificate (serverAuth only) for `sans`, at least
+/// one: TLS clients check the name they dialled against the SANs, never
+/// the common name. Valid from [`CLOCK_SKEW_ALLOWANCE`] before `now` for
+/// `validity` (or until the CA's expiry, if sooner).
+pub fn issue_server_cert(
+    ca: &Ca,
+    common_name: &str,
+    sans: &[SubjectAltName],
+    now: DateTime<Utc>,
+    validity: TimeDelta,
+) -> Result<CertKeyPair, PkiError> {
+    if sans.is_empty() {
+        return Err(PkiError::InvalidName {
+            what: "subject alternative name list",
+            value: String::new(),
+            reason: "a serving certificate needs at least one DNS name or IP address".into(),
+        });
+    }
+    let leaf = Leaf {
+        what: "server",
+        common_name,
+        organizations: &[],
+        sans: sans.to_vec(),
+        usages: Usages::Server,
+    };
+    ca.issue(&leaf, now, validity)
+}
+
+/// What a leaf certificate says about its holder, read from its DER: for
+/// a service that has already verified the chain (the TLS layer) and now
+/// decides who is calling. Says nothing about whether to trust it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafSubject {
+    /// Every CN of the subject, in order (ours carry exactly one).
+    pub common_names: Vec<String>,
+    /// Every O of the subject, in order.
+    pub organizations: Vec<String>,
+    /// The URI subject alternative names, in order.
+    pub uris: Vec<String>,
+    /// Lowercase hex of the serial number, as openssl prints it.
+    pub serial_hex: String,
+    /// Whether the certificate is a CA (basicConstraints cA).
+    pub is_ca: bool,
+    /// Whether extendedKeyUsage allows clientAuth (absent: any use).
+    pub client_auth: bool,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+}
+
+/// Reads [`LeafSubject`] from one DER certificate; refuses trailing bytes
+/// and subject values that are not text.
+pub fn read_leaf_der(der: &[u8]) -> Result<LeafSubject, PkiError> {
+    use x509_parser::extensions::GeneralName;
+    let invalid = |reason: String| PkiError::InvalidPem {
+        what: "certificate",
+        reason,
+    };
+    let (rest, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| invalid(format!("not an X.509 certificate: {e}")))?;
+    if !rest.is_empty() {
+        return Err(invalid(format!(
+            "{} bytes after the certificate",
+            rest.len()
+        )));
+    }
+    let text = |what: &str, a: &x509_parser::x509::AttributeTypeAndValue<'_>| {
+        a.as_str()
+            .map(str::to_string)
+            .map_err(|_| invalid(format!("a subject {what} that is not text")))
+    };
+    let common_names = cert
+        .subject()
+        .iter_common_name()
+        .map(|a| text("common name", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let organizations = cert
+        .subject()
+        .iter_organization()
+        .map(|a| text("organization", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let uris = cert
+        .subject_alternative_name()
+        .map_err(|e| invalid(e.to_string()))?
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(uri) => Some((*uri).to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let is_ca = cert
+        .basic_constraints()
+        .map_err(|e| invalid(e.to_string()))?
+        .is_some_and(|bc| bc.value.ca);
+    let client_auth = cert
+        .extended_key_usage()
+        .map_err(|e| invalid(e.to_string()))?
+        .is_none_or(|eku| eku.value.client_auth || eku.value.any);
+    let time = |t: x509_parser::time::ASN1Time| {
+        DateTime::from_timestamp(t.timestamp(), 0)
+            .ok_or_else(|| invalid("validity out of range".into()))
+    };
+    let serial = cert.raw_serial();
+    let significant = serial
+        .iter()
+        .position(|b| *b != 0)
+        .map_or(&serial[serial.len()..], |i| &serial[i..]);
+    Ok(LeafSubject {
+        common_names,
+        organizations,
+        uris,
+        serial_hex: to_hex(significant),
+        is_ca,
+        client_auth,
+        not_before: time(cert.validity().not_before)?,
+        not_after: time(cert.validity().not_after)?,
+    })
 }
 
 /// What one leaf certificate says about its holder.
@@ -815,6 +1006,42 @@ fn invalid_dns(value: &str, reason: impl Into<String>) -> PkiError {
         value: value.to_string(),
         reason: reason.into(),
     }
+}
+
+fn invalid_uri(value: &str, reason: impl Into<String>) -> PkiError {
+    PkiError::InvalidName {
+        what: "URI",
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// `scheme:rest`: a scheme of lowercase letters, digits, '+', '-', '.'
+/// starting with a letter, then visible ASCII; 255 bytes at most.
+fn check_uri(value: &str) -> Result<(), PkiError> {
+    let Some((scheme, rest)) = value.split_once(':') else {
+        return Err(invalid_uri(value, "must be scheme:rest"));
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    if !scheme_ok {
+        return Err(invalid_uri(
+            value,
+            "the scheme must be lowercase letters, digits, '+', '-' or '.', starting with a letter",
+        ));
+    }
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid_uri(
+            value,
+            "must continue with visible ASCII after the scheme",
+        ));
+    }
+    if value.len() > 255 {
+        return Err(invalid_uri(value, "must be at most 255 bytes"));
+    }
+    Ok(())
 }
 
 /// A DNS-1123 subdomain: lowercase labels of 1 to 63 characters of
@@ -975,6 +1202,7 @@ mod tests {
                     };
                     format!("IP:{ip}")
                 }
+                GeneralName::URI(uri) => format!("URI:{uri}"),
                 other => panic!("unexpected SAN {other:?}"),
             })
             .collect()
@@ -1578,6 +1806,158 @@ mod tests {
         assert_eq!(json["apiserver_expires_at"], "2025-03-24T15:09:26Z");
         let back: CertificateExpiries = serde_json::from_value(json).unwrap();
         assert_eq!(back, both);
+    }
+
+    fn der_of(cert_pem: &str) -> Vec<u8> {
+        pem_of(cert_pem).contents
+    }
+
+    #[test]
+    fn a_standalone_ca_names_no_cluster_and_signs_server_and_client_leaves() {
+        let ca = Ca::generate_standalone("service-ca", now(), DEFAULT_CA_VALIDITY).unwrap();
+        let pem = pem_of(ca.cert_pem());
+        let cert = pem.parse_x509().unwrap();
+        assert_eq!(cert.subject().to_string(), "CN=service-ca, O=kubeforge");
+        assert!(cert.is_ca());
+        let ku = cert.key_usage().unwrap().unwrap().value;
+        assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
+        assert_eq!(ca.not_after(), now() + DEFAULT_CA_VALIDITY);
+        let reloaded = Ca::from_pem(ca.cert_pem(), &ca.cert_key_pair().key_pem).unwrap();
+        assert_eq!(reloaded.cert_key_pair(), ca.cert_key_pair());
+
+        let sans = [
+            SubjectAltName::parse("grpc.example.com").unwrap(),
+            SubjectAltName::parse("10.0.0.7").unwrap(),
+        ];
+        let server = issue_server_cert(&ca, "grpc", &sans, now(), DEFAULT_LEAF_VALIDITY).unwrap();
+        assert_verifies(&server.cert_pem, ca.cert_pem());
+        let pem = pem_of(&server.cert_pem);
+        let cert = pem.parse_x509().unwrap();
+        assert_eq!(common_names(&cert), ["grpc"]);
+        assert_eq!(san_strings(&cert), ["DNS:grpc.example.com", "IP:10.0.0.7"]);
+        assert!(!cert.is_ca());
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        assert_eq!(server.not_after, now() + DEFAULT_LEAF_VALIDITY);
+        CertKeyPair::from_pem(&server.cert_pem, &server.key_pem).unwrap();
+
+        let uri = SubjectAltName::uri("kubeforge://clusters/42").unwrap();
+        let client = issue_client_cert_with_sans(
+            &ca,
+            "cluster:42",
+            &["acme"],
+            std::slice::from_ref(&uri),
+            now(),
+            TimeDelta::days(90),
+        )
+        .unwrap();
+        assert_verifies(&client.cert_pem, ca.cert_pem());
+        let pem = pem_of(&client.cert_pem);
+        let cert = pem.parse_x509().unwrap();
+        assert_eq!(cert.subject().to_string(), "O=acme, CN=cluster:42");
+        assert_eq!(san_strings(&cert), ["URI:kubeforge://clusters/42"]);
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        assert_eq!(client.not_after, now() + TimeDelta::days(90));
+    }
+
+    #[test]
+    fn read_leaf_der_reports_the_subject_uris_and_usages() {
+        let ca = Ca::generate_standalone("service-ca", now(), DEFAULT_CA_VALIDITY).unwrap();
+        let client = issue_client_cert_with_sans(
+            &ca,
+            "cluster:42",
+            &["acme"],
+            &[SubjectAltName::uri("kubeforge://clusters/42").unwrap()],
+            now(),
+            TimeDelta::hours(2),
+        )
+        .unwrap();
+        let got = read_leaf_der(&der_of(&client.cert_pem)).unwrap();
+        assert_eq!(
+            got,
+            LeafSubject {
+                common_names: vec!["cluster:42".into()],
+                organizations: vec!["acme".into()],
+                uris: vec!["kubeforge://clusters/42".into()],
+                serial_hex: client.serial_hex.clone(),
+                is_ca: false,
+                client_auth: true,
+                not_before: client.not_before,
+                not_after: client.not_after,
+            }
+        );
+
+        let server = issue_server_cert(
+            &ca,
+            "grpc",
+            &[SubjectAltName::parse("localhost").unwrap()],
+            now(),
+            DEFAULT_LEAF_VALIDITY,
+        )
+        .unwrap();
+        let got = read_leaf_der(&der_of(&server.cert_pem)).unwrap();
+        assert!(!got.client_auth && got.uris.is_empty());
+        let got = read_leaf_der(&der_of(ca.cert_pem())).unwrap();
+        assert!(got.is_ca);
+
+        let mut trailing = der_of(&client.cert_pem);
+        trailing.push(0);
+        for bad in [&b""[..], b"garbage", &trailing] {
+            let err = read_leaf_der(bad).unwrap_err();
+            assert!(matches!(err, PkiError::InvalidPem { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn server_certs_need_a_name_and_uris_are_checked() {
+        let ca = Ca::generate_standalone("service-ca", now(), DEFAULT_CA_VALIDITY).unwrap();
+        let err = issue_server_cert(&ca, "grpc", &[], now(), DEFAULT_LEAF_VALIDITY).unwrap_err();
+        assert!(matches!(err, PkiError::InvalidName { .. }), "{err}");
+        for bad in [
+            "",
+            "no-scheme",
+            ":empty",
+            "Upper://x",
+            "1abc://x",
+            "kubeforge:",
+            "kubeforge://a b",
+            "kubeforge://line\nbreak",
+            "kubeforge://é",
+            &format!("kubeforge://{}", "x".repeat(250)),
+        ] {
+            assert!(SubjectAltName::uri(bad).is_err(), "{bad:?} accepted");
+            let err = issue_client_cert_with_sans(
+                &ca,
+                "u",
+                &[],
+                &[SubjectAltName::Uri(bad.to_string())],
+                now(),
+                TimeDelta::hours(1),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, PkiError::InvalidName { .. }),
+                "{bad:?}: {err}"
+            );
+        }
+        assert_eq!(
+            SubjectAltName::uri("kubeforge://clusters/0190c3e2")
+                .unwrap()
+                .to_string(),
+            "kubeforge://clusters/0190c3e2"
+        );
+        for cn in ["", " padded", "line\nbreak"] {
+            let err = Ca::generate_standalone(cn, now(), DEFAULT_CA_VALIDITY).unwrap_err();
+            assert!(matches!(err, PkiError::InvalidName { .. }), "{cn:?}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn read_leaf_der_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = read_leaf_der(&bytes);
+        }
     }
 
     proptest::proptest! {
