@@ -4,7 +4,8 @@
 //! the application calls behind it (`app`), the Postgres store (`store`),
 //! the job engine and reconcilers (`engine`), the builtin autoscaler
 //! (`autoscaler`), machine providers
-//! (`providers`), the embedded Postgres of `kubeforge up`
+//! (`providers`), the PKI of the autoscaler's gRPC endpoint (`grpc_pki`),
+//! the embedded Postgres of `kubeforge up`
 //! (`embedded_pg`), the server wiring (`server`) and the CLI client
 //! (`cli`). The domain types live in the `kubeforge-cluster` crate.
 
@@ -19,6 +20,7 @@ pub mod crypto;
 pub mod embedded_pg;
 pub mod engine;
 pub mod error;
+pub mod grpc_pki;
 pub mod keys;
 pub mod metrics;
 pub mod providers;

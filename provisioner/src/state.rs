@@ -29,6 +29,11 @@ pub struct Config {
     /// flag or variable sets it); tests shorten it so a cluster recovers
     /// within the test.
     pub control_plane_restart_window: Duration,
+    /// The `host:port` external cluster-autoscalers dial for this
+    /// service's `externalgrpc` endpoint; set by the server when it is
+    /// started with `--grpc-listen`. None: no such endpoint, and
+    /// autoscaler credentials are refused (409).
+    pub grpc_address: Option<String>,
 }
 
 impl Default for Config {
@@ -41,6 +46,7 @@ impl Default for Config {
             max_job_attempts: 8,
             kubeconfig_max_ttl: Duration::from_secs(24 * 3600),
             control_plane_restart_window: kubeforge_cluster::restarts::RESTART_WINDOW,
+            grpc_address: None,
         }
     }
 }

@@ -4,7 +4,8 @@
 //!     api -> app -> {store, engine} -> {providers, ssh, tenant} -> cluster
 //!
 //! with the autoscaler beside the app, on top of the engine (it runs as
-//! one of the engine's jobs, registered by `server`), and
+//! one of the engine's jobs, registered by `server`), the gRPC endpoint's
+//! PKI (`grpc_pki`) on the store, used by the app, and
 //! with `state` (the shared process state) between app/engine and what
 //! they use, and foundations (errors, contexts, crypto, metrics, keys,
 //! artifacts) usable from any layer. `server`, `cli` and `main` wire
@@ -28,7 +29,10 @@ const FOUNDATIONS: &[&str] = &[
 fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
     BTreeMap::from([
         ("api", vec!["app", "state", "store"]),
-        ("app", vec!["state", "store", "engine", "providers"]),
+        (
+            "app",
+            vec!["state", "store", "engine", "providers", "grpc_pki"],
+        ),
         (
             "engine",
             vec!["state", "store", "providers", "ssh", "tenant"],
@@ -36,6 +40,7 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
         ("autoscaler", vec!["state", "store", "engine", "tenant"]),
         ("state", vec!["store", "providers", "ssh", "tenant"]),
         ("store", vec![]),
+        ("grpc_pki", vec!["store"]),
         ("providers", vec!["ssh"]),
         ("ssh", vec![]),
         ("tenant", vec![]),

@@ -32,6 +32,7 @@ async fn migrations_apply_to_empty_database_and_rerun_is_noop() {
         "operation_steps",
         "operations",
         "secrets",
+        "service_secrets",
         "tenants",
     ] {
         assert!(

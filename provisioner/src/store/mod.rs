@@ -13,6 +13,7 @@ pub mod node_pool;
 pub mod operation;
 pub mod pki;
 pub mod secret;
+pub mod service_secret;
 pub mod tenant;
 
 use anyhow::Context as _;
