@@ -85,7 +85,8 @@ enum Command {
         #[command(flatten)]
         args: KubeconfigArgs,
     },
-    /// What a cluster's autoscaler saw and decided.
+    /// What a cluster's autoscaler saw and decided; credentials for an
+    /// external cluster-autoscaler.
     Autoscaler {
         #[command(flatten)]
         client: ClientOpts,

@@ -1,7 +1,8 @@
 //! API behaviours: entity tags and If-Match, deletion protection,
 //! lookups, list pagination and filters, events, operations, kubeconfig,
 //! service endpoints, request ids, hosts, autoscaler settings and status,
-//! machine types and the OpenAPI document.
+//! autoscaler credentials (the externalgrpc endpoint's PKI, the route and
+//! the CLI), machine types and the OpenAPI document.
 
 use axum::http::Method;
 use kubeforge::context::Role;
@@ -1612,6 +1613,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/clusters/{cluster}/events", &["get"]),
     ("/v1/clusters/{cluster}/kubeconfig", &["post"]),
     ("/v1/clusters/{cluster}/autoscaler", &["get"]),
+    ("/v1/clusters/{cluster}/autoscaler/credentials", &["post"]),
     ("/v1/machine-types", &["get"]),
     ("/v1/operations/{operation}", &["get"]),
     ("/v1/hosts", &["post", "get"]),
@@ -1716,5 +1718,512 @@ fn collect_refs(v: &Value, out: &mut Vec<String>) {
         }
         Value::Array(a) => a.iter().for_each(|v| collect_refs(v, out)),
         _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Autoscaler credentials: the externalgrpc endpoint's PKI, the route, the CLI
+
+mod credentials {
+    use super::*;
+    use kubeforge::grpc_pki::{identify, GrpcPki};
+    use kubeforge_cluster::pki::x509_parser;
+    use kubeforge_cluster::pki::CertKeyPair;
+    use std::future::IntoFuture;
+    use x509_parser::extensions::GeneralName;
+
+    const GRPC: &str = "grpc.kubeforge.test:8443";
+    const PATH: &str = "/v1/clusters/web/autoscaler/credentials";
+
+    async fn app_with_grpc() -> TestApp {
+        TestApp::with_config(kubeforge::app::Config {
+            grpc_address: Some(GRPC.into()),
+            ..Default::default()
+        })
+        .await
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .expect("PEM")
+            .1
+            .contents
+    }
+
+    /// The base64 lines of a PEM block (what would show if it were stored).
+    fn pem_body_lines(pem: &str) -> Vec<String> {
+        pem.lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Every value of every column of every table, as text (bytea as hex).
+    async fn whole_database(app: &TestApp) -> String {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert!(tables.iter().any(|t| t == "service_secrets"), "{tables:?}");
+        let mut all = String::new();
+        for t in tables {
+            let text: Option<String> =
+                sqlx::query_scalar(&format!("SELECT string_agg(t::text, E'\\n') FROM {t} t"))
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            all.push_str(&text.unwrap_or_default());
+            all.push('\n');
+        }
+        all
+    }
+
+    fn assert_not_stored(db: &str, key_pem: &str) {
+        for line in pem_body_lines(key_pem) {
+            assert!(!db.contains(&line), "a line of the key is in the database");
+            let hex: String = line.bytes().map(|b| format!("{b:02x}")).collect();
+            assert!(!db.contains(&hex), "a line of the key is in a bytea column");
+        }
+        assert!(!db.contains("PRIVATE KEY"));
+    }
+
+    /// Checks a bundle as an autoscaler and the TLS layer would see it.
+    fn check_bundle(body: &Value, cluster_id: &str, tenant: &str, ttl_seconds: i64) {
+        let ca_pem = body["ca_pem"].as_str().unwrap();
+        let cert_pem = body["cert_pem"].as_str().unwrap();
+        let key_pem = body["key_pem"].as_str().unwrap();
+        assert_eq!(body["address"], GRPC);
+
+        let ca_der = der(ca_pem);
+        let cert_der = der(cert_pem);
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).unwrap();
+        assert!(ca.is_ca());
+        assert_eq!(
+            ca.subject().to_string(),
+            "CN=kubeforge-externalgrpc-ca, O=kubeforge"
+        );
+        cert.verify_signature(Some(ca.public_key()))
+            .expect("the client certificate verifies against ca_pem");
+        assert_eq!(cert.issuer(), ca.subject());
+        assert!(!cert.is_ca());
+        assert_eq!(
+            cert.subject().to_string(),
+            format!("O={tenant}, CN=cluster:{cluster_id}")
+        );
+        let sans: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .expect("SANs")
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::URI(u) => format!("URI:{u}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sans, [format!("URI:kubeforge://clusters/{cluster_id}")]);
+        let eku = cert.extended_key_usage().unwrap().expect("EKU").value;
+        assert!(eku.client_auth && !eku.server_auth && !eku.any && eku.other.is_empty());
+
+        let not_after = cert.validity().not_after.timestamp();
+        let expected = chrono::Utc::now().timestamp() + ttl_seconds;
+        assert!(
+            (not_after - expected).abs() < 120,
+            "expires at {not_after}, expected about {expected}"
+        );
+        let expires_at: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(body["expires_at"].clone()).unwrap();
+        assert_eq!(expires_at.timestamp(), not_after);
+
+        // The key belongs to the certificate.
+        let pair = CertKeyPair::from_pem(cert_pem, key_pem).expect("key matches cert");
+        assert_eq!(body["serial"], pair.serial_hex);
+
+        // Who the gRPC service will take the caller for.
+        let who = identify(&cert_der).expect("identify");
+        assert_eq!(who.tenant, tenant);
+        assert_eq!(who.cluster_id.to_string(), cluster_id);
+        assert_eq!(who.serial, pair.serial_hex);
+    }
+
+    /// The cloud-config file as YAML: `key: "double-quoted value"` per line
+    /// (a double-quoted YAML scalar reads like a JSON string), comments aside.
+    fn cloud_config(text: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (k, v) = line.split_once(": ").expect("key: value");
+            let v: String = serde_json::from_str(v).expect("a double-quoted scalar");
+            assert!(out.insert(k.to_string(), v).is_none(), "{k} twice");
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_ca_is_sealed_created_once_and_shared_by_racing_replicas() {
+        let app = TestApp::new().await;
+        let sbox = &app.app.secrets;
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = app.pool.clone();
+                let sbox = sbox.clone();
+                tokio::spawn(async move { GrpcPki::load_or_create(&pool, &sbox).await })
+            })
+            .collect();
+        let mut cas = BTreeSet::new();
+        for r in racers {
+            cas.insert(
+                r.await
+                    .unwrap()
+                    .expect("load_or_create")
+                    .ca_pem()
+                    .to_string(),
+            );
+        }
+        assert_eq!(cas.len(), 1, "every replica has the same CA");
+        let ca_pem = cas.into_iter().next().unwrap();
+        assert_eq!(app.count("service_secrets").await, 1);
+
+        // Reloaded, not regenerated.
+        let again = GrpcPki::load_or_create(&app.pool, sbox).await.unwrap();
+        assert_eq!(again.ca_pem(), ca_pem);
+        let ca_der = der(&ca_pem);
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        let years = (ca.validity().not_after.timestamp() - ca.validity().not_before.timestamp())
+            / (365 * 86400);
+        assert_eq!(years, 10);
+
+        // Sealed: neither the certificate nor any key text is in the row.
+        let (name, key_id, ciphertext): (String, String, Vec<u8>) =
+            sqlx::query_as("SELECT name, key_id, ciphertext FROM service_secrets")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        assert_eq!(name, "kubeforge-externalgrpc-ca");
+        assert_eq!(key_id, sbox.key_id());
+        let haystack = String::from_utf8_lossy(&ciphertext);
+        assert!(!haystack.contains("BEGIN"));
+        for line in pem_body_lines(&ca_pem) {
+            assert!(!haystack.contains(&line));
+        }
+        let db = whole_database(&app).await;
+        assert!(!db.contains("PRIVATE KEY") && !db.contains(&pem_body_lines(&ca_pem)[0]));
+
+        // Bound to its name and to the service's key.
+        let other_box = kubeforge::crypto::SecretBox::new(&[1u8; 32]).unwrap();
+        assert!(GrpcPki::load_or_create(&app.pool, &other_box)
+            .await
+            .is_err());
+        sqlx::query("UPDATE service_secrets SET name = 'moved'")
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        assert!(
+            kubeforge::store::service_secret::get(&app.pool, sbox, "moved")
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_editor_gets_a_working_bundle_and_the_key_is_kept_nowhere() {
+        let app = app_with_grpc().await;
+        let editor = app.token("acme", Role::Editor);
+        let created = create(&app, &editor, cluster_body("web")).await;
+        let id = created["cluster"]["id"].as_str().unwrap().to_string();
+
+        // No body: 90 days.
+        let r = app.call(Method::POST, PATH, Some(&editor), None, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        check_bundle(&r.body, &id, "acme", 90 * 86400);
+        let config = cloud_config(r.body["cloud_config"].as_str().unwrap());
+        assert_eq!(
+            config,
+            BTreeMap::from([
+                ("address".to_string(), GRPC.to_string()),
+                ("key".into(), "/etc/kubeforge-autoscaler/tls.key".into()),
+                ("cert".into(), "/etc/kubeforge-autoscaler/tls.crt".into()),
+                ("cacert".into(), "/etc/kubeforge-autoscaler/ca.crt".into()),
+            ])
+        );
+        let first_key = r.body["key_pem"].as_str().unwrap().to_string();
+        let first_serial = r.body["serial"].as_str().unwrap().to_string();
+
+        // By id, with a TTL, and an admin may too; each call a new key, one CA.
+        let r2 = app
+            .call(
+                Method::POST,
+                &format!("/v1/clusters/{id}/autoscaler/credentials"),
+                Some(&app.token("acme", Role::Admin)),
+                Some(json!({"ttl_seconds": 3600})),
+                &[],
+            )
+            .await;
+        assert_eq!(r2.status, 200, "{}", r2.text);
+        check_bundle(&r2.body, &id, "acme", 3600);
+        assert_eq!(r2.body["ca_pem"], r.body["ca_pem"]);
+        assert_ne!(r2.body["key_pem"], r.body["key_pem"]);
+        assert_eq!(header(&r2, "cache-control"), "no-store");
+
+        // Audited without the key.
+        let events = get(&app, &editor, "/v1/clusters/web/events").await;
+        let issued: Vec<&Value> = events.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == "AutoscalerCredentialsIssued")
+            .collect();
+        assert_eq!(issued.len(), 2, "{}", events.text);
+        assert_eq!(issued[0]["type"], "Normal", "{}", events.text);
+        let messages: String = issued.iter().map(|e| e["message"].to_string()).collect();
+        assert!(messages.contains(&first_serial), "{messages}");
+        assert!(!messages.contains("PRIVATE"), "{messages}");
+
+        let db = whole_database(&app).await;
+        assert_not_stored(&db, &first_key);
+        assert_not_stored(&db, r2.body["key_pem"].as_str().unwrap());
+    }
+
+    #[tokio::test]
+    async fn who_may_ask_and_what_is_refused() {
+        let app = app_with_grpc().await;
+        let editor = app.token("acme", Role::Editor);
+        create(&app, &editor, cluster_body("web")).await;
+        let before = app.count("events").await;
+
+        let r = app
+            .call(
+                Method::POST,
+                PATH,
+                Some(&app.token("acme", Role::Viewer)),
+                None,
+                &[],
+            )
+            .await;
+        assert_problem(&r, 403, "forbidden");
+        let r = app
+            .call(
+                Method::POST,
+                PATH,
+                Some(&app.token("globex", Role::Admin)),
+                None,
+                &[],
+            )
+            .await;
+        assert_problem(&r, 404, "not_found");
+        let r = app
+            .call(
+                Method::POST,
+                "/v1/clusters/nope/autoscaler/credentials",
+                Some(&editor),
+                None,
+                &[],
+            )
+            .await;
+        assert_problem(&r, 404, "not_found");
+        let r = app.call(Method::POST, PATH, None, None, &[]).await;
+        assert_problem(&r, 401, "unauthenticated");
+
+        for body in [
+            json!({"ttl_seconds": 3599}),
+            json!({"ttl_seconds": 365 * 86400 + 1}),
+            json!({"ttl_seconds": 0}),
+            json!({"ttl_seconds": u64::MAX}),
+            json!({"ttl_seconds": -5}),
+            json!({"ttl_seconds": "1h"}),
+        ] {
+            let r = app
+                .call(Method::POST, PATH, Some(&editor), Some(body.clone()), &[])
+                .await;
+            assert_problem(&r, 422, "validation_failed");
+            assert_eq!(r.body["field"], "ttl_seconds", "{body}: {}", r.text);
+        }
+        let r = app
+            .call(
+                Method::POST,
+                PATH,
+                Some(&editor),
+                Some(json!({"ttl": 3600})),
+                &[],
+            )
+            .await;
+        assert_problem(&r, 422, "validation_failed");
+        assert_eq!(r.body["field"], "ttl");
+        for ttl in [3600, 365 * 86400] {
+            let r = app
+                .call(
+                    Method::POST,
+                    PATH,
+                    Some(&editor),
+                    Some(json!({"ttl_seconds": ttl})),
+                    &[],
+                )
+                .await;
+            assert_eq!(r.status, 200, "{ttl}: {}", r.text);
+        }
+        // The body may be left out, be `null` or be `{}`; JSON it must be.
+        for raw in [&b"null"[..], b"{}", b" "] {
+            let r = app
+                .call_raw(Method::POST, PATH, Some(&editor), Some(raw.to_vec()), &[])
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+        let r = app
+            .call_raw(
+                Method::POST,
+                PATH,
+                Some(&editor),
+                Some(b"ttl".to_vec()),
+                &[],
+            )
+            .await;
+        assert_problem(&r, 400, "malformed_body");
+        let r = app
+            .call(
+                Method::POST,
+                PATH,
+                Some(&editor),
+                None,
+                &[("content-type", "text/plain")],
+            )
+            .await;
+        assert_eq!(
+            r.status, 200,
+            "an empty body needs no JSON type: {}",
+            r.text
+        );
+        assert_eq!(app.count("events").await, before + 6, "only those issued");
+
+        // A cluster being deleted gets none.
+        app.call(Method::DELETE, "/v1/clusters/web", Some(&editor), None, &[])
+            .await;
+        let r = app.call(Method::POST, PATH, Some(&editor), None, &[]).await;
+        assert_problem(&r, 409, "conflict");
+    }
+
+    #[tokio::test]
+    async fn without_a_grpc_endpoint_it_is_409_and_nothing_is_made() {
+        let app = TestApp::new().await;
+        let editor = app.token("acme", Role::Editor);
+        create(&app, &editor, cluster_body("web")).await;
+        let before = app.counts().await;
+        let r = app.call(Method::POST, PATH, Some(&editor), None, &[]).await;
+        assert_problem(&r, 409, "conflict");
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("externalgrpc") && detail.contains("--grpc-listen"),
+            "{detail}"
+        );
+        assert_eq!(app.counts().await, before);
+        assert_eq!(app.count("service_secrets").await, 0);
+    }
+
+    #[tokio::test]
+    async fn the_cli_writes_a_private_bundle_its_cloud_config_points_at() {
+        use kubeforge::cli::autoscaler::{run_autoscaler_to, AutoscalerCmd};
+        use kubeforge::cli::client::{ClientOpts, Output};
+        use std::os::unix::fs::PermissionsExt;
+
+        let app = app_with_grpc().await;
+        let editor = app.token("acme", Role::Editor);
+        let created = create(&app, &editor, cluster_body("web")).await;
+        let id = created["cluster"]["id"].as_str().unwrap().to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(axum::serve(listener, app.router.clone()).into_future());
+        let opts = ClientOpts {
+            url: format!("http://{addr}"),
+            token: Some(editor.clone()),
+            output: Output::Table,
+        };
+        let dir = std::env::temp_dir().join(format!("kf-cli-creds-{}", uuid::Uuid::new_v4()));
+
+        let mut out = Vec::new();
+        run_autoscaler_to(
+            &opts,
+            AutoscalerCmd::Credentials {
+                cluster: "web".into(),
+                out_dir: Some(dir.clone()),
+                ttl: Some(std::time::Duration::from_secs(30 * 86400)),
+            },
+            &mut out,
+        )
+        .await
+        .expect("credentials --out-dir");
+        let printed = String::from_utf8(out).unwrap();
+        for f in ["ca.crt", "tls.crt", "tls.key", "cloud-config.yaml"] {
+            let path = dir.join(f);
+            assert!(
+                printed.contains(&format!("wrote {}", path.display())),
+                "{printed}"
+            );
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+        assert!(!printed.contains("PRIVATE KEY"), "{printed}");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let bundle = json!({
+            "address": GRPC,
+            "ca_pem": read("ca.crt"),
+            "cert_pem": read("tls.crt"),
+            "key_pem": read("tls.key"),
+            "serial": CertKeyPair::from_pem(&read("tls.crt"), &read("tls.key")).unwrap().serial_hex,
+            "expires_at": chrono::DateTime::<chrono::Utc>::from_timestamp(
+                x509_parser::parse_x509_certificate(&der(&read("tls.crt"))).unwrap().1
+                    .validity().not_after.timestamp(), 0).unwrap(),
+        });
+        check_bundle(&bundle, &id, "acme", 30 * 86400);
+        let config = cloud_config(&read("cloud-config.yaml"));
+        let abs = std::fs::canonicalize(&dir).unwrap();
+        assert_eq!(config["address"], GRPC);
+        assert_eq!(config["key"], abs.join("tls.key").to_str().unwrap());
+        assert_eq!(config["cert"], abs.join("tls.crt").to_str().unwrap());
+        assert_eq!(config["cacert"], abs.join("ca.crt").to_str().unwrap());
+        assert_eq!(config.len(), 4);
+
+        // Without --out-dir: the JSON, as the API answered it.
+        let mut out = Vec::new();
+        run_autoscaler_to(
+            &opts,
+            AutoscalerCmd::Credentials {
+                cluster: "web".into(),
+                out_dir: None,
+                ttl: None,
+            },
+            &mut out,
+        )
+        .await
+        .expect("credentials");
+        let v: Value = serde_json::from_slice(&out).expect("JSON");
+        check_bundle(&v, &id, "acme", 90 * 86400);
+
+        // A viewer's refusal is an error naming the problem; nothing written.
+        let viewer_dir = dir.join("viewer");
+        let err = run_autoscaler_to(
+            &ClientOpts {
+                token: Some(app.token("acme", Role::Viewer)),
+                ..opts.clone()
+            },
+            AutoscalerCmd::Credentials {
+                cluster: "web".into(),
+                out_dir: Some(viewer_dir.clone()),
+                ttl: None,
+            },
+            &mut Vec::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("403"), "{err}");
+        assert!(!viewer_dir.exists());
+
+        server.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -63,15 +63,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
-        let raw = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge
-            } else {
-                Error::MalformedBody {
-                    detail: e.body_text(),
-                }
-            }
-        })?;
+        let raw = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         if !ct_ok {
             return Err(Error::MalformedBody {
                 detail: "Content-Type must be application/json".into(),
@@ -79,6 +73,50 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         }
         let value = parse_json(&raw)?;
         Ok(Self { value, raw })
+    }
+}
+
+/// Why a body could not be read: too large, or cut short.
+fn body_rejection(e: axum::extract::rejection::BytesRejection) -> Error {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::PayloadTooLarge
+    } else {
+        Error::MalformedBody {
+            detail: e.body_text(),
+        }
+    }
+}
+
+/// A JSON body that may be left out: an empty body (whatever its
+/// Content-Type) or a JSON `null` is `T::default()`; anything else is
+/// read as [`JsonBody`] reads it. For POSTs whose every field has a
+/// default.
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let ct_ok = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        let raw = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(T::default()));
+        }
+        if !ct_ok {
+            return Err(Error::MalformedBody {
+                detail: "Content-Type must be application/json".into(),
+            });
+        }
+        if raw.trim_ascii() == b"null" {
+            return Ok(Self(T::default()));
+        }
+        Ok(Self(parse_json(&raw)?))
     }
 }
 

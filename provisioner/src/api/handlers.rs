@@ -9,17 +9,17 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::extract::{idempotency, if_match, JsonBody, QueryParams};
+use super::extract::{idempotency, if_match, JsonBody, OptionalJsonBody, QueryParams};
 use crate::app::{Accepted, SharedApp};
 use crate::context::OpContext;
 use crate::error::{Error, Result};
 use kubeforge_cluster::api::{
-    AutoscalerDecisionView, AutoscalerPoolView, AutoscalerSettingsRequest, AutoscalerStatusView,
-    ClusterAccepted, ClusterListQuery, ClusterView, CreateClusterRequest, CreateHostRequest,
-    CreateNodePoolRequest, EventView, HostCreated, HostView, Items, KubeconfigRequest,
-    MachineTypeView, MachineView, NodePoolAccepted, NodePoolView, OperationAccepted, OperationView,
-    PageQuery, PendingPodView, PoolReasonView, Problem, Quota, QuotaView, UpdateClusterRequest,
-    UpdateNodePoolRequest,
+    AutoscalerCredentialsRequest, AutoscalerCredentialsView, AutoscalerDecisionView,
+    AutoscalerPoolView, AutoscalerSettingsRequest, AutoscalerStatusView, ClusterAccepted,
+    ClusterListQuery, ClusterView, CreateClusterRequest, CreateHostRequest, CreateNodePoolRequest,
+    EventView, HostCreated, HostView, Items, KubeconfigRequest, MachineTypeView, MachineView,
+    NodePoolAccepted, NodePoolView, OperationAccepted, OperationView, PageQuery, PendingPodView,
+    PoolReasonView, Problem, Quota, QuotaView, UpdateClusterRequest, UpdateNodePoolRequest,
 };
 use kubeforge_cluster::{AutoscalerMode, AutoscalerSettings, Expander, NodeResources};
 
@@ -241,6 +241,24 @@ pub async fn autoscaler_get(
     Ok(Json(app.autoscaler_get(&ctx, &c).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/autoscaler/credentials",
+    request_body(content = Option<AutoscalerCredentialsRequest>, description = "optional; ttl_seconds defaults to 90 days"),
+    params(("cluster" = String, Path, description = "id or name")),
+    responses((status = 200, body = AutoscalerCredentialsView, description = "the endpoint, its CA, a client certificate and key naming the cluster (the key is not kept: it cannot be fetched again), and the cloud-config file"),
+              (status = 403, body = Problem, content_type = "application/problem+json", description = "viewers may not"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json", description = "no externalgrpc endpoint is served, or the cluster is being deleted"),
+              (status = 422, body = Problem, content_type = "application/problem+json", description = "ttl_seconds out of range")))]
+pub async fn autoscaler_credentials_create(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    Path(c): Path<String>,
+    body: OptionalJsonBody<AutoscalerCredentialsRequest>,
+) -> Result<Response> {
+    let out = app.autoscaler_credentials_create(&ctx, &c, body.0).await?;
+    Ok(Json(out).into_response())
+}
+
 #[utoipa::path(get, path = "/v1/machine-types",
     responses((status = 200, body = Items<MachineTypeView>, description = "{items}: every machine type with what its nodes offer to pods"),
               (status = 401, body = Problem, content_type = "application/problem+json")))]
@@ -339,7 +357,7 @@ pub async fn metrics(State(app): State<SharedApp>) -> Response {
         cluster_create, cluster_list, cluster_get, cluster_update, cluster_delete,
         node_pool_create, node_pool_list, node_pool_get, node_pool_update, node_pool_delete,
         machine_list, operation_list, operation_get, event_list, kubeconfig_create,
-        autoscaler_get, machine_type_list, host_create, host_list, host_delete, quota_get,
+        autoscaler_get, autoscaler_credentials_create, machine_type_list, host_create, host_list, host_delete, quota_get,
         quota_put, healthz, readyz, metrics, openapi
     ),
     components(schemas(Problem, ClusterView, NodePoolView, MachineView, OperationView, EventView,
@@ -349,7 +367,7 @@ pub async fn metrics(State(app): State<SharedApp>) -> Response {
                        HostCreated, AutoscalerSettings, AutoscalerSettingsRequest,
                        AutoscalerMode, Expander, AutoscalerStatusView, AutoscalerPoolView,
                        AutoscalerDecisionView, PendingPodView, PoolReasonView, MachineTypeView,
-                       NodeResources)),
+                       NodeResources, AutoscalerCredentialsRequest, AutoscalerCredentialsView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

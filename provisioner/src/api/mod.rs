@@ -46,6 +46,10 @@ pub fn router(app: SharedApp) -> Router {
         .route("/v1/clusters/{cluster}/events", get(event_list))
         .route("/v1/clusters/{cluster}/kubeconfig", post(kubeconfig_create))
         .route("/v1/clusters/{cluster}/autoscaler", get(autoscaler_get))
+        .route(
+            "/v1/clusters/{cluster}/autoscaler/credentials",
+            post(autoscaler_credentials_create),
+        )
         .route("/v1/machine-types", get(machine_type_list))
         .route("/v1/operations/{operation}", get(operation_get))
         .route("/v1/hosts", post(host_create).get(host_list))

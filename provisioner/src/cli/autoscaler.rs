@@ -1,18 +1,35 @@
-//! The `kubeforge autoscaler status CLUSTER` and `kubeforge machine-types`
-//! client commands: what a cluster's autoscaler saw and decided, and what
-//! each machine type offers to pods. The same guarantees as the other
-//! client commands ([`super::client`]): checked path segments, problem
-//! documents as errors, server text stripped of control characters, and
-//! nothing printed unless the whole command succeeded.
+//! The `kubeforge autoscaler status CLUSTER`, `kubeforge autoscaler
+//! credentials CLUSTER` and `kubeforge machine-types` client commands:
+//! what a cluster's autoscaler saw and decided, credentials for an
+//! external cluster-autoscaler, and what each machine type offers to
+//! pods. The same guarantees as the other client commands
+//! ([`super::client`]): checked path segments, problem documents as
+//! errors, server text stripped of control characters, and nothing
+//! printed unless the whole command succeeded.
+//!
+//! `credentials --out-dir DIR` writes each file to a temporary file of its
+//! own created with mode 0600 (never readable by others, not even for a
+//! moment) and renamed over its final name, so a file that was there
+//! before, whatever its mode, is replaced rather than rewritten in place.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use kubeforge_cluster::api::{AutoscalerStatusView, Items, MachineTypeView, PendingPodView};
+use anyhow::Context as _;
+use kubeforge_cluster::api::{
+    AutoscalerCredentialsRequest, AutoscalerCredentialsView, AutoscalerStatusView, Items,
+    MachineTypeView, PendingPodView,
+};
+use kubeforge_cluster::externalgrpc::{
+    CloudConfig, CA_FILE, CERT_FILE, CLOUD_CONFIG_FILE, KEY_FILE,
+};
 use reqwest::header::HeaderMap;
 use reqwest::Method;
 
 use super::client::{
-    opt_text, text, time, write_json, write_stdout, Api, ClientOpts, Output, Table, NO_BODY,
+    opt_text, parse_ttl, text, time, write_json, write_stdout, Api, ClientOpts, Output, Table,
+    NO_BODY,
 };
 
 /// `kubeforge autoscaler ...`
@@ -23,6 +40,21 @@ pub enum AutoscalerCmd {
     Status {
         /// Cluster name or id.
         cluster: String,
+    },
+    /// Issue a client certificate for an external cluster-autoscaler
+    /// (`--cloud-provider=externalgrpc`) acting on this cluster: prints
+    /// the bundle as JSON, or writes ca.crt, tls.crt, tls.key and
+    /// cloud-config.yaml into --out-dir. The key cannot be fetched again.
+    Credentials {
+        /// Cluster name or id.
+        cluster: String,
+        /// Write the files here (created if missing) instead of printing JSON.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+        /// Lifetime of the certificate, e.g. 30d, 12h (1h to 365d; the
+        /// service's default is 90d).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
     },
 }
 
@@ -48,8 +80,100 @@ pub async fn run_autoscaler_to(
                 .await?;
             print_autoscaler_status(out, opts.output, &status)?;
         }
+        AutoscalerCmd::Credentials {
+            cluster,
+            out_dir,
+            ttl,
+        } => {
+            let url = api.url(&["clusters", &cluster, "autoscaler", "credentials"])?;
+            let body = ttl.map(|t| AutoscalerCredentialsRequest {
+                ttl_seconds: t.as_secs(),
+            });
+            let creds: AutoscalerCredentialsView = api
+                .call(Method::POST, url, HeaderMap::new(), body.as_ref())
+                .await?;
+            match out_dir {
+                None => write_json(out, &creds)?,
+                Some(dir) => {
+                    for path in write_credentials(&dir, &creds)? {
+                        writeln!(out, "wrote {}", path.display())?;
+                    }
+                    writeln!(
+                        out,
+                        "certificate serial {}, expires {}; run cluster-autoscaler with \
+                         --cloud-provider=externalgrpc --cloud-config={}",
+                        text(&creds.serial),
+                        time(&creds.expires_at),
+                        dir.join(CLOUD_CONFIG_FILE).display()
+                    )?;
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Writes the bundle into `dir` (created, mode 0700, if missing): `ca.crt`,
+/// `tls.crt`, `tls.key` and `cloud-config.yaml`, whose paths are those
+/// files (`dir` made absolute). Every file has mode 0600 from the moment
+/// it exists. Returns the paths written, in that order.
+pub fn write_credentials(
+    dir: &Path,
+    creds: &AutoscalerCredentialsView,
+) -> anyhow::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let abs = std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    let abs_text = abs.to_str().with_context(|| {
+        format!(
+            "{} is not UTF-8, which cloud-config.yaml needs",
+            abs.display()
+        )
+    })?;
+    let cloud_config = CloudConfig::in_dir(&creds.address, abs_text).render();
+    let files: [(&str, &str); 4] = [
+        (CA_FILE, &creds.ca_pem),
+        (CERT_FILE, &creds.cert_pem),
+        (KEY_FILE, &creds.key_pem),
+        (CLOUD_CONFIG_FILE, &cloud_config),
+    ];
+    let mut written = Vec::new();
+    for (name, contents) in files {
+        let path = dir.join(name);
+        write_private(&path, contents.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Writes `path` through a fresh temporary file beside it, created with
+/// mode 0600 (`O_EXCL`: never someone else's file), synced, then renamed
+/// over `path`.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Lists the machine types (`kubeforge machine-types`) on stdout.
@@ -345,5 +469,85 @@ mod tests {
              medium  2    4096        110   1900m            3740                    110\n\
              large   4    8192        110   3900m            7836                    110\n"
         );
+    }
+
+    fn creds() -> AutoscalerCredentialsView {
+        AutoscalerCredentialsView {
+            address: "grpc.example.com:8443".into(),
+            ca_pem: "CA PEM\n".into(),
+            cert_pem: "CERT PEM\n".into(),
+            key_pem: "KEY PEM\n".into(),
+            cloud_config: "ignored: the CLI writes its own\n".into(),
+            serial: "4a".into(),
+            expires_at: at("2027-03-03T10:00:00Z"),
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kf-{name}-{}", Uuid::new_v4().simple()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn credentials_are_written_private_with_a_cloud_config_pointing_at_them() {
+        let base = scratch("creds");
+        let dir = base.join("new/sub");
+        let written = write_credentials(&dir, &creds()).unwrap();
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["ca.crt", "tls.crt", "tls.key", "cloud-config.yaml"]);
+        assert_eq!(mode(&dir), 0o700, "a directory it made is private");
+        for p in &written {
+            assert_eq!(mode(p), 0o600, "{}", p.display());
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.join("tls.key")).unwrap(),
+            "KEY PEM\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+            "CA PEM\n"
+        );
+        let abs = std::fs::canonicalize(&dir).unwrap();
+        let abs = abs.to_str().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cloud-config.yaml")).unwrap(),
+            format!(
+                "# cluster-autoscaler --cloud-provider=externalgrpc --cloud-config=<this file>\n\
+                 address: \"grpc.example.com:8443\"\n\
+                 key: \"{abs}/tls.key\"\n\
+                 cert: \"{abs}/tls.crt\"\n\
+                 cacert: \"{abs}/ca.crt\"\n"
+            )
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_world_readable_key_file_already_there_is_replaced_not_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("creds-old");
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("tls.key");
+        std::fs::write(&key, "old key").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_credentials(&dir, &creds()).unwrap();
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "KEY PEM\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
