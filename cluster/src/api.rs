@@ -227,7 +227,13 @@ pub struct MachineView {
     pub role: String,
     pub node_pool: Option<Uuid>,
     pub provider: String,
+    /// The provider's own id of the machine (a lab container, a host, an
+    /// instance).
     pub provider_id: Option<String>,
+    /// A worker's node's `spec.providerID` (`kubeforge://<machine id>`),
+    /// also its instance id over the externalgrpc provider; None for
+    /// control-plane members.
+    pub node_provider_id: Option<String>,
     pub machine_type: String,
     pub state: String,
     pub address: Option<String>,

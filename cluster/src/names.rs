@@ -212,6 +212,29 @@ impl MachineType {
     }
 }
 
+/// The scheme of the `spec.providerID` every worker's kubelet registers:
+/// `kubeforge://<machine id>`, the id of its machine in the ledger. The
+/// same string is the instance id the cluster-autoscaler's externalgrpc
+/// provider speaks of.
+pub const PROVIDER_ID_SCHEME: &str = "kubeforge://";
+
+/// The label kubelets set from their machine type (a label kubelets may
+/// set on themselves under the NodeRestriction admission plugin).
+pub const INSTANCE_TYPE_LABEL: &str = "node.kubernetes.io/instance-type";
+
+/// `kubeforge://<machine id>`.
+pub fn provider_id(machine: uuid::Uuid) -> String {
+    format!("{PROVIDER_ID_SCHEME}{machine}")
+}
+
+/// The machine id of a Kubeforge provider id; None for any other string
+/// (another provider's, a control plane registered without one, junk).
+pub fn machine_of_provider_id(provider_id: &str) -> Option<uuid::Uuid> {
+    let id = provider_id.strip_prefix(PROVIDER_ID_SCHEME)?;
+    // Only the hyphenated form we write: no braces, no URN, no simple form.
+    (id.len() == 36).then(|| uuid::Uuid::parse_str(id).ok())?
+}
+
 /// The most pods one node runs (the kubelet's `maxPods`).
 pub const MAX_PODS: u32 = 110;
 /// CPU a worker keeps for its system and Kubernetes daemons (the kubelet's
@@ -236,6 +259,26 @@ pub struct NodeResources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_ids_round_trip_and_nothing_else_parses() {
+        let m = uuid::Uuid::now_v7();
+        let id = provider_id(m);
+        assert!(id.starts_with("kubeforge://"), "{id}");
+        assert_eq!(machine_of_provider_id(&id), Some(m));
+        for other in [
+            "",
+            "kubeforge://",
+            "aws:///us-east-1a/i-0123456789abcdef0",
+            "kubeforge://not-a-uuid",
+            &format!("kubeforge://{}", m.simple()),
+            &format!("kubeforge://{{{m}}}"),
+            &format!("kubeforge://{m}/x"),
+            &format!("kubeforge:/{m}"),
+        ] {
+            assert_eq!(machine_of_provider_id(other), None, "{other:?}");
+        }
+    }
 
     #[test]
     fn dns_subdomains() {

@@ -311,7 +311,9 @@ impl Expander {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct AutoscalerSettings {
-    /// `builtin` (default), `off`, or `external` (not served yet).
+    /// `builtin` (default), `off`, or `external` (an upstream
+    /// cluster-autoscaler drives the pools through the gRPC provider; the
+    /// built-in one leaves them alone).
     #[schema(required = true)]
     pub mode: AutoscalerMode,
     /// `least-waste` (default), `most-pods` or `priority`.
@@ -466,21 +468,13 @@ impl AutoscalerSettings {
     }
 
     /// These settings with the fields `req` gives replaced, checked. Errors
-    /// name the field without the `autoscaler.` prefix; `mode: external` is
-    /// refused (not served yet). When only `batch_idle_seconds` is given
+    /// name the field without the `autoscaler.` prefix. When only `batch_idle_seconds` is given
     /// and it passes the current `batch_max_seconds`, the error names the
     /// field that was given.
     pub fn apply(self, req: AutoscalerSettingsRequest) -> Result<Self, ValidationError> {
         let mut s = self;
         if let Some(m) = &req.mode {
             s.mode = AutoscalerMode::parse(m)?;
-            if s.mode == AutoscalerMode::External {
-                return Err(ValidationError::new(
-                    "mode",
-                    "external (an upstream cluster-autoscaler through Kubeforge's gRPC provider) \
-                     is not served yet; use builtin or off",
-                ));
-            }
         }
         if let Some(e) = &req.expander {
             s.expander = Expander::parse(e)?;
@@ -1173,7 +1167,6 @@ mod tests {
     fn autoscaler_errors_name_the_field() {
         for (v, field) in [
             (json!({"mode": "auto"}), "autoscaler.mode"),
-            (json!({"mode": "external"}), "autoscaler.mode"),
             (json!({"expander": "random"}), "autoscaler.expander"),
             (
                 json!({"scale_down_utilization_threshold": 0}),
@@ -1223,8 +1216,8 @@ mod tests {
             let err = autoscaler(v.clone()).unwrap_err();
             assert_eq!(err.field, field, "{v}: {err}");
         }
-        let err = autoscaler(json!({"mode": "external"})).unwrap_err();
-        assert!(err.message.contains("not served yet"), "{err}");
+        let external = autoscaler(json!({"mode": "external"})).unwrap();
+        assert_eq!(external.mode, AutoscalerMode::External);
         let mut body = base();
         body["autoscaler"] = json!({"mode": "off", "colour": 1});
         assert!(serde_json::from_value::<CreateClusterRequest>(body).is_err());

@@ -130,6 +130,12 @@ pub struct WorkerBundleInput {
     pub cluster_name: ClusterName,
     /// The node's name (`--hostname-override`); a DNS-1123 label.
     pub node_name: String,
+    /// Its machine in the ledger: the node registers
+    /// `spec.providerID = kubeforge://<machine id>` (`--provider-id`).
+    pub machine_id: uuid::Uuid,
+    /// Its machine type: the node carries it as
+    /// `node.kubernetes.io/instance-type`.
+    pub machine_type: crate::MachineType,
     /// The node's IPv4 address (`--node-ip`).
     pub node_address: Ipv4Addr,
     /// The API server endpoint, e.g. `https://10.77.0.10:6443`. The
@@ -246,6 +252,8 @@ struct RenderContext {
     cluster_dns: String,
     cluster_domain: String,
     pod_cidr: String,
+    /// `kubeforge://<machine id>`.
+    provider_id: String,
     /// `k=v,k=v`, or empty.
     node_labels: String,
     /// `k=v:E,k=v:E`, or empty.
@@ -318,7 +326,7 @@ impl RenderContext {
         let cluster_dns = check_machine_ipv4("cluster_dns", input.cluster_dns)?;
         check_dns_name("cluster_domain", &input.cluster_domain)?;
         let bin_dir = check_path("bin_dir", &input.bin_dir)?;
-        let node_labels = label_flag(&input.node_pool, &input.node_labels);
+        let node_labels = label_flag(&input.node_pool, input.machine_type, &input.node_labels);
         let node_taints = taint_flag(&input.node_taints)?;
         let binaries = check_binaries(&input.binary_sha256, &bin_dir)?;
 
@@ -330,6 +338,7 @@ impl RenderContext {
             cluster_dns: cluster_dns.to_string(),
             cluster_domain: input.cluster_domain.clone(),
             pod_cidr: input.pod_cidr.to_string(),
+            provider_id: crate::names::provider_id(input.machine_id),
             node_labels,
             node_taints,
             lab: input.lab,
@@ -419,11 +428,16 @@ fn check_binaries(
     })
 }
 
-/// `k=v,k=v`, sorted by key, with the pool's label (the labels were
-/// checked when parsed, and the pool label is reserved to Kubeforge).
-fn label_flag(pool: &NodePoolName, labels: &Labels) -> String {
+/// `k=v,k=v`, sorted by key, with the pool's label and the machine type's
+/// (the labels were checked when parsed; both are Kubeforge's to set and
+/// win over a tenant's label of the same key).
+fn label_flag(pool: &NodePoolName, machine_type: crate::MachineType, labels: &Labels) -> String {
     let mut all = labels.as_map().clone();
     all.insert(NODE_POOL_LABEL.to_string(), pool.to_string());
+    all.insert(
+        crate::names::INSTANCE_TYPE_LABEL.to_string(),
+        machine_type.as_str().to_string(),
+    );
     all.iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
@@ -515,6 +529,8 @@ mod tests {
         WorkerBundleInput {
             cluster_name: ClusterName::parse("demo").unwrap(),
             node_name: "demo-pool-a-0".into(),
+            machine_id: uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
+            machine_type: crate::MachineType::Small,
             node_address: Ipv4Addr::new(10, 77, 0, 31),
             api_server: "https://10.77.0.10:6443".into(),
             cluster_dns: Ipv4Addr::new(10, 96, 0, 10),
@@ -568,7 +584,14 @@ mod tests {
         }
         let kubelet = &files[3].contents;
         assert!(
-            kubelet.contains("--node-labels=kubeforge.io/node-pool=pool-a,tier=web"),
+            kubelet.contains(
+                "--node-labels=kubeforge.io/node-pool=pool-a,\
+                 node.kubernetes.io/instance-type=small,tier=web"
+            ),
+            "{kubelet}"
+        );
+        assert!(
+            kubelet.contains("--provider-id=kubeforge://01900000-0000-7000-8000-000000000001"),
             "{kubelet}"
         );
         assert!(
@@ -605,7 +628,7 @@ mod tests {
     }
 
     #[test]
-    fn worker_without_labels_or_taints_carries_only_its_pool() {
+    fn worker_without_labels_or_taints_carries_only_its_pool_and_type() {
         let mut bare = input();
         bare.node_labels = Labels::default();
         bare.node_taints.clear();
@@ -613,7 +636,10 @@ mod tests {
         let unit = &files[3].contents;
         assert!(!unit.contains("--register-with-taints"), "{unit}");
         assert!(
-            unit.contains("--node-labels=kubeforge.io/node-pool=pool-a\nRestart=always"),
+            unit.contains(
+                "--node-labels=kubeforge.io/node-pool=pool-a,\
+                 node.kubernetes.io/instance-type=small\nRestart=always"
+            ),
             "{unit}"
         );
     }

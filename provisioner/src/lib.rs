@@ -20,6 +20,7 @@ pub mod crypto;
 pub mod embedded_pg;
 pub mod engine;
 pub mod error;
+pub mod externalgrpc;
 pub mod grpc_pki;
 pub mod keys;
 pub mod metrics;

@@ -36,6 +36,12 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value_t = 4)]
         workers: usize,
+        /// Serve the cluster-autoscaler externalgrpc provider (mTLS) here.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        grpc_listen: SocketAddr,
+        /// The host:port clients dial for it (default: --grpc-listen).
+        #[arg(long)]
+        grpc_advertise: Option<String>,
     },
     /// Run Kubeforge against a PostgreSQL server, or the embedded one.
     Serve {
@@ -47,6 +53,13 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value_t = 4)]
         workers: usize,
+        /// Serve the cluster-autoscaler externalgrpc provider (mTLS) here;
+        /// off unless given.
+        #[arg(long)]
+        grpc_listen: Option<SocketAddr>,
+        /// The host:port clients dial for it (default: --grpc-listen).
+        #[arg(long)]
+        grpc_advertise: Option<String>,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -158,6 +171,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             workers,
+            grpc_listen,
+            grpc_advertise,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -165,6 +180,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir: data_dir.unwrap_or_else(server::default_data_dir),
                 listen,
                 workers,
+                grpc_listen: Some(grpc_listen),
+                grpc_advertise,
             };
             server::serve(opts, true).await
         }
@@ -173,6 +190,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             workers,
+            grpc_listen,
+            grpc_advertise,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -180,6 +199,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir: data_dir.unwrap_or_else(server::default_data_dir),
                 listen,
                 workers,
+                grpc_listen,
+                grpc_advertise,
             };
             server::serve(opts, false).await
         }

@@ -1,6 +1,7 @@
 //! Prometheus metrics: requests by route and status, job queue depth and
 //! latency, reconcile outcomes, control-plane component restarts, and the
-//! autoscaler (pending pods, decisions, decision latency). Rendered at
+//! autoscaler (pending pods, decisions, decision latency), the externalgrpc
+//! provider's calls by method and status code. Rendered at
 //! `/metrics`.
 
 use prometheus::{
@@ -31,6 +32,11 @@ pub struct Metrics {
     /// From a pod becoming unschedulable to the new size written for it,
     /// per scale-up (the oldest pod of the decision).
     pub autoscaler_decision_latency: HistogramVec,
+    /// Calls to the externalgrpc provider by method and gRPC status code
+    /// (`Ok`, `NotFound`, ...).
+    pub grpc_calls: IntCounterVec,
+    /// Their latency, by method.
+    pub grpc_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -94,6 +100,25 @@ impl Metrics {
             ]),
             &["kind"],
         )?;
+        let grpc_calls = IntCounterVec::new(
+            Opts::new(
+                "externalgrpc_calls_total",
+                "Calls to the cluster-autoscaler externalgrpc provider by method and code",
+            ),
+            &["method", "code"],
+        )?;
+        let grpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "externalgrpc_call_duration_seconds",
+                "Latency of the externalgrpc provider's calls by method",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["method"],
+        )?;
+        registry.register(Box::new(grpc_calls.clone()))?;
+        registry.register(Box::new(grpc_duration.clone()))?;
         registry.register(Box::new(autoscaler_pending_pods.clone()))?;
         registry.register(Box::new(autoscaler_decisions.clone()))?;
         registry.register(Box::new(autoscaler_decision_latency.clone()))?;
@@ -116,6 +141,8 @@ impl Metrics {
             autoscaler_pending_pods,
             autoscaler_decisions,
             autoscaler_decision_latency,
+            grpc_calls,
+            grpc_duration,
         })
     }
 
@@ -126,6 +153,16 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// An externalgrpc call of `method` ended with `code` after `took`.
+    pub fn observe_grpc_call(&self, method: &str, code: tonic::Code, took: Duration) {
+        self.grpc_calls
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
+        self.grpc_duration
+            .with_label_values(&[method])
+            .observe(took.as_secs_f64());
     }
 
     /// A job of `kind` started after waiting `waited` in the queue.

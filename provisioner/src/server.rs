@@ -32,6 +32,13 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Jobs this process runs at once.
     pub workers: usize,
+    /// Where to serve the cluster-autoscaler externalgrpc provider; None:
+    /// not served.
+    pub grpc_listen: Option<SocketAddr>,
+    /// The `host:port` clients dial for it (the credentials route hands it
+    /// out, the serving certificate names its host); default: the listen
+    /// address, or `localhost` with its port when that is a wildcard.
+    pub grpc_advertise: Option<String>,
 }
 
 /// The default data dir: `$KUBEFORGE_DATA_DIR`, `/var/lib/kubeforge` for
@@ -320,14 +327,26 @@ async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Res
     if let Some(access) = &access {
         register_ssh_provider(&mut providers, access, &pool, &secrets);
     }
-    let app = build_app(
-        pool.clone(),
-        auth,
-        secrets,
-        providers,
-        service_config()?,
-        access,
-    )?;
+    let mut config = service_config()?;
+    let grpc = match opts.grpc_listen {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} for gRPC"))?;
+            let bound = listener.local_addr()?;
+            let advertise = opts.grpc_advertise.clone().unwrap_or_else(|| {
+                if bound.ip().is_unspecified() {
+                    format!("localhost:{}", bound.port())
+                } else {
+                    bound.to_string()
+                }
+            });
+            config.grpc_address = Some(advertise.clone());
+            Some((listener, bound, advertise))
+        }
+    };
+    let app = build_app(pool.clone(), auth, secrets, providers, config, access)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = build_engine(
@@ -357,6 +376,22 @@ async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Res
             let _ = shutdown_rx.wait_for(|s| *s).await;
         });
     let server_task = tokio::spawn(async move { server.await });
+    let grpc_task = match grpc {
+        None => None,
+        Some((listener, bound, advertise)) => {
+            let hosts = crate::externalgrpc::serving_hosts(bound, &advertise);
+            let tls = crate::externalgrpc::tls_config(&app, &hosts).await?;
+            println!(
+                "cluster-autoscaler externalgrpc provider on {bound} (mTLS; clients dial {advertise})"
+            );
+            Some(tokio::spawn(crate::externalgrpc::serve(
+                app.clone(),
+                listener,
+                tls,
+                stop_rx.clone(),
+            )))
+        }
+    };
     shutdown_signal().await;
     tracing::info!("shutting down: no new jobs, releasing leases, draining requests");
     let _ = stop_tx.send(true);
@@ -369,6 +404,13 @@ async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Res
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
         Err(_) => tracing::warn!("requests still open after 15 s; closing"),
         _ => {}
+    }
+    if let Some(task) = grpc_task {
+        match tokio::time::timeout(Duration::from_secs(15), task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
+            Err(_) => tracing::warn!("gRPC calls still open after 15 s; closing"),
+            _ => {}
+        }
     }
     pool.close().await;
     Ok(())

@@ -4,8 +4,9 @@
 //!     api -> app -> {store, engine} -> {providers, ssh, tenant} -> cluster
 //!
 //! with the autoscaler beside the app, on top of the engine (it runs as
-//! one of the engine's jobs, registered by `server`), the gRPC endpoint's
-//! PKI (`grpc_pki`) on the store, used by the app, and
+//! one of the engine's jobs, registered by `server`), the externalgrpc
+//! provider beside the API (another door, writing sizes the way the
+//! autoscaler does) with its CA (`grpc_pki`) below the app, and
 //! with `state` (the shared process state) between app/engine and what
 //! they use, and foundations (errors, contexts, crypto, metrics, keys,
 //! artifacts) usable from any layer. `server`, `cli` and `main` wire
@@ -38,9 +39,13 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
             vec!["state", "store", "providers", "ssh", "tenant"],
         ),
         ("autoscaler", vec!["state", "store", "engine", "tenant"]),
+        (
+            "externalgrpc",
+            vec!["state", "store", "autoscaler", "grpc_pki"],
+        ),
+        ("grpc_pki", vec!["store"]),
         ("state", vec!["store", "providers", "ssh", "tenant"]),
         ("store", vec![]),
-        ("grpc_pki", vec!["store"]),
         ("providers", vec!["ssh"]),
         ("ssh", vec![]),
         ("tenant", vec![]),

@@ -10,6 +10,7 @@
 //! `lab` kind (the shipped binary registers no such thing).
 
 pub mod conformance;
+pub mod grpc;
 pub mod lab;
 
 use axum::body::Body;

@@ -13,6 +13,11 @@
 //!   arrive -> the other replica takes the lease over and decides, once;
 //! - a pod for the tainted pool -> it scales up from zero.
 //!
+//! Beside it, a second cluster is driven by an upstream cluster-autoscaler's
+//! calls (the externalgrpc provider over mTLS, a client generated from
+//! Kubeforge's `.proto`): template node, scale-up to a Ready node, a named
+//! node deleted.
+//!
 //! Needs root and the artifacts of `scripts/build-lab-image` and
 //! `scripts/build-kube` (the test command builds both).
 
@@ -590,4 +595,363 @@ async fn pending_pods_grow_pools_once_each_explained_across_replicas() {
     for r in &replicas {
         r.task.abort();
     }
+}
+
+/// `runtime.Unknown`, the envelope of Kubernetes' protobuf encoding (after
+/// the `k8s\0` magic): what a client sends the API server with
+/// `Content-Type: application/vnd.kubernetes.protobuf`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Unknown {
+    #[prost(message, optional, tag = "1")]
+    type_meta: Option<TypeMeta>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    raw: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct TypeMeta {
+    #[prost(string, optional, tag = "1")]
+    api_version: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    kind: Option<String>,
+}
+
+/// Has the tenant's real API server decode `node` (a serialized v1.Node)
+/// from protobuf, in a dry run, and returns the Node it understood as
+/// JSON: Kubernetes' own decoder is the judge of the template's bytes.
+async fn decoded_by_the_api_server(kc: &Path, node: &[u8]) -> Value {
+    use prost::Message;
+    use tokio::io::AsyncBufReadExt;
+    let mut proxy = tokio::process::Command::new(kubeforge_tests::lab::kubectl())
+        .arg("--kubeconfig")
+        .arg(kc)
+        .args(["proxy", "--port=0", "--address=127.0.0.1"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl proxy");
+    let mut lines = tokio::io::BufReader::new(proxy.stdout.take().unwrap()).lines();
+    let line = lines
+        .next_line()
+        .await
+        .unwrap()
+        .expect("kubectl proxy says where");
+    let at = line
+        .rsplit(' ')
+        .next()
+        .expect("Starting to serve on HOST:PORT")
+        .to_string();
+    let mut body = b"k8s\0".to_vec();
+    body.extend(
+        Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+            }),
+            raw: Some(node.to_vec()),
+        }
+        .encode_to_vec(),
+    );
+    let r = reqwest::Client::new()
+        .post(format!("http://{at}/api/v1/nodes?dryRun=All"))
+        .header("Content-Type", "application/vnd.kubernetes.protobuf")
+        .header("Accept", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST through kubectl proxy");
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(
+        status, 201,
+        "the API server did not take the template: {text}"
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+fn node_objects(kc: &Path) -> Vec<Value> {
+    let (ok, out) = kubectl_run(kc, &["get", "nodes", "-o", "json"]);
+    assert!(ok, "{out}");
+    serde_json::from_str::<Value>(&out).unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn ready(n: &Value) -> bool {
+    n["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// An upstream cluster-autoscaler's view, through the client generated
+/// from Kubeforge's `.proto` over mTLS: the template node (decoded by the
+/// tenant's own API server), a scale-up to a Ready node whose providerID
+/// maps back to its group, a decrease refused because it would remove a
+/// joined node, and that node deleted by name: drained and gone. Prints
+/// each call's median time against the lab cluster.
+#[tokio::test]
+async fn an_upstream_cluster_autoscaler_drives_a_pool_over_grpc() {
+    use kubeforge::externalgrpc::proto::ca;
+    let (tmp, octet, bridge) = sandbox(env!("CARGO_TARGET_TMPDIR"), "e2e-grpc", "kfg");
+    let (listener, address) = kubeforge_tests::grpc::bind().await;
+    let app = TestApp::with_lab_config(
+        &tmp,
+        &bridge.0,
+        &format!("10.81.{octet}.0/24"),
+        kubeforge::app::Config {
+            grpc_address: Some(address),
+            ..kubeforge::app::Config::default()
+        },
+    )
+    .await;
+    let _server = kubeforge_tests::grpc::start(&app.app, listener).await;
+    let _engine = replica(&app);
+    let owner = app.token("acme", Role::Admin);
+    let name = format!("g{octet}");
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&owner),
+            Some(json!({
+                "name": name, "kubernetes_version": "1.20.2", "provider": {"kind": "lab"},
+                "control_plane": {"replicas": 1, "machine_type": "small"},
+                "autoscaler": {"mode": "external"},
+                "node_pools": [
+                    {"name": "auto", "machine_type": "small", "size": 1,
+                     "autoscaling": {"min": 1, "max": 3}, "labels": {"tier": "web"}}
+                ]
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    pool_ready(&app, &owner, &name, "auto", 1).await;
+    let kc = tmp.join("admin.kubeconfig");
+    write_kubeconfig(&app, &owner, &name, "admin", 3600, &kc).await;
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/v1/clusters/{name}/autoscaler/credentials"),
+            Some(&owner),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut c = kubeforge_tests::grpc::client(&r.body)
+        .await
+        .expect("connects");
+
+    // Each read call, 30 times: the medians.
+    let mut timings: Vec<(&str, f64)> = Vec::new();
+    macro_rules! time {
+        ($name:literal, $call:expr) => {{
+            let mut v = Vec::new();
+            for _ in 0..30 {
+                let t = Instant::now();
+                $call.await.expect($name);
+                v.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            timings.push(($name, median_ms(v)));
+        }};
+    }
+    let existing = node_objects(&kc)
+        .into_iter()
+        .find(|n| n["metadata"]["labels"]["kubeforge.io/node-pool"] == "auto")
+        .expect("the pool's node");
+    let existing_id = existing["spec"]["providerID"].as_str().unwrap().to_string();
+    assert!(existing_id.starts_with("kubeforge://"), "{existing}");
+    let for_node = || ca::NodeGroupForNodeRequest {
+        node: Some(ca::ExternalGrpcNode {
+            provider_id: existing_id.clone(),
+            ..Default::default()
+        }),
+    };
+    time!("NodeGroups", c.node_groups(ca::NodeGroupsRequest {}));
+    time!("NodeGroupForNode", c.node_group_for_node(for_node()));
+    time!(
+        "NodeGroupTargetSize",
+        c.node_group_target_size(ca::NodeGroupTargetSizeRequest { id: "auto".into() })
+    );
+    time!(
+        "NodeGroupNodes",
+        c.node_group_nodes(ca::NodeGroupNodesRequest { id: "auto".into() })
+    );
+    time!(
+        "NodeGroupTemplateNodeInfo",
+        c.node_group_template_node_info(ca::NodeGroupTemplateNodeInfoRequest { id: "auto".into() })
+    );
+    time!(
+        "NodeGroupGetOptions",
+        c.node_group_get_options(ca::NodeGroupAutoscalingOptionsRequest {
+            id: "auto".into(),
+            defaults: None
+        })
+    );
+    time!("GPULabel", c.gpu_label(ca::GpuLabelRequest {}));
+    time!("Refresh", c.refresh(ca::RefreshRequest {}));
+    let group = c
+        .node_group_for_node(for_node())
+        .await
+        .unwrap()
+        .into_inner()
+        .node_group
+        .unwrap();
+    assert_eq!(
+        (group.id.as_str(), group.min_size, group.max_size),
+        ("auto", 1, 3)
+    );
+
+    // The template, judged by the tenant's API server: what a new node of
+    // the pool is, as a joined node of the pool shows it.
+    let bytes = c
+        .node_group_template_node_info(ca::NodeGroupTemplateNodeInfoRequest { id: "auto".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .node_bytes;
+    let template = decoded_by_the_api_server(&kc, &bytes).await;
+    for key in [
+        "kubeforge.io/node-pool",
+        "tier",
+        "node.kubernetes.io/instance-type",
+        "kubernetes.io/os",
+        "kubernetes.io/arch",
+    ] {
+        assert_eq!(
+            template["metadata"]["labels"][key], existing["metadata"]["labels"][key],
+            "label {key}: template {template}, node {existing}"
+        );
+    }
+    for r in ["cpu", "memory", "pods"] {
+        assert_eq!(
+            template["status"]["allocatable"][r], existing["status"]["allocatable"][r],
+            "allocatable {r}: template {template}, node {existing}"
+        );
+    }
+    assert_eq!(
+        template["status"]["allocatable"]["cpu"], "900m",
+        "{template}"
+    );
+
+    // Scale up by one: a new node, Ready, whose providerID maps back.
+    let before: Vec<String> = node_objects(&kc)
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let asked = Instant::now();
+    c.node_group_increase_size(ca::NodeGroupIncreaseSizeRequest {
+        delta: 1,
+        id: "auto".into(),
+    })
+    .await
+    .expect("increase");
+    timings.push((
+        "NodeGroupIncreaseSize",
+        asked.elapsed().as_secs_f64() * 1000.0,
+    ));
+    let new = wait_for("the new node Ready", Duration::from_secs(240), || async {
+        node_objects(&kc)
+            .into_iter()
+            .find(|n| !before.iter().any(|b| n["metadata"]["name"] == b.as_str()) && ready(n))
+    })
+    .await;
+    let to_ready = asked.elapsed();
+    let new_id = new["spec"]["providerID"].as_str().unwrap().to_string();
+    let group = c
+        .node_group_for_node(ca::NodeGroupForNodeRequest {
+            node: Some(ca::ExternalGrpcNode {
+                provider_id: new_id.clone(),
+                name: new["metadata"]["name"].as_str().unwrap().into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .node_group
+        .unwrap();
+    assert_eq!(group.id, "auto");
+    let machines = get(&app, &owner, &format!("/v1/clusters/{name}/machines")).await;
+    assert!(
+        machines["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["node_provider_id"] == new_id.as_str()
+                && m["name"] == new["metadata"]["name"]),
+        "the API's machine view shows the same provider id: {machines}"
+    );
+    pool_ready(&app, &owner, &name, "auto", 2).await;
+
+    // Both nodes joined: a decrease would remove one, so it is refused.
+    let s = c
+        .node_group_decrease_target_size(ca::NodeGroupDecreaseTargetSizeRequest {
+            delta: -1,
+            id: "auto".into(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+
+    // Delete that node by name: drained, gone, the size back to 1.
+    let asked = Instant::now();
+    c.node_group_delete_nodes(ca::NodeGroupDeleteNodesRequest {
+        nodes: vec![ca::ExternalGrpcNode {
+            provider_id: new_id.clone(),
+            ..Default::default()
+        }],
+        id: "auto".into(),
+    })
+    .await
+    .expect("delete");
+    timings.push((
+        "NodeGroupDeleteNodes",
+        asked.elapsed().as_secs_f64() * 1000.0,
+    ));
+    let new_name = new["metadata"]["name"].as_str().unwrap().to_string();
+    wait_for(
+        "the deleted node gone",
+        Duration::from_secs(180),
+        || async {
+            (!node_objects(&kc)
+                .iter()
+                .any(|n| n["metadata"]["name"] == new_name.as_str()))
+            .then_some(())
+        },
+    )
+    .await;
+    let gone = asked.elapsed();
+    let p = pool_ready(&app, &owner, &name, "auto", 1).await;
+    assert_eq!(p["nodes"][0]["name"], existing["metadata"]["name"], "{p}");
+    let events = get(
+        &app,
+        &owner,
+        &format!("/v1/clusters/{name}/events?limit=200"),
+    )
+    .await;
+    assert!(
+        events
+            .to_string()
+            .contains(&format!("node {new_name} removed by cluster-autoscaler")),
+        "{events}"
+    );
+
+    for (call, ms) in &timings {
+        eprintln!("externalgrpc {call}: median {ms:.1} ms");
+    }
+    eprintln!(
+        "externalgrpc NodeGroupIncreaseSize -> node Ready: {:.1} s; NodeGroupDeleteNodes -> node gone: {:.1} s",
+        to_ready.as_secs_f64(),
+        gone.as_secs_f64()
+    );
 }

@@ -539,11 +539,6 @@ fn autoscaler_cases(wrap: impl Fn(Value) -> Value) -> Vec<Case> {
     vec![
         a("unknown field", json!({"colour": 1}), "colour"),
         a("unknown mode", json!({"mode": "auto"}), "mode"),
-        a(
-            "external mode, not served yet",
-            json!({"mode": "external"}),
-            "mode",
-        ),
         a("mode a number", json!({"mode": 1}), "mode"),
         a(
             "unknown expander",

@@ -7,7 +7,7 @@ use kubeforge_cluster::api::{
     EventView, MachineView, NetworkView, NodePoolView, NodeView, OperationView, DECISIONS_KEPT,
     PENDING_SHOWN,
 };
-use kubeforge_cluster::pools::MachineState;
+use kubeforge_cluster::pools::{MachineRole, MachineState};
 
 use crate::store::cluster::Cluster;
 use crate::store::event::Event;
@@ -166,6 +166,8 @@ impl From<&Machine> for MachineView {
             node_pool: m.node_pool_id,
             provider: m.provider.clone(),
             provider_id: m.provider_id.clone(),
+            node_provider_id: (m.role == MachineRole::Worker)
+                .then(|| kubeforge_cluster::names::provider_id(m.id)),
             machine_type: m.machine_type.as_str().into(),
             state: m.state.as_str().into(),
             address: m.address.clone(),

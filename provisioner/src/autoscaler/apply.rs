@@ -114,39 +114,68 @@ impl Open {
         reason: &'static str,
         message: &str,
     ) -> Result<Written> {
-        let p = &self.pool;
-        let settings = node_pool::PoolSettings {
-            size,
-            ..p.settings()
-        };
-        let generation = node_pool::update_settings(&mut self.tx, p.id, &settings).await?;
-        let op = operation::insert(
+        let op = write_size(
             &mut self.tx,
+            app,
             &self.ctx,
-            c.id,
-            Some(p.id),
-            OperationKind::NodePoolUpdate,
-            generation,
+            c,
+            &self.pool,
+            size,
+            reason,
+            message,
         )
         .await?;
-        event::record(
-            &mut *self.tx,
-            NewEvent {
-                tenant: &c.tenant,
-                cluster_id: c.id,
-                node_pool_id: Some(p.id),
-                operation_id: Some(op),
-                warning: false,
-                reason,
-                message,
-            },
-        )
-        .await?;
-        app.enqueue_reconcile(&mut self.tx, c.id, c.provider.kind(), op)
-            .await?;
         self.tx.commit().await?;
         Ok(Written::Done { operation: op })
     }
+}
+
+/// The writes of a size change by an autoscaler (this one or an external
+/// cluster-autoscaler through the gRPC provider), as `PATCH size` makes
+/// them: the pool's new size and generation, an operation authored by
+/// `ctx`, an event (`reason`, `message`) and the cluster's reconcile job.
+/// The caller holds the pool's row lock in `tx` and commits.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn write_size(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    app: &App,
+    ctx: &OpContext,
+    c: &Cluster,
+    p: &node_pool::NodePool,
+    size: u32,
+    reason: &'static str,
+    message: &str,
+) -> Result<Uuid> {
+    let settings = node_pool::PoolSettings {
+        size,
+        ..p.settings()
+    };
+    let generation = node_pool::update_settings(tx, p.id, &settings).await?;
+    let op = operation::insert(
+        tx,
+        ctx,
+        c.id,
+        Some(p.id),
+        OperationKind::NodePoolUpdate,
+        generation,
+    )
+    .await?;
+    event::record(
+        &mut **tx,
+        NewEvent {
+            tenant: &c.tenant,
+            cluster_id: c.id,
+            node_pool_id: Some(p.id),
+            operation_id: Some(op),
+            warning: false,
+            reason,
+            message,
+        },
+    )
+    .await?;
+    app.enqueue_reconcile(tx, c.id, c.provider.kind(), op)
+        .await?;
+    Ok(op)
 }
 
 /// Grows pool `pool_id` from `from` to `to` nodes (`reason` goes into the

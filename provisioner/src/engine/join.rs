@@ -143,6 +143,8 @@ async fn join_one(
     let input = WorkerBundleInput {
         cluster_name: c.name.clone(),
         node_name: m.name.clone(),
+        machine_id: m.id,
+        machine_type: pool.machine_type,
         node_address: address,
         api_server: endpoint.to_string(),
         cluster_dns: c
