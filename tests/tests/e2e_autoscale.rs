@@ -217,6 +217,27 @@ async fn pending_pods_grow_pools_once_each_explained_across_replicas() {
     pool_ready(&app, &owner, &name, "auto", 1).await;
     let kc = tmp.join("admin.kubeconfig");
     write_kubeconfig(&app, &owner, &name, "admin", 3600, &kc).await;
+    // Ready is not yet schedulable: the node lifecycle controller lifts the
+    // not-ready taint a moment later (longer on a busy machine), and pods
+    // that arrive before it see no node that takes them.
+    wait_for(
+        "the first node rid of its not-ready taint",
+        Duration::from_secs(60),
+        || async {
+            let nodes = node_objects(&kc);
+            (!nodes.is_empty()
+                && nodes.iter().all(|n| {
+                    ready(n)
+                        && !n["spec"]["taints"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|t| t["key"] == "node.kubernetes.io/not-ready")
+                }))
+            .then_some(())
+        },
+    )
+    .await;
 
     // The autoscaler watches the cluster on one replica.
     let holder: Uuid = wait_for(
@@ -946,8 +967,20 @@ async fn an_upstream_cluster_autoscaler_drives_a_pool_over_grpc() {
         "{events}"
     );
 
+    // The cluster served all along with an autoscaling pool, in mode
+    // external: the builtin autoscaler kept out (no job ever watched it).
+    let jobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'autoscale_cluster'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        jobs, 0,
+        "the builtin autoscaler must leave an external cluster alone"
+    );
+
     for (call, ms) in &timings {
-        eprintln!("externalgrpc {call}: median {ms:.1} ms");
+        eprintln!("externalgrpc {call}: {ms:.1} ms");
     }
     eprintln!(
         "externalgrpc NodeGroupIncreaseSize -> node Ready: {:.1} s; NodeGroupDeleteNodes -> node gone: {:.1} s",
