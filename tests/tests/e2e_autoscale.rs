@@ -782,7 +782,7 @@ async fn an_upstream_cluster_autoscaler_drives_a_pool_over_grpc() {
                 $call.await.expect($name);
                 v.push(t.elapsed().as_secs_f64() * 1000.0);
             }
-            timings.push(($name, median_ms(v)));
+            timings.push((concat!($name, " (median of 30)"), median_ms(v)));
         }};
     }
     let existing = node_objects(&kc)
