@@ -748,7 +748,8 @@ async fn an_upstream_cluster_autoscaler_drives_a_pool_over_grpc() {
                 "autoscaler": {"mode": "external"},
                 "node_pools": [
                     {"name": "auto", "machine_type": "small", "size": 1,
-                     "autoscaling": {"min": 1, "max": 3}, "labels": {"tier": "web"}}
+                     "autoscaling": {"min": 1, "max": 3}, "labels": {"tier": "web"},
+                     "taints": [{"key": "dedicated", "value": "ca", "effect": "NoSchedule"}]}
                 ]
             })),
             &[],
@@ -863,6 +864,34 @@ async fn an_upstream_cluster_autoscaler_drives_a_pool_over_grpc() {
         template["status"]["allocatable"]["cpu"], "900m",
         "{template}"
     );
+    // The pool's taints, as the node registered them (leaving out the
+    // lifecycle controller's own, which come and go).
+    let pool_taints = |n: &Value| -> Vec<(String, String, String)> {
+        n["spec"]["taints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| {
+                !t["key"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("node.kubernetes.io/")
+            })
+            .map(|t| {
+                let s = |k: &str| t[k].as_str().unwrap_or("").to_string();
+                (s("key"), s("value"), s("effect"))
+            })
+            .collect()
+    };
+    assert_eq!(
+        pool_taints(&template),
+        vec![(
+            "dedicated".to_string(),
+            "ca".to_string(),
+            "NoSchedule".to_string()
+        )]
+    );
+    assert_eq!(pool_taints(&template), pool_taints(&existing), "{existing}");
 
     // Scale up by one: a new node, Ready, whose providerID maps back.
     let before: Vec<String> = node_objects(&kc)
@@ -877,7 +906,7 @@ async fn an_upstream_cluster_autoscaler_drives_a_pool_over_grpc() {
     .await
     .expect("increase");
     timings.push((
-        "NodeGroupIncreaseSize",
+        "NodeGroupIncreaseSize (one call)",
         asked.elapsed().as_secs_f64() * 1000.0,
     ));
     let new = wait_for("the new node Ready", Duration::from_secs(240), || async {
@@ -936,7 +965,7 @@ async fn an_upstream_cluster_autoscaler_drives_a_pool_over_grpc() {
     .await
     .expect("delete");
     timings.push((
-        "NodeGroupDeleteNodes",
+        "NodeGroupDeleteNodes (one call)",
         asked.elapsed().as_secs_f64() * 1000.0,
     ));
     let new_name = new["metadata"]["name"].as_str().unwrap().to_string();
