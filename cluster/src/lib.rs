@@ -24,6 +24,7 @@ pub mod operations;
 pub mod pki;
 pub mod pools;
 pub mod restarts;
+pub mod routes;
 pub mod scaledown;
 pub mod scaleup;
 pub mod simulate;

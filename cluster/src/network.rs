@@ -15,7 +15,7 @@ use std::str::FromStr;
 use crate::ValidationError;
 
 /// An IPv4 network in CIDR notation whose host bits are zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Ipv4Cidr(Ipv4Net);
 

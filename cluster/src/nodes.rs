@@ -25,6 +25,9 @@ pub struct NodeView {
     pub registered_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Since when the Ready condition has been True, when it is.
     pub ready_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// The pod range the controller manager allocated (`spec.podCIDR`),
+    /// when it has and it parses.
+    pub pod_cidr: Option<crate::network::Ipv4Cidr>,
 }
 
 /// A Pod, as far as drains and CPU accounting care.

@@ -806,3 +806,272 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     drop(bridge);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// The network namespace of the pod with address `ip` on this node (the
+/// CRI names each pod's namespace under /var/run/netns).
+fn netns_of(ip: &str) -> String {
+    format!(
+        "for ns in $(ip netns list | cut -d' ' -f1); do \
+           if ip netns exec \"$ns\" ip -4 -o addr show | grep -q ' {ip}/'; then echo \"$ns\"; fi; \
+         done"
+    )
+}
+
+/// Runs `script` on the worker named `node`; returns its output lines.
+async fn on_node(app: &TestApp, node: &str, script: &str) -> Vec<String> {
+    let (address, host_key): (String, String) =
+        sqlx::query_as("SELECT address, host_key FROM machines WHERE name = $1")
+            .bind(node)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let (code, lines) = run_on_machine(app, &address, &host_key, script).await;
+    assert_eq!(code, 0, "{node}: {script}: {lines:?}");
+    lines
+}
+
+/// The routes Kubeforge put on a node: `DESTINATION via ADDRESS`.
+async fn routes_on(app: &TestApp, node: &str) -> BTreeSet<String> {
+    on_node(app, node, "ip -4 route show proto 77")
+        .await
+        .iter()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+fn jsonpath(kc: &Path, args: &[&str]) -> String {
+    let (ok, out) = kubectl_run(kc, args);
+    assert!(ok, "{args:?}: {out}");
+    out.trim().to_string()
+}
+
+/// The pod network: two pods on two nodes reach each other over TCP with
+/// their own addresses (routes between nodes, no masquerade between
+/// pods), through a ClusterIP Service and a NodePort from every node; the
+/// routes follow the nodes (a node that leaves takes its route off the
+/// others). The lab's only image has no tools, so the checks run socat
+/// from the nodes, inside the pods' network namespaces.
+#[tokio::test]
+async fn pods_reach_pods_and_services_across_nodes() {
+    let (tmp, octet, bridge) = sandbox(env!("CARGO_TARGET_TMPDIR"), "e2e-net", "kfn");
+    let app = TestApp::with_lab(&tmp, &bridge.0, &format!("10.82.{octet}.0/24")).await;
+    let owner = app.token("acme", Role::Admin);
+    let name = format!("n{octet}");
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&owner),
+            Some(json!({
+                "name": name, "kubernetes_version": "1.20.2", "provider": {"kind": "lab"},
+                "control_plane": {"replicas": 1, "machine_type": "small"},
+                "node_pools": [{"name": "net", "machine_type": "small", "size": 2}]
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    drive(&app, &owner, &name, Some("ready"), Duration::from_secs(240)).await;
+    let p = drive_pool(
+        &app,
+        &owner,
+        &name,
+        "net",
+        "2 ready",
+        Duration::from_secs(240),
+        |p| ready_nodes(p, 2),
+    )
+    .await;
+    let nodes: Vec<String> = names(&p).into_iter().collect();
+    let kc = tmp.join("admin.kubeconfig");
+    kubeforge_tests::lab::write_kubeconfig(&app, &owner, &name, "admin", 1800, &kc).await;
+
+    // Each node routes the other's pod range through the other's address.
+    let cidr_of = |n: &str| jsonpath(&kc, &["get", "node", n, "-o", "jsonpath={.spec.podCIDR}"]);
+    let addr_of = |n: &str| {
+        p["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == n)
+            .and_then(|x| x["address"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        hurry_and_run(&app).await;
+        let mut all = true;
+        for (me, other) in [(&nodes[0], &nodes[1]), (&nodes[1], &nodes[0])] {
+            let want = format!("{} via {}", cidr_of(other), addr_of(other));
+            all &= routes_on(&app, me).await == BTreeSet::from([want]);
+        }
+        if all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "routes not in place: {:?} / {:?}",
+            routes_on(&app, &nodes[0]).await,
+            routes_on(&app, &nodes[1]).await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Two pods, one on each node; b also answers for a Service.
+    for (pod, node) in [("a", &nodes[0]), ("b", &nodes[1])] {
+        apply(
+            &kc,
+            &tmp,
+            pod,
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  labels:\n    app: net-{pod}\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: kubeforge.invalid/pause:1\n    imagePullPolicy: IfNotPresent\n"
+            ),
+        );
+    }
+    wait_running(&kc, "a").await;
+    wait_running(&kc, "b").await;
+    let ip_a = jsonpath(&kc, &["get", "pod", "a", "-o", "jsonpath={.status.podIP}"]);
+    let ip_b = jsonpath(&kc, &["get", "pod", "b", "-o", "jsonpath={.status.podIP}"]);
+    // In b's namespace, a listener that answers with who it sees.
+    on_node(
+        &app,
+        &nodes[1],
+        &format!(
+            "ns=$({}); [ -n \"$ns\" ] || exit 3; \
+             systemd-run --unit=kf-net-echo --quiet ip netns exec \"$ns\" \
+               socat TCP-LISTEN:7777,fork,reuseaddr SYSTEM:'echo \"$SOCAT_PEERADDR\"'; \
+             for i in $(seq 50); do ip netns exec \"$ns\" ss -ltn | grep -q ':7777' && exit 0; sleep 0.1; done; exit 4",
+            netns_of(&ip_b)
+        ),
+    )
+    .await;
+    let from_a = |target: String| {
+        let app = &app;
+        let node = nodes[0].clone();
+        let ns = netns_of(&ip_a);
+        async move {
+            on_node(
+                app,
+                &node,
+                &format!(
+                    "ns=$({ns}); [ -n \"$ns\" ] || exit 3; \
+                     ip netns exec \"$ns\" socat -T5 - TCP:{target},connect-timeout=5 </dev/null"
+                ),
+            )
+            .await
+        }
+    };
+    // Pod to pod across nodes: b sees a's own address.
+    assert_eq!(
+        from_a(format!("{ip_b}:7777")).await,
+        std::slice::from_ref(&ip_a)
+    );
+
+    // A ClusterIP Service whose endpoint is on the other node.
+    apply(
+        &kc,
+        &tmp,
+        "svc",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: net-b\nspec:\n  type: NodePort\n  selector:\n    app: net-b\n  ports:\n  - port: 80\n    targetPort: 7777\n",
+    );
+    let cluster_ip = jsonpath(
+        &kc,
+        &["get", "svc", "net-b", "-o", "jsonpath={.spec.clusterIP}"],
+    );
+    let node_port = jsonpath(
+        &kc,
+        &[
+            "get",
+            "svc",
+            "net-b",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // kube-proxy programs the Service within its sync period.
+        let (code, lines) = {
+            let (address, host_key): (String, String) =
+                sqlx::query_as("SELECT address, host_key FROM machines WHERE name = $1")
+                    .bind(&nodes[0])
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            run_on_machine(
+                &app,
+                &address,
+                &host_key,
+                &format!(
+                    "ns=$({}); ip netns exec \"$ns\" socat -T5 - TCP:{cluster_ip}:80,connect-timeout=5 </dev/null",
+                    netns_of(&ip_a)
+                ),
+            )
+            .await
+        };
+        if code == 0 && lines == [ip_a.clone()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ClusterIP {cluster_ip} from pod a: {code} {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // The NodePort, from each node's own network to each node's address.
+    for from in &nodes {
+        for to in &nodes {
+            let lines = on_node(
+                &app,
+                from,
+                &format!(
+                    "socat -T5 - TCP:{}:{node_port},connect-timeout=5 </dev/null",
+                    addr_of(to)
+                ),
+            )
+            .await;
+            assert_eq!(lines.len(), 1, "NodePort {to} from {from}: {lines:?}");
+        }
+    }
+
+    // A node leaves: its route goes from the other.
+    let r = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/clusters/{name}/node-pools/net"),
+            Some(&owner),
+            Some(json!({"size": 1})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let p1 = drive_pool(
+        &app,
+        &owner,
+        &name,
+        "net",
+        "1 ready",
+        Duration::from_secs(180),
+        |p| ready_nodes(p, 1),
+    )
+    .await;
+    let left: Vec<String> = names(&p1).into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        hurry_and_run(&app).await;
+        let routes = routes_on(&app, &left[0]).await;
+        if routes.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: routes to a node that left: {routes:?}",
+            left[0]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let applied = events(&app, "NetworkRoutesApplied").await;
+    assert!(!applied.is_empty(), "no NetworkRoutesApplied event");
+    assert!(events(&app, "NetworkRoutesFailed").await.is_empty());
+}

@@ -811,6 +811,7 @@ mod tests {
             drain_started_at: None,
             joined_at: None,
             component_restarts: None,
+            network_sha: None,
             timeline: crate::store::machine::Timeline {
                 requested: now,
                 ..Default::default()

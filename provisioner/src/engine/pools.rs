@@ -32,6 +32,14 @@
 //!    secrets; one left behind by a crash expires with its token and the
 //!    cluster's token cleaner removes it), and Node objects of pool
 //!    machines no longer in the ledger are deleted.
+//! 6. **Pod network.** Every node's routes to the other nodes' pod ranges
+//!    ([`kubeforge_cluster::routes`]: addresses from the ledger, ranges
+//!    the controller manager allocated), uploaded and applied over SSH on
+//!    each running worker whose files differ from what it last applied
+//!    (`machines.network_sha`); its boot unit reapplies them after a
+//!    restart. A node that joins gets routes to the others at once, and
+//!    the others a route to it once its range is allocated; a node that
+//!    leaves takes its routes off the others on the next pass.
 
 use chrono::Utc;
 use kubeforge_cluster::join::token_secret_name;
@@ -39,6 +47,7 @@ use kubeforge_cluster::nodes::{self as tenant_nodes, DrainProgress, NodeView};
 use kubeforge_cluster::pools::{
     plan_repairs, scale_down_order, MachineRole, MachineState, Repair, Worker, REPAIR_WINDOW,
 };
+use kubeforge_cluster::routes::{self, RoutedNode};
 use kubeforge_cluster::spec::AutoRepair;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -56,6 +65,9 @@ use crate::tenant::{self, TenantApi};
 
 /// How long one pass spends evicting from one node before moving on.
 const DRAIN_SLICE: Duration = Duration::from_secs(5);
+
+/// How long applying a node's network files may take.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The node state of a worker whose provider cannot host a node yet.
 const JOIN_UNSUPPORTED: &str = "join_unsupported";
@@ -388,6 +400,9 @@ async fn pass(
     }
     let machines = machine::list_any(&app.pool, c.id).await?;
 
+    // 8. The pod network.
+    network(app, access, c, &machines, &nodes, stopped).await?;
+
     // The report.
     for p in pools {
         let report = status.pools.entry(p.id).or_default();
@@ -415,6 +430,114 @@ async fn pass(
         }
     }
     Ok(status)
+}
+
+/// Plans the cluster's routes and applies them on every running worker
+/// whose files changed; one event per pass that applied any (or failed).
+async fn network(
+    app: &App,
+    access: &MachineAccess,
+    c: &Cluster,
+    machines: &[Machine],
+    nodes: &HashMap<String, NodeView>,
+    stopped: &HashSet<Uuid>,
+) -> Result<()> {
+    // Nodes that may hold pods: workers running or draining.
+    let members: Vec<RoutedNode> = machines
+        .iter()
+        .filter(|m| m.role == MachineRole::Worker)
+        .filter(|m| matches!(m.state, MachineState::Running | MachineState::Draining))
+        .filter_map(|m| {
+            Some(RoutedNode {
+                name: m.name.clone(),
+                address: m.address.as_deref()?.parse().ok()?,
+                pod_cidr: nodes.get(&m.name).and_then(|n| n.pod_cidr),
+            })
+        })
+        .collect();
+    let pods = c.network.pod_cidr;
+    let plan = routes::plan(pods, &members);
+    let mut applied: Vec<String> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
+    for m in machines.iter().filter(|m| {
+        m.role == MachineRole::Worker
+            && m.state == MachineState::Running
+            && !stopped.contains(&m.id)
+    }) {
+        let Some(table) = plan.tables.get(&m.name) else {
+            continue;
+        };
+        let files = routes::node_files(pods, table);
+        let sha = routes::digest(&files);
+        if m.network_sha.as_deref() == Some(sha.as_str()) {
+            continue;
+        }
+        match apply_network(access, m, &files).await {
+            Ok(()) => {
+                machine::set_network_sha(&app.pool, m.id, &sha).await?;
+                applied.push(format!("{} ({} routes)", m.name, table.len()));
+            }
+            Err(e) => failed.push(e),
+        }
+    }
+    if !applied.is_empty() {
+        let mut message = format!("pod network routes applied on {}", applied.join(", "));
+        if !plan.left_out.is_empty() {
+            message.push_str(&format!("; no route to {}", plan.left_out.join("; ")));
+        }
+        record(app, c, None, false, "NetworkRoutesApplied", &message).await?;
+    }
+    if !failed.is_empty() {
+        record(
+            app,
+            c,
+            None,
+            true,
+            "NetworkRoutesFailed",
+            &format!("pod network routes not applied: {}", failed.join("; ")),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Uploads a worker's network files and applies them.
+async fn apply_network(
+    access: &MachineAccess,
+    m: &Machine,
+    files: &[kubeforge_cluster::bundle::BundleFile],
+) -> std::result::Result<(), String> {
+    let session = super::controlplane::open(access, m).await?;
+    let result = async {
+        for f in files {
+            session
+                .upload(&f.path, f.contents.as_bytes(), f.mode)
+                .await
+                .map_err(|e| format!("{}: uploading {}: {e}", m.name, f.path))?;
+        }
+        let mut lines = Vec::new();
+        let code = session
+            .run(
+                routes::APPLY_COMMAND,
+                NETWORK_TIMEOUT,
+                &crate::ssh::Redactor::none(),
+                |_, l| lines.push(l.to_string()),
+            )
+            .await
+            .map_err(|e| format!("{}: {e}", m.name))?;
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: the network script exited with {code}: {}",
+                m.name,
+                lines.last().map_or("no output", String::as_str)
+            ))
+        }
+    }
+    .await;
+    session.close().await;
+    result
 }
 
 /// A ledger row as the pool decisions see it.

@@ -54,6 +54,9 @@ pub struct Machine {
     /// (`kubeforge_cluster::restarts::MemberRestarts`); None until the
     /// first look.
     pub component_restarts: Option<JsonValue>,
+    /// A worker: the digest of the pod-network files it last applied
+    /// (`kubeforge_cluster::routes::digest`); None until applied.
+    pub network_sha: Option<String>,
 }
 
 /// A `machines` row as stored: parsed into a [`Machine`] right away.
@@ -84,6 +87,7 @@ struct MachineRow {
     bootstrap_started_at: Option<DateTime<Utc>>,
     registered_at: Option<DateTime<Utc>>,
     ready_at: Option<DateTime<Utc>>,
+    network_sha: Option<String>,
 }
 
 pub use kubeforge_cluster::operations::Timeline;
@@ -125,6 +129,7 @@ impl TryFrom<MachineRow> for Machine {
             drain_started_at: r.drain_started_at,
             joined_at: r.joined_at,
             component_restarts: r.component_restarts,
+            network_sha: r.network_sha,
             timeline: Timeline {
                 requested: r.created_at,
                 running: r.running_at,
@@ -357,6 +362,18 @@ pub async fn start_drain(db: impl PgExecutor<'_>, id: Uuid, reason: &str) -> Res
          WHERE id = $1",
         id,
         reason
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records the pod-network files a worker has applied.
+pub async fn set_network_sha(db: impl PgExecutor<'_>, id: Uuid, sha: &str) -> Result<()> {
+    sqlx::query!(
+        "UPDATE machines SET network_sha = $2 WHERE id = $1",
+        id,
+        sha
     )
     .execute(db)
     .await?;

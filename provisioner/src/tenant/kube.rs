@@ -246,6 +246,11 @@ fn node_view(n: &Node) -> Option<NodeView> {
             .filter(|c| c.status == "True")
             .and_then(|c| c.last_transition_time.as_ref())
             .and_then(time),
+        pod_cidr: n
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.as_deref())
+            .and_then(|c| kubeforge_cluster::network::Ipv4Cidr::parse(c).ok()),
     })
 }
 

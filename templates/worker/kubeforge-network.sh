@@ -1,0 +1,37 @@
+#!/bin/bash
+# Kubeforge: this node's share of the cluster's pod network (routes to the
+# other nodes' pod ranges, and the masquerade of pod traffic that leaves the
+# pod network). Written by Kubeforge; run at boot by kubeforge-network.service
+# and by the service whenever the cluster's nodes change. Idempotent: it adds
+# or fixes every route listed in /etc/kubeforge/routes and removes the routes
+# it added before (protocol 77) that are no longer listed, and no others.
+set -euo pipefail
+conf=/etc/kubeforge/network
+routes=/etc/kubeforge/routes
+die() { echo "kubeforge-network: $*" >&2; exit 1; }
+[[ -f $conf && -f $routes ]] || die "missing $conf or $routes"
+pod_cidr=$(sed -n 's/^pod_cidr=//p' "$conf")
+[[ $pod_cidr =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+$ ]] || die "no valid pod_cidr in $conf"
+
+# Nodes forward pod traffic (a machine in its own network namespace may set
+# this even where the rest of /proc/sys is read-only).
+if [[ $(cat /proc/sys/net/ipv4/ip_forward) != 1 ]]; then
+  echo 1 >/proc/sys/net/ipv4/ip_forward
+fi
+
+# Pod traffic leaving the pod network goes out as the node; pod to pod keeps
+# its source address.
+masq=(-s "$pod_cidr" ! -d "$pod_cidr" -m comment --comment "kubeforge: pods leaving the pod network" -j MASQUERADE)
+iptables -w -t nat -C POSTROUTING "${masq[@]}" 2>/dev/null || iptables -w -t nat -A POSTROUTING "${masq[@]}"
+
+want=" "
+while read -r dest via gw rest; do
+  [[ -n ${dest:-} ]] || continue
+  [[ $via == via && -n ${gw:-} && -z ${rest:-} ]] || die "bad line in $routes: $dest $via ${gw:-} ${rest:-}"
+  ip route replace "$dest" via "$gw" proto 77
+  want+="$dest "
+done <"$routes"
+ip -4 route show proto 77 | while read -r dest _; do
+  [[ $want == *" $dest "* ]] || ip route del "$dest" proto 77
+done
+echo "kubeforge-network: $(ip -4 route show proto 77 | wc -l) routes to other nodes' pods"
