@@ -189,10 +189,12 @@ pub fn render(routes: &[Route]) -> String {
     out
 }
 
-/// The files one node gets: the script, the unit, the cluster's pod range
-/// and the node's table. Nothing in them comes from a tenant as text: the
-/// range and the routes are parsed addresses.
-pub fn node_files(cluster_pods: Ipv4Cidr, routes: &[Route]) -> Vec<BundleFile> {
+/// The files one machine gets: the script, the unit, the cluster's pod
+/// range (and whether to masquerade pod traffic leaving it: on nodes, not
+/// on control-plane members, which run no pods but must reach them) and
+/// its table. Nothing in them comes from a tenant as text: the range and
+/// the routes are parsed addresses.
+pub fn node_files(cluster_pods: Ipv4Cidr, routes: &[Route], masquerade: bool) -> Vec<BundleFile> {
     vec![
         BundleFile {
             path: paths::SCRIPT.into(),
@@ -207,7 +209,10 @@ pub fn node_files(cluster_pods: Ipv4Cidr, routes: &[Route]) -> Vec<BundleFile> {
         BundleFile {
             path: paths::CONF.into(),
             mode: 0o644,
-            contents: format!("pod_cidr={cluster_pods}\n"),
+            contents: format!(
+                "pod_cidr={cluster_pods}\nmasquerade={}\n",
+                if masquerade { "yes" } else { "no" }
+            ),
         },
         BundleFile {
             path: paths::ROUTES.into(),
@@ -331,20 +336,24 @@ mod tests {
             destination: cidr("10.244.1.0/24"),
             via: "10.80.5.22".parse().unwrap(),
         }];
-        let files = node_files(pods, &one);
+        let files = node_files(pods, &one, true);
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
             [paths::SCRIPT, paths::UNIT, paths::CONF, paths::ROUTES]
         );
-        assert_eq!(files[2].contents, "pod_cidr=10.244.0.0/16\n");
+        assert_eq!(
+            files[2].contents,
+            "pod_cidr=10.244.0.0/16\nmasquerade=yes\n"
+        );
         assert_eq!(files[3].contents, "10.244.1.0/24 via 10.80.5.22\n");
         assert!(files[0].contents.contains("proto 77"));
-        assert_eq!(digest(&files), digest(&node_files(pods, &one)));
-        assert_ne!(digest(&files), digest(&node_files(pods, &[])));
+        assert_eq!(digest(&files), digest(&node_files(pods, &one, true)));
+        assert_ne!(digest(&files), digest(&node_files(pods, &[], true)));
+        assert_ne!(digest(&files), digest(&node_files(pods, &one, false)));
         assert_ne!(
             digest(&files),
-            digest(&node_files(cidr("10.245.0.0/16"), &one))
+            digest(&node_files(cidr("10.245.0.0/16"), &one, true))
         );
         assert!(APPLY_COMMAND.contains(paths::SCRIPT));
     }

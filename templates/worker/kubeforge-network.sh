@@ -19,10 +19,13 @@ if [[ $(cat /proc/sys/net/ipv4/ip_forward) != 1 ]]; then
   echo 1 >/proc/sys/net/ipv4/ip_forward
 fi
 
-# Pod traffic leaving the pod network goes out as the node; pod to pod keeps
-# its source address.
-masq=(-s "$pod_cidr" ! -d "$pod_cidr" -m comment --comment "kubeforge: pods leaving the pod network" -j MASQUERADE)
-iptables -w -t nat -C POSTROUTING "${masq[@]}" 2>/dev/null || iptables -w -t nat -A POSTROUTING "${masq[@]}"
+# On a node (not on a control-plane member, which runs no pods): pod traffic
+# leaving the pod network goes out as the node; pod to pod keeps its source
+# address.
+if [[ $(sed -n 's/^masquerade=//p' "$conf") == yes ]]; then
+  masq=(-s "$pod_cidr" ! -d "$pod_cidr" -m comment --comment "kubeforge: pods leaving the pod network" -j MASQUERADE)
+  iptables -w -t nat -C POSTROUTING "${masq[@]}" 2>/dev/null || iptables -w -t nat -A POSTROUTING "${masq[@]}"
+fi
 
 want=" "
 while read -r dest via gw rest; do

@@ -871,6 +871,24 @@ async fn pods_reach_pods_and_services_across_nodes() {
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
+    // Another tenant's cluster on the same lab bridge, made alongside.
+    let intruder = app.token("globex", Role::Admin);
+    let other = format!("m{octet}");
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&intruder),
+            Some(json!({
+                "name": other, "kubernetes_version": "1.20.2", "provider": {"kind": "lab"},
+                "control_plane": {"replicas": 1, "machine_type": "small"},
+                "network": {"pod_cidr": "10.245.0.0/16", "service_cidr": "10.97.0.0/16"},
+                "node_pools": [{"name": "net", "machine_type": "small", "size": 1}]
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
     drive(&app, &owner, &name, Some("ready"), Duration::from_secs(240)).await;
     let p = drive_pool(
         &app,
@@ -966,6 +984,69 @@ async fn pods_reach_pods_and_services_across_nodes() {
     assert_eq!(
         from_a(format!("{ip_b}:7777")).await,
         std::slice::from_ref(&ip_a)
+    );
+    // The control plane reaches pods too (webhooks, aggregated APIs).
+    let (cp_address, cp_key): (String, String) = sqlx::query_as(
+        "SELECT address, host_key FROM machines WHERE name = $1 AND deleted_at IS NULL",
+    )
+    .bind(format!("{name}-cp-0"))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        hurry_and_run(&app).await;
+        let (code, lines) = run_on_machine(
+            &app,
+            &cp_address,
+            &cp_key,
+            &format!("socat -T5 - TCP:{ip_b}:7777,connect-timeout=5 </dev/null"),
+        )
+        .await;
+        if code == 0 && lines == [cp_address.clone()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod b from the control plane: {code} {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Another tenant's node on the same bridge has no way to b.
+    drive_pool(
+        &app,
+        &intruder,
+        &other,
+        "net",
+        "1 ready",
+        Duration::from_secs(240),
+        |p| ready_nodes(p, 1),
+    )
+    .await;
+    let (their_address, their_key): (String, String) = sqlx::query_as(
+        "SELECT address, host_key FROM machines WHERE name LIKE $1 AND role = 'worker' \
+         AND deleted_at IS NULL",
+    )
+    .bind(format!("{other}-net-%"))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let (code, lines) = run_on_machine(
+        &app,
+        &their_address,
+        &their_key,
+        &format!(
+            "ip -4 route show proto 77; \
+             socat -T3 - TCP:{ip_b}:7777,connect-timeout=3 </dev/null && echo REACHED"
+        ),
+    )
+    .await;
+    assert!(
+        code != 0
+            && !lines
+                .iter()
+                .any(|l| l.contains("REACHED") || l.starts_with("10.244.")),
+        "another tenant's node reached pod b or routes to it: {code} {lines:?}"
     );
 
     // A ClusterIP Service whose endpoint is on the other node.

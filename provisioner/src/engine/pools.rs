@@ -35,7 +35,8 @@
 //! 6. **Pod network.** Every node's routes to the other nodes' pod ranges
 //!    ([`kubeforge_cluster::routes`]: addresses from the ledger, ranges
 //!    the controller manager allocated), uploaded and applied over SSH on
-//!    each running worker whose files differ from what it last applied
+//!    each running worker and control-plane member (which runs no pods but
+//!    must reach them) whose files differ from what it last applied
 //!    (`machines.network_sha`); its boot unit reapplies them after a
 //!    restart. A node that joins gets routes to the others at once, and
 //!    the others a route to it once its range is allocated; a node that
@@ -432,8 +433,9 @@ async fn pass(
     Ok(status)
 }
 
-/// Plans the cluster's routes and applies them on every running worker
-/// whose files changed; one event per pass that applied any (or failed).
+/// Plans the cluster's routes and applies them on every running worker and
+/// control-plane member whose files changed; one event per pass that
+/// applied any (or failed).
 async fn network(
     app: &App,
     access: &MachineAccess,
@@ -442,16 +444,20 @@ async fn network(
     nodes: &HashMap<String, NodeView>,
     stopped: &HashSet<Uuid>,
 ) -> Result<()> {
-    // Nodes that may hold pods: workers running or draining.
+    // Nodes that may hold pods (workers running or draining), and the
+    // control-plane members, which hold none but must reach them (the API
+    // server calls webhooks and aggregated APIs served by pods).
     let members: Vec<RoutedNode> = machines
         .iter()
-        .filter(|m| m.role == MachineRole::Worker)
+        .filter(|m| matches!(m.role, MachineRole::Worker | MachineRole::ControlPlane))
         .filter(|m| matches!(m.state, MachineState::Running | MachineState::Draining))
         .filter_map(|m| {
             Some(RoutedNode {
                 name: m.name.clone(),
                 address: m.address.as_deref()?.parse().ok()?,
-                pod_cidr: nodes.get(&m.name).and_then(|n| n.pod_cidr),
+                pod_cidr: (m.role == MachineRole::Worker)
+                    .then(|| nodes.get(&m.name).and_then(|n| n.pod_cidr))
+                    .flatten(),
             })
         })
         .collect();
@@ -460,14 +466,14 @@ async fn network(
     let mut applied: Vec<String> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
     for m in machines.iter().filter(|m| {
-        m.role == MachineRole::Worker
+        matches!(m.role, MachineRole::Worker | MachineRole::ControlPlane)
             && m.state == MachineState::Running
             && !stopped.contains(&m.id)
     }) {
         let Some(table) = plan.tables.get(&m.name) else {
             continue;
         };
-        let files = routes::node_files(pods, table);
+        let files = routes::node_files(pods, table, m.role == MachineRole::Worker);
         let sha = routes::digest(&files);
         if m.network_sha.as_deref() == Some(sha.as_str()) {
             continue;
