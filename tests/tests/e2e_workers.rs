@@ -819,15 +819,22 @@ fn netns_of(ip: &str) -> String {
 
 /// Runs `script` on the worker named `node`; returns its output lines.
 async fn on_node(app: &TestApp, node: &str, script: &str) -> Vec<String> {
-    let (address, host_key): (String, String) =
-        sqlx::query_as("SELECT address, host_key FROM machines WHERE name = $1")
-            .bind(node)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    let (code, lines) = run_on_machine(app, &address, &host_key, script).await;
+    let (code, lines) = try_on_node(app, node, script).await;
     assert_eq!(code, 0, "{node}: {script}: {lines:?}");
     lines
+}
+
+/// Runs `script` on the machine named `machine` (a worker or a
+/// control-plane member); returns its exit status and output lines.
+async fn try_on_node(app: &TestApp, machine: &str, script: &str) -> (i32, Vec<String>) {
+    let (address, host_key): (String, String) = sqlx::query_as(
+        "SELECT address, host_key FROM machines WHERE name = $1 AND deleted_at IS NULL",
+    )
+    .bind(machine)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    run_on_machine(app, &address, &host_key, script).await
 }
 
 /// The routes Kubeforge put on a node: `DESTINATION via ADDRESS`.
@@ -986,20 +993,18 @@ async fn pods_reach_pods_and_services_across_nodes() {
         std::slice::from_ref(&ip_a)
     );
     // The control plane reaches pods too (webhooks, aggregated APIs).
-    let (cp_address, cp_key): (String, String) = sqlx::query_as(
-        "SELECT address, host_key FROM machines WHERE name = $1 AND deleted_at IS NULL",
-    )
-    .bind(format!("{name}-cp-0"))
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let cp = format!("{name}-cp-0");
+    let cp_address: String = sqlx::query_scalar("SELECT address FROM machines WHERE name = $1")
+        .bind(&cp)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         hurry_and_run(&app).await;
-        let (code, lines) = run_on_machine(
+        let (code, lines) = try_on_node(
             &app,
-            &cp_address,
-            &cp_key,
+            &cp,
             &format!("socat -T5 - TCP:{ip_b}:7777,connect-timeout=5 </dev/null"),
         )
         .await;
@@ -1073,24 +1078,15 @@ async fn pods_reach_pods_and_services_across_nodes() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         // kube-proxy programs the Service within its sync period.
-        let (code, lines) = {
-            let (address, host_key): (String, String) =
-                sqlx::query_as("SELECT address, host_key FROM machines WHERE name = $1")
-                    .bind(&nodes[0])
-                    .fetch_one(&app.pool)
-                    .await
-                    .unwrap();
-            run_on_machine(
-                &app,
-                &address,
-                &host_key,
-                &format!(
-                    "ns=$({}); ip netns exec \"$ns\" socat -T5 - TCP:{cluster_ip}:80,connect-timeout=5 </dev/null",
-                    netns_of(&ip_a)
-                ),
-            )
-            .await
-        };
+        let (code, lines) = try_on_node(
+            &app,
+            &nodes[0],
+            &format!(
+                "ns=$({}); ip netns exec \"$ns\" socat -T5 - TCP:{cluster_ip}:80,connect-timeout=5 </dev/null",
+                netns_of(&ip_a)
+            ),
+        )
+        .await;
         if code == 0 && lines == [ip_a.clone()] {
             break;
         }
