@@ -902,21 +902,23 @@ async fn a_job_longer_than_its_lease_keeps_it_by_renewal() {
     let db = setup().await;
     let pool1 = db.pool(5).await;
     let pool2 = db.pool(5).await;
-    let lease = test_engine_config().lease;
+    // A 6 s lease (renewed every 2 s): the tests' 2 s lease left 0.7 s of
+    // slack per renewal, which a CI machine busy with lab clusters missed
+    // (the job was taken over and ran twice). The point stands: the job
+    // runs for two and a half leases and keeps its one run.
+    let config = || EngineConfig {
+        lease: Duration::from_secs(6),
+        ..test_engine_config()
+    };
+    let lease = config().lease;
     let mut h1 = Recorder::new(&pool1, "e1");
     h1.sleep = lease * 2 + lease / 2;
     let mut h2 = Recorder::new(&pool2, "e2");
     h2.sleep = lease * 2 + lease / 2;
-    let e1 = start(
-        engine(&pool1, test_engine_config(), h1),
-        Duration::from_secs(10),
-    );
-    let e2 = start(
-        engine(&pool2, test_engine_config(), h2),
-        Duration::from_secs(10),
-    );
+    let e1 = start(engine(&pool1, config(), h1), Duration::from_secs(10));
+    let e2 = start(engine(&pool2, config(), h2), Duration::from_secs(10));
     let id = enqueue(&pool1, 1, 3).await[0];
-    wait_until(Duration::from_secs(30), "the job to finish", || async {
+    wait_until(Duration::from_secs(60), "the job to finish", || async {
         scalar_i64(&pool1, "SELECT count(*) FROM jobs").await == 0
     })
     .await;
