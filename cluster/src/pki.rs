@@ -703,14 +703,7 @@ pub fn issue_client_cert(
     now: DateTime<Utc>,
     ttl: TimeDelta,
 ) -> Result<CertKeyPair, PkiError> {
-    let leaf = Leaf {
-        what: "client",
-        common_name,
-        organizations,
-        sans: Vec::new(),
-        usages: Usages::Client,
-    };
-    ca.issue(&leaf, now, ttl)
+    issue_client_cert_with_sans(ca, common_name, organizations, &[], now, ttl)
 }
 
 /// Issues a client certificate like [`issue_client_cert`] that also names
