@@ -27,6 +27,18 @@
 //! - in `kube-system` only, Secrets: create, patch, delete (each joining
 //!   machine's bootstrap token, named after the machine). Not get or list:
 //!   the service never reads the cluster's secrets.
+//! - services and endpoints: get, list, watch (the cluster DNS the service
+//!   serves answers from them); in `kube-system`, endpoints: create, and
+//!   patch of `kube-dns` only (pointing the DNS Service at that server).
+//!
+//! The manifest also holds the `kube-dns` Service: selector-less, on the
+//! cluster's DNS address ([`crate::network::ClusterNetwork::dns_service_ip`]),
+//! UDP and TCP port 53. Being in the first manifest, it takes that address
+//! before any tenant Service can. Its Endpoints are the service's DNS
+//! server ([`dns_endpoints`]), which the service applies itself, because
+//! where that server listens is the service's setting, not the cluster's.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::join::{rbac_manifest as join_rbac, KUBELET_CLIENT_SIGNER};
 use crate::pki::VIEWER_GROUP;
@@ -40,11 +52,19 @@ pub const UNIT: &str = "kubeforge-addons.service";
 /// On every object the manifest holds.
 pub const MANAGED_LABEL: &str = "kubeforge.io/managed";
 
+/// The cluster DNS Service (and its Endpoints), in `kube-system`, named
+/// as kube-dns and CoreDNS name theirs, so tools that look for it find it.
+pub const DNS_SERVICE: &str = "kube-dns";
+/// The DNS Service's port names (the Endpoints must use the same).
+pub const DNS_PORT_UDP: &str = "dns";
+pub const DNS_PORT_TCP: &str = "dns-tcp";
+
 const RBAC: &str = "rbac.authorization.k8s.io";
 
 /// Every object, one YAML stream. Names and groups are this crate's
-/// constants: nothing from a tenant goes in.
-pub fn manifest() -> String {
+/// constants and `dns_ip` the cluster's DNS address: nothing from a
+/// tenant goes in.
+pub fn manifest(dns_ip: Ipv4Addr) -> String {
     let service_rules = format!(
         r#"- apiGroups: [""]
   resources: ["nodes"]
@@ -60,6 +80,9 @@ pub fn manifest() -> String {
   verbs: ["get", "list", "watch"]
 - apiGroups: ["apps"]
   resources: ["daemonsets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["services", "endpoints"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
@@ -92,7 +115,11 @@ pub fn manifest() -> String {
             "Role",
             "kubeforge:service",
             Some("kube-system"),
-            "rules:\n- apiGroups: [\"\"]\n  resources: [\"secrets\"]\n  verbs: [\"create\", \"patch\", \"delete\"]\n",
+            &format!(
+                "rules:\n- apiGroups: [\"\"]\n  resources: [\"secrets\"]\n  verbs: [\"create\", \"patch\", \"delete\"]\n\
+                 - apiGroups: [\"\"]\n  resources: [\"endpoints\"]\n  verbs: [\"create\"]\n\
+                 - apiGroups: [\"\"]\n  resources: [\"endpoints\"]\n  resourceNames: [\"{DNS_SERVICE}\"]\n  verbs: [\"patch\", \"update\"]\n"
+            ),
         ),
         object(
             "RoleBinding",
@@ -107,6 +134,7 @@ pub fn manifest() -> String {
             &binding("ClusterRole", "view", "Group", VIEWER_GROUP),
         ),
         join_rbac(),
+        dns_service(dns_ip),
         object(
             "ClusterRoleBinding",
             "kubeforge:service",
@@ -115,6 +143,35 @@ pub fn manifest() -> String {
         ),
     ];
     docs.join("---\n")
+}
+
+/// The selector-less `kube-dns` Service on `ip`.
+fn dns_service(ip: Ipv4Addr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {DNS_SERVICE}\n  namespace: kube-system\n  labels:\n    \
+         {MANAGED_LABEL}: \"true\"\n    k8s-app: kube-dns\n    kubernetes.io/name: Kubeforge-DNS\n\
+         spec:\n  clusterIP: {ip}\n  ports:\n  - name: {DNS_PORT_UDP}\n    protocol: UDP\n    port: 53\n\
+         \x20 - name: {DNS_PORT_TCP}\n    protocol: TCP\n    port: 53\n"
+    )
+}
+
+/// The `kube-system/kube-dns` Endpoints naming the service's DNS server at
+/// `server`, UDP and TCP (for a server-side apply).
+pub fn dns_endpoints(server: SocketAddrV4) -> serde_json::Value {
+    let port = |name: &str, protocol: &str| serde_json::json!({ "name": name, "protocol": protocol, "port": server.port() });
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {
+            "name": DNS_SERVICE,
+            "namespace": "kube-system",
+            "labels": { MANAGED_LABEL: "true", "k8s-app": "kube-dns" },
+        },
+        "subsets": [{
+            "addresses": [{ "ip": server.ip().to_string() }],
+            "ports": [port(DNS_PORT_UDP, "UDP"), port(DNS_PORT_TCP, "TCP")],
+        }],
+    })
 }
 
 fn object(kind: &str, name: &str, namespace: Option<&str>, body: &str) -> String {
@@ -138,7 +195,7 @@ mod tests {
 
     #[test]
     fn the_service_gets_no_masters_and_reads_no_secrets() {
-        let m = manifest();
+        let m = manifest(Ipv4Addr::new(10, 96, 0, 10));
         assert!(!m.contains("system:masters"));
         assert!(!m.contains("cluster-admin"));
         assert!(!m.contains("\"*\""), "no wildcard verbs or resources");
@@ -154,16 +211,49 @@ mod tests {
         // The documents the apply expects, each labelled as ours.
         assert_eq!(
             m.matches("\nkind: ").count() + usize::from(m.starts_with("kind: ")),
-            7
+            8
         );
-        assert_eq!(m.matches("kubeforge.io/managed: \"true\"").count(), 7);
+        assert_eq!(m.matches("kubeforge.io/managed: \"true\"").count(), 8);
         assert!(m.contains(&format!("name: \"{SERVICE_USER}\"")));
         assert!(m.contains(&format!("resourceNames: [\"{KUBELET_CLIENT_SIGNER}\"]")));
+        // The DNS Service is selector-less, on the address kubelets use.
+        let dns = m
+            .split("---\n")
+            .find(|d| d.contains("kind: Service\n"))
+            .unwrap();
+        assert!(dns.contains("clusterIP: 10.96.0.10\n"), "{dns}");
+        assert!(!dns.contains("selector"), "{dns}");
+        for name in [DNS_PORT_UDP, DNS_PORT_TCP] {
+            assert!(dns.contains(&format!("- name: {name}\n")), "{dns}");
+        }
         // The service's binding is the last document (see `manifest`).
         let last = m.rsplit("---\n").next().unwrap();
         assert!(
             last.contains("kind: ClusterRoleBinding") && last.contains(SERVICE_USER),
             "{last}"
+        );
+    }
+
+    #[test]
+    fn the_dns_endpoints_name_the_server_on_both_ports() {
+        let e = dns_endpoints("10.77.0.1:53".parse().unwrap());
+        assert_eq!(e["metadata"]["name"], DNS_SERVICE);
+        assert_eq!(e["metadata"]["namespace"], "kube-system");
+        assert_eq!(e["subsets"][0]["addresses"][0]["ip"], "10.77.0.1");
+        let ports = e["subsets"][0]["ports"].as_array().unwrap();
+        let named: Vec<(&str, &str, u64)> = ports
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap(),
+                    p["protocol"].as_str().unwrap(),
+                    p["port"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [(DNS_PORT_UDP, "UDP", 53), (DNS_PORT_TCP, "TCP", 53)]
         );
     }
 }

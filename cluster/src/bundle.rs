@@ -250,7 +250,7 @@ pub fn render_control_plane(
     files.push(BundleFile {
         path: addons::MANIFEST_PATH.into(),
         mode: 0o644,
-        contents: addons::manifest(),
+        contents: addons::manifest(input.network.dns_service_ip()),
     });
     Ok(files)
 }
@@ -652,7 +652,7 @@ impl RenderContext {
             addons: AddonsContext {
                 unit: addons::UNIT,
                 manifest: addons::MANIFEST_PATH,
-                sha256: hex_sha256(addons::manifest().as_bytes()),
+                sha256: hex_sha256(addons::manifest(input.network.dns_service_ip()).as_bytes()),
                 kubectl: in_bin_dir("kubectl"),
                 kubeconfig: paths::ADMIN_KUBECONFIG,
                 server: format!("https://{address}:{APISERVER_PORT}"),

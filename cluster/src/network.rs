@@ -134,6 +134,15 @@ impl ClusterNetwork {
             .nth(1)
             .unwrap_or_else(|| self.service_cidr.network())
     }
+
+    /// The cluster DNS address every kubelet hands its pods: the tenth
+    /// service address, the `kube-dns` Service's ClusterIP (as kubeadm
+    /// picks it). The service range is /24 or larger, so it exists.
+    pub fn dns_service_ip(&self) -> Ipv4Addr {
+        self.service_cidr
+            .nth(10)
+            .unwrap_or_else(|| self.service_cidr.network())
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +154,7 @@ mod tests {
     fn defaults_parse() {
         let n = ClusterNetwork::parse("10.244.0.0/16", "10.96.0.0/12").unwrap();
         assert_eq!(n.first_service_ip(), Ipv4Addr::new(10, 96, 0, 1));
+        assert_eq!(n.dns_service_ip(), Ipv4Addr::new(10, 96, 0, 10));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! the job engine and reconcilers (`engine`), the builtin autoscaler
 //! (`autoscaler`), machine providers
 //! (`providers`), the PKI of the autoscaler's gRPC endpoint (`grpc_pki`),
+//! the cluster DNS server (`dns`),
 //! the embedded Postgres of `kubeforge up`
 //! (`embedded_pg`), the server wiring (`server`) and the CLI client
 //! (`cli`). The domain types live in the `kubeforge-cluster` crate.
@@ -17,6 +18,7 @@ pub mod autoscaler;
 pub mod cli;
 pub mod context;
 pub mod crypto;
+pub mod dns;
 pub mod embedded_pg;
 pub mod engine;
 pub mod error;

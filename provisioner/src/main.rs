@@ -26,6 +26,29 @@ enum LogFormat {
     Json,
 }
 
+/// Cluster DNS settings shared by `up` and `serve`.
+#[derive(clap::Args)]
+struct DnsArgs {
+    /// The IPv4:PORT nodes reach the DNS server at (default: --dns-listen).
+    #[arg(long)]
+    dns_advertise: Option<std::net::SocketAddrV4>,
+    /// A resolver other names are forwarded to (repeatable; default: the
+    /// host's /etc/resolv.conf).
+    #[arg(long)]
+    dns_upstream: Vec<SocketAddr>,
+}
+
+/// `up --dns-listen`: `lab`, `off` or an address.
+fn up_dns_listen(value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    match value {
+        "off" => Ok(None),
+        "lab" => Ok(Some(SocketAddr::from((server::lab_gateway()?, 53)))),
+        other => Ok(Some(other.parse().map_err(|_| {
+            anyhow::anyhow!("--dns-listen {other:?} is not lab, off or IP:PORT")
+        })?)),
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run Kubeforge with its embedded PostgreSQL (a laptop or test box).
@@ -42,6 +65,12 @@ enum Command {
         /// The host:port clients dial for it (default: --grpc-listen).
         #[arg(long)]
         grpc_advertise: Option<String>,
+        /// Serve cluster DNS here (UDP and TCP): `lab` for port 53 on the
+        /// lab bridge's gateway, an IP:PORT, or `off`.
+        #[arg(long, default_value = "lab")]
+        dns_listen: String,
+        #[command(flatten)]
+        dns: DnsArgs,
     },
     /// Run Kubeforge against a PostgreSQL server, or the embedded one.
     Serve {
@@ -60,6 +89,11 @@ enum Command {
         /// The host:port clients dial for it (default: --grpc-listen).
         #[arg(long)]
         grpc_advertise: Option<String>,
+        /// Serve cluster DNS here (UDP and TCP); off unless given.
+        #[arg(long)]
+        dns_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        dns: DnsArgs,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -173,6 +207,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             grpc_listen,
             grpc_advertise,
+            dns_listen,
+            dns,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -182,6 +218,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 workers,
                 grpc_listen: Some(grpc_listen),
                 grpc_advertise,
+                dns_listen: up_dns_listen(&dns_listen)?,
+                dns_advertise: dns.dns_advertise,
+                dns_upstream: dns.dns_upstream,
             };
             server::serve(opts, true).await
         }
@@ -192,6 +231,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             grpc_listen,
             grpc_advertise,
+            dns_listen,
+            dns,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -201,6 +242,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 workers,
                 grpc_listen,
                 grpc_advertise,
+                dns_listen,
+                dns_advertise: dns.dns_advertise,
+                dns_upstream: dns.dns_upstream,
             };
             server::serve(opts, false).await
         }

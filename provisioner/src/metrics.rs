@@ -1,7 +1,8 @@
 //! Prometheus metrics: requests by route and status, job queue depth and
 //! latency, reconcile outcomes, control-plane component restarts, and the
 //! autoscaler (pending pods, decisions, decision latency), the externalgrpc
-//! provider's calls by method and status code. Rendered at
+//! provider's calls by method and status code, and the cluster DNS server's
+//! answers by outcome. Rendered at
 //! `/metrics`.
 
 use prometheus::{
@@ -37,6 +38,9 @@ pub struct Metrics {
     pub grpc_calls: IntCounterVec,
     /// Their latency, by method.
     pub grpc_duration: HistogramVec,
+    /// Cluster DNS queries by outcome: `answered`, `nodata`, `nxdomain`,
+    /// `forwarded`, `upstream_failed`, `refused`, `not_ready`.
+    pub dns_queries: IntCounterVec,
 }
 
 impl Metrics {
@@ -117,6 +121,11 @@ impl Metrics {
             ]),
             &["method"],
         )?;
+        let dns_queries = IntCounterVec::new(
+            Opts::new("dns_queries_total", "Cluster DNS queries by outcome"),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(dns_queries.clone()))?;
         registry.register(Box::new(grpc_calls.clone()))?;
         registry.register(Box::new(grpc_duration.clone()))?;
         registry.register(Box::new(autoscaler_pending_pods.clone()))?;
@@ -143,6 +152,7 @@ impl Metrics {
             autoscaler_decision_latency,
             grpc_calls,
             grpc_duration,
+            dns_queries,
         })
     }
 

@@ -39,6 +39,44 @@ pub struct ServeOptions {
     /// out, the serving certificate names its host); default: the listen
     /// address, or `localhost` with its port when that is a wildcard.
     pub grpc_advertise: Option<String>,
+    /// Where to serve cluster DNS (UDP and TCP); None: not served, and
+    /// clusters' `kube-dns` Service has no backend.
+    pub dns_listen: Option<SocketAddr>,
+    /// The address nodes reach it at (every cluster's `kube-dns` Endpoints
+    /// name it); default: the listen address, which must then be IPv4 and
+    /// not a wildcard.
+    pub dns_advertise: Option<std::net::SocketAddrV4>,
+    /// Resolvers names outside the clusters are forwarded to; empty: the
+    /// host's `/etc/resolv.conf`.
+    pub dns_upstream: Vec<SocketAddr>,
+}
+
+/// The lab bridge's gateway (the host's address on it): the first address
+/// of `KUBEFORGE_LAB_SUBNET` (default `10.77.0.0/24`).
+pub fn lab_gateway() -> anyhow::Result<std::net::Ipv4Addr> {
+    let subnet = std::env::var("KUBEFORGE_LAB_SUBNET").unwrap_or_else(|_| "10.77.0.0/24".into());
+    let net: ipnet::Ipv4Net = subnet
+        .parse()
+        .context("KUBEFORGE_LAB_SUBNET is not a CIDR")?;
+    net.hosts()
+        .next()
+        .context("the lab subnet has no host address")
+}
+
+/// The address a DNS server listening on `listen` is advertised at.
+pub fn dns_advertise(
+    listen: SocketAddr,
+    advertise: Option<std::net::SocketAddrV4>,
+) -> anyhow::Result<std::net::SocketAddrV4> {
+    if let Some(a) = advertise {
+        return Ok(a);
+    }
+    match listen {
+        SocketAddr::V4(v4) if !v4.ip().is_unspecified() && !v4.ip().is_loopback() => Ok(v4),
+        _ => anyhow::bail!(
+            "--dns-listen {listen} is not an address nodes can reach; give --dns-advertise IPv4:PORT"
+        ),
+    }
 }
 
 /// The default data dir: `$KUBEFORGE_DATA_DIR`, `/var/lib/kubeforge` for
@@ -346,6 +384,17 @@ async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Res
             Some((listener, bound, advertise))
         }
     };
+    let dns = match opts.dns_listen {
+        None => None,
+        Some(addr) => {
+            let advertise = dns_advertise(addr, opts.dns_advertise)?;
+            let (udp, tcp) =
+                crate::dns::bind(addr).with_context(|| format!("listening on {addr} for DNS"))?;
+            let upstream = crate::dns::resolver(&opts.dns_upstream)?;
+            config.dns_address = Some(advertise);
+            Some((udp, tcp, upstream, addr, advertise))
+        }
+    };
     let app = build_app(pool.clone(), auth, secrets, providers, config, access)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -392,6 +441,18 @@ async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Res
             )))
         }
     };
+    let dns_task = dns.map(|(udp, tcp, upstream, addr, advertise)| {
+        println!(
+            "cluster DNS on {addr} (UDP and TCP; clusters' kube-dns Endpoints name {advertise})"
+        );
+        tokio::spawn(crate::dns::serve(
+            app.clone(),
+            udp,
+            tcp,
+            upstream,
+            stop_rx.clone(),
+        ))
+    });
     shutdown_signal().await;
     tracing::info!("shutting down: no new jobs, releasing leases, draining requests");
     let _ = stop_tx.send(true);
@@ -409,6 +470,13 @@ async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Res
         match tokio::time::timeout(Duration::from_secs(15), task).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
             Err(_) => tracing::warn!("gRPC calls still open after 15 s; closing"),
+            _ => {}
+        }
+    }
+    if let Some(task) = dns_task {
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "DNS server stopped with an error"),
+            Err(_) => tracing::warn!("DNS server still answering after 5 s; closing"),
             _ => {}
         }
     }

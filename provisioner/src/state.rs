@@ -34,6 +34,11 @@ pub struct Config {
     /// started with `--grpc-listen`. None: no such endpoint, and
     /// autoscaler credentials are refused (409).
     pub grpc_address: Option<String>,
+    /// Where the service's cluster DNS server answers, as the clusters'
+    /// nodes reach it: every cluster's `kube-dns` Endpoints name it. Set by
+    /// the server when it serves DNS (`--dns-listen`); None: clusters get
+    /// no DNS Endpoints (their `kube-dns` Service has no backend).
+    pub dns_address: Option<std::net::SocketAddrV4>,
 }
 
 impl Default for Config {
@@ -47,6 +52,7 @@ impl Default for Config {
             kubeconfig_max_ttl: Duration::from_secs(24 * 3600),
             control_plane_restart_window: kubeforge_cluster::restarts::RESTART_WINDOW,
             grpc_address: None,
+            dns_address: None,
         }
     }
 }

@@ -43,9 +43,23 @@ impl Drop for Proc {
     }
 }
 
+/// `up` on ephemeral ports for gRPC and DNS: several run at once, and must
+/// not take the lab gateway's port 53 (no clusters boot here, so the
+/// advertised DNS address, a documentation address, is never dialled).
+const UP_PORTS: &[&str] = &[
+    "up",
+    "--grpc-listen",
+    "127.0.0.1:0",
+    "--dns-listen",
+    "127.0.0.1:0",
+    "--dns-advertise",
+    "192.0.2.53:53",
+];
+
 fn up(data_dir: &Path, port: u16) -> Proc {
     let child = Command::new(BIN)
-        .args(["up", "--grpc-listen", "127.0.0.1:0", "--data-dir"])
+        .args(UP_PORTS)
+        .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         // No artifact cache: these tests are about the service, not the
@@ -194,7 +208,8 @@ async fn up_serves_the_cli_stops_cleanly_and_keeps_data() {
 
     // A second `up` on the same data dir is refused while the first runs.
     let second = Command::new(BIN)
-        .args(["up", "--grpc-listen", "127.0.0.1:0", "--data-dir"])
+        .args(UP_PORTS)
+        .arg("--data-dir")
         .arg(&dir)
         .env("KUBEFORGE_CACHE", dir.join("no-cache"))
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
@@ -735,7 +750,8 @@ async fn killed_mid_provisioning_converges_without_duplicates() {
 async fn kubeconfig_ttl_cap_comes_from_the_environment() {
     let dir = temp_dir("ttl");
     let bad = Command::new(BIN)
-        .args(["up", "--grpc-listen", "127.0.0.1:0", "--data-dir"])
+        .args(UP_PORTS)
+        .arg("--data-dir")
         .arg(&dir)
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
         .env("KUBEFORGE_CACHE", dir.join("no-cache"))
@@ -747,7 +763,8 @@ async fn kubeconfig_ttl_cap_comes_from_the_environment() {
 
     let port = free_port();
     let child = Command::new(BIN)
-        .args(["up", "--grpc-listen", "127.0.0.1:0", "--data-dir"])
+        .args(UP_PORTS)
+        .arg("--data-dir")
         .arg(&dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("KUBEFORGE_CACHE", dir.join("no-cache"))

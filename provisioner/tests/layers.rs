@@ -6,7 +6,9 @@
 //! with the autoscaler beside the app, on top of the engine (it runs as
 //! one of the engine's jobs, registered by `server`), the externalgrpc
 //! provider beside the API (another door, writing sizes the way the
-//! autoscaler does) with its CA (`grpc_pki`) below the app, and
+//! autoscaler does) with its CA (`grpc_pki`) below the app, the cluster
+//! DNS server (`dns`) beside the autoscaler (it reads the clusters through
+//! the engine's tenant clients), and
 //! with `state` (the shared process state) between app/engine and what
 //! they use, and foundations (errors, contexts, crypto, metrics, keys,
 //! artifacts) usable from any layer. `server`, `cli` and `main` wire
@@ -39,6 +41,7 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
             vec!["state", "store", "providers", "ssh", "tenant"],
         ),
         ("autoscaler", vec!["state", "store", "engine", "tenant"]),
+        ("dns", vec!["state", "store", "engine", "tenant"]),
         (
             "externalgrpc",
             vec!["state", "store", "autoscaler", "grpc_pki"],

@@ -10,6 +10,7 @@
 //! `lab` kind (the shipped binary registers no such thing).
 
 pub mod conformance;
+pub mod dns;
 pub mod grpc;
 pub mod lab;
 
@@ -162,6 +163,9 @@ pub struct TestApp {
     /// TEST DOUBLE provider, registered for the `lab` kind.
     pub provider: Arc<InMemoryProvider>,
     pub engine: Engine,
+    /// The service's cluster DNS server, in lab tests (on the test
+    /// bridge's gateway, port 53).
+    pub dns: Option<dns::ClusterDns>,
 }
 
 /// Engine settings for tests: short leases and backoff.
@@ -204,6 +208,7 @@ impl TestApp {
             pool,
             provider,
             engine,
+            dns: None,
         }
     }
 
@@ -220,12 +225,14 @@ impl TestApp {
         data_dir: &std::path::Path,
         bridge: &str,
         subnet: &str,
-        config: Config,
+        mut config: Config,
     ) -> TestApp {
         let db = TestDb::new().await;
         let pool = db.pool(60).await;
         let (providers, access) =
             kubeforge::server::machine_setup_on(data_dir, bridge, subnet).await;
+        let dns = dns::bind(subnet);
+        config.dns_address = Some(dns.address());
         assert!(
             providers.get("lab").is_some() && access.is_some(),
             "the lab provider is off on this host (see the log): run scripts/build-lab-image and scripts/build-kube as root"
@@ -241,6 +248,7 @@ impl TestApp {
         .expect("app");
         let router = kubeforge::api::router(app.clone());
         let engine = kubeforge::server::build_engine(&app, test_engine_config());
+        let dns = Some(dns.serve(&app).await);
         TestApp {
             db,
             app,
@@ -248,6 +256,7 @@ impl TestApp {
             pool,
             provider: Arc::new(InMemoryProvider::new("unused")),
             engine,
+            dns,
         }
     }
 
@@ -286,6 +295,7 @@ impl TestApp {
             pool,
             provider: Arc::new(InMemoryProvider::new("unused")),
             engine,
+            dns: None,
         }
     }
 

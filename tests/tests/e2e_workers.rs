@@ -852,6 +852,103 @@ fn jsonpath(kc: &Path, args: &[&str]) -> String {
     out.trim().to_string()
 }
 
+/// Cluster DNS, as pod a sees it: the resolv.conf kubelet gave it (the
+/// cluster DNS address and the search path), and `dig` (an independent
+/// client, from the lab image) in its network namespace with that file:
+/// a Service by short name and by FQDN, a headless Service's pod, its
+/// hostname record, SRV records, PTR, a missing name, and a name outside
+/// the cluster (forwarded to the test's upstream on loopback).
+async fn cluster_dns(
+    app: &TestApp,
+    kc: &Path,
+    tmp: &Path,
+    node: &str,
+    ip_a: &str,
+    ip_b: &str,
+    cluster_ip: &str,
+) {
+    apply(
+        kc,
+        tmp,
+        "headless",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: db\nspec:\n  clusterIP: None\n  selector:\n    app: net-b\n  ports:\n  - name: pg\n    port: 5432\n",
+    );
+    let setup = format!(
+        "ns=$({}); [ -n \"$ns\" ] || exit 3; \
+         f=$(grep -lx a /var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/*/hostname | head -n1); \
+         [ -n \"$f\" ] || exit 4; mkdir -p /etc/netns/$ns; \
+         cp \"${{f%/hostname}}/resolv.conf\" /etc/netns/$ns/resolv.conf",
+        netns_of(ip_a)
+    );
+    let resolv = on_node(
+        app,
+        node,
+        &format!("{setup}; cat /etc/netns/$ns/resolv.conf"),
+    )
+    .await;
+    assert!(
+        resolv.iter().any(|l| l == "nameserver 10.96.0.10")
+            && resolv.iter().any(|l| l
+                .starts_with("search default.svc.cluster.local svc.cluster.local cluster.local")),
+        "pod a's resolv.conf: {resolv:?}"
+    );
+    let dig = |args: String| {
+        let script = format!("{setup}; ip netns exec \"$ns\" dig +time=3 +tries=2 {args}");
+        async move { try_on_node(app, node, &script).await }
+    };
+    // The first answer waits for kube-dns's Endpoints and kube-proxy.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        hurry_and_run(app).await;
+        let (code, lines) = dig("+search +short net-b".into()).await;
+        if code == 0 && lines == [cluster_ip] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "net-b by short name from pod a: {code} {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let want: [(&str, Vec<String>); 8] = [
+        (
+            "+short net-b.default.svc.cluster.local",
+            vec![cluster_ip.to_string()],
+        ),
+        ("+search +short db", vec![ip_b.to_string()]),
+        (
+            "+short b0.db.default.svc.cluster.local",
+            vec![ip_b.to_string()],
+        ),
+        (
+            "+short SRV _http._tcp.net-b.default.svc.cluster.local",
+            vec!["0 100 80 net-b.default.svc.cluster.local.".into()],
+        ),
+        (
+            "+short SRV _pg._tcp.db.default.svc.cluster.local",
+            vec!["0 100 5432 b0.db.default.svc.cluster.local.".into()],
+        ),
+        (
+            &format!("+short -x {cluster_ip}"),
+            vec!["net-b.default.svc.cluster.local.".into()],
+        ),
+        (
+            "+short kube-dns.kube-system.svc.cluster.local",
+            vec!["10.96.0.10".into()],
+        ),
+        (
+            &format!("+short {}", kubeforge_tests::dns::OUTSIDE_NAME),
+            vec![kubeforge_tests::dns::OUTSIDE_ADDRESS.to_string()],
+        ),
+    ];
+    for (args, expected) in want {
+        let (code, lines) = dig(args.to_string()).await;
+        assert_eq!((code, &lines), (0, &expected), "dig {args}");
+    }
+    let (_, lines) = dig("nope.default.svc.cluster.local | grep -o 'status: [A-Z]*'".into()).await;
+    assert_eq!(lines, ["status: NXDOMAIN"], "a missing name");
+}
+
 /// The pod network: two pods on two nodes reach each other over TCP with
 /// their own addresses (routes between nodes, no masquerade between
 /// pods), through a ClusterIP Service and a NodePort from every node; the
@@ -944,13 +1041,17 @@ async fn pods_reach_pods_and_services_across_nodes() {
     }
 
     // Two pods, one on each node; b also answers for a Service.
-    for (pod, node) in [("a", &nodes[0]), ("b", &nodes[1])] {
+    // b is also `b0.db`: a hostname under the headless Service `db`.
+    for (pod, node, host) in [
+        ("a", &nodes[0], ""),
+        ("b", &nodes[1], "  hostname: b0\n  subdomain: db\n"),
+    ] {
         apply(
             &kc,
             &tmp,
             pod,
             &format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  labels:\n    app: net-{pod}\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: kubeforge.invalid/pause:1\n    imagePullPolicy: IfNotPresent\n"
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  labels:\n    app: net-{pod}\nspec:\n  nodeName: {node}\n{host}  containers:\n  - name: c\n    image: kubeforge.invalid/pause:1\n    imagePullPolicy: IfNotPresent\n"
             ),
         );
     }
@@ -991,6 +1092,20 @@ async fn pods_reach_pods_and_services_across_nodes() {
     assert_eq!(
         from_a(format!("{ip_b}:7777")).await,
         std::slice::from_ref(&ip_a)
+    );
+    // And ICMP: a pings b.
+    let ping = on_node(
+        &app,
+        &nodes[0],
+        &format!(
+            "ns=$({}); ip netns exec \"$ns\" ping -c 3 -W 2 -q {ip_b}",
+            netns_of(&ip_a)
+        ),
+    )
+    .await;
+    assert!(
+        ping.iter().any(|l| l.contains("3 received")),
+        "ping b from a: {ping:?}"
     );
     // The control plane reaches pods too (webhooks, aggregated APIs).
     let cp = format!("{name}-cp-0");
@@ -1059,7 +1174,7 @@ async fn pods_reach_pods_and_services_across_nodes() {
         &kc,
         &tmp,
         "svc",
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: net-b\nspec:\n  type: NodePort\n  selector:\n    app: net-b\n  ports:\n  - port: 80\n    targetPort: 7777\n",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: net-b\nspec:\n  type: NodePort\n  selector:\n    app: net-b\n  ports:\n  - name: http\n    port: 80\n    targetPort: 7777\n",
     );
     let cluster_ip = jsonpath(
         &kc,
@@ -1109,6 +1224,44 @@ async fn pods_reach_pods_and_services_across_nodes() {
             )
             .await;
             assert_eq!(lines.len(), 1, "NodePort {to} from {from}: {lines:?}");
+        }
+    }
+
+    cluster_dns(&app, &kc, &tmp, &nodes[0], &ip_a, &ip_b, &cluster_ip).await;
+    // Another tenant's node asks its own cluster DNS for this cluster's
+    // names, and the DNS server directly: none is answered to it.
+    for server in [
+        "10.97.0.10",
+        &app.dns.as_ref().unwrap().address.ip().to_string(),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            hurry_and_run(&app).await;
+            let (_, lines) = run_on_machine(
+                &app,
+                &their_address,
+                &their_key,
+                &format!(
+                    "dig @{server} +time=3 +tries=1 net-b.default.svc.cluster.local \
+                     | grep -o 'status: [A-Z]*'"
+                ),
+            )
+            .await;
+            // No answer yet (their kube-dns not programmed) is retried;
+            // an answer must be NXDOMAIN.
+            if !lines.is_empty() {
+                assert_eq!(
+                    lines,
+                    ["status: NXDOMAIN"],
+                    "another tenant asking {server}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{server} never answered their node"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 

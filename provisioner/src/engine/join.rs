@@ -147,11 +147,7 @@ async fn join_one(
         machine_type: pool.machine_type,
         node_address: address,
         api_server: endpoint.to_string(),
-        cluster_dns: c
-            .network
-            .service_cidr
-            .nth(10)
-            .ok_or("the service CIDR has no 10th address")?,
+        cluster_dns: c.network.dns_service_ip(),
         cluster_domain: "cluster.local".into(),
         pod_cidr: c.network.pod_cidr,
         bin_dir: access.artifacts.guest_dir.clone(),

@@ -401,8 +401,14 @@ async fn pass(
     }
     let machines = machine::list_any(&app.pool, c.id).await?;
 
-    // 8. The pod network.
+    // 8. The pod network, and the cluster DNS Service's backend.
     network(app, access, c, &machines, &nodes, stopped).await?;
+    if let Some(dns) = app.config.dns_address {
+        // Every pass: level-triggered, so an edit in the cluster is undone.
+        if let Err(e) = kube.apply_dns_endpoints(dns).await {
+            tracing::warn!(cluster = %c.name, error = %e, "pointing kube-dns at the service's DNS server");
+        }
+    }
 
     // The report.
     for p in pools {

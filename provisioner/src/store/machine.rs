@@ -368,6 +368,22 @@ pub async fn start_drain(db: impl PgExecutor<'_>, id: Uuid, reason: &str) -> Res
     Ok(())
 }
 
+/// The clusters with a live worker at `address` (the cluster DNS server
+/// tells which cluster asks by the node address its query comes from).
+/// More than one means the address is ambiguous, and the caller refuses.
+pub async fn clusters_of_worker_address(
+    db: impl PgExecutor<'_>,
+    address: &str,
+) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar!(
+        "SELECT DISTINCT cluster_id FROM machines
+         WHERE address = $1 AND role = 'worker' AND deleted_at IS NULL",
+        address
+    )
+    .fetch_all(db)
+    .await?)
+}
+
 /// Records the pod-network files a worker has applied.
 pub async fn set_network_sha(db: impl PgExecutor<'_>, id: Uuid, sha: &str) -> Result<()> {
     sqlx::query!(

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Secret, Service};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams,
@@ -530,6 +530,39 @@ impl TenantApi for KubeTenant {
         let config =
             watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
         watch_objects(api, config, "pods", self.server.clone())
+    }
+
+    fn watch_services(&self) -> Watched<Service> {
+        let api = Api::<Service>::all(self.watch_client.clone());
+        watch_objects(
+            api,
+            watcher::Config::default(),
+            "services",
+            self.server.clone(),
+        )
+    }
+
+    fn watch_endpoints(&self) -> Watched<Endpoints> {
+        let api = Api::<Endpoints>::all(self.watch_client.clone());
+        watch_objects(
+            api,
+            watcher::Config::default(),
+            "endpoints",
+            self.server.clone(),
+        )
+    }
+
+    async fn apply_dns_endpoints(&self, address: std::net::SocketAddrV4) -> Result<()> {
+        let name = kubeforge_cluster::addons::DNS_SERVICE;
+        Api::<Endpoints>::namespaced(self.client.clone(), SYSTEM_NAMESPACE)
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(kubeforge_cluster::addons::dns_endpoints(address)),
+            )
+            .await
+            .map_err(|e| self.unavailable("applying the kube-dns endpoints", e))?;
+        Ok(())
     }
 
     fn watch_daemonsets(&self) -> Watched<DaemonSet> {

@@ -85,6 +85,15 @@ pub trait TenantApi: Send + Sync {
     /// the cluster serves (1.20 serves `v1beta1` only; the fields the
     /// autoscaler reads are the same).
     fn watch_pdbs(&self) -> Watched<PodDisruptionBudget>;
+    /// Every Service, as it changes (cluster DNS); see [`Watched`].
+    fn watch_services(&self) -> Watched<Service>;
+    /// Every Endpoints object, as it changes (cluster DNS: the ready
+    /// addresses of headless Services); see [`Watched`].
+    fn watch_endpoints(&self) -> Watched<Endpoints>;
+    /// Points the `kube-dns` Service (selector-less, from the addons) at
+    /// the service's DNS server: the `kube-system/kube-dns` Endpoints,
+    /// applied server-side as `kubeforge`.
+    async fn apply_dns_endpoints(&self, address: std::net::SocketAddrV4) -> Result<()>;
     /// Records a Kubernetes Event on a pod (`kubectl describe pod` shows
     /// it), from the `kubeforge-autoscaler` component.
     async fn pod_event(
@@ -114,7 +123,7 @@ pub type Watched<K> = futures::stream::BoxStream<'static, Result<WatchEvent<K>>>
 
 pub use ::kube::runtime::watcher::Event as WatchEvent;
 pub use k8s_openapi::api::apps::v1::DaemonSet;
-pub use k8s_openapi::api::core::v1::{Node, Pod};
+pub use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 pub use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 /// A pod an event is about.
@@ -308,6 +317,15 @@ mod tests {
         }
         fn watch_pdbs(&self) -> Watched<PodDisruptionBudget> {
             Box::pin(futures::stream::empty())
+        }
+        fn watch_services(&self) -> Watched<Service> {
+            Box::pin(futures::stream::empty())
+        }
+        fn watch_endpoints(&self) -> Watched<Endpoints> {
+            Box::pin(futures::stream::empty())
+        }
+        async fn apply_dns_endpoints(&self, _: std::net::SocketAddrV4) -> Result<()> {
+            Err(Error::Unavailable("not in this double".into()))
         }
         async fn decide_csr(&self, _: &str, _: bool, _: &str, _: &str) -> Result<()> {
             Err(Error::Unavailable("not in this double".into()))
