@@ -21,7 +21,12 @@
 //! [`ROUTE_PROTO`] so the script removes exactly the routes it added and
 //! no others. The script also masquerades pod traffic that leaves the pod
 //! network (pod to pod keeps its source address; the CNI bridge's own
-//! masquerade is off).
+//! masquerade is off), and guards a node's pods against neighbours: a new
+//! connection forwarded to the pod range must come from the cluster's pod
+//! range or from one of the cluster's machines (the node's [`paths::PEERS`],
+//! from the ledger), or be one kube-proxy translated on this node (a
+//! NodePort); anything else is dropped, so a machine of another cluster on
+//! the same network cannot reach the pods even with a route of its own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -40,6 +45,9 @@ pub mod paths {
     pub const CONF: &str = "/etc/kubeforge/network";
     /// The node's table ([`super::render`]).
     pub const ROUTES: &str = "/etc/kubeforge/routes";
+    /// The cluster's machines' addresses, one a line: the sources (beside
+    /// the pod range) that may open connections to the node's pods.
+    pub const PEERS: &str = "/etc/kubeforge/peers";
 }
 
 /// What the engine runs on a node after uploading [`node_files`]: the unit
@@ -194,7 +202,12 @@ pub fn render(routes: &[Route]) -> String {
 /// on control-plane members, which run no pods but must reach them) and
 /// its table. Nothing in them comes from a tenant as text: the range and
 /// the routes are parsed addresses.
-pub fn node_files(cluster_pods: Ipv4Cidr, routes: &[Route], masquerade: bool) -> Vec<BundleFile> {
+pub fn node_files(
+    cluster_pods: Ipv4Cidr,
+    routes: &[Route],
+    masquerade: bool,
+    peers: &BTreeSet<Ipv4Addr>,
+) -> Vec<BundleFile> {
     vec![
         BundleFile {
             path: paths::SCRIPT.into(),
@@ -218,6 +231,11 @@ pub fn node_files(cluster_pods: Ipv4Cidr, routes: &[Route], masquerade: bool) ->
             path: paths::ROUTES.into(),
             mode: 0o644,
             contents: render(routes),
+        },
+        BundleFile {
+            path: paths::PEERS.into(),
+            mode: 0o644,
+            contents: peers.iter().map(|p| format!("{p}\n")).collect(),
         },
     ]
 }
@@ -336,24 +354,43 @@ mod tests {
             destination: cidr("10.244.1.0/24"),
             via: "10.80.5.22".parse().unwrap(),
         }];
-        let files = node_files(pods, &one, true);
+        let peers: BTreeSet<Ipv4Addr> =
+            ["10.80.5.22".parse().unwrap(), "10.80.5.3".parse().unwrap()].into();
+        let files = node_files(pods, &one, true, &peers);
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
-            [paths::SCRIPT, paths::UNIT, paths::CONF, paths::ROUTES]
+            [
+                paths::SCRIPT,
+                paths::UNIT,
+                paths::CONF,
+                paths::ROUTES,
+                paths::PEERS
+            ]
         );
+        assert_eq!(files[4].contents, "10.80.5.3\n10.80.5.22\n");
         assert_eq!(
             files[2].contents,
             "pod_cidr=10.244.0.0/16\nmasquerade=yes\n"
         );
         assert_eq!(files[3].contents, "10.244.1.0/24 via 10.80.5.22\n");
         assert!(files[0].contents.contains("proto 77"));
-        assert_eq!(digest(&files), digest(&node_files(pods, &one, true)));
-        assert_ne!(digest(&files), digest(&node_files(pods, &[], true)));
-        assert_ne!(digest(&files), digest(&node_files(pods, &one, false)));
+        assert_eq!(
+            digest(&files),
+            digest(&node_files(pods, &one, true, &peers))
+        );
+        assert_ne!(digest(&files), digest(&node_files(pods, &[], true, &peers)));
         assert_ne!(
             digest(&files),
-            digest(&node_files(cidr("10.245.0.0/16"), &one, true))
+            digest(&node_files(pods, &one, false, &peers))
+        );
+        assert_ne!(
+            digest(&files),
+            digest(&node_files(pods, &one, true, &BTreeSet::new()))
+        );
+        assert_ne!(
+            digest(&files),
+            digest(&node_files(cidr("10.245.0.0/16"), &one, true, &peers))
         );
         assert!(APPLY_COMMAND.contains(paths::SCRIPT));
     }

@@ -8,8 +8,9 @@
 set -euo pipefail
 conf=/etc/kubeforge/network
 routes=/etc/kubeforge/routes
+peers=/etc/kubeforge/peers
 die() { echo "kubeforge-network: $*" >&2; exit 1; }
-[[ -f $conf && -f $routes ]] || die "missing $conf or $routes"
+[[ -f $conf && -f $routes && -f $peers ]] || die "missing $conf, $routes or $peers"
 pod_cidr=$(sed -n 's/^pod_cidr=//p' "$conf")
 [[ $pod_cidr =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+$ ]] || die "no valid pod_cidr in $conf"
 
@@ -25,6 +26,30 @@ fi
 if [[ $(sed -n 's/^masquerade=//p' "$conf") == yes ]]; then
   masq=(-s "$pod_cidr" ! -d "$pod_cidr" -m comment --comment "kubeforge: pods leaving the pod network" -j MASQUERADE)
   iptables -w -t nat -C POSTROUTING "${masq[@]}" 2>/dev/null || iptables -w -t nat -A POSTROUTING "${masq[@]}"
+
+  # The pods' guard: a new connection forwarded to the pod network comes
+  # from a pod, from a machine of this cluster, or was translated by
+  # kube-proxy here (a NodePort); replies pass. Anything else (a machine of
+  # another cluster on the same network, with a route of its own) is
+  # dropped. The chain is built aside and swapped in, so no packet meets a
+  # half-written guard.
+  new=KUBEFORGE-PODS-NEW
+  iptables -w -N $new 2>/dev/null || iptables -w -F $new
+  iptables -w -A $new -m conntrack --ctstate ESTABLISHED,RELATED,DNAT -j RETURN
+  iptables -w -A $new -s "$pod_cidr" -j RETURN
+  while read -r peer rest; do
+    [[ -n ${peer:-} ]] || continue
+    [[ $peer =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ && -z ${rest:-} ]] || die "bad line in $peers: $peer ${rest:-}"
+    iptables -w -A $new -s "$peer" -j RETURN
+  done <"$peers"
+  iptables -w -A $new -m comment --comment "kubeforge: not from this cluster" -j DROP
+  jump=(-d "$pod_cidr" -m comment --comment "kubeforge: guard the pods" -j $new)
+  iptables -w -I FORWARD 1 "${jump[@]}"
+  # The previous guard (if any) goes; the new one takes its name.
+  old=(-d "$pod_cidr" -m comment --comment "kubeforge: guard the pods" -j KUBEFORGE-PODS)
+  while iptables -w -D FORWARD "${old[@]}" 2>/dev/null; do :; done
+  iptables -w -F KUBEFORGE-PODS 2>/dev/null && iptables -w -X KUBEFORGE-PODS
+  iptables -w -E $new KUBEFORGE-PODS
 fi
 
 want=" "

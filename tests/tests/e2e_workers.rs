@@ -1161,6 +1161,28 @@ async fn pods_reach_pods_and_services_across_nodes() {
         ),
     )
     .await;
+    // Not even with a route of its own through b's node (as root on its
+    // node, a hostile tenant may add one): b's node drops what does not
+    // come from its own cluster.
+    let (hostile, hostile_lines) = run_on_machine(
+        &app,
+        &their_address,
+        &their_key,
+        &format!(
+            "ip route replace {} via {}; \
+             socat -T3 - TCP:{ip_b}:7777,connect-timeout=3 </dev/null && echo REACHED; \
+             r=$?; ip route del {} via {}; exit $r",
+            cidr_of(&nodes[1]),
+            addr_of(&nodes[1]),
+            cidr_of(&nodes[1]),
+            addr_of(&nodes[1])
+        ),
+    )
+    .await;
+    assert!(
+        hostile != 0 && !hostile_lines.iter().any(|l| l.contains("REACHED")),
+        "another tenant's node reached pod b through a route of its own: {hostile} {hostile_lines:?}"
+    );
     assert!(
         code != 0
             && !lines

@@ -32,7 +32,7 @@ use crate::state::SharedApp;
 use crate::tenant::WatchEvent;
 
 /// How long a source address's cluster is remembered.
-pub const SOURCE_TTL: Duration = Duration::from_secs(15);
+pub const SOURCE_TTL: Duration = Duration::from_secs(5);
 /// How long an address with no cluster is remembered.
 pub const UNKNOWN_TTL: Duration = Duration::from_secs(3);
 /// A follower re-connects (a fresh identity) this often.

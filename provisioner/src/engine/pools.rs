@@ -469,6 +469,13 @@ async fn network(
         .collect();
     let pods = c.network.pod_cidr;
     let plan = routes::plan(pods, &members);
+    // Every machine of the cluster with an address may reach its pods
+    // (the API server, the load balancer's health checks, the nodes).
+    let peers: std::collections::BTreeSet<std::net::Ipv4Addr> = machines
+        .iter()
+        .filter(|m| m.state != MachineState::Deleted)
+        .filter_map(|m| m.address.as_deref()?.parse().ok())
+        .collect();
     let mut applied: Vec<String> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
     for m in machines.iter().filter(|m| {
@@ -479,7 +486,7 @@ async fn network(
         let Some(table) = plan.tables.get(&m.name) else {
             continue;
         };
-        let files = routes::node_files(pods, table, m.role == MachineRole::Worker);
+        let files = routes::node_files(pods, table, m.role == MachineRole::Worker, &peers);
         let sha = routes::digest(&files);
         if m.network_sha.as_deref() == Some(sha.as_str()) {
             continue;
