@@ -385,7 +385,9 @@ impl RenderContext {
             cgroup_controllers: LAB_CGROUP_CONTROLLERS,
             lab_kernel_tunables: LAB_KERNEL_TUNABLES,
             lab_pause_image: LAB_PAUSE_IMAGE,
-            lab_cgroup_root: format!("/kubeforge/{}", input.node_name),
+            // The ledger id, as the lab provider names the machine's own
+            // cgroup: node names are unique only within a tenant.
+            lab_cgroup_root: format!("/kubeforge/{}", input.machine_id),
             lab_pause_archive: LAB_PAUSE_ARCHIVE,
             cni_template: CNI_TEMPLATE,
             cni_conflist: paths::CNI_CONFLIST,

@@ -87,10 +87,10 @@ fn worker_memory(p: &Value) -> Vec<u64> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|n| n["name"].as_str())
-        .filter_map(|name| {
+        .filter_map(|n| n["machine"].as_str())
+        .filter_map(|id| {
             std::fs::read_to_string(format!(
-                "/sys/fs/cgroup/memory/kubeforge/{name}/memory.usage_in_bytes"
+                "/sys/fs/cgroup/memory/kubeforge/{id}/memory.usage_in_bytes"
             ))
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())

@@ -828,7 +828,8 @@ async fn on_node(app: &TestApp, node: &str, script: &str) -> Vec<String> {
 /// control-plane member); returns its exit status and output lines.
 async fn try_on_node(app: &TestApp, machine: &str, script: &str) -> (i32, Vec<String>) {
     let (address, host_key): (String, String) = sqlx::query_as(
-        "SELECT address, host_key FROM machines WHERE name = $1 AND deleted_at IS NULL",
+        "SELECT address, host_key FROM machines WHERE name = $1 AND tenant = 'acme' \
+         AND deleted_at IS NULL",
     )
     .bind(machine)
     .fetch_one(&app.pool)
@@ -975,9 +976,11 @@ async fn pods_reach_pods_and_services_across_nodes() {
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
-    // Another tenant's cluster on the same lab bridge, made alongside.
+    // Another tenant's cluster on the same lab bridge, made alongside,
+    // with the same name (and so the same machine names): nothing on the
+    // host may be named after them (nspawn machines, veths, cgroups).
     let intruder = app.token("globex", Role::Admin);
-    let other = format!("m{octet}");
+    let other = name.clone();
     let r = app
         .call(
             Method::POST,
@@ -1109,11 +1112,12 @@ async fn pods_reach_pods_and_services_across_nodes() {
     );
     // The control plane reaches pods too (webhooks, aggregated APIs).
     let cp = format!("{name}-cp-0");
-    let cp_address: String = sqlx::query_scalar("SELECT address FROM machines WHERE name = $1")
-        .bind(&cp)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let cp_address: String =
+        sqlx::query_scalar("SELECT address FROM machines WHERE name = $1 AND tenant = 'acme'")
+            .bind(&cp)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         hurry_and_run(&app).await;
@@ -1143,9 +1147,29 @@ async fn pods_reach_pods_and_services_across_nodes() {
         |p| ready_nodes(p, 1),
     )
     .await;
+    // Same-named machines of two tenants (the control-plane members,
+    // `<cluster>-cp-0`), each in a cgroup of its own.
+    let workers: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, name FROM machines WHERE state = 'running' AND deleted_at IS NULL",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let distinct: BTreeSet<&str> = workers.iter().map(|(_, n)| n.as_str()).collect();
+    assert!(
+        distinct.len() < workers.len(),
+        "no machine name shared by the two tenants: {workers:?}"
+    );
+    for (id, name) in &workers {
+        let limit = format!("/sys/fs/cgroup/memory/kubeforge/{id}/memory.limit_in_bytes");
+        assert!(
+            Path::new(&limit).exists(),
+            "{name} ({id}) has no cgroup of its own"
+        );
+    }
     let (their_address, their_key): (String, String) = sqlx::query_as(
         "SELECT address, host_key FROM machines WHERE name LIKE $1 AND role = 'worker' \
-         AND deleted_at IS NULL",
+         AND tenant = 'globex' AND deleted_at IS NULL",
     )
     .bind(format!("{other}-net-%"))
     .fetch_one(&app.pool)

@@ -18,6 +18,14 @@
 //! - the SSH host key is generated here before boot, so it is pinned from
 //!   the start and never learned over the network.
 //!
+//! Everything a machine makes on the host is named from its ledger id, never
+//! from its name (cluster names are unique only within a tenant, so two
+//! tenants' `web` clusters have machines of the same name): the nspawn
+//! machine and its veth ([`host_machine_name`]), its cgroups
+//! (`/sys/fs/cgroup/<controller>/kubeforge/<ledger id>`, which its kubelet's
+//! `cgroupRoot` names too) and its provider id (`lab:<ledger id>`). The
+//! name is only the machine's hostname, inside its own namespaces.
+//!
 //! Machine types map to cgroup v1 memory and CPU limits when the host lets
 //! us create cgroups; otherwise machines run unlimited and say so in the log.
 //! Root on Linux is required; elsewhere `LabProvider::new` explains why not.
@@ -67,6 +75,16 @@ struct Meta {
     tags: std::collections::BTreeMap<String, String>,
     /// The nspawn process, while it runs.
     pid: Option<i32>,
+    /// The name of the machine's cgroups under `kubeforge/`: its ledger id.
+    /// Absent in machines made before ids named them (their name then).
+    #[serde(default)]
+    cgroup: Option<String>,
+}
+
+impl Meta {
+    fn cgroup_leaf(&self) -> &str {
+        self.cgroup.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// The lab provider (see the module doc).
@@ -350,7 +368,7 @@ impl LabProvider {
             .map(|t| t.resources())
             .unwrap_or((1, 2048));
         let mut dirs = Vec::new();
-        let memory = PathBuf::from("/sys/fs/cgroup/memory/kubeforge").join(&meta.name);
+        let memory = PathBuf::from("/sys/fs/cgroup/memory/kubeforge").join(meta.cgroup_leaf());
         if std::fs::create_dir_all(&memory).is_ok()
             && std::fs::write(
                 memory.join("memory.limit_in_bytes"),
@@ -360,7 +378,7 @@ impl LabProvider {
         {
             dirs.push(memory);
         }
-        let cpu = PathBuf::from("/sys/fs/cgroup/cpu/kubeforge").join(&meta.name);
+        let cpu = PathBuf::from("/sys/fs/cgroup/cpu/kubeforge").join(meta.cgroup_leaf());
         if std::fs::create_dir_all(&cpu).is_ok()
             && std::fs::write(cpu.join("cpu.cfs_period_us"), "100000").is_ok()
             && std::fs::write(
@@ -372,7 +390,7 @@ impl LabProvider {
             dirs.push(cpu);
         }
         if dirs.len() < 2 {
-            tracing::warn!(machine = %meta.name, "cgroup limits unavailable on this host; machine runs unlimited");
+            tracing::warn!(machine = %meta.name, id = %meta.id, "cgroup limits unavailable on this host; machine runs unlimited");
         }
         dirs
     }
@@ -416,7 +434,7 @@ impl LabProvider {
                 "--system-call-filter=@keyring",
                 "--console=read-only",
             ])
-            .arg(format!("--machine={}", meta.name))
+            .arg(format!("--machine={}", host_machine_name(meta.id)))
             .arg(format!("--network-bridge={}", self.cfg.bridge));
         for (host, guest) in &self.cfg.bind_ro {
             cmd.arg(format!("--bind-ro={}:{guest}", host.display()));
@@ -469,7 +487,7 @@ impl LabProvider {
         ProviderMachine {
             id: meta.id,
             cluster_id: meta.cluster_id,
-            provider_id: format!("lab:{}", meta.name),
+            provider_id: format!("lab:{}", meta.id),
             address: Some(meta.address.to_string()),
             host_key: Some(meta.host_key.clone()),
             state,
@@ -587,6 +605,7 @@ impl Provider for LabProvider {
                     host_key,
                     tags: req.tags.clone(),
                     pid: None,
+                    cgroup: Some(req.id.to_string()),
                 };
                 self.prepare_upper(&meta).await?;
                 self.write_meta(&meta)?;
@@ -626,7 +645,7 @@ impl Provider for LabProvider {
                     &Path::new("/sys/fs/cgroup")
                         .join(c)
                         .join("kubeforge")
-                        .join(&meta.name),
+                        .join(meta.cgroup_leaf()),
                 );
             }
         }
@@ -654,6 +673,15 @@ impl Provider for LabProvider {
     }
 }
 
+/// The machine's name on the host (nspawn's `--machine`, which also names
+/// the host end of its veth, `vb-<name>`, at most 15 characters): from the
+/// ledger id, never from the cluster's name, which is unique only within a
+/// tenant. `kf` and the id's last ten hex digits (random in v4 and v7 ids).
+pub fn host_machine_name(id: Uuid) -> String {
+    let hex = id.simple().to_string();
+    format!("kf{}", &hex[hex.len() - 10..])
+}
+
 /// Every cgroup v1 hierarchy a machine or its kubelet may make directories in.
 const CGROUP_CONTROLLERS: &[&str] = &[
     "memory", "cpu", "cpuset", "cpuacct", "blkio", "devices", "freezer", "pids", "systemd",
@@ -671,4 +699,22 @@ fn remove_cgroup_tree(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_come_from_the_ledger_id_and_fit_a_veth() {
+        let a = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
+        let b = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0002);
+        assert_eq!(host_machine_name(a), "kf0000000001");
+        assert_ne!(host_machine_name(a), host_machine_name(b));
+        for _ in 0..100 {
+            let n = host_machine_name(Uuid::now_v7());
+            // nspawn names the host end of the veth `vb-<machine>`: 15 at most.
+            assert!(format!("vb-{n}").len() <= 15, "{n}");
+        }
+    }
 }
