@@ -2220,3 +2220,45 @@ mod credentials {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// A cluster holds at most 16 node pools, however they come: a pool
+/// added on its own is refused once there are 16, naming the request's
+/// field, and nothing is written.
+#[tokio::test]
+async fn node_pool_create_keeps_the_pool_limit() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    create(&app, &token, cluster_body("web")).await;
+    for i in 1..16 {
+        let r = app
+            .call(
+                Method::POST,
+                "/v1/clusters/web/node-pools",
+                Some(&token),
+                Some(json!({"name": format!("p{i}"), "size": 1})),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 202, "pool {i}: {}", r.text);
+    }
+    let before = app.counts().await;
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters/web/node-pools",
+            Some(&token),
+            Some(json!({"name": "p16", "size": 1})),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 422, "validation_failed");
+    assert_eq!(r.body["field"], "name", "{}", r.text);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("at most 16"),
+        "{}",
+        r.text
+    );
+    assert_eq!(app.counts().await, before);
+    let pools = get(&app, &token, "/v1/clusters/web/node-pools").await;
+    assert_eq!(pools.body["items"].as_array().unwrap().len(), 16);
+}
