@@ -348,7 +348,20 @@ pub async fn serve(opts: ServeOptions, announce_tour: bool) -> anyhow::Result<()
             url
         }
     };
-    let result = run(&opts, &url, announce_tour).await;
+    // `up`'s database is this process's to keep running.
+    let (supervise_tx, supervise_rx) = watch::channel(false);
+    let (result, ()) = tokio::join!(
+        async {
+            let result = run(&opts, &url, announce_tour).await;
+            let _ = supervise_tx.send(true);
+            result
+        },
+        async {
+            if let Some(pg) = &embedded {
+                pg.supervise(supervise_rx).await;
+            }
+        }
+    );
     if let Some(pg) = embedded {
         tracing::info!("stopping the embedded PostgreSQL");
         pg.stop().await?;

@@ -184,6 +184,24 @@ impl TestApp {
         Self::with_config(Config::default()).await
     }
 
+    /// The real app and router on `pool` (which may reach no database at
+    /// all), without an engine.
+    pub fn app_on(pool: PgPool, config: Config) -> (SharedApp, axum::Router) {
+        let mut providers = ProviderRegistry::default();
+        providers.register(Arc::new(InMemoryProvider::new("lab")));
+        let app = kubeforge::server::build_app(
+            pool,
+            kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).expect("keys"),
+            kubeforge::crypto::SecretBox::new(&[9u8; 32]).expect("secret box"),
+            providers,
+            config,
+            None,
+        )
+        .expect("app");
+        let router = kubeforge::api::router(app.clone());
+        (app, router)
+    }
+
     pub async fn with_config(config: Config) -> TestApp {
         let db = TestDb::new().await;
         let pool = db.pool(60).await;

@@ -2262,3 +2262,55 @@ async fn node_pool_create_keeps_the_pool_limit() {
     let pools = get(&app, &token, "/v1/clusters/web/node-pools").await;
     assert_eq!(pools.body["items"].as_array().unwrap().len(), 16);
 }
+
+/// `/readyz` says within a second that the database is gone, and requests
+/// fail fast (the pool's acquire timeout) with a problem.
+#[tokio::test]
+async fn readyz_fails_fast_without_the_database() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use std::time::{Duration, Instant};
+    use tower::ServiceExt;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let pool =
+        kubeforge::store::connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/gone"), 2)
+            .unwrap();
+    let (app, router) = TestApp::app_on(pool, kubeforge::app::Config::default());
+    let call = |path: &str, token: Option<String>| {
+        let mut req = Request::get(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        router.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    let started = Instant::now();
+    let r = call("/readyz", None).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], PROBLEM);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "readyz took {:?}",
+        started.elapsed()
+    );
+    let token = app
+        .auth
+        .mint(
+            "acme",
+            "t",
+            Role::Viewer,
+            Duration::from_secs(60),
+            chrono::Utc::now().timestamp(),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let r = call("/v1/clusters", Some(token)).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], PROBLEM);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a request took {:?}",
+        started.elapsed()
+    );
+}
