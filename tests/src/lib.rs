@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod dns;
 pub mod grpc;
 pub mod lab;
+pub mod tls;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
@@ -180,8 +181,15 @@ pub fn test_engine_config() -> EngineConfig {
 }
 
 impl TestApp {
+    /// The app with no rate limits (tests send requests far faster than
+    /// tenants may); [`TestApp::with_config`] takes the service's defaults
+    /// unless the test sets its own.
     pub async fn new() -> TestApp {
-        Self::with_config(Config::default()).await
+        Self::with_config(Config {
+            rate_limits: kubeforge::ratelimit::RateLimits::UNLIMITED,
+            ..Config::default()
+        })
+        .await
     }
 
     /// The real app and router on `pool` (which may reach no database at

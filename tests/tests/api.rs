@@ -2263,6 +2263,63 @@ async fn node_pool_create_keeps_the_pool_limit() {
     assert_eq!(pools.body["items"].as_array().unwrap().len(), 16);
 }
 
+/// Each tenant has its own buckets: one tenant past its write burst gets
+/// 429 with Retry-After and a problem, reads and other tenants go on.
+#[tokio::test]
+async fn rate_limits_are_per_tenant_with_retry_after() {
+    use kubeforge::ratelimit::{Rate, RateLimits};
+    let app = TestApp::with_config(kubeforge::app::Config {
+        rate_limits: RateLimits {
+            read: Rate {
+                per_second: 100.0,
+                burst: 100.0,
+            },
+            write: Rate {
+                per_second: 0.2,
+                burst: 2.0,
+            },
+        },
+        ..Default::default()
+    })
+    .await;
+    let acme = app.token("acme", Role::Editor);
+    let globex = app.token("globex", Role::Editor);
+    create(&app, &acme, cluster_body("a1")).await;
+    create(&app, &acme, cluster_body("a2")).await;
+    let jobs = app.count("jobs").await;
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&acme),
+            Some(cluster_body("a3")),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 429, "rate_limited");
+    assert_eq!(r.body["retryable"], true);
+    let retry: u64 = header(&r, "retry-after")
+        .parse()
+        .expect("Retry-After seconds");
+    assert!((1..=5).contains(&retry), "Retry-After {retry}");
+    assert_eq!(app.count("jobs").await, jobs, "nothing written");
+    // Reads draw from another bucket; another tenant from its own.
+    assert_eq!(get(&app, &acme, "/v1/clusters").await.status, 200);
+    create(&app, &globex, cluster_body("g1")).await;
+    // The bucket is drawn from before the body is read: a flood of bad
+    // requests is limited too.
+    let r = app
+        .call_raw(
+            Method::POST,
+            "/v1/clusters",
+            Some(&acme),
+            Some(b"{".to_vec()),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 429, "rate_limited");
+}
+
 /// `/readyz` says within a second that the database is gone, and requests
 /// fail fast (the pool's acquire timeout) with a problem.
 #[tokio::test]
