@@ -56,7 +56,8 @@
 //! detaches it), so it survives the process that started it; a server left
 //! behind by a crash is found through `postmaster.pid` and handled by the next
 //! `start` (which stops it and starts afresh) or `attach_or_start` (which reuses
-//! it if it answers).
+//! it if it answers). While a service runs on it, [`EmbeddedPostgres::supervise`]
+//! starts it again on the same port if it exits.
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -87,6 +88,10 @@ const ATTACH_DEADLINE: Duration = Duration::from_secs(10);
 const PG_CTL_TIMEOUT_SECS: &str = "60";
 /// Start attempts when the picked port was taken by someone else in the meantime.
 const PORT_ATTEMPTS: usize = 3;
+/// How often [`EmbeddedPostgres::supervise`] looks for the postmaster.
+const SUPERVISE_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait between restart attempts.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// A private PostgreSQL server on `127.0.0.1`, owned by one Kubeforge data dir.
 ///
@@ -223,23 +228,7 @@ impl EmbeddedPostgres {
             attempt += 1;
             let port = free_port()?;
             let log_offset = fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0);
-            let options = format!(
-                "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories=''"
-            );
-            let out = self
-                .pg_ctl()
-                .arg("start")
-                .arg("-w")
-                .args(["-t", PG_CTL_TIMEOUT_SECS])
-                .arg("-D")
-                .arg(&self.pgdata)
-                .arg("-l")
-                .arg(&self.log_file)
-                .arg("-o")
-                .arg(&options)
-                .output()
-                .await
-                .context("running pg_ctl start")?;
+            let out = self.pg_ctl_start(port).await?;
             if out.status.success() {
                 self.port = port;
                 break;
@@ -265,6 +254,81 @@ impl EmbeddedPostgres {
         self.ensure_database(KUBEFORGE_DB).await?;
         tracing::info!(port = self.port, pgdata = %self.pgdata.display(), "embedded PostgreSQL started");
         Ok(self)
+    }
+
+    /// `pg_ctl start -w` on `port` with this module's settings.
+    async fn pg_ctl_start(&self, port: u16) -> Result<Output> {
+        let options =
+            format!("-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories=''");
+        self.pg_ctl()
+            .arg("start")
+            .arg("-w")
+            .args(["-t", PG_CTL_TIMEOUT_SECS])
+            .arg("-D")
+            .arg(&self.pgdata)
+            .arg("-l")
+            .arg(&self.log_file)
+            .arg("-o")
+            .arg(&options)
+            .output()
+            .await
+            .context("running pg_ctl start")
+    }
+
+    /// Keeps the server running until `stop` turns true: once a second it
+    /// looks for the postmaster, and when it has gone (killed, crashed,
+    /// out of memory) starts it again on the same port, where the
+    /// service's pool dials, retrying with backoff (1 s doubling to 30 s)
+    /// while that fails. Requests fail fast meanwhile (`/readyz` is 503).
+    pub async fn supervise(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut wait = SUPERVISE_INTERVAL;
+        let mut backoff = SUPERVISE_INTERVAL;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            wait = SUPERVISE_INTERVAL;
+            match self.running_pid() {
+                Ok(Some(_)) => {
+                    backoff = SUPERVISE_INTERVAL;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot tell whether the embedded PostgreSQL runs");
+                    continue;
+                }
+            }
+            tracing::warn!(port = self.port, pgdata = %self.pgdata.display(), "the embedded PostgreSQL has exited; starting it again");
+            match self.restart().await {
+                Ok(()) => {
+                    tracing::info!(port = self.port, "embedded PostgreSQL running again");
+                    backoff = SUPERVISE_INTERVAL;
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), retry_in_s = backoff.as_secs(), "restarting the embedded PostgreSQL failed");
+                    wait = backoff;
+                    backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Starts the server again on its port and waits until it answers.
+    async fn restart(&self) -> Result<()> {
+        let log_offset = fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0);
+        let out = self.pg_ctl_start(self.port).await?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl start failed ({}): {}\n--- {} (tail) ---\n{}",
+                out.status,
+                output_text(&out),
+                self.log_file.display(),
+                tail(&read_from(&self.log_file, log_offset), 10)
+            );
+        }
+        self.wait_for_connection(CONNECT_DEADLINE).await
     }
 
     /// A `pg_ctl` command that runs as the server user.

@@ -40,6 +40,8 @@ pub enum Error {
     MethodNotAllowed,
     #[error("request timed out")]
     Timeout,
+    #[error("too many requests from this tenant; retry after {} s", retry_after_secs(.retry_after))]
+    RateLimited { retry_after: std::time::Duration },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0:#}")]
@@ -126,6 +128,12 @@ impl Error {
                 "Method not allowed",
                 false,
             ),
+            Error::RateLimited { .. } => (
+                S::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
+                true,
+            ),
             Error::Timeout => (S::SERVICE_UNAVAILABLE, "timeout", "Request timed out", true),
             Error::Unavailable(_) => (
                 S::SERVICE_UNAVAILABLE,
@@ -177,11 +185,21 @@ impl IntoResponse for Error {
         let problem = self.to_problem();
         let status = self.status();
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (
+        let mut resp = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        if let Error::RateLimited { retry_after } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_secs(&retry_after).into());
+        }
+        resp
     }
+}
+
+/// Whole seconds for `Retry-After`: rounded up, at least 1.
+fn retry_after_secs(wait: &std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }

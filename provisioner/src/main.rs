@@ -38,6 +38,33 @@ struct DnsArgs {
     dns_upstream: Vec<SocketAddr>,
 }
 
+/// How the API listener is secured, shared by `up` and `serve`.
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Serve the API over TLS with this PEM certificate chain (leaf first).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plaintext HTTP on an address other than loopback (behind a
+    /// TLS-terminating proxy); refused otherwise.
+    #[arg(long, conflicts_with = "tls_cert")]
+    insecure_plaintext: bool,
+}
+
+impl TlsArgs {
+    fn files(&self) -> Option<server::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(server::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// `up --dns-listen`: `lab`, `off` or an address.
 fn up_dns_listen(value: &str) -> anyhow::Result<Option<SocketAddr>> {
     match value {
@@ -71,6 +98,8 @@ enum Command {
         dns_listen: String,
         #[command(flatten)]
         dns: DnsArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Run Kubeforge against a PostgreSQL server, or the embedded one.
     Serve {
@@ -94,6 +123,8 @@ enum Command {
         dns_listen: Option<SocketAddr>,
         #[command(flatten)]
         dns: DnsArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -209,6 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             grpc_advertise,
             dns_listen,
             dns,
+            tls,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -221,6 +253,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dns_listen: up_dns_listen(&dns_listen)?,
                 dns_advertise: dns.dns_advertise,
                 dns_upstream: dns.dns_upstream,
+                tls: tls.files(),
+                insecure_plaintext: tls.insecure_plaintext,
             };
             server::serve(opts, true).await
         }
@@ -233,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             grpc_advertise,
             dns_listen,
             dns,
+            tls,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -245,6 +280,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dns_listen,
                 dns_advertise: dns.dns_advertise,
                 dns_upstream: dns.dns_upstream,
+                tls: tls.files(),
+                insecure_plaintext: tls.insecure_plaintext,
             };
             server::serve(opts, false).await
         }

@@ -49,6 +49,34 @@ pub struct ServeOptions {
     /// Resolvers names outside the clusters are forwarded to; empty: the
     /// host's `/etc/resolv.conf`.
     pub dns_upstream: Vec<SocketAddr>,
+    /// PEM certificate chain and key: the API is served over TLS.
+    pub tls: Option<TlsFiles>,
+    /// Allows a plaintext API on an address other than loopback.
+    pub insecure_plaintext: bool,
+}
+
+/// `--tls-cert` and `--tls-key`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Refuses a plaintext API on anything but loopback unless asked for:
+/// tokens travel in every request.
+pub fn check_listen(
+    listen: SocketAddr,
+    tls: Option<&TlsFiles>,
+    insecure_plaintext: bool,
+) -> anyhow::Result<()> {
+    if tls.is_none() && !insecure_plaintext && !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {listen} is not a loopback address and the API would be plaintext \
+             (bearer tokens in the clear): give --tls-cert and --tls-key, or \
+             --insecure-plaintext when a TLS-terminating proxy fronts this listener"
+        );
+    }
+    Ok(())
 }
 
 /// The lab bridge's gateway (the host's address on it): the first address
@@ -247,9 +275,20 @@ pub fn register_ssh_provider(
 }
 
 /// Service settings from the environment: `KUBEFORGE_KUBECONFIG_MAX_TTL`
-/// (e.g. `12h`; default 24h) caps what a tenant may ask for.
+/// (e.g. `12h`; default 24h) caps what a tenant may ask for;
+/// `KUBEFORGE_RATE_LIMIT_READ` and `KUBEFORGE_RATE_LIMIT_WRITE`
+/// (`<per second>/<burst>`, e.g. `20/40`, or `off`) limit each tenant's
+/// requests (defaults 100/200 and 20/40).
 pub fn service_config() -> anyhow::Result<Config> {
     let mut config = Config::default();
+    for (var, rate) in [
+        ("KUBEFORGE_RATE_LIMIT_READ", &mut config.rate_limits.read),
+        ("KUBEFORGE_RATE_LIMIT_WRITE", &mut config.rate_limits.write),
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            *rate = parse_rate(&v).map_err(|e| anyhow::anyhow!("{var}: {e}"))?;
+        }
+    }
     if let Ok(v) = std::env::var("KUBEFORGE_KUBECONFIG_MAX_TTL") {
         config.kubeconfig_max_ttl = crate::cli::client::parse_ttl(&v)
             .map_err(|e| anyhow::anyhow!("KUBEFORGE_KUBECONFIG_MAX_TTL: {e}"))?;
@@ -259,6 +298,51 @@ pub fn service_config() -> anyhow::Result<Config> {
         );
     }
     Ok(config)
+}
+
+/// `<per second>/<burst>` (`20/40`), a bare rate (burst twice it), or `off`.
+pub fn parse_rate(v: &str) -> Result<crate::ratelimit::Rate, String> {
+    let v = v.trim();
+    if v == "off" {
+        return Ok(crate::ratelimit::Rate::UNLIMITED);
+    }
+    let number = |s: &str| -> Result<f64, String> {
+        match s.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+            _ => Err(format!(
+                "{v:?} is not <per second>/<burst> with positive numbers (e.g. 20/40) or off"
+            )),
+        }
+    };
+    let (per_second, burst) = match v.split_once('/') {
+        Some((r, b)) => (number(r)?, number(b)?),
+        None => {
+            let r = number(v)?;
+            (r, 2.0 * r)
+        }
+    };
+    if burst < 1.0 {
+        return Err(format!("{v:?}: the burst must be at least 1"));
+    }
+    Ok(crate::ratelimit::Rate { per_second, burst })
+}
+
+/// The API listener's limits from the environment:
+/// `KUBEFORGE_MAX_CONNECTIONS` (default 512) and
+/// `KUBEFORGE_HEADER_READ_TIMEOUT` (e.g. `10s`, the default).
+pub fn http_settings() -> anyhow::Result<crate::http::HttpSettings> {
+    let mut settings = crate::http::HttpSettings::default();
+    if let Ok(v) = std::env::var("KUBEFORGE_MAX_CONNECTIONS") {
+        settings.max_connections =
+            v.trim().parse().ok().filter(|n| *n > 0).with_context(|| {
+                format!("KUBEFORGE_MAX_CONNECTIONS {v:?} is not a positive number")
+            })?;
+    }
+    if let Ok(v) = std::env::var("KUBEFORGE_HEADER_READ_TIMEOUT") {
+        settings.header_read_timeout = crate::cli::client::parse_ttl(&v)
+            .map_err(|e| anyhow::anyhow!("KUBEFORGE_HEADER_READ_TIMEOUT: {e}"))?;
+    }
+    Ok(settings)
 }
 
 /// Builds the shared app state.
@@ -271,6 +355,7 @@ pub fn build_app(
     access: Option<Arc<MachineAccess>>,
 ) -> anyhow::Result<SharedApp> {
     Ok(Arc::new(App {
+        rate_limiter: crate::ratelimit::RateLimiter::new(config.rate_limits),
         pool,
         auth,
         providers,
@@ -334,6 +419,13 @@ async fn shutdown_signal() {
 
 /// Runs the service until Ctrl-C or SIGTERM.
 pub async fn serve(opts: ServeOptions, announce_tour: bool) -> anyhow::Result<()> {
+    check_listen(opts.listen, opts.tls.as_ref(), opts.insecure_plaintext)?;
+    let tls = opts
+        .tls
+        .as_ref()
+        .map(|t| crate::http::tls_acceptor(&t.cert, &t.key))
+        .transpose()?;
+    let http = http_settings()?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
     let mut _lock = None;
@@ -348,7 +440,20 @@ pub async fn serve(opts: ServeOptions, announce_tour: bool) -> anyhow::Result<()
             url
         }
     };
-    let result = run(&opts, &url, announce_tour).await;
+    // `up`'s database is this process's to keep running.
+    let (supervise_tx, supervise_rx) = watch::channel(false);
+    let (result, ()) = tokio::join!(
+        async {
+            let result = run(&opts, &url, announce_tour, http, tls).await;
+            let _ = supervise_tx.send(true);
+            result
+        },
+        async {
+            if let Some(pg) = &embedded {
+                pg.supervise(supervise_rx).await;
+            }
+        }
+    );
     if let Some(pg) = embedded {
         tracing::info!("stopping the embedded PostgreSQL");
         pg.stop().await?;
@@ -356,7 +461,13 @@ pub async fn serve(opts: ServeOptions, announce_tour: bool) -> anyhow::Result<()
     result
 }
 
-async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Result<()> {
+async fn run(
+    opts: &ServeOptions,
+    url: &str,
+    announce_tour: bool,
+    http: crate::http::HttpSettings,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<()> {
     let pool = store::connect(url, 20).await?;
     store::migrate(&pool).await?;
     let auth = load_auth(&opts.data_dir)?;
@@ -411,20 +522,22 @@ async fn run(opts: &ServeOptions, url: &str, announce_tour: bool) -> anyhow::Res
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
-    println!("kubeforge is serving on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("kubeforge is serving on {scheme}://{addr}");
     if announce_tour {
         println!(
             "get a token:  kubeforge token create --tenant demo --role admin --data-dir {}",
             opts.data_dir.display()
         );
-        println!("then:         export KUBEFORGE_URL=http://{addr} KUBEFORGE_TOKEN=<token>; kubeforge clusters list");
+        println!("then:         export KUBEFORGE_URL={scheme}://{addr} KUBEFORGE_TOKEN=<token>; kubeforge clusters list");
     }
-    let mut shutdown_rx = stop_rx.clone();
-    let server =
-        axum::serve(listener, crate::api::router(app.clone())).with_graceful_shutdown(async move {
-            let _ = shutdown_rx.wait_for(|s| *s).await;
-        });
-    let server_task = tokio::spawn(async move { server.await });
+    let server_task = tokio::spawn(crate::http::serve(
+        listener,
+        crate::api::router(app.clone()),
+        http,
+        tls,
+        stop_rx.clone(),
+    ));
     let grpc_task = match grpc {
         None => None,
         Some((listener, bound, advertise)) => {

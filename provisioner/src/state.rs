@@ -12,6 +12,7 @@ use crate::auth::AuthKeys;
 use crate::crypto::SecretBox;
 use crate::metrics::Metrics;
 use crate::providers::ProviderRegistry;
+use crate::ratelimit::{RateLimiter, RateLimits};
 use crate::store::tenant::Quota;
 
 /// Service settings that app methods read.
@@ -39,6 +40,9 @@ pub struct Config {
     /// the server when it serves DNS (`--dns-listen`); None: clusters get
     /// no DNS Endpoints (their `kube-dns` Service has no backend).
     pub dns_address: Option<std::net::SocketAddrV4>,
+    /// Requests per second and burst per tenant, reads and writes apart
+    /// (`KUBEFORGE_RATE_LIMIT_READ`/`_WRITE`, see `server::service_config`).
+    pub rate_limits: RateLimits,
 }
 
 impl Default for Config {
@@ -53,6 +57,7 @@ impl Default for Config {
             control_plane_restart_window: kubeforge_cluster::restarts::RESTART_WINDOW,
             grpc_address: None,
             dns_address: None,
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -70,6 +75,9 @@ pub struct App {
     pub access: Option<Arc<crate::ssh::MachineAccess>>,
     /// The service's clients of tenant clusters, minted on first use.
     pub tenants: crate::tenant::Clients,
+    /// Per-tenant request buckets (`config.rate_limits`), drawn from by
+    /// every authenticated API request.
+    pub rate_limiter: RateLimiter,
 }
 
 pub type SharedApp = Arc<App>;

@@ -795,3 +795,132 @@ async fn kubeconfig_ttl_cap_comes_from_the_environment() {
     stop(server, Signal::SIGINT);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A plaintext API on an address other than loopback is refused at
+/// startup, before anything else happens, unless asked for.
+#[test]
+fn serve_refuses_plaintext_beyond_loopback() {
+    let dir = temp_dir("plaintext");
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/none",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--listen", "0.0.0.0:0"])
+        .env("KUBEFORGE_CACHE", dir.join("no-cache"))
+        .output()
+        .expect("serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a loopback address") && err.contains("--insecure-plaintext"),
+        "serve said: {err}"
+    );
+    // Half a TLS configuration is a usage error.
+    let out = Command::new(BIN)
+        .args(["serve", "--tls-cert", "/nonexistent.pem"])
+        .output()
+        .expect("serve");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tls-key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// (CA PEM, certificate file, key file) for `localhost` under `dir`.
+fn server_cert(dir: &Path) -> (String, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    (ca_pem, dir.join("tls.crt"), dir.join("tls.key"))
+}
+
+/// `up` over TLS answers https to a client trusting the CA; when its
+/// embedded PostgreSQL dies, `/readyz` says so at once and recovers when
+/// `up` has started it again.
+#[tokio::test]
+async fn up_over_tls_restarts_its_postgres() {
+    let dir = temp_dir("up-tls");
+    let (ca, cert, key) = server_cert(&dir);
+    let port = free_port();
+    let _server = Proc(
+        Command::new(BIN)
+            .args(UP_PORTS)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .env("KUBEFORGE_CACHE", dir.join("no-cache"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn kubeforge up"),
+    );
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{port}/readyz");
+    let ready = |deadline: Duration| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let until = Instant::now() + deadline;
+            while Instant::now() < until {
+                if let Ok(r) = client.get(&url).send().await {
+                    if r.status() == 200 {
+                        return true;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            false
+        }
+    };
+    assert!(
+        ready(Duration::from_secs(90)).await,
+        "never ready over https"
+    );
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .is_err(),
+        "plain http answered on the TLS port"
+    );
+
+    let pid_file = std::fs::read_to_string(dir.join("data/pgdata/postmaster.pid")).unwrap();
+    let pid: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill the postmaster");
+    let killed = Instant::now();
+    let mut saw_unready = false;
+    while !saw_unready && killed.elapsed() < Duration::from_secs(10) {
+        if let Ok(r) = client.get(&url).send().await {
+            saw_unready = r.status() == 503;
+        }
+    }
+    assert!(saw_unready, "readyz never said the database was gone");
+    assert!(
+        ready(Duration::from_secs(60)).await,
+        "readyz did not recover after the postmaster was killed"
+    );
+    eprintln!("postgres back after {:?}", killed.elapsed());
+}

@@ -11,7 +11,8 @@
 //! the engine's tenant clients), and
 //! with `state` (the shared process state) between app/engine and what
 //! they use, and foundations (errors, contexts, crypto, metrics, keys,
-//! artifacts) usable from any layer. `server`, `cli` and `main` wire
+//! artifacts, rate limits) usable from any layer, and the HTTP listener
+//! (`http`) on nothing of the crate. `server`, `cli` and `main` wire
 //! everything and may name anything. A new top-level module must be given
 //! its place here, or this test fails.
 
@@ -26,6 +27,7 @@ const FOUNDATIONS: &[&str] = &[
     "keys",
     "artifacts",
     "auth",
+    "ratelimit",
 ];
 
 /// Module -> the modules (beyond the foundations) it may name.
@@ -60,6 +62,8 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
         ("metrics", vec![]),
         ("keys", vec![]),
         ("artifacts", vec![]),
+        ("ratelimit", vec![]),
+        ("http", vec![]),
     ])
 }
 

@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod dns;
 pub mod grpc;
 pub mod lab;
+pub mod tls;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
@@ -180,8 +181,33 @@ pub fn test_engine_config() -> EngineConfig {
 }
 
 impl TestApp {
+    /// The app with no rate limits (tests send requests far faster than
+    /// tenants may); [`TestApp::with_config`] takes the service's defaults
+    /// unless the test sets its own.
     pub async fn new() -> TestApp {
-        Self::with_config(Config::default()).await
+        Self::with_config(Config {
+            rate_limits: kubeforge::ratelimit::RateLimits::UNLIMITED,
+            ..Config::default()
+        })
+        .await
+    }
+
+    /// The real app and router on `pool` (which may reach no database at
+    /// all), without an engine.
+    pub fn app_on(pool: PgPool, config: Config) -> (SharedApp, axum::Router) {
+        let mut providers = ProviderRegistry::default();
+        providers.register(Arc::new(InMemoryProvider::new("lab")));
+        let app = kubeforge::server::build_app(
+            pool,
+            kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).expect("keys"),
+            kubeforge::crypto::SecretBox::new(&[9u8; 32]).expect("secret box"),
+            providers,
+            config,
+            None,
+        )
+        .expect("app");
+        let router = kubeforge::api::router(app.clone());
+        (app, router)
     }
 
     pub async fn with_config(config: Config) -> TestApp {

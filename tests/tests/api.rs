@@ -2220,3 +2220,154 @@ mod credentials {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// A cluster holds at most 16 node pools, however they come: a pool
+/// added on its own is refused once there are 16, naming the request's
+/// field, and nothing is written.
+#[tokio::test]
+async fn node_pool_create_keeps_the_pool_limit() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Editor);
+    create(&app, &token, cluster_body("web")).await;
+    for i in 1..16 {
+        let r = app
+            .call(
+                Method::POST,
+                "/v1/clusters/web/node-pools",
+                Some(&token),
+                Some(json!({"name": format!("p{i}"), "size": 1})),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 202, "pool {i}: {}", r.text);
+    }
+    let before = app.counts().await;
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters/web/node-pools",
+            Some(&token),
+            Some(json!({"name": "p16", "size": 1})),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 422, "validation_failed");
+    assert_eq!(r.body["field"], "name", "{}", r.text);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("at most 16"),
+        "{}",
+        r.text
+    );
+    assert_eq!(app.counts().await, before);
+    let pools = get(&app, &token, "/v1/clusters/web/node-pools").await;
+    assert_eq!(pools.body["items"].as_array().unwrap().len(), 16);
+}
+
+/// Each tenant has its own buckets: one tenant past its write burst gets
+/// 429 with Retry-After and a problem, reads and other tenants go on.
+#[tokio::test]
+async fn rate_limits_are_per_tenant_with_retry_after() {
+    use kubeforge::ratelimit::{Rate, RateLimits};
+    let app = TestApp::with_config(kubeforge::app::Config {
+        rate_limits: RateLimits {
+            read: Rate {
+                per_second: 100.0,
+                burst: 100.0,
+            },
+            write: Rate {
+                per_second: 0.2,
+                burst: 2.0,
+            },
+        },
+        ..Default::default()
+    })
+    .await;
+    let acme = app.token("acme", Role::Editor);
+    let globex = app.token("globex", Role::Editor);
+    create(&app, &acme, cluster_body("a1")).await;
+    create(&app, &acme, cluster_body("a2")).await;
+    let jobs = app.count("jobs").await;
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&acme),
+            Some(cluster_body("a3")),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 429, "rate_limited");
+    assert_eq!(r.body["retryable"], true);
+    let retry: u64 = header(&r, "retry-after")
+        .parse()
+        .expect("Retry-After seconds");
+    assert!((1..=5).contains(&retry), "Retry-After {retry}");
+    assert_eq!(app.count("jobs").await, jobs, "nothing written");
+    // Reads draw from another bucket; another tenant from its own.
+    assert_eq!(get(&app, &acme, "/v1/clusters").await.status, 200);
+    create(&app, &globex, cluster_body("g1")).await;
+    // The bucket is drawn from before the body is read: a flood of bad
+    // requests is limited too.
+    let r = app
+        .call_raw(
+            Method::POST,
+            "/v1/clusters",
+            Some(&acme),
+            Some(b"{".to_vec()),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 429, "rate_limited");
+}
+
+/// `/readyz` says within a second that the database is gone, and requests
+/// fail fast (the pool's acquire timeout) with a problem.
+#[tokio::test]
+async fn readyz_fails_fast_without_the_database() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use std::time::{Duration, Instant};
+    use tower::ServiceExt;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let pool =
+        kubeforge::store::connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/gone"), 2)
+            .unwrap();
+    let (app, router) = TestApp::app_on(pool, kubeforge::app::Config::default());
+    let call = |path: &str, token: Option<String>| {
+        let mut req = Request::get(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        router.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    let started = Instant::now();
+    let r = call("/readyz", None).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], PROBLEM);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "readyz took {:?}",
+        started.elapsed()
+    );
+    let token = app
+        .auth
+        .mint(
+            "acme",
+            "t",
+            Role::Viewer,
+            Duration::from_secs(60),
+            chrono::Utc::now().timestamp(),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let r = call("/v1/clusters", Some(token)).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], PROBLEM);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a request took {:?}",
+        started.elapsed()
+    );
+}

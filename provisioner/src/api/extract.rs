@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::app::{Idempotency, SharedApp};
 use crate::context::OpContext;
 use crate::error::Error;
+use crate::ratelimit::Class;
 use crate::store::idempotency::request_hash;
 use kubeforge_cluster::ValidationError;
 
@@ -33,6 +34,9 @@ impl FromRequestParts<SharedApp> for OpContext {
                 Error::Unauthenticated("Authorization must be `Bearer <token>`".into())
             })?;
         let (claims, role) = app.auth.verify(token.trim())?;
+        app.rate_limiter
+            .check(&claims.tenant, Class::of(&parts.method))
+            .map_err(|retry_after| Error::RateLimited { retry_after })?;
         let request_id = parts
             .headers
             .get(REQUEST_ID)

@@ -325,14 +325,18 @@ pub async fn healthz() -> &'static str {
 }
 
 /// Database reachable.
+// `SELECT 1` must answer within READY_TIMEOUT.
 #[utoipa::path(get, path = "/readyz", security(()), responses((status = 200), (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub async fn readyz(State(app): State<SharedApp>) -> Result<&'static str> {
-    sqlx::query("SELECT 1")
-        .execute(&app.pool)
-        .await
-        .map_err(|_| Error::Unavailable("database unreachable".into()))?;
-    Ok("ok")
+    match tokio::time::timeout(READY_TIMEOUT, sqlx::query("SELECT 1").execute(&app.pool)).await {
+        Ok(Ok(_)) => Ok("ok"),
+        Ok(Err(_)) | Err(_) => Err(Error::Unavailable("database unreachable".into())),
+    }
 }
+
+/// How long `/readyz` waits for the database: a probe must learn that it
+/// is gone well before requests give up on it (the pool's acquire timeout).
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(app): State<SharedApp>) -> Response {

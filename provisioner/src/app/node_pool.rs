@@ -6,8 +6,8 @@ use kubeforge_cluster::api::{
     UpdateNodePoolRequest,
 };
 use kubeforge_cluster::operations::OperationKind;
-use kubeforge_cluster::spec::{check_drain_timeout, check_pool_size};
-use kubeforge_cluster::{AutoRepair, Autoscaling, NodePoolSpec};
+use kubeforge_cluster::spec::{check_drain_timeout, check_pool_size, MAX_POOLS};
+use kubeforge_cluster::{AutoRepair, Autoscaling, NodePoolSpec, ValidationError};
 
 use super::cluster::check_if_match;
 use super::views::node_pool_view;
@@ -67,6 +67,14 @@ impl App {
         }
         if let Some(why) = self.workers_unsupported(c.provider.kind()) {
             return Err(Error::Conflict(why));
+        }
+        // The cluster's row lock serialises pool creation: the count holds.
+        let live = node_pool::list(&mut *tx, ctx, c.id).await?.len();
+        if live >= MAX_POOLS {
+            return Err(Error::Validation(ValidationError::new(
+                "name",
+                format!("the cluster already has {live} node pools (at most {MAX_POOLS})"),
+            )));
         }
         let extra = i64::from(spec.size.max(spec.autoscaling.map_or(0, |a| a.max)));
         self.check_node_quota(&mut tx, ctx, extra, "size").await?;

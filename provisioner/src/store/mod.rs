@@ -28,15 +28,29 @@ pub const JOBS_CHANNEL: &str = "kubeforge_jobs";
 /// The forward-only migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// How long a request waits for a database connection before it answers
+/// 503: short, so that a lost database fails requests fast.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Connects a pool to `url`.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url).context("parsing the database URL")?;
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+    pool_options(max_connections)
         .connect_with(options)
         .await
         .context("connecting to Postgres")
+}
+
+/// A pool to `url` that connects on first use (nothing is dialled here).
+pub fn connect_lazy(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url).context("parsing the database URL")?;
+    Ok(pool_options(max_connections).connect_lazy_with(options))
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
 }
 
 /// Applies pending migrations; a no-op when the schema is current.
