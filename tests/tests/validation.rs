@@ -405,6 +405,25 @@ fn pool_cases(prefix: &str, base: &Value, at: impl Fn(&mut Value) -> &mut Value)
             &p("taints[0].key"),
         ),
         invalid(
+            "pool: taint key under Kubeforge's prefix",
+            m(&|b| {
+                b["taints"] = json!([{"key": "kubeforge.io/dedicated", "effect": "NoSchedule"}])
+            }),
+            &p("taints[0].key"),
+        ),
+        invalid(
+            "pool: label key name part over 63 characters",
+            m(&|b| b["labels"] = json!({format!("example.com/{}", "k".repeat(64)): "v"})),
+            &p(&format!("labels.example.com/{}", "k".repeat(64))),
+        ),
+        invalid(
+            "pool: taint key prefix over 253 characters",
+            m(
+                &|b| b["taints"] = json!([{"key": format!("{}/x", vec!["a".repeat(63); 5].join(".")), "effect": "NoSchedule"}]),
+            ),
+            &p("taints[0].key"),
+        ),
+        invalid(
             "pool: label value invalid",
             m(&|b| b["labels"] = json!({"tier": "-x-"})),
             &p("labels.tier"),
