@@ -54,7 +54,10 @@ impl Taint {
         if is_reserved_key(&self.key) {
             return Err(ValidationError::new(
                 "key",
-                format!("taint keys under {RESERVED_LABEL_PREFIX} are reserved for Kubeforge"),
+                format!(
+                    "key {:?} is under {RESERVED_LABEL_PREFIX}, which is reserved for Kubeforge",
+                    self.key
+                ),
             ));
         }
         if let Some(v) = &self.value {

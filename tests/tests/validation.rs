@@ -1482,3 +1482,190 @@ async fn cluster_quota_is_enforced_and_refusal_writes_nothing() {
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
 }
+
+/// A refusal as the references test wants it: a 4xx problem naming
+/// `field`, never a 500, and nothing written.
+async fn assert_refused_naming(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+    status: u16,
+    field: &str,
+) {
+    let before = app.counts().await;
+    let r = app.call(method.clone(), path, Some(token), body, &[]).await;
+    assert_eq!(r.status.as_u16(), status, "{method} {path}: {}", r.text);
+    assert_eq!(
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some(PROBLEM),
+        "{method} {path}"
+    );
+    assert_eq!(r.body["field"], field, "{method} {path}: {}", r.text);
+    assert_eq!(app.counts().await, before, "{method} {path} wrote rows");
+}
+
+/// NUL bytes (and other bytes no name holds) in a path segment, a query
+/// value or a token's claims are refused before any query, naming the
+/// field: Postgres refuses a NUL in text, which was a 500.
+#[tokio::test]
+async fn nul_bytes_in_paths_queries_and_tokens_are_refused_naming_the_field() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Admin);
+    let platform = app.token("platform", Role::PlatformAdmin);
+    make_cluster(&app, &token, "web").await;
+    let pool_body = json!({"size": 2});
+    let cases: Vec<(Method, String, Option<Value>, &str)> = vec![
+        (Method::GET, "/v1/clusters/%00".into(), None, "cluster"),
+        (Method::GET, "/v1/clusters/web%00".into(), None, "cluster"),
+        (Method::GET, "/v1/clusters/%FF".into(), None, "cluster"),
+        (Method::GET, "/v1/clusters/Web".into(), None, "cluster"),
+        (
+            Method::DELETE,
+            "/v1/clusters/web%00".into(),
+            None,
+            "cluster",
+        ),
+        (
+            Method::PATCH,
+            "/v1/clusters/%00".into(),
+            Some(json!({"deletion_protection": true})),
+            "cluster",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/%00/node-pools".into(),
+            None,
+            "cluster",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/web/node-pools/%00".into(),
+            None,
+            "pool",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/web/node-pools/default%00x".into(),
+            None,
+            "pool",
+        ),
+        (
+            Method::PATCH,
+            "/v1/clusters/web/node-pools/%00".into(),
+            Some(pool_body),
+            "pool",
+        ),
+        (
+            Method::DELETE,
+            "/v1/clusters/web/node-pools/%00".into(),
+            None,
+            "pool",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/%00/machines".into(),
+            None,
+            "cluster",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/%00/operations".into(),
+            None,
+            "cluster",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/%00/events".into(),
+            None,
+            "cluster",
+        ),
+        (
+            Method::POST,
+            "/v1/clusters/%00/kubeconfig".into(),
+            Some(json!({})),
+            "cluster",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/%00/autoscaler".into(),
+            None,
+            "cluster",
+        ),
+        (Method::GET, "/v1/operations/%00".into(), None, "operation"),
+        (Method::GET, "/v1/clusters?label=%00".into(), None, "label"),
+        (
+            Method::GET,
+            "/v1/clusters?label=team%3D%00".into(),
+            None,
+            "label",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters?label=te%00am%3Dweb".into(),
+            None,
+            "label",
+        ),
+        (Method::GET, "/v1/clusters?phase=%00".into(), None, "phase"),
+        (
+            Method::GET,
+            "/v1/clusters?page_token=%00".into(),
+            None,
+            "page_token",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/web/events?page_token=%00".into(),
+            None,
+            "page_token",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        assert_refused_naming(&app, method, &path, &token, body, 422, field).await;
+    }
+    for (method, path, field) in [
+        (Method::DELETE, "/v1/hosts/%00", "host"),
+        (Method::GET, "/v1/tenants/ac%00me/quota", "tenant"),
+    ] {
+        assert_refused_naming(&app, method, path, &platform, None, 422, field).await;
+    }
+
+    // A token signed with the service's key whose subject holds a NUL: 401
+    // naming the claim, on a read and on a write.
+    let now = chrono::Utc::now().timestamp();
+    let claims = |sub: &str, tenant: &str| {
+        json!({"sub": sub, "tenant": tenant, "role": "admin", "iss": "kubeforge",
+               "aud": "kubeforge-api", "iat": now, "exp": now + 600})
+    };
+    let sign = |c: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &c,
+            &jsonwebtoken::EncodingKey::from_secret(&[7u8; 32]),
+        )
+        .unwrap()
+    };
+    let nul_sub = sign(claims("ali\u{0}ce", "acme"));
+    let nul_tenant = sign(claims("alice", "ac\u{0}me"));
+    for (tok, field) in [(&nul_sub, "token.sub"), (&nul_tenant, "token.tenant")] {
+        assert_refused_naming(&app, Method::GET, "/v1/clusters", tok, None, 401, field).await;
+        assert_refused_naming(
+            &app,
+            Method::POST,
+            "/v1/clusters",
+            tok,
+            Some(cluster_body("other")),
+            401,
+            field,
+        )
+        .await;
+        assert_refused_naming(&app, Method::GET, "/v1/clusters/web", tok, None, 401, field).await;
+    }
+    // The same token with a plain subject works: the key was right.
+    let ok = sign(claims("alice", "acme"));
+    let r = app
+        .call(Method::GET, "/v1/clusters/web", Some(&ok), None, &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}

@@ -8,6 +8,7 @@ use kubeforge_cluster::api::{
     UpdateClusterRequest,
 };
 use kubeforge_cluster::operations::OperationKind;
+use kubeforge_cluster::spec::{check_label_key, check_label_value};
 use kubeforge_cluster::{ClusterSpec, Labels, Phase, ValidationError};
 use uuid::Uuid;
 
@@ -190,10 +191,19 @@ impl App {
         };
         let (label_key, label_value) = match q.label.as_deref() {
             None | Some("") => (None, None),
-            Some(l) => match l.split_once('=') {
-                Some((k, v)) => (Some(k.to_string()), Some(v.to_string())),
-                None => (Some(l.to_string()), None),
-            },
+            Some(l) => {
+                // Checked like the labels it looks for: a key no label can
+                // have matches nothing, and a NUL would fail the query.
+                let (k, v) = match l.split_once('=') {
+                    Some((k, v)) => (k, Some(v)),
+                    None => (l, None),
+                };
+                check_label_key(k).map_err(|m| ValidationError::new("label", m))?;
+                if let Some(v) = v {
+                    check_label_value(v).map_err(|m| ValidationError::new("label", m))?;
+                }
+                (Some(k.to_string()), v.map(str::to_string))
+            }
         };
         let after = match q.page_token.as_deref() {
             None | Some("") => None,
