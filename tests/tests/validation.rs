@@ -814,6 +814,31 @@ async fn cluster_create_refuses_bad_requests_and_writes_nothing() {
             "network.pod_cidr",
         ),
         invalid(
+            "pod CIDR whose first address is fine, holding loopback",
+            b(&|v| v["network"]["pod_cidr"] = json!("64.0.0.0/2")),
+            "network.pod_cidr",
+        ),
+        invalid(
+            "pod CIDR half the address space, holding link-local",
+            b(&|v| v["network"]["pod_cidr"] = json!("128.0.0.0/1")),
+            "network.pod_cidr",
+        ),
+        invalid(
+            "service CIDR holding 169.254.169.254",
+            b(&|v| v["network"]["service_cidr"] = json!("169.248.0.0/13")),
+            "network.service_cidr",
+        ),
+        invalid(
+            "pod CIDR over the lab subnet",
+            b(&|v| v["network"]["pod_cidr"] = json!("10.64.0.0/12")),
+            "network.pod_cidr",
+        ),
+        invalid(
+            "service CIDR over the lab subnet",
+            b(&|v| v["network"]["service_cidr"] = json!("10.77.0.0/24")),
+            "network.service_cidr",
+        ),
+        invalid(
             "pod CIDR a number",
             b(&|v| v["network"]["pod_cidr"] = json!(10)),
             "network.pod_cidr",
@@ -952,6 +977,8 @@ async fn cluster_create_refuses_bad_requests_and_writes_nothing() {
     cases.extend(autoscaler_cases(|a| {
         with(&base, |v| v["autoscaler"] = a.clone())
     }));
+    // The test double answers the lab's network, as the lab provider does.
+    app.provider.set_networks(vec![lab_network()]);
     run_cases(&app, Method::POST, "/v1/clusters", &token, cases).await;
     assert_eq!(app.count("clusters").await, 0);
 }
@@ -1299,6 +1326,15 @@ async fn quota_put_refuses_bad_requests_and_writes_nothing() {
     assert_eq!(r.status, 403, "{}", r.text);
     assert_eq!(r.body["code"], "forbidden");
     assert_eq!(app.count("tenants").await, 0);
+}
+
+/// The lab's network as the lab provider answers it (default subnet).
+fn lab_network() -> kubeforge::providers::ProviderNetwork {
+    kubeforge::providers::ProviderNetwork {
+        provider: "lab".into(),
+        range: "10.77.0.0/24".parse().unwrap(),
+        gateway: Some(std::net::Ipv4Addr::new(10, 77, 0, 1)),
+    }
 }
 
 fn host_body() -> Value {

@@ -84,6 +84,9 @@ impl App {
         if let Some(why) = self.provider_unavailable(spec.provider.kind()) {
             return Err(ValidationError::new("provider.kind", why).into());
         }
+        spec.network
+            .check_apart_from(&self.providers.networks())
+            .map_err(|e| e.under("network"))?;
         if !spec.node_pools.is_empty() {
             if let Some(why) = self.workers_unsupported(spec.provider.kind()) {
                 return Err(ValidationError::new("node_pools", why).into());
