@@ -13,7 +13,7 @@
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use crate::ValidationError;
@@ -81,6 +81,37 @@ fn reserved_overlap(net: Ipv4Net) -> Option<(Ipv4Net, &'static str)> {
         let range = Ipv4Net::new(addr, len).ok()?;
         nets_overlap(net, range).then_some((range, what))
     })
+}
+
+/// Checks an address a registered host is reached at: a unicast address
+/// of another machine. Refused: unspecified, loopback, link-local (the
+/// cloud metadata service 169.254.169.254 among them), multicast,
+/// broadcast and the other [`RESERVED_RANGES`]; IPv6 alike, an IPv4-mapped
+/// address as its IPv4 address. (A provider network's gateway, the
+/// service's own host, is refused by the app, which knows the providers.)
+pub fn check_host_address(address: IpAddr) -> Result<(), String> {
+    let refused = match address.to_canonical() {
+        IpAddr::V4(v4) => reserved_overlap(Ipv4Net::from(v4)).map(|(_, what)| what),
+        IpAddr::V6(v6) => {
+            if v6.is_unspecified() {
+                Some("unspecified")
+            } else if v6.is_loopback() {
+                Some("loopback")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else if v6.is_unicast_link_local() {
+                Some("link-local")
+            } else {
+                None
+            }
+        }
+    };
+    match refused {
+        Some(what) => Err(format!(
+            "{address} is a {what} address, not one another machine can be reached at"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A network a provider's machines live on (the lab's bridge subnet). No
@@ -257,6 +288,41 @@ mod tests {
             "1.0.0.0/8",
         ] {
             assert!(Ipv4Cidr::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn host_addresses_are_other_machines() {
+        for bad in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "127.5.5.5",
+            "169.254.169.254",
+            "169.254.0.1",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            let err = check_host_address(bad.parse().unwrap()).unwrap_err();
+            assert!(err.starts_with(bad), "{bad}: {err}");
+        }
+        for ok in [
+            "10.77.0.20",
+            "192.0.2.10",
+            "8.8.8.8",
+            "100.64.0.1",
+            "2001:db8::1",
+            "fd00::1",
+        ] {
+            assert_eq!(check_host_address(ok.parse().unwrap()), Ok(()), "{ok}");
         }
     }
 

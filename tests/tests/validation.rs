@@ -1343,7 +1343,7 @@ fn host_body() -> Value {
         "port": 22,
         "user": "root",
         "credentials": {"password": "hunter2-secret"},
-        "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5",
+        "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIECs8RC9oOFHzT7eV0hhVjweTNpUKq72quyZrEZ+4sYV",
         "labels": {"rack": "r1"}
     })
 }
@@ -1367,6 +1367,31 @@ async fn host_create_refuses_bad_requests_and_writes_nothing() {
             "address",
         ),
         invalid("missing address", without(&base, "address"), "address"),
+        invalid(
+            "host key truncated (type only)",
+            b(&|v| v["host_key"] = json!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5")),
+            "host_key",
+        ),
+        invalid(
+            "host key blob of another type",
+            b(&|v| v["host_key"] = json!("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIECs8RC9oOFHzT7eV0hhVjweTNpUKq72quyZrEZ+4sYV")),
+            "host_key",
+        ),
+        invalid(
+            "host key comment with a NUL",
+            b(&|v| v["host_key"] = json!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIECs8RC9oOFHzT7eV0hhVjweTNpUKq72quyZrEZ+4sYV a\u{0}b")),
+            "host_key",
+        ),
+        invalid(
+            "password with a NUL",
+            b(&|v| v["credentials"] = json!({"password": "hunter2\u{0}"})),
+            "credentials.password",
+        ),
+        invalid(
+            "private key with a NUL",
+            b(&|v| v["credentials"] = json!({"private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\u{0}"})),
+            "credentials.private_key",
+        ),
         invalid("port 0", b(&|v| v["port"] = json!(0)), "port"),
         invalid(
             "port above 65535",
@@ -1426,7 +1451,45 @@ async fn host_create_refuses_bad_requests_and_writes_nothing() {
             "labels.rack",
         ),
     ]);
+    // Addresses that are no other machine's: the service's own host, the
+    // cloud metadata service, everyone.
+    for address in [
+        "127.0.0.1",
+        "127.0.1.1",
+        "0.0.0.0",
+        "169.254.169.254",
+        "169.254.0.7",
+        "224.0.0.251",
+        "255.255.255.255",
+        "240.0.0.9",
+        "::1",
+        "::",
+        "fe80::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        // The lab gateway (the test double answers the lab's network).
+        "10.77.0.1",
+    ] {
+        cases.push(invalid(
+            &format!("address {address}"),
+            b(&|v| v["address"] = json!(address)),
+            "address",
+        ));
+    }
+    app.provider.set_networks(vec![lab_network()]);
     run_cases(&app, Method::POST, "/v1/hosts", &admin, cases).await;
+    // A lab machine's address on the same network is a host like any other.
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/hosts",
+            Some(&admin),
+            Some(b(&|v| v["address"] = json!("10.77.0.20"))),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
 
     // Only a platform admin may register hosts.
     let tenant_admin = app.token("acme", Role::Admin);
@@ -1440,7 +1503,8 @@ async fn host_create_refuses_bad_requests_and_writes_nothing() {
         )
         .await;
     assert_eq!(r.status, 403, "{}", r.text);
-    assert_eq!(app.count("hosts").await, 0);
+    // Only the lab machine's registration above wrote a row.
+    assert_eq!(app.count("hosts").await, 1);
 }
 
 #[tokio::test]
