@@ -18,6 +18,7 @@ pub mod dns;
 pub mod externalgrpc;
 pub mod join;
 pub mod kubeconfig;
+pub mod labels;
 pub mod names;
 pub mod network;
 pub mod nodes;

@@ -235,6 +235,24 @@ pub fn machine_of_provider_id(provider_id: &str) -> Option<uuid::Uuid> {
     (id.len() == 36).then(|| uuid::Uuid::parse_str(id).ok())?
 }
 
+/// Checks how a request refers to an object in its path (`{cluster}`,
+/// `{pool}`, `{host}`, `{operation}`): a name (a DNS-1123 label, as every
+/// name Kubeforge gives or accepts is) or an id (a UUID in its hyphenated
+/// form). Anything else names no object, and is refused before it reaches
+/// a query: Postgres refuses a NUL in text with an error, not an empty
+/// answer. Errors name `field`.
+pub fn check_reference(field: &str, value: &str) -> Result<(), ValidationError> {
+    let is_id = value.len() == 36 && uuid::Uuid::try_parse(value).is_ok();
+    if is_id || check_dns_label(value, 63).is_ok() {
+        return Ok(());
+    }
+    Err(ValidationError::new(
+        field,
+        "must be a name (1-63 lowercase letters, digits or '-', starting and ending \
+         alphanumeric) or an id (a UUID such as 0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b)",
+    ))
+}
+
 /// The most pods one node runs (the kubelet's `maxPods`).
 pub const MAX_PODS: u32 = 110;
 /// CPU a worker keeps for its system and Kubernetes daemons (the kubelet's
@@ -258,6 +276,35 @@ pub struct NodeResources {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn references_are_names_or_ids() {
+        for ok in [
+            "web",
+            "a-1",
+            &"a".repeat(63),
+            "0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",
+            "0193A1B2-C3D4-7E5F-8A6B-7C8D9E0F1A2B",
+        ] {
+            assert_eq!(super::check_reference("cluster", ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "web\0",
+            "\0",
+            "Web",
+            "-web",
+            "a.b",
+            "a/b",
+            &"a".repeat(64),
+            "{0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b}",
+            "urn:uuid:0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",
+            "é",
+        ] {
+            let err = super::check_reference("pool", bad).unwrap_err();
+            assert_eq!(err.field, "pool", "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

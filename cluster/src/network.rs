@@ -3,13 +3,17 @@
 //! Rules: IPv4 only (this build); the address must be the network address
 //! (`10.244.0.0/16`, not `10.244.1.5/16`); the pod range must hold at least
 //! sixteen /24 node ranges (prefix /20 or shorter); the service range is
-//! between /12 and /24; the two must not overlap; neither may be a loopback,
-//! link-local or multicast range.
+//! between /12 and /24; the two must not overlap; neither may overlap a
+//! reserved range ([`RESERVED_RANGES`]: this network, loopback, link-local,
+//! multicast, the reserved block and broadcast), the WHOLE range compared,
+//! not only its first address; and neither may overlap a network a
+//! provider's machines live on ([`ProviderNetwork`], checked by the app,
+//! which knows the providers: [`ClusterNetwork::check_apart_from`]).
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use crate::ValidationError;
@@ -29,13 +33,8 @@ impl Ipv4Cidr {
                 net.trunc()
             ));
         }
-        let first = net.network();
-        if first.is_loopback()
-            || first.is_link_local()
-            || first.is_multicast()
-            || first.is_unspecified()
-        {
-            return Err(format!("{value:?} is a reserved range"));
+        if let Some((range, what)) = reserved_overlap(net) {
+            return Err(format!("{value:?} overlaps {range}, the {what} range"));
         }
         Ok(Self(net))
     }
@@ -49,7 +48,7 @@ impl Ipv4Cidr {
     }
 
     pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
-        self.0.contains(&other.0.network()) || other.0.contains(&self.0.network())
+        nets_overlap(self.0, other.0)
     }
 
     /// The n-th address of the range (0 is the network address).
@@ -58,6 +57,74 @@ impl Ipv4Cidr {
         let size = 1u64 << (32 - u32::from(self.0.prefix_len()));
         (u64::from(n) < size).then(|| Ipv4Addr::from(base + n))
     }
+}
+
+/// Ranges no cluster network may overlap (RFC 6890's special-purpose
+/// blocks that cannot carry pods or services), with what each is.
+pub const RESERVED_RANGES: [(Ipv4Addr, u8, &str); 5] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\""),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
+    (Ipv4Addr::new(169, 254, 0, 0), 16, "link-local"),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved (and broadcast)"),
+];
+
+/// Whether two CIDR ranges share an address: one holds the other's first
+/// address (CIDR ranges nest or are apart).
+fn nets_overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The first reserved range `net` overlaps, if any.
+fn reserved_overlap(net: Ipv4Net) -> Option<(Ipv4Net, &'static str)> {
+    RESERVED_RANGES.iter().find_map(|&(addr, len, what)| {
+        let range = Ipv4Net::new(addr, len).ok()?;
+        nets_overlap(net, range).then_some((range, what))
+    })
+}
+
+/// Checks an address a registered host is reached at: a unicast address
+/// of another machine. Refused: unspecified, loopback, link-local (the
+/// cloud metadata service 169.254.169.254 among them), multicast,
+/// broadcast and the other [`RESERVED_RANGES`]; IPv6 alike, an IPv4-mapped
+/// address as its IPv4 address. (A provider network's gateway, the
+/// service's own host, is refused by the app, which knows the providers.)
+pub fn check_host_address(address: IpAddr) -> Result<(), String> {
+    let refused = match address.to_canonical() {
+        IpAddr::V4(v4) => reserved_overlap(Ipv4Net::from(v4)).map(|(_, what)| what),
+        IpAddr::V6(v6) => {
+            if v6.is_unspecified() {
+                Some("unspecified")
+            } else if v6.is_loopback() {
+                Some("loopback")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else if v6.is_unicast_link_local() {
+                Some("link-local")
+            } else {
+                None
+            }
+        }
+    };
+    match refused {
+        Some(what) => Err(format!(
+            "{address} is a {what} address, not one another machine can be reached at"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A network a provider's machines live on (the lab's bridge subnet). No
+/// cluster's pod or service range may overlap it: a node would send its
+/// neighbours' traffic into the pod network, and the service could not
+/// reach the machines. Its gateway is the service's own host on it, never
+/// a machine a platform admin may register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderNetwork {
+    /// Whose it is, for messages (`lab`).
+    pub provider: String,
+    pub range: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
 }
 
 impl TryFrom<String> for Ipv4Cidr {
@@ -128,6 +195,27 @@ impl ClusterNetwork {
         })
     }
 
+    /// Checks that neither range overlaps a provider's network; errors
+    /// name `pod_cidr` or `service_cidr` (for the caller to put under
+    /// `network`).
+    pub fn check_apart_from(&self, networks: &[ProviderNetwork]) -> Result<(), ValidationError> {
+        for (field, range) in [
+            ("pod_cidr", self.pod_cidr),
+            ("service_cidr", self.service_cidr),
+        ] {
+            if let Some(n) = networks.iter().find(|n| nets_overlap(range.0, n.range)) {
+                return Err(ValidationError::new(
+                    field,
+                    format!(
+                        "{range} overlaps {}, the network the {} provider's machines live on",
+                        n.range, n.provider
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The first usable service address: the `kubernetes` Service's ClusterIP.
     pub fn first_service_ip(&self) -> Ipv4Addr {
         self.service_cidr
@@ -166,6 +254,14 @@ mod tests {
             ("10.244.0.0/16", "10.96.0.0/8", "service_cidr"),
             ("10.0.0.0/8", "10.96.0.0/12", "service_cidr"),
             ("127.0.0.0/16", "10.96.0.0/12", "pod_cidr"),
+            // Ranges whose first address is ordinary but which hold a
+            // reserved block.
+            ("64.0.0.0/2", "10.96.0.0/12", "pod_cidr"),
+            ("128.0.0.0/1", "10.96.0.0/12", "pod_cidr"),
+            ("0.0.0.0/1", "10.96.0.0/12", "pod_cidr"),
+            ("160.0.0.0/4", "10.96.0.0/12", "pod_cidr"),
+            ("10.244.0.0/16", "169.240.0.0/12", "service_cidr"),
+            ("192.0.0.0/2", "10.96.0.0/12", "pod_cidr"),
         ];
         for (pod, svc, field) in cases {
             let err = ClusterNetwork::parse(pod, svc).unwrap_err();
@@ -173,7 +269,100 @@ mod tests {
         }
     }
 
+    #[test]
+    fn reserved_overlaps_are_named() {
+        let err = Ipv4Cidr::parse("64.0.0.0/2").unwrap_err();
+        assert!(err.contains("127.0.0.0/8, the loopback range"), "{err}");
+        let err = Ipv4Cidr::parse("128.0.0.0/1").unwrap_err();
+        assert!(
+            err.contains("169.254.0.0/16, the link-local range"),
+            "{err}"
+        );
+        let err = Ipv4Cidr::parse("192.0.0.0/2").unwrap_err();
+        assert!(err.contains("multicast"), "{err}");
+        for ok in [
+            "10.0.0.0/8",
+            "100.64.0.0/10",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "1.0.0.0/8",
+        ] {
+            assert!(Ipv4Cidr::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn host_addresses_are_other_machines() {
+        for bad in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "127.5.5.5",
+            "169.254.169.254",
+            "169.254.0.1",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            let err = check_host_address(bad.parse().unwrap()).unwrap_err();
+            assert!(err.starts_with(bad), "{bad}: {err}");
+        }
+        for ok in [
+            "10.77.0.20",
+            "192.0.2.10",
+            "8.8.8.8",
+            "100.64.0.1",
+            "2001:db8::1",
+            "fd00::1",
+        ] {
+            assert_eq!(check_host_address(ok.parse().unwrap()), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn provider_networks_are_kept_apart() {
+        let lab = ProviderNetwork {
+            provider: "lab".into(),
+            range: "10.77.0.0/24".parse().unwrap(),
+            gateway: Some(Ipv4Addr::new(10, 77, 0, 1)),
+        };
+        let ok = ClusterNetwork::parse("10.244.0.0/16", "10.96.0.0/12").unwrap();
+        assert_eq!(ok.check_apart_from(std::slice::from_ref(&lab)), Ok(()));
+        for (pod, svc, field) in [
+            ("10.64.0.0/12", "10.96.0.0/12", "pod_cidr"),
+            ("10.77.0.0/20", "10.96.0.0/12", "pod_cidr"),
+            ("10.244.0.0/16", "10.77.0.0/24", "service_cidr"),
+            ("10.244.0.0/16", "10.64.0.0/12", "service_cidr"),
+        ] {
+            let n = ClusterNetwork::parse(pod, svc).unwrap();
+            let err = n.check_apart_from(std::slice::from_ref(&lab)).unwrap_err();
+            assert_eq!(err.field, field, "{pod} {svc}");
+            assert!(err.message.contains("the lab provider"), "{err}");
+        }
+    }
+
     proptest! {
+        /// Whatever range is accepted shares no address with a reserved
+        /// range, by interval arithmetic (not by the parser's own test).
+        #[test]
+        fn accepted_ranges_overlap_no_reserved_range(a in any::<u32>(), p in 0u8..=32) {
+            let net = Ipv4Net::new(Ipv4Addr::from(a), p).unwrap().trunc();
+            let (lo, hi) = (u64::from(u32::from(net.network())), u64::from(u32::from(net.broadcast())));
+            let hits_reserved = RESERVED_RANGES.iter().any(|&(addr, len, _)| {
+                let start = u64::from(u32::from(addr));
+                let end = start + (1u64 << (32 - u32::from(len))) - 1;
+                lo <= end && start <= hi
+            });
+            prop_assert_eq!(Ipv4Cidr::parse(&net.to_string()).is_ok(), !hits_reserved, "{}", net);
+        }
+
         #[test]
         fn overlap_is_symmetric(a in any::<u32>(), pa in 8u8..=24, b in any::<u32>(), pb in 8u8..=24) {
             let x = Ipv4Net::new(Ipv4Addr::from(a), pa).unwrap().trunc();

@@ -10,14 +10,15 @@ use crate::{
     ClusterName, ClusterNetwork, KubernetesVersion, MachineType, NodePoolName, ValidationError,
 };
 
+pub use crate::labels::{
+    check_label_key, check_label_value, check_node_labels, Labels, Taint, TaintEffect,
+    NODE_POOL_LABEL, RESERVED_LABEL_PREFIX,
+};
+
 /// Largest node pool this build accepts.
 pub const MAX_POOL_SIZE: u32 = 100;
 /// Most node pools one cluster may have.
 pub const MAX_POOLS: usize = 16;
-/// Label keys under this prefix are Kubeforge's own.
-pub const RESERVED_LABEL_PREFIX: &str = "kubeforge.io/";
-/// The label Kubeforge puts on every node: the name of its pool.
-pub const NODE_POOL_LABEL: &str = "kubeforge.io/node-pool";
 /// How long a node's drain may take before it is removed anyway, unless the
 /// pool says otherwise.
 pub const DEFAULT_DRAIN_TIMEOUT_SECONDS: u32 = 300;
@@ -524,167 +525,6 @@ pub fn check_drain_timeout(seconds: u32) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// A taint's effect, as in Kubernetes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, ToSchema)]
-pub enum TaintEffect {
-    NoSchedule,
-    PreferNoSchedule,
-    NoExecute,
-}
-
-/// A node taint.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Taint {
-    pub key: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    pub effect: TaintEffect,
-}
-
-impl Taint {
-    /// Its key and value follow the label rules ([`check_label_key`],
-    /// [`check_label_value`]); errors name `key` or `value`.
-    pub fn check(&self) -> Result<(), ValidationError> {
-        check_label_key(&self.key).map_err(|m| ValidationError::new("key", m))?;
-        if let Some(v) = &self.value {
-            check_label_value(v).map_err(|m| ValidationError::new("value", m))?;
-        }
-        Ok(())
-    }
-}
-
-/// Kubernetes-style labels, checked: `[prefix/]name` keys and short values.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    try_from = "BTreeMap<String, String>",
-    into = "BTreeMap<String, String>"
-)]
-pub struct Labels(BTreeMap<String, String>);
-
-fn check_label_name(part: &str) -> bool {
-    let b = part.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-}
-
-/// Checks a label or taint key: `[prefix/]name`, the prefix a DNS subdomain.
-pub fn check_label_key(key: &str) -> Result<(), String> {
-    let (prefix, name) = match key.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    if let Some(p) = prefix {
-        if crate::names::check_dns_subdomain(p).is_err() {
-            return Err(format!("key {key:?} has an invalid prefix"));
-        }
-    }
-    if !check_label_name(name) {
-        return Err(format!(
-            "key {key:?} must be 1-63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a label or taint value: empty, or 1-63 alphanumerics, '-', '_'
-/// or '.', starting and ending alphanumeric.
-pub fn check_label_value(value: &str) -> Result<(), String> {
-    if value.is_empty() || check_label_name(value) {
-        Ok(())
-    } else {
-        Err(format!(
-            "value {value:?} must be empty or 1-63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
-        ))
-    }
-}
-
-impl Labels {
-    pub fn parse(map: BTreeMap<String, String>) -> Result<Self, ValidationError> {
-        if map.len() > 64 {
-            return Err(ValidationError::new("", "at most 64 labels"));
-        }
-        for (k, v) in &map {
-            check_label_key(k).map_err(|m| ValidationError::new(k.clone(), m))?;
-            if k == NODE_POOL_LABEL {
-                return Err(ValidationError::new(
-                    k.clone(),
-                    format!("{NODE_POOL_LABEL} is reserved: Kubeforge sets it to the pool's name"),
-                ));
-            }
-            if k.starts_with(RESERVED_LABEL_PREFIX) {
-                return Err(ValidationError::new(
-                    k.clone(),
-                    format!("keys under {RESERVED_LABEL_PREFIX} are reserved"),
-                ));
-            }
-            check_label_value(v).map_err(|m| ValidationError::new(k.clone(), m))?;
-        }
-        Ok(Self(map))
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter()
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-
-    pub fn as_map(&self) -> &BTreeMap<String, String> {
-        &self.0
-    }
-}
-
-/// Whether a label key is in the `kubernetes.io` or `k8s.io` namespace
-/// (`kubernetes.io/...`, `node-role.kubernetes.io/...`, `k8s.io/...`).
-fn in_kubernetes_namespace(key: &str) -> bool {
-    let Some((prefix, _)) = key.split_once('/') else {
-        return false;
-    };
-    ["kubernetes.io", "k8s.io"]
-        .iter()
-        .any(|ns| prefix == *ns || prefix.strip_suffix(ns).is_some_and(|p| p.ends_with('.')))
-}
-
-/// Checks labels meant for a pool's nodes, beyond [`Labels::parse`]: the
-/// kubelet sets them on its own Node object, and the API server's
-/// NodeRestriction admission refuses a kubelet that labels itself in the
-/// `kubernetes.io` or `k8s.io` namespaces (roles like
-/// `node-role.kubernetes.io/worker` included), so such a node would never
-/// register. (`kubeforge.io/node-pool`, which Kubeforge sets, is refused by
-/// `Labels::parse` with the rest of `kubeforge.io/`.) Errors name the key,
-/// for the caller to put `under("labels")`.
-pub fn check_node_labels(labels: &Labels) -> Result<(), ValidationError> {
-    for (k, _) in labels.iter() {
-        if in_kubernetes_namespace(k) {
-            return Err(ValidationError::new(
-                k.clone(),
-                "keys in the kubernetes.io and k8s.io namespaces cannot be node pool labels: \
-                 the kubelet may not set them on its own node (NodeRestriction)",
-            ));
-        }
-    }
-    Ok(())
-}
-
-impl TryFrom<BTreeMap<String, String>> for Labels {
-    type Error = ValidationError;
-    fn try_from(value: BTreeMap<String, String>) -> Result<Self, Self::Error> {
-        Self::parse(value)
-    }
-}
-
-impl From<Labels> for BTreeMap<String, String> {
-    fn from(value: Labels) -> Self {
-        value.0
-    }
-}
-
 /// A node pool as it arrives, on cluster create or `POST .../node-pools`.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1074,8 +914,11 @@ mod tests {
                 "{key}"
             );
         }
-        // Taints may use Kubeforge's prefix; cluster labels are not node labels.
-        assert!(pool(json!({"name": "p", "taints": [{"key": "kubeforge.io/dedicated", "effect": "NoSchedule"}]})).is_ok());
+        // Taints may not use Kubeforge's prefix either; cluster labels are
+        // not node labels.
+        let err = pool(json!({"name": "p", "taints": [{"key": "kubeforge.io/dedicated", "effect": "NoSchedule"}]})).unwrap_err();
+        assert_eq!(err.field, "taints[0].key", "{err}");
+        assert!(err.message.contains("reserved"), "{err}");
         let mut body = base();
         body["labels"] = json!({"app.kubernetes.io/part-of": "shop"});
         assert!(req(body).is_ok());

@@ -527,6 +527,63 @@ mod tests {
         }
     }
 
+    /// The `--flag=` value of the rendered kubelet unit.
+    fn kubelet_flag(files: &[BundleFile], flag: &str) -> Option<String> {
+        let unit = &files
+            .iter()
+            .find(|f| f.path.ends_with("/kubelet.service"))?
+            .contents;
+        let at = unit.find(&format!("--{flag}="))? + flag.len() + 3;
+        let rest = &unit[at..];
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == '\\')
+            .unwrap_or(rest.len());
+        Some(rest[..end].to_string())
+    }
+
+    proptest::proptest! {
+        /// Any label or taint the API accepts renders, and what the
+        /// kubelet reads back from its flags is exactly that label or taint
+        /// (nothing in an accepted key or value can split a flag); any
+        /// taint the API refuses, the renderer refuses too.
+        #[test]
+        fn what_the_api_accepts_renders_and_reads_back(
+            key in proptest::prop_oneof![
+                "[a-zA-Z0-9._-]{0,70}",
+                "([a-z0-9-]{0,64}\\.){0,4}[a-z0-9-]{0,64}/[a-zA-Z0-9._-]{0,70}",
+                "(kubeforge\\.io|example\\.com)/[a-z=,:]{0,5}",
+                "[ -~]{0,80}",
+            ],
+            value in "[a-zA-Z0-9._=,: -]{0,65}",
+        ) {
+            let labels = Labels::parse(BTreeMap::from([(key.clone(), value.clone())]));
+            if let (Ok(labels), false) = (labels, key == names::INSTANCE_TYPE_LABEL) {
+                let mut i = input();
+                i.node_labels = labels;
+                let files = render_worker(&i);
+                proptest::prop_assert!(files.is_ok(), "label {:?}={:?}: {:?}", key, value, files.err());
+                let flag = kubelet_flag(&files.unwrap(), "node-labels").unwrap_or_default();
+                let back: BTreeMap<&str, &str> =
+                    flag.split(',').filter_map(|kv| kv.split_once('=')).collect();
+                proptest::prop_assert_eq!(back.get(key.as_str()).copied(), Some(value.as_str()));
+                proptest::prop_assert_eq!(back.len(), 3);
+            }
+            let taint = Taint {
+                key: key.clone(),
+                value: (!value.is_empty()).then(|| value.clone()),
+                effect: crate::spec::TaintEffect::PreferNoSchedule,
+            };
+            let mut i = input();
+            i.node_taints = vec![taint.clone()];
+            let files = render_worker(&i);
+            proptest::prop_assert_eq!(taint.check().is_ok(), files.is_ok(), "taint {:?}={:?}", key, value);
+            if let Ok(files) = files {
+                let flag = kubelet_flag(&files, "register-with-taints").unwrap_or_default();
+                proptest::prop_assert_eq!(flag, format!("{key}={value}:PreferNoSchedule"));
+            }
+        }
+    }
+
     fn input() -> WorkerBundleInput {
         WorkerBundleInput {
             cluster_name: ClusterName::parse("demo").unwrap(),

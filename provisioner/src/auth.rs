@@ -46,6 +46,16 @@ pub fn valid_tenant(t: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// Longest token subject accepted.
+pub const MAX_SUBJECT_LEN: usize = 255;
+
+/// Checks a token subject: 1-255 characters, none of them a control
+/// character (a NUL would reach Postgres with the audit trail and fail
+/// every request of the token with a 500).
+pub fn valid_subject(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_SUBJECT_LEN && !s.chars().any(char::is_control)
+}
+
 impl AuthKeys {
     /// From the shared secret (at least 32 bytes).
     pub fn from_secret(secret: &[u8]) -> anyhow::Result<Self> {
@@ -77,6 +87,10 @@ impl AuthKeys {
         anyhow::ensure!(
             valid_tenant(tenant),
             "tenant must be 1-63 lowercase letters, digits or '-'"
+        );
+        anyhow::ensure!(
+            valid_subject(subject),
+            "subject must be 1-{MAX_SUBJECT_LEN} characters, none a control character"
         );
         let claims = Claims {
             sub: subject.to_string(),
@@ -113,10 +127,19 @@ impl AuthKeys {
         let claims = data.claims;
         let role = Role::parse(&claims.role)
             .ok_or_else(|| Error::Unauthenticated("token role is unknown".into()))?;
-        if !valid_tenant(&claims.tenant) || claims.sub.is_empty() {
-            return Err(Error::Unauthenticated(
-                "token tenant or subject is invalid".into(),
-            ));
+        if !valid_tenant(&claims.tenant) {
+            return Err(Error::InvalidClaim {
+                field: "token.tenant",
+                detail: "the token's tenant must be 1-63 lowercase letters, digits or '-'".into(),
+            });
+        }
+        if !valid_subject(&claims.sub) {
+            return Err(Error::InvalidClaim {
+                field: "token.sub",
+                detail: format!(
+                    "the token's subject must be 1-{MAX_SUBJECT_LEN} characters, none a control character"
+                ),
+            });
         }
         Ok((claims, role))
     }
@@ -147,5 +170,45 @@ mod tests {
         assert!(keys.verify(&expired).is_err());
         let other = AuthKeys::from_secret(&[2u8; 32]).unwrap();
         assert!(other.verify(&t).is_err());
+    }
+
+    /// Signed tokens whose subject or tenant holds a NUL (or another
+    /// control character) are refused naming the claim; `mint` never
+    /// makes one.
+    #[test]
+    fn subjects_and_tenants_with_control_characters_are_refused() {
+        let keys = AuthKeys::from_secret(&[1u8; 32]).unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let signed = |sub: &str, tenant: &str| {
+            let claims = Claims {
+                sub: sub.into(),
+                tenant: tenant.into(),
+                role: "editor".into(),
+                iss: ISSUER.into(),
+                aud: AUDIENCE.into(),
+                exp: now + 60,
+                iat: now,
+            };
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap()
+        };
+        for (sub, tenant, field) in [
+            ("ali\0ce", "acme", "token.sub"),
+            ("alice\n", "acme", "token.sub"),
+            ("", "acme", "token.sub"),
+            (&"a".repeat(256), "acme", "token.sub"),
+            ("alice", "ac\0me", "token.tenant"),
+        ] {
+            match keys.verify(&signed(sub, tenant)) {
+                Err(e @ Error::InvalidClaim { .. }) => {
+                    assert_eq!(e.to_problem().field.as_deref(), Some(field), "{sub:?}");
+                    assert_eq!(e.status(), 401);
+                }
+                other => panic!("{sub:?}/{tenant:?}: {other:?}"),
+            }
+        }
+        assert!(keys.verify(&signed("alice@example.com", "acme")).is_ok());
+        assert!(keys
+            .mint("acme", "a\0", Role::Editor, Duration::from_secs(60), now)
+            .is_err());
     }
 }

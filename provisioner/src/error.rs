@@ -20,6 +20,10 @@ pub enum Error {
     PayloadTooLarge,
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// A well-signed token whose claim `field` (`token.sub`,
+    /// `token.tenant`) no caller can have.
+    #[error("unauthenticated: {detail}")]
+    InvalidClaim { field: &'static str, detail: String },
     #[error("forbidden: {0}")]
     Forbidden(String),
     #[error("{kind} {id:?} not found")]
@@ -89,7 +93,7 @@ impl Error {
                 "Request body too large",
                 false,
             ),
-            Error::Unauthenticated(_) => {
+            Error::Unauthenticated(_) | Error::InvalidClaim { .. } => {
                 (S::UNAUTHORIZED, "unauthenticated", "Unauthenticated", false)
             }
             Error::Forbidden(_) => (S::FORBIDDEN, "forbidden", "Forbidden", false),
@@ -159,6 +163,7 @@ impl Error {
         let (detail, field) = match self {
             Error::Validation(v) => (v.message.clone(), Some(v.field.clone())),
             Error::QuotaExceeded { field, detail } => (detail.clone(), Some(field.clone())),
+            Error::InvalidClaim { field, .. } => (self.to_string(), Some(field.to_string())),
             Error::Internal(_) => (
                 "an internal error occurred; it has been logged".into(),
                 None,

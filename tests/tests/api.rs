@@ -1079,7 +1079,7 @@ fn host_body(address: &str, port: u16, password: &str) -> Value {
         "port": port,
         "user": "root",
         "credentials": {"password": password},
-        "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5",
+        "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIECs8RC9oOFHzT7eV0hhVjweTNpUKq72quyZrEZ+4sYV",
         "labels": {"rack": "r1"}
     })
 }

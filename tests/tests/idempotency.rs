@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 
 const A: &str = "acme";
 const B: &str = "globex";
-const HOST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1c3RlcmJ1c3RlcmJ1c3RlcmJ1c3RlcmJ1";
+const HOST_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIECs8RC9oOFHzT7eV0hhVjweTNpUKq72quyZrEZ+4sYV";
 
 async fn post(app: &TestApp, path: &str, tok: &str, body: Value, key: Option<&str>) -> Resp {
     let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();

@@ -28,7 +28,8 @@ const A: &str = "acme";
 const B: &str = "globex";
 const OPS: &str = "ops";
 const KEY: [u8; 32] = [7u8; 32];
-const HOST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1c3RlcmJ1c3RlcmJ1c3RlcmJ1c3RlcmJ1";
+const HOST_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIECs8RC9oOFHzT7eV0hhVjweTNpUKq72quyZrEZ+4sYV";
 
 // ---------------------------------------------------------------- callers
 

@@ -405,6 +405,25 @@ fn pool_cases(prefix: &str, base: &Value, at: impl Fn(&mut Value) -> &mut Value)
             &p("taints[0].key"),
         ),
         invalid(
+            "pool: taint key under Kubeforge's prefix",
+            m(&|b| {
+                b["taints"] = json!([{"key": "kubeforge.io/dedicated", "effect": "NoSchedule"}])
+            }),
+            &p("taints[0].key"),
+        ),
+        invalid(
+            "pool: label key name part over 63 characters",
+            m(&|b| b["labels"] = json!({format!("example.com/{}", "k".repeat(64)): "v"})),
+            &p(&format!("labels.example.com/{}", "k".repeat(64))),
+        ),
+        invalid(
+            "pool: taint key prefix over 253 characters",
+            m(
+                &|b| b["taints"] = json!([{"key": format!("{}/x", vec!["a".repeat(63); 5].join(".")), "effect": "NoSchedule"}]),
+            ),
+            &p("taints[0].key"),
+        ),
+        invalid(
             "pool: label value invalid",
             m(&|b| b["labels"] = json!({"tier": "-x-"})),
             &p("labels.tier"),
@@ -795,6 +814,31 @@ async fn cluster_create_refuses_bad_requests_and_writes_nothing() {
             "network.pod_cidr",
         ),
         invalid(
+            "pod CIDR whose first address is fine, holding loopback",
+            b(&|v| v["network"]["pod_cidr"] = json!("64.0.0.0/2")),
+            "network.pod_cidr",
+        ),
+        invalid(
+            "pod CIDR half the address space, holding link-local",
+            b(&|v| v["network"]["pod_cidr"] = json!("128.0.0.0/1")),
+            "network.pod_cidr",
+        ),
+        invalid(
+            "service CIDR holding 169.254.169.254",
+            b(&|v| v["network"]["service_cidr"] = json!("169.248.0.0/13")),
+            "network.service_cidr",
+        ),
+        invalid(
+            "pod CIDR over the lab subnet",
+            b(&|v| v["network"]["pod_cidr"] = json!("10.64.0.0/12")),
+            "network.pod_cidr",
+        ),
+        invalid(
+            "service CIDR over the lab subnet",
+            b(&|v| v["network"]["service_cidr"] = json!("10.77.0.0/24")),
+            "network.service_cidr",
+        ),
+        invalid(
             "pod CIDR a number",
             b(&|v| v["network"]["pod_cidr"] = json!(10)),
             "network.pod_cidr",
@@ -933,6 +977,8 @@ async fn cluster_create_refuses_bad_requests_and_writes_nothing() {
     cases.extend(autoscaler_cases(|a| {
         with(&base, |v| v["autoscaler"] = a.clone())
     }));
+    // The test double answers the lab's network, as the lab provider does.
+    app.provider.set_networks(vec![lab_network()]);
     run_cases(&app, Method::POST, "/v1/clusters", &token, cases).await;
     assert_eq!(app.count("clusters").await, 0);
 }
@@ -1282,13 +1328,22 @@ async fn quota_put_refuses_bad_requests_and_writes_nothing() {
     assert_eq!(app.count("tenants").await, 0);
 }
 
+/// The lab's network as the lab provider answers it (default subnet).
+fn lab_network() -> kubeforge::providers::ProviderNetwork {
+    kubeforge::providers::ProviderNetwork {
+        provider: "lab".into(),
+        range: "10.77.0.0/24".parse().unwrap(),
+        gateway: Some(std::net::Ipv4Addr::new(10, 77, 0, 1)),
+    }
+}
+
 fn host_body() -> Value {
     json!({
         "address": "192.0.2.10",
         "port": 22,
         "user": "root",
         "credentials": {"password": "hunter2-secret"},
-        "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5",
+        "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIECs8RC9oOFHzT7eV0hhVjweTNpUKq72quyZrEZ+4sYV",
         "labels": {"rack": "r1"}
     })
 }
@@ -1312,6 +1367,31 @@ async fn host_create_refuses_bad_requests_and_writes_nothing() {
             "address",
         ),
         invalid("missing address", without(&base, "address"), "address"),
+        invalid(
+            "host key truncated (type only)",
+            b(&|v| v["host_key"] = json!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5")),
+            "host_key",
+        ),
+        invalid(
+            "host key blob of another type",
+            b(&|v| v["host_key"] = json!("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIECs8RC9oOFHzT7eV0hhVjweTNpUKq72quyZrEZ+4sYV")),
+            "host_key",
+        ),
+        invalid(
+            "host key comment with a NUL",
+            b(&|v| v["host_key"] = json!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIECs8RC9oOFHzT7eV0hhVjweTNpUKq72quyZrEZ+4sYV a\u{0}b")),
+            "host_key",
+        ),
+        invalid(
+            "password with a NUL",
+            b(&|v| v["credentials"] = json!({"password": "hunter2\u{0}"})),
+            "credentials.password",
+        ),
+        invalid(
+            "private key with a NUL",
+            b(&|v| v["credentials"] = json!({"private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\u{0}"})),
+            "credentials.private_key",
+        ),
         invalid("port 0", b(&|v| v["port"] = json!(0)), "port"),
         invalid(
             "port above 65535",
@@ -1371,7 +1451,45 @@ async fn host_create_refuses_bad_requests_and_writes_nothing() {
             "labels.rack",
         ),
     ]);
+    // Addresses that are no other machine's: the service's own host, the
+    // cloud metadata service, everyone.
+    for address in [
+        "127.0.0.1",
+        "127.0.1.1",
+        "0.0.0.0",
+        "169.254.169.254",
+        "169.254.0.7",
+        "224.0.0.251",
+        "255.255.255.255",
+        "240.0.0.9",
+        "::1",
+        "::",
+        "fe80::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        // The lab gateway (the test double answers the lab's network).
+        "10.77.0.1",
+    ] {
+        cases.push(invalid(
+            &format!("address {address}"),
+            b(&|v| v["address"] = json!(address)),
+            "address",
+        ));
+    }
+    app.provider.set_networks(vec![lab_network()]);
     run_cases(&app, Method::POST, "/v1/hosts", &admin, cases).await;
+    // A lab machine's address on the same network is a host like any other.
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/hosts",
+            Some(&admin),
+            Some(b(&|v| v["address"] = json!("10.77.0.20"))),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
 
     // Only a platform admin may register hosts.
     let tenant_admin = app.token("acme", Role::Admin);
@@ -1385,7 +1503,8 @@ async fn host_create_refuses_bad_requests_and_writes_nothing() {
         )
         .await;
     assert_eq!(r.status, 403, "{}", r.text);
-    assert_eq!(app.count("hosts").await, 0);
+    // Only the lab machine's registration above wrote a row.
+    assert_eq!(app.count("hosts").await, 1);
 }
 
 #[tokio::test]
@@ -1462,4 +1581,191 @@ async fn cluster_quota_is_enforced_and_refusal_writes_nothing() {
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
+}
+
+/// A refusal as the references test wants it: a 4xx problem naming
+/// `field`, never a 500, and nothing written.
+async fn assert_refused_naming(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+    status: u16,
+    field: &str,
+) {
+    let before = app.counts().await;
+    let r = app.call(method.clone(), path, Some(token), body, &[]).await;
+    assert_eq!(r.status.as_u16(), status, "{method} {path}: {}", r.text);
+    assert_eq!(
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some(PROBLEM),
+        "{method} {path}"
+    );
+    assert_eq!(r.body["field"], field, "{method} {path}: {}", r.text);
+    assert_eq!(app.counts().await, before, "{method} {path} wrote rows");
+}
+
+/// NUL bytes (and other bytes no name holds) in a path segment, a query
+/// value or a token's claims are refused before any query, naming the
+/// field: Postgres refuses a NUL in text, which was a 500.
+#[tokio::test]
+async fn nul_bytes_in_paths_queries_and_tokens_are_refused_naming_the_field() {
+    let app = TestApp::new().await;
+    let token = app.token("acme", Role::Admin);
+    let platform = app.token("platform", Role::PlatformAdmin);
+    make_cluster(&app, &token, "web").await;
+    let pool_body = json!({"size": 2});
+    let cases: Vec<(Method, String, Option<Value>, &str)> = vec![
+        (Method::GET, "/v1/clusters/%00".into(), None, "cluster"),
+        (Method::GET, "/v1/clusters/web%00".into(), None, "cluster"),
+        (Method::GET, "/v1/clusters/%FF".into(), None, "cluster"),
+        (Method::GET, "/v1/clusters/Web".into(), None, "cluster"),
+        (
+            Method::DELETE,
+            "/v1/clusters/web%00".into(),
+            None,
+            "cluster",
+        ),
+        (
+            Method::PATCH,
+            "/v1/clusters/%00".into(),
+            Some(json!({"deletion_protection": true})),
+            "cluster",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/%00/node-pools".into(),
+            None,
+            "cluster",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/web/node-pools/%00".into(),
+            None,
+            "pool",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/web/node-pools/default%00x".into(),
+            None,
+            "pool",
+        ),
+        (
+            Method::PATCH,
+            "/v1/clusters/web/node-pools/%00".into(),
+            Some(pool_body),
+            "pool",
+        ),
+        (
+            Method::DELETE,
+            "/v1/clusters/web/node-pools/%00".into(),
+            None,
+            "pool",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/%00/machines".into(),
+            None,
+            "cluster",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/%00/operations".into(),
+            None,
+            "cluster",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/%00/events".into(),
+            None,
+            "cluster",
+        ),
+        (
+            Method::POST,
+            "/v1/clusters/%00/kubeconfig".into(),
+            Some(json!({})),
+            "cluster",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/%00/autoscaler".into(),
+            None,
+            "cluster",
+        ),
+        (Method::GET, "/v1/operations/%00".into(), None, "operation"),
+        (Method::GET, "/v1/clusters?label=%00".into(), None, "label"),
+        (
+            Method::GET,
+            "/v1/clusters?label=team%3D%00".into(),
+            None,
+            "label",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters?label=te%00am%3Dweb".into(),
+            None,
+            "label",
+        ),
+        (Method::GET, "/v1/clusters?phase=%00".into(), None, "phase"),
+        (
+            Method::GET,
+            "/v1/clusters?page_token=%00".into(),
+            None,
+            "page_token",
+        ),
+        (
+            Method::GET,
+            "/v1/clusters/web/events?page_token=%00".into(),
+            None,
+            "page_token",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        assert_refused_naming(&app, method, &path, &token, body, 422, field).await;
+    }
+    for (method, path, field) in [
+        (Method::DELETE, "/v1/hosts/%00", "host"),
+        (Method::GET, "/v1/tenants/ac%00me/quota", "tenant"),
+    ] {
+        assert_refused_naming(&app, method, path, &platform, None, 422, field).await;
+    }
+
+    // A token signed with the service's key whose subject holds a NUL: 401
+    // naming the claim, on a read and on a write.
+    let now = chrono::Utc::now().timestamp();
+    let claims = |sub: &str, tenant: &str| {
+        json!({"sub": sub, "tenant": tenant, "role": "admin", "iss": "kubeforge",
+               "aud": "kubeforge-api", "iat": now, "exp": now + 600})
+    };
+    let sign = |c: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &c,
+            &jsonwebtoken::EncodingKey::from_secret(&[7u8; 32]),
+        )
+        .unwrap()
+    };
+    let nul_sub = sign(claims("ali\u{0}ce", "acme"));
+    let nul_tenant = sign(claims("alice", "ac\u{0}me"));
+    for (tok, field) in [(&nul_sub, "token.sub"), (&nul_tenant, "token.tenant")] {
+        assert_refused_naming(&app, Method::GET, "/v1/clusters", tok, None, 401, field).await;
+        assert_refused_naming(
+            &app,
+            Method::POST,
+            "/v1/clusters",
+            tok,
+            Some(cluster_body("other")),
+            401,
+            field,
+        )
+        .await;
+        assert_refused_naming(&app, Method::GET, "/v1/clusters/web", tok, None, 401, field).await;
+    }
+    // The same token with a plain subject works: the key was right.
+    let ok = sign(claims("alice", "acme"));
+    let r = app
+        .call(Method::GET, "/v1/clusters/web", Some(&ok), None, &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
 }

@@ -1,6 +1,7 @@
 //! Extractors that turn a request into typed, checked input or a problem:
 //! the caller's `OpContext` from the bearer token, JSON bodies with the
-//! failing field named, and `Idempotency-Key`/`If-Match` headers.
+//! failing field named, path references checked before any query
+//! (`RefPath`), and `Idempotency-Key`/`If-Match` headers.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -171,6 +172,57 @@ pub fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, Error> {
         detail: e.to_string(),
     })?;
     Ok(value)
+}
+
+/// Path parameters, every one checked before the handler sees it: a
+/// `{tenant}` must be a tenant id ([`crate::auth::valid_tenant`]), any other
+/// (`{cluster}`, `{pool}`, `{host}`, `{operation}`) a name or an id
+/// ([`kubeforge_cluster::names::check_reference`]). A NUL, an invalid
+/// UTF-8 escape or any other byte no name holds is a 422 naming the
+/// parameter, never a query Postgres refuses. Handlers take it after the
+/// `OpContext`, so an unauthenticated caller is told only that.
+pub struct RefPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for RefPath<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        use axum::extract::rejection::RawPathParamsRejection;
+        use axum::extract::{Path, RawPathParams};
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| match e {
+                RawPathParamsRejection::InvalidUtf8InPathParam(e) => {
+                    let text = e.body_text();
+                    // "Invalid UTF-8 in `key`": name the parameter.
+                    let key = text.split('`').nth(1).unwrap_or_default().to_string();
+                    Error::Validation(ValidationError::new(key, "must be valid UTF-8"))
+                }
+                other => Error::Internal(anyhow::anyhow!("path parameters: {}", other.body_text())),
+            })?;
+        for (key, value) in &raw {
+            check_path_param(key, value)?;
+        }
+        let Path(value) = Path::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Error::Internal(anyhow::anyhow!("path parameters: {}", e.body_text())))?;
+        Ok(Self(value))
+    }
+}
+
+/// One path parameter, by the name the route gives it.
+fn check_path_param(key: &str, value: &str) -> Result<(), Error> {
+    if key == "tenant" {
+        if !crate::auth::valid_tenant(value) {
+            return Err(ValidationError::new(
+                "tenant",
+                "must be 1-63 lowercase letters, digits or '-'",
+            )
+            .into());
+        }
+        return Ok(());
+    }
+    kubeforge_cluster::names::check_reference(key, value).map_err(Error::from)
 }
 
 /// Query parameters parsed into `T`, naming the parameter that failed.

@@ -3,13 +3,13 @@
 //! app and converts; the OpenAPI document is generated from their
 //! annotations.
 
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::extract::{idempotency, if_match, JsonBody, OptionalJsonBody, QueryParams};
+use super::extract::{idempotency, if_match, JsonBody, OptionalJsonBody, QueryParams, RefPath};
 use crate::app::{Accepted, SharedApp};
 use crate::context::OpContext;
 use crate::error::{Error, Result};
@@ -65,7 +65,7 @@ pub async fn cluster_list(
 pub async fn cluster_get(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(c): Path<String>,
+    RefPath(c): RefPath<String>,
 ) -> Result<Response> {
     let view = app.cluster_get(&ctx, &c).await?;
     Ok(with_etag(&view.etag.clone(), view))
@@ -77,7 +77,7 @@ pub async fn cluster_get(
 pub async fn cluster_update(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(c): Path<String>,
+    RefPath(c): RefPath<String>,
     headers: HeaderMap,
     body: JsonBody<UpdateClusterRequest>,
 ) -> Result<Response> {
@@ -93,7 +93,7 @@ pub async fn cluster_update(
 pub async fn cluster_delete(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(c): Path<String>,
+    RefPath(c): RefPath<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
     let out = app
@@ -108,7 +108,7 @@ pub async fn cluster_delete(
 pub async fn node_pool_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(c): Path<String>,
+    RefPath(c): RefPath<String>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: JsonBody<CreateNodePoolRequest>,
@@ -124,7 +124,7 @@ pub async fn node_pool_create(
 pub async fn node_pool_list(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(c): Path<String>,
+    RefPath(c): RefPath<String>,
 ) -> Result<Response> {
     let items = app.node_pool_list(&ctx, &c).await?;
     Ok(Json(Items { items }).into_response())
@@ -136,7 +136,7 @@ pub async fn node_pool_list(
 pub async fn node_pool_get(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path((c, p)): Path<(String, String)>,
+    RefPath((c, p)): RefPath<(String, String)>,
 ) -> Result<Response> {
     let view = app.node_pool_get(&ctx, &c, &p).await?;
     Ok(with_etag(&view.etag.clone(), view))
@@ -148,7 +148,7 @@ pub async fn node_pool_get(
 pub async fn node_pool_update(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path((c, p)): Path<(String, String)>,
+    RefPath((c, p)): RefPath<(String, String)>,
     headers: HeaderMap,
     body: JsonBody<UpdateNodePoolRequest>,
 ) -> Result<Response> {
@@ -164,7 +164,7 @@ pub async fn node_pool_update(
 pub async fn node_pool_delete(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path((c, p)): Path<(String, String)>,
+    RefPath((c, p)): RefPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
     let out = app
@@ -178,7 +178,7 @@ pub async fn node_pool_delete(
 pub async fn machine_list(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(c): Path<String>,
+    RefPath(c): RefPath<String>,
 ) -> Result<Response> {
     let items = app.machine_list(&ctx, &c).await?;
     Ok(Json(Items { items }).into_response())
@@ -189,7 +189,7 @@ pub async fn machine_list(
 pub async fn operation_list(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(c): Path<String>,
+    RefPath(c): RefPath<String>,
 ) -> Result<Response> {
     let items = app.operation_list(&ctx, &c).await?;
     Ok(Json(Items { items }).into_response())
@@ -200,7 +200,7 @@ pub async fn operation_list(
 pub async fn operation_get(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(o): Path<String>,
+    RefPath(o): RefPath<String>,
 ) -> Result<Response> {
     Ok(Json(app.operation_get(&ctx, &o).await?).into_response())
 }
@@ -210,7 +210,7 @@ pub async fn operation_get(
 pub async fn event_list(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(c): Path<String>,
+    RefPath(c): RefPath<String>,
     QueryParams(q): QueryParams<PageQuery>,
 ) -> Result<Response> {
     Ok(Json(app.event_list(&ctx, &c, q).await?).into_response())
@@ -223,7 +223,7 @@ pub async fn event_list(
 pub async fn kubeconfig_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(c): Path<String>,
+    RefPath(c): RefPath<String>,
     body: JsonBody<KubeconfigRequest>,
 ) -> Result<Response> {
     let yaml = app.kubeconfig_create(&ctx, &c, body.value).await?;
@@ -236,7 +236,7 @@ pub async fn kubeconfig_create(
 pub async fn autoscaler_get(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(c): Path<String>,
+    RefPath(c): RefPath<String>,
 ) -> Result<Response> {
     Ok(Json(app.autoscaler_get(&ctx, &c).await?).into_response())
 }
@@ -252,7 +252,7 @@ pub async fn autoscaler_get(
 pub async fn autoscaler_credentials_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(c): Path<String>,
+    RefPath(c): RefPath<String>,
     body: OptionalJsonBody<AutoscalerCredentialsRequest>,
 ) -> Result<Response> {
     let out = app.autoscaler_credentials_create(&ctx, &c, body.0).await?;
@@ -291,7 +291,7 @@ pub async fn host_list(State(app): State<SharedApp>, ctx: OpContext) -> Result<R
 pub async fn host_delete(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(h): Path<String>,
+    RefPath(h): RefPath<String>,
 ) -> Result<Response> {
     app.host_delete(&ctx, &h).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -302,7 +302,7 @@ pub async fn host_delete(
 pub async fn quota_get(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(t): Path<String>,
+    RefPath(t): RefPath<String>,
 ) -> Result<Response> {
     Ok(Json(app.quota_get(&ctx, &t).await?).into_response())
 }
@@ -312,7 +312,7 @@ pub async fn quota_get(
 pub async fn quota_put(
     State(app): State<SharedApp>,
     ctx: OpContext,
-    Path(t): Path<String>,
+    RefPath(t): RefPath<String>,
     body: JsonBody<Quota>,
 ) -> Result<Response> {
     Ok(Json(app.quota_put(&ctx, &t, body.value).await?).into_response())

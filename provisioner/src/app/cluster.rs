@@ -8,6 +8,7 @@ use kubeforge_cluster::api::{
     UpdateClusterRequest,
 };
 use kubeforge_cluster::operations::OperationKind;
+use kubeforge_cluster::spec::{check_label_key, check_label_value};
 use kubeforge_cluster::{ClusterSpec, Labels, Phase, ValidationError};
 use uuid::Uuid;
 
@@ -83,6 +84,9 @@ impl App {
         if let Some(why) = self.provider_unavailable(spec.provider.kind()) {
             return Err(ValidationError::new("provider.kind", why).into());
         }
+        spec.network
+            .check_apart_from(&self.providers.networks())
+            .map_err(|e| e.under("network"))?;
         if !spec.node_pools.is_empty() {
             if let Some(why) = self.workers_unsupported(spec.provider.kind()) {
                 return Err(ValidationError::new("node_pools", why).into());
@@ -190,10 +194,19 @@ impl App {
         };
         let (label_key, label_value) = match q.label.as_deref() {
             None | Some("") => (None, None),
-            Some(l) => match l.split_once('=') {
-                Some((k, v)) => (Some(k.to_string()), Some(v.to_string())),
-                None => (Some(l.to_string()), None),
-            },
+            Some(l) => {
+                // Checked like the labels it looks for: a key no label can
+                // have matches nothing, and a NUL would fail the query.
+                let (k, v) = match l.split_once('=') {
+                    Some((k, v)) => (k, Some(v)),
+                    None => (l, None),
+                };
+                check_label_key(k).map_err(|m| ValidationError::new("label", m))?;
+                if let Some(v) = v {
+                    check_label_value(v).map_err(|m| ValidationError::new("label", m))?;
+                }
+                (Some(k.to_string()), v.map(str::to_string))
+            }
         };
         let after = match q.page_token.as_deref() {
             None | Some("") => None,

@@ -4,8 +4,9 @@
 use kubeforge_cluster::api::{
     CreateHostRequest, HostCreated, HostCredentials, HostView, Quota, QuotaView,
 };
+use kubeforge_cluster::network::check_host_address;
 use kubeforge_cluster::{Labels, ValidationError};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use uuid::Uuid;
 
 use super::{Accepted, App, Idempotency};
@@ -34,19 +35,22 @@ macro_rules! host_view {
     }};
 }
 
-const HOST_KEY_TYPES: &[&str] = &[
-    "ssh-ed25519",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "rsa-sha2-256",
-    "rsa-sha2-512",
-    "ssh-rsa",
-];
-
-fn check_host(req: &CreateHostRequest) -> Result<Labels> {
-    if req.address.parse::<IpAddr>().is_err() {
-        return Err(ValidationError::new("address", "must be an IPv4 or IPv6 address").into());
+/// Checks a host registration. `gateways` are the service's own addresses
+/// on its providers' networks (the lab bridge's): never a host's.
+fn check_host(req: &CreateHostRequest, gateways: &[Ipv4Addr]) -> Result<Labels> {
+    let address: IpAddr = req
+        .address
+        .parse()
+        .map_err(|_| ValidationError::new("address", "must be an IPv4 or IPv6 address"))?;
+    check_host_address(address).map_err(|m| ValidationError::new("address", m))?;
+    if let IpAddr::V4(v4) = address.to_canonical() {
+        if gateways.contains(&v4) {
+            return Err(ValidationError::new(
+                "address",
+                format!("{address} is this service's own address on a provider network"),
+            )
+            .into());
+        }
     }
     if req.port == 0 {
         return Err(ValidationError::new("port", "must be 1-65535").into());
@@ -60,22 +64,21 @@ fn check_host(req: &CreateHostRequest) -> Result<Labels> {
     if !user_ok {
         return Err(ValidationError::new("user", "must be a plain Unix user name").into());
     }
-    let mut parts = req.host_key.split_whitespace();
-    let (kind, key) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    use base64::Engine as _;
-    if !HOST_KEY_TYPES.contains(&kind)
-        || base64::engine::general_purpose::STANDARD
-            .decode(key)
-            .is_err()
-    {
+    // The line the SSH client pins, parsed as `ssh::parse_public_key`
+    // parses it when it connects (the same ssh-key parser; `app` does not
+    // reach down into `ssh`); a comment may follow the key, but no control
+    // character (a NUL fails the insert).
+    let host_key_ok = !req.host_key.chars().any(char::is_control)
+        && russh::keys::ssh_key::PublicKey::from_openssh(req.host_key.trim()).is_ok();
+    if !host_key_ok {
         return Err(ValidationError::new(
             "host_key",
-            "must be `TYPE BASE64`, e.g. `ssh-ed25519 AAAA...`",
+            "must be an OpenSSH public key line, `TYPE BASE64 [comment]`, e.g. `ssh-ed25519 AAAA...`",
         )
         .into());
     }
     match &req.credentials {
-        HostCredentials::PrivateKey(k) if !k.contains("PRIVATE KEY") => {
+        HostCredentials::PrivateKey(k) if !k.contains("PRIVATE KEY") || k.contains('\0') => {
             return Err(ValidationError::new(
                 "credentials.private_key",
                 "must be a PEM or OpenSSH private key",
@@ -84,6 +87,13 @@ fn check_host(req: &CreateHostRequest) -> Result<Labels> {
         }
         HostCredentials::Password(p) if p.is_empty() => {
             return Err(ValidationError::new("credentials.password", "must not be empty").into())
+        }
+        HostCredentials::Password(p) if p.contains('\0') => {
+            return Err(ValidationError::new(
+                "credentials.password",
+                "must not contain a NUL byte (no SSH server takes one)",
+            )
+            .into())
         }
         _ => {}
     }
@@ -99,7 +109,13 @@ impl App {
         req: CreateHostRequest,
     ) -> Result<Accepted> {
         ctx.authorize(Action::Platform)?;
-        let labels = check_host(&req)?;
+        let gateways: Vec<Ipv4Addr> = self
+            .providers
+            .networks()
+            .iter()
+            .filter_map(|n| n.gateway)
+            .collect();
+        let labels = check_host(&req, &gateways)?;
         let id = Uuid::now_v7();
         let (kind, secret) = match &req.credentials {
             HostCredentials::PrivateKey(k) => ("private_key", k.as_bytes()),

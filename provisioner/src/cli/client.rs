@@ -1438,7 +1438,7 @@ mod tests {
         );
         assert!(parse_taint("k v=x:NoExecute")
             .unwrap_err()
-            .starts_with("taint key \"k v\" must be"));
+            .starts_with("taint key \"k v\": the name part must be"));
         for bad in [
             "k=v",
             "k=v:Bogus",

@@ -42,6 +42,7 @@ use uuid::Uuid;
 
 use super::{
     Capabilities, MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState,
+    ProviderNetwork,
 };
 
 /// Where and how lab machines run.
@@ -583,6 +584,15 @@ impl Provider for LabProvider {
             lab_machines: true,
             kube_binaries_bound: true,
         }
+    }
+
+    /// The bridge's subnet, the host's own address on it the gateway.
+    fn networks(&self) -> Vec<ProviderNetwork> {
+        vec![ProviderNetwork {
+            provider: "lab".into(),
+            range: self.cfg.subnet,
+            gateway: Some(self.gateway()),
+        }]
     }
 
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError> {

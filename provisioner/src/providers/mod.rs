@@ -36,6 +36,10 @@
 //!   requests that will never work (bad image, unknown machine type). The
 //!   engine retries the first with backoff, re-checks the second later, and
 //!   fails the operation on the third.
+//! - **Networks.** `networks` names every network its machines live on
+//!   that the service's host is part of (the lab's bridge subnet and the
+//!   host's address on it). The API keeps clusters' pod and service ranges
+//!   off them and refuses the gateway as a registered host's address.
 
 pub mod lab;
 pub mod ssh;
@@ -43,6 +47,7 @@ pub mod ssh;
 pub mod test_double;
 
 use async_trait::async_trait;
+pub use kubeforge_cluster::network::ProviderNetwork;
 use kubeforge_cluster::pools::MachineRole;
 use kubeforge_cluster::spec::ProviderSpec;
 use kubeforge_cluster::userdata::MachineIdentity;
@@ -213,6 +218,11 @@ pub trait Provider: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// What the engine may do with its machines.
     fn capabilities(&self) -> Capabilities;
+    /// The networks its machines live on (see the contract); none by
+    /// default.
+    fn networks(&self) -> Vec<ProviderNetwork> {
+        Vec::new()
+    }
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError>;
     async fn get(&self, id: Uuid) -> Result<Option<ProviderMachine>, ProviderError>;
     async fn delete(&self, id: Uuid) -> Result<(), ProviderError>;
@@ -241,5 +251,12 @@ impl ProviderRegistry {
 
     pub fn kinds(&self) -> Vec<&'static str> {
         self.by_kind.keys().copied().collect()
+    }
+
+    /// Every network of every provider this service runs: a cluster's
+    /// ranges stay off all of them (they are the service host's, whichever
+    /// provider a cluster is on: a registered host may be a lab machine).
+    pub fn networks(&self) -> Vec<ProviderNetwork> {
+        self.by_kind.values().flat_map(|p| p.networks()).collect()
     }
 }

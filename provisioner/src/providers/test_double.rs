@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::{
     Capabilities, MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState,
+    ProviderNetwork,
 };
 
 /// The in-memory test double (see the module doc).
@@ -36,6 +37,8 @@ pub struct InMemoryProvider {
     pub get_calls: AtomicU64,
     /// Pending machines' remaining `get` calls until they run.
     booting: Mutex<BTreeMap<Uuid, u32>>,
+    /// What `networks` answers (none unless a test sets some).
+    networks: Mutex<Vec<ProviderNetwork>>,
 }
 
 impl InMemoryProvider {
@@ -52,7 +55,13 @@ impl InMemoryProvider {
             boot_polls: AtomicU32::new(0),
             get_calls: AtomicU64::new(0),
             booting: Mutex::new(BTreeMap::new()),
+            networks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Makes `networks` answer these, as the lab answers its subnet.
+    pub fn set_networks(&self, networks: Vec<ProviderNetwork>) {
+        *self.networks.lock().unwrap_or_else(|p| p.into_inner()) = networks;
     }
 
     /// Machines that exist now.
@@ -110,6 +119,13 @@ impl Provider for InMemoryProvider {
             lab_machines: false,
             kube_binaries_bound: false,
         }
+    }
+
+    fn networks(&self) -> Vec<ProviderNetwork> {
+        self.networks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError> {
