@@ -185,7 +185,7 @@ async fn lab_machine_boots_answers_ssh_and_deletes_cleanly() {
     let again = provider.create(&req).await.expect("create again");
     assert_eq!(again.address.as_deref(), Some(address.as_str()));
     assert_eq!(
-        processes_mentioning(&format!("--machine={}", req.name)).len(),
+        processes_mentioning(&format!("--hostname={}", req.name)).len(),
         1,
         "one nspawn for the machine"
     );
@@ -218,7 +218,7 @@ async fn lab_machine_boots_answers_ssh_and_deletes_cleanly() {
     provider.delete(id).await.expect("delete is idempotent");
     assert!(provider.get(id).await.unwrap().is_none());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_mentioning(&format!("--machine={}", req.name)).is_empty() {
+    while !processes_mentioning(&format!("--hostname={}", req.name)).is_empty() {
         assert!(
             Instant::now() < deadline,
             "nspawn still running after delete"

@@ -200,13 +200,13 @@ pub async fn delete_cluster(app: &TestApp, token: &str, cluster: &str, within: D
 }
 
 /// Asserts nothing of the given machines (ledger name, id) remains: no
-/// nspawn process, no machine directory under `data_dir`'s lab state, no
+/// nspawn process (found by its `--hostname`), no machine directory under `data_dir`'s lab state, no
 /// mount, and no cgroup the machine or its kubelet made.
 pub fn assert_machines_gone(data_dir: &Path, machines: &[(String, uuid::Uuid)]) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for (name, id) in machines {
         assert_eq!(
-            processes_mentioning(&format!("--machine={name}")),
+            processes_mentioning(&format!("--hostname={name}")),
             0,
             "{name} still runs"
         );
@@ -216,10 +216,11 @@ pub fn assert_machines_gone(data_dir: &Path, machines: &[(String, uuid::Uuid)]) 
         );
         assert!(!mounts.contains(&id.to_string()), "{name}: a mount remains");
         for c in ["memory", "cpu", "cpuset", "pids", "systemd"] {
+            // Named by the ledger id (see `providers::lab`).
             let dir = Path::new("/sys/fs/cgroup")
                 .join(c)
                 .join("kubeforge")
-                .join(name);
+                .join(id.to_string());
             assert!(!dir.exists(), "{name}: cgroup {} remains", dir.display());
         }
     }
@@ -241,7 +242,7 @@ pub fn processes_mentioning(needle: &str) -> usize {
 
 /// Kills a machine's PID 1, as a power cut would.
 pub fn power_off(machine: &str) {
-    let needle = format!("--machine={machine}");
+    let needle = format!("--hostname={machine}");
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;

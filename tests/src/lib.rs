@@ -180,6 +180,18 @@ pub fn test_engine_config() -> EngineConfig {
     }
 }
 
+/// Engine settings for lab tests: [`test_engine_config`] with a 10 s
+/// lease. Lab jobs run for tens of seconds over SSH on a machine that also
+/// runs several clusters' control planes; a 2 s lease (renewed every
+/// 0.7 s) was lost whenever the machine was starved for a few seconds, and
+/// the job ran again. No lab test waits for a lease to expire.
+pub fn lab_engine_config() -> EngineConfig {
+    EngineConfig {
+        lease: Duration::from_secs(10),
+        ..test_engine_config()
+    }
+}
+
 impl TestApp {
     /// The app with no rate limits (tests send requests far faster than
     /// tenants may); [`TestApp::with_config`] takes the service's defaults
@@ -273,7 +285,7 @@ impl TestApp {
         )
         .expect("app");
         let router = kubeforge::api::router(app.clone());
-        let engine = kubeforge::server::build_engine(&app, test_engine_config());
+        let engine = kubeforge::server::build_engine(&app, lab_engine_config());
         let dns = Some(dns.serve(&app).await);
         TestApp {
             db,
@@ -313,7 +325,7 @@ impl TestApp {
         )
         .expect("app");
         let router = kubeforge::api::router(app.clone());
-        let engine = kubeforge::server::build_engine(&app, test_engine_config());
+        let engine = kubeforge::server::build_engine(&app, lab_engine_config());
         TestApp {
             db,
             app,

@@ -198,7 +198,7 @@ async fn three_control_planes_survive_losing_one() {
     delete_cluster(&app, &owner, &name, Duration::from_secs(90)).await;
     for m in &machines {
         assert_eq!(
-            processes_mentioning(&format!("--machine={}", m.0)),
+            processes_mentioning(&format!("--hostname={}", m.0)),
             0,
             "{} still runs",
             m.0

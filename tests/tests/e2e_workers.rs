@@ -787,7 +787,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     delete_pool(&app, &owner, &name, "extra").await;
     let (ok, out) = kubectl_run(&kc, &["get", "node", &extra_node]);
     assert!(!ok && out.contains("NotFound"), "{out}");
-    assert_eq!(processes_mentioning(&format!("--machine={extra_node}")), 0);
+    assert_eq!(processes_mentioning(&format!("--hostname={extra_node}")), 0);
 
     // Delete the pool, then the cluster: no machine remains.
     delete_pool(&app, &owner, &name, POOL).await;

@@ -436,6 +436,9 @@ impl LabProvider {
                 "--console=read-only",
             ])
             .arg(format!("--machine={}", host_machine_name(meta.id)))
+            // Its own name inside (as /etc/hostname says); on the host's
+            // process list it tells a machine's nspawn by name.
+            .arg(format!("--hostname={}", meta.name))
             .arg(format!("--network-bridge={}", self.cfg.bridge));
         for (host, guest) in &self.cfg.bind_ro {
             cmd.arg(format!("--bind-ro={}:{guest}", host.display()));
