@@ -207,8 +207,18 @@ impl TestApp {
     /// The real app and router on `pool` (which may reach no database at
     /// all), without an engine.
     pub fn app_on(pool: PgPool, config: Config) -> (SharedApp, axum::Router) {
+        Self::app_with_double(pool, Arc::new(InMemoryProvider::new("lab")), config)
+    }
+
+    /// The real app and router on `pool` with `provider` (the TEST DOUBLE)
+    /// registered for its kind, and the tests' fixed keys.
+    fn app_with_double(
+        pool: PgPool,
+        provider: Arc<InMemoryProvider>,
+        config: Config,
+    ) -> (SharedApp, axum::Router) {
         let mut providers = ProviderRegistry::default();
-        providers.register(Arc::new(InMemoryProvider::new("lab")));
+        providers.register(provider);
         let app = kubeforge::server::build_app(
             pool,
             kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).expect("keys"),
@@ -226,18 +236,7 @@ impl TestApp {
         let db = TestDb::new().await;
         let pool = db.pool(60).await;
         let provider = Arc::new(InMemoryProvider::new("lab"));
-        let mut providers = ProviderRegistry::default();
-        providers.register(provider.clone());
-        let app = kubeforge::server::build_app(
-            pool.clone(),
-            kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).expect("keys"),
-            kubeforge::crypto::SecretBox::new(&[9u8; 32]).expect("secret box"),
-            providers,
-            config,
-            None,
-        )
-        .expect("app");
-        let router = kubeforge::api::router(app.clone());
+        let (app, router) = Self::app_with_double(pool.clone(), provider.clone(), config);
         let engine = kubeforge::server::build_engine(&app, test_engine_config());
         TestApp {
             db,
