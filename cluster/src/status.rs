@@ -5,7 +5,8 @@
 //! its reasons and messages are written in one place.
 //!
 //! Cluster conditions: `MachinesReady`, `EtcdReady`, `ControlPlaneReady`,
-//! `EndpointReady`, `Ready`. Pool conditions: `MachinesReady`,
+//! `EndpointReady`, `Ready`, `Reconciled` (whether the service's own passes
+//! over the cluster complete). Pool conditions: `MachinesReady`,
 //! `NodesReady`, `AutoRepair`.
 
 use chrono::{DateTime, Utc};
@@ -238,6 +239,67 @@ pub fn cluster_phase(ready: bool, current: Phase) -> Phase {
         (true, _) => Phase::Ready,
         (false, Phase::Ready | Phase::Degraded) => Phase::Degraded,
         (false, _) => Phase::Provisioning,
+    }
+}
+
+/// How the service's passes over a cluster are going.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReconcileObservation {
+    /// The pass went through.
+    Succeeded,
+    /// Passes keep failing: `attempts` in a row, the last with `error`.
+    /// They go on, at most `retry_within` apart.
+    Failing {
+        attempts: i32,
+        error: String,
+        retry_within: std::time::Duration,
+    },
+}
+
+/// Sets the cluster's `Reconciled`; returns whether its status changed
+/// (not merely its message), so a caller records one event per change.
+pub fn set_reconciled(
+    conditions: &mut Vec<Condition>,
+    obs: &ReconcileObservation,
+    now: DateTime<Utc>,
+) -> bool {
+    let before = conditions
+        .iter()
+        .find(|c| c.type_ == "Reconciled")
+        .map(|c| c.status);
+    let (status, reason, message) = match obs {
+        ReconcileObservation::Succeeded => (
+            S::True,
+            "ReconcileSucceeded",
+            "the last pass over the cluster went through".to_string(),
+        ),
+        ReconcileObservation::Failing {
+            attempts,
+            error,
+            retry_within,
+        } => (
+            S::False,
+            "ReconcileFailing",
+            format!(
+                "{attempts} pass{} in a row failed, the last with: {error}; \
+                 retried with backoff, at most {}s apart",
+                if *attempts == 1 { "" } else { "es" },
+                retry_within.as_secs()
+            ),
+        ),
+    };
+    set_condition(conditions, "Reconciled", status, reason, &message, now);
+    before != Some(status)
+}
+
+/// The phase of a cluster whose passes keep failing: one that had served is
+/// `degraded` (it may well still serve), one that never did is `failed`,
+/// one being deleted stays `deleting`.
+pub fn failing_phase(current: Phase) -> Phase {
+    match current {
+        Phase::Ready | Phase::Degraded => Phase::Degraded,
+        Phase::Deleting => Phase::Deleting,
+        _ => Phase::Failed,
     }
 }
 
@@ -633,5 +695,51 @@ mod tests {
             get(&c, "NodesReady").message,
             "waiting for the control plane to serve"
         );
+    }
+
+    #[test]
+    fn reconciled_says_what_fails_and_changes_once_per_transition() {
+        let mut c = vec![];
+        let now = Utc::now();
+        let failing = |n| ReconcileObservation::Failing {
+            attempts: n,
+            error: "provider: capacity exhausted".into(),
+            retry_within: std::time::Duration::from_secs(300),
+        };
+        assert!(set_reconciled(&mut c, &failing(1), now));
+        let r = get(&c, "Reconciled");
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (S::False, "ReconcileFailing")
+        );
+        assert!(
+            r.message.starts_with("1 pass in a row failed"),
+            "{}",
+            r.message
+        );
+        assert!(r.message.contains("capacity exhausted") && r.message.contains("300s"));
+        // A further failure updates the message but is no transition.
+        assert!(!set_reconciled(&mut c, &failing(9), now));
+        assert!(get(&c, "Reconciled").message.starts_with("9 passes"));
+        assert!(set_reconciled(
+            &mut c,
+            &ReconcileObservation::Succeeded,
+            now
+        ));
+        assert_eq!(get(&c, "Reconciled").status, S::True);
+        assert!(!set_reconciled(
+            &mut c,
+            &ReconcileObservation::Succeeded,
+            now
+        ));
+    }
+
+    #[test]
+    fn a_cluster_that_served_is_degraded_by_failing_passes_one_that_never_did_fails() {
+        assert_eq!(failing_phase(Phase::Ready), Phase::Degraded);
+        assert_eq!(failing_phase(Phase::Degraded), Phase::Degraded);
+        assert_eq!(failing_phase(Phase::Provisioning), Phase::Failed);
+        assert_eq!(failing_phase(Phase::Failed), Phase::Failed);
+        assert_eq!(failing_phase(Phase::Deleting), Phase::Deleting);
     }
 }

@@ -20,7 +20,8 @@ use crate::store::tenant::Quota;
 pub struct Config {
     /// Quota a tenant gets on its first write.
     pub default_quota: Quota,
-    /// Attempts before a job is dead-lettered.
+    /// Failed passes in a row after which a cluster's operations fail (its
+    /// reconcile goes on); attempts before any other job is dead-lettered.
     pub max_job_attempts: i32,
     /// Longest kubeconfig TTL a tenant may ask for.
     pub kubeconfig_max_ttl: Duration,

@@ -1,8 +1,8 @@
 //! Job queue semantics, with the real `Engine` on a real Postgres: exactly
 //! once across two engines ("two processes"), lease expiry after a killed
 //! worker, retries with backoff then dead-letter, the real reconcile job
-//! dead-lettering its operation, LISTEN/NOTIFY wake-up and graceful
-//! shutdown handing leases back.
+//! failing its operation after repeated failures yet never dying,
+//! LISTEN/NOTIFY wake-up and graceful shutdown handing leases back.
 
 use axum::http::{Method, StatusCode};
 use kubeforge::app::Config;
@@ -497,8 +497,23 @@ async fn a_permanent_failure_dead_letters_at_once() {
     assert_eq!(e.run_until_idle().await.unwrap(), 0);
 }
 
+/// The cluster `name` as the API shows it.
+async fn cluster_json(app: &TestApp, token: &str, name: &str) -> serde_json::Value {
+    let c = app
+        .call(
+            Method::GET,
+            &format!("/v1/clusters/{name}"),
+            Some(token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::OK, "{}", c.text);
+    c.body
+}
+
 #[tokio::test]
-async fn the_reconcile_job_dead_letters_into_a_failed_operation() {
+async fn a_reconcile_that_keeps_failing_fails_its_operation_and_goes_on() {
     let app = TestApp::with_config(Config {
         max_job_attempts: 3,
         ..Default::default()
@@ -517,64 +532,107 @@ async fn the_reconcile_job_dead_letters_into_a_failed_operation() {
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let op = r.body["operation"]["id"].as_str().unwrap().to_string();
+    let get_op = || async {
+        let r = app
+            .call(
+                Method::GET,
+                &format!("/v1/operations/{op}"),
+                Some(&token),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body
+    };
 
     for _ in 0..20 {
         app.settle().await;
-        let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'dead'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-        if dead == 1 {
+        if get_op().await["state"] == "failed" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    let (state, attempts, last_error): (String, i32, Option<String>) =
-        sqlx::query_as("SELECT state, attempts, last_error FROM jobs")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(state, "dead");
-    assert_eq!(attempts, 3);
-    assert!(last_error
-        .unwrap_or_default()
-        .contains("injected transient failure"));
-    assert_eq!(
-        app.provider.create_calls.load(Ordering::SeqCst),
-        3,
-        "one create per attempt"
+    let o = get_op().await;
+    assert_eq!(o["state"], "failed", "{o}");
+    assert_eq!(o["error"]["code"], "reconcile_failed", "{o}");
+    assert_eq!(o["error"]["retryable"], true, "{o}");
+    assert!(
+        o["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("injected transient failure"),
+        "{o}"
     );
-
-    let r = app
-        .call(
-            Method::GET,
-            &format!("/v1/operations/{op}"),
-            Some(&token),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.body["state"], "failed", "{}", r.text);
-    assert_eq!(r.body["error"]["code"], "dead_lettered", "{}", r.text);
-    assert_eq!(r.body["error"]["retryable"], true, "{}", r.text);
-    assert!(r.body["finished_at"].is_string());
-    let machines_step = r.body["steps"]
+    assert!(o["finished_at"].is_string());
+    let machines_step = o["steps"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["name"] == "machines")
         .unwrap();
     assert_eq!(machines_step["state"], "failed");
-    assert_eq!(machines_step["error"]["code"], "dead_lettered");
 
-    let c = app
-        .call(Method::GET, "/v1/clusters/doomed", Some(&token), None, &[])
-        .await;
-    assert_eq!(c.body["phase"], "failed", "{}", c.text);
+    // The cluster says what fails, and its reconcile is not dead: the job
+    // is still there, with no attempt limit.
+    let c = cluster_json(&app, &token, "doomed").await;
+    assert_eq!(c["phase"], "failed", "{c}");
+    let cond = c["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["type"] == "Reconciled")
+        .cloned()
+        .unwrap_or_else(|| panic!("no Reconciled condition: {c}"));
+    assert_eq!(cond["status"], "False", "{cond}");
+    assert_eq!(cond["reason"], "ReconcileFailing", "{cond}");
+    assert!(
+        cond["message"]
+            .as_str()
+            .unwrap()
+            .contains("injected transient failure"),
+        "{cond}"
+    );
+    let (state, max_attempts): (String, i32) =
+        sqlx::query_as("SELECT state, max_attempts FROM jobs WHERE kind = 'reconcile_cluster'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_ne!(state, "dead");
+    assert_eq!(max_attempts, i32::MAX);
+    let creates = app.provider.create_calls.load(Ordering::SeqCst);
+    assert!(creates >= 3, "one create per attempt: {creates}");
 
-    // A new request revives the dead job: deleting needs no create, so it
-    // goes through although the provider still fails every create.
+    // More passes after the operation failed: still tried, still alive.
+    app.settle().await;
+    assert!(app.provider.create_calls.load(Ordering::SeqCst) > creates);
+
+    // The problem passes: the same job brings the cluster up, with no new
+    // request, and the condition says so.
+    app.provider.fail_creates.store(0, Ordering::SeqCst);
+    for _ in 0..20 {
+        app.settle().await;
+        let c = cluster_json(&app, &token, "doomed").await;
+        if c["phase"] != "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let c = cluster_json(&app, &token, "doomed").await;
+    assert_ne!(c["phase"], "failed", "{c}");
+    let by_type = |t: &str| {
+        c["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["type"] == t)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_type("Reconciled")["status"], "True", "{c}");
+    assert_eq!(by_type("MachinesReady")["status"], "True", "{c}");
+
+    // And it can still be deleted.
     let r = app
         .call(
             Method::DELETE,
@@ -585,19 +643,12 @@ async fn the_reconcile_job_dead_letters_into_a_failed_operation() {
         )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-    let del = r.body["operation"]["id"].as_str().unwrap().to_string();
     app.settle().await;
-    let r = app
-        .call(
-            Method::GET,
-            &format!("/v1/operations/{del}"),
-            Some(&token),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(r.body["state"], "succeeded", "{}", r.text);
-    assert_eq!(app.count("jobs").await, 0, "the revived job finished");
+    assert_eq!(
+        app.count("jobs").await,
+        0,
+        "the job finished with the cluster"
+    );
     let c = app
         .call(Method::GET, "/v1/clusters/doomed", Some(&token), None, &[])
         .await;

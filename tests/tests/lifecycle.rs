@@ -672,17 +672,7 @@ async fn a_replica_without_the_provider_claims_none_of_its_jobs() {
         .unwrap();
     assert_eq!(provider.as_deref(), Some("lab"));
 
-    // A replica over the same database that runs no provider at all.
-    let bare = kubeforge::server::build_app(
-        t.app.pool.clone(),
-        kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).unwrap(),
-        kubeforge::crypto::SecretBox::new(&[9u8; 32]).unwrap(),
-        kubeforge::providers::ProviderRegistry::default(),
-        kubeforge::state::Config::default(),
-        None,
-    )
-    .unwrap();
-    let bare_engine = kubeforge::server::build_engine(&bare, test_engine_config());
+    let bare_engine = bare_replica(&t);
     assert_eq!(bare_engine.run_until_idle().await.unwrap(), 0);
     let state: String = sqlx::query_scalar("SELECT state FROM jobs")
         .fetch_one(&t.app.pool)
@@ -698,6 +688,73 @@ async fn a_replica_without_the_provider_claims_none_of_its_jobs() {
     let c = t.cluster("web").await;
     assert_eq!(condition(&c, "MachinesReady")["status"], "True", "{c}");
     assert_eq!(t.provider_ids(id).len(), 3);
+}
+
+/// A replica over the same database that runs no provider at all.
+fn bare_replica(t: &T) -> kubeforge::engine::jobs::Engine {
+    let bare = kubeforge::server::build_app(
+        t.app.pool.clone(),
+        kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).unwrap(),
+        kubeforge::crypto::SecretBox::new(&[9u8; 32]).unwrap(),
+        kubeforge::providers::ProviderRegistry::default(),
+        kubeforge::state::Config::default(),
+        None,
+    )
+    .unwrap();
+    kubeforge::server::build_engine(&bare, test_engine_config())
+}
+
+#[tokio::test]
+async fn a_process_without_the_provider_hands_the_job_back_and_forgets_no_machine() {
+    let t = T::new().await;
+    let (id, create_op) = t.create(cluster_body("web")).await;
+    // A job queued before jobs named their provider (any replica claims it).
+    let unrouted = || async {
+        sqlx::query("UPDATE jobs SET provider = NULL")
+            .execute(&t.app.pool)
+            .await
+            .unwrap();
+    };
+    unrouted().await;
+    let bare = bare_replica(&t);
+    assert_eq!(bare.run_until_idle().await.unwrap(), 1);
+    // The create is not failed; the job is named for its provider again.
+    let o = t.operation(&create_op).await;
+    assert_ne!(o["state"], "failed", "{o}");
+    let (provider, state): (Option<String>, String) =
+        sqlx::query_as("SELECT provider, state FROM jobs")
+            .fetch_one(&t.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (provider.as_deref(), state.as_str()),
+        (Some("lab"), "queued")
+    );
+    assert_eq!(bare.run_until_idle().await.unwrap(), 0, "not claimed again");
+    t.app.settle().await;
+    assert_eq!(t.provider_ids(id).len(), 3);
+
+    // Deleting: the bare replica marks nothing deleted.
+    let r = t.req(Method::DELETE, "/v1/clusters/web", None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let del_op = r.body["operation"]["id"].as_str().unwrap().to_string();
+    unrouted().await;
+    assert_eq!(bare.run_until_idle().await.unwrap(), 1);
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM machines WHERE cluster_id = $1 AND state <> 'deleted'",
+    )
+    .bind(id)
+    .fetch_one(&t.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(live, 3, "no machine forgotten");
+    assert_eq!(t.app.provider.machines().len(), 3);
+    assert_ne!(t.operation(&del_op).await["state"], "failed");
+
+    // The replica that runs the provider deletes them for real.
+    t.app.settle().await;
+    assert_eq!(t.operation(&del_op).await["state"], "succeeded");
+    assert!(t.app.provider.machines().is_empty());
 }
 
 #[tokio::test]

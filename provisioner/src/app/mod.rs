@@ -121,7 +121,10 @@ impl App {
                 payload: serde_json::json!({ "cluster_id": cluster_id }),
                 dedupe_key: Some(&key),
                 operation_id: op,
-                max_attempts: self.config.max_job_attempts,
+                // The periodic reconcile never dies: its handler fails the
+                // operations after `max_job_attempts` failed passes in a
+                // row and goes on with capped backoff.
+                max_attempts: i32::MAX,
                 provider: Some(provider),
             },
         )

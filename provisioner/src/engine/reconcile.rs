@@ -25,7 +25,7 @@ use kubeforge_cluster::pools::{scale_down_order, MachineRole, MachineState, Work
 use kubeforge_cluster::restarts::{self, RESTART_THRESHOLD};
 use kubeforge_cluster::status::{
     self, ControlPlaneObservation, ControlPlaneVerdict, MachinesObservation, NodesObservation,
-    PoolObservation,
+    PoolObservation, ReconcileObservation,
 };
 use kubeforge_cluster::{MachineType, Phase};
 use rand::distributions::{Alphanumeric, DistString};
@@ -55,6 +55,9 @@ pub const RESYNC: Duration = Duration::from_secs(10);
 pub const CAPACITY_RECHECK: Duration = Duration::from_secs(15);
 /// How soon a cluster with machines still starting is looked at again.
 pub const SHORT_RESYNC: Duration = Duration::from_secs(1);
+/// How soon a pass that failed permanently is tried again: the periodic
+/// reconcile never stops looking at a cluster.
+pub const PERMANENT_RECHECK: Duration = Duration::from_secs(5 * 60);
 
 /// Runs `reconcile_cluster` jobs.
 pub struct ClusterReconciler {
@@ -126,7 +129,8 @@ fn op_error(code: &str, message: &str, retryable: bool) -> OperationError {
 impl JobHandler for ClusterReconciler {
     async fn run(&self, job: &Job) -> Result<Outcome, JobError> {
         let id = cluster_id(job)?;
-        let result = Run { app: &self.app, id }.reconcile().await;
+        let run = Run { app: &self.app, id };
+        let result = run.reconcile().await;
         let outcome = match &result {
             Ok(Outcome::Done) => "done",
             Ok(Outcome::RequeueAfter(_)) => "requeue",
@@ -138,7 +142,10 @@ impl JobHandler for ClusterReconciler {
             .reconcile
             .with_label_values(&["cluster", outcome])
             .inc();
-        result
+        match result {
+            Err(e) => run.failing(job.attempts, e).await,
+            ok => ok,
+        }
     }
 
     async fn dead_lettered(&self, job: &Job, error: &JobError) {
@@ -213,18 +220,7 @@ impl Run<'_> {
             return self.delete(&c, &ops).await;
         }
         let Some(provider) = self.app.providers.get(c.provider.kind()) else {
-            let msg = format!(
-                "the {} provider is not available in this Kubeforge",
-                c.provider.kind()
-            );
-            self.fail(
-                &c,
-                &ops,
-                "ProviderUnavailable",
-                &op_error("provider_unavailable", &msg, false),
-            )
-            .await?;
-            return Ok(Outcome::Done);
+            return self.without_provider(&c).await;
         };
         let pools = node_pool::list_any(pool, c.id).await?;
         let create_ops: Vec<&Operation> = ops
@@ -675,6 +671,19 @@ impl Run<'_> {
             MachinesObservation::Starting
         };
         status::set_machines_ready(&mut conditions, &observed, now);
+        if status::set_reconciled(&mut conditions, &ReconcileObservation::Succeeded, now)
+            && c.conditions.iter().any(|k| k.type_ == "Reconciled")
+        {
+            self.event(
+                c,
+                None,
+                None,
+                false,
+                "ReconcileSucceeded",
+                "passes over the cluster go through again",
+            )
+            .await?;
+        }
         let cp = self
             .control_plane_phase(c, &machines, ops, &mut conditions, now)
             .await?;
@@ -1090,7 +1099,9 @@ impl Run<'_> {
             .iter()
             .filter(|o| o.kind == OperationKind::ClusterDelete)
             .collect();
-        let provider = self.app.providers.get(c.provider.kind());
+        let Some(provider) = self.app.providers.get(c.provider.kind()) else {
+            return self.without_provider(c).await;
+        };
         // The service's client of this cluster is of no more use.
         self.app.tenants.forget(c.id);
         self.step(
@@ -1103,19 +1114,17 @@ impl Run<'_> {
         .await?;
         for m in machine::list_any(pool, c.id).await? {
             machine::set_state(pool, m.id, MachineState::Deleting, None).await?;
-            if let Some(p) = &provider {
-                if let Err(e) = p.delete(m.id).await {
-                    let err = op_error("provider_error", &e.to_string(), e.is_retryable());
-                    self.step(
-                        &del_ops,
-                        StepName::DeleteMachines,
-                        Progress::Running,
-                        Some(&format!("deleting {}", m.name)),
-                        Some(&err),
-                    )
-                    .await?;
-                    return Err(e.into());
-                }
+            if let Err(e) = provider.delete(m.id).await {
+                let err = op_error("provider_error", &e.to_string(), e.is_retryable());
+                self.step(
+                    &del_ops,
+                    StepName::DeleteMachines,
+                    Progress::Running,
+                    Some(&format!("deleting {}", m.name)),
+                    Some(&err),
+                )
+                .await?;
+                return Err(e.into());
             }
             machine::mark_deleted(pool, m.id).await?;
         }
@@ -1135,25 +1144,23 @@ impl Run<'_> {
             None,
         )
         .await?;
-        if let Some(p) = &provider {
-            let strays = p.list_by_cluster(c.id).await?;
-            for s in &strays {
-                p.delete(s.id).await?;
-            }
-            if !strays.is_empty() {
-                self.event(
-                    c,
-                    None,
-                    None,
-                    true,
-                    "StrayMachinesSwept",
-                    &format!(
-                        "deleted {} machines tagged with the cluster but missing from the ledger",
-                        strays.len()
-                    ),
-                )
-                .await?;
-            }
+        let strays = provider.list_by_cluster(c.id).await?;
+        for s in &strays {
+            provider.delete(s.id).await?;
+        }
+        if !strays.is_empty() {
+            self.event(
+                c,
+                None,
+                None,
+                true,
+                "StrayMachinesSwept",
+                &format!(
+                    "deleted {} machines tagged with the cluster but missing from the ledger",
+                    strays.len()
+                ),
+            )
+            .await?;
         }
         self.step(
             &del_ops,
@@ -1242,6 +1249,22 @@ impl Run<'_> {
             },
             now,
         );
+        self.fail_operations(ops, err).await?;
+        if changed {
+            self.event(c, None, None, true, reason, &err.message)
+                .await?;
+        }
+        cluster::write_status(pool, c.id, Phase::Failed, &conditions, c.generation).await?;
+        Ok(())
+    }
+
+    /// Fails `ops` with `err`, and the step each was at.
+    async fn fail_operations(
+        &self,
+        ops: &[Operation],
+        err: &OperationError,
+    ) -> Result<(), JobError> {
+        let pool = &self.app.pool;
         for op in ops {
             let unfinished = op
                 .steps
@@ -1253,15 +1276,104 @@ impl Run<'_> {
             }
             operation::finish(pool, op.id, Some(err)).await?;
         }
-        if changed {
-            self.event(c, None, None, true, reason, &err.message)
-                .await?;
-        }
-        cluster::write_status(pool, c.id, Phase::Failed, &conditions, c.generation).await?;
         Ok(())
     }
 
-    /// The job ran out of attempts: operations fail, retryable by a new request.
+    /// A pass failed with `e`, the `attempts`-th in a row. The periodic
+    /// reconcile never dies (its job has no attempt limit): every failure is
+    /// written on the cluster's `Reconciled` condition; once
+    /// `Config::max_job_attempts` passes in a row have failed, or at once
+    /// for a permanent failure, the active operations fail and the phase
+    /// turns `degraded` (or `failed` for a cluster that never served). The
+    /// job goes on: a retryable failure after the engine's backoff (capped
+    /// at its `backoff_max`), a permanent one after [`PERMANENT_RECHECK`].
+    async fn failing(&self, attempts: i32, e: JobError) -> Result<Outcome, JobError> {
+        let give_up = !e.retryable || attempts >= self.app.config.max_job_attempts;
+        if let Err(rec) = self.record_failing(attempts, &e, give_up).await {
+            tracing::warn!(cluster = %self.id, error = %rec.message, "recording a failing reconcile");
+        }
+        if e.retryable {
+            Err(e)
+        } else {
+            Ok(Outcome::RequeueAfter(PERMANENT_RECHECK))
+        }
+    }
+
+    async fn record_failing(
+        &self,
+        attempts: i32,
+        e: &JobError,
+        give_up: bool,
+    ) -> Result<(), JobError> {
+        let pool = &self.app.pool;
+        let Some(c) = cluster::get_any(pool, self.id).await? else {
+            return Ok(());
+        };
+        let mut conditions = c.conditions.clone();
+        let obs = ReconcileObservation::Failing {
+            attempts,
+            error: e.message.clone(),
+            retry_within: if e.retryable {
+                super::jobs::EngineConfig::default().backoff_max
+            } else {
+                PERMANENT_RECHECK
+            },
+        };
+        if status::set_reconciled(&mut conditions, &obs, Utc::now()) {
+            self.event(&c, None, None, true, "ReconcileFailing", &e.message)
+                .await?;
+        }
+        let mut phase = c.phase;
+        if give_up {
+            let ops = {
+                let mut conn = pool.acquire().await?;
+                operation::list_active(&mut conn, c.id).await?
+            };
+            let err = op_error(
+                "reconcile_failed",
+                &format!(
+                    "{attempts} passes in a row failed, the last with: {}",
+                    e.message
+                ),
+                e.retryable,
+            );
+            self.fail_operations(&ops, &err).await?;
+            phase = status::failing_phase(c.phase);
+            if phase != c.phase {
+                self.event(
+                    &c,
+                    None,
+                    None,
+                    true,
+                    if phase == Phase::Failed {
+                        "ClusterFailed"
+                    } else {
+                        "ClusterDegraded"
+                    },
+                    &format!("cluster is {}: passes over it keep failing", phase.as_str()),
+                )
+                .await?;
+            }
+        }
+        cluster::write_status(pool, c.id, phase, &conditions, c.generation).await?;
+        Ok(())
+    }
+
+    /// This process does not run the cluster's provider: a job queued
+    /// before jobs named the provider they need, or one whose cluster
+    /// changed hands. Nothing is touched (no machine is forgotten, no
+    /// operation failed): the job is handed back named for its provider,
+    /// so only a process that runs it claims it.
+    async fn without_provider(&self, c: &Cluster) -> Result<Outcome, JobError> {
+        let kind = c.provider.kind();
+        tracing::warn!(cluster = %c.id, provider = kind, "this process does not run the cluster's provider; handing the job back");
+        let mut conn = self.app.pool.acquire().await?;
+        self.app.nudge_reconcile(&mut conn, c.id, kind).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// The job ran out of attempts (a job queued before reconcile jobs had
+    /// no attempt limit): operations fail, retryable by a new request.
     async fn give_up(&self, message: &str) -> Result<(), JobError> {
         let Some(c) = cluster::get_any(&self.app.pool, self.id).await? else {
             return Ok(());
