@@ -9,6 +9,7 @@ use kubeforge::cli::autoscaler::{self, AutoscalerCmd};
 use kubeforge::cli::client::{self, ClientOpts, ClustersCmd, KubeconfigArgs, NodePoolsCmd};
 use kubeforge::context::Role;
 use kubeforge::server::{self, ServeOptions};
+use kubeforge::state::LabTenants;
 
 #[derive(Parser)]
 #[command(name = "kubeforge", version, about = "Self-hosted managed Kubernetes")]
@@ -100,6 +101,10 @@ enum Command {
         dns: DnsArgs,
         #[command(flatten)]
         tls: TlsArgs,
+        /// Tenants the lab provider serves: `all` (the default here, for a
+        /// local box), or a comma-separated list of tenant ids.
+        #[arg(long, env = "KUBEFORGE_LAB_TENANTS", default_value = "all", value_parser = LabTenants::parse)]
+        lab_tenants: LabTenants,
     },
     /// Run Kubeforge against a PostgreSQL server, or the embedded one.
     Serve {
@@ -125,6 +130,11 @@ enum Command {
         dns: DnsArgs,
         #[command(flatten)]
         tls: TlsArgs,
+        /// Tenants the lab provider serves, a comma-separated list of
+        /// tenant ids or `all`; none unless given: lab machines share this
+        /// host's kernel, so the lab is for tenants trusted with the host.
+        #[arg(long, env = "KUBEFORGE_LAB_TENANTS", default_value = "", value_parser = LabTenants::parse)]
+        lab_tenants: LabTenants,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -241,6 +251,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dns_listen,
             dns,
             tls,
+            lab_tenants,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -255,6 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dns_upstream: dns.dns_upstream,
                 tls: tls.files(),
                 insecure_plaintext: tls.insecure_plaintext,
+                lab_tenants,
             };
             server::serve(opts, true).await
         }
@@ -268,6 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dns_listen,
             dns,
             tls,
+            lab_tenants,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -282,6 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dns_upstream: dns.dns_upstream,
                 tls: tls.files(),
                 insecure_plaintext: tls.insecure_plaintext,
+                lab_tenants,
             };
             server::serve(opts, false).await
         }

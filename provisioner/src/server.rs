@@ -53,6 +53,8 @@ pub struct ServeOptions {
     pub tls: Option<TlsFiles>,
     /// Allows a plaintext API on an address other than loopback.
     pub insecure_plaintext: bool,
+    /// Tenants the lab provider serves (`--lab-tenants`).
+    pub lab_tenants: crate::state::LabTenants,
 }
 
 /// `--tls-cert` and `--tls-key`.
@@ -477,6 +479,7 @@ async fn run(
         register_ssh_provider(&mut providers, access, &pool, &secrets);
     }
     let mut config = service_config()?;
+    config.lab_tenants = opts.lab_tenants.clone();
     let grpc = match opts.grpc_listen {
         None => None,
         Some(addr) => {

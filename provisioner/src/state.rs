@@ -44,6 +44,49 @@ pub struct Config {
     /// Requests per second and burst per tenant, reads and writes apart
     /// (`KUBEFORGE_RATE_LIMIT_READ`/`_WRITE`, see `server::service_config`).
     pub rate_limits: RateLimits,
+    /// Tenants the lab provider makes clusters for. The library's default
+    /// trusts every tenant (what `kubeforge up` on a laptop wants); `serve`
+    /// trusts none unless `--lab-tenants` says so (see [`LabTenants`]).
+    pub lab_tenants: LabTenants,
+}
+
+/// The tenants the lab provider serves. Lab machines are containers on the
+/// service's own host and share its kernel (docs/SECURITY.md): a tenant's
+/// privileged pod there is very likely root on the host, where every
+/// tenant's sealed keys and the service's keys live. So the lab is for the
+/// platform team's own development and tests, and serves only the tenants
+/// it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabTenants {
+    All,
+    Only(std::collections::BTreeSet<String>),
+}
+
+impl LabTenants {
+    /// `all`, or a comma-separated list of tenant ids (empty: none).
+    pub fn parse(value: &str) -> Result<LabTenants, String> {
+        let value = value.trim();
+        if value == "all" {
+            return Ok(LabTenants::All);
+        }
+        let mut only = std::collections::BTreeSet::new();
+        for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if !crate::auth::valid_tenant(t) {
+                return Err(format!(
+                    "{t:?} is not a tenant id (1-63 lowercase letters, digits and '-')"
+                ));
+            }
+            only.insert(t.to_string());
+        }
+        Ok(LabTenants::Only(only))
+    }
+
+    pub fn trusts(&self, tenant: &str) -> bool {
+        match self {
+            LabTenants::All => true,
+            LabTenants::Only(only) => only.contains(tenant),
+        }
+    }
 }
 
 impl Default for Config {
@@ -59,6 +102,7 @@ impl Default for Config {
             grpc_address: None,
             dns_address: None,
             rate_limits: RateLimits::default(),
+            lab_tenants: LabTenants::All,
         }
     }
 }
@@ -82,3 +126,20 @@ pub struct App {
 }
 
 pub type SharedApp = Arc<App>;
+
+#[cfg(test)]
+mod tests {
+    use super::LabTenants;
+
+    #[test]
+    fn lab_tenants_parse() {
+        assert_eq!(LabTenants::parse("all"), Ok(LabTenants::All));
+        let none = LabTenants::parse("").unwrap();
+        assert!(!none.trusts("acme"));
+        let some = LabTenants::parse("acme, platform-dev").unwrap();
+        assert!(some.trusts("acme") && some.trusts("platform-dev"));
+        assert!(!some.trusts("other"));
+        assert!(LabTenants::parse("Acme").is_err());
+        assert!(LabTenants::parse("a b").is_err());
+    }
+}

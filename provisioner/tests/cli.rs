@@ -620,6 +620,8 @@ fn serve_lab(url: &str, data_dir: &Path, port: u16, bridge: &str, subnet: &str, 
         .env("KUBEFORGE_TOKEN_KEY", key)
         .env("KUBEFORGE_LAB_BRIDGE", bridge)
         .env("KUBEFORGE_LAB_SUBNET", subnet)
+        // `serve` trusts no tenant with the lab unless told.
+        .env("KUBEFORGE_LAB_TENANTS", "all")
         .stdout(Stdio::null())
         .stderr(Stdio::from(
             std::fs::OpenOptions::new()

@@ -1011,6 +1011,23 @@ async fn pods_reach_pods_and_services_across_nodes() {
     let kc = tmp.join("admin.kubeconfig");
     kubeforge_tests::lab::write_kubeconfig(&app, &owner, &name, "admin", 1800, &kc).await;
 
+    // A lab machine's bounding set holds what its node needs and not what
+    // would let a pod change the host's kernel (providers::lab).
+    let cap_bnd = on_node(&app, &nodes[0], "grep ^CapBnd: /proc/1/status").await;
+    let bits = u64::from_str_radix(cap_bnd[0].split_whitespace().nth(1).unwrap(), 16).unwrap();
+    for (cap, bit, want) in [
+        ("CAP_SYS_ADMIN", 21, true),
+        ("CAP_NET_ADMIN", 12, true),
+        ("CAP_SYSLOG", 34, true),
+        ("CAP_SYS_MODULE", 16, false),
+        ("CAP_SYS_RAWIO", 17, false),
+        ("CAP_SYS_TIME", 25, false),
+        ("CAP_PERFMON", 38, false),
+        ("CAP_BPF", 39, false),
+    ] {
+        assert_eq!(bits & (1 << bit) != 0, want, "{cap} in {cap_bnd:?}");
+    }
+
     // Each node routes the other's pod range through the other's address.
     let cidr_of = |n: &str| jsonpath(&kc, &["get", "node", n, "-o", "jsonpath={.spec.podCIDR}"]);
     let addr_of = |n: &str| {

@@ -663,6 +663,49 @@ async fn a_kind_this_service_does_not_run_is_refused_at_create() {
 }
 
 #[tokio::test]
+async fn the_lab_serves_only_the_tenants_the_platform_trusts() {
+    let app = TestApp::with_config(kubeforge::state::Config {
+        lab_tenants: kubeforge::state::LabTenants::parse("acme").unwrap(),
+        ..Default::default()
+    })
+    .await;
+    let stranger = app.token("stranger", Role::Admin);
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&stranger),
+            Some(cluster_body("web")),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.body["field"], "provider.kind", "{}", r.text);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("tenant stranger is not one of them"),
+        "{}",
+        r.text
+    );
+    for table in ["clusters", "operations", "jobs"] {
+        assert_eq!(app.count(table).await, 0, "nothing written to {table}");
+    }
+    let trusted = app.token("acme", Role::Admin);
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&trusted),
+            Some(cluster_body("web")),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+}
+
+#[tokio::test]
 async fn a_replica_without_the_provider_claims_none_of_its_jobs() {
     let t = T::new().await;
     let (id, _) = t.create(cluster_body("web")).await;

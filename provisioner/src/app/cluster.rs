@@ -81,7 +81,10 @@ impl App {
     ) -> Result<Accepted> {
         ctx.authorize(Action::Write)?;
         let spec = ClusterSpec::parse(req)?;
-        if let Some(why) = self.provider_unavailable(spec.provider.kind()) {
+        if let Some(why) = self
+            .provider_unavailable(spec.provider.kind())
+            .or_else(|| self.provider_refused(spec.provider.kind(), &ctx.tenant))
+        {
             return Err(ValidationError::new("provider.kind", why).into());
         }
         spec.network

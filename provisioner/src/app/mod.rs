@@ -40,6 +40,20 @@ impl App {
         ))
     }
 
+    /// Why `tenant` cannot have a cluster on `kind`: the lab serves only
+    /// the tenants the platform trusts with its host ([`Config::lab_tenants`]).
+    pub fn provider_refused(&self, kind: &str, tenant: &str) -> Option<String> {
+        (kind == crate::providers::lab::KIND && !self.config.lab_tenants.trusts(tenant)).then(
+            || {
+                format!(
+                    "the lab provider serves only tenants this Kubeforge trusts with its own host \
+                 (lab machines share its kernel), and tenant {tenant} is not one of them \
+                 (serve --lab-tenants); use another provider"
+                )
+            },
+        )
+    }
+
     /// Why node pools cannot be had on `kind`, when its provider runs here
     /// and cannot host worker nodes.
     pub fn workers_unsupported(&self, kind: &str) -> Option<String> {

@@ -429,7 +429,7 @@ impl LabProvider {
                 "--boot",
                 "--register=no",
                 "--keep-unit",
-                "--capability=all",
+                &format!("--capability={}", EXTRA_CAPABILITIES.join(",")),
                 // runc gives every container a session keyring; nspawn's
                 // default seccomp filter refuses keyctl with EPERM.
                 "--system-call-filter=@keyring",
@@ -574,10 +574,26 @@ fn which(bin: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(bin).is_file()))
 }
 
+/// Capabilities a lab machine gets beyond systemd-nspawn's default set
+/// (which already has CAP_SYS_ADMIN, CAP_MKNOD, CAP_NET_RAW, CAP_SYS_PTRACE,
+/// CAP_SYS_RESOURCE and the file and identity ones kubelet, containerd and
+/// runc use). CAP_NET_ADMIN: kube-proxy's and the pod network's iptables
+/// and routes (nspawn grants it with a private network anyway; named so
+/// the set is all here). CAP_SYSLOG: kubelet's OOM watcher reads
+/// `/dev/kmsg`, which the host restricts (`kernel.dmesg_restrict`).
+/// Everything else stays out of the bounding set, so no pod, privileged or
+/// not, gets it: CAP_SYS_MODULE (kernel modules), CAP_SYS_RAWIO, CAP_SYS_TIME,
+/// CAP_BPF, CAP_PERFMON, CAP_MAC_ADMIN, CAP_IPC_LOCK, CAP_WAKE_ALARM and the
+/// rest of what `--capability=all` gave (docs/SECURITY.md).
+pub const EXTRA_CAPABILITIES: &[&str] = &["CAP_NET_ADMIN", "CAP_SYSLOG"];
+
+/// The lab provider's kind.
+pub const KIND: &str = "lab";
+
 #[async_trait]
 impl Provider for LabProvider {
     fn kind(&self) -> &'static str {
-        "lab"
+        KIND
     }
 
     fn capabilities(&self) -> Capabilities {
