@@ -212,7 +212,7 @@ impl TestApp {
 
     /// The real app and router on `pool` with `provider` (the TEST DOUBLE)
     /// registered for its kind, and the tests' fixed keys.
-    fn app_with_double(
+    pub fn app_with_double(
         pool: PgPool,
         provider: Arc<InMemoryProvider>,
         config: Config,

@@ -8,6 +8,7 @@ use axum::http::{Method, StatusCode};
 use kubeforge::app::Config;
 use kubeforge::context::Role;
 use kubeforge::engine::jobs::{Engine, EngineConfig, JobError, JobHandler, Outcome};
+use kubeforge::engine::lease::Lease;
 use kubeforge::store::job::{self, Job, NewJob};
 use kubeforge_tests::{cluster_body, test_engine_config, TestApp, TestDb};
 use sqlx::PgPool;
@@ -99,23 +100,30 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 // `JobHandler` is an `#[async_trait]` trait; this crate does not depend on
 // `async-trait`, so the impl is written in its expanded form.
 impl JobHandler for Recorder {
-    fn run<'s, 'j, 'f>(&'s self, job: &'j Job) -> BoxFuture<'f, Result<Outcome, JobError>>
+    fn run<'s, 'j, 'l, 'f>(
+        &'s self,
+        job: &'j Job,
+        _lease: &'l Lease,
+    ) -> BoxFuture<'f, Result<Outcome, JobError>>
     where
         's: 'f,
         'j: 'f,
+        'l: 'f,
         Self: 'f,
     {
         Box::pin(self.attempt(job))
     }
 
-    fn dead_lettered<'s, 'j, 'e, 'f>(
+    fn dead_lettered<'s, 'j, 'l, 'e, 'f>(
         &'s self,
         _job: &'j Job,
+        _lease: &'l Lease,
         _error: &'e JobError,
     ) -> BoxFuture<'f, ()>
     where
         's: 'f,
         'j: 'f,
+        'l: 'f,
         'e: 'f,
         Self: 'f,
     {

@@ -35,6 +35,7 @@ use uuid::Uuid;
 
 use super::controlplane;
 use super::jobs::{JobError, JobHandler, Outcome};
+use super::lease::Lease;
 use super::pools::{self, PoolsStatus};
 use crate::providers::{
     MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState,
@@ -124,9 +125,15 @@ fn op_error(code: &str, message: &str, retryable: bool) -> OperationError {
 
 #[async_trait::async_trait]
 impl JobHandler for ClusterReconciler {
-    async fn run(&self, job: &Job) -> Result<Outcome, JobError> {
+    async fn run(&self, job: &Job, lease: &Lease) -> Result<Outcome, JobError> {
         let id = cluster_id(job)?;
-        let result = Run { app: &self.app, id }.reconcile().await;
+        let result = Run {
+            app: &self.app,
+            id,
+            lease,
+        }
+        .reconcile()
+        .await;
         let outcome = match &result {
             Ok(Outcome::Done) => "done",
             Ok(Outcome::RequeueAfter(_)) => "requeue",
@@ -141,9 +148,13 @@ impl JobHandler for ClusterReconciler {
         result
     }
 
-    async fn dead_lettered(&self, job: &Job, error: &JobError) {
+    async fn dead_lettered(&self, job: &Job, lease: &Lease, error: &JobError) {
         let Ok(id) = cluster_id(job) else { return };
-        let run = Run { app: &self.app, id };
+        let run = Run {
+            app: &self.app,
+            id,
+            lease,
+        };
         if let Err(e) = run.give_up(&error.message).await {
             tracing::error!(cluster = %id, error = %e, "recording a dead-lettered reconcile");
         }
@@ -154,6 +165,8 @@ impl JobHandler for ClusterReconciler {
 struct Run<'a> {
     app: &'a SharedApp,
     id: Uuid,
+    /// The job's lease: every write below goes through it (fenced).
+    lease: &'a Lease,
 }
 
 impl Run<'_> {
@@ -166,8 +179,9 @@ impl Run<'_> {
         reason: &str,
         message: &str,
     ) -> Result<(), JobError> {
+        let mut tx = self.lease.begin().await?;
         event::record(
-            &self.app.pool,
+            &mut *tx,
             NewEvent {
                 tenant: &c.tenant,
                 cluster_id: c.id,
@@ -179,6 +193,7 @@ impl Run<'_> {
             },
         )
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -190,9 +205,11 @@ impl Run<'_> {
         message: Option<&str>,
         error: Option<&OperationError>,
     ) -> Result<(), JobError> {
+        let mut tx = self.lease.begin().await?;
         for op in ops {
-            operation::set_step(&self.app.pool, op.id, name, state, message, error).await?;
+            operation::set_step(&mut *tx, op.id, name, state, message, error).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -206,9 +223,11 @@ impl Run<'_> {
             let mut conn = pool.acquire().await?;
             operation::list_active(&mut conn, c.id).await?
         };
+        let mut tx = self.lease.begin().await?;
         for op in &ops {
-            operation::start(pool, op.id).await?;
+            operation::start(&mut *tx, op.id).await?;
         }
+        tx.commit().await?;
         if c.deletion_requested_at.is_some() {
             return self.delete(&c, &ops).await;
         }
@@ -283,14 +302,10 @@ impl Run<'_> {
                     self.event(&c, None, None, true, "WaitingForCapacity", &m)
                         .await?;
                 }
-                cluster::write_status(
-                    &self.app.pool,
-                    c.id,
-                    c.phase,
-                    &conditions,
-                    c.observed_generation,
-                )
-                .await?;
+                let mut tx = self.lease.begin().await?;
+                cluster::write_status(&mut *tx, c.id, c.phase, &conditions, c.observed_generation)
+                    .await?;
+                tx.commit().await?;
                 Ok(Outcome::RequeueAfter(CAPACITY_RECHECK))
             }
             Err(ProviderError::Permanent(m)) => {
@@ -349,18 +364,14 @@ impl Run<'_> {
         {
             let (reason, message) = match provider.get(m.id).await? {
                 None => {
-                    machine::mark_deleted(&self.app.pool, m.id)
-                        .await
-                        .map_err(db)?;
+                    self.mark_deleted(m.id).await.map_err(db)?;
                     (
                         "MachineLost",
                         format!("machine {} disappeared; replacing it", m.name),
                     )
                 }
                 Some(pm) if pm.state == ProviderMachineState::Terminated => {
-                    machine::mark_deleted(&self.app.pool, m.id)
-                        .await
-                        .map_err(db)?;
+                    self.mark_deleted(m.id).await.map_err(db)?;
                     (
                         "MachineLost",
                         format!("machine {} was terminated; replacing it", m.name),
@@ -380,14 +391,9 @@ impl Run<'_> {
                     }
                 }
                 Some(pm) if pm.state == ProviderMachineState::Stopped => {
-                    machine::set_state(
-                        &self.app.pool,
-                        m.id,
-                        MachineState::Pending,
-                        Some("machine stopped"),
-                    )
-                    .await
-                    .map_err(db)?;
+                    self.set_state(m.id, MachineState::Pending, Some("machine stopped"))
+                        .await
+                        .map_err(db)?;
                     (
                         "MachineStopped",
                         format!("machine {} stopped; starting it again", m.name),
@@ -462,7 +468,7 @@ impl Run<'_> {
                 let mut victims: Vec<&Worker> = views.iter().collect();
                 scale_down_order(&mut victims, &HashMap::new());
                 for m in victims.into_iter().take(mine.len() - want) {
-                    machine::set_state(&self.app.pool, m.id, MachineState::Deleting, None)
+                    self.set_state(m.id, MachineState::Deleting, None)
                         .await
                         .map_err(db)?;
                 }
@@ -475,9 +481,7 @@ impl Run<'_> {
             match m.state {
                 MachineState::Deleting => {
                     provider.delete(m.id).await?;
-                    machine::mark_deleted(&self.app.pool, m.id)
-                        .await
-                        .map_err(db)?;
+                    self.mark_deleted(m.id).await.map_err(db)?;
                     self.event(
                         c,
                         m.node_pool_id,
@@ -500,9 +504,11 @@ impl Run<'_> {
                     })?;
                     let pm = provider.create(&req).await?;
                     if !self.came_up(c, m, &pm, provider).await? {
-                        machine::set_provisioning(&self.app.pool, m.id, &pm.provider_id)
+                        let mut tx = self.lease.begin().await.map_err(db)?;
+                        machine::set_provisioning(&mut *tx, m.id, &pm.provider_id)
                             .await
                             .map_err(db)?;
+                        tx.commit().await.map_err(db)?;
                         all_running = false;
                     }
                 }
@@ -526,14 +532,9 @@ impl Run<'_> {
                                 "machine {} ended before it came up ({why}); asking for it again",
                                 m.name
                             );
-                            machine::set_state(
-                                &self.app.pool,
-                                m.id,
-                                MachineState::Pending,
-                                Some(&message),
-                            )
-                            .await
-                            .map_err(db)?;
+                            self.set_state(m.id, MachineState::Pending, Some(&message))
+                                .await
+                                .map_err(db)?;
                             self.event(c, m.node_pool_id, None, true, "MachineLost", &message)
                                 .await
                                 .map_err(|e| ProviderError::Retryable(e.message))?;
@@ -548,9 +549,8 @@ impl Run<'_> {
         for p in pools.iter().filter(|p| p.deletion_requested_at.is_some()) {
             let left = machine::list_any(&self.app.pool, c.id).await.map_err(db)?;
             if !left.iter().any(|m| m.node_pool_id == Some(p.id)) {
-                node_pool::mark_deleted(&self.app.pool, p.id)
-                    .await
-                    .map_err(db)?;
+                let mut tx = self.lease.begin().await.map_err(db)?;
+                node_pool::mark_deleted(&mut *tx, p.id).await.map_err(db)?;
                 for op in ops.iter().filter(|o| {
                     o.kind == OperationKind::NodePoolDelete && o.node_pool_id == Some(p.id)
                 }) {
@@ -559,21 +559,13 @@ impl Run<'_> {
                         StepName::DeleteMachines,
                         StepName::Finalize,
                     ] {
-                        operation::set_step(
-                            &self.app.pool,
-                            op.id,
-                            s,
-                            Progress::Succeeded,
-                            None,
-                            None,
-                        )
-                        .await
-                        .map_err(db)?;
+                        operation::set_step(&mut *tx, op.id, s, Progress::Succeeded, None, None)
+                            .await
+                            .map_err(db)?;
                     }
-                    operation::finish(&self.app.pool, op.id, None)
-                        .await
-                        .map_err(db)?;
+                    operation::finish(&mut *tx, op.id, None).await.map_err(db)?;
                 }
+                tx.commit().await.map_err(db)?;
                 self.event(
                     c,
                     Some(p.id),
@@ -607,15 +599,18 @@ impl Run<'_> {
             tracing::info!(machine = %m.name, "running, but its host key is not known yet");
             return Ok(false);
         }
+        let db = |e: crate::error::Error| ProviderError::Retryable(format!("database: {e}"));
+        let mut tx = self.lease.begin().await.map_err(db)?;
         machine::set_running(
-            &self.app.pool,
+            &mut *tx,
             m.id,
             &pm.provider_id,
             pm.address.as_deref(),
             pm.host_key.as_deref(),
         )
         .await
-        .map_err(|e| ProviderError::Retryable(format!("database: {e}")))?;
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         self.event(
             c,
             m.node_pool_id,
@@ -637,8 +632,9 @@ impl Run<'_> {
         name: &str,
         machine_type: MachineType,
     ) -> crate::error::Result<()> {
-        machine::insert_pending(
-            &self.app.pool,
+        let mut tx = self.lease.begin().await?;
+        let inserted = machine::insert_pending(
+            &mut *tx,
             NewMachine {
                 id: Uuid::now_v7(),
                 tenant: &c.tenant,
@@ -650,7 +646,34 @@ impl Run<'_> {
                 machine_type,
             },
         )
-        .await
+        .await?;
+        tx.commit().await?;
+        if !inserted {
+            // Someone recorded a live machine of this name after this pass
+            // read the ledger: that row is the machine; the re-read below
+            // adopts it.
+            tracing::warn!(cluster = %c.id, machine = name, "machine already in the ledger; adopting it");
+        }
+        Ok(())
+    }
+
+    /// Moves machine `id` to `state` (fenced), noting why.
+    async fn set_state(
+        &self,
+        id: Uuid,
+        state: MachineState,
+        last_error: Option<&str>,
+    ) -> crate::error::Result<()> {
+        let mut tx = self.lease.begin().await?;
+        machine::set_state(&mut *tx, id, state, last_error).await?;
+        tx.commit().await
+    }
+
+    /// Marks machine `id` deleted in the ledger (fenced).
+    async fn mark_deleted(&self, id: Uuid) -> crate::error::Result<()> {
+        let mut tx = self.lease.begin().await?;
+        machine::mark_deleted(&mut *tx, id).await?;
+        tx.commit().await
     }
 
     /// Writes status after machines converged (or not) and settles
@@ -682,7 +705,9 @@ impl Run<'_> {
             // Worker pools, through the cluster's API, once it serves (also
             // while components keep restarting: the API answers).
             (Some(access), true, Some(endpoint)) => {
-                match pools::reconcile(self.app, access, c, pools, endpoint, stopped).await {
+                match pools::reconcile(self.app, self.lease, access, c, pools, endpoint, stopped)
+                    .await
+                {
                     Ok(s) => (Some(s), None),
                     Err(e) => (None, Some(e.to_string())),
                 }
@@ -716,7 +741,9 @@ impl Run<'_> {
             .await?;
         self.pool_status_phase(pools, &machines, pool_status.as_ref(), pool_error, now)
             .await?;
-        cluster::write_status(pool, c.id, phase, &conditions, c.generation).await?;
+        let mut tx = self.lease.begin().await?;
+        cluster::write_status(&mut *tx, c.id, phase, &conditions, c.generation).await?;
+        tx.commit().await?;
         // A serving cluster whose pools autoscale has an autoscaler
         // watching it (the job ends by itself when no longer wanted).
         if matches!(phase, Phase::Ready | Phase::Degraded) && c.wants_autoscaler(pools) {
@@ -806,8 +833,9 @@ impl Run<'_> {
                     &ControlPlaneObservation::Unreachable(msg.clone()),
                     now,
                 );
-                cluster::write_status(&self.app.pool, c.id, c.phase, conditions, c.generation)
-                    .await?;
+                let mut tx = self.lease.begin().await?;
+                cluster::write_status(&mut *tx, c.id, c.phase, conditions, c.generation).await?;
+                tx.commit().await?;
                 let err = op_error("control_plane_unreachable", &msg, true);
                 self.step(
                     &create,
@@ -839,13 +867,9 @@ impl Run<'_> {
             },
             now,
         );
-        cluster::write_endpoint(
-            &self.app.pool,
-            c.id,
-            st.endpoint.as_deref(),
-            &st.certificates,
-        )
-        .await?;
+        let mut tx = self.lease.begin().await?;
+        cluster::write_endpoint(&mut *tx, c.id, st.endpoint.as_deref(), &st.certificates).await?;
+        tx.commit().await?;
         Ok(round(verdict, st.endpoint))
     }
 
@@ -860,7 +884,7 @@ impl Run<'_> {
         cp: &ControlPlaneVerdict,
         pool_status: Option<&PoolsStatus>,
     ) -> Result<(), JobError> {
-        let pool = &self.app.pool;
+        let mut tx = self.lease.begin().await?;
         let cp_running = machines
             .iter()
             .filter(|m| m.role == MachineRole::ControlPlane && m.state == MachineState::Running)
@@ -871,7 +895,7 @@ impl Run<'_> {
             match op.kind {
                 OperationKind::ClusterCreate if cp_running as u32 == c.control_plane.replicas => {
                     operation::set_step(
-                        pool,
+                        &mut *tx,
                         op.id,
                         StepName::Machines,
                         Progress::Succeeded,
@@ -881,7 +905,7 @@ impl Run<'_> {
                     .await?;
                     if ready {
                         operation::set_step(
-                            pool,
+                            &mut *tx,
                             op.id,
                             StepName::ControlPlane,
                             Progress::Succeeded,
@@ -889,7 +913,7 @@ impl Run<'_> {
                             None,
                         )
                         .await?;
-                        operation::finish(pool, op.id, None).await?;
+                        operation::finish(&mut *tx, op.id, None).await?;
                     } else {
                         let state = if cp_message.is_some() && self.app.access.is_none() {
                             Progress::Pending
@@ -897,7 +921,7 @@ impl Run<'_> {
                             Progress::Running
                         };
                         operation::set_step(
-                            pool,
+                            &mut *tx,
                             op.id,
                             StepName::ControlPlane,
                             state,
@@ -909,7 +933,7 @@ impl Run<'_> {
                 }
                 OperationKind::ClusterUpdate if op.target_generation <= c.generation => {
                     operation::set_step(
-                        pool,
+                        &mut *tx,
                         op.id,
                         StepName::Apply,
                         Progress::Succeeded,
@@ -917,7 +941,7 @@ impl Run<'_> {
                         None,
                     )
                     .await?;
-                    operation::finish(pool, op.id, None).await?;
+                    operation::finish(&mut *tx, op.id, None).await?;
                 }
                 OperationKind::NodePoolCreate | OperationKind::NodePoolUpdate => {
                     let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
@@ -926,7 +950,7 @@ impl Run<'_> {
                     let v = PoolView::new(p, machines, pool_status);
                     let machines_done = v.running == p.size as usize && v.leaving == 0;
                     operation::set_step(
-                        pool,
+                        &mut *tx,
                         op.id,
                         StepName::Machines,
                         if machines_done {
@@ -961,7 +985,7 @@ impl Run<'_> {
                                 ));
                             }
                             operation::set_step(
-                                pool,
+                                &mut *tx,
                                 op.id,
                                 StepName::Join,
                                 if done {
@@ -979,7 +1003,7 @@ impl Run<'_> {
                             // A service without machine access (tests'
                             // provider double) converges machines only.
                             operation::set_step(
-                                pool,
+                                &mut *tx,
                                 op.id,
                                 StepName::Join,
                                 Progress::Pending,
@@ -994,7 +1018,7 @@ impl Run<'_> {
                     let drain_done = v.leaving == 0;
                     if op.kind == OperationKind::NodePoolUpdate {
                         operation::set_step(
-                            pool,
+                            &mut *tx,
                             op.id,
                             StepName::Drain,
                             if drain_done {
@@ -1012,7 +1036,7 @@ impl Run<'_> {
                         && drain_done
                         && op.target_generation <= p.generation
                     {
-                        operation::finish(pool, op.id, None).await?;
+                        operation::finish(&mut *tx, op.id, None).await?;
                     }
                 }
                 OperationKind::NodePoolDelete => {
@@ -1024,7 +1048,7 @@ impl Run<'_> {
                         .iter()
                         .any(|m| m.node_pool_id == Some(p.id) && m.state == MachineState::Draining);
                     operation::set_step(
-                        pool,
+                        &mut *tx,
                         op.id,
                         StepName::Drain,
                         if draining {
@@ -1040,6 +1064,7 @@ impl Run<'_> {
                 _ => {}
             }
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1052,6 +1077,7 @@ impl Run<'_> {
         pool_error: Option<String>,
         now: chrono::DateTime<Utc>,
     ) -> Result<(), JobError> {
+        let mut tx = self.lease.begin().await?;
         for p in pools.iter().filter(|p| p.deletion_requested_at.is_none()) {
             let v = PoolView::new(p, machines, pool_status);
             let nodes = match (pool_status, &pool_error) {
@@ -1077,8 +1103,9 @@ impl Run<'_> {
                 p.phase,
                 now,
             );
-            node_pool::write_status(&self.app.pool, p.id, phase, &pc, p.generation).await?;
+            node_pool::write_status(&mut *tx, p.id, phase, &pc, p.generation).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1102,7 +1129,7 @@ impl Run<'_> {
         )
         .await?;
         for m in machine::list_any(pool, c.id).await? {
-            machine::set_state(pool, m.id, MachineState::Deleting, None).await?;
+            self.set_state(m.id, MachineState::Deleting, None).await?;
             if let Some(p) = &provider {
                 if let Err(e) = p.delete(m.id).await {
                     let err = op_error("provider_error", &e.to_string(), e.is_retryable());
@@ -1117,7 +1144,7 @@ impl Run<'_> {
                     return Err(e.into());
                 }
             }
-            machine::mark_deleted(pool, m.id).await?;
+            self.mark_deleted(m.id).await?;
         }
         self.step(
             &del_ops,
@@ -1171,7 +1198,9 @@ impl Run<'_> {
             None,
         )
         .await?;
-        secret::delete_for_cluster(pool, c.id).await?;
+        let mut tx = self.lease.begin().await?;
+        secret::delete_for_cluster(&mut *tx, c.id).await?;
+        tx.commit().await?;
         self.step(
             &del_ops,
             StepName::RemoveSecrets,
@@ -1180,11 +1209,12 @@ impl Run<'_> {
             None,
         )
         .await?;
-        node_pool::mark_all_deleted(pool, c.id).await?;
+        let mut tx = self.lease.begin().await?;
+        node_pool::mark_all_deleted(&mut *tx, c.id).await?;
         for op in ops {
             if op.kind == OperationKind::ClusterDelete {
                 operation::set_step(
-                    pool,
+                    &mut *tx,
                     op.id,
                     StepName::Finalize,
                     Progress::Succeeded,
@@ -1192,16 +1222,17 @@ impl Run<'_> {
                     None,
                 )
                 .await?;
-                operation::finish(pool, op.id, None).await?;
+                operation::finish(&mut *tx, op.id, None).await?;
             } else {
                 operation::finish(
-                    pool,
+                    &mut *tx,
                     op.id,
                     Some(&op_error("superseded", "the cluster was deleted", false)),
                 )
                 .await?;
             }
         }
+        tx.commit().await?;
         self.event(
             c,
             None,
@@ -1211,7 +1242,9 @@ impl Run<'_> {
             &format!("cluster {} deleted", c.name),
         )
         .await?;
-        cluster::mark_deleted(pool, c.id).await?;
+        let mut tx = self.lease.begin().await?;
+        cluster::mark_deleted(&mut *tx, c.id).await?;
+        tx.commit().await?;
         Ok(Outcome::Done)
     }
 
@@ -1223,7 +1256,6 @@ impl Run<'_> {
         reason: &str,
         err: &OperationError,
     ) -> Result<(), JobError> {
-        let pool = &self.app.pool;
         let now = Utc::now();
         let mut conditions = c.conditions.clone();
         let changed = status::set_machines_ready(
@@ -1242,6 +1274,7 @@ impl Run<'_> {
             },
             now,
         );
+        let mut tx = self.lease.begin().await?;
         for op in ops {
             let unfinished = op
                 .steps
@@ -1249,15 +1282,19 @@ impl Run<'_> {
                 .filter(|s| s.state != Progress::Succeeded.as_str())
                 .find_map(|s| StepName::parse(&s.name));
             if let Some(step) = unfinished {
-                operation::set_step(pool, op.id, step, Progress::Failed, None, Some(err)).await?;
+                operation::set_step(&mut *tx, op.id, step, Progress::Failed, None, Some(err))
+                    .await?;
             }
-            operation::finish(pool, op.id, Some(err)).await?;
+            operation::finish(&mut *tx, op.id, Some(err)).await?;
         }
+        tx.commit().await?;
         if changed {
             self.event(c, None, None, true, reason, &err.message)
                 .await?;
         }
-        cluster::write_status(pool, c.id, Phase::Failed, &conditions, c.generation).await?;
+        let mut tx = self.lease.begin().await?;
+        cluster::write_status(&mut *tx, c.id, Phase::Failed, &conditions, c.generation).await?;
+        tx.commit().await?;
         Ok(())
     }
 
