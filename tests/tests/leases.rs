@@ -172,14 +172,6 @@ async fn a_paused_worker_past_its_lease_writes_nothing_after_a_takeover() {
         .await
         .expect("A stopped")
         .expect("A's task");
-    let err = result.expect_err("A's run fails: its lease is lost");
-    assert!(err.message.contains("lease lost"), "{}", err.message);
-    assert!(lease.is_lost());
-    // Its outcome cannot be recorded either.
-    assert!(!job::retry(&a.pool, job_a.token(), Duration::ZERO, "stale")
-        .await
-        .unwrap());
-
     // The effect happened once: two worker rows ever (one removed), one
     // live, no create beyond the first three; the provider agrees.
     let worker_rows = scalar_i64(
@@ -201,6 +193,15 @@ async fn a_paused_worker_past_its_lease_writes_nothing_after_a_takeover() {
         .filter(|m| m.cluster_id == cluster)
         .count();
     assert_eq!(at_provider, 2, "control plane and one worker");
+    // A stopped at its first write after the pause, with a lost lease.
+    let err = result.expect_err("A's run fails: its lease is lost");
+    assert!(err.message.contains("lease lost"), "{}", err.message);
+    assert!(lease.is_lost());
+    // Its outcome cannot be recorded either.
+    assert!(!job::retry(&a.pool, job_a.token(), Duration::ZERO, "stale")
+        .await
+        .unwrap());
+
     // And B's later runs keep it that way.
     sqlx::query("UPDATE jobs SET run_after = now() WHERE state = 'queued'")
         .execute(&a.pool)
@@ -469,4 +470,52 @@ async fn a_worker_whose_renewals_fail_gives_up_before_the_lease_expires() {
     assert_eq!(state, "running");
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
+}
+
+/// A cluster's PKI is created once even when two workers race to make it
+/// (one of them, say, paused past its lease between finding none and
+/// storing its own): both get the same CA, and only one created it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_racing_for_a_pki_keep_one_ca() {
+    let a = TestApp::new().await;
+    let token = a.token(TENANT, Role::Admin);
+    let r = a
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&token),
+            Some(cluster_body("web")),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let id = Uuid::parse_str(r.body["cluster"]["id"].as_str().unwrap()).unwrap();
+    let c = kubeforge::store::cluster::get_any(&a.pool, id)
+        .await
+        .unwrap()
+        .expect("cluster");
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let (app, c) = (a.app.clone(), c.clone());
+            tokio::spawn(async move {
+                kubeforge::store::pki::ensure(&app.pool, &app.secrets, &c)
+                    .await
+                    .expect("ensure")
+            })
+        })
+        .collect();
+    let mut cas = std::collections::BTreeSet::new();
+    let mut created = 0;
+    for r in racers {
+        let (pki, made) = r.await.unwrap();
+        cas.insert(pki.ca.cert_pem);
+        created += usize::from(made);
+    }
+    assert_eq!(created, 1, "one worker created the PKI");
+    assert_eq!(cas.len(), 1, "every worker got the same CA");
+    let (pki, made) = kubeforge::store::pki::ensure(&a.app.pool, &a.app.secrets, &c)
+        .await
+        .unwrap();
+    assert!(!made);
+    assert!(cas.contains(&pki.ca.cert_pem), "the stored CA is that one");
 }

@@ -18,6 +18,12 @@
 //! the restart window is `ControlPlaneReady=False` (`ComponentRestarting`):
 //! the cluster is `degraded`, its pools are still reconciled. Deletion is
 //! complete: ledger, provider sweep, secrets.
+//!
+//! Every write that changes the world (ledger rows and machine states,
+//! operations and steps, events, cluster and pool status, the deletion's
+//! writes) is a fenced transaction of the job's [`Lease`]: once another
+//! engine has taken the job over, this run's next write fails with
+//! `Error::LeaseLost` and the run stops (see `super::lease`).
 
 use chrono::Utc;
 use kubeforge_cluster::operations::{OperationKind, Progress, Step as StepName};
