@@ -910,10 +910,11 @@ async fn a_job_longer_than_its_lease_keeps_it_by_renewal() {
     let db = setup().await;
     let pool1 = db.pool(5).await;
     let pool2 = db.pool(5).await;
-    // A 6 s lease (renewed every 2 s): the tests' 2 s lease left 0.7 s of
-    // slack per renewal, which a CI machine busy with lab clusters missed
-    // (the job was taken over and ran twice). The point stands: the job
-    // runs for two and a half leases and keeps its one run.
+    // A 6 s lease (renewed every 1.5 s, given up after 3 s without a
+    // renewal): the tests' 2 s lease left 0.7 s of slack per renewal,
+    // which a CI machine busy with lab clusters missed (the job was taken
+    // over and ran twice). The point stands: the job runs for two and a
+    // half leases and keeps its one run.
     let config = || EngineConfig {
         lease: Duration::from_secs(6),
         ..test_engine_config()

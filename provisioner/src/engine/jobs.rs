@@ -528,8 +528,9 @@ impl Inner {
     /// the lease was lost or given up (the lease is then revoked and the
     /// handler aborted).
     ///
-    /// Renewals go out every [`lease::renew_every`]; each is bounded by
-    /// that period and by the give-up deadline, [`lease::give_up_after`]
+    /// Renewals go out every [`lease::renew_every`] (a failed one is tried
+    /// again after half that); each is bounded by that period and by the
+    /// give-up deadline, [`lease::give_up_after`]
     /// past the moment the last successful renewal was sent. So a worker
     /// that cannot renew stops at about half the lease, whatever the
     /// database does, while the lease it last renewed runs for at least
@@ -578,8 +579,14 @@ impl Inner {
                         job::heartbeat(&self.pool, token, duration),
                     )
                     .await;
+                    // A failed renewal is tried again sooner, so that more
+                    // than one fits before the give-up deadline.
+                    next_beat = sent + every / 2;
                     match beat {
-                        Ok(Ok(true)) => renewed = sent,
+                        Ok(Ok(true)) => {
+                            renewed = sent;
+                            next_beat = sent + every;
+                        }
                         Ok(Ok(false)) => {
                             tracing::warn!("job lease lost; cancelling the handler");
                             lease.revoke();
@@ -597,7 +604,6 @@ impl Inner {
                         lease.revoke();
                         return None;
                     }
-                    next_beat = sent + every;
                 }
             }
         }
