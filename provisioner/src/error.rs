@@ -48,6 +48,11 @@ pub enum Error {
     RateLimited { retry_after: std::time::Duration },
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// A fenced write on behalf of job `job_id` was refused: this worker no
+    /// longer holds the job's lease (it expired, or another claim took
+    /// the job), so it must stop. Never reaches a tenant (engine only).
+    #[error("lease lost on job {job_id}: this worker no longer holds it and stops")]
+    LeaseLost { job_id: i64 },
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
 }
@@ -145,6 +150,7 @@ impl Error {
                 "Service unavailable",
                 true,
             ),
+            Error::LeaseLost { .. } => (S::CONFLICT, "lease_lost", "Lease lost", true),
             Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error", true),
         }
     }

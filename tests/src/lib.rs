@@ -184,7 +184,9 @@ pub fn test_engine_config() -> EngineConfig {
 /// lease. Lab jobs run for tens of seconds over SSH on a machine that also
 /// runs several clusters' control planes; a 2 s lease (renewed every
 /// 0.7 s) was lost whenever the machine was starved for a few seconds, and
-/// the job ran again. No lab test waits for a lease to expire.
+/// the job ran again. Now renewed every 2.5 s, and given up (the handler
+/// cancelled) after 5 s without a successful renewal. No lab test waits
+/// for a lease to expire.
 pub fn lab_engine_config() -> EngineConfig {
     EngineConfig {
         lease: Duration::from_secs(10),
@@ -212,7 +214,7 @@ impl TestApp {
 
     /// The real app and router on `pool` with `provider` (the TEST DOUBLE)
     /// registered for its kind, and the tests' fixed keys.
-    fn app_with_double(
+    pub fn app_with_double(
         pool: PgPool,
         provider: Arc<InMemoryProvider>,
         config: Config,

@@ -8,6 +8,7 @@ use axum::http::{Method, StatusCode};
 use kubeforge::app::Config;
 use kubeforge::context::Role;
 use kubeforge::engine::jobs::{Engine, EngineConfig, JobError, JobHandler, Outcome};
+use kubeforge::engine::lease::Lease;
 use kubeforge::store::job::{self, Job, NewJob};
 use kubeforge_tests::{cluster_body, test_engine_config, TestApp, TestDb};
 use sqlx::PgPool;
@@ -99,23 +100,30 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 // `JobHandler` is an `#[async_trait]` trait; this crate does not depend on
 // `async-trait`, so the impl is written in its expanded form.
 impl JobHandler for Recorder {
-    fn run<'s, 'j, 'f>(&'s self, job: &'j Job) -> BoxFuture<'f, Result<Outcome, JobError>>
+    fn run<'s, 'j, 'l, 'f>(
+        &'s self,
+        job: &'j Job,
+        _lease: &'l Lease,
+    ) -> BoxFuture<'f, Result<Outcome, JobError>>
     where
         's: 'f,
         'j: 'f,
+        'l: 'f,
         Self: 'f,
     {
         Box::pin(self.attempt(job))
     }
 
-    fn dead_lettered<'s, 'j, 'e, 'f>(
+    fn dead_lettered<'s, 'j, 'l, 'e, 'f>(
         &'s self,
         _job: &'j Job,
+        _lease: &'l Lease,
         _error: &'e JobError,
     ) -> BoxFuture<'f, ()>
     where
         's: 'f,
         'j: 'f,
+        'l: 'f,
         'e: 'f,
         Self: 'f,
     {
@@ -953,10 +961,11 @@ async fn a_job_longer_than_its_lease_keeps_it_by_renewal() {
     let db = setup().await;
     let pool1 = db.pool(5).await;
     let pool2 = db.pool(5).await;
-    // A 6 s lease (renewed every 2 s): the tests' 2 s lease left 0.7 s of
-    // slack per renewal, which a CI machine busy with lab clusters missed
-    // (the job was taken over and ran twice). The point stands: the job
-    // runs for two and a half leases and keeps its one run.
+    // A 6 s lease (renewed every 1.5 s, given up after 3 s without a
+    // renewal): the tests' 2 s lease left 0.7 s of slack per renewal,
+    // which a CI machine busy with lab clusters missed (the job was taken
+    // over and ran twice). The point stands: the job runs for two and a
+    // half leases and keeps its one run.
     let config = || EngineConfig {
         lease: Duration::from_secs(6),
         ..test_engine_config()

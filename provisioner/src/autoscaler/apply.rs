@@ -3,8 +3,8 @@
 //! reconcile job), in one transaction, under two guards:
 //!
 //! - **The lease.** The transaction first takes a share lock on the
-//!   cluster's autoscale job row and checks this replica still holds it
-//!   ([`job::holds_lease`]). A replica that lost its lease (paused, cut off
+//!   cluster's autoscale job row and checks this replica's claim (owner and
+//!   fencing token) still holds it ([`job::holds_lease`]). A replica that lost its lease (paused, cut off
 //!   from the database, replaced) cannot write a decision: a takeover must
 //!   lock that row to claim it, so the two never interleave.
 //! - **What the decision saw.** The pool row is locked and its size must
@@ -30,12 +30,8 @@ use crate::store::{job, machine, node_pool, operation};
 /// Who the autoscaler's operations and events name as their author.
 pub const SUBJECT: &str = "kubeforge:autoscaler";
 
-/// The job lease a decision is written under.
-#[derive(Debug, Clone, Copy)]
-pub struct Fence {
-    pub job_id: i64,
-    pub owner: Uuid,
-}
+/// The job lease (claim) a decision is written under.
+pub type Fence = job::LeaseToken;
 
 /// What a written decision did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +52,7 @@ fn context(c: &Cluster) -> OpContext {
 }
 
 async fn fenced(conn: &mut sqlx::PgConnection, fence: Fence) -> Result<()> {
-    if job::holds_lease(conn, fence.job_id, fence.owner).await? {
+    if job::holds_lease(conn, fence).await? {
         Ok(())
     } else {
         Err(Error::Conflict(

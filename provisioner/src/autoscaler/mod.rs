@@ -54,6 +54,7 @@ use self::apply::{Fence, Written};
 use self::decide::World;
 use self::observe::Mirror;
 use crate::engine::jobs::{JobError, JobHandler, Outcome};
+use crate::engine::lease::Lease;
 use crate::state::SharedApp;
 use crate::store::job::Job;
 use crate::store::{self, event};
@@ -88,12 +89,9 @@ impl Autoscaler {
 
 #[async_trait::async_trait]
 impl JobHandler for Autoscaler {
-    async fn run(&self, job: &Job) -> Result<Outcome, JobError> {
+    async fn run(&self, job: &Job, lease: &Lease) -> Result<Outcome, JobError> {
         let id = crate::engine::reconcile::cluster_id(job)?;
-        let fence = Fence {
-            job_id: job.id,
-            owner: job.owner,
-        };
+        let fence: Fence = lease.token();
         let result = watch(&self.app, id, fence).await;
         if let Err(e) = &result {
             tracing::warn!(cluster = %id, error = %e, "autoscaler watch ended");

@@ -9,17 +9,24 @@
 //! guarantees:
 //!
 //! - **One worker at a time.** A job is claimed under a lease (owner +
-//!   expiry) with `FOR UPDATE SKIP LOCKED`; while the handler runs, the lease
-//!   is renewed every `lease / 3`. Two engines (or two processes) on one
-//!   database never run the same job at once, as long as each notices a lost
-//!   lease: if a renewal reports the lease gone, or no renewal has succeeded
-//!   for a whole lease, the handler is aborted.
+//!   expiry) with `FOR UPDATE SKIP LOCKED`; each claim gets a fresh fencing
+//!   token (`jobs.fence`). While the handler runs, the lease is renewed
+//!   every [`lease::renew_every`] (a quarter of the lease). If a renewal
+//!   reports the lease gone, or none has succeeded for
+//!   [`lease::give_up_after`] (half the lease), the worker gives up: the
+//!   lease is revoked and the handler cancelled (its task aborted), half
+//!   a lease before another engine may claim the job.
 //! - **Crash recovery.** If a worker dies mid-job, its lease expires and any
 //!   engine claims the job again (the attempt counts). Handlers must be
 //!   idempotent for that reason.
-//! - **Fencing.** Every write after the claim (complete, requeue, retry,
-//!   dead-letter) is conditioned on the lease owner, so a worker that lost
-//!   its lease cannot overwrite the outcome of the worker that retook it.
+//! - **Fencing.** The handler gets the claim's [`Lease`]; its writes go
+//!   through [`Lease::begin`], a transaction that first checks, under a
+//!   share lock on the job row, that this claim (owner and fence) still
+//!   holds an unexpired lease (see [`lease`]). The engine's own writes
+//!   (renew, complete, requeue, retry, dead-letter) are conditioned on the
+//!   same owner and fence. A worker that lost its lease, even one that
+//!   was paused and never noticed, writes nothing: its writes fail with
+//!   `Error::LeaseLost` and its attempt ends as `lease_lost`.
 //! - **Retries.** A retryable failure is retried after an exponential backoff
 //!   with full jitter ([`backoff`]); a permanent failure, or a retryable one
 //!   on the last attempt, dead-letters the job and calls
@@ -46,10 +53,11 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use super::lease::{self, Lease};
 use crate::store::job::{self, Job};
 use crate::store::JOBS_CHANNEL;
 
@@ -116,7 +124,10 @@ impl From<sqlx::Error> for JobError {
 #[async_trait::async_trait]
 pub trait JobHandler: Send + Sync + 'static {
     /// Runs one attempt. Must be idempotent: it may run again after a crash.
-    async fn run(&self, job: &Job) -> Result<Outcome, JobError>;
+    /// Every write that changes the world on the job's behalf goes through
+    /// `lease` ([`Lease::begin`]), so that it is refused once the lease is
+    /// lost; the handler then returns the error and stops.
+    async fn run(&self, job: &Job, lease: &Lease) -> Result<Outcome, JobError>;
 
     /// Called once when the job is dead-lettered (out of attempts or
     /// permanent error), so the handler can mark its operation failed.
@@ -124,8 +135,9 @@ pub trait JobHandler: Send + Sync + 'static {
     ///
     /// It is called while this worker still holds the lease, just before the
     /// job is parked as `dead`; should the worker die in between, the next
-    /// worker calls it again, so it must be idempotent too.
-    async fn dead_lettered(&self, _job: &Job, _error: &JobError) {}
+    /// worker calls it again, so it must be idempotent too. Its writes are
+    /// fenced with `lease` like the handler's.
+    async fn dead_lettered(&self, _job: &Job, _lease: &Lease, _error: &JobError) {}
 }
 
 /// Hooks for metrics; implemented elsewhere.
@@ -147,7 +159,9 @@ pub struct EngineConfig {
     /// Jobs run at once by this engine (default 4; at least 1 is used).
     pub concurrency: usize,
     /// How long a claim lasts without renewal (default 30 s); it is renewed
-    /// every `lease / 3`.
+    /// every [`lease::renew_every`] (`lease / 4`), and a worker whose
+    /// renewals fail gives the job up after [`lease::give_up_after`]
+    /// (`lease / 2`).
     pub lease: Duration,
     /// Fallback polling when no notification arrives (default 2 s).
     pub poll_interval: Duration,
@@ -481,13 +495,14 @@ impl Inner {
         tracing::debug!(waited_ms = waited.as_millis(), "job claimed");
 
         let handler = self.handlers.get(job.kind.as_str()).cloned();
+        let lease = Lease::new(self.pool.clone(), job.token());
         let result = if job.attempts > job.max_attempts {
             Some(Err(JobError::permanent(format!(
                 "out of attempts ({}): the worker running the last one stopped before it finished",
                 job.max_attempts
             ))))
         } else if let Some(handler) = &handler {
-            self.run_leased(&job, handler).await
+            self.run_leased(&job, &lease, handler).await
         } else {
             Some(Err(JobError::permanent(format!(
                 "no handler for kind {}",
@@ -496,32 +511,52 @@ impl Inner {
         };
 
         let outcome = match result {
+            // Given up, or a fenced write found the lease gone: the job is
+            // someone else's now, and nothing more is written for it here.
             None => "lease_lost",
-            Some(result) => self.finish(&job, handler.as_ref(), result).await,
+            Some(_) if lease.is_lost() => {
+                tracing::warn!("job lease lost while the handler ran; its outcome is not recorded");
+                "lease_lost"
+            }
+            Some(result) => self.finish(&job, &lease, handler.as_ref(), result).await,
         };
         self.metrics
             .job_finished(&job.kind, outcome, started.elapsed());
     }
 
     /// Runs the handler in its own task while renewing the lease. `None` if
-    /// the lease was lost (the handler is then aborted).
+    /// the lease was lost or given up (the lease is then revoked and the
+    /// handler aborted).
+    ///
+    /// Renewals go out every [`lease::renew_every`] (a failed one is tried
+    /// again after half that); each is bounded by that period and by the
+    /// give-up deadline, [`lease::give_up_after`]
+    /// past the moment the last successful renewal was sent. So a worker
+    /// that cannot renew stops at about half the lease, whatever the
+    /// database does, while the lease it last renewed runs for at least
+    /// another half.
     async fn run_leased(
         &self,
         job: &Job,
+        lease: &Lease,
         handler: &Arc<dyn JobHandler>,
     ) -> Option<Result<Outcome, JobError>> {
-        let lease = self.config.lease;
-        let owner = self.config.worker_id;
-        let every = (lease / 3).max(Duration::from_millis(10));
+        let duration = self.config.lease;
+        let every = lease::renew_every(duration);
+        let give_up = lease::give_up_after(duration);
+        let token = job.token();
+        // The claim was the first renewal. It was sent a little before
+        // now (its round trip and the task's start), which eats as much of
+        // the half-lease margin: milliseconds against seconds.
         let mut renewed = Instant::now();
 
         let mut run = AbortOnDrop({
             let handler = Arc::clone(handler);
             let job = job.clone();
-            tokio::spawn(async move { handler.run(&job).await }.in_current_span())
+            let lease = lease.clone();
+            tokio::spawn(async move { handler.run(&job, &lease).await }.in_current_span())
         });
-        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next_beat = Instant::now() + every;
 
         loop {
             tokio::select! {
@@ -536,19 +571,37 @@ impl Inner {
                         Err(_) => Err(JobError::retryable("handler task was cancelled")),
                     });
                 }
-                _ = tick.tick() => {
-                    let beat = tokio::time::timeout(every, job::heartbeat(&self.pool, job.id, owner, lease)).await;
+                () = tokio::time::sleep_until(next_beat) => {
+                    let sent = Instant::now();
+                    let deadline = renewed + give_up;
+                    let beat = tokio::time::timeout_at(
+                        deadline.min(sent + every),
+                        job::heartbeat(&self.pool, token, duration),
+                    )
+                    .await;
+                    // A failed renewal is tried again sooner, so that more
+                    // than one fits before the give-up deadline.
+                    next_beat = sent + every / 2;
                     match beat {
-                        Ok(Ok(true)) => renewed = Instant::now(),
+                        Ok(Ok(true)) => {
+                            renewed = sent;
+                            next_beat = sent + every;
+                        }
                         Ok(Ok(false)) => {
-                            tracing::warn!("job lease lost; aborting the handler");
+                            tracing::warn!("job lease lost; cancelling the handler");
+                            lease.revoke();
                             return None;
                         }
                         Ok(Err(e)) => tracing::warn!(error = %e, "renewing the job lease failed"),
                         Err(_) => tracing::warn!("renewing the job lease timed out"),
                     }
-                    if renewed.elapsed() >= lease {
-                        tracing::warn!("job lease not renewed for a whole lease; aborting the handler");
+                    if Instant::now() >= renewed + give_up {
+                        tracing::warn!(
+                            ?give_up,
+                            lease = ?duration,
+                            "job lease not renewed for half a lease; giving the job up and cancelling the handler"
+                        );
+                        lease.revoke();
                         return None;
                     }
                 }
@@ -560,6 +613,7 @@ impl Inner {
     async fn finish(
         &self,
         job: &Job,
+        lease: &Lease,
         handler: Option<&Arc<dyn JobHandler>>,
         result: Result<Outcome, JobError>,
     ) -> &'static str {
@@ -580,15 +634,8 @@ impl Inner {
                 tracing::error!(error = %e.message, retryable = e.retryable, "job dead-lettered");
                 if let Some(handler) = handler {
                     // Only tell the handler while the job is still ours.
-                    match job::heartbeat(
-                        &self.pool,
-                        job.id,
-                        self.config.worker_id,
-                        self.config.lease,
-                    )
-                    .await
-                    {
-                        Ok(true) => self.call_dead_lettered(job, handler, &e).await,
+                    match job::heartbeat(&self.pool, job.token(), self.config.lease).await {
+                        Ok(true) => self.call_dead_lettered(job, lease, handler, &e).await,
                         Ok(false) => {
                             tracing::warn!("job lease lost before dead-lettering");
                             return "lease_lost";
@@ -598,6 +645,10 @@ impl Inner {
                             return "lease_lost";
                         }
                     }
+                }
+                if lease.is_lost() {
+                    tracing::warn!("job lease lost while dead-lettering");
+                    return "lease_lost";
                 }
                 Finish::Dead(truncate(&e.message))
             }
@@ -630,32 +681,37 @@ impl Inner {
     }
 
     async fn write_finish(&self, job: &Job, finish: &Finish) -> crate::error::Result<bool> {
-        let owner = self.config.worker_id;
+        let token = job.token();
         match finish {
             Finish::Complete => {
                 let mut conn = self.pool.acquire().await?;
-                job::complete(&mut conn, job.id, owner).await
+                job::complete(&mut conn, token).await
             }
-            Finish::Requeue(delay) => job::requeue(&self.pool, job.id, owner, *delay).await,
-            Finish::Retry(delay, error) => {
-                job::retry(&self.pool, job.id, owner, *delay, error).await
-            }
-            Finish::Dead(error) => job::dead_letter(&self.pool, job.id, owner, error).await,
+            Finish::Requeue(delay) => job::requeue(&self.pool, token, *delay).await,
+            Finish::Retry(delay, error) => job::retry(&self.pool, token, *delay, error).await,
+            Finish::Dead(error) => job::dead_letter(&self.pool, token, error).await,
         }
     }
 
     /// Calls the dead-letter hook in its own task so that a panic in it is
     /// logged rather than leaving the job to crash every worker that takes
     /// it.
-    async fn call_dead_lettered(&self, job: &Job, handler: &Arc<dyn JobHandler>, error: &JobError) {
+    async fn call_dead_lettered(
+        &self,
+        job: &Job,
+        lease: &Lease,
+        handler: &Arc<dyn JobHandler>,
+        error: &JobError,
+    ) {
         let handler = Arc::clone(handler);
         let job = job.clone();
+        let lease = lease.clone();
         let error = JobError {
             message: error.message.clone(),
             retryable: error.retryable,
         };
         let hook = AbortOnDrop(tokio::spawn(
-            async move { handler.dead_lettered(&job, &error).await }.in_current_span(),
+            async move { handler.dead_lettered(&job, &lease, &error).await }.in_current_span(),
         ));
         if let Err(e) = hook.join().await {
             if e.is_panic() {

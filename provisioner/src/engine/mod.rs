@@ -1,10 +1,12 @@
 //! Background work: the job queue ([`jobs`]: its runners, leases and
-//! retries) and the reconcilers it runs.
+//! retries; [`lease`]: giving up early and fenced writes) and the
+//! reconcilers it runs.
 
 pub mod binaries;
 pub mod controlplane;
 pub mod jobs;
 pub mod join;
+pub mod lease;
 pub mod pools;
 pub mod reconcile;
 

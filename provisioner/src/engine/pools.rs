@@ -55,6 +55,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::controlplane::record_for as record;
+use super::lease::Lease;
 use crate::error::Result;
 use crate::ssh::MachineAccess;
 use crate::state::App;
@@ -101,6 +102,7 @@ pub struct PoolsStatus {
 #[tracing::instrument(skip_all, fields(cluster = %c.name, pools = pools.len()))]
 pub async fn reconcile(
     app: &App,
+    lease: &Lease,
     access: &MachineAccess,
     c: &Cluster,
     pools: &[NodePool],
@@ -108,11 +110,23 @@ pub async fn reconcile(
     stopped: &HashSet<Uuid>,
 ) -> Result<PoolsStatus> {
     let api = super::tenant_api(app, c, endpoint).await?;
-    pass(app, access, c, pools, api.as_ref(), endpoint, stopped).await
+    pass(
+        app,
+        lease,
+        access,
+        c,
+        pools,
+        api.as_ref(),
+        endpoint,
+        stopped,
+    )
+    .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pass(
     app: &App,
+    lease: &Lease,
     access: &MachineAccess,
     c: &Cluster,
     pools: &[NodePool],
@@ -243,7 +257,9 @@ async fn pass(
         for m in victims.into_iter().take(live.len() - want) {
             tokens_done.push(m.id);
             if m.state == MachineState::Running {
-                machine::start_drain(&app.pool, m.id, &why).await?;
+                let mut tx = lease.begin().await?;
+                machine::start_drain(&mut *tx, m.id, &why).await?;
+                tx.commit().await?;
                 record(
                     app,
                     c,
@@ -259,7 +275,9 @@ async fn pass(
                 )
                 .await?;
             } else {
-                machine::set_state(&app.pool, m.id, MachineState::Deleting, Some(&why)).await?;
+                let mut tx = lease.begin().await?;
+                machine::set_state(&mut *tx, m.id, MachineState::Deleting, Some(&why)).await?;
+                tx.commit().await?;
             }
         }
     }
@@ -326,13 +344,15 @@ async fn pass(
             record(app, c, Some(p.id), warning, reason, &message).await?;
             report.drain_note = Some(message);
             kube.delete_node(&m.name).await?;
+            let mut tx = lease.begin().await?;
             machine::set_state(
-                &app.pool,
+                &mut *tx,
                 m.id,
                 MachineState::Deleting,
                 m.last_error.as_deref(),
             )
             .await?;
+            tx.commit().await?;
         }
     }
 
@@ -358,13 +378,15 @@ async fn pass(
                 record(app, c, Some(pool_id), true, "NodeRepair", &message).await?;
                 tokens_done.push(id);
                 kube.delete_node(&name).await?;
+                let mut tx = lease.begin().await?;
                 machine::set_state(
-                    &app.pool,
+                    &mut *tx,
                     id,
                     MachineState::Deleting,
                     Some(&format!("repair: {why}")),
                 )
                 .await?;
+                tx.commit().await?;
             }
         }
     }

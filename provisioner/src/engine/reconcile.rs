@@ -18,6 +18,12 @@
 //! the restart window is `ControlPlaneReady=False` (`ComponentRestarting`):
 //! the cluster is `degraded`, its pools are still reconciled. Deletion is
 //! complete: ledger, provider sweep, secrets.
+//!
+//! Every write that changes the world (ledger rows and machine states,
+//! operations and steps, events, cluster and pool status, the deletion's
+//! writes) is a fenced transaction of the job's [`Lease`]: once another
+//! engine has taken the job over, this run's next write fails with
+//! `Error::LeaseLost` and the run stops (see `super::lease`).
 
 use chrono::Utc;
 use kubeforge_cluster::operations::{OperationKind, Progress, Step as StepName};
@@ -35,6 +41,7 @@ use uuid::Uuid;
 
 use super::controlplane;
 use super::jobs::{JobError, JobHandler, Outcome};
+use super::lease::Lease;
 use super::pools::{self, PoolsStatus};
 use crate::providers::{
     MachineRequest, Provider, ProviderError, ProviderMachine, ProviderMachineState,
@@ -127,9 +134,13 @@ fn op_error(code: &str, message: &str, retryable: bool) -> OperationError {
 
 #[async_trait::async_trait]
 impl JobHandler for ClusterReconciler {
-    async fn run(&self, job: &Job) -> Result<Outcome, JobError> {
+    async fn run(&self, job: &Job, lease: &Lease) -> Result<Outcome, JobError> {
         let id = cluster_id(job)?;
-        let run = Run { app: &self.app, id };
+        let run = Run {
+            app: &self.app,
+            id,
+            lease,
+        };
         let result = run.reconcile().await;
         let outcome = match &result {
             Ok(Outcome::Done) => "done",
@@ -148,9 +159,13 @@ impl JobHandler for ClusterReconciler {
         }
     }
 
-    async fn dead_lettered(&self, job: &Job, error: &JobError) {
+    async fn dead_lettered(&self, job: &Job, lease: &Lease, error: &JobError) {
         let Ok(id) = cluster_id(job) else { return };
-        let run = Run { app: &self.app, id };
+        let run = Run {
+            app: &self.app,
+            id,
+            lease,
+        };
         if let Err(e) = run.give_up(&error.message).await {
             tracing::error!(cluster = %id, error = %e, "recording a dead-lettered reconcile");
         }
@@ -161,6 +176,8 @@ impl JobHandler for ClusterReconciler {
 struct Run<'a> {
     app: &'a SharedApp,
     id: Uuid,
+    /// The job's lease: every write below goes through it (fenced).
+    lease: &'a Lease,
 }
 
 impl Run<'_> {
@@ -173,8 +190,9 @@ impl Run<'_> {
         reason: &str,
         message: &str,
     ) -> Result<(), JobError> {
+        let mut tx = self.lease.begin().await?;
         event::record(
-            &self.app.pool,
+            &mut *tx,
             NewEvent {
                 tenant: &c.tenant,
                 cluster_id: c.id,
@@ -186,6 +204,7 @@ impl Run<'_> {
             },
         )
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -197,9 +216,11 @@ impl Run<'_> {
         message: Option<&str>,
         error: Option<&OperationError>,
     ) -> Result<(), JobError> {
+        let mut tx = self.lease.begin().await?;
         for op in ops {
-            operation::set_step(&self.app.pool, op.id, name, state, message, error).await?;
+            operation::set_step(&mut *tx, op.id, name, state, message, error).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -213,9 +234,11 @@ impl Run<'_> {
             let mut conn = pool.acquire().await?;
             operation::list_active(&mut conn, c.id).await?
         };
+        let mut tx = self.lease.begin().await?;
         for op in &ops {
-            operation::start(pool, op.id).await?;
+            operation::start(&mut *tx, op.id).await?;
         }
+        tx.commit().await?;
         if c.deletion_requested_at.is_some() {
             return self.delete(&c, &ops).await;
         }
@@ -279,14 +302,10 @@ impl Run<'_> {
                     self.event(&c, None, None, true, "WaitingForCapacity", &m)
                         .await?;
                 }
-                cluster::write_status(
-                    &self.app.pool,
-                    c.id,
-                    c.phase,
-                    &conditions,
-                    c.observed_generation,
-                )
-                .await?;
+                let mut tx = self.lease.begin().await?;
+                cluster::write_status(&mut *tx, c.id, c.phase, &conditions, c.observed_generation)
+                    .await?;
+                tx.commit().await?;
                 Ok(Outcome::RequeueAfter(CAPACITY_RECHECK))
             }
             Err(ProviderError::Permanent(m)) => {
@@ -345,18 +364,14 @@ impl Run<'_> {
         {
             let (reason, message) = match provider.get(m.id).await? {
                 None => {
-                    machine::mark_deleted(&self.app.pool, m.id)
-                        .await
-                        .map_err(db)?;
+                    self.mark_deleted(m.id).await.map_err(db)?;
                     (
                         "MachineLost",
                         format!("machine {} disappeared; replacing it", m.name),
                     )
                 }
                 Some(pm) if pm.state == ProviderMachineState::Terminated => {
-                    machine::mark_deleted(&self.app.pool, m.id)
-                        .await
-                        .map_err(db)?;
+                    self.mark_deleted(m.id).await.map_err(db)?;
                     (
                         "MachineLost",
                         format!("machine {} was terminated; replacing it", m.name),
@@ -376,14 +391,9 @@ impl Run<'_> {
                     }
                 }
                 Some(pm) if pm.state == ProviderMachineState::Stopped => {
-                    machine::set_state(
-                        &self.app.pool,
-                        m.id,
-                        MachineState::Pending,
-                        Some("machine stopped"),
-                    )
-                    .await
-                    .map_err(db)?;
+                    self.set_state(m.id, MachineState::Pending, Some("machine stopped"))
+                        .await
+                        .map_err(db)?;
                     (
                         "MachineStopped",
                         format!("machine {} stopped; starting it again", m.name),
@@ -458,7 +468,7 @@ impl Run<'_> {
                 let mut victims: Vec<&Worker> = views.iter().collect();
                 scale_down_order(&mut victims, &HashMap::new());
                 for m in victims.into_iter().take(mine.len() - want) {
-                    machine::set_state(&self.app.pool, m.id, MachineState::Deleting, None)
+                    self.set_state(m.id, MachineState::Deleting, None)
                         .await
                         .map_err(db)?;
                 }
@@ -471,9 +481,7 @@ impl Run<'_> {
             match m.state {
                 MachineState::Deleting => {
                     provider.delete(m.id).await?;
-                    machine::mark_deleted(&self.app.pool, m.id)
-                        .await
-                        .map_err(db)?;
+                    self.mark_deleted(m.id).await.map_err(db)?;
                     self.event(
                         c,
                         m.node_pool_id,
@@ -496,9 +504,11 @@ impl Run<'_> {
                     })?;
                     let pm = provider.create(&req).await?;
                     if !self.came_up(c, m, &pm, provider).await? {
-                        machine::set_provisioning(&self.app.pool, m.id, &pm.provider_id)
+                        let mut tx = self.lease.begin().await.map_err(db)?;
+                        machine::set_provisioning(&mut *tx, m.id, &pm.provider_id)
                             .await
                             .map_err(db)?;
+                        tx.commit().await.map_err(db)?;
                         all_running = false;
                     }
                 }
@@ -522,14 +532,9 @@ impl Run<'_> {
                                 "machine {} ended before it came up ({why}); asking for it again",
                                 m.name
                             );
-                            machine::set_state(
-                                &self.app.pool,
-                                m.id,
-                                MachineState::Pending,
-                                Some(&message),
-                            )
-                            .await
-                            .map_err(db)?;
+                            self.set_state(m.id, MachineState::Pending, Some(&message))
+                                .await
+                                .map_err(db)?;
                             self.event(c, m.node_pool_id, None, true, "MachineLost", &message)
                                 .await
                                 .map_err(|e| ProviderError::Retryable(e.message))?;
@@ -544,9 +549,8 @@ impl Run<'_> {
         for p in pools.iter().filter(|p| p.deletion_requested_at.is_some()) {
             let left = machine::list_any(&self.app.pool, c.id).await.map_err(db)?;
             if !left.iter().any(|m| m.node_pool_id == Some(p.id)) {
-                node_pool::mark_deleted(&self.app.pool, p.id)
-                    .await
-                    .map_err(db)?;
+                let mut tx = self.lease.begin().await.map_err(db)?;
+                node_pool::mark_deleted(&mut *tx, p.id).await.map_err(db)?;
                 for op in ops.iter().filter(|o| {
                     o.kind == OperationKind::NodePoolDelete && o.node_pool_id == Some(p.id)
                 }) {
@@ -555,21 +559,13 @@ impl Run<'_> {
                         StepName::DeleteMachines,
                         StepName::Finalize,
                     ] {
-                        operation::set_step(
-                            &self.app.pool,
-                            op.id,
-                            s,
-                            Progress::Succeeded,
-                            None,
-                            None,
-                        )
-                        .await
-                        .map_err(db)?;
+                        operation::set_step(&mut *tx, op.id, s, Progress::Succeeded, None, None)
+                            .await
+                            .map_err(db)?;
                     }
-                    operation::finish(&self.app.pool, op.id, None)
-                        .await
-                        .map_err(db)?;
+                    operation::finish(&mut *tx, op.id, None).await.map_err(db)?;
                 }
+                tx.commit().await.map_err(db)?;
                 self.event(
                     c,
                     Some(p.id),
@@ -603,15 +599,18 @@ impl Run<'_> {
             tracing::info!(machine = %m.name, "running, but its host key is not known yet");
             return Ok(false);
         }
+        let db = |e: crate::error::Error| ProviderError::Retryable(format!("database: {e}"));
+        let mut tx = self.lease.begin().await.map_err(db)?;
         machine::set_running(
-            &self.app.pool,
+            &mut *tx,
             m.id,
             &pm.provider_id,
             pm.address.as_deref(),
             pm.host_key.as_deref(),
         )
         .await
-        .map_err(|e| ProviderError::Retryable(format!("database: {e}")))?;
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         self.event(
             c,
             m.node_pool_id,
@@ -633,8 +632,9 @@ impl Run<'_> {
         name: &str,
         machine_type: MachineType,
     ) -> crate::error::Result<()> {
-        machine::insert_pending(
-            &self.app.pool,
+        let mut tx = self.lease.begin().await?;
+        let inserted = machine::insert_pending(
+            &mut *tx,
             NewMachine {
                 id: Uuid::now_v7(),
                 tenant: &c.tenant,
@@ -646,7 +646,34 @@ impl Run<'_> {
                 machine_type,
             },
         )
-        .await
+        .await?;
+        tx.commit().await?;
+        if !inserted {
+            // Someone recorded a live machine of this name after this pass
+            // read the ledger: that row is the machine; the re-read below
+            // adopts it.
+            tracing::warn!(cluster = %c.id, machine = name, "machine already in the ledger; adopting it");
+        }
+        Ok(())
+    }
+
+    /// Moves machine `id` to `state` (fenced), noting why.
+    async fn set_state(
+        &self,
+        id: Uuid,
+        state: MachineState,
+        last_error: Option<&str>,
+    ) -> crate::error::Result<()> {
+        let mut tx = self.lease.begin().await?;
+        machine::set_state(&mut *tx, id, state, last_error).await?;
+        tx.commit().await
+    }
+
+    /// Marks machine `id` deleted in the ledger (fenced).
+    async fn mark_deleted(&self, id: Uuid) -> crate::error::Result<()> {
+        let mut tx = self.lease.begin().await?;
+        machine::mark_deleted(&mut *tx, id).await?;
+        tx.commit().await
     }
 
     /// Writes status after machines converged (or not) and settles
@@ -691,7 +718,9 @@ impl Run<'_> {
             // Worker pools, through the cluster's API, once it serves (also
             // while components keep restarting: the API answers).
             (Some(access), true, Some(endpoint)) => {
-                match pools::reconcile(self.app, access, c, pools, endpoint, stopped).await {
+                match pools::reconcile(self.app, self.lease, access, c, pools, endpoint, stopped)
+                    .await
+                {
                     Ok(s) => (Some(s), None),
                     Err(e) => (None, Some(e.to_string())),
                 }
@@ -725,7 +754,9 @@ impl Run<'_> {
             .await?;
         self.pool_status_phase(pools, &machines, pool_status.as_ref(), pool_error, now)
             .await?;
-        cluster::write_status(pool, c.id, phase, &conditions, c.generation).await?;
+        let mut tx = self.lease.begin().await?;
+        cluster::write_status(&mut *tx, c.id, phase, &conditions, c.generation).await?;
+        tx.commit().await?;
         // A serving cluster whose pools autoscale has an autoscaler
         // watching it (the job ends by itself when no longer wanted).
         if matches!(phase, Phase::Ready | Phase::Degraded) && c.wants_autoscaler(pools) {
@@ -815,8 +846,9 @@ impl Run<'_> {
                     &ControlPlaneObservation::Unreachable(msg.clone()),
                     now,
                 );
-                cluster::write_status(&self.app.pool, c.id, c.phase, conditions, c.generation)
-                    .await?;
+                let mut tx = self.lease.begin().await?;
+                cluster::write_status(&mut *tx, c.id, c.phase, conditions, c.generation).await?;
+                tx.commit().await?;
                 let err = op_error("control_plane_unreachable", &msg, true);
                 self.step(
                     &create,
@@ -848,13 +880,9 @@ impl Run<'_> {
             },
             now,
         );
-        cluster::write_endpoint(
-            &self.app.pool,
-            c.id,
-            st.endpoint.as_deref(),
-            &st.certificates,
-        )
-        .await?;
+        let mut tx = self.lease.begin().await?;
+        cluster::write_endpoint(&mut *tx, c.id, st.endpoint.as_deref(), &st.certificates).await?;
+        tx.commit().await?;
         Ok(round(verdict, st.endpoint))
     }
 
@@ -869,7 +897,7 @@ impl Run<'_> {
         cp: &ControlPlaneVerdict,
         pool_status: Option<&PoolsStatus>,
     ) -> Result<(), JobError> {
-        let pool = &self.app.pool;
+        let mut tx = self.lease.begin().await?;
         let cp_running = machines
             .iter()
             .filter(|m| m.role == MachineRole::ControlPlane && m.state == MachineState::Running)
@@ -880,7 +908,7 @@ impl Run<'_> {
             match op.kind {
                 OperationKind::ClusterCreate if cp_running as u32 == c.control_plane.replicas => {
                     operation::set_step(
-                        pool,
+                        &mut *tx,
                         op.id,
                         StepName::Machines,
                         Progress::Succeeded,
@@ -890,7 +918,7 @@ impl Run<'_> {
                     .await?;
                     if ready {
                         operation::set_step(
-                            pool,
+                            &mut *tx,
                             op.id,
                             StepName::ControlPlane,
                             Progress::Succeeded,
@@ -898,7 +926,7 @@ impl Run<'_> {
                             None,
                         )
                         .await?;
-                        operation::finish(pool, op.id, None).await?;
+                        operation::finish(&mut *tx, op.id, None).await?;
                     } else {
                         let state = if cp_message.is_some() && self.app.access.is_none() {
                             Progress::Pending
@@ -906,7 +934,7 @@ impl Run<'_> {
                             Progress::Running
                         };
                         operation::set_step(
-                            pool,
+                            &mut *tx,
                             op.id,
                             StepName::ControlPlane,
                             state,
@@ -918,7 +946,7 @@ impl Run<'_> {
                 }
                 OperationKind::ClusterUpdate if op.target_generation <= c.generation => {
                     operation::set_step(
-                        pool,
+                        &mut *tx,
                         op.id,
                         StepName::Apply,
                         Progress::Succeeded,
@@ -926,7 +954,7 @@ impl Run<'_> {
                         None,
                     )
                     .await?;
-                    operation::finish(pool, op.id, None).await?;
+                    operation::finish(&mut *tx, op.id, None).await?;
                 }
                 OperationKind::NodePoolCreate | OperationKind::NodePoolUpdate => {
                     let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
@@ -935,7 +963,7 @@ impl Run<'_> {
                     let v = PoolView::new(p, machines, pool_status);
                     let machines_done = v.running == p.size as usize && v.leaving == 0;
                     operation::set_step(
-                        pool,
+                        &mut *tx,
                         op.id,
                         StepName::Machines,
                         if machines_done {
@@ -970,7 +998,7 @@ impl Run<'_> {
                                 ));
                             }
                             operation::set_step(
-                                pool,
+                                &mut *tx,
                                 op.id,
                                 StepName::Join,
                                 if done {
@@ -988,7 +1016,7 @@ impl Run<'_> {
                             // A service without machine access (tests'
                             // provider double) converges machines only.
                             operation::set_step(
-                                pool,
+                                &mut *tx,
                                 op.id,
                                 StepName::Join,
                                 Progress::Pending,
@@ -1003,7 +1031,7 @@ impl Run<'_> {
                     let drain_done = v.leaving == 0;
                     if op.kind == OperationKind::NodePoolUpdate {
                         operation::set_step(
-                            pool,
+                            &mut *tx,
                             op.id,
                             StepName::Drain,
                             if drain_done {
@@ -1021,7 +1049,7 @@ impl Run<'_> {
                         && drain_done
                         && op.target_generation <= p.generation
                     {
-                        operation::finish(pool, op.id, None).await?;
+                        operation::finish(&mut *tx, op.id, None).await?;
                     }
                 }
                 OperationKind::NodePoolDelete => {
@@ -1033,7 +1061,7 @@ impl Run<'_> {
                         .iter()
                         .any(|m| m.node_pool_id == Some(p.id) && m.state == MachineState::Draining);
                     operation::set_step(
-                        pool,
+                        &mut *tx,
                         op.id,
                         StepName::Drain,
                         if draining {
@@ -1049,6 +1077,7 @@ impl Run<'_> {
                 _ => {}
             }
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1061,6 +1090,7 @@ impl Run<'_> {
         pool_error: Option<String>,
         now: chrono::DateTime<Utc>,
     ) -> Result<(), JobError> {
+        let mut tx = self.lease.begin().await?;
         for p in pools.iter().filter(|p| p.deletion_requested_at.is_none()) {
             let v = PoolView::new(p, machines, pool_status);
             let nodes = match (pool_status, &pool_error) {
@@ -1086,8 +1116,9 @@ impl Run<'_> {
                 p.phase,
                 now,
             );
-            node_pool::write_status(&self.app.pool, p.id, phase, &pc, p.generation).await?;
+            node_pool::write_status(&mut *tx, p.id, phase, &pc, p.generation).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1113,7 +1144,7 @@ impl Run<'_> {
         )
         .await?;
         for m in machine::list_any(pool, c.id).await? {
-            machine::set_state(pool, m.id, MachineState::Deleting, None).await?;
+            self.set_state(m.id, MachineState::Deleting, None).await?;
             if let Err(e) = provider.delete(m.id).await {
                 let err = op_error("provider_error", &e.to_string(), e.is_retryable());
                 self.step(
@@ -1126,7 +1157,7 @@ impl Run<'_> {
                 .await?;
                 return Err(e.into());
             }
-            machine::mark_deleted(pool, m.id).await?;
+            self.mark_deleted(m.id).await?;
         }
         self.step(
             &del_ops,
@@ -1178,7 +1209,9 @@ impl Run<'_> {
             None,
         )
         .await?;
-        secret::delete_for_cluster(pool, c.id).await?;
+        let mut tx = self.lease.begin().await?;
+        secret::delete_for_cluster(&mut *tx, c.id).await?;
+        tx.commit().await?;
         self.step(
             &del_ops,
             StepName::RemoveSecrets,
@@ -1187,11 +1220,12 @@ impl Run<'_> {
             None,
         )
         .await?;
-        node_pool::mark_all_deleted(pool, c.id).await?;
+        let mut tx = self.lease.begin().await?;
+        node_pool::mark_all_deleted(&mut *tx, c.id).await?;
         for op in ops {
             if op.kind == OperationKind::ClusterDelete {
                 operation::set_step(
-                    pool,
+                    &mut *tx,
                     op.id,
                     StepName::Finalize,
                     Progress::Succeeded,
@@ -1199,16 +1233,17 @@ impl Run<'_> {
                     None,
                 )
                 .await?;
-                operation::finish(pool, op.id, None).await?;
+                operation::finish(&mut *tx, op.id, None).await?;
             } else {
                 operation::finish(
-                    pool,
+                    &mut *tx,
                     op.id,
                     Some(&op_error("superseded", "the cluster was deleted", false)),
                 )
                 .await?;
             }
         }
+        tx.commit().await?;
         self.event(
             c,
             None,
@@ -1218,7 +1253,9 @@ impl Run<'_> {
             &format!("cluster {} deleted", c.name),
         )
         .await?;
-        cluster::mark_deleted(pool, c.id).await?;
+        let mut tx = self.lease.begin().await?;
+        cluster::mark_deleted(&mut *tx, c.id).await?;
+        tx.commit().await?;
         Ok(Outcome::Done)
     }
 
@@ -1230,7 +1267,6 @@ impl Run<'_> {
         reason: &str,
         err: &OperationError,
     ) -> Result<(), JobError> {
-        let pool = &self.app.pool;
         let now = Utc::now();
         let mut conditions = c.conditions.clone();
         let changed = status::set_machines_ready(
@@ -1254,17 +1290,20 @@ impl Run<'_> {
             self.event(c, None, None, true, reason, &err.message)
                 .await?;
         }
-        cluster::write_status(pool, c.id, Phase::Failed, &conditions, c.generation).await?;
+        let mut tx = self.lease.begin().await?;
+        cluster::write_status(&mut *tx, c.id, Phase::Failed, &conditions, c.generation).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Fails `ops` with `err`, and the step each was at.
+    /// Fails `ops` with `err`, and the step each was at (one fenced
+    /// transaction).
     async fn fail_operations(
         &self,
         ops: &[Operation],
         err: &OperationError,
     ) -> Result<(), JobError> {
-        let pool = &self.app.pool;
+        let mut tx = self.lease.begin().await?;
         for op in ops {
             let unfinished = op
                 .steps
@@ -1272,10 +1311,12 @@ impl Run<'_> {
                 .filter(|s| s.state != Progress::Succeeded.as_str())
                 .find_map(|s| StepName::parse(&s.name));
             if let Some(step) = unfinished {
-                operation::set_step(pool, op.id, step, Progress::Failed, None, Some(err)).await?;
+                operation::set_step(&mut *tx, op.id, step, Progress::Failed, None, Some(err))
+                    .await?;
             }
-            operation::finish(pool, op.id, Some(err)).await?;
+            operation::finish(&mut *tx, op.id, Some(err)).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1355,7 +1396,9 @@ impl Run<'_> {
                 .await?;
             }
         }
-        cluster::write_status(pool, c.id, phase, &conditions, c.generation).await?;
+        let mut tx = self.lease.begin().await?;
+        cluster::write_status(&mut *tx, c.id, phase, &conditions, c.generation).await?;
+        tx.commit().await?;
         Ok(())
     }
 

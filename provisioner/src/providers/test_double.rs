@@ -8,8 +8,9 @@
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
@@ -39,6 +40,29 @@ pub struct InMemoryProvider {
     booting: Mutex<BTreeMap<Uuid, u32>>,
     /// What `networks` answers (none unless a test sets some).
     networks: Mutex<Vec<ProviderNetwork>>,
+    /// Where the next `get` call stops (see [`InMemoryProvider::pause_next_get`]).
+    pause_get: Mutex<Option<Pause>>,
+}
+
+/// A worker held inside a provider call, as if its process were paused
+/// there: [`Pause::entered`] returns once it is, [`Pause::resume`] lets
+/// it go on.
+#[derive(Clone, Default)]
+pub struct Pause {
+    entered: Arc<Notify>,
+    resume: Arc<Notify>,
+}
+
+impl Pause {
+    /// Waits until a call has stopped here.
+    pub async fn entered(&self) {
+        self.entered.notified().await;
+    }
+
+    /// Lets the stopped call go on.
+    pub fn resume(&self) {
+        self.resume.notify_one();
+    }
 }
 
 impl InMemoryProvider {
@@ -56,7 +80,16 @@ impl InMemoryProvider {
             get_calls: AtomicU64::new(0),
             booting: Mutex::new(BTreeMap::new()),
             networks: Mutex::new(Vec::new()),
+            pause_get: Mutex::new(None),
         }
+    }
+
+    /// The next `get` call (only that one) stops until the returned pause
+    /// is resumed: a worker paused mid-job, while others go on.
+    pub fn pause_next_get(&self) -> Pause {
+        let pause = Pause::default();
+        *self.pause_get.lock().unwrap_or_else(|p| p.into_inner()) = Some(pause.clone());
+        pause
     }
 
     /// Makes `networks` answer these, as the lab answers its subnet.
@@ -178,6 +211,15 @@ impl Provider for InMemoryProvider {
 
     async fn get(&self, id: Uuid) -> Result<Option<ProviderMachine>, ProviderError> {
         self.get_calls.fetch_add(1, Ordering::SeqCst);
+        let pause = self
+            .pause_get
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(pause) = pause {
+            pause.entered.notify_one();
+            pause.resume.notified().await;
+        }
         let mut machines = self.lock();
         let mut booting = self.booting.lock().unwrap_or_else(|p| p.into_inner());
         if let (Some(m), Some(left)) = (machines.get_mut(&id), booting.get_mut(&id)) {

@@ -1,7 +1,11 @@
 //! The job queue table. A job is claimed with `FOR UPDATE SKIP LOCKED`
-//! under a lease (owner + expiry) that the worker renews while it runs;
-//! every later write is fenced by the owner, so a worker that lost its
-//! lease cannot complete or fail a job someone else has retaken.
+//! under a lease (owner + expiry) that the worker renews while it runs.
+//! Every claim also moves the row's fencing token (`fence`) on: the
+//! [`LeaseToken`] (job, owner, fence) a claim returns names that one
+//! claim, and every later write on the job's behalf is conditioned on it,
+//! so a worker that lost its lease (even to itself, claiming the job
+//! again) cannot renew, complete or fail it, nor write anything fenced by
+//! [`holds_lease`] (see `engine::lease`).
 
 use chrono::{DateTime, Utc};
 use serde_json::Value as JsonValue;
@@ -23,10 +27,31 @@ pub struct Job {
     pub max_attempts: i32,
     pub enqueued_at: DateTime<Utc>,
     pub run_after: DateTime<Utc>,
-    /// The lease owner that claimed it (the engine's worker id): a handler
-    /// that writes outside the queue fences those writes with it
-    /// ([`holds_lease`]).
+    /// The lease owner that claimed it (the engine's worker id).
     pub owner: Uuid,
+    /// This claim's fencing token: one more than the claim before it.
+    pub fence: i64,
+}
+
+impl Job {
+    /// The claim this row was returned by: what every write on the job's
+    /// behalf is fenced with.
+    pub fn token(&self) -> LeaseToken {
+        LeaseToken {
+            job_id: self.id,
+            owner: self.owner,
+            fence: self.fence,
+        }
+    }
+}
+
+/// One claim of one job: the worker that made it and the fence it got.
+/// A later claim (by anyone, this worker included) has a higher fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseToken {
+    pub job_id: i64,
+    pub owner: Uuid,
+    pub fence: i64,
 }
 
 /// Which kinds a claim may take: those in `only` (all kinds when empty),
@@ -136,11 +161,12 @@ pub async fn claim(
          )
          UPDATE jobs SET state = 'running', lease_owner = $1,
                 lease_expires_at = now() + make_interval(secs => $2),
-                attempts = jobs.attempts + 1, rerun = false, updated_at = now()
+                attempts = jobs.attempts + 1, rerun = false, fence = jobs.fence + 1,
+                updated_at = now()
          FROM next WHERE jobs.id = next.id
          RETURNING jobs.id, jobs.kind, jobs.payload, jobs.dedupe_key, jobs.operation_id,
                    jobs.attempts, jobs.max_attempts, jobs.enqueued_at, jobs.run_after,
-                   jobs.lease_owner AS "owner!""#,
+                   jobs.lease_owner AS "owner!", jobs.fence"#,
         owner,
         secs(lease),
         providers,
@@ -152,16 +178,20 @@ pub async fn claim(
     Ok(job)
 }
 
-/// Whether `owner` still holds job `id`, taking a share lock on the row
-/// until the transaction ends: a write made in the same transaction after
-/// a `true` cannot race a takeover (a new claim must lock the row first).
-pub async fn holds_lease(conn: &mut PgConnection, id: i64, owner: Uuid) -> Result<bool> {
+/// Whether the claim `lease` still holds its job (same owner and fence,
+/// running, lease not expired), taking a share lock on the row until the
+/// transaction ends: a write made in the same transaction after a `true`
+/// cannot race a takeover (a new claim must lock the row `FOR UPDATE`
+/// first, so it waits for, or skips, the row until this commits).
+pub async fn holds_lease(conn: &mut PgConnection, lease: LeaseToken) -> Result<bool> {
     let held = sqlx::query_scalar!(
         r#"SELECT 1 AS "one!" FROM jobs
-         WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND lease_expires_at > now()
+         WHERE id = $1 AND lease_owner = $2 AND fence = $3 AND state = 'running'
+           AND lease_expires_at > now()
          FOR SHARE"#,
-        id,
-        owner
+        lease.job_id,
+        lease.owner,
+        lease.fence
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -171,16 +201,16 @@ pub async fn holds_lease(conn: &mut PgConnection, id: i64, owner: Uuid) -> Resul
 /// Extends the lease; false if this owner no longer holds the job.
 pub async fn heartbeat(
     db: impl PgExecutor<'_>,
-    id: i64,
-    owner: Uuid,
-    lease: Duration,
+    lease: LeaseToken,
+    duration: Duration,
 ) -> Result<bool> {
     let n = sqlx::query!(
-        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
-         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-        id,
-        owner,
-        secs(lease)
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4)
+         WHERE id = $1 AND lease_owner = $2 AND fence = $3 AND state = 'running'",
+        lease.job_id,
+        lease.owner,
+        lease.fence,
+        secs(duration)
     )
     .execute(db)
     .await?
@@ -191,11 +221,13 @@ pub async fn heartbeat(
 /// The job is done. It is deleted, unless someone asked for another run
 /// while it ran, in which case it is queued again at once. False if the
 /// lease was lost.
-pub async fn complete(db: &mut PgConnection, id: i64, owner: Uuid) -> Result<bool> {
+pub async fn complete(db: &mut PgConnection, lease: LeaseToken) -> Result<bool> {
     let deleted = sqlx::query!(
-        "DELETE FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND NOT rerun",
-        id,
-        owner
+        "DELETE FROM jobs
+         WHERE id = $1 AND lease_owner = $2 AND fence = $3 AND state = 'running' AND NOT rerun",
+        lease.job_id,
+        lease.owner,
+        lease.fence
     )
     .execute(&mut *db)
     .await?
@@ -203,25 +235,21 @@ pub async fn complete(db: &mut PgConnection, id: i64, owner: Uuid) -> Result<boo
     if deleted == 1 {
         return Ok(true);
     }
-    requeue(db, id, owner, Duration::ZERO).await
+    requeue(db, lease, Duration::ZERO).await
 }
 
 /// The job wants to run again after `delay` (a level-triggered re-check):
 /// attempts reset, as this is not a failure.
-pub async fn requeue(
-    db: impl PgExecutor<'_>,
-    id: i64,
-    owner: Uuid,
-    delay: Duration,
-) -> Result<bool> {
+pub async fn requeue(db: impl PgExecutor<'_>, lease: LeaseToken, delay: Duration) -> Result<bool> {
     let n = sqlx::query!(
         "UPDATE jobs SET state = 'queued', attempts = 0, last_error = NULL,
-                run_after = CASE WHEN rerun THEN now() ELSE now() + make_interval(secs => $3) END,
+                run_after = CASE WHEN rerun THEN now() ELSE now() + make_interval(secs => $4) END,
                 enqueued_at = now(), rerun = false, lease_owner = NULL, lease_expires_at = NULL,
                 updated_at = now()
-         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-        id,
-        owner,
+         WHERE id = $1 AND lease_owner = $2 AND fence = $3 AND state = 'running'",
+        lease.job_id,
+        lease.owner,
+        lease.fence,
         secs(delay)
     )
     .execute(db)
@@ -233,18 +261,18 @@ pub async fn requeue(
 /// The attempt failed; try again after `delay`.
 pub async fn retry(
     db: impl PgExecutor<'_>,
-    id: i64,
-    owner: Uuid,
+    lease: LeaseToken,
     delay: Duration,
     error: &str,
 ) -> Result<bool> {
     let n = sqlx::query!(
-        "UPDATE jobs SET state = 'queued', last_error = $4,
-                run_after = now() + make_interval(secs => $3), rerun = false,
+        "UPDATE jobs SET state = 'queued', last_error = $5,
+                run_after = now() + make_interval(secs => $4), rerun = false,
                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-        id,
-        owner,
+         WHERE id = $1 AND lease_owner = $2 AND fence = $3 AND state = 'running'",
+        lease.job_id,
+        lease.owner,
+        lease.fence,
         secs(delay),
         error
     )
@@ -257,20 +285,16 @@ pub async fn retry(
 /// Out of attempts: park it in the dead-letter state. If a new request
 /// asked for another run meanwhile (`rerun`), the job is queued afresh
 /// instead, so that request's operation is never left behind a dead job.
-pub async fn dead_letter(
-    db: impl PgExecutor<'_>,
-    id: i64,
-    owner: Uuid,
-    error: &str,
-) -> Result<bool> {
+pub async fn dead_letter(db: impl PgExecutor<'_>, lease: LeaseToken, error: &str) -> Result<bool> {
     let n = sqlx::query!(
         "UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'dead' END,
                 attempts = CASE WHEN rerun THEN 0 ELSE attempts END,
-                run_after = now(), rerun = false, last_error = $3, lease_owner = NULL,
+                run_after = now(), rerun = false, last_error = $4, lease_owner = NULL,
                 lease_expires_at = NULL, updated_at = now()
-         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-        id,
-        owner,
+         WHERE id = $1 AND lease_owner = $2 AND fence = $3 AND state = 'running'",
+        lease.job_id,
+        lease.owner,
+        lease.fence,
         error
     )
     .execute(db)

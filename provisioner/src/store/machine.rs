@@ -158,11 +158,18 @@ pub struct NewMachine<'a> {
 }
 
 /// Records intent: committed before the provider is asked for the machine.
-pub async fn insert_pending(db: impl PgExecutor<'_>, m: NewMachine<'_>) -> Result<()> {
-    sqlx::query!(
+///
+/// A cluster has at most one live machine of a name (the partial unique
+/// index `machines_live_name`). If one exists already, nothing is
+/// inserted and the answer is `false`: someone recorded that machine after
+/// the caller read the ledger, and the existing row is the machine (the
+/// caller adopts it by reading the ledger again, never makes a second).
+pub async fn insert_pending(db: impl PgExecutor<'_>, m: NewMachine<'_>) -> Result<bool> {
+    let inserted = sqlx::query!(
         "INSERT INTO machines (id, tenant, cluster_id, node_pool_id, role, name, provider,
                                machine_type, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending')",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending')
+         ON CONFLICT (cluster_id, name) WHERE deleted_at IS NULL DO NOTHING",
         m.id,
         m.tenant,
         m.cluster_id,
@@ -173,8 +180,9 @@ pub async fn insert_pending(db: impl PgExecutor<'_>, m: NewMachine<'_>) -> Resul
         m.machine_type.as_str()
     )
     .execute(db)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }
 
 /// Tenant-facing list of a cluster's machines that are not yet deleted.

@@ -6,7 +6,7 @@
 
 use chrono::Utc;
 use kubeforge_cluster::pki::{CertKeyPair, ClusterPki, ServiceAccountKey, DEFAULT_CA_VALIDITY};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::cluster::Cluster;
@@ -36,28 +36,17 @@ fn internal(e: impl std::fmt::Display) -> Error {
 
 /// The cluster's PKI, and whether this call created it (all of it, in
 /// one transaction, so a crash leaves either none or all).
+///
+/// Created at most once: two callers may both find none (one of them a
+/// worker that lost its job lease while it generated), so the write
+/// locks the cluster row and looks again; the later caller keeps what the
+/// first stored, and a CA the members already trust is never replaced.
 pub async fn ensure(db: &PgPool, sbox: &SecretBox, c: &Cluster) -> Result<(ClusterPki, bool)> {
-    let mut stored = Vec::new();
-    for name in PKI_NAMES {
-        stored.push(secret::get(db, sbox, c.id, name).await?);
-    }
-    if stored.iter().all(Option::is_some) {
-        let mut it = stored.into_iter().flatten();
-        let mut next = || text(it.next().unwrap_or_default());
-        let (ca_crt, ca_key) = (next()?, next()?);
-        let (etcd_crt, etcd_key) = (next()?, next()?);
-        let (fp_crt, fp_key) = (next()?, next()?);
-        let (sa_key, sa_pub) = (next()?, next()?);
-        let pki = ClusterPki {
-            ca: CertKeyPair::from_pem(&ca_crt, &ca_key).map_err(internal)?,
-            etcd_ca: CertKeyPair::from_pem(&etcd_crt, &etcd_key).map_err(internal)?,
-            front_proxy_ca: CertKeyPair::from_pem(&fp_crt, &fp_key).map_err(internal)?,
-            service_account: ServiceAccountKey {
-                private_key_pem: sa_key,
-                public_key_pem: sa_pub,
-            },
-        };
-        return Ok((pki, false));
+    {
+        let mut conn = db.acquire().await?;
+        if let Some(pki) = load(&mut conn, sbox, c.id).await? {
+            return Ok((pki, false));
+        }
     }
     let pki = ClusterPki::generate(&c.name, Utc::now(), DEFAULT_CA_VALIDITY).map_err(internal)?;
     let values: [&str; 8] = [
@@ -71,11 +60,47 @@ pub async fn ensure(db: &PgPool, sbox: &SecretBox, c: &Cluster) -> Result<(Clust
         &pki.service_account.public_key_pem,
     ];
     let mut tx = db.begin().await?;
+    sqlx::query!("SELECT id FROM clusters WHERE id = $1 FOR UPDATE", c.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(stored) = load(&mut tx, sbox, c.id).await? {
+        return Ok((stored, false));
+    }
     for (name, value) in PKI_NAMES.iter().zip(values) {
         secret::put(&mut *tx, sbox, &c.tenant, c.id, name, value.as_bytes()).await?;
     }
     tx.commit().await?;
     Ok((pki, true))
+}
+
+/// The stored PKI, if all of it is there.
+async fn load(
+    conn: &mut PgConnection,
+    sbox: &SecretBox,
+    cluster_id: Uuid,
+) -> Result<Option<ClusterPki>> {
+    let mut stored = Vec::new();
+    for name in PKI_NAMES {
+        stored.push(secret::get(&mut *conn, sbox, cluster_id, name).await?);
+    }
+    if !stored.iter().all(Option::is_some) {
+        return Ok(None);
+    }
+    let mut it = stored.into_iter().flatten();
+    let mut next = || text(it.next().unwrap_or_default());
+    let (ca_crt, ca_key) = (next()?, next()?);
+    let (etcd_crt, etcd_key) = (next()?, next()?);
+    let (fp_crt, fp_key) = (next()?, next()?);
+    let (sa_key, sa_pub) = (next()?, next()?);
+    Ok(Some(ClusterPki {
+        ca: CertKeyPair::from_pem(&ca_crt, &ca_key).map_err(internal)?,
+        etcd_ca: CertKeyPair::from_pem(&etcd_crt, &etcd_key).map_err(internal)?,
+        front_proxy_ca: CertKeyPair::from_pem(&fp_crt, &fp_key).map_err(internal)?,
+        service_account: ServiceAccountKey {
+            private_key_pem: sa_key,
+            public_key_pem: sa_pub,
+        },
+    }))
 }
 
 /// The cluster CA (certificate and key, PEM), if the cluster has one yet.
