@@ -193,13 +193,18 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
     .await
     .unwrap()
     .unwrap();
-    let (short, _) = app
+    let short = app
         .app
-        .issue_kubeconfig(&c, "short", true, Duration::from_secs(1))
+        .issue_kubeconfig(
+            &c,
+            "short",
+            kubeforge_cluster::credentials::KubeconfigRole::Admin,
+            Duration::from_secs(1),
+        )
         .await
         .unwrap();
     let short_kc = tmp.join("short.kubeconfig");
-    std::fs::write(&short_kc, short).unwrap();
+    std::fs::write(&short_kc, short.yaml).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (ok, out) = kubectl_run(&short_kc, &["get", "namespaces"]);
     assert!(
