@@ -14,10 +14,10 @@
 //! `view` and `edit` are Kubernetes' built-in aggregated roles: `view`
 //! reads most namespaced objects but no Secrets and no RBAC; `edit` also
 //! creates, changes and deletes them (Secrets included, and pods' exec),
-//! but grants no RBAC (Roles and bindings) and no cluster-scoped object
-//! besides what [`NODE_READER_ROLE`] adds: get, list and watch of nodes
-//! and namespaces, as a managed service's viewers expect (`kubectl get
-//! nodes`). Nothing is in `system:masters`, which no RBAC can take away.
+//! but grants no RBAC (Roles and bindings); both read namespaces, and
+//! [`NODE_READER_ROLE`] adds get, list and watch of nodes, as a managed
+//! service's viewers expect (`kubectl get nodes`). Nothing is in
+//! `system:masters`, which no RBAC can take away.
 //!
 //! The bindings name only generation N's groups ([`manifest`]), and every
 //! binding has a fixed name, so applying the manifest of generation N+1
@@ -35,7 +35,9 @@
 //! is not yet the applied one. The viewers' binding is the last document,
 //! so a viewer of generation N that may list namespaces proves the whole
 //! manifest is in force (the API server's RBAC sees bindings in the order
-//! they were written).
+//! they were written); as namespaces come only from `view` and `edit`,
+//! which are aggregated (empty until the controller manager fills them),
+//! the engine asks as an editor too.
 //!
 //! Nothing from a tenant goes into the manifest or the command: names are
 //! this module's constants and N a number.
@@ -98,7 +100,7 @@ pub fn user(subject: &str) -> String {
     format!("kubeforge:user:{subject}")
 }
 
-/// The ClusterRole that lets viewers and editors read nodes and namespaces.
+/// The ClusterRole that lets viewers and editors read nodes.
 pub const NODE_READER_ROLE: &str = "kubeforge:node-reader";
 /// Where the engine puts the manifest on a member before applying it.
 pub const MANIFEST_PATH: &str = "/etc/kubernetes/addons/kubeforge-credentials.yaml";
@@ -129,7 +131,7 @@ pub fn manifest(generation: i64) -> String {
     let g = |role| group(role, generation);
     let node_reader = format!(
         "apiVersion: {RBAC}/v1\nkind: ClusterRole\nmetadata:\n  name: {NODE_READER_ROLE}\n  labels:\n    \
-         {MANAGED_LABEL}: \"true\"\nrules:\n- apiGroups: [\"\"]\n  resources: [\"nodes\", \"namespaces\"]\n  \
+         {MANAGED_LABEL}: \"true\"\nrules:\n- apiGroups: [\"\"]\n  resources: [\"nodes\"]\n  \
          verbs: [\"get\", \"list\", \"watch\"]\n"
     );
     [

@@ -2,7 +2,7 @@
 //! `kubeforge_cluster::credentials` applied in the cluster whenever the
 //! generation on the cluster's row is not the one applied (a new cluster,
 //! a revocation, a cluster from before generations), then proven by asking
-//! as a viewer of that generation, then recorded; revocation operations up
+//! as a viewer and an editor of that generation, then recorded; revocation operations up
 //! to it succeed.
 //!
 //! Called by the control-plane pass once the endpoint serves and the
@@ -41,10 +41,11 @@ pub async fn ensure(
 ) -> Result<()> {
     let g = credentials::generations(&app.pool, c.id).await?;
     if g.applied >= g.current {
-        // `view` is an aggregated role, empty until the controller manager
-        // fills it; ask as a viewer would (until the cluster has been ready).
+        // `view` and `edit` are aggregated roles, empty until the
+        // controller manager fills them; ask as a viewer and an editor
+        // would (until the cluster has been ready).
         if !matches!(c.phase, Phase::Ready | Phase::Degraded) {
-            return viewer_may_list(app, c, url, g.current).await;
+            return viewers_and_editors_may_list(app, c, url, g.current).await;
         }
         return Ok(());
     }
@@ -79,7 +80,7 @@ pub async fn ensure(
             out.join("; ")
         )));
     }
-    viewer_may_list(app, c, url, g.current).await?;
+    viewers_and_editors_may_list(app, c, url, g.current).await?;
     credentials::set_applied(&app.pool, c.id, g.current).await?;
     let mut conn = app.pool.acquire().await?;
     for op in operation::list_active(&mut conn, c.id).await? {
@@ -112,33 +113,44 @@ pub async fn ensure(
     Ok(())
 }
 
-/// Whether a viewer kubeconfig of generation `generation` works: a
-/// 2-minute certificate of that generation's viewers lists namespaces,
-/// retried for a few seconds.
-async fn viewer_may_list(app: &App, c: &Cluster, url: &str, generation: i64) -> Result<()> {
+/// Whether viewer and editor kubeconfigs of generation `generation` work:
+/// a 2-minute certificate of each lists namespaces, which only `view` and
+/// `edit` grant (aggregated roles, empty until the controller manager
+/// fills them), retried for a few seconds.
+async fn viewers_and_editors_may_list(
+    app: &App,
+    c: &Cluster,
+    url: &str,
+    generation: i64,
+) -> Result<()> {
     let pki = ensure_pki(app, c).await?;
     let signer = pki
         .ca
         .signer()
         .map_err(|e| Error::Internal(anyhow::anyhow!("the cluster CA: {e}")))?;
-    let group = kc::group(KubeconfigRole::Viewer, generation);
-    let viewer = crate::tenant::KubeTenant::connect_as(
-        c.name.as_str(),
-        url,
-        &pki.ca.cert_pem,
-        &signer,
-        ("kubeforge:probe", &[group.as_str()]),
-        TimeDelta::minutes(2),
-        Utc::now(),
-    )
-    .await?;
-    let mut answer = viewer.may_list_namespaces().await;
-    for _ in 0..60 {
-        if answer.is_ok() {
-            break;
+    // Viewers first: theirs is the manifest's last binding.
+    for role in [KubeconfigRole::Viewer, KubeconfigRole::Editor] {
+        let group = kc::group(role, generation);
+        let probe = crate::tenant::KubeTenant::connect_as(
+            c.name.as_str(),
+            url,
+            &pki.ca.cert_pem,
+            &signer,
+            ("kubeforge:probe", &[group.as_str()]),
+            TimeDelta::minutes(2),
+            Utc::now(),
+        )
+        .await?;
+        let mut answer = probe.may_list_namespaces().await;
+        for _ in 0..60 {
+            if answer.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            answer = probe.may_list_namespaces().await;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        answer = viewer.may_list_namespaces().await;
+        answer
+            .map_err(|e| Error::Unavailable(format!("{role}s cannot list namespaces yet: {e}")))?;
     }
-    answer.map_err(|e| Error::Unavailable(format!("viewers cannot list namespaces yet: {e}")))
+    Ok(())
 }
