@@ -105,12 +105,14 @@ pub const NODE_READER_ROLE: &str = "kubeforge:node-reader";
 /// Where the engine puts the manifest on a member before applying it.
 pub const MANIFEST_PATH: &str = "/etc/kubernetes/addons/kubeforge-credentials.yaml";
 /// The bindings, by name (fixed across generations).
-pub const ADMINS_BINDING: &str = "kubeforge-cluster-admins";
-pub const EDITORS_BINDING: &str = "kubeforge-editors";
-pub const NODE_READERS_BINDING: &str = "kubeforge-node-readers";
-/// The same name the viewers' binding had before generations, so applying
-/// the first generation takes the old `kubeforge:viewers` group's rights.
-pub const VIEWERS_BINDING: &str = "kubeforge-viewers";
+/// (Not `kubeforge-viewers`: clusters from before generations hold that
+/// binding, of the group `kubeforge:viewers`, in the addons their members
+/// apply at boot, which would reset a binding of the same name; no
+/// kubeconfig carries that group any more.)
+pub const ADMINS_BINDING: &str = "kubeforge-tenant-cluster-admins";
+pub const EDITORS_BINDING: &str = "kubeforge-tenant-editors";
+pub const NODE_READERS_BINDING: &str = "kubeforge-tenant-node-readers";
+pub const VIEWERS_BINDING: &str = "kubeforge-tenant-viewers";
 
 const RBAC: &str = "rbac.authorization.k8s.io";
 
