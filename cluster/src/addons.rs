@@ -1,5 +1,7 @@
 //! What every Kubeforge cluster holds from its first minute: the RBAC that
-//! lets the service, viewers and joining nodes do exactly their jobs.
+//! lets the service and joining nodes do exactly their jobs. (The tenants'
+//! kubeconfig groups are bound by [`crate::credentials`], applied by the
+//! engine rather than at each member's boot, so that they can be revoked.)
 //!
 //! The manifest is part of the control-plane bundle
 //! (`/etc/kubernetes/addons/kubeforge.yaml`). A oneshot unit on each member
@@ -41,7 +43,6 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::join::{rbac_manifest as join_rbac, KUBELET_CLIENT_SIGNER};
-use crate::pki::VIEWER_GROUP;
 
 /// The user the service's client certificates name (no group).
 pub const SERVICE_USER: &str = "kubeforge:service";
@@ -127,12 +128,6 @@ pub fn manifest(dns_ip: Ipv4Addr) -> String {
             Some("kube-system"),
             &binding("Role", "kubeforge:service", "User", SERVICE_USER),
         ),
-        object(
-            "ClusterRoleBinding",
-            "kubeforge-viewers",
-            None,
-            &binding("ClusterRole", "view", "Group", VIEWER_GROUP),
-        ),
         join_rbac(),
         dns_service(dns_ip),
         object(
@@ -211,9 +206,11 @@ mod tests {
         // The documents the apply expects, each labelled as ours.
         assert_eq!(
             m.matches("\nkind: ").count() + usize::from(m.starts_with("kind: ")),
-            8
+            7
         );
-        assert_eq!(m.matches("kubeforge.io/managed: \"true\"").count(), 8);
+        assert_eq!(m.matches("kubeforge.io/managed: \"true\"").count(), 7);
+        // Tenants' groups are bound by `crate::credentials`, not at boot.
+        assert!(!m.contains("kubeforge:viewers"));
         assert!(m.contains(&format!("name: \"{SERVICE_USER}\"")));
         assert!(m.contains(&format!("resourceNames: [\"{KUBELET_CLIENT_SIGNER}\"]")));
         // The DNS Service is selector-less, on the address kubelets use.

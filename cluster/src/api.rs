@@ -618,6 +618,37 @@ impl fmt::Display for Problem {
     }
 }
 
+/// `POST /v1/tokens/revoke` body: exactly one of `jti` (platform-admin:
+/// any token, kept revoked for the longest token lifetime) or `token` (the
+/// token itself: a tenant admin may revoke its own tenant's tokens; kept
+/// revoked until the token expires).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeTokenRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// The answer to a token revocation (200): which token, and until when its
+/// revocation is kept (then it would have expired anyway).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenRevoked {
+    pub jti: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The answer to `POST /v1/clusters/{c}/credentials/revoke` (202): the
+/// credential generation new kubeconfigs carry from now on, and the
+/// operation that binds it in the cluster (kubeconfigs of earlier
+/// generations are refused once it succeeds).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CredentialsRevoked {
+    pub credential_generation: i64,
+    pub operation: OperationView,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

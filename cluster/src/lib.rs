@@ -14,6 +14,7 @@ pub mod affinity;
 pub mod api;
 pub mod bundle;
 pub mod condition;
+pub mod credentials;
 pub mod dns;
 pub mod externalgrpc;
 pub mod join;

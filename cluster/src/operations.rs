@@ -16,6 +16,9 @@ pub enum OperationKind {
     NodePoolCreate,
     NodePoolUpdate,
     NodePoolDelete,
+    /// A cluster's kubeconfigs revoked: a new credential generation bound
+    /// in the cluster (its target generation is that credential generation).
+    CredentialsRevoke,
 }
 
 /// One step of an operation.
@@ -51,13 +54,14 @@ pub enum Progress {
 }
 
 impl OperationKind {
-    pub const ALL: [OperationKind; 6] = [
+    pub const ALL: [OperationKind; 7] = [
         Self::ClusterCreate,
         Self::ClusterUpdate,
         Self::ClusterDelete,
         Self::NodePoolCreate,
         Self::NodePoolUpdate,
         Self::NodePoolDelete,
+        Self::CredentialsRevoke,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +72,7 @@ impl OperationKind {
             Self::NodePoolCreate => "node_pool_create",
             Self::NodePoolUpdate => "node_pool_update",
             Self::NodePoolDelete => "node_pool_delete",
+            Self::CredentialsRevoke => "credentials_revoke",
         }
     }
 
@@ -86,6 +91,7 @@ impl OperationKind {
             Self::NodePoolCreate => &[Machines, Join],
             Self::NodePoolUpdate => &[Machines, Join, Drain],
             Self::NodePoolDelete => &[Drain, DeleteMachines, Finalize],
+            Self::CredentialsRevoke => &[Apply],
         }
     }
 }

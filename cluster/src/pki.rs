@@ -58,7 +58,9 @@ pub const FRONT_PROXY_CA_COMMON_NAME: &str = "front-proxy-ca";
 
 /// The group Kubernetes grants cluster-admin to without any binding.
 pub const MASTERS_GROUP: &str = "system:masters";
-/// The group viewer kubeconfigs carry; bootstrap RBAC binds it to `view`.
+/// The group viewer kubeconfigs carried before credential generations
+/// (`crate::credentials`); nothing binds it once a cluster's first
+/// generation is applied.
 pub const VIEWER_GROUP: &str = "kubeforge:viewers";
 
 /// User name of the admin client cert (kubeadm's name for it).
@@ -691,8 +693,9 @@ pub struct MemberCerts {
 
 /// Issues a client certificate, as for a kubeconfig: `common_name` is the
 /// Kubernetes user, `organizations` its group: none, or one
-/// ([`MASTERS_GROUP`] for an admin, [`VIEWER_GROUP`] for a viewer); more
-/// than one is refused.
+/// (for tenants' kubeconfigs, `crate::credentials::group`: never
+/// [`MASTERS_GROUP`], which only the service's internal `admin.conf`
+/// carries); more than one is refused.
 ///
 /// Valid from [`CLOCK_SKEW_ALLOWANCE`] before `now` until `now + ttl`
 /// (or the CA's expiry, if sooner). The serial is random; audit it.

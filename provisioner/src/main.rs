@@ -146,6 +146,13 @@ enum Command {
         #[command(subcommand)]
         command: TokenCmd,
     },
+    /// A cluster's kubeconfigs: revoke them all.
+    Credentials {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: CredentialsCmd,
+    },
     /// Clusters.
     Clusters {
         #[command(flatten)]
@@ -221,6 +228,24 @@ enum TokenCmd {
         subject: String,
         #[arg(long, env = "KUBEFORGE_DATA_DIR")]
         data_dir: Option<PathBuf>,
+    },
+    /// Revoke a token through the API: give the token itself (a tenant
+    /// admin, for its own tenant's tokens) or its jti (platform-admin).
+    Revoke {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The token, or its jti.
+        token_or_jti: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredentialsCmd {
+    /// Revoke every kubeconfig issued for a cluster so far (tenant admin):
+    /// new ones carry the next credential generation.
+    Revoke {
+        /// Cluster name or id.
+        cluster: String,
     },
 }
 
@@ -326,6 +351,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Token {
+            command:
+                TokenCmd::Revoke {
+                    client,
+                    token_or_jti,
+                },
+        } => kubeforge::cli::credentials::run_token_revoke(&client, &token_or_jti).await,
+        Command::Credentials {
+            client,
+            command: CredentialsCmd::Revoke { cluster },
+        } => kubeforge::cli::credentials::run_credentials_revoke(&client, &cluster).await,
         Command::Devdb {
             command: DevDbCmd::Start { data_dir, database },
         } => {

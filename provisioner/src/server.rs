@@ -366,6 +366,7 @@ pub fn build_app(
         config,
         access,
         tenants: Default::default(),
+        revocations: Default::default(),
     }))
 }
 

@@ -123,6 +123,8 @@ pub struct App {
     /// Per-tenant request buckets (`config.rate_limits`), drawn from by
     /// every authenticated API request.
     pub rate_limiter: RateLimiter,
+    /// This replica's copy of the revoked API tokens (`revoked_tokens`).
+    pub revocations: crate::auth::Revocations,
 }
 
 pub type SharedApp = Arc<App>;

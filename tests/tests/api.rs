@@ -887,13 +887,15 @@ async fn operations_are_listed_per_cluster_with_steps() {
 async fn kubeconfig_before_ready_is_cluster_not_ready() {
     let app = TestApp::new().await;
     let editor = app.token("acme", Role::Editor);
+    let admin = app.token("acme", Role::Admin);
     let viewer = app.token("acme", Role::Viewer);
     create(&app, &editor, cluster_body("web")).await;
     let path = "/v1/clusters/web/kubeconfig";
 
     for (token, body) in [
-        (&editor, json!({"role": "admin", "ttl_seconds": 3600})),
-        (&editor, json!({})),
+        (&admin, json!({"role": "admin", "ttl_seconds": 3600})),
+        (&admin, json!({})),
+        (&editor, json!({"role": "editor", "ttl_seconds": 3600})),
         (&viewer, json!({"role": "viewer", "ttl_seconds": 600})),
     ] {
         let r = app
@@ -918,7 +920,7 @@ async fn kubeconfig_before_ready_is_cluster_not_ready() {
         .call(
             Method::POST,
             path,
-            Some(&editor),
+            Some(&admin),
             Some(json!({"role": "admin", "ttl_seconds": 10})),
             &[],
         )
@@ -942,7 +944,7 @@ async fn kubeconfig_before_ready_is_cluster_not_ready() {
         .call(
             Method::POST,
             "/v1/clusters/nope/kubeconfig",
-            Some(&editor),
+            Some(&admin),
             Some(json!({})),
             &[],
         )
@@ -1605,6 +1607,8 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/clusters/{cluster}/operations", &["get"]),
     ("/v1/clusters/{cluster}/events", &["get"]),
     ("/v1/clusters/{cluster}/kubeconfig", &["post"]),
+    ("/v1/clusters/{cluster}/credentials/revoke", &["post"]),
+    ("/v1/tokens/revoke", &["post"]),
     ("/v1/clusters/{cluster}/autoscaler", &["get"]),
     ("/v1/clusters/{cluster}/autoscaler/credentials", &["post"]),
     ("/v1/machine-types", &["get"]),
@@ -2370,4 +2374,321 @@ async fn readyz_fails_fast_without_the_database() {
         "a request took {:?}",
         started.elapsed()
     );
+}
+
+/// Roles and credentials (issue 13 point 12): which role may mint which
+/// kubeconfig, what the certificate says, revoking a cluster's kubeconfigs
+/// and API tokens.
+mod roles {
+    use super::*;
+    use kubeforge_cluster::pki::x509_parser;
+    use uuid::Uuid;
+
+    /// Makes acme's cluster `web` ready with a CA and an endpoint, as the
+    /// engine would on a real provider.
+    async fn ready_cluster(app: &TestApp) -> Uuid {
+        let editor = app.token("acme", Role::Editor);
+        let c = create(app, &editor, cluster_body("web")).await;
+        let id = Uuid::parse_str(c["cluster"]["id"].as_str().unwrap()).unwrap();
+        let row = kubeforge::store::cluster::get_any(&app.pool, id)
+            .await
+            .unwrap()
+            .unwrap();
+        kubeforge::store::pki::ensure(&app.pool, &app.app.secrets, &row)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE clusters SET phase = 'ready', endpoint = 'https://10.0.0.1:6443' WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        id
+    }
+
+    async fn mint(app: &TestApp, token: &str, role: &str) -> Resp {
+        app.call(
+            Method::POST,
+            "/v1/clusters/web/kubeconfig",
+            Some(token),
+            Some(json!({"role": role, "ttl_seconds": 600})),
+            &[],
+        )
+        .await
+    }
+
+    /// The subject of the client certificate in a kubeconfig: (CN, [O]).
+    fn subject(kubeconfig: &str) -> (String, Vec<String>) {
+        use base64::Engine as _;
+        let line = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("client-certificate-data: "))
+            .expect("client-certificate-data");
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(line)
+            .unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let orgs = cert
+            .subject()
+            .iter_organization()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        (cn, orgs)
+    }
+
+    #[tokio::test]
+    async fn each_role_mints_only_the_kubeconfigs_its_role_allows() {
+        let app = TestApp::new().await;
+        ready_cluster(&app).await;
+        let viewer = app.token("acme", Role::Viewer);
+        let editor = app.token("acme", Role::Editor);
+        let admin = app.token("acme", Role::Admin);
+        for (token, who, allowed) in [
+            (&viewer, "viewer", &["viewer"][..]),
+            (&editor, "editor", &["viewer", "editor"][..]),
+            (&admin, "admin", &["viewer", "editor", "admin"][..]),
+        ] {
+            for role in ["viewer", "editor", "admin"] {
+                let r = mint(&app, token, role).await;
+                if !allowed.contains(&role) {
+                    assert_problem(&r, 403, "forbidden");
+                    let detail = r.body["detail"].as_str().unwrap();
+                    assert!(
+                        detail.contains(&format!("role {who} may not mint {role} kubeconfigs")),
+                        "{detail}"
+                    );
+                    continue;
+                }
+                assert_eq!(r.status, 200, "{who} minting {role}: {}", r.text);
+                let (cn, orgs) = subject(&r.text);
+                assert_eq!(cn, "kubeforge:user:tester");
+                let stem = match role {
+                    "viewer" => "viewers",
+                    "editor" => "editors",
+                    _ => "cluster-admins",
+                };
+                assert_eq!(
+                    orgs,
+                    [format!("kubeforge:{stem}:g1")],
+                    "{who} minting {role}"
+                );
+                assert!(!orgs.iter().any(|o| o == "system:masters"));
+                // The expiry, as a header.
+                let expires =
+                    chrono::DateTime::parse_from_rfc3339(header(&r, "kubeforge-expires-at"))
+                        .unwrap()
+                        .with_timezone(&chrono::Utc);
+                let left = (expires - chrono::Utc::now()).num_seconds();
+                assert!((590..=600).contains(&left), "{left}");
+            }
+        }
+        // The default role is admin: an editor asking without one is refused.
+        let r = app
+            .call(
+                Method::POST,
+                "/v1/clusters/web/kubeconfig",
+                Some(&editor),
+                Some(json!({})),
+                &[],
+            )
+            .await;
+        assert_problem(&r, 403, "forbidden");
+    }
+
+    #[tokio::test]
+    async fn only_a_tenant_admin_revokes_a_clusters_kubeconfigs() {
+        let app = TestApp::new().await;
+        let id = ready_cluster(&app).await;
+        let path = "/v1/clusters/web/credentials/revoke";
+        for role in [Role::Viewer, Role::Editor] {
+            let r = app
+                .call(
+                    Method::POST,
+                    path,
+                    Some(&app.token("acme", role)),
+                    None,
+                    &[],
+                )
+                .await;
+            assert_problem(&r, 403, "forbidden");
+            assert!(
+                r.body["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("needs role admin"),
+                "{}",
+                r.text
+            );
+        }
+        let other = app.token("globex", Role::Admin);
+        let r = app.call(Method::POST, path, Some(&other), None, &[]).await;
+        assert_problem(&r, 404, "not_found");
+
+        let admin = app.token("acme", Role::Admin);
+        let r = app.call(Method::POST, path, Some(&admin), None, &[]).await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        assert_eq!(r.body["credential_generation"], 2, "{}", r.text);
+        assert_eq!(r.body["operation"]["type"], "credentials_revoke");
+        assert_eq!(r.body["operation"]["steps"][0]["name"], "apply");
+        let g: (i64, i64) = sqlx::query_as(
+            "SELECT credential_generation, credential_generation_applied FROM clusters WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(g.0, 2);
+        // Kubeconfigs minted from now on carry the new generation.
+        let r = mint(&app, &admin, "admin").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(subject(&r.text).1, ["kubeforge:cluster-admins:g2"]);
+        let events = get(&app, &admin, "/v1/clusters/web/events").await;
+        assert!(
+            events.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["reason"] == "CredentialsRevoked"),
+            "{}",
+            events.text
+        );
+        let r = app
+            .call(
+                Method::POST,
+                "/v1/clusters/nope/credentials/revoke",
+                Some(&admin),
+                None,
+                &[],
+            )
+            .await;
+        assert_problem(&r, 404, "not_found");
+    }
+
+    async fn revoke(app: &TestApp, token: &str, body: Value) -> Resp {
+        app.call(
+            Method::POST,
+            "/v1/tokens/revoke",
+            Some(token),
+            Some(body),
+            &[],
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn revoked_tokens_are_refused_and_who_may_revoke_what() {
+        let app = TestApp::new().await;
+        let admin = app.token("acme", Role::Admin);
+        let editor = app.token("acme", Role::Editor);
+        let viewer = app.token("acme", Role::Viewer);
+        let globex = app.token("globex", Role::Viewer);
+        let platform = app.token("platform", Role::PlatformAdmin);
+        let jti = |t: &str| app.app.auth.verify(t).unwrap().0.jti.unwrap();
+        assert_eq!(get(&app, &viewer, "/v1/clusters").await.status, 200);
+
+        // An editor may not revoke; an admin may not revoke by jti alone.
+        assert_problem(
+            &revoke(&app, &editor, json!({"token": viewer})).await,
+            403,
+            "forbidden",
+        );
+        let r = revoke(&app, &admin, json!({"jti": jti(&viewer)})).await;
+        assert_problem(&r, 403, "forbidden");
+        // Another tenant's token is not there for a tenant admin.
+        assert_problem(
+            &revoke(&app, &admin, json!({"token": globex})).await,
+            404,
+            "not_found",
+        );
+        // Exactly one of jti and token, well formed.
+        for body in [json!({}), json!({"jti": "a", "token": viewer})] {
+            let r = revoke(&app, &platform, body).await;
+            assert_problem(&r, 422, "validation_failed");
+        }
+        let r = revoke(&app, &platform, json!({"jti": "bad jti"})).await;
+        assert_problem(&r, 422, "validation_failed");
+        assert_eq!(r.body["field"], "jti");
+        let r = revoke(&app, &admin, json!({"token": "not.a.token"})).await;
+        assert_problem(&r, 422, "validation_failed");
+        assert_eq!(r.body["field"], "token");
+        // Nothing was revoked so far.
+        assert_eq!(get(&app, &viewer, "/v1/clusters").await.status, 200);
+        assert_eq!(get(&app, &globex, "/v1/clusters").await.status, 200);
+
+        // The tenant admin revokes its viewer's token: 401 from then on.
+        let r = revoke(&app, &admin, json!({"token": viewer})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["jti"], jti(&viewer));
+        let r = get(&app, &viewer, "/v1/clusters").await;
+        assert_problem(&r, 401, "unauthenticated");
+        assert!(r.text.contains("revoked"), "{}", r.text);
+        assert_eq!(get(&app, &editor, "/v1/clusters").await.status, 200);
+        // The platform admin revokes globex's by jti.
+        let r = revoke(&app, &platform, json!({"jti": jti(&globex)})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_problem(
+            &get(&app, &globex, "/v1/clusters").await,
+            401,
+            "unauthenticated",
+        );
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM revoked_tokens")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 2);
+
+        // Another replica (its own copy of the list, sharing the database)
+        // refuses them too.
+        let (other, _) = TestApp::app_on(app.pool.clone(), kubeforge::app::Config::default());
+        let claims = |t: &str| other.auth.verify(t).unwrap().0;
+        let err = other
+            .check_token_revocation(&claims(&viewer))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 401);
+        other
+            .check_token_revocation(&claims(&editor))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_token_not_valid_yet_or_of_another_key_is_401() {
+        let app = TestApp::new().await;
+        let later = app
+            .app
+            .auth
+            .mint(
+                "acme",
+                "tester",
+                Role::Admin,
+                std::time::Duration::from_secs(600),
+                chrono::Utc::now().timestamp() + 120,
+            )
+            .unwrap();
+        let r = get(&app, &later, "/v1/clusters").await;
+        assert_problem(&r, 401, "unauthenticated");
+        assert!(r.text.contains("nbf"), "{}", r.text);
+        let other = kubeforge::auth::AuthKeys::from_secret(&[9u8; 32]).unwrap();
+        let foreign = other
+            .mint(
+                "acme",
+                "tester",
+                Role::Admin,
+                std::time::Duration::from_secs(600),
+                chrono::Utc::now().timestamp(),
+            )
+            .unwrap();
+        let r = get(&app, &foreign, "/v1/clusters").await;
+        assert_problem(&r, 401, "unauthenticated");
+        assert!(r.text.contains("key id"), "{}", r.text);
+    }
 }

@@ -1,8 +1,10 @@
 //! End to end on the lab: real systemd-nspawn machines, real etcd and
 //! Kubernetes v1.20.2 binaries, real kubectl. A cluster goes from POST to
-//! `ready`; kubeconfigs are minted for admin and viewer and honoured by the
-//! apiserver as such; an expired one is refused; another tenant cannot get
-//! one; a crashing kube-apiserver, restarted by systemd within seconds, is
+//! `ready`; kubeconfigs are minted for admin, editor and viewer and
+//! honoured by the apiserver as such (`kubectl auth can-i`); an expired one
+//! is refused; another tenant cannot get one; revoking the cluster's
+//! credentials makes every earlier kubeconfig Forbidden while a new one
+//! works; a crashing kube-apiserver, restarted by systemd within seconds, is
 //! an event and a metric, and repeated crashes degrade the cluster until
 //! they leave the restart window; deleting the cluster leaves no machine,
 //! process or mount behind.
@@ -15,6 +17,7 @@ use kubeforge::app::Config;
 use kubeforge::context::Role;
 use kubeforge_tests::lab::{
     assert_machines_gone, delete_cluster, drive, drive_until, kubectl_run, run_on_machine, sandbox,
+    write_kubeconfig,
 };
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
@@ -193,13 +196,18 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
     .await
     .unwrap()
     .unwrap();
-    let (short, _) = app
+    let short = app
         .app
-        .issue_kubeconfig(&c, "short", true, Duration::from_secs(1))
+        .issue_kubeconfig(
+            &c,
+            "short",
+            kubeforge_cluster::credentials::KubeconfigRole::Admin,
+            Duration::from_secs(1),
+        )
         .await
         .unwrap();
     let short_kc = tmp.join("short.kubeconfig");
-    std::fs::write(&short_kc, short).unwrap();
+    std::fs::write(&short_kc, short.yaml).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (ok, out) = kubectl_run(&short_kc, &["get", "namespaces"]);
     assert!(
@@ -218,6 +226,110 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
         )
         .await;
     assert_eq!(r.status, 404, "{}", r.text);
+
+    // Roles in the cluster (issue 13 point 12): what each kubeconfig role
+    // may, asked of the API server itself; then a revocation takes every
+    // kubeconfig minted before it back.
+    let editor = app.token("acme", Role::Editor);
+    let editor_kc = tmp.join("editor.kubeconfig");
+    write_kubeconfig(&app, &editor, &name, "editor", 600, &editor_kc).await;
+    let can = |kc: &std::path::Path, verb: &str, what: &str| {
+        let (yes, out) = kubectl_run(kc, &["auth", "can-i", verb, what]);
+        // stdout's answer first; kubectl may warn on stderr after it.
+        let answer = out.lines().next().unwrap_or_default().trim();
+        assert!(
+            answer == "yes" || answer.starts_with("no"),
+            "can-i {verb} {what}: {out}"
+        );
+        yes
+    };
+    for (who, kc, configmaps, nodes, bindings) in [
+        ("viewer", &viewer_kc, false, true, false),
+        ("editor", &editor_kc, true, true, false),
+        ("admin", &admin_kc, true, true, true),
+    ] {
+        if can(kc, "create", "configmaps") != configmaps {
+            // What the cluster holds, for the failure message.
+            let (_, bindings) = kubectl_run(
+                &admin_kc,
+                &[
+                    "get",
+                    "clusterrolebindings",
+                    "-l",
+                    "kubeforge.io/managed",
+                    "-o",
+                    "yaml",
+                ],
+            );
+            let (_, edit) = kubectl_run(&admin_kc, &["get", "clusterrole", "edit", "-o", "yaml"]);
+            let (_, list) = kubectl_run(kc, &["auth", "can-i", "--list"]);
+            panic!("{who} create configmaps: want {configmaps}\n{bindings}\n{edit}\n{list}");
+        }
+        assert_eq!(can(kc, "list", "nodes"), nodes, "{who} list nodes");
+        assert_eq!(
+            can(kc, "create", "clusterrolebindings"),
+            bindings,
+            "{who} create clusterrolebindings"
+        );
+    }
+    assert!(
+        !can(&viewer_kc, "get", "secrets"),
+        "viewers read no secrets"
+    );
+    let (ok, out) = kubectl_run(&editor_kc, &["create", "configmap", "by-editor"]);
+    assert!(ok, "editor create configmap: {out}");
+    let (ok, out) = kubectl_run(&viewer_kc, &["create", "configmap", "by-viewer"]);
+    assert!(
+        !ok && out.contains("forbidden"),
+        "viewer create configmap: {out}"
+    );
+    let revoked_at = Instant::now();
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/v1/clusters/{name}/credentials/revoke"),
+            Some(&owner),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["credential_generation"], 2, "{}", r.text);
+    let revoke_op = r.body["operation"]["id"].as_str().unwrap().to_string();
+    drive_until(
+        &app,
+        &owner,
+        &format!("/v1/operations/{revoke_op}"),
+        "the revocation to succeed",
+        Duration::from_secs(120),
+        |status, body| (status == 200 && body["state"] == "succeeded").then_some(()),
+    )
+    .await;
+    eprintln!(
+        "revoke to applied: {:.1} s",
+        revoked_at.elapsed().as_secs_f64()
+    );
+    for (who, kc) in [
+        ("viewer", &viewer_kc),
+        ("editor", &editor_kc),
+        ("admin", &admin_kc),
+    ] {
+        let (ok, out) = kubectl_run(kc, &["get", "namespaces"]);
+        assert!(
+            !ok && out.contains("forbidden"),
+            "the revoked {who} kubeconfig still lists namespaces: {out}"
+        );
+        assert!(!can(kc, "create", "configmaps"), "revoked {who}");
+    }
+    let new_admin_kc = tmp.join("admin-2.kubeconfig");
+    write_kubeconfig(&app, &owner, &name, "admin", 600, &new_admin_kc).await;
+    let (ok, out) = kubectl_run(&new_admin_kc, &["create", "configmap", "after-revoke"]);
+    assert!(ok, "a kubeconfig minted after the revocation: {out}");
+    let (ok, out) = kubectl_run(
+        &new_admin_kc,
+        &["delete", "configmap", "by-editor", "after-revoke"],
+    );
+    assert!(ok, "{out}");
 
     // kube-apiserver crashes; systemd has it back within seconds, and
     // Kubeforge sees it all the same: an event naming member and

@@ -263,6 +263,9 @@ struct Row {
     path: &'static str,
     body: Option<Value>,
     owner: Exp,
+    /// What the owner's editor gets where it differs from the owner's
+    /// admin (admin-only routes).
+    editor: Option<Exp>,
     viewer: Exp,
     other: Exp,
     platform: Exp,
@@ -283,10 +286,26 @@ fn row(
         path,
         body,
         owner,
+        editor: None,
         viewer,
         other,
         platform,
         target_tenant: None,
+    }
+}
+
+/// A row of an admin-only route: the owner's editor gets `editor`.
+fn admin_row(
+    class: Class,
+    method: Method,
+    path: &'static str,
+    body: Option<Value>,
+    editor: Exp,
+    outcomes: [Exp; 4],
+) -> Row {
+    Row {
+        editor: Some(editor),
+        ..row(class, method, path, body, outcomes)
     }
 }
 
@@ -448,11 +467,21 @@ fn rows() -> Vec<Row> {
             None,
             [S(200), S(200), NF, NF],
         ),
-        row(
+        // Admin kubeconfigs: tenant admins only (an editor is refused
+        // before the cluster is looked at).
+        admin_row(
             Tenant,
             Method::POST,
             "/v1/clusters/{ac}/kubeconfig",
             Some(json!({"role": "admin", "ttl_seconds": 3600})),
+            FORBIDDEN,
+            [NOT_READY, FORBIDDEN, NF, NF],
+        ),
+        row(
+            Tenant,
+            Method::POST,
+            "/v1/clusters/{ac}/kubeconfig",
+            Some(json!({"role": "editor", "ttl_seconds": 3600})),
             [NOT_READY, FORBIDDEN, NF, NF],
         ),
         row(
@@ -468,6 +497,23 @@ fn rows() -> Vec<Row> {
             "/v1/clusters/{acn}/autoscaler",
             None,
             [S(200), S(200), NF, NF],
+        ),
+        // revoking a cluster's kubeconfigs: tenant admins only
+        admin_row(
+            Tenant,
+            Method::POST,
+            "/v1/clusters/{ac}/credentials/revoke",
+            None,
+            FORBIDDEN,
+            [S(202), FORBIDDEN, NF, NF],
+        ),
+        // revoking an API token by jti: platform admins only
+        row(
+            Platform,
+            Method::POST,
+            "/v1/tokens/revoke",
+            Some(json!({"jti": "0123456789abcdef"})),
+            p(S(200)),
         ),
         // the same for every caller who authenticates
         row(
@@ -521,7 +567,8 @@ impl Row {
             return Exp::Ok(200);
         }
         match c {
-            Caller::OwnerEditor | Caller::OwnerAdmin => self.owner,
+            Caller::OwnerEditor => self.editor.unwrap_or(self.owner),
+            Caller::OwnerAdmin => self.owner,
             Caller::Viewer => self.viewer,
             Caller::OtherTenant => self.other,
             Caller::PlatformAdmin => self.platform,
@@ -941,6 +988,8 @@ fn matrix_covers_every_route() {
         ("GET", "/v1/clusters/{ac}/operations"),
         ("GET", "/v1/clusters/{ac}/events"),
         ("POST", "/v1/clusters/{ac}/kubeconfig"),
+        ("POST", "/v1/clusters/{ac}/credentials/revoke"),
+        ("POST", "/v1/tokens/revoke"),
         ("GET", "/v1/clusters/{ac}/autoscaler"),
         ("GET", "/v1/machine-types"),
         ("GET", "/v1/operations/{aop}"),

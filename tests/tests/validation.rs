@@ -1233,7 +1233,8 @@ async fn node_pool_update_refuses_bad_requests_and_writes_nothing() {
 #[tokio::test]
 async fn kubeconfig_refuses_bad_requests_and_writes_nothing() {
     let app = TestApp::new().await;
-    let token = app.token("acme", Role::Editor);
+    // An admin: requests without a role ask for an admin kubeconfig.
+    let token = app.token("acme", Role::Admin);
     make_cluster(&app, &token, "web").await;
     let base = json!({"role": "viewer", "ttl_seconds": 3600});
     let mut cases = envelope_cases(&base);
@@ -1736,11 +1737,12 @@ async fn nul_bytes_in_paths_queries_and_tokens_are_refused_naming_the_field() {
     let now = chrono::Utc::now().timestamp();
     let claims = |sub: &str, tenant: &str| {
         json!({"sub": sub, "tenant": tenant, "role": "admin", "iss": "kubeforge",
-               "aud": "kubeforge-api", "iat": now, "exp": now + 600})
+               "aud": "kubeforge-api", "iat": now, "nbf": now, "exp": now + 600,
+               "jti": "validation-test"})
     };
     let sign = |c: Value| {
         jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &app.app.auth.header(),
             &c,
             &jsonwebtoken::EncodingKey::from_secret(&[7u8; 32]),
         )

@@ -35,6 +35,7 @@ impl FromRequestParts<SharedApp> for OpContext {
                 Error::Unauthenticated("Authorization must be `Bearer <token>`".into())
             })?;
         let (claims, role) = app.auth.verify(token.trim())?;
+        app.check_token_revocation(&claims).await?;
         app.rate_limiter
             .check(&claims.tenant, Class::of(&parts.method))
             .map_err(|retry_after| Error::RateLimited { retry_after })?;

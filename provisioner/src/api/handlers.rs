@@ -17,9 +17,10 @@ use kubeforge_cluster::api::{
     AutoscalerCredentialsRequest, AutoscalerCredentialsView, AutoscalerDecisionView,
     AutoscalerPoolView, AutoscalerSettingsRequest, AutoscalerStatusView, ClusterAccepted,
     ClusterListQuery, ClusterView, CreateClusterRequest, CreateHostRequest, CreateNodePoolRequest,
-    EventView, HostCreated, HostView, Items, KubeconfigRequest, MachineTypeView, MachineView,
-    NodePoolAccepted, NodePoolView, OperationAccepted, OperationView, PageQuery, PendingPodView,
-    PoolReasonView, Problem, Quota, QuotaView, UpdateClusterRequest, UpdateNodePoolRequest,
+    CredentialsRevoked, EventView, HostCreated, HostView, Items, KubeconfigRequest,
+    MachineTypeView, MachineView, NodePoolAccepted, NodePoolView, OperationAccepted, OperationView,
+    PageQuery, PendingPodView, PoolReasonView, Problem, Quota, QuotaView, RevokeTokenRequest,
+    TokenRevoked, UpdateClusterRequest, UpdateNodePoolRequest,
 };
 use kubeforge_cluster::{AutoscalerMode, AutoscalerSettings, Expander, NodeResources};
 
@@ -216,9 +217,14 @@ pub async fn event_list(
     Ok(Json(app.event_list(&ctx, &c, q).await?).into_response())
 }
 
+/// The header that says when a kubeconfig's certificate expires (RFC 3339).
+pub const KUBECONFIG_EXPIRES_AT: &str = "kubeforge-expires-at";
+
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/kubeconfig", request_body = KubeconfigRequest,
     params(("cluster" = String, Path)),
-    responses((status = 200, content_type = "application/yaml", description = "a kubeconfig"),
+    responses((status = 200, content_type = "application/yaml", description = "a kubeconfig; `Kubeforge-Expires-At` says when its certificate expires (RFC 3339)",
+               headers(("Kubeforge-Expires-At" = String, description = "RFC 3339 expiry of the client certificate"))),
+              (status = 403, body = Problem, content_type = "application/problem+json", description = "the caller's role may not mint a kubeconfig of this role"),
               (status = 409, body = Problem, content_type = "application/problem+json", description = "cluster_not_ready")))]
 pub async fn kubeconfig_create(
     State(app): State<SharedApp>,
@@ -226,8 +232,47 @@ pub async fn kubeconfig_create(
     RefPath(c): RefPath<String>,
     body: JsonBody<KubeconfigRequest>,
 ) -> Result<Response> {
-    let yaml = app.kubeconfig_create(&ctx, &c, body.value).await?;
-    Ok(([(header::CONTENT_TYPE, "application/yaml")], yaml).into_response())
+    let issued = app.kubeconfig_create(&ctx, &c, body.value).await?;
+    let expires = issued
+        .expires_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/yaml"),
+            (
+                header::HeaderName::from_static(KUBECONFIG_EXPIRES_AT),
+                expires.as_str(),
+            ),
+        ],
+        issued.yaml,
+    )
+        .into_response())
+}
+
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/credentials/revoke",
+    params(("cluster" = String, Path, description = "id or name")),
+    responses((status = 202, body = CredentialsRevoked, description = "{credential_generation, operation}: kubeconfigs of earlier generations are refused once the operation succeeds"),
+              (status = 403, body = Problem, content_type = "application/problem+json", description = "needs role admin"),
+              (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn credentials_revoke(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    RefPath(c): RefPath<String>,
+) -> Result<Response> {
+    let answer = app.credentials_revoke(&ctx, &c).await?;
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/tokens/revoke", request_body = RevokeTokenRequest,
+    responses((status = 200, body = TokenRevoked),
+              (status = 403, body = Problem, content_type = "application/problem+json", description = "by jti: platform-admin only; by token: admin of the token's tenant"),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn token_revoke(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    body: JsonBody<RevokeTokenRequest>,
+) -> Result<Response> {
+    Ok(Json(app.token_revoke(&ctx, body.value).await?).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/clusters/{cluster}/autoscaler", params(("cluster" = String, Path, description = "id or name")),
@@ -361,7 +406,7 @@ pub async fn metrics(State(app): State<SharedApp>) -> Response {
         cluster_create, cluster_list, cluster_get, cluster_update, cluster_delete,
         node_pool_create, node_pool_list, node_pool_get, node_pool_update, node_pool_delete,
         machine_list, operation_list, operation_get, event_list, kubeconfig_create,
-        autoscaler_get, autoscaler_credentials_create, machine_type_list, host_create, host_list, host_delete, quota_get,
+        credentials_revoke, token_revoke, autoscaler_get, autoscaler_credentials_create, machine_type_list, host_create, host_list, host_delete, quota_get,
         quota_put, healthz, readyz, metrics, openapi
     ),
     components(schemas(Problem, ClusterView, NodePoolView, MachineView, OperationView, EventView,
@@ -371,7 +416,8 @@ pub async fn metrics(State(app): State<SharedApp>) -> Response {
                        HostCreated, AutoscalerSettings, AutoscalerSettingsRequest,
                        AutoscalerMode, Expander, AutoscalerStatusView, AutoscalerPoolView,
                        AutoscalerDecisionView, PendingPodView, PoolReasonView, MachineTypeView,
-                       NodeResources, AutoscalerCredentialsRequest, AutoscalerCredentialsView)),
+                       NodeResources, AutoscalerCredentialsRequest, AutoscalerCredentialsView,
+                       CredentialsRevoked, RevokeTokenRequest, TokenRevoked)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

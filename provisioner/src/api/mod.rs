@@ -45,6 +45,11 @@ pub fn router(app: SharedApp) -> Router {
         .route("/v1/clusters/{cluster}/operations", get(operation_list))
         .route("/v1/clusters/{cluster}/events", get(event_list))
         .route("/v1/clusters/{cluster}/kubeconfig", post(kubeconfig_create))
+        .route(
+            "/v1/clusters/{cluster}/credentials/revoke",
+            post(credentials_revoke),
+        )
+        .route("/v1/tokens/revoke", post(token_revoke))
         .route("/v1/clusters/{cluster}/autoscaler", get(autoscaler_get))
         .route(
             "/v1/clusters/{cluster}/autoscaler/credentials",

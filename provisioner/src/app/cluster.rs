@@ -7,6 +7,7 @@ use kubeforge_cluster::api::{
     KubeconfigRequest, MachineView, OperationAccepted, OperationView, Page, PageQuery,
     UpdateClusterRequest,
 };
+use kubeforge_cluster::credentials::{self, KubeconfigRole};
 use kubeforge_cluster::operations::OperationKind;
 use kubeforge_cluster::spec::{check_label_key, check_label_value};
 use kubeforge_cluster::{ClusterSpec, Labels, Phase, ValidationError};
@@ -414,22 +415,21 @@ impl App {
         })
     }
 
-    /// Kubeconfigs carry client certificates signed by the cluster's CA.
+    /// Kubeconfigs carry client certificates signed by the cluster's CA,
+    /// for a role the caller's role allows (see `crate::context`).
     /// Until a cluster's control plane and PKI exist this answers
     /// `cluster_not_ready`; it never returns a kubeconfig that cannot work.
+    /// Returns the kubeconfig and when its certificate expires.
     #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn kubeconfig_create(
         &self,
         ctx: &OpContext,
         id_or_name: &str,
         req: KubeconfigRequest,
-    ) -> Result<String> {
-        let needed = match req.role.as_str() {
-            "viewer" => Action::Read,
-            "admin" => Action::Write,
-            _ => return Err(ValidationError::new("role", "one of admin, viewer").into()),
-        };
-        ctx.authorize(needed)?;
+    ) -> Result<IssuedKubeconfig> {
+        let role = KubeconfigRole::parse(&req.role)
+            .ok_or_else(|| ValidationError::new("role", "one of admin, editor, viewer"))?;
+        ctx.authorize(Action::Kubeconfig(role))?;
         let max = self.config.kubeconfig_max_ttl.as_secs();
         if req.ttl_seconds < 60 || req.ttl_seconds > max {
             return Err(ValidationError::new(
@@ -447,9 +447,7 @@ impl App {
             )));
         }
         let ttl = std::time::Duration::from_secs(req.ttl_seconds);
-        let (yaml, serial) = self
-            .issue_kubeconfig(&c, &ctx.subject, needed == Action::Write, ttl)
-            .await?;
+        let issued = self.issue_kubeconfig(&c, &ctx.subject, role, ttl).await?;
         // The audit record: who, when (the event's time), role, TTL, serial.
         event::record(
             &self.pool,
@@ -461,29 +459,39 @@ impl App {
                 warning: false,
                 reason: "KubeconfigIssued",
                 message: &format!(
-                    "{} kubeconfig for {} (ttl {}s, serial {serial})",
-                    req.role, ctx.subject, req.ttl_seconds
+                    "{} kubeconfig for {} (ttl {}s, serial {}, credential generation {})",
+                    req.role, ctx.subject, req.ttl_seconds, issued.serial, issued.generation
                 ),
             },
         )
         .await?;
-        tracing::info!(cluster = %c.id, subject = %ctx.subject, role = %req.role, ttl = req.ttl_seconds, serial = %serial, "kubeconfig issued");
-        Ok(yaml)
+        tracing::info!(cluster = %c.id, subject = %ctx.subject, role = %req.role, ttl = req.ttl_seconds, serial = %issued.serial, generation = issued.generation, "kubeconfig issued");
+        Ok(issued)
     }
+}
+
+/// A kubeconfig just issued; `yaml` holds its key.
+pub struct IssuedKubeconfig {
+    pub yaml: String,
+    pub serial: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// The credential generation its group carries.
+    pub generation: i64,
 }
 
 impl App {
     /// A kubeconfig for a ready cluster: a fresh client certificate from
-    /// the cluster CA for `kubeforge:<subject>` in `system:masters`
-    /// (`admin`) or the viewers' group, valid for `ttl`; with its serial.
-    /// Nothing secret is stored.
+    /// the cluster CA for `kubeforge:user:<subject>` in the group of `role`
+    /// in the cluster's current credential generation
+    /// (`kubeforge_cluster::credentials`; never `system:masters`), valid
+    /// for `ttl`. Nothing secret is stored.
     pub async fn issue_kubeconfig(
         &self,
         c: &crate::store::cluster::Cluster,
         subject: &str,
-        admin: bool,
+        role: KubeconfigRole,
         ttl: std::time::Duration,
-    ) -> Result<(String, String)> {
+    ) -> Result<IssuedKubeconfig> {
         let endpoint = c.endpoint.clone().ok_or_else(|| {
             Error::ClusterNotReady(format!("cluster {} has no endpoint yet", c.name))
         })?;
@@ -498,18 +506,17 @@ impl App {
         let internal =
             |e: kubeforge_cluster::pki::PkiError| Error::Internal(anyhow::anyhow!("{e}"));
         let ca = pair.signer().map_err(internal)?;
-        let group = if admin {
-            kubeforge_cluster::pki::MASTERS_GROUP
-        } else {
-            kubeforge_cluster::pki::VIEWER_GROUP
-        };
-        let user = format!("kubeforge:{subject}");
+        let generation = crate::store::credentials::generations(&self.pool, c.id)
+            .await?
+            .current;
+        let group = credentials::group(role, generation);
+        let user = credentials::user(subject);
         let ttl = chrono::TimeDelta::from_std(ttl)
             .map_err(|e| Error::Internal(anyhow::anyhow!("{e}")))?;
         let client = kubeforge_cluster::pki::issue_client_cert(
             &ca,
             &user,
-            &[group],
+            &[group.as_str()],
             chrono::Utc::now(),
             ttl,
         )
@@ -524,6 +531,11 @@ impl App {
                 client_key_pem: &client.key_pem,
             },
         );
-        Ok((yaml, client.serial_hex))
+        Ok(IssuedKubeconfig {
+            yaml,
+            serial: client.serial_hex,
+            expires_at: client.not_after,
+            generation,
+        })
     }
 }

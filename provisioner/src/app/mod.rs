@@ -8,6 +8,7 @@
 
 pub mod autoscaler;
 pub mod cluster;
+pub mod credentials;
 pub mod node_pool;
 pub mod platform;
 pub mod views;

@@ -277,7 +277,11 @@ pub struct KubeconfigArgs {
 /// Role of a kubeconfig's client certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KubeconfigRole {
+    /// cluster-admin (needs the tenant role admin).
     Admin,
+    /// Kubernetes' `edit` plus reading nodes and namespaces (editor).
+    Editor,
+    /// Kubernetes' `view` plus reading nodes (viewer).
     Viewer,
 }
 
@@ -285,6 +289,7 @@ impl KubeconfigRole {
     fn as_str(self) -> &'static str {
         match self {
             KubeconfigRole::Admin => "admin",
+            KubeconfigRole::Editor => "editor",
             KubeconfigRole::Viewer => "viewer",
         }
     }

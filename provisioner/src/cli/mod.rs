@@ -4,3 +4,4 @@
 
 pub mod autoscaler;
 pub mod client;
+pub mod credentials;

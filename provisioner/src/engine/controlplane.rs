@@ -16,17 +16,15 @@
 //! The units this pass's bootstrap (re)started get a new baseline once the
 //! member is healthy again: what the bootstrap caused is not a crash.
 
-use chrono::{TimeDelta, Utc};
+use chrono::Utc;
 use kubeforge_cluster::bundle::{
     self, paths, ControlPlaneBundleInput, EtcdMember, InitialClusterState,
 };
 use kubeforge_cluster::kubeconfig::{render_kubeconfig, KubeconfigInput};
 use kubeforge_cluster::pki::{
     ApiServerSans, CertKeyPair, ClusterPki, MemberIdentity, SubjectAltName, DEFAULT_LEAF_VALIDITY,
-    VIEWER_GROUP,
 };
 use kubeforge_cluster::restarts::{self, MemberRestarts, Observation, RecentRestarts};
-use kubeforge_cluster::Phase;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -442,32 +440,6 @@ async fn bootstrap(
     Ok((status == 0, lines.into_iter().map(|(_, l)| l).collect()))
 }
 
-/// Whether a viewer kubeconfig of this cluster works yet: a 2-minute
-/// viewer certificate lists namespaces, retried for a few seconds.
-async fn viewer_may_list(app: &App, c: &Cluster, url: &str) -> Result<()> {
-    let pki = ensure_pki(app, c).await?;
-    let signer = pki.ca.signer().map_err(internal)?;
-    let viewer = crate::tenant::KubeTenant::connect_as(
-        c.name.as_str(),
-        url,
-        &pki.ca.cert_pem,
-        &signer,
-        ("kubeforge:probe", &[VIEWER_GROUP]),
-        TimeDelta::minutes(2),
-        Utc::now(),
-    )
-    .await?;
-    let mut answer = viewer.may_list_namespaces().await;
-    for _ in 0..60 {
-        if answer.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        answer = viewer.may_list_namespaces().await;
-    }
-    answer.map_err(|e| Error::Unavailable(format!("viewers cannot list namespaces yet: {e}")))
-}
-
 /// Opens a session to a machine, or says why not (an unreachable member
 /// is unhealthy, not a reason to abort the pass).
 pub(crate) async fn open(
@@ -831,11 +803,14 @@ pub async fn reconcile(
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                // Viewers: `view` is an aggregated role, empty until the
-                // controller manager fills it; ask as a viewer would (once,
-                // until the cluster has been ready).
-                if effective.is_ok() && !matches!(c.phase, Phase::Ready | Phase::Degraded) {
-                    effective = viewer_may_list(app, c, &url).await;
+                // The tenants' kubeconfig groups of the current credential
+                // generation, bound and proven (see `super::credentials`).
+                if effective.is_ok() {
+                    let member = sessions
+                        .iter()
+                        .find(|(m, _)| healthy_members.iter().any(|h| h.id == m.id))
+                        .map(|(m, s)| (*m, s));
+                    effective = super::credentials::ensure(app, access, c, member, &url).await;
                 }
                 status.rbac_applied = effective.is_ok();
                 if let Err(why) = effective {

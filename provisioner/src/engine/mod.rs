@@ -4,6 +4,7 @@
 
 pub mod binaries;
 pub mod controlplane;
+pub mod credentials;
 pub mod jobs;
 pub mod join;
 pub mod lease;

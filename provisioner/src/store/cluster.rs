@@ -39,6 +39,9 @@ pub struct ClusterRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub autoscaler: JsonValue,
+    /// Read and written through `store::credentials` only.
+    pub credential_generation: i64,
+    pub credential_generation_applied: i64,
 }
 
 /// A cluster, its JSON columns parsed.

@@ -5,6 +5,7 @@
 
 pub mod autoscaler;
 pub mod cluster;
+pub mod credentials;
 pub mod event;
 pub mod idempotency;
 pub mod job;
