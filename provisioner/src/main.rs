@@ -65,6 +65,42 @@ impl TlsArgs {
     }
 }
 
+/// Where the Kubernetes binaries come from, shared by `up` and `serve`.
+#[derive(clap::Args)]
+struct ArtifactArgs {
+    /// A directory or an https base URL in the upstream release layout
+    /// (v<version>/bin/linux/amd64/<component>); default: the cache
+    /// scripts/build-kube fills.
+    #[arg(long = "artifacts", env = "KUBEFORGE_ARTIFACTS")]
+    source: Option<String>,
+    /// The pinned sha256 of each binary, in the sha256sum format
+    /// (`<sha256>  v1.20.2/bin/linux/amd64/kubelet`); required for a URL.
+    #[arg(long, env = "KUBEFORGE_ARTIFACT_DIGESTS")]
+    artifact_digests: Option<PathBuf>,
+    /// Allow a plain http:// artifact URL beyond loopback (the pins still
+    /// check every binary).
+    #[arg(long, env = "KUBEFORGE_INSECURE_ARTIFACTS_HTTP")]
+    insecure_artifacts_http: bool,
+    /// Largest binary downloaded (default 512MiB).
+    #[arg(long, env = "KUBEFORGE_ARTIFACT_MAX_BYTES")]
+    artifact_max_bytes: Option<String>,
+    /// Longest one download may take (default 10m).
+    #[arg(long, env = "KUBEFORGE_ARTIFACT_TIMEOUT")]
+    artifact_timeout: Option<String>,
+}
+
+impl ArtifactArgs {
+    fn settings(self) -> anyhow::Result<kubeforge::artifacts::ArtifactSettings> {
+        server::artifact_settings(&server::ArtifactFlags {
+            source: self.source,
+            digests: self.artifact_digests,
+            insecure_http: self.insecure_artifacts_http,
+            max_bytes: self.artifact_max_bytes,
+            timeout: self.artifact_timeout,
+        })
+    }
+}
+
 /// `up --dns-listen`: `lab`, `off` or an address.
 fn up_dns_listen(value: &str) -> anyhow::Result<Option<SocketAddr>> {
     match value {
@@ -100,6 +136,8 @@ enum Command {
         dns: DnsArgs,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        artifacts: ArtifactArgs,
     },
     /// Run Kubeforge against a PostgreSQL server, or the embedded one.
     Serve {
@@ -125,6 +163,8 @@ enum Command {
         dns: DnsArgs,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        artifacts: ArtifactArgs,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -181,7 +221,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DevDbCmd {
-    /// Start (or attach to) the server in DIR; print the URL of a migrated database.
+    /// Start (or attach to) the server in DIR; print the URL of a migrated
+    /// database (it holds the server's password: for scripts, not logs).
     Start {
         #[arg(long)]
         data_dir: PathBuf,
@@ -241,6 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dns_listen,
             dns,
             tls,
+            artifacts,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -255,6 +297,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dns_upstream: dns.dns_upstream,
                 tls: tls.files(),
                 insecure_plaintext: tls.insecure_plaintext,
+                artifacts: artifacts.settings()?,
             };
             server::serve(opts, true).await
         }
@@ -268,6 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dns_listen,
             dns,
             tls,
+            artifacts,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -282,6 +326,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dns_upstream: dns.dns_upstream,
                 tls: tls.files(),
                 insecure_plaintext: tls.insecure_plaintext,
+                artifacts: artifacts.settings()?,
             };
             server::serve(opts, false).await
         }
