@@ -60,8 +60,8 @@ pub const CONTROL_PLANE_COMPONENTS: &[&str] = &[
 /// The only architecture machines run today.
 pub const ARCH: &str = "amd64";
 
-/// Where binaries come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where binaries come from. `Debug` and `Display` hide a password in a URL.
+#[derive(Clone, PartialEq, Eq)]
 pub enum ArtifactSource {
     Dir(PathBuf),
     Url(reqwest::Url),
@@ -85,6 +85,15 @@ impl ArtifactSource {
             bail!("artifact sources are a directory or an https:// URL, not {scheme}://");
         }
         Ok(ArtifactSource::Dir(PathBuf::from(value)))
+    }
+}
+
+impl fmt::Debug for ArtifactSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArtifactSource::Dir(d) => f.debug_tuple("Dir").field(d).finish(),
+            ArtifactSource::Url(u) => f.debug_tuple("Url").field(&download::redacted(u)).finish(),
+        }
     }
 }
 
@@ -582,6 +591,7 @@ mod tests {
         // A password in the URL never shows.
         let s = ArtifactSource::parse("https://ops:s3cret@dl.example.com/kube").unwrap();
         assert!(!s.to_string().contains("s3cret"), "{s}");
+        assert!(!format!("{s:?}").contains("s3cret"), "{s:?}");
     }
 
     #[tokio::test]

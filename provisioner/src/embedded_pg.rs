@@ -516,7 +516,7 @@ impl EmbeddedPostgres {
             Some(pid) if pid > 0 => pid,
             _ => return Ok(None),
         };
-        if !process_is_postgres(pid) {
+        if !process_is_postgres(pid, &self.pgdata) {
             return Ok(None);
         }
         let port = lines.nth(2).and_then(|l| l.trim().parse::<u16>().ok());
@@ -938,8 +938,10 @@ fn chown_tree(path: &Path, user: &OsUser) -> Result<()> {
 }
 
 /// Is `pid` alive (not a zombie) and, as far as `/proc` tells, a postgres process
-/// rather than a reused pid?
-fn process_is_postgres(pid: i32) -> bool {
+/// on `pgdata` (its working directory) rather than a reused pid? Pids wrap
+/// quickly on a busy host (`pid_max` is often 32768), and another data dir's
+/// postgres may have taken a dead postmaster's pid.
+fn process_is_postgres(pid: i32, pgdata: &Path) -> bool {
     match kill(Pid::from_raw(pid), None) {
         Ok(()) | Err(Errno::EPERM) => {}
         Err(_) => return false,
@@ -956,7 +958,14 @@ fn process_is_postgres(pid: i32) -> bool {
     let state = stat
         .get(close + 1..)
         .and_then(|rest| rest.trim_start().chars().next());
-    matches!(comm, "postgres" | "postmaster") && !matches!(state, Some('Z' | 'X' | 'x'))
+    if !matches!(comm, "postgres" | "postmaster") || matches!(state, Some('Z' | 'X' | 'x')) {
+        return false;
+    }
+    // A postgres process runs in its data dir; unreadable: trust the rest.
+    match fs::read_link(format!("/proc/{pid}/cwd")) {
+        Ok(cwd) => fs::canonicalize(pgdata).map_or(true, |dir| cwd == dir),
+        Err(_) => true,
+    }
 }
 
 /// A loopback port that was free a moment ago.
@@ -1370,7 +1379,10 @@ mod tests {
         let second = EmbeddedPostgres::start(&dir.0).await.expect("start again");
         let new_pid = second.running_pid().expect("pid file").expect("running");
         assert_ne!(old_pid, new_pid);
-        assert!(!process_is_postgres(old_pid));
+        assert!(!process_is_postgres(old_pid, &second.pgdata));
+        // The new postmaster is recognised on its own data dir only.
+        assert!(process_is_postgres(new_pid, &second.pgdata));
+        assert!(!process_is_postgres(new_pid, &std::env::temp_dir()));
         let mut conn = connect(&second, "kubeforge").await;
         conn.ping().await.expect("ping");
         conn.close().await.expect("close");
