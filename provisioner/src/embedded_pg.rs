@@ -31,7 +31,8 @@
 //! generated once per data dir (see [`auth`]): other local users can reach
 //! the port but not log in. `pg_hba.conf` allows loopback TCP with
 //! `scram-sha-256` and nothing else; a data dir made by an older Kubeforge
-//! (`trust`) is migrated on its next start, before the server listens. The
+//! (`trust`), or whose password file was removed, gets a (new) password on
+//! its next start, before the server listens. The
 //! password is part of [`EmbeddedPostgres::url`] and of the connect options
 //! and nowhere else: it is never logged, never in a command line (initdb
 //! reads it from a temporary 0600 file it owns, single-user mode from stdin),

@@ -708,3 +708,49 @@ async fn run(
     pool.close().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("536870912").unwrap(), 512 << 20);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size(" 64KiB ").unwrap(), 64 << 10);
+        for bad in ["", "0", "MiB", "12 TB", "-1", "99999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn artifact_flags_become_settings() {
+        let s = artifact_settings(&ArtifactFlags {
+            source: Some("https://dl.example.com/kube/".into()),
+            max_bytes: Some("1GiB".into()),
+            timeout: Some("90s".into()),
+            insecure_http: true,
+            ..ArtifactFlags::default()
+        })
+        .unwrap();
+        assert_eq!(s.source.to_string(), "https://dl.example.com/kube/");
+        assert_eq!(s.limits.max_bytes, 1 << 30);
+        assert_eq!(s.limits.total_timeout, Duration::from_secs(90));
+        assert!(s.insecure_http);
+        assert!(s.digests.is_empty());
+        assert!(artifact_settings(&ArtifactFlags {
+            source: Some("ftp://example.com/kube".into()),
+            ..ArtifactFlags::default()
+        })
+        .is_err());
+        // No flags: the cache scripts/build-kube fills, nothing pinned.
+        let s = artifact_settings(&ArtifactFlags::default()).unwrap();
+        assert_eq!(
+            s.source,
+            ArtifactSource::Dir(cache_dir().join("kube")),
+            "{s:?}"
+        );
+    }
+}
