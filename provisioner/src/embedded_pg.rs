@@ -1351,6 +1351,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_removed_password_file_is_replaced_and_set() {
+        let dir = TestDir::new("lost-password");
+        let pg = EmbeddedPostgres::start(&dir.0).await.expect("start");
+        let old = pg.password().expose().to_string();
+        pg.stop().await.unwrap();
+        fs::remove_file(dir.0.join("postgres.password")).unwrap();
+        let pg = EmbeddedPostgres::start(&dir.0).await.expect("start again");
+        let new = pg.password().expose().to_string();
+        assert_ne!(new, old);
+        assert_refused(connect_as(&pg, Some(&old)).await, "the old password");
+        assert_refused(connect_as(&pg, None).await, "no password");
+        connect(&pg, "kubeforge").await.close().await.unwrap();
+        pg.stop().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn attach_migrates_an_older_server_instead_of_attaching() {
         let dir = TestDir::new("migrate-attach");
         let old_port = old_trust_dir(&dir.0).await;
