@@ -513,18 +513,28 @@ pub fn build_engine(app: &SharedApp, mut config: EngineConfig) -> Engine {
     engine
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when it is first awaited: a signal that arrives while the
+/// service is still starting is then kept for the graceful shutdown, where
+/// the default action would have killed the process and left its embedded
+/// PostgreSQL running.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut i), Ok(mut t)) => {
+                tokio::select! {
+                    _ = i.recv() => {},
+                    _ = t.recv() => {},
+                }
+            }
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            (Err(_), Err(_)) => std::future::pending().await,
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
     }
 }
 
@@ -532,6 +542,7 @@ async fn shutdown_signal() {
 pub async fn serve(opts: ServeOptions, announce_tour: bool) -> anyhow::Result<()> {
     check_listen(opts.listen, opts.tls.as_ref(), opts.insecure_plaintext)?;
     opts.artifacts.check(kube_version())?;
+    let shutdown = shutdown_signal();
     let tls = opts
         .tls
         .as_ref()
@@ -556,7 +567,7 @@ pub async fn serve(opts: ServeOptions, announce_tour: bool) -> anyhow::Result<()
     let (supervise_tx, supervise_rx) = watch::channel(false);
     let (result, ()) = tokio::join!(
         async {
-            let result = run(&opts, &url, announce_tour, http, tls).await;
+            let result = run(&opts, &url, announce_tour, http, tls, shutdown).await;
             let _ = supervise_tx.send(true);
             result
         },
@@ -579,6 +590,7 @@ async fn run(
     announce_tour: bool,
     http: crate::http::HttpSettings,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let pool = store::connect(url, 20).await?;
     store::migrate(&pool).await?;
@@ -630,6 +642,17 @@ async fn run(
     );
     let engine_task = tokio::spawn(engine.run(stop_rx.clone(), Duration::from_secs(10)));
 
+    // Everything startup reads from the database comes before the API
+    // answers: once /readyz says 200 the process is up, and a database
+    // blip after that is survived, not fatal.
+    let grpc = match grpc {
+        None => None,
+        Some((listener, bound, advertise)) => {
+            let hosts = crate::externalgrpc::serving_hosts(bound, &advertise);
+            let tls = crate::externalgrpc::tls_config(&app, &hosts).await?;
+            Some((listener, bound, advertise, tls))
+        }
+    };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
@@ -652,9 +675,7 @@ async fn run(
     ));
     let grpc_task = match grpc {
         None => None,
-        Some((listener, bound, advertise)) => {
-            let hosts = crate::externalgrpc::serving_hosts(bound, &advertise);
-            let tls = crate::externalgrpc::tls_config(&app, &hosts).await?;
+        Some((listener, bound, advertise, tls)) => {
             println!(
                 "cluster-autoscaler externalgrpc provider on {bound} (mTLS; clients dial {advertise})"
             );
@@ -678,7 +699,7 @@ async fn run(
             stop_rx.clone(),
         ))
     });
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: no new jobs, releasing leases, draining requests");
     let _ = stop_tx.send(true);
     match engine_task.await {
