@@ -8,24 +8,35 @@
 //! | path                  | what                                                    |
 //! |-----------------------|---------------------------------------------------------|
 //! | `<dir>/pgdata`        | the PostgreSQL cluster (created by `initdb` on first use) |
+//! | `<dir>/postgres.password` | the superuser's password (hex, mode 0600, ours)     |
 //! | `<dir>/postgres.log`  | the server's log (appended to on every start)           |
 //! | `<dir>/kubeforge.lock`| [`DataDirLock`]: one `kubeforge up`/`serve` per data dir |
 //! | `<dir>/harness.lock`  | held briefly by [`EmbeddedPostgres::attach_or_start`]   |
 //!
 //! # Server configuration
 //!
-//! The cluster is initialised with `initdb -U postgres --auth=trust --encoding=UTF8
-//! --locale=C.UTF-8` (falling back to `--no-locale`), into `<dir>/pgdata.init`
-//! which is renamed to `<dir>/pgdata` only once `initdb` succeeded, so a crash
-//! during `initdb` never leaves a half-made cluster behind. `pg_hba.conf` is
-//! rewritten to allow `trust` authentication from loopback TCP only. The
-//! server is started with `listen_addresses=127.0.0.1`, no Unix socket
-//! (`unix_socket_directories=''`) and a free loopback port picked on every start
-//! by binding `127.0.0.1:0`. Durability settings (`fsync` etc.) are the defaults.
+//! The cluster is initialised with `initdb -U postgres --auth=scram-sha-256
+//! --pwfile=... --encoding=UTF8 --locale=C.UTF-8` (falling back to
+//! `--no-locale`), into `<dir>/pgdata.init` which is renamed to `<dir>/pgdata`
+//! only once `initdb` succeeded, so a crash during `initdb` never leaves a
+//! half-made cluster behind. The server is started with
+//! `listen_addresses=127.0.0.1`, no Unix socket (`unix_socket_directories=''`),
+//! `password_encryption=scram-sha-256` and a free loopback port picked on every
+//! start by binding `127.0.0.1:0`. Durability settings (`fsync` etc.) are the
+//! defaults.
 //!
-//! Trust authentication means *any local process* that can reach
-//! `127.0.0.1:<port>` can connect as the `postgres` superuser; this is meant for a
-//! single-user machine, a developer box or CI, not for a shared host.
+//! # Authentication
+//!
+//! Clients authenticate with SCRAM-SHA-256 as `postgres`, with a password
+//! generated once per data dir (see [`auth`]): other local users can reach
+//! the port but not log in. `pg_hba.conf` allows loopback TCP with
+//! `scram-sha-256` and nothing else; a data dir made by an older Kubeforge
+//! (`trust`), or whose password file was removed, gets a (new) password on
+//! its next start, before the server listens. The
+//! password is part of [`EmbeddedPostgres::url`] and of the connect options
+//! and nowhere else: it is never logged, never in a command line (initdb
+//! reads it from a temporary 0600 file it owns, single-user mode from stdin),
+//! and the handle's `Debug` redacts it.
 //!
 //! # Running as root
 //!
@@ -76,6 +87,10 @@ use nix::unistd::{getgrouplist, Gid, Pid, Uid, User};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
+pub mod auth;
+
+pub use auth::Password;
+
 /// Name of the database created on every start.
 const KUBEFORGE_DB: &str = "kubeforge";
 /// Superuser created by `initdb -U`.
@@ -92,6 +107,10 @@ const PORT_ATTEMPTS: usize = 3;
 const SUPERVISE_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait between restart attempts.
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long setting the password in single-user mode may take.
+const SINGLE_USER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Server settings given on every start (and to single-user mode).
+const PASSWORD_ENCRYPTION: &str = "password_encryption=scram-sha-256";
 
 /// A private PostgreSQL server on `127.0.0.1`, owned by one Kubeforge data dir.
 ///
@@ -105,6 +124,11 @@ pub struct EmbeddedPostgres {
     bin_dir: PathBuf,
     /// The OS user the server runs as when we are root; `None` means "as ourselves".
     os_user: Option<OsUser>,
+    /// The superuser's password (redacted in `Debug`).
+    password: Password,
+    /// The password file was made now for a cluster that existed before:
+    /// the server does not know the password yet.
+    password_unset: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -152,7 +176,13 @@ impl EmbeddedPostgres {
 
         let result = async {
             let mut pg = Self::prepare(dir).await?;
-            if let Some(port) = pg.running_port()? {
+            // A server running with an older Kubeforge's authentication is
+            // restarted (and migrated) rather than attached to.
+            let outdated = pg.auth_outdated()?;
+            if outdated {
+                tracing::warn!(pgdata = %pg.pgdata.display(), "the embedded PostgreSQL's authentication is outdated; restarting it with a password");
+            }
+            if let Some(port) = pg.running_port()?.filter(|_| !outdated) {
                 pg.port = port;
                 match pg.wait_for_connection(ATTACH_DEADLINE).await {
                     Ok(()) => {
@@ -177,9 +207,25 @@ impl EmbeddedPostgres {
         self.port
     }
 
-    /// `postgres://postgres@127.0.0.1:PORT/DATABASE` (the database name is used verbatim).
+    /// `postgres://postgres:PASSWORD@127.0.0.1:PORT/DATABASE` (the database
+    /// name is used verbatim). It holds the password: hand it to a client,
+    /// never to a log.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
+            self.password.expose(),
+            self.port
+        )
+    }
+
+    /// The superuser's password (also in [`EmbeddedPostgres::url`]).
+    pub fn password(&self) -> &Password {
+        &self.password
+    }
+
+    /// Where the password is kept: `<dir>/postgres.password`.
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.join(auth::PASSWORD_FILE)
     }
 
     /// Stops the server (`pg_ctl stop -m fast -w`). Succeeds if it is not running.
@@ -203,18 +249,88 @@ impl EmbeddedPostgres {
         if let Some(user) = &os_user {
             make_traversable(&dir, user)?;
         }
-        let pg = EmbeddedPostgres {
+        let (password, created) = auth::load_or_create_password(&dir)?;
+        let mut pg = EmbeddedPostgres {
             log_file: dir.join("postgres.log"),
             dir,
             pgdata,
             port: 0,
             bin_dir,
             os_user,
+            password,
+            password_unset: false,
         };
         pg.prepare_log_file()?;
-        pg.init_if_needed().await?;
+        let initialised = pg.init_if_needed().await?;
+        pg.password_unset = created && !initialised;
         pg.fix_pgdata_owner()?;
         Ok(pg)
+    }
+
+    /// Does the cluster still need [`EmbeddedPostgres::migrate_auth`]?
+    fn auth_outdated(&self) -> Result<bool> {
+        Ok(self.password_unset || !auth::hba_is_current(&self.pgdata)?)
+    }
+
+    /// With the server stopped: brings a cluster made by an older Kubeforge
+    /// (`trust` over loopback) or one whose password file was lost to
+    /// password authentication. The password is set first (single-user
+    /// mode: no listener, the statement on stdin) and `pg_hba.conf`
+    /// rewritten after, so an interruption anywhere is finished by the
+    /// next start (the file still differs).
+    async fn migrate_auth(&mut self) -> Result<()> {
+        if !self.auth_outdated()? {
+            return Ok(());
+        }
+        self.set_password_offline().await?;
+        self.write_hba(&self.pgdata)?;
+        self.password_unset = false;
+        tracing::info!(pgdata = %self.pgdata.display(), password_file = %self.password_file().display(),
+            "embedded PostgreSQL: password authentication (SCRAM-SHA-256) in force");
+        Ok(())
+    }
+
+    /// `ALTER ROLE postgres PASSWORD` in single-user mode (the server must be down).
+    async fn set_password_offline(&self) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::from(self.std_command("postgres"))
+            .arg("--single")
+            .arg("-D")
+            .arg(&self.pgdata)
+            // Never echo or log the statement, even when it fails.
+            .args(["-c", PASSWORD_ENCRYPTION])
+            .args(["-c", "log_min_error_statement=panic"])
+            .args(["-c", "log_statement=none"])
+            .arg("postgres")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("running postgres --single")?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .context("postgres --single has no stdin")?;
+        let sql = auth::alter_password_sql(SUPERUSER, &self.password);
+        stdin
+            .write_all(sql.as_bytes())
+            .await
+            .context("writing to postgres --single")?;
+        drop(stdin);
+        let out = tokio::time::timeout(SINGLE_USER_TIMEOUT, child.wait_with_output())
+            .await
+            .context("postgres --single did not finish")?
+            .context("running postgres --single")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || stderr.contains("ERROR") || stderr.contains("FATAL") {
+            bail!(
+                "setting the embedded PostgreSQL's password in single-user mode failed ({}): {}",
+                out.status,
+                stderr.trim()
+            );
+        }
+        Ok(())
     }
 
     /// Stops a leftover server, starts ours on a fresh port, waits, creates the database.
@@ -223,6 +339,7 @@ impl EmbeddedPostgres {
             tracing::warn!(pid, pgdata = %self.pgdata.display(), "stopping embedded PostgreSQL left running by an earlier run");
             self.pg_ctl_stop().await?;
         }
+        self.migrate_auth().await?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -258,8 +375,9 @@ impl EmbeddedPostgres {
 
     /// `pg_ctl start -w` on `port` with this module's settings.
     async fn pg_ctl_start(&self, port: u16) -> Result<Output> {
-        let options =
-            format!("-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories=''");
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories='' -c {PASSWORD_ENCRYPTION}"
+        );
         self.pg_ctl()
             .arg("start")
             .arg("-w")
@@ -399,7 +517,7 @@ impl EmbeddedPostgres {
             Some(pid) if pid > 0 => pid,
             _ => return Ok(None),
         };
-        if !process_is_postgres(pid) {
+        if !process_is_postgres(pid, &self.pgdata) {
             return Ok(None);
         }
         let port = lines.nth(2).and_then(|l| l.trim().parse::<u16>().ok());
@@ -411,6 +529,7 @@ impl EmbeddedPostgres {
             .host("127.0.0.1")
             .port(self.port)
             .username(SUPERUSER)
+            .password(self.password.expose())
             .database(database)
             .ssl_mode(PgSslMode::Disable)
             .disable_statement_logging()
@@ -488,10 +607,11 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
-    /// Runs `initdb` into `pgdata.init` and renames it to `pgdata`, unless `pgdata` is a cluster already.
-    async fn init_if_needed(&self) -> Result<()> {
+    /// Runs `initdb` into `pgdata.init` and renames it to `pgdata`, unless
+    /// `pgdata` is a cluster already; `true` when it ran.
+    async fn init_if_needed(&self) -> Result<bool> {
         if self.pgdata.join("PG_VERSION").is_file() {
-            return Ok(());
+            return Ok(false);
         }
         if self.pgdata.exists() {
             let empty = fs::read_dir(&self.pgdata)
@@ -508,11 +628,19 @@ impl EmbeddedPostgres {
                 .with_context(|| format!("removing empty {}", self.pgdata.display()))?;
         }
         let staging = self.dir.join("pgdata.init");
+        // initdb runs as the server user, which cannot read our password
+        // file: it gets a copy of its own, removed whatever happens.
+        let pwfile = PwFile::write(
+            &self.dir.join("pgdata.pwfile"),
+            &self.password,
+            self.os_user.as_ref(),
+        )?;
         let mut failures = Vec::new();
         for locale_args in [&["--locale=C.UTF-8"][..], &["--no-locale"][..]] {
             self.fresh_dir_for_server(&staging)?;
             let out = tokio::process::Command::from(self.std_command("initdb"))
-                .args(["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8"])
+                .args(["-U", SUPERUSER, "--auth=scram-sha-256", "--encoding=UTF8"])
+                .arg(format!("--pwfile={}", pwfile.0.display()))
                 .args(locale_args)
                 .arg("-D")
                 .arg(&staging)
@@ -530,7 +658,7 @@ impl EmbeddedPostgres {
                     )
                 })?;
                 tracing::info!(pgdata = %self.pgdata.display(), "initialised PostgreSQL cluster");
-                return Ok(());
+                return Ok(true);
             }
             failures.push(format!(
                 "initdb {} ({}): {}",
@@ -561,21 +689,26 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
-    /// Restricts client authentication to trust over loopback TCP.
+    /// Restricts client authentication to SCRAM-SHA-256 over loopback TCP
+    /// ([`auth::HBA`]); written beside and renamed over the old file.
     fn write_hba(&self, pgdata: &Path) -> Result<()> {
         let path = pgdata.join("pg_hba.conf");
-        let text = "# Written by Kubeforge: trust authentication over loopback TCP only.\n\
-                    # The server listens on 127.0.0.1 and has no Unix socket.\n\
-                    # TYPE  DATABASE  USER  ADDRESS       METHOD\n\
-                    host    all       all   127.0.0.1/32  trust\n\
-                    host    all       all   ::1/128       trust\n";
-        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("chmod {}", path.display()))?;
+        let tmp = pgdata.join("pg_hba.conf.kubeforge");
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(auth::HBA.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
         if let Some(user) = &self.os_user {
-            std::os::unix::fs::chown(&path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
-                .with_context(|| format!("chown {} to {}", path.display(), user.name))?;
+            std::os::unix::fs::chown(&tmp, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .with_context(|| format!("chown {} to {}", tmp.display(), user.name))?;
         }
+        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
         Ok(())
     }
 
@@ -592,6 +725,37 @@ impl EmbeddedPostgres {
         }
         tracing::warn!(pgdata = %self.pgdata.display(), user = %user.name, "changing owner of PostgreSQL data directory");
         chown_tree(&self.pgdata, user)
+    }
+}
+
+/// initdb's `--pwfile`: a 0600 copy of the password owned by the server
+/// user, removed when dropped.
+struct PwFile(PathBuf);
+
+impl PwFile {
+    fn write(path: &Path, password: &Password, owner: Option<&OsUser>) -> Result<PwFile> {
+        let _ = fs::remove_file(path);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let file = PwFile(path.to_path_buf());
+        f.write_all(password.expose().as_bytes())
+            .and_then(|()| f.write_all(b"\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+        if let Some(user) = owner {
+            std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .with_context(|| format!("chown {} to {}", path.display(), user.name))?;
+        }
+        Ok(file)
+    }
+}
+
+impl Drop for PwFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 
@@ -775,8 +939,10 @@ fn chown_tree(path: &Path, user: &OsUser) -> Result<()> {
 }
 
 /// Is `pid` alive (not a zombie) and, as far as `/proc` tells, a postgres process
-/// rather than a reused pid?
-fn process_is_postgres(pid: i32) -> bool {
+/// on `pgdata` (its working directory) rather than a reused pid? Pids wrap
+/// quickly on a busy host (`pid_max` is often 32768), and another data dir's
+/// postgres may have taken a dead postmaster's pid.
+fn process_is_postgres(pid: i32, pgdata: &Path) -> bool {
     match kill(Pid::from_raw(pid), None) {
         Ok(()) | Err(Errno::EPERM) => {}
         Err(_) => return false,
@@ -793,7 +959,14 @@ fn process_is_postgres(pid: i32) -> bool {
     let state = stat
         .get(close + 1..)
         .and_then(|rest| rest.trim_start().chars().next());
-    matches!(comm, "postgres" | "postmaster") && !matches!(state, Some('Z' | 'X' | 'x'))
+    if !matches!(comm, "postgres" | "postmaster") || matches!(state, Some('Z' | 'X' | 'x')) {
+        return false;
+    }
+    // A postgres process runs in its data dir; unreadable: trust the rest.
+    match fs::read_link(format!("/proc/{pid}/cwd")) {
+        Ok(cwd) => fs::canonicalize(pgdata).map_or(true, |dir| cwd == dir),
+        Err(_) => true,
+    }
 }
 
 /// A loopback port that was free a moment ago.
@@ -961,7 +1134,11 @@ mod tests {
         assert_ne!(pg.port(), 0);
         assert_eq!(
             pg.url("kubeforge"),
-            format!("postgres://postgres@127.0.0.1:{}/kubeforge", pg.port())
+            format!(
+                "postgres://postgres:{}@127.0.0.1:{}/kubeforge",
+                pg.password().expose(),
+                pg.port()
+            )
         );
         assert!(dir.0.join("postgres.log").is_file());
 
@@ -1001,6 +1178,215 @@ mod tests {
         pg.stop().await.expect("stop");
     }
 
+    /// Connects as `postgres` with `password` (none: no password at all).
+    async fn connect_as(
+        pg: &EmbeddedPostgres,
+        password: Option<&str>,
+    ) -> Result<PgConnection, sqlx::Error> {
+        let mut options = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(pg.port())
+            .username(SUPERUSER)
+            .database("kubeforge")
+            .ssl_mode(PgSslMode::Disable);
+        if let Some(p) = password {
+            options = options.password(p);
+        }
+        PgConnection::connect_with(&options).await
+    }
+
+    fn assert_refused(result: Result<PgConnection, sqlx::Error>, what: &str) {
+        match result {
+            Ok(_) => panic!("{what}: connected"),
+            Err(sqlx::Error::Database(e)) => {
+                // 28P01 invalid_password; 28000 invalid_authorization_specification.
+                assert!(
+                    matches!(e.code().as_deref(), Some("28P01" | "28000")),
+                    "{what}: {e}"
+                );
+            }
+            Err(e) => panic!("{what}: not an authentication failure: {e}"),
+        }
+    }
+
+    /// The hba rules the running server loaded, as (type, address, method).
+    async fn hba_rules(conn: &mut PgConnection) -> Vec<(String, Option<String>, String)> {
+        sqlx::query_as(
+            "SELECT type, address, auth_method FROM pg_hba_file_rules ORDER BY line_number",
+        )
+        .fetch_all(conn)
+        .await
+        .expect("pg_hba_file_rules")
+    }
+
+    #[tokio::test]
+    async fn only_the_generated_password_gets_in() {
+        let dir = TestDir::new("scram");
+        let pg = EmbeddedPostgres::start(&dir.0).await.expect("start");
+        let password = pg.password().expose().to_string();
+        assert_eq!(password.len(), 64);
+        let file = dir.0.join("postgres.password");
+        assert_eq!(pg.password_file(), fs::canonicalize(&file).unwrap());
+        let meta = fs::metadata(&file).expect("password file");
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(meta.uid(), Uid::effective().as_raw());
+        assert_eq!(fs::read_to_string(&file).unwrap().trim(), password);
+        // initdb's copy of it is gone.
+        assert!(!dir.0.join("pgdata.pwfile").exists());
+        // The handle's Debug does not show it.
+        assert!(!format!("{pg:?}").contains(&password), "{pg:?}");
+
+        assert_refused(connect_as(&pg, None).await, "no password");
+        assert_refused(connect_as(&pg, Some("wrong")).await, "a wrong password");
+        let mut conn = connect_as(&pg, Some(&password))
+            .await
+            .expect("the password");
+        let encryption: String = sqlx::query_scalar("SHOW password_encryption")
+            .fetch_one(&mut conn)
+            .await
+            .expect("show");
+        assert_eq!(encryption, "scram-sha-256");
+        let stored: String =
+            sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
+                .fetch_one(&mut conn)
+                .await
+                .expect("pg_authid");
+        assert!(stored.starts_with("SCRAM-SHA-256$"), "{stored}");
+        let rules = hba_rules(&mut conn).await;
+        assert!(
+            rules
+                .iter()
+                .all(|(t, _, m)| t == "host" && m == "scram-sha-256"),
+            "{rules:?}"
+        );
+        conn.close().await.expect("close");
+        connect(&pg, "kubeforge").await.close().await.expect("url");
+        pg.stop().await.expect("stop");
+
+        // A restart keeps the password (and the file).
+        let pg = EmbeddedPostgres::start(&dir.0).await.expect("restart");
+        assert_eq!(pg.password().expose(), password);
+        assert_refused(connect_as(&pg, None).await, "no password after a restart");
+        connect(&pg, "kubeforge").await.close().await.expect("url");
+        pg.stop().await.expect("stop");
+        // The log never saw it.
+        let log = fs::read_to_string(dir.0.join("postgres.log")).unwrap();
+        assert!(!log.contains(&password));
+    }
+
+    /// The trust-mode `pg_hba.conf` Kubeforge wrote before passwords.
+    const OLD_TRUST_HBA: &str =
+        "# Written by Kubeforge: trust authentication over loopback TCP only.\n\
+                    # The server listens on 127.0.0.1 and has no Unix socket.\n\
+                    # TYPE  DATABASE  USER  ADDRESS       METHOD\n\
+                    host    all       all   127.0.0.1/32  trust\n\
+                    host    all       all   ::1/128       trust\n";
+
+    /// A data dir as an older Kubeforge left it (trust, no password for
+    /// `postgres`, no password file), its server running with that trust.
+    async fn old_trust_dir(dir: &Path) -> u16 {
+        let pg = EmbeddedPostgres::start(dir).await.expect("start");
+        let mut conn = connect(&pg, "kubeforge").await;
+        sqlx::query("CREATE TABLE t (v text)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO t VALUES ('kept')")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("ALTER ROLE postgres PASSWORD NULL")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        pg.stop().await.expect("stop");
+        fs::write(pg.pgdata.join("pg_hba.conf"), OLD_TRUST_HBA).unwrap();
+        fs::remove_file(dir.join("postgres.password")).unwrap();
+        // The older Kubeforge's server: started with its trust rules.
+        let port = free_port().unwrap();
+        let out = pg.pg_ctl_start(port).await.unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+        let mut options = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username(SUPERUSER)
+            .database("kubeforge")
+            .ssl_mode(PgSslMode::Disable);
+        options = options.disable_statement_logging();
+        let conn = PgConnection::connect_with(&options)
+            .await
+            .expect("trust lets anyone in");
+        conn.close().await.unwrap();
+        port
+    }
+
+    #[tokio::test]
+    async fn an_older_trust_data_dir_is_migrated_on_start() {
+        let dir = TestDir::new("migrate");
+        old_trust_dir(&dir.0).await;
+        // `up` (start) stops the old server, sets a password, rewrites pg_hba.conf.
+        let pg = EmbeddedPostgres::start(&dir.0).await.expect("start");
+        let password = pg.password().expose().to_string();
+        assert_eq!(
+            fs::read_to_string(pg.pgdata.join("pg_hba.conf")).unwrap(),
+            auth::HBA
+        );
+        let meta = fs::metadata(dir.0.join("postgres.password")).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_refused(
+            connect_as(&pg, None).await,
+            "no password after the migration",
+        );
+        let mut conn = connect(&pg, "kubeforge").await;
+        let v: String = sqlx::query_scalar("SELECT v FROM t")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(v, "kept");
+        conn.close().await.unwrap();
+        pg.stop().await.unwrap();
+        let log = fs::read_to_string(dir.0.join("postgres.log")).unwrap();
+        assert!(!log.contains(&password));
+    }
+
+    #[tokio::test]
+    async fn a_removed_password_file_is_replaced_and_set() {
+        let dir = TestDir::new("lost-password");
+        let pg = EmbeddedPostgres::start(&dir.0).await.expect("start");
+        let old = pg.password().expose().to_string();
+        pg.stop().await.unwrap();
+        fs::remove_file(dir.0.join("postgres.password")).unwrap();
+        let pg = EmbeddedPostgres::start(&dir.0).await.expect("start again");
+        let new = pg.password().expose().to_string();
+        assert_ne!(new, old);
+        assert_refused(connect_as(&pg, Some(&old)).await, "the old password");
+        assert_refused(connect_as(&pg, None).await, "no password");
+        connect(&pg, "kubeforge").await.close().await.unwrap();
+        pg.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn attach_migrates_an_older_server_instead_of_attaching() {
+        let dir = TestDir::new("migrate-attach");
+        let old_port = old_trust_dir(&dir.0).await;
+        let pg = EmbeddedPostgres::attach_or_start(&dir.0)
+            .await
+            .expect("attach_or_start");
+        assert_ne!(pg.port(), old_port, "attached to the trust-mode server");
+        assert_refused(
+            connect_as(&pg, None).await,
+            "no password after the migration",
+        );
+        connect(&pg, "kubeforge").await.close().await.unwrap();
+        // Now current: the next attach reuses it.
+        let again = EmbeddedPostgres::attach_or_start(&dir.0)
+            .await
+            .expect("attach");
+        assert_eq!(again.port(), pg.port());
+        pg.stop().await.unwrap();
+    }
+
     #[tokio::test]
     async fn start_replaces_server_left_running() {
         let dir = TestDir::new("orphan");
@@ -1010,7 +1396,10 @@ mod tests {
         let second = EmbeddedPostgres::start(&dir.0).await.expect("start again");
         let new_pid = second.running_pid().expect("pid file").expect("running");
         assert_ne!(old_pid, new_pid);
-        assert!(!process_is_postgres(old_pid));
+        assert!(!process_is_postgres(old_pid, &second.pgdata));
+        // The new postmaster is recognised on its own data dir only.
+        assert!(process_is_postgres(new_pid, &second.pgdata));
+        assert!(!process_is_postgres(new_pid, &std::env::temp_dir()));
         let mut conn = connect(&second, "kubeforge").await;
         conn.ping().await.expect("ping");
         conn.close().await.expect("close");

@@ -66,6 +66,42 @@ impl TlsArgs {
     }
 }
 
+/// Where the Kubernetes binaries come from, shared by `up` and `serve`.
+#[derive(clap::Args)]
+struct ArtifactArgs {
+    /// A directory or an https base URL in the upstream release layout
+    /// (v<version>/bin/linux/amd64/<component>); default: the cache
+    /// scripts/build-kube fills.
+    #[arg(long = "artifacts", env = "KUBEFORGE_ARTIFACTS")]
+    source: Option<String>,
+    /// The pinned sha256 of each binary, in the sha256sum format
+    /// (`<sha256>  v1.20.2/bin/linux/amd64/kubelet`); required for a URL.
+    #[arg(long, env = "KUBEFORGE_ARTIFACT_DIGESTS")]
+    artifact_digests: Option<PathBuf>,
+    /// Allow a plain http:// artifact URL beyond loopback (the pins still
+    /// check every binary).
+    #[arg(long, env = "KUBEFORGE_INSECURE_ARTIFACTS_HTTP")]
+    insecure_artifacts_http: bool,
+    /// Largest binary downloaded (default 512MiB).
+    #[arg(long, env = "KUBEFORGE_ARTIFACT_MAX_BYTES")]
+    artifact_max_bytes: Option<String>,
+    /// Longest one download may take (default 10m).
+    #[arg(long, env = "KUBEFORGE_ARTIFACT_TIMEOUT")]
+    artifact_timeout: Option<String>,
+}
+
+impl ArtifactArgs {
+    fn settings(self) -> anyhow::Result<kubeforge::artifacts::ArtifactSettings> {
+        server::artifact_settings(&server::ArtifactFlags {
+            source: self.source,
+            digests: self.artifact_digests,
+            insecure_http: self.insecure_artifacts_http,
+            max_bytes: self.artifact_max_bytes,
+            timeout: self.artifact_timeout,
+        })
+    }
+}
+
 /// `up --dns-listen`: `lab`, `off` or an address.
 fn up_dns_listen(value: &str) -> anyhow::Result<Option<SocketAddr>> {
     match value {
@@ -105,6 +141,8 @@ enum Command {
         /// local box), or a comma-separated list of tenant ids.
         #[arg(long, env = "KUBEFORGE_LAB_TENANTS", default_value = "all", value_parser = LabTenants::parse)]
         lab_tenants: LabTenants,
+        #[command(flatten)]
+        artifacts: ArtifactArgs,
     },
     /// Run Kubeforge against a PostgreSQL server, or the embedded one.
     Serve {
@@ -135,6 +173,8 @@ enum Command {
         /// host's kernel, so the lab is for tenants trusted with the host.
         #[arg(long, env = "KUBEFORGE_LAB_TENANTS", default_value = "", value_parser = LabTenants::parse)]
         lab_tenants: LabTenants,
+        #[command(flatten)]
+        artifacts: ArtifactArgs,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -198,7 +238,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DevDbCmd {
-    /// Start (or attach to) the server in DIR; print the URL of a migrated database.
+    /// Start (or attach to) the server in DIR; print the URL of a migrated
+    /// database (it holds the server's password: for scripts, not logs).
     Start {
         #[arg(long)]
         data_dir: PathBuf,
@@ -277,6 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dns,
             tls,
             lab_tenants,
+            artifacts,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -292,6 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tls: tls.files(),
                 insecure_plaintext: tls.insecure_plaintext,
                 lab_tenants,
+                artifacts: artifacts.settings()?,
             };
             server::serve(opts, true).await
         }
@@ -306,6 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dns,
             tls,
             lab_tenants,
+            artifacts,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -321,6 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tls: tls.files(),
                 insecure_plaintext: tls.insecure_plaintext,
                 lab_tenants,
+                artifacts: artifacts.settings()?,
             };
             server::serve(opts, false).await
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::app::{App, Config, SharedApp, RECONCILE_CLUSTER};
-use crate::artifacts::Artifacts;
+use crate::artifacts::{ArtifactSettings, ArtifactSource, Artifacts, PinnedDigests};
 use crate::auth::AuthKeys;
 use crate::crypto::SecretBox;
 use crate::embedded_pg::{DataDirLock, EmbeddedPostgres};
@@ -55,6 +55,96 @@ pub struct ServeOptions {
     pub insecure_plaintext: bool,
     /// Tenants the lab provider serves (`--lab-tenants`).
     pub lab_tenants: crate::state::LabTenants,
+    /// Where the Kubernetes binaries come from, pinned how
+    /// ([`artifact_settings`]).
+    pub artifacts: ArtifactSettings,
+}
+
+/// The Kubernetes binaries' settings as given, by flag or environment
+/// (`up` and `serve` take both; the test harness the environment).
+#[derive(Debug, Clone, Default)]
+pub struct ArtifactFlags {
+    /// `--artifacts` / `KUBEFORGE_ARTIFACTS`: a directory or an https base
+    /// URL in the upstream release layout; default: `{cache}/kube`.
+    pub source: Option<String>,
+    /// `--artifact-digests` / `KUBEFORGE_ARTIFACT_DIGESTS`: the pins, in the
+    /// `sha256sum` format (required for a URL source).
+    pub digests: Option<PathBuf>,
+    /// `--insecure-artifacts-http` / `KUBEFORGE_INSECURE_ARTIFACTS_HTTP`.
+    pub insecure_http: bool,
+    /// `--artifact-max-bytes` / `KUBEFORGE_ARTIFACT_MAX_BYTES` (`512MiB`).
+    pub max_bytes: Option<String>,
+    /// `--artifact-timeout` / `KUBEFORGE_ARTIFACT_TIMEOUT` (`10m`): one
+    /// download, start to end.
+    pub timeout: Option<String>,
+}
+
+impl ArtifactFlags {
+    /// The same settings from the environment alone.
+    pub fn from_env() -> anyhow::Result<ArtifactFlags> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let insecure_http = match var("KUBEFORGE_INSECURE_ARTIFACTS_HTTP")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("0" | "false" | "no" | "off") => false,
+            Some("1" | "true" | "yes" | "on") => true,
+            Some(other) => {
+                anyhow::bail!("KUBEFORGE_INSECURE_ARTIFACTS_HTTP {other:?} is not true or false")
+            }
+        };
+        Ok(ArtifactFlags {
+            source: var("KUBEFORGE_ARTIFACTS"),
+            digests: var("KUBEFORGE_ARTIFACT_DIGESTS").map(PathBuf::from),
+            insecure_http,
+            max_bytes: var("KUBEFORGE_ARTIFACT_MAX_BYTES"),
+            timeout: var("KUBEFORGE_ARTIFACT_TIMEOUT"),
+        })
+    }
+}
+
+/// Parses [`ArtifactFlags`]: the source, the pinned digests (read now), the
+/// http exception and the download limits. A URL source is then checked by
+/// [`ArtifactSettings::check`] when the service starts.
+pub fn artifact_settings(flags: &ArtifactFlags) -> anyhow::Result<ArtifactSettings> {
+    let mut settings = ArtifactSettings::local(&cache_dir());
+    if let Some(source) = &flags.source {
+        settings.source = ArtifactSource::parse(source).context("--artifacts")?;
+    }
+    if let Some(path) = &flags.digests {
+        settings.digests = PinnedDigests::load(path)?;
+    }
+    settings.insecure_http = flags.insecure_http;
+    if let Some(v) = &flags.max_bytes {
+        settings.limits.max_bytes = parse_size(v).context("--artifact-max-bytes")?;
+    }
+    if let Some(v) = &flags.timeout {
+        settings.limits.total_timeout = crate::cli::client::parse_ttl(v)
+            .map_err(|e| anyhow::anyhow!("--artifact-timeout: {e}"))?;
+    }
+    Ok(settings)
+}
+
+/// `536870912`, `512MiB`, `512M`, `1GiB`, `64KiB` (binary units).
+pub fn parse_size(value: &str) -> anyhow::Result<u64> {
+    let v = value.trim();
+    let digits = v.len() - v.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let (number, unit) = v.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        other => anyhow::bail!("{value:?}: unknown unit {other:?} (bytes, KiB, MiB or GiB)"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{value:?} is not a size (e.g. 512MiB)"))?;
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| anyhow::anyhow!("{value:?} is not a size above zero"))?;
+    Ok(bytes)
 }
 
 /// `--tls-cert` and `--tls-key`.
@@ -172,37 +262,58 @@ pub fn lab_image(cache: &Path) -> Option<PathBuf> {
 /// Kubernetes binaries in the guest, where the lab binds the host's cache.
 pub const GUEST_KUBE_DIR: &str = "/opt/kubeforge/kube/bin";
 
-/// The lab provider and machine access, if this host can run them; each
-/// missing piece is logged with how to get it.
-pub async fn machine_setup(data_dir: &Path) -> (ProviderRegistry, Option<Arc<MachineAccess>>) {
-    let bridge = std::env::var("KUBEFORGE_LAB_BRIDGE").unwrap_or_else(|_| "kfbr0".into());
-    let subnet = std::env::var("KUBEFORGE_LAB_SUBNET").unwrap_or_else(|_| "10.77.0.0/24".into());
-    machine_setup_on(data_dir, &bridge, &subnet).await
+/// The Kubernetes version whose binaries the machines run.
+fn kube_version() -> &'static str {
+    kubeforge_cluster::names::SUPPORTED_VERSIONS[0]
 }
 
-/// [`machine_setup`] on a given lab bridge and subnet.
+/// The lab provider and machine access, if this host can run them; each
+/// missing piece is logged with how to get it.
+pub async fn machine_setup(
+    data_dir: &Path,
+    artifacts: &ArtifactSettings,
+) -> (ProviderRegistry, Option<Arc<MachineAccess>>) {
+    let bridge = std::env::var("KUBEFORGE_LAB_BRIDGE").unwrap_or_else(|_| "kfbr0".into());
+    let subnet = std::env::var("KUBEFORGE_LAB_SUBNET").unwrap_or_else(|_| "10.77.0.0/24".into());
+    machine_setup_with(data_dir, &bridge, &subnet, artifacts).await
+}
+
+/// [`machine_setup`] on a given lab bridge and subnet, the binaries as the
+/// environment says ([`ArtifactFlags::from_env`]).
 pub async fn machine_setup_on(
     data_dir: &Path,
     bridge: &str,
     subnet: &str,
 ) -> (ProviderRegistry, Option<Arc<MachineAccess>>) {
+    match ArtifactFlags::from_env().and_then(|f| artifact_settings(&f)) {
+        Ok(artifacts) => machine_setup_with(data_dir, bridge, subnet, &artifacts).await,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "the Kubernetes binaries' settings are wrong: the lab provider is off");
+            (ProviderRegistry::default(), None)
+        }
+    }
+}
+
+/// [`machine_setup`] on a given lab bridge and subnet with given binaries.
+pub async fn machine_setup_with(
+    data_dir: &Path,
+    bridge: &str,
+    subnet: &str,
+    artifacts: &ArtifactSettings,
+) -> (ProviderRegistry, Option<Arc<MachineAccess>>) {
     let mut providers = ProviderRegistry::default();
     let cache = cache_dir();
-    let version = kubeforge_cluster::names::SUPPORTED_VERSIONS[0];
+    let version = kube_version();
     let Some(image) = lab_image(&cache) else {
         tracing::warn!(cache = %cache.display(), "no lab image: the lab provider is off (build it with scripts/build-lab-image)");
         return (providers, None);
     };
-    // `KUBEFORGE_ARTIFACTS`: a directory or an http(s) base URL in the
-    // upstream release layout; by default the cache scripts/build-kube fills.
-    let source = std::env::var("KUBEFORGE_ARTIFACTS").map_or_else(
-        |_| crate::artifacts::ArtifactSource::Dir(cache.join("kube")),
-        |v| crate::artifacts::ArtifactSource::parse(&v),
-    );
-    let host_dir = match crate::artifacts::ensure(&source, &cache, version).await {
+    // A directory (by default the cache scripts/build-kube fills) or an
+    // https base URL, every binary verified (see crate::artifacts).
+    let host_dir = match crate::artifacts::ensure(artifacts, &cache, version).await {
         Ok(dir) => dir,
         Err(e) => {
-            tracing::warn!(source = ?source, error = %format!("{e:#}"),
+            tracing::error!(source = %artifacts.source, error = %format!("{e:#}"),
                 "no verified Kubernetes binaries: the lab provider is off (build them with scripts/build-kube)");
             return (providers, None);
         }
@@ -405,24 +516,36 @@ pub fn build_engine(app: &SharedApp, mut config: EngineConfig) -> Engine {
     engine
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when it is first awaited: a signal that arrives while the
+/// service is still starting is then kept for the graceful shutdown, where
+/// the default action would have killed the process and left its embedded
+/// PostgreSQL running.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut i), Ok(mut t)) => {
+                tokio::select! {
+                    _ = i.recv() => {},
+                    _ = t.recv() => {},
+                }
+            }
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            (Err(_), Err(_)) => std::future::pending().await,
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
     }
 }
 
 /// Runs the service until Ctrl-C or SIGTERM.
 pub async fn serve(opts: ServeOptions, announce_tour: bool) -> anyhow::Result<()> {
     check_listen(opts.listen, opts.tls.as_ref(), opts.insecure_plaintext)?;
+    opts.artifacts.check(kube_version())?;
+    let shutdown = shutdown_signal();
     let tls = opts
         .tls
         .as_ref()
@@ -447,7 +570,7 @@ pub async fn serve(opts: ServeOptions, announce_tour: bool) -> anyhow::Result<()
     let (supervise_tx, supervise_rx) = watch::channel(false);
     let (result, ()) = tokio::join!(
         async {
-            let result = run(&opts, &url, announce_tour, http, tls).await;
+            let result = run(&opts, &url, announce_tour, http, tls, shutdown).await;
             let _ = supervise_tx.send(true);
             result
         },
@@ -470,12 +593,13 @@ async fn run(
     announce_tour: bool,
     http: crate::http::HttpSettings,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let pool = store::connect(url, 20).await?;
     store::migrate(&pool).await?;
     let auth = load_auth(&opts.data_dir)?;
     let secrets = load_secret_box(&opts.data_dir)?;
-    let (mut providers, access) = machine_setup(&opts.data_dir).await;
+    let (mut providers, access) = machine_setup(&opts.data_dir, &opts.artifacts).await;
     if let Some(access) = &access {
         register_ssh_provider(&mut providers, access, &pool, &secrets);
     }
@@ -522,6 +646,17 @@ async fn run(
     );
     let engine_task = tokio::spawn(engine.run(stop_rx.clone(), Duration::from_secs(10)));
 
+    // Everything startup reads from the database comes before the API
+    // answers: once /readyz says 200 the process is up, and a database
+    // blip after that is survived, not fatal.
+    let grpc = match grpc {
+        None => None,
+        Some((listener, bound, advertise)) => {
+            let hosts = crate::externalgrpc::serving_hosts(bound, &advertise);
+            let tls = crate::externalgrpc::tls_config(&app, &hosts).await?;
+            Some((listener, bound, advertise, tls))
+        }
+    };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
@@ -544,9 +679,7 @@ async fn run(
     ));
     let grpc_task = match grpc {
         None => None,
-        Some((listener, bound, advertise)) => {
-            let hosts = crate::externalgrpc::serving_hosts(bound, &advertise);
-            let tls = crate::externalgrpc::tls_config(&app, &hosts).await?;
+        Some((listener, bound, advertise, tls)) => {
             println!(
                 "cluster-autoscaler externalgrpc provider on {bound} (mTLS; clients dial {advertise})"
             );
@@ -570,7 +703,7 @@ async fn run(
             stop_rx.clone(),
         ))
     });
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: no new jobs, releasing leases, draining requests");
     let _ = stop_tx.send(true);
     match engine_task.await {
@@ -599,4 +732,50 @@ async fn run(
     }
     pool.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("536870912").unwrap(), 512 << 20);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size(" 64KiB ").unwrap(), 64 << 10);
+        for bad in ["", "0", "MiB", "12 TB", "-1", "99999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn artifact_flags_become_settings() {
+        let s = artifact_settings(&ArtifactFlags {
+            source: Some("https://dl.example.com/kube/".into()),
+            max_bytes: Some("1GiB".into()),
+            timeout: Some("90s".into()),
+            insecure_http: true,
+            ..ArtifactFlags::default()
+        })
+        .unwrap();
+        assert_eq!(s.source.to_string(), "https://dl.example.com/kube/");
+        assert_eq!(s.limits.max_bytes, 1 << 30);
+        assert_eq!(s.limits.total_timeout, Duration::from_secs(90));
+        assert!(s.insecure_http);
+        assert!(s.digests.is_empty());
+        assert!(artifact_settings(&ArtifactFlags {
+            source: Some("ftp://example.com/kube".into()),
+            ..ArtifactFlags::default()
+        })
+        .is_err());
+        // No flags: the cache scripts/build-kube fills, nothing pinned.
+        let s = artifact_settings(&ArtifactFlags::default()).unwrap();
+        assert_eq!(
+            s.source,
+            ArtifactSource::Dir(cache_dir().join("kube")),
+            "{s:?}"
+        );
+    }
 }

@@ -926,3 +926,143 @@ async fn up_over_tls_restarts_its_postgres() {
     );
     eprintln!("postgres back after {:?}", killed.elapsed());
 }
+
+/// `up`'s database lets in only its generated password: the file is 0600,
+/// a login without it is refused, and neither the log nor the server's
+/// log holds it.
+#[tokio::test]
+async fn up_keeps_its_database_behind_a_password() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("up-password");
+    let data = dir.join("data");
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("up.log")).unwrap();
+    let server = Proc(
+        Command::new(BIN)
+            .args(UP_PORTS)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("KUBEFORGE_CACHE", dir.join("no-cache"))
+            .env("KUBEFORGE_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kubeforge up"),
+    );
+    wait_healthy(port).await;
+    let file = data.join("postgres.password");
+    let password = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert_eq!(password.len(), 64);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let pid_file = std::fs::read_to_string(data.join("pgdata/postmaster.pid")).unwrap();
+    let pg_port: u16 = pid_file.lines().nth(3).unwrap().trim().parse().unwrap();
+    let url =
+        |password: &str| format!("postgres://postgres:{password}@127.0.0.1:{pg_port}/kubeforge");
+    use sqlx::Connection;
+    assert!(sqlx::PgConnection::connect(&format!(
+        "postgres://postgres@127.0.0.1:{pg_port}/kubeforge"
+    ))
+    .await
+    .is_err());
+    assert!(sqlx::PgConnection::connect(&url("0".repeat(64).as_str()))
+        .await
+        .is_err());
+    sqlx::PgConnection::connect(&url(&password))
+        .await
+        .expect("the password lets in")
+        .close()
+        .await
+        .unwrap();
+    let status = stop(server, Signal::SIGINT);
+    assert!(status.success(), "exit status after Ctrl-C: {status}");
+    for log in [dir.join("up.log"), data.join("postgres.log")] {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!text.is_empty(), "{} is empty", log.display());
+        assert!(
+            !text.contains(&password),
+            "{} shows the password",
+            log.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Artifact settings that could never be honoured stop `up` and `serve`
+/// at start, before the database: a URL without pinned digests, plain
+/// http off the host without the flag, a malformed digests file.
+#[test]
+fn unpinned_or_plain_http_artifacts_are_refused_at_start() {
+    let dir = temp_dir("artifacts");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("KUBEFORGE_CACHE", dir.join("no-cache"))
+            .env_remove("KUBEFORGE_ARTIFACTS")
+            .env_remove("KUBEFORGE_ARTIFACT_DIGESTS")
+            .env_remove("KUBEFORGE_INSECURE_ARTIFACTS_HTTP");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run kubeforge");
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let digests = dir.join("SHA256SUMS");
+    let mut text = String::new();
+    for c in kubeforge::artifacts::COMPONENTS {
+        text.push_str(&format!(
+            "{}  v1.20.2/bin/linux/amd64/{c}\n",
+            "a".repeat(64)
+        ));
+    }
+    std::fs::write(&digests, &text).unwrap();
+    let digests = digests.to_str().unwrap();
+
+    let err = run(
+        &["serve", "--artifacts", "https://dl.example.com/kube"],
+        &[],
+    );
+    assert!(
+        err.contains("v1.20.2 kube-apiserver") && err.contains("no pinned sha256"),
+        "{err}"
+    );
+    let err = run(
+        &[
+            "up",
+            "--artifacts",
+            "http://192.0.2.1/kube",
+            "--artifact-digests",
+            digests,
+        ],
+        &[],
+    );
+    assert!(err.contains("plain http to 192.0.2.1 refused"), "{err}");
+    // The flag (here from the environment) lifts only the http rule.
+    let err = run(
+        &["up", "--artifacts", "http://192.0.2.1/kube"],
+        &[("KUBEFORGE_INSECURE_ARTIFACTS_HTTP", "true")],
+    );
+    assert!(err.contains("no pinned sha256"), "{err}");
+    std::fs::write(dir.join("bad"), "abc  v1.20.2/bin/linux/amd64/kubectl\n").unwrap();
+    let err = run(
+        &["serve"],
+        &[(
+            "KUBEFORGE_ARTIFACT_DIGESTS",
+            dir.join("bad").to_str().unwrap(),
+        )],
+    );
+    assert!(
+        err.contains("line 1") && err.contains("not a sha256"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("data/pgdata").exists(),
+        "the database was started"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tower::ServiceExt;
 
-static SERVER: OnceCell<(u16, String)> = OnceCell::const_new();
+static SERVER: OnceCell<(EmbeddedPostgres, String)> = OnceCell::const_new();
 
 /// The shared test server's data dir.
 pub fn server_dir() -> PathBuf {
@@ -41,8 +41,9 @@ pub fn server_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/kf-test-pg")
 }
 
-/// (port, template database name), starting the server and building the template once.
-async fn server() -> &'static (u16, String) {
+/// (the server, template database name), starting the server and
+/// building the template once. The server's URLs carry its password.
+async fn server() -> &'static (EmbeddedPostgres, String) {
     SERVER
         .get_or_init(|| async {
             let pg = EmbeddedPostgres::attach_or_start(&server_dir())
@@ -52,7 +53,7 @@ async fn server() -> &'static (u16, String) {
             build_template(&pg.url("postgres"), &pg.url(&template), &template)
                 .await
                 .expect("building the template database");
-            (pg.port(), template)
+            (pg, template)
         })
         .await
 }
@@ -123,10 +124,9 @@ impl TestDb {
     }
 
     async fn create(prefix: &str, options: &str) -> TestDb {
-        let (port, _) = server().await;
+        let (pg, _) = server().await;
         let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
-        let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        let mut admin = PgConnection::connect(&admin_url)
+        let mut admin = PgConnection::connect(&pg.url("postgres"))
             .await
             .expect("admin connection");
         sqlx::query(&format!("CREATE DATABASE {name} {options}"))
@@ -134,7 +134,7 @@ impl TestDb {
             .await
             .expect("creating the test database");
         TestDb {
-            url: format!("postgres://postgres@127.0.0.1:{port}/{name}"),
+            url: pg.url(&name),
             name,
         }
     }

@@ -6,12 +6,14 @@
 //! Each binary is compared by sha256 on the machine and uploaded (atomic,
 //! as root, over the member's pinned session) only where it differs; all
 //! are checked again afterwards. The bootstrap script checks them a third
-//! time before it starts anything.
+//! time before it starts anything. The digests are those `artifacts::ensure`
+//! verified the host's copies against (the operator's pins, for a URL
+//! source), and what is uploaded is read from that verified directory.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::artifacts::{Artifacts, COMPONENTS};
+use crate::artifacts::{Artifacts, CONTROL_PLANE_COMPONENTS as COMPONENTS};
 use crate::error::{Error, Result};
 use crate::ssh::{parse_sha256sum, sha256sum_command, Redactor, Session};
 
