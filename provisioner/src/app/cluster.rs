@@ -13,7 +13,7 @@ use kubeforge_cluster::spec::{check_label_key, check_label_value};
 use kubeforge_cluster::{ClusterSpec, Labels, Phase, ValidationError};
 use uuid::Uuid;
 
-use super::{Accepted, App, Idempotency};
+use super::{Accepted, App, Idempotency, Request};
 use crate::context::{Action, OpContext};
 use crate::error::{Error, Result};
 use crate::store::event::{self, NewEvent};
@@ -146,21 +146,20 @@ impl App {
         for pool in &spec.node_pools {
             node_pool::insert(&mut tx, ctx, id, Uuid::now_v7(), pool).await?;
         }
-        let op = operation::insert(&mut tx, ctx, id, None, OperationKind::ClusterCreate, 1).await?;
-        event::record(
-            &mut *tx,
-            NewEvent {
-                tenant: &ctx.tenant,
-                cluster_id: id,
-                node_pool_id: None,
-                operation_id: Some(op),
-                warning: false,
-                reason: "CreateRequested",
-                message: &format!("cluster {} requested by {}", spec.name, ctx.subject),
-            },
-        )
-        .await?;
-        self.enqueue_reconcile(&mut tx, id, spec.provider.kind(), op)
+        let op = self
+            .request(
+                &mut tx,
+                ctx,
+                Request {
+                    cluster_id: id,
+                    provider: spec.provider.kind(),
+                    pool: None,
+                    kind: OperationKind::ClusterCreate,
+                    generation: 1,
+                    reason: "CreateRequested",
+                    message: &format!("cluster {} requested by {}", spec.name, ctx.subject),
+                },
+            )
             .await?;
         let c = cluster::get(&mut *tx, ctx, &id.to_string()).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
@@ -268,29 +267,20 @@ impl App {
             None => c.autoscaler,
         };
         cluster::update_spec(&mut tx, c.id, &labels, protection, &autoscaler).await?;
-        let op = operation::insert(
-            &mut tx,
-            ctx,
-            c.id,
-            None,
-            OperationKind::ClusterUpdate,
-            c.generation + 1,
-        )
-        .await?;
-        event::record(
-            &mut *tx,
-            NewEvent {
-                tenant: &ctx.tenant,
-                cluster_id: c.id,
-                node_pool_id: None,
-                operation_id: Some(op),
-                warning: false,
-                reason: "UpdateRequested",
-                message: &format!("cluster update requested by {}", ctx.subject),
-            },
-        )
-        .await?;
-        self.enqueue_reconcile(&mut tx, c.id, c.provider.kind(), op)
+        let op = self
+            .request(
+                &mut tx,
+                ctx,
+                Request {
+                    cluster_id: c.id,
+                    provider: c.provider.kind(),
+                    pool: None,
+                    kind: OperationKind::ClusterUpdate,
+                    generation: c.generation + 1,
+                    reason: "UpdateRequested",
+                    message: &format!("cluster update requested by {}", ctx.subject),
+                },
+            )
             .await?;
         let c = cluster::get(&mut *tx, ctx, &c.id.to_string()).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
@@ -325,29 +315,20 @@ impl App {
             }
         }
         let generation = cluster::request_deletion(&mut tx, c.id).await?;
-        let op = operation::insert(
-            &mut tx,
-            ctx,
-            c.id,
-            None,
-            OperationKind::ClusterDelete,
-            generation,
-        )
-        .await?;
-        event::record(
-            &mut *tx,
-            NewEvent {
-                tenant: &ctx.tenant,
-                cluster_id: c.id,
-                node_pool_id: None,
-                operation_id: Some(op),
-                warning: false,
-                reason: "DeleteRequested",
-                message: &format!("cluster deletion requested by {}", ctx.subject),
-            },
-        )
-        .await?;
-        self.enqueue_reconcile(&mut tx, c.id, c.provider.kind(), op)
+        let op = self
+            .request(
+                &mut tx,
+                ctx,
+                Request {
+                    cluster_id: c.id,
+                    provider: c.provider.kind(),
+                    pool: None,
+                    kind: OperationKind::ClusterDelete,
+                    generation,
+                    reason: "DeleteRequested",
+                    message: &format!("cluster deletion requested by {}", ctx.subject),
+                },
+            )
             .await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;

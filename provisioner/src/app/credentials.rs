@@ -14,11 +14,10 @@ use kubeforge_cluster::operations::OperationKind;
 use kubeforge_cluster::ValidationError;
 use std::time::Instant;
 
-use super::App;
+use super::{App, Request};
 use crate::auth::{valid_jti, Claims, MAX_TOKEN_TTL};
 use crate::context::{Action, OpContext, Role};
 use crate::error::{Error, Result};
-use crate::store::event::{self, NewEvent};
 use crate::store::{cluster, credentials, operation};
 
 impl App {
@@ -39,33 +38,24 @@ impl App {
             return Err(Error::Conflict("the cluster is being deleted".into()));
         }
         let generation = credentials::advance(&mut tx, c.id).await?;
-        let op = operation::insert(
-            &mut tx,
-            ctx,
-            c.id,
-            None,
-            OperationKind::CredentialsRevoke,
-            generation,
-        )
-        .await?;
-        event::record(
-            &mut *tx,
-            NewEvent {
-                tenant: &ctx.tenant,
-                cluster_id: c.id,
-                node_pool_id: None,
-                operation_id: Some(op),
-                warning: false,
-                reason: "CredentialsRevoked",
-                message: &format!(
+        let op = self
+            .request(
+                &mut tx,
+                ctx,
+                Request {
+                    cluster_id: c.id,
+                    provider: c.provider.kind(),
+                    pool: None,
+                    kind: OperationKind::CredentialsRevoke,
+                    generation,
+                    reason: "CredentialsRevoked",
+                    message: &format!(
                     "kubeconfigs of credential generation {} and before revoked by {}; new ones carry generation {generation}",
                     generation - 1,
                     ctx.subject
                 ),
-            },
-        )
-        .await?;
-        self.enqueue_reconcile(&mut tx, c.id, c.provider.kind(), op)
+                },
+            )
             .await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;

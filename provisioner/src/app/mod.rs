@@ -92,10 +92,59 @@ impl Accepted {
     }
 }
 
+/// What a request asks of a cluster: the operation that tracks it (for
+/// the pool `pool`, towards `generation`) and the event saying who asked
+/// (`reason`, `message`); the cluster's reconcile does it.
+pub(crate) struct Request<'a> {
+    pub cluster_id: Uuid,
+    pub provider: &'a str,
+    pub pool: Option<Uuid>,
+    pub kind: kubeforge_cluster::operations::OperationKind,
+    pub generation: i64,
+    pub reason: &'a str,
+    pub message: &'a str,
+}
+
 /// The job kind that reconciles one cluster (and its pools).
 pub const RECONCILE_CLUSTER: &str = "reconcile_cluster";
 
 impl App {
+    /// Records request `r` in the caller's transaction: its operation, its
+    /// event, and the reconcile that will carry it out. Returns the
+    /// operation's id.
+    pub(crate) async fn request(
+        &self,
+        conn: &mut PgConnection,
+        ctx: &crate::context::OpContext,
+        r: Request<'_>,
+    ) -> Result<Uuid> {
+        let op = crate::store::operation::insert(
+            &mut *conn,
+            ctx,
+            r.cluster_id,
+            r.pool,
+            r.kind,
+            r.generation,
+        )
+        .await?;
+        crate::store::event::record(
+            &mut *conn,
+            crate::store::event::NewEvent {
+                tenant: &ctx.tenant,
+                cluster_id: r.cluster_id,
+                node_pool_id: r.pool,
+                operation_id: Some(op),
+                warning: false,
+                reason: r.reason,
+                message: r.message,
+            },
+        )
+        .await?;
+        self.enqueue_reconcile(conn, r.cluster_id, r.provider, op)
+            .await?;
+        Ok(op)
+    }
+
     /// Queues a reconcile of `cluster_id` for operation `op` in the
     /// caller's transaction; only replicas that run its `provider` kind
     /// claim it.

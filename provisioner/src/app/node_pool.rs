@@ -11,10 +11,9 @@ use kubeforge_cluster::{AutoRepair, Autoscaling, NodePoolSpec, ValidationError};
 
 use super::cluster::check_if_match;
 use super::views::node_pool_view;
-use super::{Accepted, App, Idempotency};
+use super::{Accepted, App, Idempotency, Request};
 use crate::context::{Action, OpContext};
 use crate::error::{Error, Result};
-use crate::store::event::{self, NewEvent};
 use crate::store::idempotency::{self, Claim};
 use crate::store::{cluster, machine, node_pool, operation, tenant};
 
@@ -80,32 +79,23 @@ impl App {
         self.check_node_quota(&mut tx, ctx, extra, "size").await?;
         let id = uuid::Uuid::now_v7();
         node_pool::insert(&mut tx, ctx, c.id, id, &spec).await?;
-        let op = operation::insert(
-            &mut tx,
-            ctx,
-            c.id,
-            Some(id),
-            OperationKind::NodePoolCreate,
-            1,
-        )
-        .await?;
-        event::record(
-            &mut *tx,
-            NewEvent {
-                tenant: &ctx.tenant,
-                cluster_id: c.id,
-                node_pool_id: Some(id),
-                operation_id: Some(op),
-                warning: false,
-                reason: "NodePoolCreateRequested",
-                message: &format!(
-                    "node pool {} of size {} requested by {}",
-                    spec.name, spec.size, ctx.subject
-                ),
-            },
-        )
-        .await?;
-        self.enqueue_reconcile(&mut tx, c.id, c.provider.kind(), op)
+        let op = self
+            .request(
+                &mut tx,
+                ctx,
+                Request {
+                    cluster_id: c.id,
+                    provider: c.provider.kind(),
+                    pool: Some(id),
+                    kind: OperationKind::NodePoolCreate,
+                    generation: 1,
+                    reason: "NodePoolCreateRequested",
+                    message: &format!(
+                        "node pool {} of size {} requested by {}",
+                        spec.name, spec.size, ctx.subject
+                    ),
+                },
+            )
             .await?;
         let p = node_pool::get(&mut tx, ctx, c.id, &id.to_string(), false).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
@@ -205,34 +195,26 @@ impl App {
             auto_repair: req.auto_repair.unwrap_or(p.auto_repair),
         };
         let generation = node_pool::update_settings(&mut tx, p.id, &settings).await?;
-        let op = operation::insert(
-            &mut tx,
-            ctx,
-            c.id,
-            Some(p.id),
-            OperationKind::NodePoolUpdate,
-            generation,
-        )
-        .await?;
-        event::record(
-            &mut *tx,
-            NewEvent {
-                tenant: &ctx.tenant,
-                cluster_id: c.id,
-                node_pool_id: Some(p.id),
-                operation_id: Some(op),
-                warning: false,
-                reason: "NodePoolUpdateRequested",
-                message: &format!(
-                    "node pool {} {} requested by {}",
-                    p.name,
-                    describe_changes(&p.settings(), &settings),
-                    ctx.subject
-                ),
-            },
-        )
-        .await?;
-        self.enqueue_reconcile(&mut tx, c.id, c.provider.kind(), op)
+        let message = format!(
+            "node pool {} {} requested by {}",
+            p.name,
+            describe_changes(&p.settings(), &settings),
+            ctx.subject
+        );
+        let op = self
+            .request(
+                &mut tx,
+                ctx,
+                Request {
+                    cluster_id: c.id,
+                    provider: c.provider.kind(),
+                    pool: Some(p.id),
+                    kind: OperationKind::NodePoolUpdate,
+                    generation,
+                    reason: "NodePoolUpdateRequested",
+                    message: &message,
+                },
+            )
             .await?;
         let p = node_pool::get(&mut tx, ctx, c.id, &p.id.to_string(), false).await?;
         let machines = machine::list(&mut *tx, ctx, c.id).await?;
@@ -269,29 +251,20 @@ impl App {
             }
         }
         let generation = node_pool::request_deletion(&mut tx, p.id).await?;
-        let op = operation::insert(
-            &mut tx,
-            ctx,
-            c.id,
-            Some(p.id),
-            OperationKind::NodePoolDelete,
-            generation,
-        )
-        .await?;
-        event::record(
-            &mut *tx,
-            NewEvent {
-                tenant: &ctx.tenant,
-                cluster_id: c.id,
-                node_pool_id: Some(p.id),
-                operation_id: Some(op),
-                warning: false,
-                reason: "NodePoolDeleteRequested",
-                message: &format!("node pool {} deletion requested by {}", p.name, ctx.subject),
-            },
-        )
-        .await?;
-        self.enqueue_reconcile(&mut tx, c.id, c.provider.kind(), op)
+        let op = self
+            .request(
+                &mut tx,
+                ctx,
+                Request {
+                    cluster_id: c.id,
+                    provider: c.provider.kind(),
+                    pool: Some(p.id),
+                    kind: OperationKind::NodePoolDelete,
+                    generation,
+                    reason: "NodePoolDeleteRequested",
+                    message: &format!("node pool {} deletion requested by {}", p.name, ctx.subject),
+                },
+            )
             .await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;
