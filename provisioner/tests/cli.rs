@@ -929,7 +929,7 @@ async fn up_over_tls_restarts_its_postgres() {
 
 /// `up`'s database lets in only its generated password: the file is 0600,
 /// a login without it is refused, and neither the log nor the server's
-/// log holds it.
+/// log holds it. `up`'s log, written to a file, is plain text.
 #[tokio::test]
 async fn up_keeps_its_database_behind_a_password() {
     use std::os::unix::fs::PermissionsExt;
@@ -977,6 +977,11 @@ async fn up_keeps_its_database_behind_a_password() {
         .unwrap();
     let status = stop(server, Signal::SIGINT);
     assert!(status.success(), "exit status after Ctrl-C: {status}");
+    let up_log = std::fs::read_to_string(dir.join("up.log")).unwrap();
+    assert!(
+        !up_log.contains('\x1b'),
+        "a log written to a file has no colour codes"
+    );
     for log in [dir.join("up.log"), data.join("postgres.log")] {
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(!text.is_empty(), "{} is empty", log.display());
