@@ -514,6 +514,8 @@ pub struct AutoscalerSnapshot {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Page<T: ToSchema> {
     pub items: Vec<T>,
+    /// Always present: `null` on the last page.
+    #[schema(required = true)]
     pub next_page_token: Option<String>,
 }
 
