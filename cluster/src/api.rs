@@ -89,20 +89,28 @@ pub struct UpdateClusterRequest {
 
 /// Query of `GET /v1/clusters`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterListQuery {
+    /// Only clusters in this phase (`provisioning`, `ready`, `degraded`,
+    /// `deleting`, `failed`).
     pub phase: Option<String>,
     /// `key` or `key=value`.
     pub label: Option<String>,
+    /// `next_page_token` of the previous page.
     pub page_token: Option<String>,
+    /// Page size.
     pub limit: Option<i64>,
 }
 
 /// Query of paginated sub-lists (events).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
+    /// `next_page_token` of the previous page.
     pub page_token: Option<String>,
+    /// Page size.
     pub limit: Option<i64>,
 }
 
@@ -506,6 +514,8 @@ pub struct AutoscalerSnapshot {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Page<T: ToSchema> {
     pub items: Vec<T>,
+    /// Always present: `null` on the last page.
+    #[schema(required = true)]
     pub next_page_token: Option<String>,
 }
 

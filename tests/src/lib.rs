@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod dns;
 pub mod grpc;
 pub mod lab;
+pub mod python;
 pub mod tls;
 
 use axum::body::Body;

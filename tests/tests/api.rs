@@ -1675,10 +1675,16 @@ async fn openapi_document_lists_every_route() {
     collect_refs(doc, &mut refs);
     assert!(!refs.is_empty());
     for r in refs {
-        let name = r
-            .strip_prefix("#/components/schemas/")
+        let (kind, name) = r
+            .strip_prefix("#/components/")
+            .and_then(|r| r.split_once('/'))
             .unwrap_or_else(|| panic!("unexpected $ref {r}"));
-        assert!(schemas.contains_key(name), "dangling $ref {r}");
+        let defined = match kind {
+            "schemas" => schemas.contains_key(name),
+            "responses" => doc["components"]["responses"].get(name).is_some(),
+            _ => panic!("unexpected $ref {r}"),
+        };
+        assert!(defined, "dangling $ref {r}");
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 

@@ -19,7 +19,7 @@ use kubeforge_cluster::api::{
     ClusterListQuery, ClusterView, CreateClusterRequest, CreateHostRequest, CreateNodePoolRequest,
     CredentialsRevoked, EventView, HostCreated, HostView, Items, KubeconfigRequest,
     MachineTypeView, MachineView, NodePoolAccepted, NodePoolView, OperationAccepted, OperationView,
-    PageQuery, PendingPodView, PoolReasonView, Problem, Quota, QuotaView, RevokeTokenRequest,
+    Page, PageQuery, PendingPodView, PoolReasonView, Problem, Quota, QuotaView, RevokeTokenRequest,
     TokenRevoked, UpdateClusterRequest, UpdateNodePoolRequest,
 };
 use kubeforge_cluster::{AutoscalerMode, AutoscalerSettings, Expander, NodeResources};
@@ -37,9 +37,12 @@ fn with_etag<T: serde::Serialize>(etag: &str, body: T) -> Response {
     resp
 }
 
-#[utoipa::path(post, path = "/v1/clusters", request_body = CreateClusterRequest,
+#[utoipa::path(post, path = "/v1/clusters", tag = "clusters", operation_id = "create_cluster",
+    request_body = CreateClusterRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first response")),
-    responses((status = 202, body = ClusterAccepted, description = "{cluster, operation}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, body = ClusterAccepted, description = "the cluster and the operation that provisions it"),
+              (status = 409, body = Problem, content_type = "application/problem+json", description = "a cluster of this name exists"),
+              (status = 422, body = Problem, content_type = "application/problem+json", description = "validation_failed, quota_exceeded or idempotency_mismatch")))]
 pub async fn cluster_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -51,8 +54,10 @@ pub async fn cluster_create(
     Ok(accepted(app.cluster_create(&ctx, idem, body.value).await?))
 }
 
-#[utoipa::path(get, path = "/v1/clusters", params(ClusterListQuery),
-    responses((status = 200, description = "{items, next_page_token}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/clusters", tag = "clusters", operation_id = "list_clusters",
+    params(ClusterListQuery),
+    responses((status = 200, body = Page<ClusterView>, description = "a page of clusters"),
+              (status = 422, body = Problem, content_type = "application/problem+json", description = "a bad filter, limit or page token")))]
 pub async fn cluster_list(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -61,8 +66,10 @@ pub async fn cluster_list(
     Ok(Json(app.cluster_list(&ctx, q).await?).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/clusters/{cluster}", params(("cluster" = String, Path, description = "id or name")),
-    responses((status = 200, body = ClusterView), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/clusters/{cluster}", tag = "clusters", operation_id = "get_cluster",
+    params(("cluster" = String, Path, description = "id or name")),
+    responses((status = 200, body = ClusterView, headers(("ETag" = String, description = "for If-Match"))),
+              (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn cluster_get(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -72,9 +79,11 @@ pub async fn cluster_get(
     Ok(with_etag(&view.etag.clone(), view))
 }
 
-#[utoipa::path(patch, path = "/v1/clusters/{cluster}", request_body = UpdateClusterRequest,
-    params(("cluster" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = ClusterAccepted, description = "{cluster, operation}"), (status = 412, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(patch, path = "/v1/clusters/{cluster}", tag = "clusters", operation_id = "update_cluster",
+    request_body = UpdateClusterRequest,
+    params(("cluster" = String, Path, description = "id or name"), ("If-Match" = Option<String>, Header, description = "the cluster's etag")),
+    responses((status = 200, body = ClusterAccepted, description = "the cluster and the operation that applies the change"),
+              (status = 412, body = Problem, content_type = "application/problem+json", description = "stale etag")))]
 pub async fn cluster_update(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -88,9 +97,10 @@ pub async fn cluster_update(
     Ok(Json(out).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/clusters/{cluster}",
-    params(("cluster" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 202, body = OperationAccepted, description = "{operation}"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/v1/clusters/{cluster}", tag = "clusters", operation_id = "delete_cluster",
+    params(("cluster" = String, Path, description = "id or name"), ("If-Match" = Option<String>, Header, description = "the cluster's etag")),
+    responses((status = 202, body = OperationAccepted, description = "the operation that deletes the cluster"),
+              (status = 409, body = Problem, content_type = "application/problem+json", description = "deletion_protected")))]
 pub async fn cluster_delete(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -103,9 +113,10 @@ pub async fn cluster_delete(
     Ok((StatusCode::ACCEPTED, Json(out)).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/clusters/{cluster}/node-pools", request_body = CreateNodePoolRequest,
-    params(("cluster" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 202, body = NodePoolAccepted, description = "{node_pool, operation}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/node-pools", tag = "node-pools", operation_id = "create_node_pool",
+    request_body = CreateNodePoolRequest,
+    params(("cluster" = String, Path, description = "id or name"), ("Idempotency-Key" = Option<String>, Header, description = "replays the first response")),
+    responses((status = 202, body = NodePoolAccepted, description = "the pool and the operation that creates its nodes")))]
 pub async fn node_pool_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -120,8 +131,9 @@ pub async fn node_pool_create(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/clusters/{cluster}/node-pools", params(("cluster" = String, Path)),
-    responses((status = 200, body = [NodePoolView])))]
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/node-pools", tag = "node-pools", operation_id = "list_node_pools",
+    params(("cluster" = String, Path, description = "id or name")),
+    responses((status = 200, body = Items<NodePoolView>, description = "every pool of the cluster, in one answer")))]
 pub async fn node_pool_list(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -131,9 +143,10 @@ pub async fn node_pool_list(
     Ok(Json(Items { items }).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/clusters/{cluster}/node-pools/{pool}",
-    params(("cluster" = String, Path), ("pool" = String, Path)),
-    responses((status = 200, body = NodePoolView), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/node-pools/{pool}", tag = "node-pools", operation_id = "get_node_pool",
+    params(("cluster" = String, Path, description = "id or name"), ("pool" = String, Path, description = "id or name")),
+    responses((status = 200, body = NodePoolView, headers(("ETag" = String, description = "for If-Match"))),
+              (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn node_pool_get(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -143,9 +156,11 @@ pub async fn node_pool_get(
     Ok(with_etag(&view.etag.clone(), view))
 }
 
-#[utoipa::path(patch, path = "/v1/clusters/{cluster}/node-pools/{pool}", request_body = UpdateNodePoolRequest,
-    params(("cluster" = String, Path), ("pool" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = NodePoolAccepted, description = "{node_pool, operation}"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(patch, path = "/v1/clusters/{cluster}/node-pools/{pool}", tag = "node-pools", operation_id = "update_node_pool",
+    request_body = UpdateNodePoolRequest,
+    params(("cluster" = String, Path, description = "id or name"), ("pool" = String, Path, description = "id or name"), ("If-Match" = Option<String>, Header, description = "the pool's etag")),
+    responses((status = 200, body = NodePoolAccepted, description = "the pool and the operation that applies the change"),
+              (status = 412, body = Problem, content_type = "application/problem+json", description = "stale etag")))]
 pub async fn node_pool_update(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -159,9 +174,9 @@ pub async fn node_pool_update(
     Ok(Json(out).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/clusters/{cluster}/node-pools/{pool}",
-    params(("cluster" = String, Path), ("pool" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 202, body = OperationAccepted, description = "{operation}")))]
+#[utoipa::path(delete, path = "/v1/clusters/{cluster}/node-pools/{pool}", tag = "node-pools", operation_id = "delete_node_pool",
+    params(("cluster" = String, Path, description = "id or name"), ("pool" = String, Path, description = "id or name"), ("If-Match" = Option<String>, Header, description = "the pool's etag")),
+    responses((status = 202, body = OperationAccepted, description = "the operation that drains and deletes the pool")))]
 pub async fn node_pool_delete(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -174,8 +189,9 @@ pub async fn node_pool_delete(
     Ok((StatusCode::ACCEPTED, Json(out)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/clusters/{cluster}/machines", params(("cluster" = String, Path)),
-    responses((status = 200, body = [MachineView])))]
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/machines", tag = "machines", operation_id = "list_machines",
+    params(("cluster" = String, Path, description = "id or name")),
+    responses((status = 200, body = Items<MachineView>, description = "every machine of the cluster, in one answer")))]
 pub async fn machine_list(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -185,8 +201,9 @@ pub async fn machine_list(
     Ok(Json(Items { items }).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/clusters/{cluster}/operations", params(("cluster" = String, Path)),
-    responses((status = 200, body = [OperationView])))]
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/operations", tag = "operations", operation_id = "list_operations",
+    params(("cluster" = String, Path, description = "id or name")),
+    responses((status = 200, body = Items<OperationView>, description = "every operation of the cluster, in one answer")))]
 pub async fn operation_list(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -196,7 +213,8 @@ pub async fn operation_list(
     Ok(Json(Items { items }).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/operations/{operation}", params(("operation" = String, Path)),
+#[utoipa::path(get, path = "/v1/operations/{operation}", tag = "operations", operation_id = "get_operation",
+    params(("operation" = String, Path, description = "operation id")),
     responses((status = 200, body = OperationView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn operation_get(
     State(app): State<SharedApp>,
@@ -206,8 +224,9 @@ pub async fn operation_get(
     Ok(Json(app.operation_get(&ctx, &o).await?).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/clusters/{cluster}/events", params(("cluster" = String, Path), PageQuery),
-    responses((status = 200, description = "{items: [Event], next_page_token}, newest first")))]
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/events", tag = "events", operation_id = "list_events",
+    params(("cluster" = String, Path, description = "id or name"), PageQuery),
+    responses((status = 200, body = Page<EventView>, description = "a page of events, newest first")))]
 pub async fn event_list(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -220,9 +239,10 @@ pub async fn event_list(
 /// The header that says when a kubeconfig's certificate expires (RFC 3339).
 pub const KUBECONFIG_EXPIRES_AT: &str = "kubeforge-expires-at";
 
-#[utoipa::path(post, path = "/v1/clusters/{cluster}/kubeconfig", request_body = KubeconfigRequest,
-    params(("cluster" = String, Path)),
-    responses((status = 200, content_type = "application/yaml", description = "a kubeconfig; `Kubeforge-Expires-At` says when its certificate expires (RFC 3339)",
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/kubeconfig", tag = "credentials", operation_id = "create_kubeconfig",
+    request_body = KubeconfigRequest,
+    params(("cluster" = String, Path, description = "id or name")),
+    responses((status = 200, body = String, content_type = "application/yaml", description = "a kubeconfig; `Kubeforge-Expires-At` says when its certificate expires (RFC 3339)",
                headers(("Kubeforge-Expires-At" = String, description = "RFC 3339 expiry of the client certificate"))),
               (status = 403, body = Problem, content_type = "application/problem+json", description = "the caller's role may not mint a kubeconfig of this role"),
               (status = 409, body = Problem, content_type = "application/problem+json", description = "cluster_not_ready")))]
@@ -249,7 +269,7 @@ pub async fn kubeconfig_create(
         .into_response())
 }
 
-#[utoipa::path(post, path = "/v1/clusters/{cluster}/credentials/revoke",
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/credentials/revoke", tag = "credentials", operation_id = "revoke_credentials",
     params(("cluster" = String, Path, description = "id or name")),
     responses((status = 202, body = CredentialsRevoked, description = "{credential_generation, operation}: kubeconfigs of earlier generations are refused once the operation succeeds"),
               (status = 403, body = Problem, content_type = "application/problem+json", description = "needs role admin"),
@@ -263,7 +283,8 @@ pub async fn credentials_revoke(
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/tokens/revoke", request_body = RevokeTokenRequest,
+#[utoipa::path(post, path = "/v1/tokens/revoke", tag = "tokens", operation_id = "revoke_token",
+    request_body = RevokeTokenRequest,
     responses((status = 200, body = TokenRevoked),
               (status = 403, body = Problem, content_type = "application/problem+json", description = "by jti: platform-admin only; by token: admin of the token's tenant"),
               (status = 422, body = Problem, content_type = "application/problem+json")))]
@@ -275,7 +296,8 @@ pub async fn token_revoke(
     Ok(Json(app.token_revoke(&ctx, body.value).await?).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/clusters/{cluster}/autoscaler", params(("cluster" = String, Path, description = "id or name")),
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/autoscaler", tag = "autoscaler", operation_id = "get_autoscaler",
+    params(("cluster" = String, Path, description = "id or name")),
     responses((status = 200, body = AutoscalerStatusView, description = "per pool its recent decisions, per pending pod where it goes or why no pool takes it"),
               (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn autoscaler_get(
@@ -286,7 +308,7 @@ pub async fn autoscaler_get(
     Ok(Json(app.autoscaler_get(&ctx, &c).await?).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/clusters/{cluster}/autoscaler/credentials",
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/autoscaler/credentials", tag = "autoscaler", operation_id = "create_autoscaler_credentials",
     request_body(content = Option<AutoscalerCredentialsRequest>, description = "optional; ttl_seconds defaults to 90 days"),
     params(("cluster" = String, Path, description = "id or name")),
     responses((status = 200, body = AutoscalerCredentialsView, description = "the endpoint, its CA, a client certificate and key naming the cluster (the key is not kept: it cannot be fetched again), and the cloud-config file"),
@@ -304,16 +326,18 @@ pub async fn autoscaler_credentials_create(
     Ok(Json(out).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/machine-types",
-    responses((status = 200, body = Items<MachineTypeView>, description = "{items}: every machine type with what its nodes offer to pods"),
-              (status = 401, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/machine-types", tag = "machine-types", operation_id = "list_machine_types",
+    responses((status = 200, body = Items<MachineTypeView>, description = "every machine type with what its nodes offer to pods, in one answer")))]
 pub async fn machine_type_list(State(app): State<SharedApp>, ctx: OpContext) -> Result<Response> {
     let items = app.machine_type_list(&ctx)?;
     Ok(Json(Items { items }).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/hosts", request_body = CreateHostRequest,
-    responses((status = 201, body = HostCreated, description = "{host}"), (status = 403, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/hosts", tag = "hosts", operation_id = "create_host",
+    request_body = CreateHostRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first response")),
+    responses((status = 201, body = HostCreated, description = "the host as registered"),
+              (status = 403, body = Problem, content_type = "application/problem+json", description = "platform-admin only")))]
 pub async fn host_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -325,14 +349,17 @@ pub async fn host_create(
     Ok(accepted(app.host_create(&ctx, idem, body.value).await?))
 }
 
-#[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = [HostView])))]
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", operation_id = "list_hosts",
+    responses((status = 200, body = Items<HostView>, description = "every registered host, in one answer"),
+              (status = 403, body = Problem, content_type = "application/problem+json", description = "platform-admin only")))]
 pub async fn host_list(State(app): State<SharedApp>, ctx: OpContext) -> Result<Response> {
     let items = app.host_list(&ctx).await?;
     Ok(Json(Items { items }).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/hosts/{host}", params(("host" = String, Path)),
-    responses((status = 204), (status = 409, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/v1/hosts/{host}", tag = "hosts", operation_id = "delete_host",
+    params(("host" = String, Path, description = "host id")),
+    responses((status = 204, description = "deleted"), (status = 409, body = Problem, content_type = "application/problem+json", description = "the host is claimed by a cluster")))]
 pub async fn host_delete(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -342,7 +369,8 @@ pub async fn host_delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/quota", params(("tenant" = String, Path)),
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/quota", tag = "quotas", operation_id = "get_quota",
+    params(("tenant" = String, Path)),
     responses((status = 200, body = QuotaView)))]
 pub async fn quota_get(
     State(app): State<SharedApp>,
@@ -352,8 +380,9 @@ pub async fn quota_get(
     Ok(Json(app.quota_get(&ctx, &t).await?).into_response())
 }
 
-#[utoipa::path(put, path = "/v1/tenants/{tenant}/quota", request_body = Quota, params(("tenant" = String, Path)),
-    responses((status = 200, body = QuotaView)))]
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/quota", tag = "quotas", operation_id = "put_quota",
+    request_body = Quota, params(("tenant" = String, Path)),
+    responses((status = 200, body = QuotaView), (status = 403, body = Problem, content_type = "application/problem+json", description = "platform-admin only")))]
 pub async fn quota_put(
     State(app): State<SharedApp>,
     ctx: OpContext,
@@ -364,14 +393,17 @@ pub async fn quota_put(
 }
 
 /// Process up.
-#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200)))]
+#[utoipa::path(get, path = "/healthz", tag = "service", operation_id = "get_health", security(()),
+    responses((status = 200, body = String, content_type = "text/plain", description = "`ok`")))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Database reachable.
 // `SELECT 1` must answer within READY_TIMEOUT.
-#[utoipa::path(get, path = "/readyz", security(()), responses((status = 200), (status = 503, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/readyz", tag = "service", operation_id = "get_readiness", security(()),
+    responses((status = 200, body = String, content_type = "text/plain", description = "`ok`"),
+              (status = 503, body = Problem, content_type = "application/problem+json", description = "database unreachable")))]
 pub async fn readyz(State(app): State<SharedApp>) -> Result<&'static str> {
     match tokio::time::timeout(READY_TIMEOUT, sqlx::query("SELECT 1").execute(&app.pool)).await {
         Ok(Ok(_)) => Ok("ok"),
@@ -383,7 +415,8 @@ pub async fn readyz(State(app): State<SharedApp>) -> Result<&'static str> {
 /// is gone well before requests give up on it (the pool's acquire timeout).
 pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-#[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "service", operation_id = "get_metrics", security(()),
+    responses((status = 200, body = String, content_type = "text/plain", description = "Prometheus text format 0.0.4")))]
 pub async fn metrics(State(app): State<SharedApp>) -> Response {
     if let Ok((queued, running, dead)) = crate::store::job::depth(&app.pool).await {
         let g = &app.metrics.job_queue_depth;
@@ -418,10 +451,111 @@ pub async fn metrics(State(app): State<SharedApp>) -> Response {
                        AutoscalerDecisionView, PendingPodView, PoolReasonView, MachineTypeView,
                        NodeResources, AutoscalerCredentialsRequest, AutoscalerCredentialsView,
                        CredentialsRevoked, RevokeTokenRequest, TokenRevoked)),
-    modifiers(&BearerAuth),
-    security(("bearer" = []))
+    modifiers(&BearerAuth, &ProblemResponses, &EnvelopeItemRefs),
+    security(("bearer" = [])),
+    tags(
+        (name = "clusters", description = "Kubernetes clusters: create, list, read, change, delete"),
+        (name = "node-pools", description = "Groups of worker nodes of a cluster"),
+        (name = "operations", description = "Long-running work and its steps"),
+        (name = "events", description = "What happened to a cluster, newest first"),
+        (name = "machines", description = "The machines behind a cluster's nodes"),
+        (name = "credentials", description = "Kubeconfigs, and revoking them"),
+        (name = "tokens", description = "Revoking API tokens"),
+        (name = "autoscaler", description = "The cluster autoscaler's decisions and an external autoscaler's credentials"),
+        (name = "machine-types", description = "What each machine type offers"),
+        (name = "hosts", description = "The `ssh` provider's machine pool (platform-admin)"),
+        (name = "quotas", description = "Tenant quotas (platform-admin)"),
+        (name = "service", description = "Probes, metrics and this document"),
+    )
 )]
 pub struct ApiDoc;
+
+/// Every `/v1` operation may answer any 4xx or 5xx with a problem document
+/// (bad token, rate limit, body too large, timeout, ...): declared once as
+/// the shared `Problem` response, beside the specific statuses each
+/// operation names.
+struct ProblemResponses;
+
+impl utoipa::Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let problem = ResponseBuilder::new()
+            .description("a problem document (RFC 9457) with a stable `code`")
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .responses
+            .insert("Problem".to_string(), RefOr::T(problem));
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") || path == "/v1/openapi.json" {
+                continue;
+            }
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                for class in ["4XX", "5XX"] {
+                    op.responses
+                        .responses
+                        .entry(class.to_string())
+                        .or_insert_with(|| RefOr::Ref(Ref::new("#/components/responses/Problem")));
+                }
+            }
+        }
+    }
+}
+
+/// utoipa inlines the item type of a generic envelope (`Page<ClusterView>`
+/// becomes `Page_ClusterView` with a copy of `ClusterView` inside); a
+/// generated client would then have two cluster types. Items that equal a
+/// named schema are replaced by a reference to it.
+struct EnvelopeItemRefs;
+
+impl utoipa::Modify for EnvelopeItemRefs {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{ArrayItems, Schema};
+        use utoipa::openapi::{Ref, RefOr};
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        let named: Vec<(String, serde_json::Value)> = components
+            .schemas
+            .iter()
+            .filter_map(|(name, s)| Some((name.clone(), serde_json::to_value(s).ok()?)))
+            .collect();
+        for (name, schema) in components.schemas.iter_mut() {
+            if !(name.starts_with("Page_") || name.starts_with("Items_")) {
+                continue;
+            }
+            let RefOr::T(Schema::Object(envelope)) = schema else {
+                continue;
+            };
+            let Some(RefOr::T(Schema::Array(list))) = envelope.properties.get_mut("items") else {
+                continue;
+            };
+            let ArrayItems::RefOrSchema(item) = &mut list.items else {
+                continue;
+            };
+            let Ok(value) = serde_json::to_value(&**item) else {
+                continue;
+            };
+            if let Some((target, _)) = named.iter().find(|(n, v)| *v == value && n != name) {
+                **item = RefOr::Ref(Ref::from_schema_name(target.clone()));
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
@@ -441,7 +575,8 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-#[utoipa::path(get, path = "/v1/openapi.json", security(()), responses((status = 200)))]
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "service", operation_id = "get_openapi_document", security(()),
+    responses((status = 200, body = Object, description = "this document")))]
 pub async fn openapi() -> Response {
     Json(ApiDoc::openapi()).into_response()
 }
