@@ -215,16 +215,13 @@ async fn a_paused_worker_past_its_lease_writes_nothing_after_a_takeover() {
     );
 }
 
-/// The fence, not the owner, names a claim: when a job's lease expires
-/// and the same worker claims it again, the first claim's lease is lost.
-#[tokio::test]
-async fn a_fenced_write_needs_this_very_claim() {
-    let a = TestApp::new().await;
-    let mut tx = a.pool.begin().await.unwrap();
+/// Queues one job of `kind` with no payload.
+async fn enqueue_one(pool: &PgPool, kind: &str) {
+    let mut tx = pool.begin().await.unwrap();
     job::enqueue(
         &mut tx,
         NewJob {
-            kind: "test_fence",
+            kind,
             payload: json!({}),
             dedupe_key: None,
             operation_id: None,
@@ -235,6 +232,14 @@ async fn a_fenced_write_needs_this_very_claim() {
     .await
     .unwrap();
     tx.commit().await.unwrap();
+}
+
+/// The fence, not the owner, names a claim: when a job's lease expires
+/// and the same worker claims it again, the first claim's lease is lost.
+#[tokio::test]
+async fn a_fenced_write_needs_this_very_claim() {
+    let a = TestApp::new().await;
+    enqueue_one(&a.pool, "test_fence").await;
     let only = KindFilter {
         only: vec!["test_fence".into()],
         except: Vec::new(),
@@ -406,21 +411,7 @@ async fn a_worker_whose_renewals_fail_gives_up_before_the_lease_expires() {
         Arc::new(kubeforge::metrics::Metrics::new().unwrap()),
     );
     engine.register("test_block", Arc::clone(&blocker) as Arc<dyn JobHandler>);
-    let mut tx = a.pool.begin().await.unwrap();
-    job::enqueue(
-        &mut tx,
-        NewJob {
-            kind: "test_block",
-            payload: json!({}),
-            dedupe_key: None,
-            operation_id: None,
-            max_attempts: 5,
-            provider: None,
-        },
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    enqueue_one(&a.pool, "test_block").await;
 
     let (stop, rx) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(engine.run(rx, Duration::from_secs(1)));
