@@ -234,6 +234,22 @@ async fn enqueue_one(pool: &PgPool, kind: &str) {
     tx.commit().await.unwrap();
 }
 
+/// Creates the cluster `web` of [`TENANT`] through the API; its id.
+async fn create_web(a: &TestApp) -> Uuid {
+    let token = a.token(TENANT, Role::Admin);
+    let r = a
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&token),
+            Some(cluster_body("web")),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    Uuid::parse_str(r.body["cluster"]["id"].as_str().unwrap()).unwrap()
+}
+
 /// The fence, not the owner, names a claim: when a job's lease expires
 /// and the same worker claims it again, the first claim's lease is lost.
 #[tokio::test]
@@ -297,18 +313,7 @@ async fn a_fenced_write_needs_this_very_claim() {
 #[tokio::test]
 async fn the_ledger_refuses_a_second_live_machine_of_a_name() {
     let a = TestApp::new().await;
-    let token = a.token(TENANT, Role::Admin);
-    let r = a
-        .call(
-            Method::POST,
-            "/v1/clusters",
-            Some(&token),
-            Some(cluster_body("web")),
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-    let cluster = Uuid::parse_str(r.body["cluster"]["id"].as_str().unwrap()).unwrap();
+    let cluster = create_web(&a).await;
     let new = |id| NewMachine {
         id,
         tenant: TENANT,
@@ -469,18 +474,7 @@ async fn a_worker_whose_renewals_fail_gives_up_before_the_lease_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_racing_for_a_pki_keep_one_ca() {
     let a = TestApp::new().await;
-    let token = a.token(TENANT, Role::Admin);
-    let r = a
-        .call(
-            Method::POST,
-            "/v1/clusters",
-            Some(&token),
-            Some(cluster_body("web")),
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-    let id = Uuid::parse_str(r.body["cluster"]["id"].as_str().unwrap()).unwrap();
+    let id = create_web(&a).await;
     let c = kubeforge::store::cluster::get_any(&a.pool, id)
         .await
         .unwrap()
