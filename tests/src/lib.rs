@@ -181,6 +181,20 @@ pub fn test_engine_config() -> EngineConfig {
     }
 }
 
+/// Sends the service's log (info and up, or `RUST_LOG`) through the test
+/// harness's capture: a lab test that fails prints what the engine did,
+/// a passing one prints nothing. Events from threads the harness does not
+/// capture (blocking pools) reach stderr. Installed once per test binary.
+pub fn test_log() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
+}
+
 /// Engine settings for lab tests: [`test_engine_config`] with a 10 s
 /// lease. Lab jobs run for tens of seconds over SSH on a machine that also
 /// runs several clusters' control planes; a 2 s lease (renewed every
@@ -267,6 +281,7 @@ impl TestApp {
         subnet: &str,
         mut config: Config,
     ) -> TestApp {
+        test_log();
         let db = TestDb::new().await;
         let pool = db.pool(60).await;
         let (providers, access) =
