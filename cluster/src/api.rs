@@ -63,6 +63,11 @@ pub struct ClusterView {
     pub autoscaler: AutoscalerSettings,
     pub phase: Phase,
     pub conditions: Vec<Condition>,
+    /// The cluster's node pools, in the order they were created: each
+    /// pool's desired size against its Ready nodes, and its phase (the
+    /// pool itself, with its nodes and conditions, is at
+    /// `GET .../node-pools/{pool}`).
+    pub node_pools: Vec<NodePoolSummary>,
     pub endpoint: Option<String>,
     #[schema(value_type = Object)]
     pub certificates: serde_json::Value,
@@ -71,6 +76,18 @@ pub struct ClusterView {
     pub etag: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// One node pool as its cluster shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodePoolSummary {
+    pub name: String,
+    pub machine_type: String,
+    /// Desired nodes.
+    pub size: u32,
+    /// Nodes Ready in the cluster on running machines.
+    pub ready_nodes: u32,
+    pub phase: Phase,
 }
 
 /// `PATCH /v1/clusters/{c}` body: only these fields may change.
@@ -735,6 +752,13 @@ mod tests {
                 reason: "Provisioning".into(),
                 message: "machines are starting".into(),
                 last_transition: at(1_700_000_000, 999_999),
+            }],
+            node_pools: vec![NodePoolSummary {
+                name: "default".into(),
+                machine_type: "small".into(),
+                size: 2,
+                ready_nodes: 1,
+                phase: Phase::Provisioning,
             }],
             endpoint: None,
             certificates: json!({"ca": {"not_after": "2034-01-01T00:00:00Z"}}),

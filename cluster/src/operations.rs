@@ -129,6 +129,21 @@ impl Step {
     }
 }
 
+/// The prefix of the steps a cluster's creation adds, one per node pool
+/// it was created with: `node_pool/<pool>`. The creation succeeds when
+/// the control plane serves and each of these pools has its nodes Ready.
+pub const POOL_STEP_PREFIX: &str = "node_pool/";
+
+/// The creation step that follows the initial pool `pool`.
+pub fn pool_step(pool: &str) -> String {
+    format!("{POOL_STEP_PREFIX}{pool}")
+}
+
+/// The pool a creation step follows, if it is a pool step.
+pub fn step_pool(step: &str) -> Option<&str> {
+    step.strip_prefix(POOL_STEP_PREFIX)
+}
+
 impl Progress {
     pub const ALL: [Progress; 4] = [Self::Pending, Self::Running, Self::Succeeded, Self::Failed];
 
@@ -196,6 +211,10 @@ mod tests {
         }
         assert_eq!(OperationKind::parse("ClusterCreate"), None);
         assert_eq!(Step::parse("sweep"), None);
+        // Pool steps are not fixed steps, and read back to their pool.
+        assert_eq!(Step::parse(&pool_step("web")), None);
+        assert_eq!(step_pool(&pool_step("web")), Some("web"));
+        assert_eq!(step_pool("machines"), None);
     }
 
     #[test]

@@ -311,6 +311,9 @@ pub struct PoolObservation {
     pub running: usize,
     /// Machines draining or being deleted.
     pub leaving: usize,
+    /// What a drain under way waits for (the pod and the budget that
+    /// refuses its eviction, or the pods still terminating), if one does.
+    pub draining: Option<String>,
     pub nodes: NodesObservation,
     pub auto_repair: AutoRepair,
 }
@@ -342,19 +345,17 @@ pub fn set_pool(
     current: Phase,
     now: DateTime<Utc>,
 ) -> Phase {
-    let (status, reason) = if obs.running == obs.size && obs.leaving == 0 {
-        (S::True, "AllRunning")
-    } else {
-        (S::False, "Scaling")
+    let mut msg = format!("{} of {} machines running", obs.running, obs.size);
+    let (status, reason) = match &obs.draining {
+        _ if obs.running == obs.size && obs.leaving == 0 => (S::True, "AllRunning"),
+        Some(waiting) if obs.leaving > 0 => {
+            msg.push_str("; ");
+            msg.push_str(waiting);
+            (S::False, "Draining")
+        }
+        _ => (S::False, "Scaling"),
     };
-    set_condition(
-        conditions,
-        "MachinesReady",
-        status,
-        reason,
-        &format!("{} of {} machines running", obs.running, obs.size),
-        now,
-    );
+    set_condition(conditions, "MachinesReady", status, reason, &msg, now);
     match &obs.nodes {
         NodesObservation::Observed {
             ready,
@@ -622,6 +623,7 @@ mod tests {
             size: 2,
             running,
             leaving,
+            draining: None,
             nodes,
             auto_repair: repair,
         };
@@ -664,6 +666,22 @@ mod tests {
         assert_eq!(phase, Phase::Provisioning);
         assert_eq!(get(&c, "MachinesReady").reason, "Scaling");
         assert_eq!(get(&c, "NodesReady").reason, "Joining");
+        // A drain held by a budget says so while it waits, and is not a
+        // fault of the pool's nodes.
+        let phase = set_pool(
+            &mut c,
+            &PoolObservation {
+                draining: Some("draining b for 12 s: eviction of pod default/web-1 refused: the disruption budget web needs 1 healthy pods and has 1 currently".into()),
+                ..pool(2, 1, seen(2, &[], None))
+            },
+            Phase::Ready,
+            now,
+        );
+        assert_eq!(phase, Phase::Provisioning);
+        let m = get(&c, "MachinesReady");
+        assert_eq!((m.status, m.reason.as_str()), (S::False, "Draining"));
+        assert!(m.message.starts_with("2 of 2 machines running; draining b for 12 s: eviction of pod default/web-1 refused: the disruption budget web"), "{}", m.message);
+        assert_eq!(get(&c, "NodesReady").reason, "AllReady");
         // Unreachable keeps the phase; not looked at is provisioning.
         assert_eq!(
             set_pool(

@@ -289,7 +289,63 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
+    let create_op = r.body["operation"]["id"].as_str().unwrap().to_string();
     drive(&app, &owner, &name, Some("ready"), Duration::from_secs(240)).await;
+    // The creation succeeds only once its pool's nodes are Ready, and says
+    // so in the pool's own step.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let o = loop {
+        let o = app
+            .call(
+                Method::GET,
+                &format!("/v1/operations/{create_op}"),
+                Some(&owner),
+                None,
+                &[],
+            )
+            .await
+            .body;
+        if o["state"] != "running" && o["state"] != "pending" {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "the creation did not end: {o}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(o["state"], "succeeded", "{o}");
+    let pool_step = o["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == format!("node_pool/{POOL}").as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("no step for the pool: {o}"));
+    assert_eq!(pool_step["state"], "succeeded", "{o}");
+    assert_eq!(
+        pool_step["message"],
+        "2 of 2 machines running; 2 of 2 nodes ready"
+    );
+    let seen = app
+        .call(
+            Method::GET,
+            &format!("/v1/clusters/{name}"),
+            Some(&owner),
+            None,
+            &[],
+        )
+        .await
+        .body;
+    let summary = seen["node_pools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("clusters get shows no pools: {seen}"))
+        .iter()
+        .find(|p| p["name"] == POOL)
+        .cloned()
+        .unwrap_or_else(|| panic!("clusters get shows no {POOL}: {seen}"));
+    assert_eq!(
+        (&summary["size"], &summary["ready_nodes"], &summary["phase"]),
+        (&json!(2), &json!(2), &json!("ready")),
+        "{summary}"
+    );
     let p = drive_pool(
         &app,
         &owner,
@@ -662,6 +718,62 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let down_op = r.body["operation"]["id"].as_str().unwrap().to_string();
+    // While the budget holds the drain, the operation's drain step and the
+    // pool's MachinesReady condition name the pod and the budget.
+    let said = Instant::now() + Duration::from_secs(90);
+    loop {
+        let op = app
+            .call(
+                Method::GET,
+                &format!("/v1/operations/{down_op}"),
+                Some(&owner),
+                None,
+                &[],
+            )
+            .await;
+        let step = op.body["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "drain")
+            .and_then(|s| s["message"].as_str())
+            .unwrap_or("")
+            .to_string();
+        let pool = app
+            .call(
+                Method::GET,
+                &format!("/v1/clusters/{name}/node-pools/{POOL}"),
+                Some(&owner),
+                None,
+                &[],
+            )
+            .await;
+        let condition = pool.body["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "MachinesReady")
+            .cloned()
+            .unwrap_or_default();
+        let names_both = |m: &str| {
+            m.contains(&newest)
+                && m.contains("pod default/guarded")
+                && m.contains("disruption budget guarded")
+        };
+        if op.body["state"] == "running"
+            && names_both(&step)
+            && condition["reason"] == "Draining"
+            && names_both(condition["message"].as_str().unwrap_or(""))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < said,
+            "the waiting drain was not explained: step {step:?}, condition {condition}, operation {}",
+            op.text
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let p1 = drive_pool(
         &app,
         &owner,

@@ -194,6 +194,21 @@ async fn create_brings_up_every_machine_and_waits_for_bootstrap() {
     );
     assert!(s["error"].is_null());
     assert_eq!(step(&o, "control_plane")["state"], "pending");
+    // Each pool the cluster was created with is a step of its creation,
+    // after the fixed ones; here its machines run but no node can join.
+    let names: Vec<&str> = o["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["machines", "control_plane", "node_pool/default"]);
+    let s = step(&o, "node_pool/default");
+    assert_eq!(s["state"], "running", "{o}");
+    assert_eq!(
+        s["message"],
+        "2 of 2 machines running; nodes not joined: this service has no machine access"
+    );
 
     // Pool status follows its machines.
     let p = t.get("/v1/clusters/web/node-pools/default").await.body;

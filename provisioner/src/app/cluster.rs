@@ -13,6 +13,7 @@ use kubeforge_cluster::spec::{check_label_key, check_label_value};
 use kubeforge_cluster::{ClusterSpec, Labels, Phase, ValidationError};
 use uuid::Uuid;
 
+use super::views::cluster_view;
 use super::{Accepted, App, Idempotency, Request};
 use crate::context::{Action, OpContext};
 use crate::error::{Error, Result};
@@ -161,12 +162,15 @@ impl App {
                 },
             )
             .await?;
+        let pools: Vec<&str> = spec.node_pools.iter().map(|p| p.name.as_str()).collect();
+        operation::add_pool_steps(&mut tx, op, &pools).await?;
         let c = cluster::get(&mut *tx, ctx, &id.to_string()).await?;
+        let pools = node_pool::summaries(&mut *tx, ctx, &[c.id]).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         let accepted = Accepted::new(
             202,
             &ClusterAccepted {
-                cluster: ClusterView::from(&c),
+                cluster: cluster_view(&c, &pools),
                 operation: OperationView::from(&o),
             },
         )?;
@@ -226,8 +230,10 @@ impl App {
         };
         let rows = cluster::list(&self.pool, ctx, &filter).await?;
         let (rows, next) = page(rows, limit, |c| c.id.to_string());
+        let ids: Vec<Uuid> = rows.iter().map(|c| c.id).collect();
+        let pools = node_pool::summaries(&self.pool, ctx, &ids).await?;
         Ok(Page {
-            items: rows.iter().map(ClusterView::from).collect(),
+            items: rows.iter().map(|c| cluster_view(c, &pools)).collect(),
             next_page_token: next,
         })
     }
@@ -235,9 +241,9 @@ impl App {
     #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
     pub async fn cluster_get(&self, ctx: &OpContext, id_or_name: &str) -> Result<ClusterView> {
         ctx.authorize(Action::Read)?;
-        Ok(ClusterView::from(
-            &cluster::get(&self.pool, ctx, id_or_name).await?,
-        ))
+        let c = cluster::get(&self.pool, ctx, id_or_name).await?;
+        let pools = node_pool::summaries(&self.pool, ctx, &[c.id]).await?;
+        Ok(cluster_view(&c, &pools))
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
@@ -283,10 +289,11 @@ impl App {
             )
             .await?;
         let c = cluster::get(&mut *tx, ctx, &c.id.to_string()).await?;
+        let pools = node_pool::summaries(&mut *tx, ctx, &[c.id]).await?;
         let o = operation::get(&mut tx, ctx, op).await?;
         tx.commit().await?;
         Ok(ClusterAccepted {
-            cluster: ClusterView::from(&c),
+            cluster: cluster_view(&c, &pools),
             operation: OperationView::from(&o),
         })
     }

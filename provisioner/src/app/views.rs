@@ -4,10 +4,11 @@
 
 use kubeforge_cluster::api::{
     AutoscalerPoolView, AutoscalerSnapshot, AutoscalerStatusView, ClusterView, ControlPlaneView,
-    EventView, MachineView, NetworkView, NodePoolView, NodeView, OperationView, DECISIONS_KEPT,
-    PENDING_SHOWN,
+    EventView, MachineView, NetworkView, NodePoolSummary, NodePoolView, NodeView, OperationView,
+    DECISIONS_KEPT, PENDING_SHOWN,
 };
 use kubeforge_cluster::pools::{MachineRole, MachineState};
+use uuid::Uuid;
 
 use crate::store::cluster::Cluster;
 use crate::store::event::Event;
@@ -15,35 +16,49 @@ use crate::store::machine::Machine;
 use crate::store::node_pool::NodePool;
 use crate::store::operation::Operation;
 
-impl From<&Cluster> for ClusterView {
-    fn from(c: &Cluster) -> Self {
-        Self {
-            id: c.id,
-            name: c.name.to_string(),
-            tenant: c.tenant.clone(),
-            kubernetes_version: c.kubernetes_version.as_str().into(),
-            provider: c.provider.clone(),
-            control_plane: ControlPlaneView {
-                replicas: c.control_plane.replicas,
-                machine_type: c.control_plane.machine_type.as_str().into(),
-            },
-            network: NetworkView {
-                pod_cidr: c.network.pod_cidr.to_string(),
-                service_cidr: c.network.service_cidr.to_string(),
-            },
-            labels: c.labels.as_map().clone(),
-            deletion_protection: c.deletion_protection,
-            autoscaler: c.autoscaler,
-            phase: c.phase,
-            conditions: c.conditions.clone(),
-            endpoint: c.endpoint.clone(),
-            certificates: c.certificates.clone(),
-            generation: c.generation,
-            observed_generation: c.observed_generation,
-            etag: c.etag(),
-            created_at: c.created_at,
-            updated_at: c.updated_at,
-        }
+/// A cluster as the API shows it, with its pools' summaries (from
+/// [`crate::store::node_pool::summaries`]; those of other clusters are
+/// skipped).
+pub fn cluster_view(c: &Cluster, pools: &[(Uuid, NodePoolSummary)]) -> ClusterView {
+    ClusterView {
+        node_pools: pools
+            .iter()
+            .filter(|(cluster, _)| *cluster == c.id)
+            .map(|(_, p)| p.clone())
+            .collect(),
+        ..cluster_fields(c)
+    }
+}
+
+/// Every field of the cluster's view but its pools.
+fn cluster_fields(c: &Cluster) -> ClusterView {
+    ClusterView {
+        id: c.id,
+        name: c.name.to_string(),
+        tenant: c.tenant.clone(),
+        kubernetes_version: c.kubernetes_version.as_str().into(),
+        provider: c.provider.clone(),
+        control_plane: ControlPlaneView {
+            replicas: c.control_plane.replicas,
+            machine_type: c.control_plane.machine_type.as_str().into(),
+        },
+        network: NetworkView {
+            pod_cidr: c.network.pod_cidr.to_string(),
+            service_cidr: c.network.service_cidr.to_string(),
+        },
+        labels: c.labels.as_map().clone(),
+        deletion_protection: c.deletion_protection,
+        autoscaler: c.autoscaler,
+        phase: c.phase,
+        conditions: c.conditions.clone(),
+        node_pools: Vec::new(),
+        endpoint: c.endpoint.clone(),
+        certificates: c.certificates.clone(),
+        generation: c.generation,
+        observed_generation: c.observed_generation,
+        etag: c.etag(),
+        created_at: c.created_at,
+        updated_at: c.updated_at,
     }
 }
 

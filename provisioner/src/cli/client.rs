@@ -1927,6 +1927,7 @@ mod tests {
             autoscaler: kubeforge_cluster::AutoscalerSettings::default(),
             phase: Phase::Provisioning,
             conditions: Vec::new(),
+            node_pools: Vec::new(),
             endpoint: None,
             certificates: json!({}),
             generation: 1,

@@ -86,6 +86,9 @@ pub struct PoolReport {
     pub problems: Vec<String>,
     /// The outcome of the latest finished drain, for the operation.
     pub drain_note: Option<String>,
+    /// What a drain under way waits for (a refused eviction names the pod
+    /// and its PodDisruptionBudget), for the operation while it waits.
+    pub drain_waiting: Option<String>,
     /// Why a due repair waits, if one does.
     pub repair_note: Option<String>,
 }
@@ -326,9 +329,14 @@ async fn pass(
                 }
                 DrainProgress::Pending { blocking, .. } => {
                     report.draining += 1;
-                    report
-                        .problems
-                        .push(format!("draining {} for {elapsed} s: {blocking}", m.name));
+                    let waiting = format!(
+                        "draining {} for {elapsed} s (removed anyway at the pool's drain timeout, {} s): {blocking}",
+                        m.name, p.drain_timeout_seconds
+                    );
+                    report.drain_waiting = Some(match report.drain_waiting.take() {
+                        Some(earlier) => format!("{earlier}; {waiting}"),
+                        None => waiting,
+                    });
                     None
                 }
             },

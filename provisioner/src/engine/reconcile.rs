@@ -26,7 +26,7 @@
 //! `Error::LeaseLost` and the run stops (see `super::lease`).
 
 use chrono::Utc;
-use kubeforge_cluster::operations::{OperationKind, Progress, Step as StepName};
+use kubeforge_cluster::operations::{self, OperationKind, Progress, Step as StepName};
 use kubeforge_cluster::pools::{scale_down_order, MachineRole, MachineState, Worker};
 use kubeforge_cluster::restarts::{self, RESTART_THRESHOLD};
 use kubeforge_cluster::status::{
@@ -916,6 +916,60 @@ impl Run<'_> {
                         None,
                     )
                     .await?;
+                    // The pools the cluster was created with: each its own
+                    // step, done when its nodes are Ready.
+                    let mut pools_done = true;
+                    for step in op.steps.iter().map(|s| s.name.as_str()) {
+                        let Some(name) = operations::step_pool(step) else {
+                            continue;
+                        };
+                        let (done, message) = match pools
+                            .iter()
+                            .find(|p| p.name.as_str() == name && p.deletion_requested_at.is_none())
+                        {
+                            None => (true, "the pool was deleted".to_string()),
+                            Some(p) => {
+                                let v = PoolView::new(p, machines, pool_status);
+                                let size = p.size as usize;
+                                let machines_done = v.running == size && v.leaving == 0;
+                                let (nodes_done, nodes) = match pool_status {
+                                    Some(_) => (
+                                        v.ready == size,
+                                        format!("{} of {size} nodes ready", v.ready),
+                                    ),
+                                    // A service without machine access (tests'
+                                    // provider double) converges machines only.
+                                    None if self.app.access.is_none() => (
+                                        true,
+                                        "nodes not joined: this service has no machine access"
+                                            .to_string(),
+                                    ),
+                                    None => (
+                                        false,
+                                        "waiting for the control plane to serve".to_string(),
+                                    ),
+                                };
+                                (
+                                    ready && machines_done && nodes_done,
+                                    format!("{} of {size} machines running; {nodes}", v.running),
+                                )
+                            }
+                        };
+                        operation::set_named_step(
+                            &mut *tx,
+                            op.id,
+                            step,
+                            if done {
+                                Progress::Succeeded
+                            } else {
+                                Progress::Running
+                            },
+                            Some(&message),
+                            None,
+                        )
+                        .await?;
+                        pools_done &= done;
+                    }
                     if ready {
                         operation::set_step(
                             &mut *tx,
@@ -926,7 +980,9 @@ impl Run<'_> {
                             None,
                         )
                         .await?;
-                        operation::finish(&mut *tx, op.id, None).await?;
+                        if pools_done {
+                            operation::finish(&mut *tx, op.id, None).await?;
+                        }
                     } else {
                         let state = if cp_message.is_some() && self.app.access.is_none() {
                             Progress::Pending
@@ -1039,7 +1095,7 @@ impl Run<'_> {
                             } else {
                                 Progress::Running
                             },
-                            v.drain_note.as_deref(),
+                            v.drain_waiting.as_deref().or(v.drain_note.as_deref()),
                             None,
                         )
                         .await?;
@@ -1069,7 +1125,7 @@ impl Run<'_> {
                         } else {
                             Progress::Succeeded
                         },
-                        v.drain_note.as_deref(),
+                        v.drain_waiting.as_deref().or(v.drain_note.as_deref()),
                         None,
                     )
                     .await?;
@@ -1110,6 +1166,7 @@ impl Run<'_> {
                     size: p.size as usize,
                     running: v.running,
                     leaving: v.leaving,
+                    draining: v.drain_waiting.clone(),
                     nodes,
                     auto_repair: p.auto_repair,
                 },
@@ -1309,9 +1366,10 @@ impl Run<'_> {
                 .steps
                 .iter()
                 .filter(|s| s.state != Progress::Succeeded.as_str())
-                .find_map(|s| StepName::parse(&s.name));
+                .map(|s| s.name.as_str())
+                .next();
             if let Some(step) = unfinished {
-                operation::set_step(&mut *tx, op.id, step, Progress::Failed, None, Some(err))
+                operation::set_named_step(&mut *tx, op.id, step, Progress::Failed, None, Some(err))
                     .await?;
             }
             operation::finish(&mut *tx, op.id, Some(err)).await?;
@@ -1452,6 +1510,8 @@ struct PoolView {
     joining: usize,
     problems: Vec<String>,
     drain_note: Option<String>,
+    /// What a drain under way waits for, if one does.
+    drain_waiting: Option<String>,
     repair_note: Option<String>,
 }
 
@@ -1475,6 +1535,7 @@ impl PoolView {
             joining: report.map_or(0, |r| r.joining),
             problems: report.map(|r| r.problems.clone()).unwrap_or_default(),
             drain_note: report.and_then(|r| r.drain_note.clone()),
+            drain_waiting: report.and_then(|r| r.drain_waiting.clone()),
             repair_note: report.and_then(|r| r.repair_note.clone()),
         }
     }

@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use kubeforge_cluster::api::NodePoolSummary;
 use kubeforge_cluster::{
     AutoRepair, Autoscaling, Condition, Labels, MachineType, NodePoolName, NodePoolSpec, Phase,
     Taint,
@@ -180,6 +181,44 @@ pub async fn list(
     .fetch_all(db)
     .await?;
     recs.into_iter().map(NodePool::try_from).collect()
+}
+
+/// The live pools of each of `cluster_ids` (the tenant's), in creation
+/// order, as their clusters show them: size, Ready nodes (on running
+/// machines, as the pool view counts them) and phase. One query for a
+/// whole page of clusters.
+pub async fn summaries(
+    db: impl PgExecutor<'_>,
+    ctx: &OpContext,
+    cluster_ids: &[Uuid],
+) -> Result<Vec<(Uuid, NodePoolSummary)>> {
+    let rows = sqlx::query!(
+        r#"SELECT p.cluster_id, p.name, p.machine_type, p.size, p.phase,
+                  (SELECT count(*) FROM machines m
+                    WHERE m.node_pool_id = p.id AND m.deleted_at IS NULL
+                      AND m.state = 'running' AND m.node_state = 'ready') AS "ready!"
+             FROM node_pools p
+            WHERE p.tenant = $1 AND p.cluster_id = ANY($2) AND p.deleted_at IS NULL
+            ORDER BY p.created_at, p.id"#,
+        ctx.tenant,
+        cluster_ids
+    )
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok((
+                r.cluster_id,
+                NodePoolSummary {
+                    name: r.name,
+                    machine_type: r.machine_type,
+                    size: u32::try_from(r.size).unwrap_or(0),
+                    ready_nodes: u32::try_from(r.ready).unwrap_or(u32::MAX),
+                    phase: Phase::parse(&r.phase).context("phase")?,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// One live pool by id or name; `lock` takes a row lock for the transaction.

@@ -10,7 +10,7 @@ use crate::context::OpContext;
 use crate::error::{Error, Result};
 
 pub use kubeforge_cluster::api::{OperationError, Step};
-use kubeforge_cluster::operations::{OperationKind, Progress, Step as StepName};
+use kubeforge_cluster::operations::{pool_step, OperationKind, Progress, Step as StepName};
 
 #[derive(Debug, Clone)]
 pub struct Operation {
@@ -105,6 +105,24 @@ pub async fn insert(
         .await?;
     }
     Ok(id)
+}
+
+/// Adds a pending `node_pool/<pool>` step per pool to a cluster
+/// creation, after its fixed steps: the creation is done when these pools
+/// are, too.
+pub async fn add_pool_steps(conn: &mut PgConnection, id: Uuid, pools: &[&str]) -> Result<()> {
+    for pool in pools {
+        sqlx::query!(
+            "INSERT INTO operation_steps (operation_id, position, name, state)
+             SELECT $1, COALESCE(max(position), -1) + 1, $2, 'pending'
+               FROM operation_steps WHERE operation_id = $1",
+            id,
+            pool_step(pool)
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn steps(db: &mut PgConnection, id: Uuid) -> Result<Vec<Step>> {
@@ -244,6 +262,19 @@ pub async fn set_step(
     message: Option<&str>,
     error: Option<&OperationError>,
 ) -> Result<()> {
+    set_named_step(db, id, step.as_str(), state, message, error).await
+}
+
+/// [`set_step`] for a step named at run time (a cluster creation's
+/// `node_pool/<pool>` steps, see [`add_pool_steps`]).
+pub async fn set_named_step(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    step: &str,
+    state: Progress,
+    message: Option<&str>,
+    error: Option<&OperationError>,
+) -> Result<()> {
     let error = error
         .map(serde_json::to_value)
         .transpose()
@@ -261,7 +292,7 @@ pub async fn set_step(
            AND NOT (state = $3 AND message IS NOT DISTINCT FROM $4
                     AND error IS NOT DISTINCT FROM $5)",
         id,
-        step.as_str(),
+        step,
         state.as_str(),
         message,
         error

@@ -392,7 +392,7 @@ impl TenantApi for KubeTenant {
         match self.client.request_text(req).await {
             Ok(_) => Ok(Eviction::Evicted),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(Eviction::Gone),
-            Err(kube::Error::Api(s)) if s.code == 429 => Ok(Eviction::Blocked(s.message)),
+            Err(kube::Error::Api(s)) if s.code == 429 => Ok(Eviction::Blocked(refusal(&s))),
             Err(e) => Err(self.unavailable(&format!("evicting {namespace}/{pod}"), e)),
         }
     }
@@ -632,5 +632,51 @@ impl TenantApi for KubeTenant {
             .await
             .map_err(|e| self.unavailable(&format!("deciding CSR {name}"), e))?;
         Ok(())
+    }
+}
+
+/// An eviction's refusal in one line: the API server's message and the
+/// causes it gives (for a PodDisruptionBudget, the budget's name and its
+/// healthy pod counts: "The disruption budget web needs 2 healthy pods and
+/// has 2 currently").
+fn refusal(s: &kube::core::Status) -> String {
+    let causes: Vec<&str> = s
+        .details
+        .iter()
+        .flat_map(|d| d.causes.iter())
+        .map(|c| c.message.trim())
+        .filter(|m| !m.is_empty())
+        .collect();
+    let message = s.message.trim().trim_end_matches('.');
+    if causes.is_empty() {
+        message.to_string()
+    } else {
+        format!("{message}: {}", causes.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_refusal_names_the_budget() {
+        // As a 1.20 API server answers an eviction a budget forbids.
+        let s: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+            "reason": "TooManyRequests", "code": 429,
+            "details": {"causes": [{"reason": "DisruptionBudget",
+                "message": "The disruption budget guarded needs 1 healthy pods and has 1 currently"}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            refusal(&s),
+            "Cannot evict pod as it would violate the pod's disruption budget: The disruption budget guarded needs 1 healthy pods and has 1 currently"
+        );
+        let bare: kube::core::Status =
+            serde_json::from_value(serde_json::json!({"message": "slow down.", "code": 429}))
+                .unwrap();
+        assert_eq!(refusal(&bare), "slow down");
     }
 }

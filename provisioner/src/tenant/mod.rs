@@ -164,9 +164,10 @@ pub async fn drain(api: &dyn TenantApi, node: &str, slice: Duration) -> Result<D
             match api.evict(&p.namespace, &p.name).await? {
                 Eviction::Evicted => evicted += 1,
                 Eviction::Gone => {}
-                Eviction::Blocked(why) => {
-                    refusals.push(format!("{}/{}: {why}", p.namespace, p.name))
-                }
+                Eviction::Blocked(why) => refusals.push(format!(
+                    "eviction of pod {}/{} refused: {why}",
+                    p.namespace, p.name
+                )),
             }
         }
         if Instant::now() >= deadline {
@@ -373,7 +374,7 @@ mod tests {
         assert_eq!(evicted, 1);
         assert_eq!(
             blocking,
-            "default/guarded: Cannot evict pod as it would violate the pod's disruption budget."
+            "eviction of pod default/guarded refused: Cannot evict pod as it would violate the pod's disruption budget."
         );
     }
 }
