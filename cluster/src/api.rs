@@ -94,6 +94,7 @@ pub struct UpdateClusterRequest {
 pub struct ClusterListQuery {
     /// Only clusters in this phase (`provisioning`, `ready`, `degraded`,
     /// `deleting`, `failed`).
+    #[param(value_type = Option<Phase>)]
     pub phase: Option<String>,
     /// `key` or `key=value`.
     pub label: Option<String>,
