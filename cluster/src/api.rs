@@ -533,7 +533,10 @@ pub struct Items<T: ToSchema> {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum HostCredentials {
+    // Titles name the variants' types in generated clients.
+    #[schema(title = "PrivateKeyCredentials")]
     PrivateKey(String),
+    #[schema(title = "PasswordCredentials")]
     Password(String),
 }
 

@@ -42,8 +42,8 @@ from kubeforge_client.models import (  # noqa: E402
     PageClusterView,
     Phase,
     Problem,
-    ProviderSpecType0,
-    ProviderSpecType0Kind,
+    LabProvider,
+    LabProviderKind,
     UpdateNodePoolRequest,
 )
 from kubeforge_client.types import UNSET, Unset  # noqa: E402
@@ -68,7 +68,7 @@ def cluster_request(name, team, pod_cidr="10.244.0.0/16"):
     return CreateClusterRequest(
         name=name,
         kubernetes_version="1.20.2",
-        provider=ProviderSpecType0(kind=ProviderSpecType0Kind.LAB),
+        provider=LabProvider(kind=LabProviderKind.LAB),
         control_plane=ControlPlaneRequest(replicas=1, machine_type="small"),
         network=NetworkRequest(pod_cidr=pod_cidr, service_cidr="10.96.0.0/12"),
         node_pools=[CreateNodePoolRequest(name="default", machine_type="small", size=2)],
@@ -195,6 +195,9 @@ def main():
             "team": c.labels["team"],
             "pod_cidr": c.network.pod_cidr,
             "etag": c.etag,
+            # The provider's oneOf, parsed into the variant's own model.
+            "provider": type(c.provider).__name__,
+            "provider_kind": c.provider.kind.value,
         }
 
         # A bad body: a problem document naming the field.

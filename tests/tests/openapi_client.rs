@@ -188,6 +188,8 @@ async fn a_generated_python_client_drives_the_live_api() {
     assert_eq!(got["team"], "web");
     assert_eq!(got["pod_cidr"], "10.244.0.0/16");
     assert!(got["etag"].as_str().is_some_and(|e| !e.is_empty()), "{got}");
+    assert_eq!(got["provider"], "LabProvider", "{got}");
+    assert_eq!(got["provider_kind"], "lab", "{got}");
 
     let p = &s["problem"];
     assert_eq!(p["status"], 422, "{p}");

@@ -327,7 +327,11 @@ fn schema_html(out: &mut String, name: &str, s: &Value) {
     } else if let Some(variants) = s.get("oneOf").and_then(Value::as_array) {
         out.push_str("<p>One of:</p><ul>");
         for v in variants {
-            let _ = write!(out, "<li>{}", type_html(v));
+            out.push_str("<li>");
+            if let Some(t) = text(v, "title") {
+                let _ = write!(out, "<strong>{}</strong> ", escape(t));
+            }
+            out.push_str(&type_html(v));
             if let Some(props) = v.get("properties").and_then(Value::as_object) {
                 let fields: Vec<String> = props
                     .iter()
@@ -498,7 +502,8 @@ mod tests {
             "components": {"schemas": {
                 evil: {"description": evil, "required": [evil],
                        "properties": {evil: {"description": evil, "type": [evil, "null"]}}},
-                "Union": {"oneOf": [{"description": evil, "properties": {evil: {"type": "string"}}}]}
+                "Union": {"oneOf": [{"title": evil, "description": evil,
+                                     "properties": {evil: {"type": "string"}}}]}
             }}
         });
         let page = render(&doc);
