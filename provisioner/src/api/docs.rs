@@ -536,6 +536,34 @@ mod tests {
         }
     }
 
+    /// The served document's page nests its elements properly: every
+    /// element opened is closed, in order.
+    #[test]
+    fn the_served_documents_page_is_well_nested() {
+        let page = render(&crate::api::handlers::document_json());
+        let mut open: Vec<String> = Vec::new();
+        for piece in page.split('<').skip(1) {
+            let tag = &piece[..piece.find('>').expect("tag ends")];
+            let closing = tag.starts_with('/');
+            let name: String = tag
+                .trim_start_matches('/')
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '!')
+                .collect();
+            if ["!DOCTYPE", "meta", "br"].contains(&name.as_str()) {
+                continue;
+            }
+            if closing {
+                assert_eq!(open.pop().as_deref(), Some(name.as_str()), "at <{tag}>");
+            } else {
+                open.push(name);
+            }
+        }
+        assert!(open.is_empty(), "left open: {open:?}");
+        assert!(page.contains("id=\"op-create_cluster\""));
+        assert!(page.contains("id=\"schema-ClusterView\""));
+    }
+
     #[test]
     fn anchors_are_plain() {
         assert_eq!(anchor("op-", "list_clusters"), "op-list_clusters");
