@@ -111,6 +111,7 @@ pub struct UpdateClusterRequest {
 pub struct ClusterListQuery {
     /// Only clusters in this phase (`provisioning`, `ready`, `degraded`,
     /// `deleting`, `failed`).
+    #[param(value_type = Option<Phase>)]
     pub phase: Option<String>,
     /// `key` or `key=value`.
     pub label: Option<String>,
@@ -549,7 +550,10 @@ pub struct Items<T: ToSchema> {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum HostCredentials {
+    // Titles name the variants' types in generated clients.
+    #[schema(title = "PrivateKeyCredentials")]
     PrivateKey(String),
+    #[schema(title = "PasswordCredentials")]
     Password(String),
 }
 

@@ -36,11 +36,16 @@ pub const MAX_REPAIR_AFTER_SECONDS: u32 = 86_400;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ProviderSpec {
+    // The titles name the variants' types in generated clients
+    // (`LabProvider`, ...) instead of positions (`ProviderSpecType0`).
     /// systemd-nspawn machines on the Kubeforge host.
+    #[schema(title = "LabProvider")]
     Lab {},
     /// Hosts registered by a platform admin under `/v1/hosts`.
+    #[schema(title = "SshProvider")]
     Ssh {},
     /// EC2 instances.
+    #[schema(title = "AwsProvider")]
     Aws {
         region: String,
         subnet_id: String,

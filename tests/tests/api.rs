@@ -1617,6 +1617,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/hosts/{host}", &["delete"]),
     ("/v1/tenants/{tenant}/quota", &["get", "put"]),
     ("/v1/openapi.json", &["get"]),
+    ("/docs", &["get"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),

@@ -131,6 +131,12 @@ async fn operations_are_tagged_named_and_typed() {
             "{what}: operationId {id:?} is not a snake_case verb_noun"
         );
         assert!(ids.insert(id), "{what}: operationId {id} is not unique");
+        // A one-line summary: the docstring of a generated client's
+        // function and the heading of the operation on `/docs`.
+        assert!(
+            op["summary"].as_str().is_some_and(|s| !s.is_empty()),
+            "{what} has no summary"
+        );
 
         // Parameters: path ones are in the template and required; the
         // rest are optional.
@@ -356,4 +362,83 @@ async fn live_responses_match_their_declared_schemas() {
         out.status.success(),
         "responses differ from the document:\n{report}"
     );
+}
+
+/// `GET /docs`: the reference page for people, from the served document,
+/// without a token and without any asset from the network.
+#[tokio::test]
+async fn docs_page_shows_every_operation_with_no_external_asset() {
+    let app = TestApp::new().await;
+    let doc = document(&app).await;
+    let r = app.call(Method::GET, "/docs", None, None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let header = |name: &str| {
+        r.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        header("content-type").starts_with("text/html"),
+        "{:?}",
+        r.headers
+    );
+    // Nothing may be fetched: no script at all, styles only inline.
+    let csp = header("content-security-policy");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let page = &r.text;
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page:.200}");
+    assert!(!page.contains("<script"), "the page has a script");
+
+    let ops = operations(&doc);
+    assert!(ops.len() >= 25, "{}", ops.len());
+    for (path, method, op) in &ops {
+        let id = op["operationId"].as_str().unwrap();
+        assert!(
+            page.contains(&format!("id=\"op-{id}\"")),
+            "{method} {path}: {id} has no section"
+        );
+        // Paths are shown escaped; this API's paths need no escaping.
+        assert!(page.contains(path), "{path} is not on the page");
+        let summary = kubeforge::api::docs::escape(op["summary"].as_str().unwrap());
+        assert!(
+            page.contains(&summary),
+            "{id}: {summary} is not on the page"
+        );
+    }
+    for name in doc["components"]["schemas"].as_object().unwrap().keys() {
+        assert!(
+            page.contains(&format!("id=\"schema-{name}\"")),
+            "schema {name} is not on the page"
+        );
+    }
+    for tag in doc["tags"].as_array().unwrap() {
+        let name = tag["name"].as_str().unwrap();
+        assert!(page.contains(&format!("id=\"tag-{name}\"")), "tag {name}");
+    }
+    // Parameters, request bodies and responses are shown.
+    assert!(page.contains("<code>page_token</code>"));
+    assert!(page.contains("href=\"#schema-CreateClusterRequest\""));
+    assert!(page.contains("application/problem+json"));
+
+    // No attribute points off the host: every src= and href= is a
+    // fragment or a path on this server.
+    let lower = page.to_lowercase();
+    for attr in ["src=", "href="] {
+        for (i, _) in lower.match_indices(attr) {
+            let value = lower[i + attr.len()..].trim_start_matches(['"', '\'']);
+            assert!(
+                value.starts_with('#') || value.starts_with("/v1/"),
+                "{attr} points to {:.80}",
+                value
+            );
+            assert!(
+                !value.starts_with("http:")
+                    && !value.starts_with("https:")
+                    && !value.starts_with("//")
+            );
+        }
+    }
+    assert!(lower.contains("href=\"/v1/openapi.json\""));
 }

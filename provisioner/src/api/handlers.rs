@@ -37,6 +37,7 @@ fn with_etag<T: serde::Serialize>(etag: &str, body: T) -> Response {
     resp
 }
 
+/// Create a cluster with its control plane and node pools.
 #[utoipa::path(post, path = "/v1/clusters", tag = "clusters", operation_id = "create_cluster",
     request_body = CreateClusterRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first response")),
@@ -54,6 +55,7 @@ pub async fn cluster_create(
     Ok(accepted(app.cluster_create(&ctx, idem, body.value).await?))
 }
 
+/// List the tenant's clusters, a page at a time, optionally filtered by phase or label.
 #[utoipa::path(get, path = "/v1/clusters", tag = "clusters", operation_id = "list_clusters",
     params(ClusterListQuery),
     responses((status = 200, body = Page<ClusterView>, description = "a page of clusters"),
@@ -66,6 +68,7 @@ pub async fn cluster_list(
     Ok(Json(app.cluster_list(&ctx, q).await?).into_response())
 }
 
+/// Read a cluster: spec, phase, conditions, endpoint.
 #[utoipa::path(get, path = "/v1/clusters/{cluster}", tag = "clusters", operation_id = "get_cluster",
     params(("cluster" = String, Path, description = "id or name")),
     responses((status = 200, body = ClusterView, headers(("ETag" = String, description = "for If-Match"))),
@@ -79,6 +82,7 @@ pub async fn cluster_get(
     Ok(with_etag(&view.etag.clone(), view))
 }
 
+/// Change a cluster's labels, deletion protection or autoscaler settings.
 #[utoipa::path(patch, path = "/v1/clusters/{cluster}", tag = "clusters", operation_id = "update_cluster",
     request_body = UpdateClusterRequest,
     params(("cluster" = String, Path, description = "id or name"), ("If-Match" = Option<String>, Header, description = "the cluster's etag")),
@@ -97,6 +101,7 @@ pub async fn cluster_update(
     Ok(Json(out).into_response())
 }
 
+/// Delete a cluster, its node pools and machines.
 #[utoipa::path(delete, path = "/v1/clusters/{cluster}", tag = "clusters", operation_id = "delete_cluster",
     params(("cluster" = String, Path, description = "id or name"), ("If-Match" = Option<String>, Header, description = "the cluster's etag")),
     responses((status = 202, body = OperationAccepted, description = "the operation that deletes the cluster"),
@@ -113,6 +118,7 @@ pub async fn cluster_delete(
     Ok((StatusCode::ACCEPTED, Json(out)).into_response())
 }
 
+/// Add a node pool to a cluster.
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/node-pools", tag = "node-pools", operation_id = "create_node_pool",
     request_body = CreateNodePoolRequest,
     params(("cluster" = String, Path, description = "id or name"), ("Idempotency-Key" = Option<String>, Header, description = "replays the first response")),
@@ -131,6 +137,7 @@ pub async fn node_pool_create(
     ))
 }
 
+/// List a cluster's node pools.
 #[utoipa::path(get, path = "/v1/clusters/{cluster}/node-pools", tag = "node-pools", operation_id = "list_node_pools",
     params(("cluster" = String, Path, description = "id or name")),
     responses((status = 200, body = Items<NodePoolView>, description = "every pool of the cluster, in one answer")))]
@@ -143,6 +150,7 @@ pub async fn node_pool_list(
     Ok(Json(Items { items }).into_response())
 }
 
+/// Read a node pool with its nodes.
 #[utoipa::path(get, path = "/v1/clusters/{cluster}/node-pools/{pool}", tag = "node-pools", operation_id = "get_node_pool",
     params(("cluster" = String, Path, description = "id or name"), ("pool" = String, Path, description = "id or name")),
     responses((status = 200, body = NodePoolView, headers(("ETag" = String, description = "for If-Match"))),
@@ -156,6 +164,7 @@ pub async fn node_pool_get(
     Ok(with_etag(&view.etag.clone(), view))
 }
 
+/// Resize a node pool or change its autoscaling, repair and drain settings.
 #[utoipa::path(patch, path = "/v1/clusters/{cluster}/node-pools/{pool}", tag = "node-pools", operation_id = "update_node_pool",
     request_body = UpdateNodePoolRequest,
     params(("cluster" = String, Path, description = "id or name"), ("pool" = String, Path, description = "id or name"), ("If-Match" = Option<String>, Header, description = "the pool's etag")),
@@ -174,6 +183,7 @@ pub async fn node_pool_update(
     Ok(Json(out).into_response())
 }
 
+/// Drain and delete a node pool.
 #[utoipa::path(delete, path = "/v1/clusters/{cluster}/node-pools/{pool}", tag = "node-pools", operation_id = "delete_node_pool",
     params(("cluster" = String, Path, description = "id or name"), ("pool" = String, Path, description = "id or name"), ("If-Match" = Option<String>, Header, description = "the pool's etag")),
     responses((status = 202, body = OperationAccepted, description = "the operation that drains and deletes the pool")))]
@@ -189,6 +199,7 @@ pub async fn node_pool_delete(
     Ok((StatusCode::ACCEPTED, Json(out)).into_response())
 }
 
+/// List the machines behind a cluster's nodes.
 #[utoipa::path(get, path = "/v1/clusters/{cluster}/machines", tag = "machines", operation_id = "list_machines",
     params(("cluster" = String, Path, description = "id or name")),
     responses((status = 200, body = Items<MachineView>, description = "every machine of the cluster, in one answer")))]
@@ -201,6 +212,7 @@ pub async fn machine_list(
     Ok(Json(Items { items }).into_response())
 }
 
+/// List a cluster's operations.
 #[utoipa::path(get, path = "/v1/clusters/{cluster}/operations", tag = "operations", operation_id = "list_operations",
     params(("cluster" = String, Path, description = "id or name")),
     responses((status = 200, body = Items<OperationView>, description = "every operation of the cluster, in one answer")))]
@@ -213,6 +225,7 @@ pub async fn operation_list(
     Ok(Json(Items { items }).into_response())
 }
 
+/// Read an operation and its steps by id.
 #[utoipa::path(get, path = "/v1/operations/{operation}", tag = "operations", operation_id = "get_operation",
     params(("operation" = String, Path, description = "operation id")),
     responses((status = 200, body = OperationView), (status = 404, body = Problem, content_type = "application/problem+json")))]
@@ -224,6 +237,7 @@ pub async fn operation_get(
     Ok(Json(app.operation_get(&ctx, &o).await?).into_response())
 }
 
+/// List what happened to a cluster, newest first, a page at a time.
 #[utoipa::path(get, path = "/v1/clusters/{cluster}/events", tag = "events", operation_id = "list_events",
     params(("cluster" = String, Path, description = "id or name"), PageQuery),
     responses((status = 200, body = Page<EventView>, description = "a page of events, newest first")))]
@@ -239,6 +253,7 @@ pub async fn event_list(
 /// The header that says when a kubeconfig's certificate expires (RFC 3339).
 pub const KUBECONFIG_EXPIRES_AT: &str = "kubeforge-expires-at";
 
+/// Mint a kubeconfig for a cluster, with a client certificate of the asked role.
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/kubeconfig", tag = "credentials", operation_id = "create_kubeconfig",
     request_body = KubeconfigRequest,
     params(("cluster" = String, Path, description = "id or name")),
@@ -269,6 +284,7 @@ pub async fn kubeconfig_create(
         .into_response())
 }
 
+/// Revoke every kubeconfig issued for a cluster so far.
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/credentials/revoke", tag = "credentials", operation_id = "revoke_credentials",
     params(("cluster" = String, Path, description = "id or name")),
     responses((status = 202, body = CredentialsRevoked, description = "{credential_generation, operation}: kubeconfigs of earlier generations are refused once the operation succeeds"),
@@ -283,6 +299,7 @@ pub async fn credentials_revoke(
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
+/// Revoke an API token, by token or by id.
 #[utoipa::path(post, path = "/v1/tokens/revoke", tag = "tokens", operation_id = "revoke_token",
     request_body = RevokeTokenRequest,
     responses((status = 200, body = TokenRevoked),
@@ -296,6 +313,7 @@ pub async fn token_revoke(
     Ok(Json(app.token_revoke(&ctx, body.value).await?).into_response())
 }
 
+/// Read the cluster autoscaler's recent decisions.
 #[utoipa::path(get, path = "/v1/clusters/{cluster}/autoscaler", tag = "autoscaler", operation_id = "get_autoscaler",
     params(("cluster" = String, Path, description = "id or name")),
     responses((status = 200, body = AutoscalerStatusView, description = "per pool its recent decisions, per pending pod where it goes or why no pool takes it"),
@@ -308,6 +326,7 @@ pub async fn autoscaler_get(
     Ok(Json(app.autoscaler_get(&ctx, &c).await?).into_response())
 }
 
+/// Issue credentials for an external cluster autoscaler.
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/autoscaler/credentials", tag = "autoscaler", operation_id = "create_autoscaler_credentials",
     request_body(content = Option<AutoscalerCredentialsRequest>, description = "optional; ttl_seconds defaults to 90 days"),
     params(("cluster" = String, Path, description = "id or name")),
@@ -326,6 +345,7 @@ pub async fn autoscaler_credentials_create(
     Ok(Json(out).into_response())
 }
 
+/// List the machine types and what their nodes offer to pods.
 #[utoipa::path(get, path = "/v1/machine-types", tag = "machine-types", operation_id = "list_machine_types",
     responses((status = 200, body = Items<MachineTypeView>, description = "every machine type with what its nodes offer to pods, in one answer")))]
 pub async fn machine_type_list(State(app): State<SharedApp>, ctx: OpContext) -> Result<Response> {
@@ -333,6 +353,7 @@ pub async fn machine_type_list(State(app): State<SharedApp>, ctx: OpContext) -> 
     Ok(Json(Items { items }).into_response())
 }
 
+/// Register a host in the ssh provider's pool.
 #[utoipa::path(post, path = "/v1/hosts", tag = "hosts", operation_id = "create_host",
     request_body = CreateHostRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first response")),
@@ -349,6 +370,7 @@ pub async fn host_create(
     Ok(accepted(app.host_create(&ctx, idem, body.value).await?))
 }
 
+/// List the registered hosts.
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", operation_id = "list_hosts",
     responses((status = 200, body = Items<HostView>, description = "every registered host, in one answer"),
               (status = 403, body = Problem, content_type = "application/problem+json", description = "platform-admin only")))]
@@ -357,6 +379,7 @@ pub async fn host_list(State(app): State<SharedApp>, ctx: OpContext) -> Result<R
     Ok(Json(Items { items }).into_response())
 }
 
+/// Remove a host that no cluster claims.
 #[utoipa::path(delete, path = "/v1/hosts/{host}", tag = "hosts", operation_id = "delete_host",
     params(("host" = String, Path, description = "host id")),
     responses((status = 204, description = "deleted"), (status = 409, body = Problem, content_type = "application/problem+json", description = "the host is claimed by a cluster")))]
@@ -369,6 +392,7 @@ pub async fn host_delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Read a tenant's quota and what it uses.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/quota", tag = "quotas", operation_id = "get_quota",
     params(("tenant" = String, Path)),
     responses((status = 200, body = QuotaView)))]
@@ -380,6 +404,7 @@ pub async fn quota_get(
     Ok(Json(app.quota_get(&ctx, &t).await?).into_response())
 }
 
+/// Set a tenant's quota.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/quota", tag = "quotas", operation_id = "put_quota",
     request_body = Quota, params(("tenant" = String, Path)),
     responses((status = 200, body = QuotaView), (status = 403, body = Problem, content_type = "application/problem+json", description = "platform-admin only")))]
@@ -415,6 +440,7 @@ pub async fn readyz(State(app): State<SharedApp>) -> Result<&'static str> {
 /// is gone well before requests give up on it (the pool's acquire timeout).
 pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The service's metrics, for Prometheus.
 #[utoipa::path(get, path = "/metrics", tag = "service", operation_id = "get_metrics", security(()),
     responses((status = 200, body = String, content_type = "text/plain", description = "Prometheus text format 0.0.4")))]
 pub async fn metrics(State(app): State<SharedApp>) -> Response {
@@ -440,7 +466,7 @@ pub async fn metrics(State(app): State<SharedApp>) -> Response {
         node_pool_create, node_pool_list, node_pool_get, node_pool_update, node_pool_delete,
         machine_list, operation_list, operation_get, event_list, kubeconfig_create,
         credentials_revoke, token_revoke, autoscaler_get, autoscaler_credentials_create, machine_type_list, host_create, host_list, host_delete, quota_get,
-        quota_put, healthz, readyz, metrics, openapi
+        quota_put, healthz, readyz, metrics, openapi, super::docs::docs
     ),
     components(schemas(Problem, ClusterView, NodePoolView, MachineView, OperationView, EventView,
                        CreateClusterRequest, CreateNodePoolRequest, UpdateClusterRequest,
@@ -575,8 +601,20 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// This OpenAPI document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "service", operation_id = "get_openapi_document", security(()),
     responses((status = 200, body = Object, description = "this document")))]
 pub async fn openapi() -> Response {
-    Json(ApiDoc::openapi()).into_response()
+    Json(document()).into_response()
+}
+
+/// The OpenAPI document the service serves (`/v1/openapi.json`), from
+/// which `/docs` is rendered too.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// [`document`] as JSON, exactly as served.
+pub fn document_json() -> serde_json::Value {
+    serde_json::to_value(document()).expect("the OpenAPI document serializes")
 }

@@ -1,6 +1,8 @@
 //! The HTTP API: routes, middleware (request ids, tracing, metrics, body
-//! limit, timeouts) and the OpenAPI document generated from the handlers.
+//! limit, timeouts), the OpenAPI document generated from the handlers and
+//! the `/docs` page rendered from it.
 
+pub mod docs;
 pub mod extract;
 pub mod handlers;
 
@@ -61,6 +63,7 @@ pub fn router(app: SharedApp) -> Router {
         .route("/v1/hosts/{host}", axum::routing::delete(host_delete))
         .route("/v1/tenants/{tenant}/quota", get(quota_get).put(quota_put))
         .route("/v1/openapi.json", get(openapi))
+        .route("/docs", get(docs::docs))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
