@@ -996,3 +996,68 @@ async fn a_job_longer_than_its_lease_keeps_it_by_renewal() {
         "renewed leases keep the other engine off the job"
     );
 }
+
+/// A log sink the test reads back.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_line_a_job_logs_names_its_tenant_cluster_and_operation() {
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let sink = Captured::default();
+    let writer = sink.clone();
+    // This test's thread only (the runtime is single-threaded, so the
+    // engine's tasks log here too), as the service's JSON log prints it.
+    let _log = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter("kubeforge=debug")
+        .with_span_list(true)
+        .with_writer(move || writer.clone())
+        .finish()
+        .set_default();
+    let app = TestApp::new().await;
+    let tok = app.token("acme", Role::Editor);
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&tok),
+            Some(cluster_body("logged")),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let op = r.body["operation"]["id"].as_str().unwrap().to_string();
+    let cluster_id = r.body["cluster"]["id"].as_str().unwrap().to_string();
+    app.run_jobs().await;
+
+    let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let mut job_lines = 0;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect(line);
+        let Some(job) = v["spans"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "job")
+        else {
+            continue;
+        };
+        job_lines += 1;
+        assert_eq!(job["tenant"], "acme", "{line}");
+        assert_eq!(job["cluster"], "logged", "{line}");
+        assert_eq!(job["cluster_id"], cluster_id.as_str(), "{line}");
+        assert_eq!(job["operation_id"], op.as_str(), "{line}");
+    }
+    assert!(job_lines >= 2, "the job's lines were not captured:\n{text}");
+}

@@ -58,6 +58,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::lease::{self, Lease};
+use crate::store::cluster;
 use crate::store::job::{self, Job};
 use crate::store::JOBS_CHANNEL;
 
@@ -481,8 +482,29 @@ impl Inner {
             kind = %job.kind,
             attempt = job.attempts,
             max_attempts = job.max_attempts,
-            operation_id = ?job.operation_id,
+            operation_id = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+            cluster = tracing::field::Empty,
+            cluster_id = tracing::field::Empty,
         );
+        if let Some(op) = job.operation_id {
+            span.record("operation_id", tracing::field::display(op));
+        }
+        // Whose job it is, on every line logged while it runs: the
+        // cluster its payload names, and that cluster's tenant.
+        if let Some(id) = job.cluster_id() {
+            span.record("cluster_id", tracing::field::display(id));
+            match cluster::identity(&self.pool, id).await {
+                Ok(Some((tenant, name))) => {
+                    span.record("tenant", tracing::field::display(tenant));
+                    span.record("cluster", tracing::field::display(name));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(parent: &span, error = %e, "looking up the job's cluster")
+                }
+            }
+        }
         self.process_inner(job).instrument(span).await;
     }
 

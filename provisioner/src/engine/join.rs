@@ -89,6 +89,12 @@ pub(super) async fn join_all(
     approved?;
     for (j, r) in joins.iter().zip(results) {
         if let Err(why) = r {
+            tracing::warn!(
+                machine = %j.machine.name,
+                machine_id = %j.machine.id,
+                error = %why,
+                "node join failed; the next pass retries it"
+            );
             machine::observe_node(
                 &app.pool,
                 j.machine.id,

@@ -301,6 +301,15 @@ pub async fn request_deletion(conn: &mut PgConnection, id: Uuid) -> Result<i64> 
     Ok(g)
 }
 
+/// A cluster's tenant and name, deleted or not: who a job works for, for
+/// its log lines.
+pub async fn identity(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<(String, String)>> {
+    let row = sqlx::query!("SELECT tenant, name FROM clusters WHERE id = $1", id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|r| (r.tenant, r.name)))
+}
+
 /// Reads any live cluster, for the reconciler.
 pub async fn get_any(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Cluster>> {
     let rec = sqlx::query_as!(

@@ -34,6 +34,14 @@ pub struct Job {
 }
 
 impl Job {
+    /// The cluster the job's payload names (`cluster_id`), if any.
+    pub fn cluster_id(&self) -> Option<Uuid> {
+        self.payload
+            .get("cluster_id")
+            .and_then(|v| v.as_str())
+            .and_then(|s| Uuid::parse_str(s).ok())
+    }
+
     /// The claim this row was returned by: what every write on the job's
     /// behalf is fenced with.
     pub fn token(&self) -> LeaseToken {
