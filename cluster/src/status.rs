@@ -50,6 +50,49 @@ pub fn set_machines_ready(
     set_condition(conditions, "MachinesReady", status, reason, &message, now)
 }
 
+/// One node pool as its cluster's `NodePoolsReady` sums it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSummary<'a> {
+    pub name: &'a str,
+    /// Desired nodes.
+    pub size: usize,
+    /// Nodes Ready.
+    pub ready: usize,
+}
+
+/// Sets the cluster's `NodePoolsReady` from its live pools, in the same
+/// numbers each pool shows (`ready_nodes` of `size`): True when every
+/// pool has all its nodes Ready (or there is no pool), else False naming
+/// each pool that does not. Returns whether it changed.
+pub fn set_node_pools_ready(
+    conditions: &mut Vec<Condition>,
+    pools: &[PoolSummary<'_>],
+    now: DateTime<Utc>,
+) -> bool {
+    let short: Vec<String> = pools
+        .iter()
+        .filter(|p| p.ready < p.size)
+        .map(|p| format!("{}: {} of {} nodes ready", p.name, p.ready, p.size))
+        .collect();
+    let (status, reason, message) = if pools.is_empty() {
+        (
+            S::True,
+            "NoNodePools",
+            "the cluster has no node pools".to_string(),
+        )
+    } else if short.is_empty() {
+        let nodes: usize = pools.iter().map(|p| p.size).sum();
+        (
+            S::True,
+            "AllReady",
+            format!("{} pools, {nodes} of {nodes} nodes ready", pools.len()),
+        )
+    } else {
+        (S::False, "NodesNotReady", short.join("; "))
+    };
+    set_condition(conditions, "NodePoolsReady", status, reason, &message, now)
+}
+
 /// What the reconciler saw of the control plane this pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlPlaneObservation {
@@ -610,6 +653,37 @@ mod tests {
         assert_eq!(cluster_phase(false, Phase::Ready), Phase::Degraded);
         assert_eq!(cluster_phase(false, Phase::Degraded), Phase::Degraded);
         assert_eq!(cluster_phase(true, Phase::Degraded), Phase::Ready);
+    }
+
+    #[test]
+    fn node_pools_ready_sums_up_the_pools_in_their_own_numbers() {
+        let now = Utc::now();
+        let mut c = vec![];
+        assert!(set_node_pools_ready(&mut c, &[], now));
+        assert_eq!(get(&c, "NodePoolsReady").reason, "NoNodePools");
+        let pool = |name, size, ready| PoolSummary { name, size, ready };
+        set_node_pools_ready(&mut c, &[pool("a", 2, 2), pool("b", 0, 0)], now);
+        let k = get(&c, "NodePoolsReady");
+        assert_eq!(
+            (k.status, k.message.as_str()),
+            (S::True, "2 pools, 2 of 2 nodes ready")
+        );
+        set_node_pools_ready(&mut c, &[pool("a", 2, 1), pool("b", 3, 0)], now);
+        let k = get(&c, "NodePoolsReady");
+        assert_eq!(
+            (k.status, k.reason.as_str(), k.message.as_str()),
+            (
+                S::False,
+                "NodesNotReady",
+                "a: 1 of 2 nodes ready; b: 0 of 3 nodes ready"
+            )
+        );
+        // The same again changes nothing.
+        assert!(!set_node_pools_ready(
+            &mut c,
+            &[pool("a", 2, 1), pool("b", 3, 0)],
+            now
+        ));
     }
 
     #[test]

@@ -15,8 +15,8 @@
 use axum::http::Method;
 use kubeforge::context::Role;
 use kubeforge_tests::lab::{
-    assert_machines_gone, delete_cluster, drive, hurry_and_run, kubectl_run, power_off,
-    processes_mentioning, run_on_machine, sandbox,
+    assert_machines_gone, delete_cluster, drive, drive_until, hurry_and_run, kubectl_run,
+    power_off, processes_mentioning, run_on_machine, sandbox,
 };
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
@@ -293,24 +293,15 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     drive(&app, &owner, &name, Some("ready"), Duration::from_secs(240)).await;
     // The creation succeeds only once its pool's nodes are Ready, and says
     // so in the pool's own step.
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let o = loop {
-        let o = app
-            .call(
-                Method::GET,
-                &format!("/v1/operations/{create_op}"),
-                Some(&owner),
-                None,
-                &[],
-            )
-            .await
-            .body;
-        if o["state"] != "running" && o["state"] != "pending" {
-            break o;
-        }
-        assert!(Instant::now() < deadline, "the creation did not end: {o}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let o = drive_until(
+        &app,
+        &owner,
+        &format!("/v1/operations/{create_op}"),
+        "the creation ended",
+        Duration::from_secs(240),
+        |_, o| (o["state"] != "running" && o["state"] != "pending").then(|| o.clone()),
+    )
+    .await;
     assert_eq!(o["state"], "succeeded", "{o}");
     let pool_step = o["steps"]
         .as_array()
@@ -718,62 +709,55 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let down_op = r.body["operation"]["id"].as_str().unwrap().to_string();
-    // While the budget holds the drain, the operation's drain step and the
-    // pool's MachinesReady condition name the pod and the budget.
-    let said = Instant::now() + Duration::from_secs(90);
-    loop {
-        let op = app
-            .call(
-                Method::GET,
-                &format!("/v1/operations/{down_op}"),
-                Some(&owner),
-                None,
-                &[],
-            )
-            .await;
-        let step = op.body["steps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["name"] == "drain")
-            .and_then(|s| s["message"].as_str())
-            .unwrap_or("")
-            .to_string();
-        let pool = app
-            .call(
-                Method::GET,
-                &format!("/v1/clusters/{name}/node-pools/{POOL}"),
-                Some(&owner),
-                None,
-                &[],
-            )
-            .await;
-        let condition = pool.body["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["type"] == "MachinesReady")
-            .cloned()
-            .unwrap_or_default();
-        let names_both = |m: &str| {
-            m.contains(&newest)
-                && m.contains("pod default/guarded")
-                && m.contains("disruption budget guarded")
-        };
-        if op.body["state"] == "running"
-            && names_both(&step)
-            && condition["reason"] == "Draining"
-            && names_both(condition["message"].as_str().unwrap_or(""))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < said,
-            "the waiting drain was not explained: step {step:?}, condition {condition}, operation {}",
-            op.text
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // While the budget holds the drain, the pool's MachinesReady condition
+    // and the operation's drain step name the pod and the budget.
+    let names_both = |m: &str| {
+        m.contains(&newest)
+            && m.contains("pod default/guarded")
+            && m.contains("disruption budget guarded")
+    };
+    let condition = drive_until(
+        &app,
+        &owner,
+        &format!("/v1/clusters/{name}/node-pools/{POOL}"),
+        "the waiting drain explained on the pool",
+        Duration::from_secs(90),
+        |_, p| {
+            p["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| {
+                    c["type"] == "MachinesReady"
+                        && c["reason"] == "Draining"
+                        && names_both(c["message"].as_str().unwrap_or(""))
+                })
+                .cloned()
+        },
+    )
+    .await;
+    let op = app
+        .call(
+            Method::GET,
+            &format!("/v1/operations/{down_op}"),
+            Some(&owner),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(op.body["state"], "running", "{}", op.text);
+    let step = op.body["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "drain")
+        .and_then(|s| s["message"].as_str())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        names_both(&step),
+        "the drain step does not say what it waits for: {step:?} (pool: {condition})"
+    );
     let p1 = drive_pool(
         &app,
         &owner,

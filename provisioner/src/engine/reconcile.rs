@@ -31,7 +31,7 @@ use kubeforge_cluster::pools::{scale_down_order, MachineRole, MachineState, Work
 use kubeforge_cluster::restarts::{self, RESTART_THRESHOLD};
 use kubeforge_cluster::status::{
     self, ControlPlaneObservation, ControlPlaneVerdict, MachinesObservation, NodesObservation,
-    PoolObservation, ReconcileObservation,
+    PoolObservation, PoolSummary, ReconcileObservation,
 };
 use kubeforge_cluster::{MachineType, Phase};
 use rand::distributions::{Alphanumeric, DistString};
@@ -754,6 +754,25 @@ impl Run<'_> {
             .await?;
         self.pool_status_phase(pools, &machines, pool_status.as_ref(), pool_error, now)
             .await?;
+        // The pools summed up on the cluster, in the numbers each pool
+        // shows (Ready nodes on running machines, of its size).
+        let summaries: Vec<PoolSummary<'_>> = pools
+            .iter()
+            .filter(|p| p.deletion_requested_at.is_none())
+            .map(|p| PoolSummary {
+                name: p.name.as_str(),
+                size: p.size as usize,
+                ready: machines
+                    .iter()
+                    .filter(|m| {
+                        m.node_pool_id == Some(p.id)
+                            && m.state == MachineState::Running
+                            && m.node_state.as_deref() == Some("ready")
+                    })
+                    .count(),
+            })
+            .collect();
+        status::set_node_pools_ready(&mut conditions, &summaries, now);
         let mut tx = self.lease.begin().await?;
         cluster::write_status(&mut *tx, c.id, phase, &conditions, c.generation).await?;
         tx.commit().await?;
