@@ -28,7 +28,7 @@ use reqwest::header::HeaderMap;
 use reqwest::Method;
 
 use super::client::{
-    opt_text, parse_ttl, text, time, write_json, write_stdout, Api, ClientOpts, Output, Table,
+    emit, opt_text, parse_ttl, text, time, write_json, write_stdout, Api, ClientOpts, Output, Table,
     NO_BODY,
 };
 
@@ -201,8 +201,8 @@ pub fn print_machine_types(
     format: Output,
     list: &Items<MachineTypeView>,
 ) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, list);
+    if emit(out, format, list)? {
+        return Ok(());
     }
     let mut t = Table::new(&[
         "NAME",
@@ -251,8 +251,8 @@ pub fn print_autoscaler_status(
     format: Output,
     s: &AutoscalerStatusView,
 ) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, s);
+    if emit(out, format, s)? {
+        return Ok(());
     }
     let mut t = Table::new(&["MODE", "OBSERVED", "PENDING PODS"]);
     t.row(vec![

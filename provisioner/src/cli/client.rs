@@ -35,7 +35,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, SecondsFormat, Utc};
 use kubeforge_cluster::api::{
     AutoscalerSettingsRequest, ClusterAccepted, ClusterView, ControlPlaneRequest,
     CreateClusterRequest, CreateNodePoolRequest, Items, KubeconfigRequest, NetworkRequest,
@@ -48,6 +47,11 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
+
+use super::wait::{wait_for, WaitArgs};
+
+pub use super::output::{emit, Output, Table};
+pub(crate) use super::output::{opt_text, sanitize, text, time, write_json, write_stdout};
 
 /// Connection options shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
@@ -68,14 +72,6 @@ pub struct ClientOpts {
     pub output: Output,
 }
 
-/// How responses are rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// Aligned columns, for people.
-    Table,
-    /// The response JSON, pretty-printed, for scripts.
-    Json,
-}
 
 /// `kubeforge clusters ...`
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -105,11 +101,20 @@ pub enum ClustersCmd {
         /// Cluster name or id.
         cluster: String,
     },
-    /// Change a cluster's autoscaler settings or deletion protection
-    /// (PATCH /v1/clusters/{cluster}); settings not named stay as they are.
+    /// Change a cluster's labels, autoscaler settings or deletion
+    /// protection (PATCH /v1/clusters/{cluster}); settings not named stay
+    /// as they are.
+    #[command(after_help = CLUSTERS_UPDATE_EXAMPLES)]
     Update {
         /// Cluster name or id.
         cluster: String,
+        /// Replace the cluster's labels with these, as key=value
+        /// (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label, conflicts_with = "clear_labels")]
+        labels: Vec<(String, String)>,
+        /// Remove every label.
+        #[arg(long)]
+        clear_labels: bool,
         /// An autoscaler setting as key=value (repeatable), e.g. mode=off,
         /// expander=priority, scale_down_unneeded_seconds=300.
         #[arg(long = "autoscaler", value_name = "KEY=VALUE", value_parser = parse_autoscaler_setting)]
@@ -120,19 +125,60 @@ pub enum ClustersCmd {
         /// Only update if the cluster's etag still matches (412 otherwise).
         #[arg(long)]
         if_match: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Delete a cluster (202: deletion runs as an operation).
+    #[command(after_help = CLUSTERS_DELETE_EXAMPLES)]
     Delete {
         /// Cluster name or id.
         cluster: String,
         /// Only delete if the cluster's etag still matches (412 otherwise).
         #[arg(long)]
         if_match: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
 }
 
+const CLUSTERS_CREATE_EXAMPLES: &str = "\
+Examples:
+  kubeforge clusters create web --node-pool default:2
+  kubeforge clusters create web --node-pool default:2 --node-pool gpu:1:large --label team=web
+  kubeforge clusters create --file cluster.json --no-wait -o json
+  kubeforge clusters create web --control-plane-replicas 3 --timeout 20m";
+
+const CLUSTERS_UPDATE_EXAMPLES: &str = "\
+Examples:
+  kubeforge clusters update web --deletion-protection true
+  kubeforge clusters update web --label team=web --label env=prod
+  kubeforge clusters update web --autoscaler mode=off";
+
+const CLUSTERS_DELETE_EXAMPLES: &str = "\
+Examples:
+  kubeforge clusters delete web
+  kubeforge clusters delete web --no-wait -o name";
+
+const NODEPOOLS_CREATE_EXAMPLES: &str = "\
+Examples:
+  kubeforge nodepools create web batch --size 3 --machine-type medium
+  kubeforge nodepools create web burst --min 0 --max 5 --taint spot:NoSchedule
+  kubeforge nodepools create web gpu --size 1 --label accel=gpu --no-wait";
+
+const NODEPOOLS_UPDATE_EXAMPLES: &str = "\
+Examples:
+  kubeforge nodepools update web default --min 1 --max 6
+  kubeforge nodepools update web default --no-autoscaling --size 2
+  kubeforge nodepools update web default --drain-timeout 120 --repair-after 600";
+
+const NODEPOOLS_SCALE_EXAMPLES: &str = "\
+Examples:
+  kubeforge nodepools scale web default 4
+  kubeforge nodepools scale web default 0 --no-wait";
+
 /// Flags of `kubeforge clusters create`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = CLUSTERS_CREATE_EXAMPLES)]
 pub struct ClusterCreateArgs {
     /// Cluster name (a DNS-1123 label). Optional with --file.
     #[arg(required_unless_present = "file")]
@@ -174,6 +220,8 @@ pub struct ClusterCreateArgs {
     /// Send this JSON file as the create body; the other spec flags are ignored.
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// A `--node-pool name:size[:machine_type]` flag.
@@ -190,6 +238,7 @@ pub enum NodePoolsCmd {
     /// Add a node pool to a cluster.
     Create(NodePoolCreateArgs),
     /// Set a pool's desired size.
+    #[command(after_help = NODEPOOLS_SCALE_EXAMPLES)]
     Scale {
         /// Cluster name or id.
         cluster: String,
@@ -197,13 +246,27 @@ pub enum NodePoolsCmd {
         pool: String,
         /// Desired node count.
         size: u32,
+        /// Only scale if the pool's etag still matches (412 otherwise).
+        #[arg(long)]
+        if_match: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
+    /// Change a pool's size, autoscaling bounds, drain timeout or
+    /// auto-repair (PATCH); what is not named stays as it is. Labels and
+    /// taints are fixed at creation.
+    Update(NodePoolUpdateArgs),
     /// Delete a node pool (202: runs as an operation).
     Delete {
         /// Cluster name or id.
         cluster: String,
         /// Pool name.
         pool: String,
+        /// Only delete if the pool's etag still matches (412 otherwise).
+        #[arg(long)]
+        if_match: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// List a cluster's node pools.
     List {
@@ -219,8 +282,52 @@ pub enum NodePoolsCmd {
     },
 }
 
+/// Flags of `kubeforge nodepools update`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = NODEPOOLS_UPDATE_EXAMPLES)]
+pub struct NodePoolUpdateArgs {
+    /// Cluster name or id.
+    pub cluster: String,
+    /// Pool name.
+    pub pool: String,
+    /// Desired node count.
+    #[arg(long)]
+    pub size: Option<u32>,
+    /// Autoscaling lower bound (needs --max): turns autoscaling on, or
+    /// moves its bounds.
+    #[arg(long, requires = "max")]
+    pub min: Option<u32>,
+    /// Autoscaling upper bound (needs --min).
+    #[arg(long, requires = "min")]
+    pub max: Option<u32>,
+    /// Rank of the pool for the `priority` expander (with --min/--max;
+    /// default 0).
+    #[arg(long, requires = "min", allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Turn autoscaling off (the size stays where it is unless --size).
+    #[arg(long, conflicts_with_all = ["min", "max"])]
+    pub no_autoscaling: bool,
+    /// Seconds to wait for a node's pods to be evicted before removing it
+    /// anyway (0-3600).
+    #[arg(long = "drain-timeout", value_name = "SECONDS")]
+    pub drain_timeout: Option<u32>,
+    /// Replace a node after it has been unhealthy this many seconds
+    /// (10-86400); turns auto-repair on.
+    #[arg(long, value_name = "SECONDS", conflicts_with = "no_auto_repair")]
+    pub repair_after: Option<u32>,
+    /// Never replace unhealthy nodes automatically.
+    #[arg(long)]
+    pub no_auto_repair: bool,
+    /// Only update if the pool's etag still matches (412 otherwise).
+    #[arg(long)]
+    pub if_match: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
 /// Flags of `kubeforge nodepools create`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = NODEPOOLS_CREATE_EXAMPLES)]
 pub struct NodePoolCreateArgs {
     /// Cluster name or id.
     pub cluster: String,
@@ -259,6 +366,8 @@ pub struct NodePoolCreateArgs {
     /// Never replace unhealthy nodes automatically.
     #[arg(long)]
     pub no_auto_repair: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// `kubeforge kubeconfig CLUSTER [--role viewer] [--ttl 1h]`
@@ -319,13 +428,6 @@ pub async fn run_kubeconfig(opts: &ClientOpts, args: KubeconfigArgs) -> anyhow::
     write_stdout(&buf)
 }
 
-pub(crate) fn write_stdout(buf: &[u8]) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(buf)
-        .and_then(|()| stdout.flush())
-        .context("writing to stdout")
-}
 
 /// [`run_clusters`], writing to `out`.
 pub async fn run_clusters_to(
@@ -343,7 +445,12 @@ pub async fn run_clusters_to(
             }
             let url = api.url(&["clusters"])?;
             let answer: ClusterAccepted = api.call(Method::POST, url, headers, Some(&body)).await?;
-            print_accepted(out, opts.output, &answer)?;
+            if args.wait.enabled() {
+                let view = finish_cluster(&api, &answer, &args.wait).await?;
+                print_cluster(out, opts.output, &view)?;
+            } else {
+                print_accepted(out, opts.output, &answer)?;
+            }
         }
         ClustersCmd::List {
             phase,
@@ -356,43 +463,104 @@ pub async fn run_clusters_to(
             print_cluster_list(out, opts.output, &page)?;
         }
         ClustersCmd::Get { cluster } => {
-            let url = api.url(&["clusters", &cluster])?;
-            let view: ClusterView = api
-                .call(Method::GET, url, HeaderMap::new(), NO_BODY)
-                .await?;
+            let view = get_cluster(&api, &cluster).await?;
             print_cluster(out, opts.output, &view)?;
         }
         ClustersCmd::Update {
             cluster,
+            labels,
+            clear_labels,
             autoscaler,
             deletion_protection,
             if_match,
+            wait,
         } => {
+            let labels = if clear_labels {
+                Some(BTreeMap::new())
+            } else if labels.is_empty() {
+                None
+            } else {
+                Some(labels_map(&labels))
+            };
             let body = UpdateClusterRequest {
-                labels: None,
+                labels,
                 deletion_protection,
                 autoscaler: autoscaler_request(&autoscaler)?,
             };
-            let mut headers = HeaderMap::new();
-            if let Some(etag) = &if_match {
-                headers.insert(reqwest::header::IF_MATCH, header_value("--if-match", etag)?);
-            }
             let url = api.url(&["clusters", &cluster])?;
-            let answer: ClusterAccepted =
-                api.call(Method::PATCH, url, headers, Some(&body)).await?;
-            print_accepted(out, opts.output, &answer)?;
+            let answer: ClusterAccepted = api
+                .call(Method::PATCH, url, if_match_header(&if_match)?, Some(&body))
+                .await?;
+            if wait.enabled() {
+                let view = finish_cluster(&api, &answer, &wait).await?;
+                print_cluster(out, opts.output, &view)?;
+            } else {
+                print_accepted(out, opts.output, &answer)?;
+            }
         }
-        ClustersCmd::Delete { cluster, if_match } => {
-            let mut headers = HeaderMap::new();
-            if let Some(etag) = &if_match {
-                headers.insert(reqwest::header::IF_MATCH, header_value("--if-match", etag)?);
-            }
+        ClustersCmd::Delete {
+            cluster,
+            if_match,
+            wait,
+        } => {
             let url = api.url(&["clusters", &cluster])?;
-            let answer: OperationAccepted = api.call(Method::DELETE, url, headers, NO_BODY).await?;
-            print_accepted(out, opts.output, &answer)?;
+            let answer: OperationAccepted = api
+                .call(Method::DELETE, url, if_match_header(&if_match)?, NO_BODY)
+                .await?;
+            if wait.enabled() {
+                let op = wait_for(
+                    &api,
+                    &answer.operation,
+                    wait.timeout,
+                    &mut std::io::stderr(),
+                )
+                .await?;
+                print_accepted(out, opts.output, &OperationAccepted { operation: op })?;
+            } else {
+                print_accepted(out, opts.output, &answer)?;
+            }
         }
     }
     Ok(())
+}
+
+/// Waits for a cluster's operation, then reads the cluster as it ended up.
+async fn finish_cluster(
+    api: &Api,
+    answer: &ClusterAccepted,
+    wait: &WaitArgs,
+) -> Result<ClusterView, ClientError> {
+    wait_for(api, &answer.operation, wait.timeout, &mut std::io::stderr()).await?;
+    get_cluster(api, &answer.cluster.id.to_string()).await
+}
+
+/// Waits for a pool's operation, then reads the pool as it ended up.
+async fn finish_pool(
+    api: &Api,
+    cluster: &str,
+    answer: &NodePoolAccepted,
+    wait: &WaitArgs,
+) -> Result<NodePoolView, ClientError> {
+    wait_for(api, &answer.operation, wait.timeout, &mut std::io::stderr()).await?;
+    get_pool(api, cluster, &answer.node_pool.name).await
+}
+
+async fn get_cluster(api: &Api, cluster: &str) -> Result<ClusterView, ClientError> {
+    let url = api.url(&["clusters", cluster])?;
+    api.call(Method::GET, url, HeaderMap::new(), NO_BODY).await
+}
+
+async fn get_pool(api: &Api, cluster: &str, pool: &str) -> Result<NodePoolView, ClientError> {
+    let url = api.url(&["clusters", cluster, "node-pools", pool])?;
+    api.call(Method::GET, url, HeaderMap::new(), NO_BODY).await
+}
+
+fn if_match_header(if_match: &Option<String>) -> Result<HeaderMap, ClientError> {
+    let mut headers = HeaderMap::new();
+    if let Some(etag) = if_match {
+        headers.insert(reqwest::header::IF_MATCH, header_value("--if-match", etag)?);
+    }
+    Ok(headers)
 }
 
 /// [`run_nodepools`], writing to `out`.
@@ -409,12 +577,14 @@ pub async fn run_nodepools_to(
             let answer: NodePoolAccepted = api
                 .call(Method::POST, url, HeaderMap::new(), Some(&body))
                 .await?;
-            print_accepted(out, opts.output, &answer)?;
+            print_pool_answer(out, opts.output, &api, &args.cluster, &answer, &args.wait).await?;
         }
         NodePoolsCmd::Scale {
             cluster,
             pool,
             size,
+            if_match,
+            wait,
         } => {
             let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
             let body = UpdateNodePoolRequest {
@@ -422,16 +592,45 @@ pub async fn run_nodepools_to(
                 ..UpdateNodePoolRequest::default()
             };
             let answer: NodePoolAccepted = api
-                .call(Method::PATCH, url, HeaderMap::new(), Some(&body))
+                .call(Method::PATCH, url, if_match_header(&if_match)?, Some(&body))
                 .await?;
-            print_accepted(out, opts.output, &answer)?;
+            print_pool_answer(out, opts.output, &api, &cluster, &answer, &wait).await?;
         }
-        NodePoolsCmd::Delete { cluster, pool } => {
+        NodePoolsCmd::Update(args) => {
+            let body = node_pool_update_body(&args)?;
+            let url = api.url(&["clusters", &args.cluster, "node-pools", &args.pool])?;
+            let answer: NodePoolAccepted = api
+                .call(
+                    Method::PATCH,
+                    url,
+                    if_match_header(&args.if_match)?,
+                    Some(&body),
+                )
+                .await?;
+            print_pool_answer(out, opts.output, &api, &args.cluster, &answer, &args.wait).await?;
+        }
+        NodePoolsCmd::Delete {
+            cluster,
+            pool,
+            if_match,
+            wait,
+        } => {
             let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
             let answer: OperationAccepted = api
-                .call(Method::DELETE, url, HeaderMap::new(), NO_BODY)
+                .call(Method::DELETE, url, if_match_header(&if_match)?, NO_BODY)
                 .await?;
-            print_accepted(out, opts.output, &answer)?;
+            if wait.enabled() {
+                let op = wait_for(
+                    &api,
+                    &answer.operation,
+                    wait.timeout,
+                    &mut std::io::stderr(),
+                )
+                .await?;
+                print_accepted(out, opts.output, &OperationAccepted { operation: op })?;
+            } else {
+                print_accepted(out, opts.output, &answer)?;
+            }
         }
         NodePoolsCmd::List { cluster } => {
             let url = api.url(&["clusters", &cluster, "node-pools"])?;
@@ -441,12 +640,28 @@ pub async fn run_nodepools_to(
             print_pool_list(out, opts.output, &list)?;
         }
         NodePoolsCmd::Get { cluster, pool } => {
-            let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
-            let view: NodePoolView = api
-                .call(Method::GET, url, HeaderMap::new(), NO_BODY)
-                .await?;
+            let view = get_pool(&api, &cluster, &pool).await?;
             print_pool(out, opts.output, &view)?;
         }
+    }
+    Ok(())
+}
+
+/// A pool's accepted answer: waited for and the pool printed as it ended
+/// up, or printed as accepted.
+async fn print_pool_answer(
+    out: &mut impl Write,
+    format: Output,
+    api: &Api,
+    cluster: &str,
+    answer: &NodePoolAccepted,
+    wait: &WaitArgs,
+) -> anyhow::Result<()> {
+    if wait.enabled() {
+        let view = finish_pool(api, cluster, answer, wait).await?;
+        print_pool(out, format, &view)?;
+    } else {
+        print_accepted(out, format, answer)?;
     }
     Ok(())
 }
@@ -595,6 +810,51 @@ fn node_pool_body(args: &NodePoolCreateArgs) -> CreateNodePoolRequest {
         drain_timeout_seconds: args.drain_timeout,
         auto_repair,
     }
+}
+
+/// The PATCH body of `nodepools update`: only what the flags name.
+pub fn node_pool_update_body(args: &NodePoolUpdateArgs) -> anyhow::Result<UpdateNodePoolRequest> {
+    let autoscaling = if args.no_autoscaling {
+        Some(None)
+    } else {
+        args.min.zip(args.max).map(|(min, max)| {
+            Some(Autoscaling {
+                min,
+                max,
+                priority: args.priority.unwrap_or(0),
+            })
+        })
+    };
+    let auto_repair = if args.no_auto_repair {
+        Some(AutoRepair {
+            enabled: false,
+            ..AutoRepair::default()
+        })
+    } else {
+        args.repair_after.map(|after_seconds| AutoRepair {
+            enabled: true,
+            after_seconds,
+        })
+    };
+    let body = UpdateNodePoolRequest {
+        size: args.size,
+        autoscaling,
+        drain_timeout_seconds: args.drain_timeout,
+        auto_repair,
+    };
+    anyhow::ensure!(
+        body.size.is_some()
+            || body.autoscaling.is_some()
+            || body.drain_timeout_seconds.is_some()
+            || body.auto_repair.is_some(),
+        ClientError::BadArgument {
+            what: "nodepools update".into(),
+            reason: "nothing to change: give --size, --min/--max, --no-autoscaling, \
+                     --drain-timeout, --repair-after or --no-auto-repair"
+                .into(),
+        }
+    );
+    Ok(body)
 }
 
 // ---------------------------------------------------------------------------
@@ -795,7 +1055,8 @@ pub fn problem_from_json(status: StatusCode, v: &Value) -> Problem {
     }
 }
 
-/// Why a client command failed. `main` prints the message and exits non-zero.
+/// Why a client command failed. `main` prints the message and exits
+/// with [`ClientError::exit_code`].
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no token: set KUBEFORGE_TOKEN or pass --token")]
@@ -806,12 +1067,136 @@ pub enum ClientError {
     BadArgument { what: String, reason: String },
     #[error("cannot reach the Kubeforge API at {url}: {cause}")]
     Connect { url: String, cause: String },
-    #[error("error: {0}")]
+    #[error("{}", problem_text(.0))]
     Api(Box<Problem>),
-    #[error("error: {status}: {body}")]
+    #[error("error: {status}: {body}\nhint: {}", hint(*.status, ""))]
     Status { status: u16, body: String },
     #[error("unexpected answer from {url}: {reason}")]
     BadResponse { url: String, reason: String },
+    /// The operation waited for ended in `failed`.
+    #[error("error: operation {id} ({type_}) failed: {code}: {message}\nhint: {}", failed_hint(.retryable))]
+    OperationFailed {
+        id: String,
+        type_: String,
+        code: String,
+        message: String,
+        retryable: bool,
+    },
+    /// `--timeout` passed before the operation ended.
+    #[error("error: operation {id} still {state} after {waited}\nhint: it goes on in the service; `kubeforge operations wait {id}` waits again")]
+    WaitTimeout {
+        id: String,
+        state: String,
+        waited: String,
+    },
+}
+
+/// Exit codes of the client commands (documented in `kubeforge --help`
+/// and the README). clap's own usage errors exit with [`EXIT_USAGE`].
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_AUTH: u8 = 3;
+pub const EXIT_NOT_FOUND: u8 = 4;
+pub const EXIT_CONFLICT: u8 = 5;
+pub const EXIT_VALIDATION: u8 = 6;
+pub const EXIT_OPERATION_FAILED: u8 = 7;
+pub const EXIT_TIMEOUT: u8 = 8;
+
+/// The exit code for an HTTP status.
+fn status_exit_code(status: u16) -> u8 {
+    match status {
+        401 | 403 => EXIT_AUTH,
+        404 => EXIT_NOT_FOUND,
+        409 | 412 => EXIT_CONFLICT,
+        400 | 422 => EXIT_VALIDATION,
+        _ => EXIT_ERROR,
+    }
+}
+
+impl ClientError {
+    /// What the process exits with when this ends the command.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::NoToken => EXIT_AUTH,
+            ClientError::BadUrl { .. } | ClientError::BadArgument { .. } => EXIT_USAGE,
+            ClientError::Connect { .. } | ClientError::BadResponse { .. } => EXIT_ERROR,
+            ClientError::Api(p) => status_exit_code(p.status),
+            ClientError::Status { status, .. } => status_exit_code(*status),
+            ClientError::OperationFailed { .. } => EXIT_OPERATION_FAILED,
+            ClientError::WaitTimeout { .. } => EXIT_TIMEOUT,
+        }
+    }
+}
+
+/// The exit code for whatever ended a command: a [`ClientError`]
+/// anywhere in the chain decides, anything else is [`EXIT_ERROR`].
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<ClientError>())
+        .map_or(EXIT_ERROR, ClientError::exit_code)
+}
+
+/// A problem document on separate lines: the title with status and code,
+/// the detail, the field (when there is one) and what to try next.
+///
+/// ```text
+/// error: Validation failed (422 validation_failed)
+/// detail: pod_cidr overlaps service_cidr
+/// field: network.pod_cidr
+/// hint: correct network.pod_cidr and send the request again
+/// ```
+fn problem_text(p: &Problem) -> String {
+    let mut s = format!("error: {} ({} {})", p.title, p.status, p.code);
+    if p.detail != p.title {
+        s.push_str(&format!("\ndetail: {}", p.detail));
+    }
+    if let Some(field) = &p.field {
+        s.push_str(&format!("\nfield: {field}"));
+    }
+    let field = p.field.as_deref().unwrap_or("");
+    let mut h = hint(p.status, field);
+    if p.retryable && !(p.status == 429 || p.status >= 500) {
+        h.push_str("; the service says a retry may succeed");
+    }
+    s.push_str(&format!("\nhint: {h}"));
+    s
+}
+
+/// What to try after an error of this status.
+fn hint(status: u16, field: &str) -> String {
+    match status {
+        400 | 422 if !field.is_empty() => {
+            format!("correct {field} and send the request again")
+        }
+        400 | 422 => "correct the request and send it again (`--help` lists the flags)".into(),
+        401 => "the token is missing, expired or not signed by this service: mint one with \
+                `kubeforge token create` and set KUBEFORGE_TOKEN"
+            .into(),
+        403 => "the token's role may not do this: use a token with a stronger role \
+                (viewer < editor < admin < platform-admin)"
+            .into(),
+        404 => "check the name or id; `kubeforge clusters list` shows the clusters this token sees"
+            .into(),
+        409 => "the resource is busy or in a state that refuses this; \
+                `kubeforge operations list CLUSTER` shows what runs"
+            .into(),
+        412 => "the resource changed since its etag was read: get it again and retry with \
+                the new etag"
+            .into(),
+        429 => "too many requests: wait a moment and retry".into(),
+        s if s >= 500 => "a service-side failure: retry; if it persists, the service's log \
+                          has the request"
+            .into(),
+        _ => "see `kubeforge --help`".into(),
+    }
+}
+
+fn failed_hint(retryable: &bool) -> &'static str {
+    if *retryable {
+        "the failure may pass: `kubeforge events list CLUSTER` shows what happened; retry the command"
+    } else {
+        "`kubeforge events list CLUSTER` and `kubeforge operations get ID` show what happened"
+    }
 }
 
 fn reason(status: StatusCode) -> String {
@@ -822,12 +1207,6 @@ fn reason(status: StatusCode) -> String {
         .replace(' ', "_")
 }
 
-/// Keeps server text from moving the cursor or injecting escape codes.
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
 
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut msg = err.to_string();
@@ -930,7 +1309,7 @@ impl Api {
     }
 
     /// Sends a request and returns the body of a 2xx answer.
-    async fn send<B: Serialize + ?Sized>(
+    pub(crate) async fn send<B: Serialize + ?Sized>(
         &self,
         method: Method,
         url: Url,
@@ -1083,82 +1462,6 @@ async fn list_clusters(
 // ---------------------------------------------------------------------------
 // Rendering
 
-/// A minimal table: left-aligned columns separated by two spaces,
-/// widths counted in characters, no trailing spaces.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    pub fn new(headers: &[&str]) -> Table {
-        Table {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    /// Adds a row; missing cells print as empty, extra cells are dropped.
-    pub fn row(&mut self, cells: Vec<String>) {
-        let mut cells: Vec<String> = cells.iter().map(|c| sanitize(c)).collect();
-        cells.resize(self.headers.len(), String::new());
-        self.rows.push(cells);
-    }
-
-    pub fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let width = |s: &str| s.chars().count();
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
-        for row in &self.rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(width(cell));
-            }
-        }
-        for row in std::iter::once(&self.headers).chain(&self.rows) {
-            let mut line = String::new();
-            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
-                if i > 0 {
-                    line.push_str("  ");
-                }
-                line.push_str(cell);
-                if i + 1 < row.len() {
-                    line.extend(std::iter::repeat_n(' ', w - width(cell)));
-                }
-            }
-            writeln!(out, "{}", line.trim_end())?;
-        }
-        Ok(())
-    }
-}
-
-/// Server text as a cell: `-` when empty.
-pub(crate) fn text(s: &str) -> String {
-    if s.is_empty() {
-        "-".into()
-    } else {
-        s.to_string()
-    }
-}
-
-/// Optional server text as a cell: `-` when absent or empty.
-pub(crate) fn opt_text(s: Option<&str>) -> String {
-    s.map_or_else(|| "-".into(), text)
-}
-
-/// A time as the JSON has it: RFC 3339 in UTC, fractions only when there
-/// are any.
-pub(crate) fn time(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-/// Pretty-printed JSON of an answer. It goes through a `Value`, so keys
-/// come out sorted, as they did when answers were passed through.
-pub(crate) fn write_json(out: &mut impl Write, v: &impl Serialize) -> std::io::Result<()> {
-    let v = serde_json::to_value(v).map_err(std::io::Error::other)?;
-    let text = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)?;
-    writeln!(out, "{text}")
-}
-
 fn cluster_table<'a>(clusters: impl IntoIterator<Item = &'a ClusterView>) -> Table {
     let mut t = Table::new(&[
         "NAME", "ID", "PHASE", "VERSION", "CP", "ENDPOINT", "CREATED",
@@ -1207,8 +1510,8 @@ pub fn print_cluster_list(
     format: Output,
     page: &Page<ClusterView>,
 ) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, page);
+    if emit(out, format, page)? {
+        return Ok(());
     }
     cluster_table(&page.items).write(out)?;
     if let Some(token) = page.next_page_token.as_deref().filter(|t| !t.is_empty()) {
@@ -1219,8 +1522,8 @@ pub fn print_cluster_list(
 
 /// Prints one cluster and its conditions.
 pub fn print_cluster(out: &mut impl Write, format: Output, c: &ClusterView) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, c);
+    if emit(out, format, c)? {
+        return Ok(());
     }
     cluster_table([c]).write(out)?;
     if !c.conditions.is_empty() {
@@ -1245,16 +1548,16 @@ pub fn print_pool_list(
     format: Output,
     list: &Items<NodePoolView>,
 ) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, list);
+    if emit(out, format, list)? {
+        return Ok(());
     }
     pool_table(&list.items).write(out)
 }
 
 /// Prints one node pool and its nodes.
 pub fn print_pool(out: &mut impl Write, format: Output, p: &NodePoolView) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, p);
+    if emit(out, format, p)? {
+        return Ok(());
     }
     pool_table([p]).write(out)?;
     if !p.nodes.is_empty() {
@@ -1283,7 +1586,7 @@ pub fn print_pool(out: &mut impl Write, format: Output, p: &NodePoolView) -> std
 }
 
 /// A create, scale or delete answer, as the table view shows it.
-pub trait AcceptedAnswer: Serialize {
+pub trait AcceptedAnswer: Serialize + super::output::Named {
     /// The resource as it is now, when the answer carries it.
     fn resource(&self) -> Option<Table>;
     /// The operation that carries the request out.
@@ -1324,8 +1627,8 @@ pub fn print_accepted(
     format: Output,
     answer: &impl AcceptedAnswer,
 ) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, answer);
+    if emit(out, format, answer)? {
+        return Ok(());
     }
     if let Some(t) = answer.resource() {
         t.write(out)?;

@@ -1,0 +1,181 @@
+//! Waiting for an operation: `--wait` / `--no-wait` / `--timeout` on the
+//! commands that start one, and `kubeforge operations wait ID`.
+//!
+//! Waiting polls `GET /v1/operations/{id}` and writes one line per step
+//! transition (a step seen in a new state, or with a new message) to the
+//! progress writer, which the commands point at stderr so that stdout
+//! holds only the result (`-o json` stays one document). The wait ends
+//! when the operation does: `succeeded` returns it, `failed` is
+//! [`ClientError::OperationFailed`], and a wait longer than `--timeout` is
+//! [`ClientError::WaitTimeout`] (the operation itself goes on). Each has
+//! its exit code (see [`super::client::exit_code`]).
+//!
+//! Whether a command waits when neither flag is given depends on where its
+//! output goes: a person at a terminal gets the wait, a script (stdout a
+//! pipe or a file) gets the accepted answer at once, as before.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal as _, Write};
+use std::time::{Duration, Instant};
+
+use kubeforge_cluster::api::{OperationView, Step};
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+
+use super::client::{parse_ttl, sanitize, Api, ClientError, NO_BODY};
+
+/// `--wait`, `--no-wait` and `--timeout` of a command that starts an
+/// operation.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WaitArgs {
+    /// Wait for the operation to end, printing its steps on stderr, then
+    /// print the result (the default when stdout is a terminal).
+    #[arg(long, overrides_with = "no_wait")]
+    pub wait: bool,
+    /// Print the accepted answer and return at once (the default when
+    /// stdout is not a terminal).
+    #[arg(long, overrides_with = "wait")]
+    pub no_wait: bool,
+    /// Longest wait, e.g. 10m, 1h (the operation goes on after it).
+    #[arg(long, default_value = "30m", value_parser = parse_ttl)]
+    pub timeout: Duration,
+}
+
+impl WaitArgs {
+    /// Whether to wait: the flag given last, else whether stdout is a
+    /// terminal.
+    pub fn enabled(&self) -> bool {
+        if self.wait {
+            true
+        } else if self.no_wait {
+            false
+        } else {
+            std::io::stdout().is_terminal()
+        }
+    }
+}
+
+/// How often the operation is read while waiting.
+pub fn poll_interval() -> Duration {
+    // KUBEFORGE_POLL_MS: for tests and impatient people; 1 s otherwise.
+    std::env::var("KUBEFORGE_POLL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| (50..=60_000).contains(ms))
+        .map_or(Duration::from_secs(1), Duration::from_millis)
+}
+
+/// What the progress lines remember of each step.
+#[derive(Default)]
+pub struct StepTracker {
+    seen: HashMap<String, (String, Option<String>)>,
+    started: Option<Instant>,
+}
+
+impl StepTracker {
+    pub fn new() -> StepTracker {
+        StepTracker {
+            seen: HashMap::new(),
+            started: Some(Instant::now()),
+        }
+    }
+
+    /// Writes a line for each step whose state or message changed since
+    /// the last call. A step first seen `pending` prints nothing: every
+    /// step starts there.
+    pub fn report(&mut self, op: &OperationView, progress: &mut dyn Write) {
+        for step in &op.steps {
+            let now = (step.state.clone(), step.message.clone());
+            let before = self.seen.insert(step.name.clone(), now.clone());
+            let changed = match before {
+                None => step.state != "pending" || step.message.is_some(),
+                Some(b) => b != now,
+            };
+            if changed {
+                let _ = writeln!(progress, "{}", self.line(step));
+            }
+        }
+        let _ = progress.flush();
+    }
+
+    fn line(&self, step: &Step) -> String {
+        let secs = self.started.map_or(0, |t| t.elapsed().as_secs());
+        let mut line = format!(
+            "[{:>4}s] {}: {}",
+            secs,
+            sanitize(&step.name),
+            sanitize(&step.state)
+        );
+        if let Some(m) = step.message.as_deref().filter(|m| !m.is_empty()) {
+            line.push_str(&format!(" - {}", sanitize(m)));
+        }
+        if let Some(e) = &step.error {
+            line.push_str(&format!(
+                " ({}: {})",
+                sanitize(&e.code),
+                sanitize(&e.message)
+            ));
+        }
+        line
+    }
+}
+
+/// Reads an operation.
+pub(crate) async fn get_operation(api: &Api, id: &str) -> Result<OperationView, ClientError> {
+    let url = api.url(&["operations", id])?;
+    api.call(Method::GET, url, HeaderMap::new(), NO_BODY).await
+}
+
+/// Polls `op` until it ends or `timeout` passes, reporting step
+/// transitions to `progress`; returns the succeeded operation.
+pub(crate) async fn wait_for(
+    api: &Api,
+    op: &OperationView,
+    timeout: Duration,
+    progress: &mut dyn Write,
+) -> Result<OperationView, ClientError> {
+    let id = op.id.to_string();
+    let _ = writeln!(
+        progress,
+        "waiting for operation {id} ({}), up to {}s",
+        sanitize(&op.type_),
+        timeout.as_secs()
+    );
+    let deadline = Instant::now() + timeout;
+    let mut tracker = StepTracker::new();
+    let mut current = op.clone();
+    loop {
+        tracker.report(&current, progress);
+        match current.state.as_str() {
+            "succeeded" => {
+                let _ = writeln!(progress, "operation {id} succeeded");
+                return Ok(current);
+            }
+            "failed" => {
+                let (code, message, retryable) = current
+                    .error
+                    .as_ref()
+                    .map(|e| (sanitize(&e.code), sanitize(&e.message), e.retryable))
+                    .unwrap_or_else(|| ("unknown".into(), "no error recorded".into(), false));
+                return Err(ClientError::OperationFailed {
+                    id,
+                    type_: sanitize(&current.type_),
+                    code,
+                    message,
+                    retryable,
+                });
+            }
+            _ => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ClientError::WaitTimeout {
+                id,
+                state: sanitize(&current.state),
+                waited: format!("{}s", timeout.as_secs()),
+            });
+        }
+        tokio::time::sleep(poll_interval().min(deadline - now)).await;
+        current = get_operation(api, &id).await?;
+    }
+}
