@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use kubeforge::cli::admin::{self, HostsCmd, QuotasCmd};
 use kubeforge::cli::autoscaler::{self, AutoscalerCmd};
-use kubeforge::cli::operations::{self, EventsCmd, MachinesCmd, OperationsCmd};
 use kubeforge::cli::client::{self, ClientOpts, ClustersCmd, KubeconfigArgs, NodePoolsCmd};
+use kubeforge::cli::operations::{self, EventsCmd, MachinesCmd, OperationsCmd};
 use kubeforge::context::Role;
 use kubeforge::server::{self, ServeOptions};
 use kubeforge::state::LabTenants;
@@ -526,9 +526,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             operations::run_operations(&client, command).await
         }
         Command::Events { client, command } => operations::run_events(&client, command).await,
-        Command::Machines { client, command } => {
-            operations::run_machines(&client, command).await
-        }
+        Command::Machines { client, command } => operations::run_machines(&client, command).await,
         Command::Hosts { client, command } => admin::run_hosts(&client, command).await,
         Command::Quotas { client, command } => admin::run_quotas(&client, command).await,
         Command::Kubeconfig { client, args } => client::run_kubeconfig(&client, args).await,

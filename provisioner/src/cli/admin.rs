@@ -1,9 +1,8 @@
 //! Platform administration from the command line: `kubeforge hosts
 //! register|list|delete` (the machines the `ssh` provider hands out) and
 //! `kubeforge quotas get|set` (what a tenant may have). The service
-//! refuses these to anyone but a platform admin (a tenant may read its own
-//! quota); the same guarantees as the other client commands hold
-//! ([`super::client`]).
+//! refuses these to anyone but a platform admin; the same guarantees as
+//! the other client commands hold ([`super::client`]).
 //!
 //! A host's SSH credential is read from a file (`--private-key-file` or
 //! `--password-file`), never from the command line, where it would show
@@ -73,7 +72,7 @@ pub struct HostRegisterArgs {
 /// `kubeforge quotas ...`
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum QuotasCmd {
-    /// Show a tenant's quota and what it uses.
+    /// Show a tenant's quota and what it uses (platform-admin).
     Get {
         /// Tenant id.
         tenant: String,

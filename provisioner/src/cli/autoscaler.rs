@@ -28,8 +28,8 @@ use reqwest::header::HeaderMap;
 use reqwest::Method;
 
 use super::client::{
-    emit, opt_text, parse_ttl, text, time, write_json, write_stdout, Api, ClientOpts, Output, Table,
-    NO_BODY,
+    emit, opt_text, parse_ttl, text, time, write_json, write_stdout, Api, ClientOpts, Output,
+    Table, NO_BODY,
 };
 
 /// `kubeforge autoscaler ...`

@@ -1,13 +1,17 @@
-//! The `kubeforge clusters | nodepools | kubeconfig` client commands.
+//! The `kubeforge clusters | nodepools | kubeconfig` client commands, and
+//! what every client command shares: the connection options, the HTTP
+//! client, errors and exit codes.
 //!
 //! These subcommands let people and scripts use the Kubeforge HTTP API
 //! (`/v1`, see `API.md`) without hand-written `curl` calls. This module
 //! holds the clap argument types and turns them into requests. Requests
 //! and answers are the API's own types ([`kubeforge_cluster::api`]), the
 //! ones the service serializes, so client and service agree on the JSON. The
-//! answers are rendered either as aligned tables (`-o table`, the default)
-//! or as pretty-printed JSON (`-o json`: the answer serialized again, keys
-//! sorted, which is the server's JSON when both run the same version).
+//! answers are rendered as aligned tables (`-o table`, the default), as
+//! pretty-printed JSON or YAML (`-o json|yaml`: the answer serialized
+//! again, keys sorted) or as `kind/name` lines (`-o name`); see
+//! [`super::output`]. Create, update, scale and delete wait for their
+//! operation when asked to, or by default at a terminal ([`super::wait`]).
 //!
 //! Guarantees:
 //! - Every request carries `Authorization: Bearer <token>`; without a
@@ -16,9 +20,13 @@
 //!   match `[A-Za-z0-9._-]+` (and not be `.` or `..`) and is then added
 //!   as one encoded segment; query values are form-encoded.
 //! - A non-2xx answer becomes an error. An `application/problem+json`
-//!   body is rendered as `error: 422 validation_failed: <detail> (field:
-//!   network.pod_cidr)`, whatever fields it lacks; anything else as the
-//!   status and a short excerpt.
+//!   body is rendered on separate lines: `error: <title> (422
+//!   validation_failed)`, `detail: ...`, `field: network.pod_cidr` and a
+//!   `hint:` on what to do, whatever fields it lacks; anything else as
+//!   the status, a short excerpt and a hint.
+//! - Each kind of failure has its exit code ([`ClientError::exit_code`]):
+//!   auth 3, not found 4, conflict 5, validation 6, operation failed 7,
+//!   wait timed out 8, usage 2, anything else 1.
 //! - Text that comes from the server is stripped of control characters
 //!   before it reaches a terminal as a table cell or an error message.
 //! - Output is produced only once the whole command has succeeded, so a
@@ -71,7 +79,6 @@ pub struct ClientOpts {
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     pub output: Output,
 }
-
 
 /// `kubeforge clusters ...`
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -427,7 +434,6 @@ pub async fn run_kubeconfig(opts: &ClientOpts, args: KubeconfigArgs) -> anyhow::
     run_kubeconfig_to(opts, args, &mut buf).await?;
     write_stdout(&buf)
 }
-
 
 /// [`run_clusters`], writing to `out`.
 pub async fn run_clusters_to(
@@ -1207,7 +1213,6 @@ fn reason(status: StatusCode) -> String {
         .replace(' ', "_")
 }
 
-
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut msg = err.to_string();
     let mut source = err.source();
@@ -1642,6 +1647,7 @@ pub fn print_accepted(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
     use clap::Parser;
     use kubeforge_cluster::api::{ControlPlaneView, NetworkView, NodeView, Step};
     use kubeforge_cluster::{Condition, ConditionStatus, Phase};
@@ -1670,6 +1676,93 @@ mod tests {
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kf").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn nodepools_update_sends_only_what_is_named() {
+        let body = |args: &[&str]| {
+            let Cmd::Nodepools(NodePoolsCmd::Update(a)) = parse(args).unwrap().cmd else {
+                panic!("wrong command")
+            };
+            node_pool_update_body(&a).map(|b| serde_json::to_value(b).unwrap())
+        };
+        let base = ["nodepools", "update", "web", "default"];
+        fn with<'a>(more: &[&'a str]) -> Vec<&'a str> {
+            [&["nodepools", "update", "web", "default"][..], more].concat()
+        }
+        assert_eq!(
+            body(&with(&["--min", "1", "--max", "4"])).unwrap(),
+            json!({"autoscaling": {"min": 1, "max": 4, "priority": 0}})
+        );
+        assert_eq!(
+            body(&with(&["--no-autoscaling", "--size", "2"])).unwrap(),
+            json!({"size": 2, "autoscaling": null})
+        );
+        assert_eq!(
+            body(&with(&["--drain-timeout", "60", "--no-auto-repair"])).unwrap(),
+            json!({"drain_timeout_seconds": 60, "auto_repair": {"enabled": false, "after_seconds": 300}})
+        );
+        let err = body(&base).unwrap_err();
+        assert!(err.to_string().contains("nothing to change"), "{err}");
+        assert_eq!(exit_code(&err), EXIT_USAGE);
+        for bad in [
+            &with(&["--min", "1"])[..],
+            &with(&["--no-autoscaling", "--min", "1", "--max", "2"]),
+            &with(&["--repair-after", "60", "--no-auto-repair"]),
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_last_wait_flag_wins() {
+        let wait = |args: &[&str]| {
+            let Cmd::Nodepools(NodePoolsCmd::Scale { wait, .. }) = parse(args).unwrap().cmd else {
+                panic!("wrong command")
+            };
+            wait
+        };
+        let base = ["nodepools", "scale", "web", "default", "3"];
+        let w = wait(&[&base[..], &["--wait", "--no-wait"]].concat());
+        assert!(!w.enabled());
+        let w = wait(&[&base[..], &["--no-wait", "--wait", "--timeout", "90s"]].concat());
+        assert!(w.enabled());
+        assert_eq!(w.timeout, Duration::from_secs(90));
+        let w = wait(&base);
+        assert_eq!(w.timeout, Duration::from_secs(1800));
+        assert!(parse(&[&base[..], &["--timeout", "0s"]].concat()).is_err());
+    }
+
+    #[test]
+    fn yaml_and_name_outputs() {
+        let c = cluster_view(1, "web");
+        let mut out = Vec::new();
+        print_cluster(&mut out, Output::Yaml, &c).unwrap();
+        let yaml: Value = serde_saphyr::from_str(std::str::from_utf8(&out).unwrap()).unwrap();
+        assert_eq!(yaml, serde_json::to_value(&c).unwrap());
+        let mut out = Vec::new();
+        let answer = ClusterAccepted {
+            cluster: c.clone(),
+            operation: operation_view(7, "cluster_create"),
+        };
+        print_accepted(&mut out, Output::Name, &answer).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("cluster/web\noperation/{}\n", Uuid::from_u128(7))
+        );
+        let mut out = Vec::new();
+        let list = Items {
+            items: vec![
+                pool_view("a", 1, 1, "small"),
+                pool_view("b\x1b", 1, 1, "small"),
+            ],
+        };
+        print_pool_list(&mut out, Output::Name, &list).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "nodepool/a\nnodepool/b \n");
     }
 
     #[test]
@@ -1807,27 +1900,62 @@ mod tests {
         });
         let p = problem_from_json(StatusCode::UNPROCESSABLE_ENTITY, &v);
         assert_eq!(p, serde_json::from_value(v).unwrap());
+        let e = ClientError::Api(Box::new(p));
         assert_eq!(
-            ClientError::Api(Box::new(p)).to_string(),
-            "error: 422 validation_failed: pod_cidr overlaps service_cidr (field: network.pod_cidr)"
+            e.to_string(),
+            "error: Validation failed (422 validation_failed)\n\
+             detail: pod_cidr overlaps service_cidr\n\
+             field: network.pod_cidr\n\
+             hint: correct network.pod_cidr and send the request again"
         );
+        assert_eq!(e.exit_code(), EXIT_VALIDATION);
         let v =
             json!({"title": "Not Found", "status": 404, "code": "not_found", "retryable": false});
+        let e = ClientError::Api(Box::new(problem_from_json(StatusCode::NOT_FOUND, &v)));
         assert_eq!(
-            ClientError::Api(Box::new(problem_from_json(StatusCode::NOT_FOUND, &v))).to_string(),
-            "error: 404 not_found: Not Found"
+            e.to_string(),
+            "error: Not Found (404 not_found)\n\
+             hint: check the name or id; `kubeforge clusters list` shows the clusters this token sees"
         );
+        assert_eq!(e.exit_code(), EXIT_NOT_FOUND);
         let e = api_error(
             StatusCode::BAD_GATEWAY,
             "text/html",
             b"<h1>bad\ngateway</h1>",
         );
-        assert_eq!(
-            e.to_string(),
-            "error: 502: bad_gateway: <h1>bad gateway</h1>"
+        assert!(
+            e.to_string().starts_with(
+                "error: 502: bad_gateway: <h1>bad gateway</h1>\nhint: a service-side failure"
+            ),
+            "{e}"
         );
+        assert_eq!(e.exit_code(), EXIT_ERROR);
         let e = api_error(StatusCode::UNAUTHORIZED, "", b"");
-        assert_eq!(e.to_string(), "error: 401: unauthorized");
+        assert!(
+            e.to_string()
+                .starts_with("error: 401: unauthorized\nhint: the token is missing, expired"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), EXIT_AUTH);
+        for (status, code) in [
+            (403, EXIT_AUTH),
+            (409, EXIT_CONFLICT),
+            (412, EXIT_CONFLICT),
+            (400, EXIT_VALIDATION),
+            (500, EXIT_ERROR),
+        ] {
+            let e = api_error(StatusCode::from_u16(status).unwrap(), "", b"");
+            assert_eq!(e.exit_code(), code, "{status}");
+        }
+        assert_eq!(ClientError::NoToken.exit_code(), EXIT_AUTH);
+        let e: anyhow::Error = ClientError::WaitTimeout {
+            id: "x".into(),
+            state: "running".into(),
+            waited: "3s".into(),
+        }
+        .into();
+        assert_eq!(exit_code(&e.context("waiting")), EXIT_TIMEOUT);
+        assert_eq!(exit_code(&anyhow::anyhow!("other")), EXIT_ERROR);
     }
 
     #[test]
@@ -1839,14 +1967,19 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "error: 503 service_unavailable: no detail given"
+            "error: Service Unavailable (503 service_unavailable)\n\
+             detail: no detail given\n\
+             hint: a service-side failure: retry; if it persists, the service's log has the request"
         );
         let e = api_error(
             StatusCode::CONFLICT,
             "application/json",
             br#"{"code": "conflict", "detail": "in\u001b[2Juse", "field": ""}"#,
         );
-        assert_eq!(e.to_string(), "error: 409 conflict: in [2Juse");
+        assert_eq!(
+            e.to_string().lines().take(2).collect::<Vec<_>>(),
+            ["error: Conflict (409 conflict)", "detail: in [2Juse"]
+        );
         let p = problem_from_json(StatusCode::BAD_GATEWAY, &json!({"status": "x"}));
         assert_eq!(
             (p.type_.as_str(), p.title.as_str(), p.status, p.retryable),
@@ -2195,7 +2328,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "error: 422 validation_failed: pod_cidr overlaps service_cidr (field: network.pod_cidr)"
+            "error: Invalid (422 validation_failed)\n\
+             detail: pod_cidr overlaps service_cidr\n\
+             field: network.pod_cidr\n\
+             hint: correct network.pod_cidr and send the request again"
         );
         assert!(out.is_empty());
         let requests = server.await.unwrap();
@@ -2204,6 +2340,14 @@ mod tests {
         assert!(req.contains("authorization: bearer tok\r\n"));
         assert!(req.contains("idempotency-key: k-1\r\n"));
         assert!(req.contains(r#""name":"web""#));
+    }
+
+    fn no_wait() -> WaitArgs {
+        WaitArgs {
+            wait: false,
+            no_wait: true,
+            timeout: Duration::from_secs(60),
+        }
     }
 
     fn at(t: &str) -> DateTime<Utc> {
@@ -2428,6 +2572,7 @@ mod tests {
         let cmd = ClustersCmd::Delete {
             cluster: "web".into(),
             if_match: Some("\"e1\"".into()),
+            wait: no_wait(),
         };
         let mut out = Vec::new();
         run_clusters_to(&opts(&url, Output::Table), cmd, &mut out)
@@ -2456,6 +2601,8 @@ mod tests {
             cluster: "web".into(),
             pool: "default".into(),
             size: 4,
+            if_match: None,
+            wait: no_wait(),
         };
         let mut out = Vec::new();
         run_nodepools_to(&opts(&url, Output::Table), scale(), &mut out)

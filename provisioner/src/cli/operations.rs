@@ -386,7 +386,11 @@ pub(crate) async fn follow_events(
         writeln!(
             out,
             "{:<20}  {:<7}  {:<20}  {:<9}  {}",
-            EVENT_HEADERS[0], EVENT_HEADERS[1], EVENT_HEADERS[2], EVENT_HEADERS[3], EVENT_HEADERS[4]
+            EVENT_HEADERS[0],
+            EVENT_HEADERS[1],
+            EVENT_HEADERS[2],
+            EVENT_HEADERS[3],
+            EVENT_HEADERS[4]
         )?;
     }
     for e in first.items.iter().rev() {

@@ -13,8 +13,8 @@ use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use kubeforge_cluster::api::{
     AutoscalerStatusView, ClusterAccepted, ClusterView, EventView, HostCreated, HostView, Items,
-    MachineTypeView, MachineView, NodePoolAccepted, NodePoolView, OperationAccepted,
-    OperationView, Page, QuotaView,
+    MachineTypeView, MachineView, NodePoolAccepted, NodePoolView, OperationAccepted, OperationView,
+    Page, QuotaView,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -122,7 +122,6 @@ pub(crate) fn write_json(out: &mut impl Write, v: &impl Serialize) -> std::io::R
     let text = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)?;
     writeln!(out, "{text}")
 }
-
 
 /// A resource's name as `-o name` prints it.
 pub trait Named {

@@ -179,3 +179,77 @@ pub(crate) async fn wait_for(
         current = get_operation(api, &id).await?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubeforge_cluster::api::OperationError;
+    use uuid::Uuid;
+
+    fn op(steps: &[(&str, &str, Option<&str>)]) -> OperationView {
+        OperationView {
+            id: Uuid::from_u128(1),
+            cluster: Uuid::from_u128(2),
+            node_pool: None,
+            type_: "node_pool_update".into(),
+            state: "running".into(),
+            steps: steps
+                .iter()
+                .map(|(name, state, message)| Step {
+                    name: (*name).into(),
+                    state: (*state).into(),
+                    message: message.map(str::to_string),
+                    started_at: None,
+                    finished_at: None,
+                    error: (*state == "failed").then(|| OperationError {
+                        code: "drain_timeout".into(),
+                        message: "pod\x1b[2J web-1 blocked".into(),
+                        retryable: false,
+                    }),
+                })
+                .collect(),
+            error: None,
+            created_at: chrono::Utc::now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn one_line_per_step_transition() {
+        let mut t = StepTracker::new();
+        let mut out = Vec::new();
+        let polls = [
+            op(&[("machines", "pending", None), ("join", "pending", None)]),
+            op(&[("machines", "running", None), ("join", "pending", None)]),
+            op(&[("machines", "running", None), ("join", "pending", None)]),
+            op(&[
+                ("machines", "succeeded", None),
+                ("join", "running", Some("1/2 nodes")),
+            ]),
+            op(&[
+                ("machines", "succeeded", None),
+                ("join", "running", Some("2/2 nodes")),
+            ]),
+            op(&[("machines", "succeeded", None), ("join", "failed", None)]),
+        ];
+        for p in &polls {
+            t.report(p, &mut out);
+        }
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(|l| l.split_once("] ").unwrap().1)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "machines: running",
+                "machines: succeeded",
+                "join: running - 1/2 nodes",
+                "join: running - 2/2 nodes",
+                "join: failed (drain_timeout: pod [2J web-1 blocked)",
+            ]
+        );
+    }
+}
