@@ -31,8 +31,8 @@ struct Cli {
 /// Examples and exit codes, under `kubeforge --help`.
 const AFTER_HELP: &str = "\
 Client commands read KUBEFORGE_URL and KUBEFORGE_TOKEN (or --url, --token) and
-print -o table|json|yaml|name. create, scale and delete wait for their
-operation when stdout is a terminal (--wait / --no-wait choose).
+print -o table|json|yaml|name. create, update, scale and delete wait for
+their operation when stdout is a terminal (--wait / --no-wait choose).
 
 Examples:
   export KUBEFORGE_TOKEN=$(kubeforge token create --tenant acme --role admin)

@@ -23,6 +23,7 @@ use kubeforge_tests::{test_engine_config, TestApp};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -156,8 +157,12 @@ async fn the_cli_over_the_api() {
     expect(&r, 6);
     assert!(r.stdout.is_empty(), "{r:?}");
     let lines: Vec<&str> = r.stderr.lines().collect();
-    assert!(
-        lines[0].starts_with("error: ") && lines[0].contains("(422 validation_failed)"),
+    assert_eq!(
+        lines[..2],
+        [
+            "error: Invalid request (422 validation_failed)",
+            "detail: must be 1 or 3, not 2"
+        ],
         "{r:?}"
     );
     assert!(lines.contains(&"field: control_plane.replicas"), "{r:?}");
@@ -388,6 +393,33 @@ async fn the_cli_over_the_api() {
     let r = cli(&["clusters", "delete", "web", "--if-match", "\"0\"", "--wait"]).await;
     expect(&r, 5);
     assert!(r.stderr.contains("(412 "), "{r:?}");
+
+    // An operation that fails while waited for: its error, exit 7.
+    app.provider.fail_permanently.store(true, Ordering::SeqCst);
+    let r = cli(&[
+        "nodepools",
+        "create",
+        "web",
+        "extra",
+        "--size",
+        "1",
+        "--wait",
+        "--timeout",
+        "60s",
+    ])
+    .await;
+    app.provider.fail_permanently.store(false, Ordering::SeqCst);
+    expect(&r, 7);
+    assert!(r.stdout.is_empty(), "{r:?}");
+    assert!(
+        r.stderr.contains("error: operation ") && r.stderr.contains("(node_pool_create) failed: "),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains(": failed"), "the failed step: {r:?}");
+    assert!(
+        r.stderr.contains("\nhint: `kubeforge events list "),
+        "{r:?}"
+    );
 
     // nodepools delete --wait, then the pool is gone: 404, exit 4.
     let r = cli(&[

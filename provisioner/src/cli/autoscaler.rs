@@ -93,6 +93,8 @@ pub async fn run_autoscaler_to(
                 .call(Method::POST, url, HeaderMap::new(), body.as_ref())
                 .await?;
             match out_dir {
+                // The bundle is a document: JSON, or YAML if asked for.
+                None if opts.output == Output::Yaml => super::output::write_yaml(out, &creds)?,
                 None => write_json(out, &creds)?,
                 Some(dir) => {
                     for path in write_credentials(&dir, &creds)? {

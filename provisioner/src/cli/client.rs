@@ -1080,9 +1080,10 @@ pub enum ClientError {
     #[error("unexpected answer from {url}: {reason}")]
     BadResponse { url: String, reason: String },
     /// The operation waited for ended in `failed`.
-    #[error("error: operation {id} ({type_}) failed: {code}: {message}\nhint: {}", failed_hint(.retryable))]
+    #[error("error: operation {id} ({type_}) failed: {code}: {message}\nhint: {}", failed_hint(*.retryable, cluster, id))]
     OperationFailed {
         id: String,
+        cluster: String,
         type_: String,
         code: String,
         message: String,
@@ -1197,11 +1198,14 @@ fn hint(status: u16, field: &str) -> String {
     }
 }
 
-fn failed_hint(retryable: &bool) -> &'static str {
-    if *retryable {
-        "the failure may pass: `kubeforge events list CLUSTER` shows what happened; retry the command"
+fn failed_hint(retryable: bool, cluster: &str, id: &str) -> String {
+    let look = format!(
+        "`kubeforge events list {cluster}` and `kubeforge operations get {id}` show what happened"
+    );
+    if retryable {
+        format!("{look}; the failure may pass: retry the command")
     } else {
-        "`kubeforge events list CLUSTER` and `kubeforge operations get ID` show what happened"
+        look
     }
 }
 

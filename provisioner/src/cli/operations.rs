@@ -24,7 +24,7 @@ use super::client::{
     Table, NO_BODY,
 };
 use super::output::write_yaml;
-use super::wait::{get_operation, poll_interval, wait_for};
+use super::wait::{get_operation, operation_failed, poll_interval, wait_for};
 
 /// `kubeforge operations ...`
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -127,8 +127,12 @@ pub async fn run_operations_to(
     Ok(())
 }
 
-/// The step an operation is at: the running one, else the first pending.
+/// The step an operation is at: the running one, else the first pending;
+/// `-` once it has ended.
 fn current_step(op: &OperationView) -> String {
+    if !matches!(op.state.as_str(), "pending" | "running") {
+        return "-".into();
+    }
     op.steps
         .iter()
         .find(|s| s.state == "running")
@@ -293,8 +297,7 @@ fn event_row(e: &EventView) -> Vec<String> {
         time(&e.created_at),
         text(&e.type_),
         text(&e.reason),
-        e.operation
-            .map_or_else(|| "-".into(), |o| o.to_string()[..8].to_string()),
+        e.operation.map_or_else(|| "-".into(), |o| o.to_string()),
         text(&e.message),
     ]
 }
@@ -329,7 +332,7 @@ fn write_followed(out: &mut impl Write, format: Output, e: &EventView) -> std::i
             let row = event_row(e);
             writeln!(
                 out,
-                "{}  {:<7}  {:<20}  {:<9}  {}",
+                "{}  {:<7}  {:<20}  {:<36}  {}",
                 row[0], row[1], row[2], row[3], row[4]
             )?;
         }
@@ -385,7 +388,7 @@ pub(crate) async fn follow_events(
     if format == Output::Table {
         writeln!(
             out,
-            "{:<20}  {:<7}  {:<20}  {:<9}  {}",
+            "{:<27}  {:<7}  {:<20}  {:<36}  {}",
             EVENT_HEADERS[0],
             EVENT_HEADERS[1],
             EVENT_HEADERS[2],
@@ -416,18 +419,7 @@ pub(crate) async fn follow_events(
         }
         if let Some(op) = ended {
             if op.state == "failed" {
-                let (code, message, retryable) = op.error.as_ref().map_or_else(
-                    || ("unknown".into(), "no error recorded".into(), false),
-                    |e| (sanitize(&e.code), sanitize(&e.message), e.retryable),
-                );
-                return Err(ClientError::OperationFailed {
-                    id: op.id.to_string(),
-                    type_: sanitize(&op.type_),
-                    code,
-                    message,
-                    retryable,
-                }
-                .into());
+                return Err(operation_failed(&op).into());
             }
             return Ok(());
         }

@@ -12,9 +12,9 @@ use std::io::Write;
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use kubeforge_cluster::api::{
-    AutoscalerStatusView, ClusterAccepted, ClusterView, EventView, HostCreated, HostView, Items,
-    MachineTypeView, MachineView, NodePoolAccepted, NodePoolView, OperationAccepted, OperationView,
-    Page, QuotaView,
+    AutoscalerStatusView, ClusterAccepted, ClusterView, CredentialsRevoked, EventView, HostCreated,
+    HostView, Items, MachineTypeView, MachineView, NodePoolAccepted, NodePoolView,
+    OperationAccepted, OperationView, Page, QuotaView, TokenRevoked,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -207,6 +207,18 @@ impl Named for NodePoolAccepted {
 }
 
 impl Named for OperationAccepted {
+    fn names(&self) -> Vec<String> {
+        self.operation.names()
+    }
+}
+
+impl Named for TokenRevoked {
+    fn names(&self) -> Vec<String> {
+        vec![named("token", &self.jti)]
+    }
+}
+
+impl Named for CredentialsRevoked {
     fn names(&self) -> Vec<String> {
         self.operation.names()
     }

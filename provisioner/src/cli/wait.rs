@@ -120,6 +120,22 @@ impl StepTracker {
     }
 }
 
+/// The error for an operation that ended `failed`.
+pub fn operation_failed(op: &OperationView) -> ClientError {
+    let (code, message, retryable) = op.error.as_ref().map_or_else(
+        || ("unknown".into(), "no error recorded".into(), false),
+        |e| (sanitize(&e.code), sanitize(&e.message), e.retryable),
+    );
+    ClientError::OperationFailed {
+        id: op.id.to_string(),
+        cluster: op.cluster.to_string(),
+        type_: sanitize(&op.type_),
+        code,
+        message,
+        retryable,
+    }
+}
+
 /// Reads an operation.
 pub(crate) async fn get_operation(api: &Api, id: &str) -> Result<OperationView, ClientError> {
     let url = api.url(&["operations", id])?;
@@ -151,20 +167,7 @@ pub(crate) async fn wait_for(
                 let _ = writeln!(progress, "operation {id} succeeded");
                 return Ok(current);
             }
-            "failed" => {
-                let (code, message, retryable) = current
-                    .error
-                    .as_ref()
-                    .map(|e| (sanitize(&e.code), sanitize(&e.message), e.retryable))
-                    .unwrap_or_else(|| ("unknown".into(), "no error recorded".into(), false));
-                return Err(ClientError::OperationFailed {
-                    id,
-                    type_: sanitize(&current.type_),
-                    code,
-                    message,
-                    retryable,
-                });
-            }
+            "failed" => return Err(operation_failed(&current)),
             _ => {}
         }
         let now = Instant::now();
