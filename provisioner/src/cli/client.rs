@@ -2695,6 +2695,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_wait_rides_out_a_service_hiccup_but_not_a_refusal() {
+        std::env::set_var("KUBEFORGE_POLL_MS", "50");
+        let running = operation_view(7, "node_pool_update");
+        let mut done = running.clone();
+        done.state = "succeeded".into();
+        done.steps[0].state = "succeeded".into();
+        let unavailable = response(
+            "503 Service Unavailable",
+            "application/problem+json",
+            r#"{"title":"Unavailable","status":503,"code":"unavailable","detail":"db","retryable":true}"#,
+        );
+        let (url, server) = serve(vec![unavailable, ok_json(&done)]).await;
+        let api = Api::new(&opts(&url, Output::Table)).unwrap();
+        let mut progress = Vec::new();
+        let op = wait_for(&api, &running, Duration::from_secs(30), &mut progress)
+            .await
+            .unwrap();
+        assert_eq!(op.state, "succeeded");
+        let progress = String::from_utf8(progress).unwrap();
+        assert!(
+            progress.contains(
+                "reading the operation failed (error: Unavailable (503 unavailable)); retrying"
+            ),
+            "{progress}"
+        );
+        assert!(progress.contains("] finalize: succeeded"), "{progress}");
+        let requests = server.await.unwrap();
+        assert!(requests
+            .iter()
+            .all(|r| r.starts_with(&format!("GET /v1/operations/{} ", running.id))));
+
+        let not_found = response(
+            "404 Not Found",
+            "application/problem+json",
+            r#"{"title":"Not Found","status":404,"code":"not_found","detail":"gone","retryable":false}"#,
+        );
+        let (url, _server) = serve(vec![not_found]).await;
+        let api = Api::new(&opts(&url, Output::Table)).unwrap();
+        let err = wait_for(&api, &running, Duration::from_secs(30), &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_NOT_FOUND);
+    }
+
+    #[tokio::test]
     async fn an_answer_of_the_wrong_shape_is_an_error() {
         let (url, _server) = serve(vec![response(
             "200 OK",

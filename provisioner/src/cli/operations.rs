@@ -486,3 +486,55 @@ pub async fn run_machines_to(
     t.write(out)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::admin::{HostsCmd, QuotasCmd};
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Cmd {
+        #[command(subcommand)]
+        Operations(OperationsCmd),
+        #[command(subcommand)]
+        Events(EventsCmd),
+        #[command(subcommand)]
+        Machines(MachinesCmd),
+        #[command(subcommand)]
+        Hosts(HostsCmd),
+        #[command(subcommand)]
+        Quotas(QuotasCmd),
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(std::iter::once("kf").chain(args.iter().copied()));
+        assert!(parse(&["events", "list", "web", "--operation", "x"]).is_err());
+        assert!(parse(&["events", "list", "web", "--follow", "--all"]).is_err());
+        assert!(parse(&[
+            "events",
+            "list",
+            "web",
+            "-f",
+            "--operation",
+            "x",
+            "-o",
+            "name"
+        ])
+        .is_ok());
+        assert!(parse(&["hosts", "register", "--address", "a", "--host-key", "k"]).is_err());
+        assert!(parse(&["quotas", "set", "acme"]).is_err());
+        assert!(parse(&["quotas", "set", "acme", "--max-nodes", "3"]).is_ok());
+    }
+}

@@ -8,7 +8,9 @@
 //! when the operation does: `succeeded` returns it, `failed` is
 //! [`ClientError::OperationFailed`], and a wait longer than `--timeout` is
 //! [`ClientError::WaitTimeout`] (the operation itself goes on). Each has
-//! its exit code (see [`super::client::exit_code`]).
+//! its exit code (see [`super::client::exit_code`]). A read that fails
+//! for a moment (the service unreachable or answering 5xx/429) is retried
+//! a few times before the wait gives up.
 //!
 //! Whether a command waits when neither flag is given depends on where its
 //! output goes: a person at a terminal gets the wait, a script (stdout a
@@ -179,7 +181,46 @@ pub(crate) async fn wait_for(
             });
         }
         tokio::time::sleep(poll_interval().min(deadline - now)).await;
-        current = get_operation(api, &id).await?;
+        current = read_patiently(api, &id, deadline, progress).await?;
+    }
+}
+
+/// Consecutive failed reads a wait rides out before giving up.
+const READ_RETRIES: u32 = 5;
+
+/// Whether a failed read may pass: the service unreachable for a moment,
+/// restarting, or busy.
+fn transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. } => true,
+        ClientError::Api(p) => p.status == 429 || p.status >= 500,
+        ClientError::Status { status, .. } => *status == 429 || *status >= 500,
+        _ => false,
+    }
+}
+
+/// Reads the operation, riding out up to [`READ_RETRIES`] transient
+/// failures in a row (a service restart mid-wait is not the operation
+/// failing), each reported on `progress`.
+async fn read_patiently(
+    api: &Api,
+    id: &str,
+    deadline: Instant,
+    progress: &mut dyn Write,
+) -> Result<OperationView, ClientError> {
+    let mut failures = 0;
+    loop {
+        match get_operation(api, id).await {
+            Ok(op) => return Ok(op),
+            Err(e) if transient(&e) && failures < READ_RETRIES && Instant::now() < deadline => {
+                failures += 1;
+                let first = e.to_string();
+                let first = first.lines().next().unwrap_or_default();
+                let _ = writeln!(progress, "reading the operation failed ({first}); retrying");
+                tokio::time::sleep(poll_interval() * 2u32.pow(failures)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
