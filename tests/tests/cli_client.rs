@@ -6,9 +6,10 @@
 //! `the_cli_over_the_api` uses the TEST DOUBLE provider (machines exist as
 //! soon as they are created; without machine access a control plane never
 //! comes up, so a cluster create stays running): waits that end (scale,
-//! pool update, pool and cluster delete) and one that times out, the
-//! output formats (JSON and YAML parsed by real parsers), exit codes and
-//! problem errors. `create_wait_ends_with_the_ready_cluster` runs on the
+//! pool update, pool and cluster delete), one that times out and one whose
+//! operation fails, `events list --follow` ending with an operation, the
+//! output formats (JSON and YAML parsed by real parsers), machines, quotas
+//! and hosts, exit codes and problem errors. `create_wait_ends_with_the_ready_cluster` runs on the
 //! lab (root, `scripts/build-lab-image`, `scripts/build-kube`): `clusters
 //! create` waits until the cluster is ready and prints it.
 //!
@@ -388,6 +389,46 @@ async fn the_cli_over_the_api() {
         .await;
     expect(&r, 0);
     assert_eq!(r.json()["items"], serde_json::json!([]));
+
+    // Hosts: the credential comes from a file, and never comes back.
+    let secret_dir = std::env::temp_dir().join(format!("kf-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let password_file = secret_dir.join("password");
+    std::fs::write(&password_file, "Tr0ub4dor-and-3-horses\n").unwrap();
+    let register = [
+        "hosts",
+        "register",
+        "--address",
+        "192.0.2.50",
+        "--password-file",
+        password_file.to_str().unwrap(),
+        "--host-key",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIECs8RC9oOFHzT7eV0hhVjweTNpUKq72quyZrEZ+4sYV",
+        "--label",
+        "rack=r1",
+        "-o",
+        "json",
+    ];
+    let r = served.cli(&platform, &register).await;
+    std::fs::remove_dir_all(&secret_dir).unwrap();
+    expect(&r, 0);
+    assert!(!r.stdout.contains("horses"), "{r:?}");
+    let host = r.json()["host"].clone();
+    assert_eq!(host["credential_kind"], "password", "{host}");
+    assert_eq!(host["labels"], serde_json::json!({"rack": "r1"}));
+    let host_id = host["id"].as_str().unwrap().to_string();
+    let r = served
+        .cli(&platform, &["hosts", "list", "-o", "name"])
+        .await;
+    assert_eq!(r.stdout, format!("host/{host_id}\n"), "{r:?}");
+    // Hosts are for platform admins only.
+    expect(&served.cli(&admin, &["hosts", "list"]).await, 3);
+    let r = served.cli(&platform, &["hosts", "delete", &host_id]).await;
+    expect(&r, 0);
+    expect(
+        &served.cli(&platform, &["hosts", "delete", &host_id]).await,
+        4,
+    );
 
     // A stale etag: refused, exit 5.
     let r = cli(&["clusters", "delete", "web", "--if-match", "\"0\"", "--wait"]).await;
