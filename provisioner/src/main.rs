@@ -5,14 +5,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use kubeforge::cli::admin::{self, HostsCmd, QuotasCmd};
 use kubeforge::cli::autoscaler::{self, AutoscalerCmd};
 use kubeforge::cli::client::{self, ClientOpts, ClustersCmd, KubeconfigArgs, NodePoolsCmd};
+use kubeforge::cli::operations::{self, EventsCmd, MachinesCmd, OperationsCmd};
 use kubeforge::context::Role;
 use kubeforge::server::{self, ServeOptions};
 use kubeforge::state::LabTenants;
 
 #[derive(Parser)]
-#[command(name = "kubeforge", version, about = "Self-hosted managed Kubernetes")]
+#[command(
+    name = "kubeforge",
+    version,
+    about = "Self-hosted managed Kubernetes",
+    after_help = AFTER_HELP
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value = "human")]
@@ -20,6 +27,32 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// Examples and exit codes, under `kubeforge --help`.
+const AFTER_HELP: &str = "\
+Client commands read KUBEFORGE_URL and KUBEFORGE_TOKEN (or --url, --token) and
+print -o table|json|yaml|name. create, update, scale and delete wait for
+their operation when stdout is a terminal (--wait / --no-wait choose).
+
+Examples:
+  export KUBEFORGE_TOKEN=$(kubeforge token create --tenant acme --role admin)
+  kubeforge clusters create web --node-pool default:2
+  kubeforge nodepools scale web default 4
+  kubeforge nodepools update web default --min 1 --max 6
+  kubeforge events list web --follow
+  kubeforge operations wait $(kubeforge clusters delete web --no-wait -o name | cut -d/ -f2)
+  kubeforge kubeconfig web > web.kubeconfig
+
+Exit codes:
+  0  success
+  1  any other error (the service unreachable, an unexpected answer)
+  2  usage: bad flags or arguments
+  3  authentication or permission (401, 403; no token)
+  4  not found (404)
+  5  refused: conflict or stale etag (409, 412)
+  6  validation: the request was invalid (400, 422)
+  7  the operation waited for failed
+  8  the wait timed out (the operation goes on)";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -206,6 +239,41 @@ enum Command {
         client: ClientOpts,
         #[command(subcommand)]
         command: NodePoolsCmd,
+    },
+    /// Operations: what a create, update or delete is doing; wait for one.
+    Operations {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: OperationsCmd,
+    },
+    /// A cluster's events; --follow prints new ones as they happen.
+    Events {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: EventsCmd,
+    },
+    /// A cluster's machines.
+    Machines {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: MachinesCmd,
+    },
+    /// Hosts for the ssh provider (platform admin).
+    Hosts {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: HostsCmd,
+    },
+    /// Tenant quotas (set: platform admin).
+    Quotas {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: QuotasCmd,
     },
     /// Development: the private PostgreSQL the test suite uses.
     #[command(hide = true)]
@@ -454,6 +522,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Clusters { client, command } => client::run_clusters(&client, command).await,
         Command::Nodepools { client, command } => client::run_nodepools(&client, command).await,
+        Command::Operations { client, command } => {
+            operations::run_operations(&client, command).await
+        }
+        Command::Events { client, command } => operations::run_events(&client, command).await,
+        Command::Machines { client, command } => operations::run_machines(&client, command).await,
+        Command::Hosts { client, command } => admin::run_hosts(&client, command).await,
+        Command::Quotas { client, command } => admin::run_quotas(&client, command).await,
         Command::Kubeconfig { client, args } => client::run_kubeconfig(&client, args).await,
         Command::Autoscaler { client, command } => {
             autoscaler::run_autoscaler(&client, command).await
@@ -474,7 +549,7 @@ async fn main() -> ExitCode {
             } else {
                 eprintln!("error: {msg}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(client::exit_code(&e))
         }
     }
 }

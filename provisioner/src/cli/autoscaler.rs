@@ -28,8 +28,8 @@ use reqwest::header::HeaderMap;
 use reqwest::Method;
 
 use super::client::{
-    opt_text, parse_ttl, text, time, write_json, write_stdout, Api, ClientOpts, Output, Table,
-    NO_BODY,
+    emit, opt_text, parse_ttl, text, time, write_json, write_stdout, Api, ClientOpts, Output,
+    Table, NO_BODY,
 };
 
 /// `kubeforge autoscaler ...`
@@ -93,6 +93,8 @@ pub async fn run_autoscaler_to(
                 .call(Method::POST, url, HeaderMap::new(), body.as_ref())
                 .await?;
             match out_dir {
+                // The bundle is a document: JSON, or YAML if asked for.
+                None if opts.output == Output::Yaml => super::output::write_yaml(out, &creds)?,
                 None => write_json(out, &creds)?,
                 Some(dir) => {
                     for path in write_credentials(&dir, &creds)? {
@@ -201,8 +203,8 @@ pub fn print_machine_types(
     format: Output,
     list: &Items<MachineTypeView>,
 ) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, list);
+    if emit(out, format, list)? {
+        return Ok(());
     }
     let mut t = Table::new(&[
         "NAME",
@@ -251,8 +253,8 @@ pub fn print_autoscaler_status(
     format: Output,
     s: &AutoscalerStatusView,
 ) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, s);
+    if emit(out, format, s)? {
+        return Ok(());
     }
     let mut t = Table::new(&["MODE", "OBSERVED", "PENDING PODS"]);
     t.row(vec![

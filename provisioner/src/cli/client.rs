@@ -1,13 +1,17 @@
-//! The `kubeforge clusters | nodepools | kubeconfig` client commands.
+//! The `kubeforge clusters | nodepools | kubeconfig` client commands, and
+//! what every client command shares: the connection options, the HTTP
+//! client, errors and exit codes.
 //!
 //! These subcommands let people and scripts use the Kubeforge HTTP API
 //! (`/v1`, see `API.md`) without hand-written `curl` calls. This module
 //! holds the clap argument types and turns them into requests. Requests
 //! and answers are the API's own types ([`kubeforge_cluster::api`]), the
 //! ones the service serializes, so client and service agree on the JSON. The
-//! answers are rendered either as aligned tables (`-o table`, the default)
-//! or as pretty-printed JSON (`-o json`: the answer serialized again, keys
-//! sorted, which is the server's JSON when both run the same version).
+//! answers are rendered as aligned tables (`-o table`, the default), as
+//! pretty-printed JSON or YAML (`-o json|yaml`: the answer serialized
+//! again, keys sorted) or as `kind/name` lines (`-o name`); see
+//! [`super::output`]. Create, update, scale and delete wait for their
+//! operation when asked to, or by default at a terminal ([`super::wait`]).
 //!
 //! Guarantees:
 //! - Every request carries `Authorization: Bearer <token>`; without a
@@ -16,9 +20,13 @@
 //!   match `[A-Za-z0-9._-]+` (and not be `.` or `..`) and is then added
 //!   as one encoded segment; query values are form-encoded.
 //! - A non-2xx answer becomes an error. An `application/problem+json`
-//!   body is rendered as `error: 422 validation_failed: <detail> (field:
-//!   network.pod_cidr)`, whatever fields it lacks; anything else as the
-//!   status and a short excerpt.
+//!   body is rendered on separate lines: `error: <title> (422
+//!   validation_failed)`, `detail: ...`, `field: network.pod_cidr` and a
+//!   `hint:` on what to do, whatever fields it lacks; anything else as
+//!   the status, a short excerpt and a hint.
+//! - Each kind of failure has its exit code ([`ClientError::exit_code`]):
+//!   auth 3, not found 4, conflict 5, validation 6, operation failed 7,
+//!   wait timed out 8, usage 2, anything else 1.
 //! - Text that comes from the server is stripped of control characters
 //!   before it reaches a terminal as a table cell or an error message.
 //! - Output is produced only once the whole command has succeeded, so a
@@ -35,7 +43,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, SecondsFormat, Utc};
 use kubeforge_cluster::api::{
     AutoscalerSettingsRequest, ClusterAccepted, ClusterView, ControlPlaneRequest,
     CreateClusterRequest, CreateNodePoolRequest, Items, KubeconfigRequest, NetworkRequest,
@@ -48,6 +55,11 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
+
+use super::wait::{wait_for, WaitArgs};
+
+pub use super::output::{emit, Output, Table};
+pub(crate) use super::output::{opt_text, sanitize, text, time, write_json, write_stdout};
 
 /// Connection options shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,15 +78,6 @@ pub struct ClientOpts {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     pub output: Output,
-}
-
-/// How responses are rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// Aligned columns, for people.
-    Table,
-    /// The response JSON, pretty-printed, for scripts.
-    Json,
 }
 
 /// `kubeforge clusters ...`
@@ -105,11 +108,20 @@ pub enum ClustersCmd {
         /// Cluster name or id.
         cluster: String,
     },
-    /// Change a cluster's autoscaler settings or deletion protection
-    /// (PATCH /v1/clusters/{cluster}); settings not named stay as they are.
+    /// Change a cluster's labels, autoscaler settings or deletion
+    /// protection (PATCH /v1/clusters/{cluster}); settings not named stay
+    /// as they are.
+    #[command(after_help = CLUSTERS_UPDATE_EXAMPLES)]
     Update {
         /// Cluster name or id.
         cluster: String,
+        /// Replace the cluster's labels with these, as key=value
+        /// (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label, conflicts_with = "clear_labels")]
+        labels: Vec<(String, String)>,
+        /// Remove every label.
+        #[arg(long)]
+        clear_labels: bool,
         /// An autoscaler setting as key=value (repeatable), e.g. mode=off,
         /// expander=priority, scale_down_unneeded_seconds=300.
         #[arg(long = "autoscaler", value_name = "KEY=VALUE", value_parser = parse_autoscaler_setting)]
@@ -120,19 +132,60 @@ pub enum ClustersCmd {
         /// Only update if the cluster's etag still matches (412 otherwise).
         #[arg(long)]
         if_match: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Delete a cluster (202: deletion runs as an operation).
+    #[command(after_help = CLUSTERS_DELETE_EXAMPLES)]
     Delete {
         /// Cluster name or id.
         cluster: String,
         /// Only delete if the cluster's etag still matches (412 otherwise).
         #[arg(long)]
         if_match: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
 }
 
+const CLUSTERS_CREATE_EXAMPLES: &str = "\
+Examples:
+  kubeforge clusters create web --node-pool default:2
+  kubeforge clusters create web --node-pool default:2 --node-pool gpu:1:large --label team=web
+  kubeforge clusters create --file cluster.json --no-wait -o json
+  kubeforge clusters create web --control-plane-replicas 3 --timeout 20m";
+
+const CLUSTERS_UPDATE_EXAMPLES: &str = "\
+Examples:
+  kubeforge clusters update web --deletion-protection true
+  kubeforge clusters update web --label team=web --label env=prod
+  kubeforge clusters update web --autoscaler mode=off";
+
+const CLUSTERS_DELETE_EXAMPLES: &str = "\
+Examples:
+  kubeforge clusters delete web
+  kubeforge clusters delete web --no-wait -o name";
+
+const NODEPOOLS_CREATE_EXAMPLES: &str = "\
+Examples:
+  kubeforge nodepools create web batch --size 3 --machine-type medium
+  kubeforge nodepools create web burst --min 0 --max 5 --taint spot:NoSchedule
+  kubeforge nodepools create web gpu --size 1 --label accel=gpu --no-wait";
+
+const NODEPOOLS_UPDATE_EXAMPLES: &str = "\
+Examples:
+  kubeforge nodepools update web default --min 1 --max 6
+  kubeforge nodepools update web default --no-autoscaling --size 2
+  kubeforge nodepools update web default --drain-timeout 120 --repair-after 600";
+
+const NODEPOOLS_SCALE_EXAMPLES: &str = "\
+Examples:
+  kubeforge nodepools scale web default 4
+  kubeforge nodepools scale web default 0 --no-wait";
+
 /// Flags of `kubeforge clusters create`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = CLUSTERS_CREATE_EXAMPLES)]
 pub struct ClusterCreateArgs {
     /// Cluster name (a DNS-1123 label). Optional with --file.
     #[arg(required_unless_present = "file")]
@@ -174,6 +227,8 @@ pub struct ClusterCreateArgs {
     /// Send this JSON file as the create body; the other spec flags are ignored.
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// A `--node-pool name:size[:machine_type]` flag.
@@ -190,6 +245,7 @@ pub enum NodePoolsCmd {
     /// Add a node pool to a cluster.
     Create(NodePoolCreateArgs),
     /// Set a pool's desired size.
+    #[command(after_help = NODEPOOLS_SCALE_EXAMPLES)]
     Scale {
         /// Cluster name or id.
         cluster: String,
@@ -197,13 +253,27 @@ pub enum NodePoolsCmd {
         pool: String,
         /// Desired node count.
         size: u32,
+        /// Only scale if the pool's etag still matches (412 otherwise).
+        #[arg(long)]
+        if_match: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
+    /// Change a pool's size, autoscaling bounds, drain timeout or
+    /// auto-repair (PATCH); what is not named stays as it is. Labels and
+    /// taints are fixed at creation.
+    Update(NodePoolUpdateArgs),
     /// Delete a node pool (202: runs as an operation).
     Delete {
         /// Cluster name or id.
         cluster: String,
         /// Pool name.
         pool: String,
+        /// Only delete if the pool's etag still matches (412 otherwise).
+        #[arg(long)]
+        if_match: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// List a cluster's node pools.
     List {
@@ -219,8 +289,52 @@ pub enum NodePoolsCmd {
     },
 }
 
+/// Flags of `kubeforge nodepools update`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = NODEPOOLS_UPDATE_EXAMPLES)]
+pub struct NodePoolUpdateArgs {
+    /// Cluster name or id.
+    pub cluster: String,
+    /// Pool name.
+    pub pool: String,
+    /// Desired node count.
+    #[arg(long)]
+    pub size: Option<u32>,
+    /// Autoscaling lower bound (needs --max): turns autoscaling on, or
+    /// moves its bounds.
+    #[arg(long, requires = "max")]
+    pub min: Option<u32>,
+    /// Autoscaling upper bound (needs --min).
+    #[arg(long, requires = "min")]
+    pub max: Option<u32>,
+    /// Rank of the pool for the `priority` expander (with --min/--max;
+    /// default 0).
+    #[arg(long, requires = "min", allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Turn autoscaling off (the size stays where it is unless --size).
+    #[arg(long, conflicts_with_all = ["min", "max"])]
+    pub no_autoscaling: bool,
+    /// Seconds to wait for a node's pods to be evicted before removing it
+    /// anyway (0-3600).
+    #[arg(long = "drain-timeout", value_name = "SECONDS")]
+    pub drain_timeout: Option<u32>,
+    /// Replace a node after it has been unhealthy this many seconds
+    /// (10-86400); turns auto-repair on.
+    #[arg(long, value_name = "SECONDS", conflicts_with = "no_auto_repair")]
+    pub repair_after: Option<u32>,
+    /// Never replace unhealthy nodes automatically.
+    #[arg(long)]
+    pub no_auto_repair: bool,
+    /// Only update if the pool's etag still matches (412 otherwise).
+    #[arg(long)]
+    pub if_match: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
 /// Flags of `kubeforge nodepools create`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = NODEPOOLS_CREATE_EXAMPLES)]
 pub struct NodePoolCreateArgs {
     /// Cluster name or id.
     pub cluster: String,
@@ -259,6 +373,8 @@ pub struct NodePoolCreateArgs {
     /// Never replace unhealthy nodes automatically.
     #[arg(long)]
     pub no_auto_repair: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// `kubeforge kubeconfig CLUSTER [--role viewer] [--ttl 1h]`
@@ -319,14 +435,6 @@ pub async fn run_kubeconfig(opts: &ClientOpts, args: KubeconfigArgs) -> anyhow::
     write_stdout(&buf)
 }
 
-pub(crate) fn write_stdout(buf: &[u8]) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(buf)
-        .and_then(|()| stdout.flush())
-        .context("writing to stdout")
-}
-
 /// [`run_clusters`], writing to `out`.
 pub async fn run_clusters_to(
     opts: &ClientOpts,
@@ -343,7 +451,12 @@ pub async fn run_clusters_to(
             }
             let url = api.url(&["clusters"])?;
             let answer: ClusterAccepted = api.call(Method::POST, url, headers, Some(&body)).await?;
-            print_accepted(out, opts.output, &answer)?;
+            if args.wait.enabled() {
+                let view = finish_cluster(&api, &answer, &args.wait).await?;
+                print_cluster(out, opts.output, &view)?;
+            } else {
+                print_accepted(out, opts.output, &answer)?;
+            }
         }
         ClustersCmd::List {
             phase,
@@ -356,43 +469,104 @@ pub async fn run_clusters_to(
             print_cluster_list(out, opts.output, &page)?;
         }
         ClustersCmd::Get { cluster } => {
-            let url = api.url(&["clusters", &cluster])?;
-            let view: ClusterView = api
-                .call(Method::GET, url, HeaderMap::new(), NO_BODY)
-                .await?;
+            let view = get_cluster(&api, &cluster).await?;
             print_cluster(out, opts.output, &view)?;
         }
         ClustersCmd::Update {
             cluster,
+            labels,
+            clear_labels,
             autoscaler,
             deletion_protection,
             if_match,
+            wait,
         } => {
+            let labels = if clear_labels {
+                Some(BTreeMap::new())
+            } else if labels.is_empty() {
+                None
+            } else {
+                Some(labels_map(&labels))
+            };
             let body = UpdateClusterRequest {
-                labels: None,
+                labels,
                 deletion_protection,
                 autoscaler: autoscaler_request(&autoscaler)?,
             };
-            let mut headers = HeaderMap::new();
-            if let Some(etag) = &if_match {
-                headers.insert(reqwest::header::IF_MATCH, header_value("--if-match", etag)?);
-            }
             let url = api.url(&["clusters", &cluster])?;
-            let answer: ClusterAccepted =
-                api.call(Method::PATCH, url, headers, Some(&body)).await?;
-            print_accepted(out, opts.output, &answer)?;
+            let answer: ClusterAccepted = api
+                .call(Method::PATCH, url, if_match_header(&if_match)?, Some(&body))
+                .await?;
+            if wait.enabled() {
+                let view = finish_cluster(&api, &answer, &wait).await?;
+                print_cluster(out, opts.output, &view)?;
+            } else {
+                print_accepted(out, opts.output, &answer)?;
+            }
         }
-        ClustersCmd::Delete { cluster, if_match } => {
-            let mut headers = HeaderMap::new();
-            if let Some(etag) = &if_match {
-                headers.insert(reqwest::header::IF_MATCH, header_value("--if-match", etag)?);
-            }
+        ClustersCmd::Delete {
+            cluster,
+            if_match,
+            wait,
+        } => {
             let url = api.url(&["clusters", &cluster])?;
-            let answer: OperationAccepted = api.call(Method::DELETE, url, headers, NO_BODY).await?;
-            print_accepted(out, opts.output, &answer)?;
+            let answer: OperationAccepted = api
+                .call(Method::DELETE, url, if_match_header(&if_match)?, NO_BODY)
+                .await?;
+            if wait.enabled() {
+                let op = wait_for(
+                    &api,
+                    &answer.operation,
+                    wait.timeout,
+                    &mut std::io::stderr(),
+                )
+                .await?;
+                print_accepted(out, opts.output, &OperationAccepted { operation: op })?;
+            } else {
+                print_accepted(out, opts.output, &answer)?;
+            }
         }
     }
     Ok(())
+}
+
+/// Waits for a cluster's operation, then reads the cluster as it ended up.
+async fn finish_cluster(
+    api: &Api,
+    answer: &ClusterAccepted,
+    wait: &WaitArgs,
+) -> Result<ClusterView, ClientError> {
+    wait_for(api, &answer.operation, wait.timeout, &mut std::io::stderr()).await?;
+    get_cluster(api, &answer.cluster.id.to_string()).await
+}
+
+/// Waits for a pool's operation, then reads the pool as it ended up.
+async fn finish_pool(
+    api: &Api,
+    cluster: &str,
+    answer: &NodePoolAccepted,
+    wait: &WaitArgs,
+) -> Result<NodePoolView, ClientError> {
+    wait_for(api, &answer.operation, wait.timeout, &mut std::io::stderr()).await?;
+    get_pool(api, cluster, &answer.node_pool.name).await
+}
+
+async fn get_cluster(api: &Api, cluster: &str) -> Result<ClusterView, ClientError> {
+    let url = api.url(&["clusters", cluster])?;
+    api.call(Method::GET, url, HeaderMap::new(), NO_BODY).await
+}
+
+async fn get_pool(api: &Api, cluster: &str, pool: &str) -> Result<NodePoolView, ClientError> {
+    let url = api.url(&["clusters", cluster, "node-pools", pool])?;
+    api.call(Method::GET, url, HeaderMap::new(), NO_BODY).await
+}
+
+fn if_match_header(if_match: &Option<String>) -> Result<HeaderMap, ClientError> {
+    let mut headers = HeaderMap::new();
+    if let Some(etag) = if_match {
+        headers.insert(reqwest::header::IF_MATCH, header_value("--if-match", etag)?);
+    }
+    Ok(headers)
 }
 
 /// [`run_nodepools`], writing to `out`.
@@ -409,12 +583,14 @@ pub async fn run_nodepools_to(
             let answer: NodePoolAccepted = api
                 .call(Method::POST, url, HeaderMap::new(), Some(&body))
                 .await?;
-            print_accepted(out, opts.output, &answer)?;
+            print_pool_answer(out, opts.output, &api, &args.cluster, &answer, &args.wait).await?;
         }
         NodePoolsCmd::Scale {
             cluster,
             pool,
             size,
+            if_match,
+            wait,
         } => {
             let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
             let body = UpdateNodePoolRequest {
@@ -422,16 +598,45 @@ pub async fn run_nodepools_to(
                 ..UpdateNodePoolRequest::default()
             };
             let answer: NodePoolAccepted = api
-                .call(Method::PATCH, url, HeaderMap::new(), Some(&body))
+                .call(Method::PATCH, url, if_match_header(&if_match)?, Some(&body))
                 .await?;
-            print_accepted(out, opts.output, &answer)?;
+            print_pool_answer(out, opts.output, &api, &cluster, &answer, &wait).await?;
         }
-        NodePoolsCmd::Delete { cluster, pool } => {
+        NodePoolsCmd::Update(args) => {
+            let body = node_pool_update_body(&args)?;
+            let url = api.url(&["clusters", &args.cluster, "node-pools", &args.pool])?;
+            let answer: NodePoolAccepted = api
+                .call(
+                    Method::PATCH,
+                    url,
+                    if_match_header(&args.if_match)?,
+                    Some(&body),
+                )
+                .await?;
+            print_pool_answer(out, opts.output, &api, &args.cluster, &answer, &args.wait).await?;
+        }
+        NodePoolsCmd::Delete {
+            cluster,
+            pool,
+            if_match,
+            wait,
+        } => {
             let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
             let answer: OperationAccepted = api
-                .call(Method::DELETE, url, HeaderMap::new(), NO_BODY)
+                .call(Method::DELETE, url, if_match_header(&if_match)?, NO_BODY)
                 .await?;
-            print_accepted(out, opts.output, &answer)?;
+            if wait.enabled() {
+                let op = wait_for(
+                    &api,
+                    &answer.operation,
+                    wait.timeout,
+                    &mut std::io::stderr(),
+                )
+                .await?;
+                print_accepted(out, opts.output, &OperationAccepted { operation: op })?;
+            } else {
+                print_accepted(out, opts.output, &answer)?;
+            }
         }
         NodePoolsCmd::List { cluster } => {
             let url = api.url(&["clusters", &cluster, "node-pools"])?;
@@ -441,12 +646,28 @@ pub async fn run_nodepools_to(
             print_pool_list(out, opts.output, &list)?;
         }
         NodePoolsCmd::Get { cluster, pool } => {
-            let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
-            let view: NodePoolView = api
-                .call(Method::GET, url, HeaderMap::new(), NO_BODY)
-                .await?;
+            let view = get_pool(&api, &cluster, &pool).await?;
             print_pool(out, opts.output, &view)?;
         }
+    }
+    Ok(())
+}
+
+/// A pool's accepted answer: waited for and the pool printed as it ended
+/// up, or printed as accepted.
+async fn print_pool_answer(
+    out: &mut impl Write,
+    format: Output,
+    api: &Api,
+    cluster: &str,
+    answer: &NodePoolAccepted,
+    wait: &WaitArgs,
+) -> anyhow::Result<()> {
+    if wait.enabled() {
+        let view = finish_pool(api, cluster, answer, wait).await?;
+        print_pool(out, format, &view)?;
+    } else {
+        print_accepted(out, format, answer)?;
     }
     Ok(())
 }
@@ -595,6 +816,51 @@ fn node_pool_body(args: &NodePoolCreateArgs) -> CreateNodePoolRequest {
         drain_timeout_seconds: args.drain_timeout,
         auto_repair,
     }
+}
+
+/// The PATCH body of `nodepools update`: only what the flags name.
+pub fn node_pool_update_body(args: &NodePoolUpdateArgs) -> anyhow::Result<UpdateNodePoolRequest> {
+    let autoscaling = if args.no_autoscaling {
+        Some(None)
+    } else {
+        args.min.zip(args.max).map(|(min, max)| {
+            Some(Autoscaling {
+                min,
+                max,
+                priority: args.priority.unwrap_or(0),
+            })
+        })
+    };
+    let auto_repair = if args.no_auto_repair {
+        Some(AutoRepair {
+            enabled: false,
+            ..AutoRepair::default()
+        })
+    } else {
+        args.repair_after.map(|after_seconds| AutoRepair {
+            enabled: true,
+            after_seconds,
+        })
+    };
+    let body = UpdateNodePoolRequest {
+        size: args.size,
+        autoscaling,
+        drain_timeout_seconds: args.drain_timeout,
+        auto_repair,
+    };
+    anyhow::ensure!(
+        body.size.is_some()
+            || body.autoscaling.is_some()
+            || body.drain_timeout_seconds.is_some()
+            || body.auto_repair.is_some(),
+        ClientError::BadArgument {
+            what: "nodepools update".into(),
+            reason: "nothing to change: give --size, --min/--max, --no-autoscaling, \
+                     --drain-timeout, --repair-after or --no-auto-repair"
+                .into(),
+        }
+    );
+    Ok(body)
 }
 
 // ---------------------------------------------------------------------------
@@ -795,7 +1061,8 @@ pub fn problem_from_json(status: StatusCode, v: &Value) -> Problem {
     }
 }
 
-/// Why a client command failed. `main` prints the message and exits non-zero.
+/// Why a client command failed. `main` prints the message and exits
+/// with [`ClientError::exit_code`].
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no token: set KUBEFORGE_TOKEN or pass --token")]
@@ -806,12 +1073,140 @@ pub enum ClientError {
     BadArgument { what: String, reason: String },
     #[error("cannot reach the Kubeforge API at {url}: {cause}")]
     Connect { url: String, cause: String },
-    #[error("error: {0}")]
+    #[error("{}", problem_text(.0))]
     Api(Box<Problem>),
-    #[error("error: {status}: {body}")]
+    #[error("error: {status}: {body}\nhint: {}", hint(*.status, ""))]
     Status { status: u16, body: String },
     #[error("unexpected answer from {url}: {reason}")]
     BadResponse { url: String, reason: String },
+    /// The operation waited for ended in `failed`.
+    #[error("error: operation {id} ({type_}) failed: {code}: {message}\nhint: {}", failed_hint(*.retryable, cluster, id))]
+    OperationFailed {
+        id: String,
+        cluster: String,
+        type_: String,
+        code: String,
+        message: String,
+        retryable: bool,
+    },
+    /// `--timeout` passed before the operation ended.
+    #[error("error: operation {id} still {state} after {waited}\nhint: it goes on in the service; `kubeforge operations wait {id}` waits again")]
+    WaitTimeout {
+        id: String,
+        state: String,
+        waited: String,
+    },
+}
+
+/// Exit codes of the client commands (documented in `kubeforge --help`
+/// and the README). clap's own usage errors exit with [`EXIT_USAGE`].
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_AUTH: u8 = 3;
+pub const EXIT_NOT_FOUND: u8 = 4;
+pub const EXIT_CONFLICT: u8 = 5;
+pub const EXIT_VALIDATION: u8 = 6;
+pub const EXIT_OPERATION_FAILED: u8 = 7;
+pub const EXIT_TIMEOUT: u8 = 8;
+
+/// The exit code for an HTTP status.
+fn status_exit_code(status: u16) -> u8 {
+    match status {
+        401 | 403 => EXIT_AUTH,
+        404 => EXIT_NOT_FOUND,
+        409 | 412 => EXIT_CONFLICT,
+        400 | 422 => EXIT_VALIDATION,
+        _ => EXIT_ERROR,
+    }
+}
+
+impl ClientError {
+    /// What the process exits with when this ends the command.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::NoToken => EXIT_AUTH,
+            ClientError::BadUrl { .. } | ClientError::BadArgument { .. } => EXIT_USAGE,
+            ClientError::Connect { .. } | ClientError::BadResponse { .. } => EXIT_ERROR,
+            ClientError::Api(p) => status_exit_code(p.status),
+            ClientError::Status { status, .. } => status_exit_code(*status),
+            ClientError::OperationFailed { .. } => EXIT_OPERATION_FAILED,
+            ClientError::WaitTimeout { .. } => EXIT_TIMEOUT,
+        }
+    }
+}
+
+/// The exit code for whatever ended a command: a [`ClientError`]
+/// anywhere in the chain decides, anything else is [`EXIT_ERROR`].
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<ClientError>())
+        .map_or(EXIT_ERROR, ClientError::exit_code)
+}
+
+/// A problem document on separate lines: the title with status and code,
+/// the detail, the field (when there is one) and what to try next.
+///
+/// ```text
+/// error: Validation failed (422 validation_failed)
+/// detail: pod_cidr overlaps service_cidr
+/// field: network.pod_cidr
+/// hint: correct network.pod_cidr and send the request again
+/// ```
+fn problem_text(p: &Problem) -> String {
+    let mut s = format!("error: {} ({} {})", p.title, p.status, p.code);
+    if p.detail != p.title {
+        s.push_str(&format!("\ndetail: {}", p.detail));
+    }
+    if let Some(field) = &p.field {
+        s.push_str(&format!("\nfield: {field}"));
+    }
+    let field = p.field.as_deref().unwrap_or("");
+    let mut h = hint(p.status, field);
+    if p.retryable && !(p.status == 429 || p.status >= 500) {
+        h.push_str("; the service says a retry may succeed");
+    }
+    s.push_str(&format!("\nhint: {h}"));
+    s
+}
+
+/// What to try after an error of this status.
+fn hint(status: u16, field: &str) -> String {
+    match status {
+        400 | 422 if !field.is_empty() => {
+            format!("correct {field} and send the request again")
+        }
+        400 | 422 => "correct the request and send it again (`--help` lists the flags)".into(),
+        401 => "the token is missing, expired or not signed by this service: mint one with \
+                `kubeforge token create` and set KUBEFORGE_TOKEN"
+            .into(),
+        403 => "the token's role may not do this: use a token with a stronger role \
+                (viewer < editor < admin < platform-admin)"
+            .into(),
+        404 => "check the name or id; `kubeforge clusters list` shows the clusters this token sees"
+            .into(),
+        409 => "the resource is busy or in a state that refuses this; \
+                `kubeforge operations list CLUSTER` shows what runs"
+            .into(),
+        412 => "the resource changed since its etag was read: get it again and retry with \
+                the new etag"
+            .into(),
+        429 => "too many requests: wait a moment and retry".into(),
+        s if s >= 500 => "a service-side failure: retry; if it persists, the service's log \
+                          has the request"
+            .into(),
+        _ => "see `kubeforge --help`".into(),
+    }
+}
+
+fn failed_hint(retryable: bool, cluster: &str, id: &str) -> String {
+    let look = format!(
+        "`kubeforge events list {cluster}` and `kubeforge operations get {id}` show what happened"
+    );
+    if retryable {
+        format!("{look}; the failure may pass: retry the command")
+    } else {
+        look
+    }
 }
 
 fn reason(status: StatusCode) -> String {
@@ -820,13 +1215,6 @@ fn reason(status: StatusCode) -> String {
         .unwrap_or("error")
         .to_ascii_lowercase()
         .replace(' ', "_")
-}
-
-/// Keeps server text from moving the cursor or injecting escape codes.
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -930,7 +1318,7 @@ impl Api {
     }
 
     /// Sends a request and returns the body of a 2xx answer.
-    async fn send<B: Serialize + ?Sized>(
+    pub(crate) async fn send<B: Serialize + ?Sized>(
         &self,
         method: Method,
         url: Url,
@@ -1083,82 +1471,6 @@ async fn list_clusters(
 // ---------------------------------------------------------------------------
 // Rendering
 
-/// A minimal table: left-aligned columns separated by two spaces,
-/// widths counted in characters, no trailing spaces.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    pub fn new(headers: &[&str]) -> Table {
-        Table {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    /// Adds a row; missing cells print as empty, extra cells are dropped.
-    pub fn row(&mut self, cells: Vec<String>) {
-        let mut cells: Vec<String> = cells.iter().map(|c| sanitize(c)).collect();
-        cells.resize(self.headers.len(), String::new());
-        self.rows.push(cells);
-    }
-
-    pub fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let width = |s: &str| s.chars().count();
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
-        for row in &self.rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(width(cell));
-            }
-        }
-        for row in std::iter::once(&self.headers).chain(&self.rows) {
-            let mut line = String::new();
-            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
-                if i > 0 {
-                    line.push_str("  ");
-                }
-                line.push_str(cell);
-                if i + 1 < row.len() {
-                    line.extend(std::iter::repeat_n(' ', w - width(cell)));
-                }
-            }
-            writeln!(out, "{}", line.trim_end())?;
-        }
-        Ok(())
-    }
-}
-
-/// Server text as a cell: `-` when empty.
-pub(crate) fn text(s: &str) -> String {
-    if s.is_empty() {
-        "-".into()
-    } else {
-        s.to_string()
-    }
-}
-
-/// Optional server text as a cell: `-` when absent or empty.
-pub(crate) fn opt_text(s: Option<&str>) -> String {
-    s.map_or_else(|| "-".into(), text)
-}
-
-/// A time as the JSON has it: RFC 3339 in UTC, fractions only when there
-/// are any.
-pub(crate) fn time(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-/// Pretty-printed JSON of an answer. It goes through a `Value`, so keys
-/// come out sorted, as they did when answers were passed through.
-pub(crate) fn write_json(out: &mut impl Write, v: &impl Serialize) -> std::io::Result<()> {
-    let v = serde_json::to_value(v).map_err(std::io::Error::other)?;
-    let text = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)?;
-    writeln!(out, "{text}")
-}
-
 fn cluster_table<'a>(clusters: impl IntoIterator<Item = &'a ClusterView>) -> Table {
     let mut t = Table::new(&[
         "NAME", "ID", "PHASE", "VERSION", "CP", "ENDPOINT", "CREATED",
@@ -1207,8 +1519,8 @@ pub fn print_cluster_list(
     format: Output,
     page: &Page<ClusterView>,
 ) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, page);
+    if emit(out, format, page)? {
+        return Ok(());
     }
     cluster_table(&page.items).write(out)?;
     if let Some(token) = page.next_page_token.as_deref().filter(|t| !t.is_empty()) {
@@ -1219,8 +1531,8 @@ pub fn print_cluster_list(
 
 /// Prints one cluster and its conditions.
 pub fn print_cluster(out: &mut impl Write, format: Output, c: &ClusterView) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, c);
+    if emit(out, format, c)? {
+        return Ok(());
     }
     cluster_table([c]).write(out)?;
     if !c.conditions.is_empty() {
@@ -1245,16 +1557,16 @@ pub fn print_pool_list(
     format: Output,
     list: &Items<NodePoolView>,
 ) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, list);
+    if emit(out, format, list)? {
+        return Ok(());
     }
     pool_table(&list.items).write(out)
 }
 
 /// Prints one node pool and its nodes.
 pub fn print_pool(out: &mut impl Write, format: Output, p: &NodePoolView) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, p);
+    if emit(out, format, p)? {
+        return Ok(());
     }
     pool_table([p]).write(out)?;
     if !p.nodes.is_empty() {
@@ -1283,7 +1595,7 @@ pub fn print_pool(out: &mut impl Write, format: Output, p: &NodePoolView) -> std
 }
 
 /// A create, scale or delete answer, as the table view shows it.
-pub trait AcceptedAnswer: Serialize {
+pub trait AcceptedAnswer: Serialize + super::output::Named {
     /// The resource as it is now, when the answer carries it.
     fn resource(&self) -> Option<Table>;
     /// The operation that carries the request out.
@@ -1324,8 +1636,8 @@ pub fn print_accepted(
     format: Output,
     answer: &impl AcceptedAnswer,
 ) -> std::io::Result<()> {
-    if format == Output::Json {
-        return write_json(out, answer);
+    if emit(out, format, answer)? {
+        return Ok(());
     }
     if let Some(t) = answer.resource() {
         t.write(out)?;
@@ -1339,6 +1651,7 @@ pub fn print_accepted(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
     use clap::Parser;
     use kubeforge_cluster::api::{ControlPlaneView, NetworkView, NodeView, Step};
     use kubeforge_cluster::{Condition, ConditionStatus, Phase};
@@ -1367,6 +1680,93 @@ mod tests {
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kf").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn nodepools_update_sends_only_what_is_named() {
+        let body = |args: &[&str]| {
+            let Cmd::Nodepools(NodePoolsCmd::Update(a)) = parse(args).unwrap().cmd else {
+                panic!("wrong command")
+            };
+            node_pool_update_body(&a).map(|b| serde_json::to_value(b).unwrap())
+        };
+        let base = ["nodepools", "update", "web", "default"];
+        fn with<'a>(more: &[&'a str]) -> Vec<&'a str> {
+            [&["nodepools", "update", "web", "default"][..], more].concat()
+        }
+        assert_eq!(
+            body(&with(&["--min", "1", "--max", "4"])).unwrap(),
+            json!({"autoscaling": {"min": 1, "max": 4, "priority": 0}})
+        );
+        assert_eq!(
+            body(&with(&["--no-autoscaling", "--size", "2"])).unwrap(),
+            json!({"size": 2, "autoscaling": null})
+        );
+        assert_eq!(
+            body(&with(&["--drain-timeout", "60", "--no-auto-repair"])).unwrap(),
+            json!({"drain_timeout_seconds": 60, "auto_repair": {"enabled": false, "after_seconds": 300}})
+        );
+        let err = body(&base).unwrap_err();
+        assert!(err.to_string().contains("nothing to change"), "{err}");
+        assert_eq!(exit_code(&err), EXIT_USAGE);
+        for bad in [
+            &with(&["--min", "1"])[..],
+            &with(&["--no-autoscaling", "--min", "1", "--max", "2"]),
+            &with(&["--repair-after", "60", "--no-auto-repair"]),
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_last_wait_flag_wins() {
+        let wait = |args: &[&str]| {
+            let Cmd::Nodepools(NodePoolsCmd::Scale { wait, .. }) = parse(args).unwrap().cmd else {
+                panic!("wrong command")
+            };
+            wait
+        };
+        let base = ["nodepools", "scale", "web", "default", "3"];
+        let w = wait(&[&base[..], &["--wait", "--no-wait"]].concat());
+        assert!(!w.enabled());
+        let w = wait(&[&base[..], &["--no-wait", "--wait", "--timeout", "90s"]].concat());
+        assert!(w.enabled());
+        assert_eq!(w.timeout, Duration::from_secs(90));
+        let w = wait(&base);
+        assert_eq!(w.timeout, Duration::from_secs(1800));
+        assert!(parse(&[&base[..], &["--timeout", "0s"]].concat()).is_err());
+    }
+
+    #[test]
+    fn yaml_and_name_outputs() {
+        let c = cluster_view(1, "web");
+        let mut out = Vec::new();
+        print_cluster(&mut out, Output::Yaml, &c).unwrap();
+        let yaml: Value = serde_saphyr::from_str(std::str::from_utf8(&out).unwrap()).unwrap();
+        assert_eq!(yaml, serde_json::to_value(&c).unwrap());
+        let mut out = Vec::new();
+        let answer = ClusterAccepted {
+            cluster: c.clone(),
+            operation: operation_view(7, "cluster_create"),
+        };
+        print_accepted(&mut out, Output::Name, &answer).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("cluster/web\noperation/{}\n", Uuid::from_u128(7))
+        );
+        let mut out = Vec::new();
+        let list = Items {
+            items: vec![
+                pool_view("a", 1, 1, "small"),
+                pool_view("b\x1b", 1, 1, "small"),
+            ],
+        };
+        print_pool_list(&mut out, Output::Name, &list).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "nodepool/a\nnodepool/b \n");
     }
 
     #[test]
@@ -1504,27 +1904,62 @@ mod tests {
         });
         let p = problem_from_json(StatusCode::UNPROCESSABLE_ENTITY, &v);
         assert_eq!(p, serde_json::from_value(v).unwrap());
+        let e = ClientError::Api(Box::new(p));
         assert_eq!(
-            ClientError::Api(Box::new(p)).to_string(),
-            "error: 422 validation_failed: pod_cidr overlaps service_cidr (field: network.pod_cidr)"
+            e.to_string(),
+            "error: Validation failed (422 validation_failed)\n\
+             detail: pod_cidr overlaps service_cidr\n\
+             field: network.pod_cidr\n\
+             hint: correct network.pod_cidr and send the request again"
         );
+        assert_eq!(e.exit_code(), EXIT_VALIDATION);
         let v =
             json!({"title": "Not Found", "status": 404, "code": "not_found", "retryable": false});
+        let e = ClientError::Api(Box::new(problem_from_json(StatusCode::NOT_FOUND, &v)));
         assert_eq!(
-            ClientError::Api(Box::new(problem_from_json(StatusCode::NOT_FOUND, &v))).to_string(),
-            "error: 404 not_found: Not Found"
+            e.to_string(),
+            "error: Not Found (404 not_found)\n\
+             hint: check the name or id; `kubeforge clusters list` shows the clusters this token sees"
         );
+        assert_eq!(e.exit_code(), EXIT_NOT_FOUND);
         let e = api_error(
             StatusCode::BAD_GATEWAY,
             "text/html",
             b"<h1>bad\ngateway</h1>",
         );
-        assert_eq!(
-            e.to_string(),
-            "error: 502: bad_gateway: <h1>bad gateway</h1>"
+        assert!(
+            e.to_string().starts_with(
+                "error: 502: bad_gateway: <h1>bad gateway</h1>\nhint: a service-side failure"
+            ),
+            "{e}"
         );
+        assert_eq!(e.exit_code(), EXIT_ERROR);
         let e = api_error(StatusCode::UNAUTHORIZED, "", b"");
-        assert_eq!(e.to_string(), "error: 401: unauthorized");
+        assert!(
+            e.to_string()
+                .starts_with("error: 401: unauthorized\nhint: the token is missing, expired"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), EXIT_AUTH);
+        for (status, code) in [
+            (403, EXIT_AUTH),
+            (409, EXIT_CONFLICT),
+            (412, EXIT_CONFLICT),
+            (400, EXIT_VALIDATION),
+            (500, EXIT_ERROR),
+        ] {
+            let e = api_error(StatusCode::from_u16(status).unwrap(), "", b"");
+            assert_eq!(e.exit_code(), code, "{status}");
+        }
+        assert_eq!(ClientError::NoToken.exit_code(), EXIT_AUTH);
+        let e: anyhow::Error = ClientError::WaitTimeout {
+            id: "x".into(),
+            state: "running".into(),
+            waited: "3s".into(),
+        }
+        .into();
+        assert_eq!(exit_code(&e.context("waiting")), EXIT_TIMEOUT);
+        assert_eq!(exit_code(&anyhow::anyhow!("other")), EXIT_ERROR);
     }
 
     #[test]
@@ -1536,14 +1971,19 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "error: 503 service_unavailable: no detail given"
+            "error: Service Unavailable (503 service_unavailable)\n\
+             detail: no detail given\n\
+             hint: a service-side failure: retry; if it persists, the service's log has the request"
         );
         let e = api_error(
             StatusCode::CONFLICT,
             "application/json",
             br#"{"code": "conflict", "detail": "in\u001b[2Juse", "field": ""}"#,
         );
-        assert_eq!(e.to_string(), "error: 409 conflict: in [2Juse");
+        assert_eq!(
+            e.to_string().lines().take(2).collect::<Vec<_>>(),
+            ["error: Conflict (409 conflict)", "detail: in [2Juse"]
+        );
         let p = problem_from_json(StatusCode::BAD_GATEWAY, &json!({"status": "x"}));
         assert_eq!(
             (p.type_.as_str(), p.title.as_str(), p.status, p.retryable),
@@ -1892,7 +2332,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "error: 422 validation_failed: pod_cidr overlaps service_cidr (field: network.pod_cidr)"
+            "error: Invalid (422 validation_failed)\n\
+             detail: pod_cidr overlaps service_cidr\n\
+             field: network.pod_cidr\n\
+             hint: correct network.pod_cidr and send the request again"
         );
         assert!(out.is_empty());
         let requests = server.await.unwrap();
@@ -1901,6 +2344,14 @@ mod tests {
         assert!(req.contains("authorization: bearer tok\r\n"));
         assert!(req.contains("idempotency-key: k-1\r\n"));
         assert!(req.contains(r#""name":"web""#));
+    }
+
+    fn no_wait() -> WaitArgs {
+        WaitArgs {
+            wait: false,
+            no_wait: true,
+            timeout: Duration::from_secs(60),
+        }
     }
 
     fn at(t: &str) -> DateTime<Utc> {
@@ -2126,6 +2577,7 @@ mod tests {
         let cmd = ClustersCmd::Delete {
             cluster: "web".into(),
             if_match: Some("\"e1\"".into()),
+            wait: no_wait(),
         };
         let mut out = Vec::new();
         run_clusters_to(&opts(&url, Output::Table), cmd, &mut out)
@@ -2154,6 +2606,8 @@ mod tests {
             cluster: "web".into(),
             pool: "default".into(),
             size: 4,
+            if_match: None,
+            wait: no_wait(),
         };
         let mut out = Vec::new();
         run_nodepools_to(&opts(&url, Output::Table), scale(), &mut out)
@@ -2239,6 +2693,51 @@ mod tests {
         );
         assert!(out.contains("ready         running"), "{out}");
         assert!(out.contains("provisioning  pending"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_wait_rides_out_a_service_hiccup_but_not_a_refusal() {
+        std::env::set_var("KUBEFORGE_POLL_MS", "50");
+        let running = operation_view(7, "node_pool_update");
+        let mut done = running.clone();
+        done.state = "succeeded".into();
+        done.steps[0].state = "succeeded".into();
+        let unavailable = response(
+            "503 Service Unavailable",
+            "application/problem+json",
+            r#"{"title":"Unavailable","status":503,"code":"unavailable","detail":"db","retryable":true}"#,
+        );
+        let (url, server) = serve(vec![unavailable, ok_json(&done)]).await;
+        let api = Api::new(&opts(&url, Output::Table)).unwrap();
+        let mut progress = Vec::new();
+        let op = wait_for(&api, &running, Duration::from_secs(30), &mut progress)
+            .await
+            .unwrap();
+        assert_eq!(op.state, "succeeded");
+        let progress = String::from_utf8(progress).unwrap();
+        assert!(
+            progress.contains(
+                "reading the operation failed (error: Unavailable (503 unavailable)); retrying"
+            ),
+            "{progress}"
+        );
+        assert!(progress.contains("] finalize: succeeded"), "{progress}");
+        let requests = server.await.unwrap();
+        assert!(requests
+            .iter()
+            .all(|r| r.starts_with(&format!("GET /v1/operations/{} ", running.id))));
+
+        let not_found = response(
+            "404 Not Found",
+            "application/problem+json",
+            r#"{"title":"Not Found","status":404,"code":"not_found","detail":"gone","retryable":false}"#,
+        );
+        let (url, _server) = serve(vec![not_found]).await;
+        let api = Api::new(&opts(&url, Output::Table)).unwrap();
+        let err = wait_for(&api, &running, Duration::from_secs(30), &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_NOT_FOUND);
     }
 
     #[tokio::test]

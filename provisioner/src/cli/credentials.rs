@@ -10,7 +10,7 @@ use kubeforge_cluster::api::{CredentialsRevoked, RevokeTokenRequest, TokenRevoke
 use reqwest::header::HeaderMap;
 use reqwest::Method;
 
-use super::client::{text, write_json, write_stdout, Api, ClientOpts, NO_BODY};
+use super::client::{emit, text, write_json, write_stdout, Api, ClientOpts, NO_BODY};
 
 /// The body for what was given: a JWT (three dot-separated parts) is sent
 /// as `token`, anything else as `jti`.
@@ -43,7 +43,9 @@ pub async fn run_token_revoke(opts: &ClientOpts, jti_or_token: &str) -> anyhow::
         )
         .await?;
     let mut buf = Vec::new();
-    write_json(&mut buf, &answer)?;
+    if !emit(&mut buf, opts.output, &answer)? {
+        write_json(&mut buf, &answer)?;
+    }
     write_stdout(&buf)
 }
 
@@ -56,6 +58,9 @@ pub async fn run_credentials_revoke(opts: &ClientOpts, cluster: &str) -> anyhow:
         .call(Method::POST, url, HeaderMap::new(), NO_BODY)
         .await?;
     let mut buf = Vec::new();
+    if emit(&mut buf, opts.output, &answer)? {
+        return write_stdout(&buf);
+    }
     writeln!(
         buf,
         "credential generation {}; operation {} {}",

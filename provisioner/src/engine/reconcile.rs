@@ -1319,17 +1319,22 @@ impl Run<'_> {
                 .await?;
             }
         }
-        tx.commit().await?;
-        self.event(
-            c,
-            None,
-            del_ops.first().map(|o| o.id),
-            false,
-            "Deleted",
-            &format!("cluster {} deleted", c.name),
+        // One transaction: once the operation reads succeeded, the cluster
+        // is gone from the API (a client that waited for it and reads the
+        // cluster gets 404, never a cluster still `deleting`).
+        event::record(
+            &mut *tx,
+            NewEvent {
+                tenant: &c.tenant,
+                cluster_id: c.id,
+                node_pool_id: None,
+                operation_id: del_ops.first().map(|o| o.id),
+                warning: false,
+                reason: "Deleted",
+                message: &format!("cluster {} deleted", c.name),
+            },
         )
         .await?;
-        let mut tx = self.lease.begin().await?;
         cluster::mark_deleted(&mut *tx, c.id).await?;
         tx.commit().await?;
         Ok(Outcome::Done)
