@@ -186,7 +186,7 @@ enum Command {
         #[command(subcommand)]
         command: TokenCmd,
     },
-    /// A cluster's kubeconfigs: revoke them all.
+    /// A cluster's kubeconfigs: revoke them all; kubectl's credential plugin.
     Credentials {
         #[command(flatten)]
         client: ClientOpts,
@@ -288,6 +288,9 @@ enum CredentialsCmd {
         /// Cluster name or id.
         cluster: String,
     },
+    /// Print an ExecCredential for kubectl (a credential plugin; see
+    /// `clusters get-credentials --exec`).
+    Exec(kubeforge::cli::kubeconfig::ExecArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -412,6 +415,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client,
             command: CredentialsCmd::Revoke { cluster },
         } => kubeforge::cli::credentials::run_credentials_revoke(&client, &cluster).await,
+        Command::Credentials {
+            client,
+            command: CredentialsCmd::Exec(args),
+        } => kubeforge::cli::kubeconfig::run_credentials_exec(&client, args).await,
         Command::Devdb {
             command: DevDbCmd::Start { data_dir, database },
         } => {

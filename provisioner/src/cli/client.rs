@@ -121,6 +121,9 @@ pub enum ClustersCmd {
         #[arg(long)]
         if_match: Option<String>,
     },
+    /// Merge a fresh kubeconfig for a cluster into ~/.kube/config (or
+    /// $KUBECONFIG's first file) and make it the current context.
+    GetCredentials(super::kubeconfig::GetCredentialsArgs),
     /// Delete a cluster (202: deletion runs as an operation).
     Delete {
         /// Cluster name or id.
@@ -286,7 +289,7 @@ pub enum KubeconfigRole {
 }
 
 impl KubeconfigRole {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             KubeconfigRole::Admin => "admin",
             KubeconfigRole::Editor => "editor",
@@ -390,6 +393,9 @@ pub async fn run_clusters_to(
             let url = api.url(&["clusters", &cluster])?;
             let answer: OperationAccepted = api.call(Method::DELETE, url, headers, NO_BODY).await?;
             print_accepted(out, opts.output, &answer)?;
+        }
+        ClustersCmd::GetCredentials(args) => {
+            super::kubeconfig::run_get_credentials_to(opts, args, out).await?;
         }
     }
     Ok(())

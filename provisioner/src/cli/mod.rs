@@ -1,7 +1,10 @@
 //! The command line: the service commands (`up`, `serve`, `migrate`,
 //! `token`) and the API client commands (`clusters`, `nodepools`,
 //! `kubeconfig`, `autoscaler`, `machine-types`) in one binary.
+//! [`kubeconfig`] merges kubeconfigs into files and is kubectl's
+//! credential plugin.
 
 pub mod autoscaler;
 pub mod client;
 pub mod credentials;
+pub mod kubeconfig;
