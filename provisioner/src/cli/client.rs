@@ -336,6 +336,13 @@ pub async fn run_clusters_to(
     cmd: ClustersCmd,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    // It may read its token from a file, so it makes its own `Api`.
+    let cmd = match cmd {
+        ClustersCmd::GetCredentials(args) => {
+            return super::kubeconfig::run_get_credentials_to(opts, args, out).await;
+        }
+        cmd => cmd,
+    };
     let api = Api::new(opts)?;
     match cmd {
         ClustersCmd::Create(args) => {
@@ -394,9 +401,7 @@ pub async fn run_clusters_to(
             let answer: OperationAccepted = api.call(Method::DELETE, url, headers, NO_BODY).await?;
             print_accepted(out, opts.output, &answer)?;
         }
-        ClustersCmd::GetCredentials(args) => {
-            super::kubeconfig::run_get_credentials_to(opts, args, out).await?;
-        }
+        ClustersCmd::GetCredentials(_) => unreachable!("handled above"),
     }
     Ok(())
 }

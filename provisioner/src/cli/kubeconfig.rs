@@ -146,6 +146,8 @@ pub async fn run_get_credentials_to(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let opts = with_token_file(opts, args.token_file.as_deref())?;
+    // A missing token fails before anything is written.
+    Api::new(&opts)?;
     if args.print {
         let print = KubeconfigArgs {
             cluster: args.cluster,
@@ -212,6 +214,9 @@ pub async fn run_get_credentials_to(
 /// has time left, else freshly minted (and cached).
 pub async fn run_credentials_exec(opts: &ClientOpts, args: ExecArgs) -> anyhow::Result<()> {
     let opts = with_token_file(opts, args.token_file.as_deref())?;
+    // Checks the token is there and the URL sound before the cache is
+    // consulted, so a bad setup fails the same way with or without it.
+    Api::new(&opts)?;
     let api_version = requested_exec_version()?;
     let key = cache_key(&opts, &args.cluster, args.role)?;
     let dir = cache_dir()?;
