@@ -15,50 +15,11 @@ use std::time::Duration;
 
 use axum::http::Method;
 use kubeforge::context::Role;
-use kubeforge::http::HttpSettings;
+use kubeforge_tests::cli::{kubeforge_bin, serve_on_loopback};
 use kubeforge_tests::lab::kubectl;
 use kubeforge_tests::{cluster_body, TestApp};
 use tokio::sync::watch;
 use uuid::Uuid;
-
-/// The `kubeforge` binary of this workspace, built with the same features
-/// as the test binaries (a no-op when `scripts/test` built it already).
-fn kubeforge_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut build = std::process::Command::new(cargo);
-            build
-                .args(["build", "--workspace", "--bins", "--locked", "--quiet"])
-                .env("SQLX_OFFLINE", "true");
-            // What cargo set for this test binary (its package's name,
-            // manifest dir...) would make build scripts that watch those
-            // variables run again, and rebuild half the tree.
-            for (key, _) in std::env::vars_os() {
-                let key = key.to_string_lossy();
-                let keep = [
-                    "CARGO_HOME",
-                    "CARGO_TARGET_DIR",
-                    "CARGO_BUILD_",
-                    "CARGO_NET_",
-                ]
-                .iter()
-                .any(|k| key.starts_with(k));
-                if (key.starts_with("CARGO_") && !keep) || key == "OUT_DIR" {
-                    build.env_remove(key.as_ref());
-                }
-            }
-            let status = build.status().expect("cargo build");
-            assert!(status.success(), "building the kubeforge binary");
-            // target/debug/deps/<this test> -> target/debug/kubeforge
-            let exe = std::env::current_exe().unwrap();
-            let bin = exe.parent().unwrap().parent().unwrap().join("kubeforge");
-            assert!(bin.exists(), "no {}", bin.display());
-            bin
-        })
-        .clone()
-}
 
 struct Served {
     app: TestApp,
@@ -69,16 +30,7 @@ struct Served {
 /// The service on a loopback port.
 async fn serve() -> Served {
     let app = TestApp::new().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, rx) = watch::channel(false);
-    tokio::spawn(kubeforge::http::serve(
-        listener,
-        app.router.clone(),
-        HttpSettings::default(),
-        None,
-        rx,
-    ));
+    let (url, stop) = serve_on_loopback(app.router.clone()).await;
     Served { app, url, stop }
 }
 
