@@ -189,6 +189,13 @@ pub async fn run_get_credentials_to(
     };
     let written = merge_into_file(&path, fresh, !args.no_set_current)?;
     let mut stderr = std::io::stderr().lock();
+    if args.exec && args.token_file.is_none() && std::env::var_os("KUBEFORGE_TOKEN").is_none() {
+        let _ = writeln!(
+            stderr,
+            "note: kubectl's plugin runs will need KUBEFORGE_TOKEN in their environment \
+             (or run get-credentials --exec with --token-file)"
+        );
+    }
     let _ = writeln!(
         stderr,
         "context {} ({} until {}{}) merged into {}{}",
