@@ -584,23 +584,19 @@ async fn exec_credentials_are_minted_cached_and_used_by_kubectl() {
         .kill_on_drop(true)
         .spawn()
         .expect("openssl s_server");
-    let kubectl_env = |cmd: &mut std::process::Command| {
-        cmd.env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", &home)
-            .env("XDG_CACHE_HOME", &cache_s);
-    };
     let mut answer = String::new();
     for _ in 0..50 {
-        let mut cmd = std::process::Command::new(kubectl());
-        cmd.arg(format!("--kubeconfig={}", config.display())).args([
-            "get",
-            "--raw",
-            "/version",
-            "--request-timeout=10s",
-        ]);
-        kubectl_env(&mut cmd);
-        let out = cmd.output().unwrap();
+        // Awaited: kubectl's plugin calls the service this runtime serves.
+        let out = tokio::process::Command::new(kubectl())
+            .arg(format!("--kubeconfig={}", config.display()))
+            .args(["get", "--raw", "/version", "--request-timeout=10s"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &home)
+            .env("XDG_CACHE_HOME", &cache_s)
+            .output()
+            .await
+            .unwrap();
         answer = format!("{}{}", text(&out.stdout), text(&out.stderr));
         if out.status.success() {
             break;

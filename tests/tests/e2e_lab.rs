@@ -236,7 +236,9 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
         let (url, stop) = kubeforge_tests::cli::serve_on_loopback(app.router.clone()).await;
         let exec_kc = tmp.join("exec.kubeconfig");
         let cache = tmp.join("exec-cache");
-        let out = std::process::Command::new(kubeforge_tests::cli::kubeforge_bin())
+        // Awaited, not blocking: this test's runtime has one thread, and
+        // it serves the API the binary and kubectl's plugin call.
+        let out = tokio::process::Command::new(kubeforge_tests::cli::kubeforge_bin())
             .args([
                 "clusters",
                 "get-credentials",
@@ -253,6 +255,7 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
             .env("KUBEFORGE_TOKEN", &viewer)
             .env("XDG_CACHE_HOME", &cache)
             .output()
+            .await
             .unwrap();
         assert!(
             out.status.success(),
@@ -261,7 +264,7 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
         );
         // No cached certificate: kubectl's plugin run mints its own.
         std::fs::remove_dir_all(&cache).unwrap();
-        let out = std::process::Command::new(kubeforge_tests::lab::kubectl())
+        let out = tokio::process::Command::new(kubeforge_tests::lab::kubectl())
             .arg(format!("--kubeconfig={}", exec_kc.display()))
             .args(["get", "nodes", "--request-timeout=30s"])
             .env_clear()
@@ -269,6 +272,7 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
             .env("KUBEFORGE_TOKEN", &viewer)
             .env("XDG_CACHE_HOME", &cache)
             .output()
+            .await
             .unwrap();
         let said = format!(
             "{}{}",
