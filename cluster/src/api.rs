@@ -142,6 +142,37 @@ pub struct KubeconfigRequest {
     pub ttl_seconds: u64,
 }
 
+/// `POST /v1/clusters/{c}/kubeconfig` answered as `application/json`
+/// (the default answer is the bare kubeconfig, `application/yaml`).
+/// Holds the client key: a secret; `Debug` redacts the kubeconfig.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct KubeconfigIssued {
+    /// The kubeconfig, YAML: one cluster, one user, one context, the
+    /// context current.
+    pub kubeconfig: String,
+    /// When the client certificate expires (RFC 3339).
+    pub expires_at: DateTime<Utc>,
+    /// `admin`, `editor` or `viewer`.
+    pub role: String,
+    /// The context's name, `kubeforge_<tenant>_<cluster>_<role>`; the
+    /// cluster and user entries have the same name.
+    pub context: String,
+    /// The credential generation the certificate's group carries.
+    pub credential_generation: i64,
+}
+
+impl fmt::Debug for KubeconfigIssued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeconfigIssued")
+            .field("kubeconfig", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .field("role", &self.role)
+            .field("context", &self.context)
+            .field("credential_generation", &self.credential_generation)
+            .finish()
+    }
+}
+
 fn admin_role() -> String {
     "admin".into()
 }

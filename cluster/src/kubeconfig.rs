@@ -1,26 +1,193 @@
 //! Kubeconfig files: one cluster, one user, one context.
 //!
-//! The service hands these to tenants (admin and viewer kubeconfigs with
-//! short-lived client certs) and puts them on control-plane machines for
-//! the controller-manager, the scheduler and the admin. They embed the
-//! CA, the client certificate and the client key as base64 `*-data`
-//! fields, so a kubeconfig is one self-contained file.
+//! The service hands these to tenants (admin, editor and viewer
+//! kubeconfigs with short-lived client certs) and puts them on
+//! control-plane machines for the controller-manager, the scheduler and
+//! the admin. They embed the CA, the client certificate and the client key
+//! as base64 `*-data` fields, so a kubeconfig is one self-contained file.
 //!
-//! The YAML is written by hand rather than through a YAML library: the
-//! shape is fixed, and every string that is not base64 is emitted
-//! double-quoted with YAML escapes, so no input (a name with `:` or `#`,
-//! a newline, a quote) can change the document's structure.
+//! The document is a typed model of kubeconfig v1 ([`Kubeconfig`] and its
+//! entries, serde structs with kubeconfig's field names) serialized by a
+//! YAML library, so no input (a name with `:` or `#`, a newline, a quote)
+//! can change the document's structure: the serializer quotes what needs
+//! quoting. The model covers what Kubeforge writes, not every field a
+//! kubeconfig may have; the CLI, which merges into files people keep,
+//! reads and writes those with the `kube` crate's complete model instead.
+//!
+//! Tenant kubeconfigs name their cluster, user and context entries alike,
+//! [`tenant_entry_name`] (`kubeforge_<tenant>_<cluster>_<role>`), so the
+//! admin and the viewer kubeconfig of one cluster, or the same cluster
+//! name in two tenants, live side by side in one merged file.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::fmt::Write;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::credentials::KubeconfigRole;
+
+/// A kubeconfig document (`apiVersion: v1`, `kind: Config`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Kubeconfig {
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub kind: String,
+    pub clusters: Vec<NamedCluster>,
+    pub contexts: Vec<NamedContext>,
+    #[serde(rename = "current-context")]
+    pub current_context: String,
+    /// Always empty; written because kubectl writes it.
+    #[serde(default)]
+    pub preferences: BTreeMap<String, String>,
+    pub users: Vec<NamedUser>,
+}
+
+/// A named `clusters` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedCluster {
+    pub cluster: ClusterEntry,
+    pub name: String,
+}
+
+/// Where the API server is and which CA signs its certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterEntry {
+    /// The CA certificate, PEM, base64-encoded.
+    #[serde(rename = "certificate-authority-data")]
+    pub certificate_authority_data: String,
+    /// `https://host:port`.
+    pub server: String,
+}
+
+/// A named `contexts` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedContext {
+    pub context: ContextEntry,
+    pub name: String,
+}
+
+/// A cluster and a user, by entry name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextEntry {
+    pub cluster: String,
+    pub user: String,
+}
+
+/// A named `users` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedUser {
+    pub name: String,
+    pub user: UserEntry,
+}
+
+/// How a user authenticates: a client certificate and key, or a bearer
+/// token. Secret; `Debug` redacts the key and the token.
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct UserEntry {
+    /// The client certificate, PEM, base64-encoded.
+    #[serde(
+        rename = "client-certificate-data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_certificate_data: Option<String>,
+    /// The client key, PEM, base64-encoded.
+    #[serde(
+        rename = "client-key-data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_key_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for UserEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "[redacted]");
+        f.debug_struct("UserEntry")
+            .field("client_certificate_data", &self.client_certificate_data)
+            .field("client_key_data", &redacted(&self.client_key_data))
+            .field("token", &redacted(&self.token))
+            .finish()
+    }
+}
+
+/// A kubeconfig that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("not a kubeconfig: {0}")]
+pub struct ParseError(String);
+
+impl Kubeconfig {
+    /// One cluster, one user and the context that joins them, current.
+    pub fn single(
+        cluster_name: &str,
+        cluster: ClusterEntry,
+        user_name: &str,
+        user: UserEntry,
+        context_name: &str,
+    ) -> Self {
+        Kubeconfig {
+            api_version: "v1".into(),
+            kind: "Config".into(),
+            clusters: vec![NamedCluster {
+                cluster,
+                name: cluster_name.into(),
+            }],
+            contexts: vec![NamedContext {
+                context: ContextEntry {
+                    cluster: cluster_name.into(),
+                    user: user_name.into(),
+                },
+                name: context_name.into(),
+            }],
+            current_context: context_name.into(),
+            preferences: BTreeMap::new(),
+            users: vec![NamedUser {
+                name: user_name.into(),
+                user,
+            }],
+        }
+    }
+
+    /// The YAML document. Holds the user's secrets, if any.
+    pub fn to_yaml(&self) -> String {
+        // Serializing plain strings, vectors and maps cannot fail.
+        to_yaml(self).expect("a kubeconfig serializes")
+    }
+
+    /// Reads a document this module wrote (or one of the same shape).
+    pub fn from_yaml(yaml: &str) -> Result<Self, ParseError> {
+        serde_saphyr::from_str(yaml).map_err(|e| ParseError(e.to_string()))
+    }
+}
+
+/// Serializes `value` as a kubeconfig is written: block style, 2-space
+/// indents, plain scalars where YAML allows them and quoted ones
+/// elsewhere, and never folded (`>`) block scalars, which would put long
+/// base64 values on a line of their own.
+pub fn to_yaml<T: Serialize>(value: &T) -> Result<String, serde_saphyr::ser::Error> {
+    serde_saphyr::to_string_with_options(
+        value,
+        serde_saphyr::ser_options! { prefer_block_scalars: false },
+    )
+}
+
+/// The name of a tenant kubeconfig's cluster, user and context entries:
+/// `kubeforge_<tenant>_<cluster>_<role>`, unique per tenant, cluster and
+/// role. Tenant ids and cluster names are DNS labels (no `_`), so the
+/// name is unambiguous.
+pub fn tenant_entry_name(tenant: &str, cluster: &str, role: KubeconfigRole) -> String {
+    format!("kubeforge_{tenant}_{cluster}_{}", role.as_str())
+}
 
 /// What one kubeconfig says.
 #[derive(Clone, Copy)]
 pub struct KubeconfigInput<'a> {
-    /// Names the cluster entry; the context is `{user_name}@{cluster_name}`.
+    /// Names the cluster entry; the context is `{user_name}@{cluster_name}`
+    /// unless [`render_kubeconfig_with_context`] names it.
     pub cluster_name: &'a str,
     /// The apiserver endpoint, `https://host:port`.
     pub server: &'a str,
@@ -45,21 +212,31 @@ impl fmt::Debug for KubeconfigInput<'_> {
 }
 
 /// Renders a kubeconfig (`apiVersion: v1`, `kind: Config`) whose current
-/// context uses the given user against the given cluster.
+/// context, `{user_name}@{cluster_name}`, uses the given user against the
+/// given cluster.
 ///
 /// The result holds the client key: treat it as a secret.
 pub fn render_kubeconfig(input: &KubeconfigInput<'_>) -> String {
-    render(
-        input.cluster_name,
-        input.server,
-        input.ca_pem,
-        input.user_name,
-        &format!(
-            "client-certificate-data: {cert}\n    client-key-data: {key}\n",
-            cert = BASE64.encode(input.client_cert_pem),
-            key = BASE64.encode(input.client_key_pem),
-        ),
+    render_kubeconfig_with_context(
+        input,
+        &format!("{}@{}", input.user_name, input.cluster_name),
     )
+}
+
+/// [`render_kubeconfig`] with the context named `context_name`.
+pub fn render_kubeconfig_with_context(input: &KubeconfigInput<'_>, context_name: &str) -> String {
+    Kubeconfig::single(
+        input.cluster_name,
+        cluster_entry(input.server, input.ca_pem),
+        input.user_name,
+        UserEntry {
+            client_certificate_data: Some(BASE64.encode(input.client_cert_pem)),
+            client_key_data: Some(BASE64.encode(input.client_key_pem)),
+            token: None,
+        },
+        context_name,
+    )
+    .to_yaml()
 }
 
 /// Renders a kubeconfig whose user authenticates with a bearer token, as a
@@ -73,77 +250,24 @@ pub fn render_token_kubeconfig(
     user_name: &str,
     token: &str,
 ) -> String {
-    render(
+    Kubeconfig::single(
         cluster_name,
-        server,
-        ca_pem,
+        cluster_entry(server, ca_pem),
         user_name,
-        &format!("token: {}\n", quoted(token)),
+        UserEntry {
+            token: Some(token.into()),
+            ..UserEntry::default()
+        },
+        &format!("{user_name}@{cluster_name}"),
     )
+    .to_yaml()
 }
 
-/// The shared document; `credentials` are the user's indented fields.
-fn render(
-    cluster_name: &str,
-    server: &str,
-    ca_pem: &str,
-    user_name: &str,
-    credentials: &str,
-) -> String {
-    let cluster = quoted(cluster_name);
-    let user = quoted(user_name);
-    let context = quoted(&format!("{user_name}@{cluster_name}"));
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = write!(
-        out,
-        "apiVersion: v1\n\
-         kind: Config\n\
-         clusters:\n\
-         - cluster:\n    \
-             certificate-authority-data: {ca}\n    \
-             server: {server}\n  \
-           name: {cluster}\n\
-         contexts:\n\
-         - context:\n    \
-             cluster: {cluster}\n    \
-             user: {user}\n  \
-           name: {context}\n\
-         current-context: {context}\n\
-         preferences: {{}}\n\
-         users:\n\
-         - name: {user}\n  \
-           user:\n    \
-             {credentials}",
-        ca = BASE64.encode(ca_pem),
-        server = quoted(server),
-    );
-    out
-}
-
-/// A YAML double-quoted scalar. Double quotes are the only YAML style in
-/// which every string, including control characters, can be written.
-fn quoted(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            // Control characters, YAML's own line and paragraph separators
-            // and the byte-order mark would be folded, dropped or refused
-            // by a parser if written raw.
-            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
+fn cluster_entry(server: &str, ca_pem: &str) -> ClusterEntry {
+    ClusterEntry {
+        certificate_authority_data: BASE64.encode(ca_pem),
+        server: server.into(),
     }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -182,27 +306,27 @@ mod tests {
 
     #[test]
     fn renders_a_standard_kubeconfig() {
-        insta::assert_snapshot!(render_kubeconfig(&input()), @r#"
+        insta::assert_snapshot!(render_kubeconfig(&input()), @r"
         apiVersion: v1
         kind: Config
         clusters:
         - cluster:
             certificate-authority-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tClpIVnRiWGtnWTJFPQotLS0tLUVORCBDRVJUSUZJQ0FURS0tLS0tCg==
-            server: "https://10.77.0.10:6443"
-          name: "demo"
+            server: https://10.77.0.10:6443
+          name: demo
         contexts:
         - context:
-            cluster: "demo"
-            user: "kubernetes-admin"
-          name: "kubernetes-admin@demo"
-        current-context: "kubernetes-admin@demo"
+            cluster: demo
+            user: kubernetes-admin
+          name: kubernetes-admin@demo
+        current-context: kubernetes-admin@demo
         preferences: {}
         users:
-        - name: "kubernetes-admin"
+        - name: kubernetes-admin
           user:
             client-certificate-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tClpIVnRiWGtnWTJ4cFpXNTAKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo=
             client-key-data: LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tClpIVnRiWGtnYTJWNQotLS0tLUVORCBQUklWQVRFIEtFWS0tLS0tCg==
-        "#);
+        ");
     }
 
     #[test]
@@ -211,7 +335,7 @@ mod tests {
         assert_eq!(decoded(&yaml, "certificate-authority-data"), CA_PEM);
         assert_eq!(decoded(&yaml, "client-certificate-data"), CERT_PEM);
         assert_eq!(decoded(&yaml, "client-key-data"), KEY_PEM);
-        assert_eq!(field(&yaml, "current-context"), "\"kubernetes-admin@demo\"");
+        assert_eq!(field(&yaml, "current-context"), "kubernetes-admin@demo");
     }
 
     #[test]
@@ -252,21 +376,56 @@ mod tests {
 
     #[test]
     fn names_cannot_break_the_document() {
+        let cluster = "a\"b\\c\nd: e";
+        let user = "#x\u{7}\u{2028}é";
         let yaml = render_kubeconfig(&KubeconfigInput {
-            cluster_name: "a\"b\\c\nd: e",
-            user_name: "#x\u{7}\u{2028}é",
+            cluster_name: cluster,
+            user_name: user,
             ..input()
         });
-        assert!(yaml.contains("  name: \"a\\\"b\\\\c\\nd: e\"\n"), "{yaml}");
-        assert!(yaml.contains("- name: \"#x\\u0007\\u2028é\"\n"), "{yaml}");
-        assert!(
-            yaml.contains("current-context: \"#x\\u0007\\u2028é@a\\\"b\\\\c\\nd: e\"\n"),
-            "{yaml}"
+        let parsed = Kubeconfig::from_yaml(&yaml).unwrap();
+        assert_eq!(parsed.clusters[0].name, cluster);
+        assert_eq!(parsed.users[0].name, user);
+        assert_eq!(parsed.current_context, format!("{user}@{cluster}"));
+        assert_eq!(
+            parsed.contexts[0].context,
+            ContextEntry {
+                cluster: cluster.into(),
+                user: user.into()
+            }
         );
         assert_eq!(
             yaml.lines().count(),
             render_kubeconfig(&input()).lines().count(),
-            "no injected lines"
+            "no injected lines: {yaml}"
+        );
+    }
+
+    #[test]
+    fn a_named_context_and_tenant_entry_names() {
+        let name = tenant_entry_name("acme", "web", KubeconfigRole::Viewer);
+        assert_eq!(name, "kubeforge_acme_web_viewer");
+        let yaml = render_kubeconfig_with_context(
+            &KubeconfigInput {
+                cluster_name: &name,
+                user_name: &name,
+                ..input()
+            },
+            &name,
+        );
+        let parsed = Kubeconfig::from_yaml(&yaml).unwrap();
+        assert_eq!(parsed.current_context, name);
+        assert_eq!(parsed.contexts[0].name, name);
+        assert_eq!(parsed.clusters[0].name, name);
+        assert_eq!(parsed.users[0].name, name);
+        assert_eq!(
+            parsed.users[0].user.client_key_data.as_deref(),
+            Some(BASE64.encode(KEY_PEM).as_str())
+        );
+        assert_ne!(
+            name,
+            tenant_entry_name("acme", "web", KubeconfigRole::Admin),
+            "roles differ"
         );
     }
 
@@ -279,19 +438,20 @@ mod tests {
             "kubelet-bootstrap",
             "abcdef.0123456789abcdef",
         );
-        assert_eq!(field(&yaml, "token"), "\"abcdef.0123456789abcdef\"");
+        assert_eq!(field(&yaml, "token"), "abcdef.0123456789abcdef");
         assert!(!yaml.contains("client-key-data"));
         assert_eq!(decoded(&yaml, "certificate-authority-data"), CA_PEM);
-        assert_eq!(
-            field(&yaml, "current-context"),
-            "\"kubelet-bootstrap@demo\""
-        );
+        assert_eq!(field(&yaml, "current-context"), "kubelet-bootstrap@demo");
     }
 
     #[test]
     fn debug_redacts_the_client_key() {
         let text = format!("{:?}", input());
         assert!(!text.contains("PRIVATE KEY"), "{text}");
+        assert!(text.contains("[redacted]"));
+        let parsed = Kubeconfig::from_yaml(&render_kubeconfig(&input())).unwrap();
+        let text = format!("{parsed:?}");
+        assert!(!text.contains(&BASE64.encode(KEY_PEM)), "{text}");
         assert!(text.contains("[redacted]"));
     }
 }

@@ -219,7 +219,7 @@ enum Command {
         #[command(subcommand)]
         command: TokenCmd,
     },
-    /// A cluster's kubeconfigs: revoke them all.
+    /// A cluster's kubeconfigs: revoke them all; kubectl's credential plugin.
     Credentials {
         #[command(flatten)]
         client: ClientOpts,
@@ -356,6 +356,9 @@ enum CredentialsCmd {
         /// Cluster name or id.
         cluster: String,
     },
+    /// Print an ExecCredential for kubectl (a credential plugin; see
+    /// `clusters get-credentials --exec`).
+    Exec(kubeforge::cli::kubeconfig::ExecArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -480,6 +483,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client,
             command: CredentialsCmd::Revoke { cluster },
         } => kubeforge::cli::credentials::run_credentials_revoke(&client, &cluster).await,
+        Command::Credentials {
+            client,
+            command: CredentialsCmd::Exec(args),
+        } => kubeforge::cli::kubeconfig::run_credentials_exec(&client, args).await,
         Command::Devdb {
             command: DevDbCmd::Start { data_dir, database },
         } => {

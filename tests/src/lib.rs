@@ -9,6 +9,7 @@
 //! database, with the in-memory provider TEST DOUBLE registered for the
 //! `lab` kind (the shipped binary registers no such thing).
 
+pub mod cli;
 pub mod conformance;
 pub mod dns;
 pub mod grpc;

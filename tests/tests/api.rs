@@ -2510,6 +2510,85 @@ mod roles {
         assert_problem(&r, 403, "forbidden");
     }
 
+    /// `Accept: application/json` answers `{kubeconfig, expires_at, role,
+    /// context, credential_generation}`; YAML stays the default; each
+    /// role's kubeconfig names its entries `kubeforge_<tenant>_<cluster>_<role>`.
+    #[tokio::test]
+    async fn a_kubeconfig_as_json_says_when_it_expires_and_names_its_context() {
+        let app = TestApp::new().await;
+        ready_cluster(&app).await;
+        let admin = app.token("acme", Role::Admin);
+        let body = json!({"role": "viewer", "ttl_seconds": 900});
+        let r = app
+            .call(
+                Method::POST,
+                "/v1/clusters/web/kubeconfig",
+                Some(&admin),
+                Some(body.clone()),
+                &[("accept", "application/json")],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(
+            header(&r, "content-type").starts_with("application/json"),
+            "{:?}",
+            r.headers
+        );
+        let issued: kubeforge_cluster::api::KubeconfigIssued =
+            serde_json::from_str(&r.text).unwrap();
+        assert_eq!(issued.role, "viewer");
+        assert_eq!(issued.context, "kubeforge_acme_web_viewer");
+        assert_eq!(issued.credential_generation, 1);
+        let left = (issued.expires_at - chrono::Utc::now()).num_seconds();
+        assert!((890..=900).contains(&left), "{left}");
+        assert_eq!(
+            issued.expires_at,
+            chrono::DateTime::parse_from_rfc3339(header(&r, "kubeforge-expires-at")).unwrap(),
+            "body and header agree"
+        );
+        let kc = kubeforge_cluster::kubeconfig::Kubeconfig::from_yaml(&issued.kubeconfig).unwrap();
+        assert_eq!(kc.current_context, issued.context);
+        assert_eq!(kc.clusters[0].name, issued.context);
+        assert_eq!(kc.users[0].name, issued.context);
+        assert_eq!(kc.clusters[0].cluster.server, "https://10.0.0.1:6443");
+        let (_, orgs) = subject(&issued.kubeconfig);
+        assert_eq!(orgs, ["kubeforge:viewers:g1"]);
+
+        // YAML without Accept, with `*/*`, and when YAML is preferred.
+        for accept in [
+            None,
+            Some("*/*"),
+            Some("application/yaml, application/json"),
+        ] {
+            let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+            let r = app
+                .call(
+                    Method::POST,
+                    "/v1/clusters/web/kubeconfig",
+                    Some(&admin),
+                    Some(json!({"role": "admin"})),
+                    &headers,
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            assert_eq!(header(&r, "content-type"), "application/yaml", "{accept:?}");
+            let kc = kubeforge_cluster::kubeconfig::Kubeconfig::from_yaml(&r.text).unwrap();
+            assert_eq!(kc.current_context, "kubeforge_acme_web_admin", "{accept:?}");
+        }
+        // Errors stay problem+json whatever Accept says.
+        let r = app
+            .call(
+                Method::POST,
+                "/v1/clusters/web/kubeconfig",
+                Some(&admin),
+                Some(json!({"role": "root"})),
+                &[("accept", "application/json")],
+            )
+            .await;
+        assert_problem(&r, 422, "validation_failed");
+        assert_eq!(r.body["field"], "role");
+    }
+
     #[tokio::test]
     async fn only_a_tenant_admin_revokes_a_clusters_kubeconfigs() {
         let app = TestApp::new().await;

@@ -2,7 +2,8 @@
 //! Kubernetes v1.20.2 binaries, real kubectl. A cluster goes from POST to
 //! `ready`; kubeconfigs are minted for admin, editor and viewer and
 //! honoured by the apiserver as such (`kubectl auth can-i`); an expired one
-//! is refused; another tenant cannot get one; revoking the cluster's
+//! is refused; another tenant cannot get one; kubectl works through an
+//! exec-credential kubeconfig (`kubeforge credentials exec`); revoking the cluster's
 //! credentials makes every earlier kubeconfig Forbidden while a new one
 //! works; a crashing kube-apiserver, restarted by systemd within seconds, is
 //! an event and a metric, and repeated crashes degrade the cluster until
@@ -226,6 +227,68 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
         )
         .await;
     assert_eq!(r.status, 404, "{}", r.text);
+
+    // kubectl through an exec-credential kubeconfig: `kubeforge clusters
+    // get-credentials --exec` (the real binary, against the service on
+    // loopback), kubectl running `kubeforge credentials exec` for its
+    // certificate.
+    {
+        let (url, stop) = kubeforge_tests::cli::serve_on_loopback(app.router.clone()).await;
+        let exec_kc = tmp.join("exec.kubeconfig");
+        let cache = tmp.join("exec-cache");
+        // Awaited, not blocking: this test's runtime has one thread, and
+        // it serves the API the binary and kubectl's plugin call.
+        let out = tokio::process::Command::new(kubeforge_tests::cli::kubeforge_bin())
+            .args([
+                "clusters",
+                "get-credentials",
+                &name,
+                "--exec",
+                "--role",
+                "viewer",
+            ])
+            .arg("--kubeconfig")
+            .arg(&exec_kc)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("KUBEFORGE_URL", &url)
+            .env("KUBEFORGE_TOKEN", &viewer)
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // No cached certificate: kubectl's plugin run mints its own.
+        std::fs::remove_dir_all(&cache).unwrap();
+        let out = tokio::process::Command::new(kubeforge_tests::lab::kubectl())
+            .arg(format!("--kubeconfig={}", exec_kc.display()))
+            .args(["get", "nodes", "--request-timeout=30s"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("KUBEFORGE_TOKEN", &viewer)
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .await
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "kubectl get nodes via exec: {said}");
+        assert_eq!(
+            std::fs::read_dir(cache.join("kubeforge/credentials"))
+                .unwrap()
+                .count(),
+            1,
+            "the plugin cached its certificate"
+        );
+        stop.send(true).unwrap();
+    }
 
     // Roles in the cluster (issue 13 point 12): what each kubeconfig role
     // may, asked of the API server itself; then a revocation takes every

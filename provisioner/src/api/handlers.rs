@@ -17,10 +17,11 @@ use kubeforge_cluster::api::{
     AutoscalerCredentialsRequest, AutoscalerCredentialsView, AutoscalerDecisionView,
     AutoscalerPoolView, AutoscalerSettingsRequest, AutoscalerStatusView, ClusterAccepted,
     ClusterListQuery, ClusterView, CreateClusterRequest, CreateHostRequest, CreateNodePoolRequest,
-    CredentialsRevoked, EventView, HostCreated, HostView, Items, KubeconfigRequest,
-    MachineTypeView, MachineView, NodePoolAccepted, NodePoolView, OperationAccepted, OperationView,
-    Page, PageQuery, PendingPodView, PoolReasonView, Problem, Quota, QuotaView, RevokeTokenRequest,
-    TokenRevoked, UpdateClusterRequest, UpdateNodePoolRequest,
+    CredentialsRevoked, EventView, HostCreated, HostView, Items, KubeconfigIssued,
+    KubeconfigRequest, MachineTypeView, MachineView, NodePoolAccepted, NodePoolView,
+    OperationAccepted, OperationView, Page, PageQuery, PendingPodView, PoolReasonView, Problem,
+    Quota, QuotaView, RevokeTokenRequest, TokenRevoked, UpdateClusterRequest,
+    UpdateNodePoolRequest,
 };
 use kubeforge_cluster::{AutoscalerMode, AutoscalerSettings, Expander, NodeResources};
 
@@ -257,7 +258,8 @@ pub const KUBECONFIG_EXPIRES_AT: &str = "kubeforge-expires-at";
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/kubeconfig", tag = "credentials", operation_id = "create_kubeconfig",
     request_body = KubeconfigRequest,
     params(("cluster" = String, Path, description = "id or name")),
-    responses((status = 200, body = String, content_type = "application/yaml", description = "a kubeconfig; `Kubeforge-Expires-At` says when its certificate expires (RFC 3339)",
+    responses((status = 200, description = "a kubeconfig (`application/yaml`, the default), or with `Accept: application/json` the kubeconfig with its expiry, role, context name and credential generation; `Kubeforge-Expires-At` says when its certificate expires (RFC 3339)",
+               content((String = "application/yaml"), (KubeconfigIssued = "application/json")),
                headers(("Kubeforge-Expires-At" = String, description = "RFC 3339 expiry of the client certificate"))),
               (status = 403, body = Problem, content_type = "application/problem+json", description = "the caller's role may not mint a kubeconfig of this role"),
               (status = 409, body = Problem, content_type = "application/problem+json", description = "cluster_not_ready")))]
@@ -265,23 +267,61 @@ pub async fn kubeconfig_create(
     State(app): State<SharedApp>,
     ctx: OpContext,
     RefPath(c): RefPath<String>,
+    headers: header::HeaderMap,
     body: JsonBody<KubeconfigRequest>,
 ) -> Result<Response> {
     let issued = app.kubeconfig_create(&ctx, &c, body.value).await?;
     let expires = issued
         .expires_at
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let expires_header = (
+        header::HeaderName::from_static(KUBECONFIG_EXPIRES_AT),
+        expires,
+    );
+    if wants_json(&headers) {
+        let answer = KubeconfigIssued {
+            kubeconfig: issued.yaml,
+            expires_at: issued.expires_at,
+            role: issued.role.as_str().to_string(),
+            context: issued.context,
+            credential_generation: issued.generation,
+        };
+        return Ok(([expires_header], Json(answer)).into_response());
+    }
     Ok((
         [
-            (header::CONTENT_TYPE, "application/yaml"),
-            (
-                header::HeaderName::from_static(KUBECONFIG_EXPIRES_AT),
-                expires.as_str(),
-            ),
+            (header::CONTENT_TYPE, "application/yaml".to_string()),
+            expires_header,
         ],
         issued.yaml,
     )
         .into_response())
+}
+
+/// Whether `Accept` names `application/json` (with any parameters) before
+/// `application/yaml`, or without it. A missing `Accept`, `*/*` or
+/// `application/yaml` gets the YAML, which was the only answer once.
+fn wants_json(headers: &header::HeaderMap) -> bool {
+    let ranges = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|r| {
+            r.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    for range in ranges {
+        match range.as_str() {
+            "application/json" => return true,
+            "application/yaml" => return false,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Revoke every kubeconfig issued for a cluster so far.
@@ -470,7 +510,7 @@ pub async fn metrics(State(app): State<SharedApp>) -> Response {
     ),
     components(schemas(Problem, ClusterView, NodePoolView, MachineView, OperationView, EventView,
                        CreateClusterRequest, CreateNodePoolRequest, UpdateClusterRequest,
-                       UpdateNodePoolRequest, KubeconfigRequest, CreateHostRequest, HostView,
+                       UpdateNodePoolRequest, KubeconfigRequest, KubeconfigIssued, CreateHostRequest, HostView,
                        Quota, QuotaView, ClusterAccepted, NodePoolAccepted, OperationAccepted,
                        HostCreated, AutoscalerSettings, AutoscalerSettingsRequest,
                        AutoscalerMode, Expander, AutoscalerStatusView, AutoscalerPoolView,

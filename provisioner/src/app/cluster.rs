@@ -459,8 +459,13 @@ impl App {
 }
 
 /// A kubeconfig just issued; `yaml` holds its key.
+///
+/// Not `Debug`: nothing should print it.
 pub struct IssuedKubeconfig {
     pub yaml: String,
+    pub role: KubeconfigRole,
+    /// The name of its context (and of its cluster and user entries).
+    pub context: String,
     pub serial: String,
     pub expires_at: chrono::DateTime<chrono::Utc>,
     /// The credential generation its group carries.
@@ -509,18 +514,25 @@ impl App {
             ttl,
         )
         .map_err(internal)?;
-        let yaml = kubeforge_cluster::kubeconfig::render_kubeconfig(
+        // Cluster, user and context entries share one name, unique per
+        // tenant, cluster and role, so kubeconfigs merge side by side.
+        let entry =
+            kubeforge_cluster::kubeconfig::tenant_entry_name(&c.tenant, c.name.as_str(), role);
+        let yaml = kubeforge_cluster::kubeconfig::render_kubeconfig_with_context(
             &kubeforge_cluster::kubeconfig::KubeconfigInput {
-                cluster_name: c.name.as_str(),
+                cluster_name: &entry,
                 server: &endpoint,
                 ca_pem: &pair.cert_pem,
-                user_name: &user,
+                user_name: &entry,
                 client_cert_pem: &client.cert_pem,
                 client_key_pem: &client.key_pem,
             },
+            &entry,
         );
         Ok(IssuedKubeconfig {
             yaml,
+            role,
+            context: entry,
             serial: client.serial_hex,
             expires_at: client.not_after,
             generation,

@@ -135,6 +135,9 @@ pub enum ClustersCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Merge a fresh kubeconfig for a cluster into ~/.kube/config (or
+    /// $KUBECONFIG's first file) and make it the current context.
+    GetCredentials(super::kubeconfig::GetCredentialsArgs),
     /// Delete a cluster (202: deletion runs as an operation).
     #[command(after_help = CLUSTERS_DELETE_EXAMPLES)]
     Delete {
@@ -402,7 +405,7 @@ pub enum KubeconfigRole {
 }
 
 impl KubeconfigRole {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             KubeconfigRole::Admin => "admin",
             KubeconfigRole::Editor => "editor",
@@ -441,6 +444,13 @@ pub async fn run_clusters_to(
     cmd: ClustersCmd,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    // It may read its token from a file, so it makes its own `Api`.
+    let cmd = match cmd {
+        ClustersCmd::GetCredentials(args) => {
+            return super::kubeconfig::run_get_credentials_to(opts, args, out).await;
+        }
+        cmd => cmd,
+    };
     let api = Api::new(opts)?;
     match cmd {
         ClustersCmd::Create(args) => {
@@ -526,6 +536,7 @@ pub async fn run_clusters_to(
                 print_accepted(out, opts.output, &answer)?;
             }
         }
+        ClustersCmd::GetCredentials(_) => unreachable!("handled above"),
     }
     Ok(())
 }
