@@ -255,7 +255,9 @@ enum DevDbCmd {
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Mint a bearer token signed with this data dir's key.
+    /// Mint a bearer token signed with the data dir's key (the one `up`
+    /// made on its first start). Never makes a key: without one it fails
+    /// naming the data dir it looked in.
     Create {
         #[arg(long)]
         tenant: String,
@@ -396,7 +398,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let ttl = client::parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
             let dir = data_dir.unwrap_or_else(server::default_data_dir);
-            let keys = server::load_auth(&dir)?;
+            let keys = server::load_existing_auth(&dir)?;
             let token = keys.mint(&tenant, &subject, role, ttl, chrono::Utc::now().timestamp())?;
             println!("{token}");
             Ok(())

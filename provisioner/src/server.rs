@@ -222,6 +222,31 @@ pub fn load_auth(data_dir: &Path) -> anyhow::Result<AuthKeys> {
     AuthKeys::from_secret(&key)
 }
 
+/// The token signing key a running service uses, for a tool that mints
+/// tokens for it (`token create`): `$KUBEFORGE_TOKEN_KEY` (hex) or
+/// `<data_dir>/token.key`, which must exist. A new key would sign tokens
+/// no server accepts, so where there is none this fails naming the data
+/// dir it looked in and how to point elsewhere.
+pub fn load_existing_auth(data_dir: &Path) -> anyhow::Result<AuthKeys> {
+    let key = match std::env::var("KUBEFORGE_TOKEN_KEY") {
+        Ok(hex_key) => hex::decode(hex_key.trim()).context("KUBEFORGE_TOKEN_KEY is not hex")?,
+        Err(_) => {
+            let path = data_dir.join("token.key");
+            crate::keys::load_existing(&path)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no token signing key in the data dir {}: {} does not exist. \
+                     Point at the data dir of the running service with --data-dir DIR \
+                     or KUBEFORGE_DATA_DIR=DIR (or give the key as KUBEFORGE_TOKEN_KEY); \
+                     `kubeforge up` creates the key on its first start",
+                    data_dir.display(),
+                    path.display()
+                )
+            })?
+        }
+    };
+    AuthKeys::from_secret(&key)
+}
+
 /// The secret-encryption key: `$KUBEFORGE_SECRET_KEY` (hex) or `<data_dir>/secret.key`.
 pub fn load_secret_box(data_dir: &Path) -> anyhow::Result<SecretBox> {
     let key = match std::env::var("KUBEFORGE_SECRET_KEY") {

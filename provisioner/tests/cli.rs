@@ -1071,3 +1071,51 @@ fn unpinned_or_plain_http_artifacts_are_refused_at_start() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `token create` where no service has run never makes a signing key (its
+/// tokens would be refused by every server): it exits non-zero naming the
+/// data dir it looked in and how to point at another, whether the dir came
+/// from `--data-dir` or `KUBEFORGE_DATA_DIR`. With the key present it mints.
+#[test]
+fn token_create_refuses_to_invent_a_signing_key() {
+    let dir = temp_dir("no-key");
+    let base = ["token", "create", "--tenant", "acme", "--role", "admin"];
+    let flag = Command::new(BIN)
+        .args(base)
+        .arg("--data-dir")
+        .arg(&dir)
+        .env_remove("KUBEFORGE_TOKEN_KEY")
+        .env_remove("KUBEFORGE_DATA_DIR")
+        .output()
+        .expect("token create");
+    let env = Command::new(BIN)
+        .args(base)
+        .env("KUBEFORGE_DATA_DIR", &dir)
+        .env_remove("KUBEFORGE_TOKEN_KEY")
+        .output()
+        .expect("token create");
+    for out in [&flag, &env] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(out.stdout.is_empty(), "no token printed");
+        assert!(
+            stderr.contains(&format!("data dir {}", dir.display())),
+            "{stderr}"
+        );
+        for hint in ["--data-dir", "KUBEFORGE_DATA_DIR", "token.key"] {
+            assert!(stderr.contains(hint), "{hint} missing: {stderr}");
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing was created in the data dir"
+    );
+    // With the service's key in place the same command mints a token that
+    // key verifies.
+    std::fs::write(dir.join("token.key"), "ab".repeat(32)).unwrap();
+    let tok = token(&dir, "acme", "admin");
+    let keys = kubeforge::auth::AuthKeys::from_secret(&[0xab; 32]).unwrap();
+    let (claims, _) = keys.verify(&tok).expect("verifies with the dir's key");
+    assert_eq!(claims.tenant, "acme");
+}
