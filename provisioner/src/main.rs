@@ -102,11 +102,11 @@ impl ArtifactArgs {
     }
 }
 
-/// `up --dns-listen`: `lab`, `off` or an address.
+/// `up --dns-listen`: `lab` (None here: the address is the gateway of the
+/// lab network `up` claims), `off` or an address.
 fn up_dns_listen(value: &str) -> anyhow::Result<Option<SocketAddr>> {
     match value {
-        "off" => Ok(None),
-        "lab" => Ok(Some(SocketAddr::from((server::lab_gateway()?, 53)))),
+        "off" | "lab" => Ok(None),
         other => Ok(Some(other.parse().map_err(|_| {
             anyhow::anyhow!("--dns-listen {other:?} is not lab, off or IP:PORT")
         })?)),
@@ -336,6 +336,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 grpc_listen: Some(grpc_listen),
                 grpc_advertise,
                 dns_listen: up_dns_listen(&dns_listen)?,
+                dns_on_lab_gateway: dns_listen == "lab",
+                claim_lab_network: true,
                 dns_advertise: dns.dns_advertise,
                 dns_upstream: dns.dns_upstream,
                 tls: tls.files(),
@@ -367,6 +369,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 grpc_listen,
                 grpc_advertise,
                 dns_listen,
+                dns_on_lab_gateway: false,
+                claim_lab_network: false,
                 dns_advertise: dns.dns_advertise,
                 dns_upstream: dns.dns_upstream,
                 tls: tls.files(),

@@ -1119,3 +1119,123 @@ fn token_create_refuses_to_invent_a_signing_key() {
     let (claims, _) = keys.verify(&tok).expect("verifies with the dir's key");
     assert_eq!(claims.tenant, "acme");
 }
+
+/// `up` with the lab on (this host's artifact cache), its own data dir,
+/// the lab variables unset unless given in `env`, its log in `up.log`.
+fn up_with_lab(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(UP_PORTS)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("KUBEFORGE_LAB_BRIDGE")
+        .env_remove("KUBEFORGE_LAB_SUBNET")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(data_dir.join("up.log")).expect("log file"),
+        ));
+    Proc(cmd.spawn().expect("spawn kubeforge up"))
+}
+
+/// The bridge and subnet an `up` recorded for its data dir.
+fn lab_network_of(data_dir: &Path) -> (String, String) {
+    let path = data_dir.join("lab/network.json");
+    let text = std::fs::read_to_string(&path).expect("network.json");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (
+        v["bridge"].as_str().unwrap().to_string(),
+        v["subnet"].as_str().unwrap().to_string(),
+    )
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Deletes the bridges a failed test leaves.
+struct BridgeCleanup(Vec<String>);
+
+impl Drop for BridgeCleanup {
+    fn drop(&mut self) {
+        for br in &self.0 {
+            if link_exists(br) {
+                let _ = Command::new("ip").args(["link", "del", br]).status();
+            }
+        }
+    }
+}
+
+/// Two `up` on one host at once (two data dirs, nothing configured) hold
+/// distinct lab bridges and subnets, each bridge up with its subnet's
+/// first address; a third asked for one of theirs is refused naming the
+/// variables to set; stopping one removes its bridge and leaves the
+/// other's. (Root and the lab artifacts; no machine is booted.)
+#[tokio::test]
+async fn two_ups_on_one_host_hold_distinct_lab_networks() {
+    let (da, db, dc) = (temp_dir("lab-a"), temp_dir("lab-b"), temp_dir("lab-c"));
+    let (pa, pb) = (free_port(), free_port());
+    let a = up_with_lab(&da, pa, &[]);
+    let b = up_with_lab(&db, pb, &[]);
+    wait_healthy(pa).await;
+    wait_healthy(pb).await;
+    let (bra, sna) = lab_network_of(&da);
+    let (brb, snb) = lab_network_of(&db);
+    let _cleanup = BridgeCleanup(vec![bra.clone(), brb.clone()]);
+    assert_ne!(bra, brb, "distinct bridges");
+    assert_ne!(sna, snb, "distinct subnets");
+    for (br, sn) in [(&bra, &sna), (&brb, &snb)] {
+        assert!(br.starts_with("kfbr"), "{br}");
+        let net: ipnet::Ipv4Net = sn.parse().unwrap();
+        let gateway = net.hosts().next().unwrap();
+        let out = Command::new("ip")
+            .args(["-4", "-o", "addr", "show", "dev", br])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("inet {gateway}/{}", net.prefix_len())),
+            "{br}: {text}"
+        );
+    }
+
+    // A third `up` told to use the first's bridge is refused, naming the
+    // variables, and makes nothing.
+    let c = up_with_lab(&dc, free_port(), &[("KUBEFORGE_LAB_BRIDGE", bra.as_str())]);
+    let (status, stderr) = {
+        let mut c = c;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = c.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the third up did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        std::mem::forget(c);
+        (status, std::fs::read_to_string(dc.join("up.log")).unwrap())
+    };
+    assert!(!status.success(), "{stderr}");
+    for needle in [
+        bra.as_str(),
+        "KUBEFORGE_LAB_BRIDGE",
+        "KUBEFORGE_LAB_SUBNET",
+        &da.display().to_string(),
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing: {stderr}");
+    }
+
+    // Stopping the first removes its bridge only.
+    assert!(stop(a, Signal::SIGINT).success());
+    assert!(!link_exists(&bra), "{bra} removed when its up stopped");
+    assert!(link_exists(&brb), "{brb} still there");
+    assert_eq!(
+        reqwest::get(format!("http://127.0.0.1:{pb}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(stop(b, Signal::SIGINT).success());
+    assert!(!link_exists(&brb), "{brb} removed when its up stopped");
+}
