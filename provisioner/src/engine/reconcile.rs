@@ -205,6 +205,9 @@ impl Run<'_> {
         )
         .await?;
         tx.commit().await?;
+        if reason == "MachineLost" {
+            self.app.metrics.count_repair(reason);
+        }
         Ok(())
     }
 
@@ -563,7 +566,8 @@ impl Run<'_> {
                             .await
                             .map_err(db)?;
                     }
-                    operation::finish(&mut *tx, op.id, None).await.map_err(db)?;
+                    let ended = operation::finish(&mut *tx, op.id, None).await.map_err(db)?;
+                    self.app.metrics.observe_operation(ended);
                 }
                 tx.commit().await.map_err(db)?;
                 self.event(
@@ -926,7 +930,9 @@ impl Run<'_> {
                             None,
                         )
                         .await?;
-                        operation::finish(&mut *tx, op.id, None).await?;
+                        self.app
+                            .metrics
+                            .observe_operation(operation::finish(&mut *tx, op.id, None).await?);
                     } else {
                         let state = if cp_message.is_some() && self.app.access.is_none() {
                             Progress::Pending
@@ -954,7 +960,9 @@ impl Run<'_> {
                         None,
                     )
                     .await?;
-                    operation::finish(&mut *tx, op.id, None).await?;
+                    self.app
+                        .metrics
+                        .observe_operation(operation::finish(&mut *tx, op.id, None).await?);
                 }
                 OperationKind::NodePoolCreate | OperationKind::NodePoolUpdate => {
                     let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
@@ -1049,7 +1057,9 @@ impl Run<'_> {
                         && drain_done
                         && op.target_generation <= p.generation
                     {
-                        operation::finish(&mut *tx, op.id, None).await?;
+                        self.app
+                            .metrics
+                            .observe_operation(operation::finish(&mut *tx, op.id, None).await?);
                     }
                 }
                 OperationKind::NodePoolDelete => {
@@ -1233,14 +1243,17 @@ impl Run<'_> {
                     None,
                 )
                 .await?;
-                operation::finish(&mut *tx, op.id, None).await?;
+                self.app
+                    .metrics
+                    .observe_operation(operation::finish(&mut *tx, op.id, None).await?);
             } else {
-                operation::finish(
+                let ended = operation::finish(
                     &mut *tx,
                     op.id,
                     Some(&op_error("superseded", "the cluster was deleted", false)),
                 )
                 .await?;
+                self.app.metrics.observe_operation(ended);
             }
         }
         tx.commit().await?;
@@ -1314,7 +1327,9 @@ impl Run<'_> {
                 operation::set_step(&mut *tx, op.id, step, Progress::Failed, None, Some(err))
                     .await?;
             }
-            operation::finish(&mut *tx, op.id, Some(err)).await?;
+            self.app
+                .metrics
+                .observe_operation(operation::finish(&mut *tx, op.id, Some(err)).await?);
         }
         tx.commit().await?;
         Ok(())
