@@ -3,6 +3,7 @@
 //! data, a second `up` on the same data dir refused, and two `serve`
 //! processes sharing one database.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -1170,7 +1171,9 @@ impl Drop for BridgeCleanup {
 /// distinct lab bridges and subnets, each bridge up with its subnet's
 /// first address; a third asked for one of theirs is refused naming the
 /// variables to set; stopping one removes its bridge and leaves the
-/// other's. (Root and the lab artifacts; no machine is booted.)
+/// other's; restarted after another took its pair, with no machine of its
+/// own, it picks a third. (Root and the lab artifacts; no machine is
+/// booted.)
 #[tokio::test]
 async fn two_ups_on_one_host_hold_distinct_lab_networks() {
     let (da, db, dc) = (temp_dir("lab-a"), temp_dir("lab-b"), temp_dir("lab-c"));
@@ -1236,6 +1239,34 @@ async fn two_ups_on_one_host_hold_distinct_lab_networks() {
             .status(),
         200
     );
-    assert!(stop(b, Signal::SIGINT).success());
-    assert!(!link_exists(&brb), "{brb} removed when its up stopped");
+
+    // A new `up` may take a pair the first left; the first, restarted
+    // with no machine of its own, then picks another rather than refuse.
+    let (dd, pd) = (temp_dir("lab-d"), free_port());
+    let d = up_with_lab(&dd, pd, &[]);
+    wait_healthy(pd).await;
+    let pa2 = free_port();
+    let a2 = up_with_lab(&da, pa2, &[]);
+    wait_healthy(pa2).await;
+    let (brd, snd) = lab_network_of(&dd);
+    let (bra2, sna2) = lab_network_of(&da);
+    let _cleanup2 = BridgeCleanup(vec![brd.clone(), bra2.clone()]);
+    assert_eq!(
+        (&brd, &snd),
+        (&bra, &sna),
+        "the new up takes the first free pair, the one the first left"
+    );
+    let bridges = BTreeSet::from([&brb, &brd, &bra2]);
+    let subnets = BTreeSet::from([&snb, &snd, &sna2]);
+    assert_eq!(
+        (bridges.len(), subnets.len()),
+        (3, 3),
+        "{bridges:?} {subnets:?}"
+    );
+    assert!(link_exists(&brd) && link_exists(&bra2));
+
+    for (p, br) in [(a2, &bra2), (d, &brd), (b, &brb)] {
+        assert!(stop(p, Signal::SIGINT).success());
+        assert!(!link_exists(br), "{br} removed when its up stopped");
+    }
 }

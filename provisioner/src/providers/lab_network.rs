@@ -7,7 +7,8 @@
 //!   no link of that name exists, no address of the host lies in that
 //!   subnet, and no other `up` holds its lock. The choice is kept in
 //!   `<data dir>/lab/network.json`, so a restart finds its machines on the
-//!   same bridge and subnet.
+//!   same bridge and subnet (if another `up` took that pair meanwhile, a
+//!   data dir without machines picks again; one with machines is refused).
 //! - With either variable set (the other defaulting to `kfbr0` /
 //!   `10.77.0.0/24`), that pair is used, and a pair another `up` holds is
 //!   refused naming the variables to set.
@@ -97,17 +98,23 @@ impl LabNetwork {
                 .as_ref()
                 .is_some_and(|r| r.made && r.bridge == bridge);
             (bridge, subnet, locks, made)
-        } else if let Some(r) = &recorded {
-            let locks = lock_pair(&r.bridge, r.subnet, &holder)?.map_err(|other| {
-                anyhow::anyhow!(
-                    "this data dir's lab bridge {} and subnet {} (from {}) are held by another \
-                     kubeforge up ({other}); stop it, or set KUBEFORGE_LAB_BRIDGE and \
-                     KUBEFORGE_LAB_SUBNET to another pair",
+        } else if let Some((r, locks)) = match &recorded {
+            Some(r) => match lock_pair(&r.bridge, r.subnet, &holder)? {
+                Ok(locks) => Some((r, locks)),
+                // Taken while this data dir's `up` was stopped: with no
+                // machine of its own on it, another pair will do.
+                Err(_) if !has_machines(state_dir) => None,
+                Err(other) => bail!(
+                    "this data dir's lab bridge {} and subnet {} (from {}, its machines \
+                     are on them) are held by another kubeforge up ({other}); stop that one, \
+                     or delete this data dir's lab machines",
                     r.bridge,
                     r.subnet,
                     record_path.display()
-                )
-            })?;
+                ),
+            },
+            None => None,
+        } {
             (r.bridge.clone(), r.subnet, locks, r.made)
         } else {
             let used = host_networks()?;
@@ -237,6 +244,13 @@ fn lock_pair(
     }
     let [a, b]: [File; 2] = files.try_into().expect("two locks");
     Ok(Ok([a, b]))
+}
+
+/// Whether the lab has machines in this state dir.
+fn has_machines(state_dir: &Path) -> bool {
+    std::fs::read_dir(state_dir.join("machines"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
 }
 
 fn link_exists(name: &str) -> bool {
