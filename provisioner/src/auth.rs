@@ -14,6 +14,9 @@
 //!   after it was loaded (the API checks it on every request), and updated
 //!   at once on the replica that revoked. So a revoked token is refused at
 //!   once by the replica that revoked it and within 5 s by every other.
+//! - Every refusal is a 401 naming its reason ([`AuthFailure`]: expired,
+//!   not yet valid, bad signature, unknown key id, revoked, malformed,
+//!   rejected claims), with a detail that never holds the token.
 //! - No token lives longer than [`MAX_TOKEN_TTL`], so a revocation by
 //!   `jti` alone (its expiry unknown) is kept that long and then pruned.
 
@@ -25,7 +28,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::context::Role;
-use crate::error::Error;
+use crate::error::{AuthFailure, Error};
 
 pub const ISSUER: &str = "kubeforge";
 pub const AUDIENCE: &str = "kubeforge-api";
@@ -208,17 +211,21 @@ impl AuthKeys {
     /// `jti` is returned checked but not looked up: revocation is the
     /// caller's ([`Revocations`]).
     pub fn verify(&self, token: &str) -> Result<(Claims, Role), Error> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| Error::Unauthenticated("token is malformed".into()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            AuthFailure::Malformed.error(
+                "the bearer token is not a JWT this service issues (three base64url parts, HS256)",
+            )
+        })?;
         match header.kid.as_deref() {
             None => {
-                return Err(Error::Unauthenticated(
-                    "token has no key id (kid); mint a new one".into(),
+                return Err(AuthFailure::UnknownKey.error(
+                    "the token has no key id (kid); mint a new one with `kubeforge token create`",
                 ))
             }
             Some(kid) if kid != self.kid => {
-                return Err(Error::Unauthenticated(
-                    "token key id (kid) is not this service's signing key".into(),
+                return Err(AuthFailure::UnknownKey.error(
+                    "the token's key id (kid) is not this service's signing key: it was minted \
+                     with another data dir's key; mint it with the key of this service",
                 ))
             }
             Some(_) => {}
@@ -226,26 +233,49 @@ impl AuthKeys {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind as K;
-                let why = match e.kind() {
-                    K::ExpiredSignature => "token expired",
-                    K::ImmatureSignature => "token is not valid yet (nbf)",
-                    K::InvalidAudience => "token audience is wrong",
-                    K::InvalidIssuer => "token issuer is wrong",
-                    K::InvalidAlgorithm => "token algorithm is not accepted",
-                    K::InvalidSignature => "token signature is invalid",
-                    K::MissingRequiredClaim(_) => "token lacks a required claim",
-                    _ => "token is malformed",
+                let (reason, why) = match e.kind() {
+                    K::ExpiredSignature => (
+                        AuthFailure::Expired,
+                        "the token expired (exp); mint a new one",
+                    ),
+                    K::ImmatureSignature => (
+                        AuthFailure::NotYetValid,
+                        "the token is not valid yet (nbf); check the clocks of the minter and this service",
+                    ),
+                    K::InvalidSignature => (
+                        AuthFailure::BadSignature,
+                        "the token signature is invalid for the key its kid names",
+                    ),
+                    K::InvalidAudience => (
+                        AuthFailure::RejectedClaims,
+                        "the token audience (aud) is not kubeforge-api",
+                    ),
+                    K::InvalidIssuer => (
+                        AuthFailure::RejectedClaims,
+                        "the token issuer (iss) is not kubeforge",
+                    ),
+                    K::InvalidAlgorithm => (
+                        AuthFailure::RejectedClaims,
+                        "the token algorithm is not accepted (HS256 only)",
+                    ),
+                    K::MissingRequiredClaim(_) => (
+                        AuthFailure::RejectedClaims,
+                        "the token lacks a required claim (exp, nbf, iss, aud, sub)",
+                    ),
+                    _ => (
+                        AuthFailure::Malformed,
+                        "the token's claims are not a JSON object of the expected form",
+                    ),
                 };
-                Error::Unauthenticated(why.into())
+                reason.error(why)
             })?;
         let claims = data.claims;
         if !claims.jti.as_deref().is_some_and(valid_jti) {
-            return Err(Error::Unauthenticated(
-                "token lacks a token id (jti); mint a new one".into(),
-            ));
+            return Err(AuthFailure::RejectedClaims
+                .error("the token lacks a token id (jti); mint a new one"));
         }
         let role = Role::parse(&claims.role)
-            .ok_or_else(|| Error::Unauthenticated("token role is unknown".into()))?;
+            .ok_or_else(|| AuthFailure::RejectedClaims.error("the token's role is unknown"))?;
         if !valid_tenant(&claims.tenant) {
             return Err(Error::InvalidClaim {
                 field: "token.tenant",
@@ -320,7 +350,7 @@ impl Revocations {
             .as_deref()
             .is_some_and(|j| self.state().jtis.contains(j));
         if revoked {
-            Err(Error::Unauthenticated("token was revoked".into()))
+            Err(AuthFailure::Revoked.error("the token was revoked; mint a new one"))
         } else {
             Ok(())
         }
@@ -419,7 +449,7 @@ mod tests {
 
     fn refused(keys: &AuthKeys, token: &str) -> String {
         match keys.verify(token) {
-            Err(e @ Error::Unauthenticated(_)) => {
+            Err(e @ Error::Unauthenticated { .. }) => {
                 assert_eq!(e.status(), 401);
                 e.to_string()
             }

@@ -18,10 +18,13 @@ pub enum Error {
     MalformedBody { detail: String },
     #[error("request body too large")]
     PayloadTooLarge,
-    #[error("unauthenticated: {0}")]
-    Unauthenticated(String),
+    /// The request carries no usable token; `reason` says why (each its
+    /// own problem `type` and title), `detail` how to fix it. Neither ever
+    /// holds the token.
+    #[error("unauthenticated: {detail}")]
+    Unauthenticated { reason: AuthFailure, detail: String },
     /// A well-signed token whose claim `field` (`token.sub`,
-    /// `token.tenant`) no caller can have.
+    /// `token.tenant`) no caller can have ([`AuthFailure::RejectedClaims`]).
     #[error("unauthenticated: {detail}")]
     InvalidClaim { field: &'static str, detail: String },
     #[error("forbidden: {0}")]
@@ -55,6 +58,80 @@ pub enum Error {
     LeaseLost { job_id: i64 },
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
+}
+
+/// Why a request was not authenticated. Each reason is a problem `type`
+/// (`https://kubeforge.dev/problems/unauthenticated/<slug>`) and title of
+/// its own; the `code` stays `unauthenticated` for every one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header.
+    MissingHeader,
+    /// A header that is not `Bearer <token>`, or a token that is not a JWT.
+    Malformed,
+    /// Past its `exp`.
+    Expired,
+    /// Before its `nbf`.
+    NotYetValid,
+    /// Its signature does not verify with the key its `kid` names.
+    BadSignature,
+    /// No `kid`, or one that names a key this service does not have.
+    UnknownKey,
+    /// Its `jti` was revoked.
+    Revoked,
+    /// Signed and current, but a claim or the algorithm is not one this
+    /// service accepts (issuer, audience, role, tenant, subject, `jti`).
+    RejectedClaims,
+}
+
+impl AuthFailure {
+    /// Every reason, for tests and docs.
+    pub const ALL: [AuthFailure; 8] = [
+        AuthFailure::MissingHeader,
+        AuthFailure::Malformed,
+        AuthFailure::Expired,
+        AuthFailure::NotYetValid,
+        AuthFailure::BadSignature,
+        AuthFailure::UnknownKey,
+        AuthFailure::Revoked,
+        AuthFailure::RejectedClaims,
+    ];
+
+    /// The last segment of the problem `type`.
+    pub fn slug(self) -> &'static str {
+        match self {
+            AuthFailure::MissingHeader => "missing-header",
+            AuthFailure::Malformed => "malformed-token",
+            AuthFailure::Expired => "token-expired",
+            AuthFailure::NotYetValid => "token-not-yet-valid",
+            AuthFailure::BadSignature => "bad-signature",
+            AuthFailure::UnknownKey => "unknown-key-id",
+            AuthFailure::Revoked => "token-revoked",
+            AuthFailure::RejectedClaims => "rejected-claims",
+        }
+    }
+
+    /// The problem's title.
+    pub fn title(self) -> &'static str {
+        match self {
+            AuthFailure::MissingHeader => "No bearer token",
+            AuthFailure::Malformed => "Malformed token",
+            AuthFailure::Expired => "Token expired",
+            AuthFailure::NotYetValid => "Token not yet valid",
+            AuthFailure::BadSignature => "Token signature invalid",
+            AuthFailure::UnknownKey => "Unknown signing key",
+            AuthFailure::Revoked => "Token revoked",
+            AuthFailure::RejectedClaims => "Token claims rejected",
+        }
+    }
+
+    /// An [`Error::Unauthenticated`] of this reason.
+    pub fn error(self, detail: impl Into<String>) -> Error {
+        Error::Unauthenticated {
+            reason: self,
+            detail: detail.into(),
+        }
+    }
 }
 
 impl From<sqlx::Error> for Error {
@@ -98,9 +175,15 @@ impl Error {
                 "Request body too large",
                 false,
             ),
-            Error::Unauthenticated(_) | Error::InvalidClaim { .. } => {
-                (S::UNAUTHORIZED, "unauthenticated", "Unauthenticated", false)
+            Error::Unauthenticated { reason, .. } => {
+                (S::UNAUTHORIZED, "unauthenticated", reason.title(), false)
             }
+            Error::InvalidClaim { .. } => (
+                S::UNAUTHORIZED,
+                "unauthenticated",
+                AuthFailure::RejectedClaims.title(),
+                false,
+            ),
             Error::Forbidden(_) => (S::FORBIDDEN, "forbidden", "Forbidden", false),
             Error::NotFound { .. } => (S::NOT_FOUND, "not_found", "Not found", false),
             Error::Conflict(_) => (S::CONFLICT, "conflict", "Conflict", false),
@@ -155,6 +238,15 @@ impl Error {
         }
     }
 
+    /// Why a 401 is one; `None` for every other error.
+    pub fn auth_failure(&self) -> Option<AuthFailure> {
+        match self {
+            Error::Unauthenticated { reason, .. } => Some(*reason),
+            Error::InvalidClaim { .. } => Some(AuthFailure::RejectedClaims),
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         self.parts().1
     }
@@ -176,8 +268,12 @@ impl Error {
             ),
             other => (other.to_string(), None),
         };
+        let type_ = match self.auth_failure() {
+            Some(reason) => format!("https://kubeforge.dev/problems/{code}/{}", reason.slug()),
+            None => format!("https://kubeforge.dev/problems/{code}"),
+        };
         Problem {
-            type_: format!("https://kubeforge.dev/problems/{code}"),
+            type_,
             title: title.into(),
             status: status.as_u16(),
             code: code.into(),
@@ -202,6 +298,18 @@ impl IntoResponse for Error {
             body,
         )
             .into_response();
+        if let Some(reason) = self.auth_failure() {
+            // RFC 6750: a request without a token gets the bare challenge,
+            // a bad token `invalid_token` (the reason is in the body).
+            let challenge = match reason {
+                AuthFailure::MissingHeader => "Bearer realm=\"kubeforge\"",
+                _ => "Bearer realm=\"kubeforge\", error=\"invalid_token\"",
+            };
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(challenge),
+            );
+        }
         if let Error::RateLimited { retry_after } = self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, retry_after_secs(&retry_after).into());

@@ -135,11 +135,11 @@ impl ArtifactArgs {
     }
 }
 
-/// `up --dns-listen`: `lab`, `off` or an address.
+/// `up --dns-listen`: `lab` (None here: the address is the gateway of the
+/// lab network `up` claims), `off` or an address.
 fn up_dns_listen(value: &str) -> anyhow::Result<Option<SocketAddr>> {
     match value {
-        "off" => Ok(None),
-        "lab" => Ok(Some(SocketAddr::from((server::lab_gateway()?, 53)))),
+        "off" | "lab" => Ok(None),
         other => Ok(Some(other.parse().map_err(|_| {
             anyhow::anyhow!("--dns-listen {other:?} is not lab, off or IP:PORT")
         })?)),
@@ -323,7 +323,9 @@ enum DevDbCmd {
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Mint a bearer token signed with this data dir's key.
+    /// Mint a bearer token signed with the data dir's key (the one `up`
+    /// made on its first start). Never makes a key: without one it fails
+    /// naming the data dir it looked in.
     Create {
         #[arg(long)]
         tenant: String,
@@ -405,6 +407,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 grpc_listen: Some(grpc_listen),
                 grpc_advertise,
                 dns_listen: up_dns_listen(&dns_listen)?,
+                dns_on_lab_gateway: dns_listen == "lab",
+                claim_lab_network: true,
                 dns_advertise: dns.dns_advertise,
                 dns_upstream: dns.dns_upstream,
                 tls: tls.files(),
@@ -436,6 +440,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 grpc_listen,
                 grpc_advertise,
                 dns_listen,
+                dns_on_lab_gateway: false,
+                claim_lab_network: false,
                 dns_advertise: dns.dns_advertise,
                 dns_upstream: dns.dns_upstream,
                 tls: tls.files(),
@@ -467,7 +473,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let ttl = client::parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
             let dir = data_dir.unwrap_or_else(server::default_data_dir);
-            let keys = server::load_auth(&dir)?;
+            let keys = server::load_existing_auth(&dir)?;
             let token = keys.mint(&tenant, &subject, role, ttl, chrono::Utc::now().timestamp())?;
             println!("{token}");
             Ok(())

@@ -18,6 +18,7 @@ use crate::engine::jobs::{Engine, EngineConfig, EngineMetrics};
 use crate::engine::reconcile::ClusterReconciler;
 use crate::metrics::Metrics;
 use crate::providers::lab::{LabConfig, LabProvider};
+use crate::providers::lab_network::LabNetwork;
 use crate::providers::ssh::SshProvider;
 use crate::providers::ProviderRegistry;
 use crate::ssh::MachineAccess;
@@ -42,6 +43,14 @@ pub struct ServeOptions {
     /// Where to serve cluster DNS (UDP and TCP); None: not served, and
     /// clusters' `kube-dns` Service has no backend.
     pub dns_listen: Option<SocketAddr>,
+    /// Serve cluster DNS on port 53 of the lab bridge's gateway (`up
+    /// --dns-listen lab`), whichever lab network this process ends up on;
+    /// overrides `dns_listen`.
+    pub dns_on_lab_gateway: bool,
+    /// Claim a lab bridge and subnet of this process's own
+    /// ([`LabNetwork`]): `up` does, so two of them on one host never share
+    /// one; `serve` replicas use the one the environment names.
+    pub claim_lab_network: bool,
     /// The address nodes reach it at (every cluster's `kube-dns` Endpoints
     /// name it); default: the listen address, which must then be IPv4 and
     /// not a wildcard.
@@ -218,6 +227,31 @@ pub fn load_auth(data_dir: &Path) -> anyhow::Result<AuthKeys> {
     let key = match std::env::var("KUBEFORGE_TOKEN_KEY") {
         Ok(hex_key) => hex::decode(hex_key.trim()).context("KUBEFORGE_TOKEN_KEY is not hex")?,
         Err(_) => crate::keys::load_or_create(&data_dir.join("token.key"))?,
+    };
+    AuthKeys::from_secret(&key)
+}
+
+/// The token signing key a running service uses, for a tool that mints
+/// tokens for it (`token create`): `$KUBEFORGE_TOKEN_KEY` (hex) or
+/// `<data_dir>/token.key`, which must exist. A new key would sign tokens
+/// no server accepts, so where there is none this fails naming the data
+/// dir it looked in and how to point elsewhere.
+pub fn load_existing_auth(data_dir: &Path) -> anyhow::Result<AuthKeys> {
+    let key = match std::env::var("KUBEFORGE_TOKEN_KEY") {
+        Ok(hex_key) => hex::decode(hex_key.trim()).context("KUBEFORGE_TOKEN_KEY is not hex")?,
+        Err(_) => {
+            let path = data_dir.join("token.key");
+            crate::keys::load_existing(&path)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no token signing key in the data dir {}: {} does not exist. \
+                     Point at the data dir of the running service with --data-dir DIR \
+                     or KUBEFORGE_DATA_DIR=DIR (or give the key as KUBEFORGE_TOKEN_KEY); \
+                     `kubeforge up` creates the key on its first start",
+                    data_dir.display(),
+                    path.display()
+                )
+            })?
+        }
     };
     AuthKeys::from_secret(&key)
 }
@@ -556,10 +590,24 @@ pub async fn serve(opts: ServeOptions, announce_tour: bool) -> anyhow::Result<()
         .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
     let mut _lock = None;
     let mut embedded = None;
+    // `up` holds a lab network of its own while it runs: claimed under the
+    // data dir's lock, before the database starts, so a refusal is quick;
+    // the bridge goes when `run` drops it.
+    let mut lab_network = None;
     let url = match &opts.database_url {
         Some(u) => u.clone(),
         None => {
             _lock = Some(DataDirLock::acquire(&opts.data_dir)?);
+            if opts.claim_lab_network
+                && nix::unistd::geteuid().is_root()
+                && lab_image(&cache_dir()).is_some()
+            {
+                lab_network = Some(LabNetwork::claim(
+                    &opts.data_dir.join("lab"),
+                    std::env::var("KUBEFORGE_LAB_BRIDGE").ok().as_deref(),
+                    std::env::var("KUBEFORGE_LAB_SUBNET").ok().as_deref(),
+                )?);
+            }
             let pg = EmbeddedPostgres::start(&opts.data_dir).await?;
             let url = pg.url("kubeforge");
             embedded = Some(pg);
@@ -570,7 +618,7 @@ pub async fn serve(opts: ServeOptions, announce_tour: bool) -> anyhow::Result<()
     let (supervise_tx, supervise_rx) = watch::channel(false);
     let (result, ()) = tokio::join!(
         async {
-            let result = run(&opts, &url, announce_tour, http, tls, shutdown).await;
+            let result = run(&opts, &url, lab_network, announce_tour, http, tls, shutdown).await;
             let _ = supervise_tx.send(true);
             result
         },
@@ -590,6 +638,7 @@ pub async fn serve(opts: ServeOptions, announce_tour: bool) -> anyhow::Result<()
 async fn run(
     opts: &ServeOptions,
     url: &str,
+    mut lab_network: Option<LabNetwork>,
     announce_tour: bool,
     http: crate::http::HttpSettings,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -599,7 +648,32 @@ async fn run(
     store::migrate(&pool).await?;
     let auth = load_auth(&opts.data_dir)?;
     let secrets = load_secret_box(&opts.data_dir)?;
-    let (mut providers, access) = machine_setup(&opts.data_dir, &opts.artifacts).await;
+    let (mut providers, access) = match &lab_network {
+        Some(net) => {
+            println!("lab network: bridge {}, subnet {}", net.bridge, net.subnet);
+            machine_setup_with(
+                &opts.data_dir,
+                &net.bridge,
+                &net.subnet.to_string(),
+                &opts.artifacts,
+            )
+            .await
+        }
+        None => machine_setup(&opts.data_dir, &opts.artifacts).await,
+    };
+    if access.is_none() {
+        // No lab after all: the bridge goes now.
+        lab_network = None;
+    }
+    let dns_listen = if opts.dns_on_lab_gateway {
+        let gateway = match &lab_network {
+            Some(net) => net.gateway(),
+            None => lab_gateway()?,
+        };
+        Some(SocketAddr::from((gateway, 53)))
+    } else {
+        opts.dns_listen
+    };
     if let Some(access) = &access {
         register_ssh_provider(&mut providers, access, &pool, &secrets);
     }
@@ -623,7 +697,7 @@ async fn run(
             Some((listener, bound, advertise))
         }
     };
-    let dns = match opts.dns_listen {
+    let dns = match dns_listen {
         None => None,
         Some(addr) => {
             let advertise = dns_advertise(addr, opts.dns_advertise)?;
@@ -731,6 +805,7 @@ async fn run(
         }
     }
     pool.close().await;
+    drop(lab_network);
     Ok(())
 }
 

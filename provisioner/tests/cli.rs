@@ -3,6 +3,7 @@
 //! data, a second `up` on the same data dir refused, and two `serve`
 //! processes sharing one database.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -1070,4 +1071,202 @@ fn unpinned_or_plain_http_artifacts_are_refused_at_start() {
         "the database was started"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `token create` where no service has run never makes a signing key (its
+/// tokens would be refused by every server): it exits non-zero naming the
+/// data dir it looked in and how to point at another, whether the dir came
+/// from `--data-dir` or `KUBEFORGE_DATA_DIR`. With the key present it mints.
+#[test]
+fn token_create_refuses_to_invent_a_signing_key() {
+    let dir = temp_dir("no-key");
+    let base = ["token", "create", "--tenant", "acme", "--role", "admin"];
+    let flag = Command::new(BIN)
+        .args(base)
+        .arg("--data-dir")
+        .arg(&dir)
+        .env_remove("KUBEFORGE_TOKEN_KEY")
+        .env_remove("KUBEFORGE_DATA_DIR")
+        .output()
+        .expect("token create");
+    let env = Command::new(BIN)
+        .args(base)
+        .env("KUBEFORGE_DATA_DIR", &dir)
+        .env_remove("KUBEFORGE_TOKEN_KEY")
+        .output()
+        .expect("token create");
+    for out in [&flag, &env] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(out.stdout.is_empty(), "no token printed");
+        assert!(
+            stderr.contains(&format!("data dir {}", dir.display())),
+            "{stderr}"
+        );
+        for hint in ["--data-dir", "KUBEFORGE_DATA_DIR", "token.key"] {
+            assert!(stderr.contains(hint), "{hint} missing: {stderr}");
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing was created in the data dir"
+    );
+    // With the service's key in place the same command mints a token that
+    // key verifies.
+    std::fs::write(dir.join("token.key"), "ab".repeat(32)).unwrap();
+    let tok = token(&dir, "acme", "admin");
+    let keys = kubeforge::auth::AuthKeys::from_secret(&[0xab; 32]).unwrap();
+    let (claims, _) = keys.verify(&tok).expect("verifies with the dir's key");
+    assert_eq!(claims.tenant, "acme");
+}
+
+/// `up` with the lab on (this host's artifact cache), its own data dir,
+/// the lab variables unset unless given in `env`, its log in `up.log`.
+fn up_with_lab(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(UP_PORTS)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("KUBEFORGE_LAB_BRIDGE")
+        .env_remove("KUBEFORGE_LAB_SUBNET")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(data_dir.join("up.log")).expect("log file"),
+        ));
+    Proc(cmd.spawn().expect("spawn kubeforge up"))
+}
+
+/// The bridge and subnet an `up` recorded for its data dir.
+fn lab_network_of(data_dir: &Path) -> (String, String) {
+    let path = data_dir.join("lab/network.json");
+    let text = std::fs::read_to_string(&path).expect("network.json");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (
+        v["bridge"].as_str().unwrap().to_string(),
+        v["subnet"].as_str().unwrap().to_string(),
+    )
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Deletes the bridges a failed test leaves.
+struct BridgeCleanup(Vec<String>);
+
+impl Drop for BridgeCleanup {
+    fn drop(&mut self) {
+        for br in &self.0 {
+            if link_exists(br) {
+                let _ = Command::new("ip").args(["link", "del", br]).status();
+            }
+        }
+    }
+}
+
+/// Two `up` on one host at once (two data dirs, nothing configured) hold
+/// distinct lab bridges and subnets, each bridge up with its subnet's
+/// first address; a third asked for one of theirs is refused naming the
+/// variables to set; stopping one removes its bridge and leaves the
+/// other's; restarted after another took its pair, with no machine of its
+/// own, it picks a third. (Root and the lab artifacts; no machine is
+/// booted.)
+#[tokio::test]
+async fn two_ups_on_one_host_hold_distinct_lab_networks() {
+    let (da, db, dc) = (temp_dir("lab-a"), temp_dir("lab-b"), temp_dir("lab-c"));
+    let (pa, pb) = (free_port(), free_port());
+    let a = up_with_lab(&da, pa, &[]);
+    let b = up_with_lab(&db, pb, &[]);
+    wait_healthy(pa).await;
+    wait_healthy(pb).await;
+    let (bra, sna) = lab_network_of(&da);
+    let (brb, snb) = lab_network_of(&db);
+    let _cleanup = BridgeCleanup(vec![bra.clone(), brb.clone()]);
+    assert_ne!(bra, brb, "distinct bridges");
+    assert_ne!(sna, snb, "distinct subnets");
+    for (br, sn) in [(&bra, &sna), (&brb, &snb)] {
+        assert!(br.starts_with("kfbr"), "{br}");
+        let net: ipnet::Ipv4Net = sn.parse().unwrap();
+        let gateway = net.hosts().next().unwrap();
+        let out = Command::new("ip")
+            .args(["-4", "-o", "addr", "show", "dev", br])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("inet {gateway}/{}", net.prefix_len())),
+            "{br}: {text}"
+        );
+    }
+
+    // A third `up` told to use the first's bridge is refused, naming the
+    // variables, and makes nothing.
+    let c = up_with_lab(&dc, free_port(), &[("KUBEFORGE_LAB_BRIDGE", bra.as_str())]);
+    let (status, stderr) = {
+        let mut c = c;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = c.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the third up did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        std::mem::forget(c);
+        (status, std::fs::read_to_string(dc.join("up.log")).unwrap())
+    };
+    assert!(!status.success(), "{stderr}");
+    for needle in [
+        bra.as_str(),
+        "KUBEFORGE_LAB_BRIDGE",
+        "KUBEFORGE_LAB_SUBNET",
+        &da.display().to_string(),
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing: {stderr}");
+    }
+
+    // Stopping the first removes its bridge only.
+    assert!(stop(a, Signal::SIGINT).success());
+    assert!(!link_exists(&bra), "{bra} removed when its up stopped");
+    assert!(link_exists(&brb), "{brb} still there");
+    assert_eq!(
+        reqwest::get(format!("http://127.0.0.1:{pb}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // A new `up` may take a pair the first left; the first, restarted
+    // with no machine of its own, then picks another rather than refuse.
+    let (dd, pd) = (temp_dir("lab-d"), free_port());
+    let d = up_with_lab(&dd, pd, &[]);
+    wait_healthy(pd).await;
+    let pa2 = free_port();
+    let a2 = up_with_lab(&da, pa2, &[]);
+    wait_healthy(pa2).await;
+    let (brd, snd) = lab_network_of(&dd);
+    let (bra2, sna2) = lab_network_of(&da);
+    let _cleanup2 = BridgeCleanup(vec![brd.clone(), bra2.clone()]);
+    assert_eq!(
+        (&brd, &snd),
+        (&bra, &sna),
+        "the new up takes the first free pair, the one the first left"
+    );
+    let bridges = BTreeSet::from([&brb, &brd, &bra2]);
+    let subnets = BTreeSet::from([&snb, &snd, &sna2]);
+    assert_eq!(
+        (bridges.len(), subnets.len()),
+        (3, 3),
+        "{bridges:?} {subnets:?}"
+    );
+    assert!(link_exists(&brd) && link_exists(&bra2));
+
+    for (p, br) in [(a2, &bra2), (d, &brd), (b, &brb)] {
+        assert!(stop(p, Signal::SIGINT).success());
+        assert!(!link_exists(br), "{br} removed when its up stopped");
+    }
 }

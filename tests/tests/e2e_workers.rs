@@ -224,6 +224,39 @@ fn apply(kc: &Path, dir: &Path, name: &str, yaml: &str) {
     assert!(ok, "apply {name}: {out}");
 }
 
+/// The `/metrics` text.
+async fn scrape(app: &TestApp) -> String {
+    let r = app.call(Method::GET, "/metrics", None, None, &[]).await;
+    assert_eq!(r.status, 200);
+    r.text
+}
+
+/// The value of the sample `name` whose labels are exactly `labels` (the
+/// text format as rendered; tests/tests/metrics.rs checks it parses).
+#[track_caller]
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let want: BTreeSet<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let found: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, ls) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let have: BTreeSet<String> = ls
+                .split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect();
+            (n == name && have == want).then(|| value.parse().ok())?
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?} in:\n{text}");
+    found[0]
+}
+
 async fn events(app: &TestApp, reason: &str) -> Vec<String> {
     sqlx::query_scalar("SELECT message FROM events WHERE reason = $1 ORDER BY created_at")
         .bind(reason)
@@ -352,6 +385,37 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(p["phase"], "ready", "{p}");
+
+    // The metrics agree: two joins timed (each within the wait above),
+    // the pool 2 of 2, the cluster ready with its certificates' expiries.
+    let m = scrape(&app).await;
+    let cluster_id = p["cluster"].as_str().unwrap().to_string();
+    let pool_id = p["id"].as_str().unwrap().to_string();
+    assert_eq!(metric(&m, "kubeforge_node_join_seconds_count", &[]), 2.0);
+    let joins = metric(&m, "kubeforge_node_join_seconds_sum", &[]);
+    assert!(
+        joins > 0.0 && joins < 2.0 * started.elapsed().as_secs_f64(),
+        "{joins}"
+    );
+    let pool_labels = [("cluster", cluster_id.as_str()), ("pool", pool_id.as_str())];
+    assert_eq!(
+        metric(&m, "kubeforge_node_pool_desired_nodes", &pool_labels),
+        2.0
+    );
+    assert_eq!(
+        metric(&m, "kubeforge_node_pool_ready_nodes", &pool_labels),
+        2.0
+    );
+    assert_eq!(metric(&m, "kubeforge_clusters", &[("phase", "ready")]), 1.0);
+    let now = chrono::Utc::now().timestamp() as f64;
+    for cert in ["ca", "apiserver"] {
+        let at = metric(
+            &m,
+            "kubeforge_cluster_certificate_expiry_timestamp_seconds",
+            &[("cluster", cluster_id.as_str()), ("certificate", cert)],
+        );
+        assert!(at > now + 86_400.0, "{cert} expires at {at}");
+    }
 
     let r = app
         .call(
@@ -839,6 +903,15 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     assert!(
         repairs[0].contains(&victim) && repairs[0].contains("MachineStopped"),
         "{repairs:?}"
+    );
+    let m = scrape(&app).await;
+    assert_eq!(
+        metric(
+            &m,
+            "kubeforge_repairs_total",
+            &[("reason", "MachineStopped")]
+        ),
+        1.0
     );
     let nodes = kubectl_nodes(&kc);
     assert_eq!(nodes.len(), 1);

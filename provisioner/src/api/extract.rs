@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::app::{Idempotency, SharedApp};
 use crate::context::OpContext;
-use crate::error::Error;
+use crate::error::{AuthFailure, Error};
 use crate::ratelimit::Class;
 use crate::store::idempotency::request_hash;
 use kubeforge_cluster::ValidationError;
@@ -25,14 +25,22 @@ impl FromRequestParts<SharedApp> for OpContext {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
-            .ok_or_else(|| Error::Unauthenticated("no bearer token".into()))?
+            .ok_or_else(|| {
+                AuthFailure::MissingHeader.error(
+                    "the request has no Authorization header; send `Authorization: Bearer <token>`",
+                )
+            })?
             .to_str()
-            .map_err(|_| Error::Unauthenticated("malformed Authorization header".into()))?;
+            .map_err(|_| {
+                AuthFailure::Malformed.error(
+                    "the Authorization header is not visible ASCII; it must be `Bearer <token>`",
+                )
+            })?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| {
-                Error::Unauthenticated("Authorization must be `Bearer <token>`".into())
+                AuthFailure::Malformed.error("the Authorization header must be `Bearer <token>`")
             })?;
         let (claims, role) = app.auth.verify(token.trim())?;
         app.check_token_revocation(&claims).await?;

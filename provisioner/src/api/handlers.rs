@@ -490,11 +490,56 @@ pub async fn metrics(State(app): State<SharedApp>) -> Response {
         g.with_label_values(&["running"]).set(running);
         g.with_label_values(&["dead"]).set(dead);
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
-    )
-        .into_response()
+    let body = match fleet(&app).await {
+        Ok(fleet) => app.metrics.render_fleet(&fleet),
+        Err(e) => {
+            // The process's own series still answer; the fleet's wait for
+            // the database.
+            tracing::warn!(error = %e, "reading the fleet for /metrics");
+            app.metrics.render()
+        }
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// The fleet gauges' values, from the database.
+async fn fleet(app: &SharedApp) -> Result<crate::metrics::Fleet> {
+    use crate::store::fleet;
+    let clusters_by_phase = fleet::clusters_by_phase(&app.pool).await?;
+    let pools = fleet::pool_nodes(&app.pool)
+        .await?
+        .into_iter()
+        .map(|p| {
+            (
+                p.cluster_id.to_string(),
+                p.pool_id.to_string(),
+                p.desired,
+                p.ready,
+            )
+        })
+        .collect();
+    let mut certificate_expiries = Vec::new();
+    for (cluster, certs) in fleet::certificates(&app.pool).await? {
+        let Some(certs) = certs.as_object() else {
+            continue;
+        };
+        for (key, value) in certs {
+            let (Some(name), Some(at)) = (
+                key.strip_suffix("_expires_at"),
+                value
+                    .as_str()
+                    .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok()),
+            ) else {
+                continue;
+            };
+            certificate_expiries.push((cluster.to_string(), name.to_string(), at.timestamp()));
+        }
+    }
+    Ok(crate::metrics::Fleet {
+        clusters_by_phase,
+        pools,
+        certificate_expiries,
+    })
 }
 
 /// The OpenAPI document, generated from the handlers above.

@@ -94,7 +94,8 @@ pub async fn ensure(
                 None,
             )
             .await?;
-            operation::finish(&app.pool, op.id, None).await?;
+            app.metrics
+                .observe_operation(operation::finish(&app.pool, op.id, None).await?);
         }
     }
     record_for(

@@ -187,7 +187,10 @@ async fn pass(
             machine::mark_registered(&app.pool, m.id, n.registered_at).await?;
         }
         if state == "ready" && m.joined_at.is_none() {
-            machine::mark_joined(&app.pool, m.id, node.and_then(|n| n.ready_since)).await?;
+            let ready_since = node.and_then(|n| n.ready_since);
+            machine::mark_joined(&app.pool, m.id, ready_since).await?;
+            let joined = (ready_since.unwrap_or(now) - m.created_at).num_milliseconds();
+            app.metrics.observe_node_join(joined as f64 / 1000.0);
             tokens_done.push(m.id);
             let secs = (now - m.created_at).num_seconds();
             record(
@@ -384,6 +387,7 @@ async fn pass(
                 message,
             } => {
                 record(app, c, Some(pool_id), true, "NodeRepair", &message).await?;
+                app.metrics.count_repair(&why);
                 tokens_done.push(id);
                 kube.delete_node(&name).await?;
                 let mut tx = lease.begin().await?;

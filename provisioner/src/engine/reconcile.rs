@@ -205,6 +205,9 @@ impl Run<'_> {
         )
         .await?;
         tx.commit().await?;
+        if reason == "MachineLost" {
+            self.app.metrics.count_repair(reason);
+        }
         Ok(())
     }
 
@@ -563,7 +566,8 @@ impl Run<'_> {
                             .await
                             .map_err(db)?;
                     }
-                    operation::finish(&mut *tx, op.id, None).await.map_err(db)?;
+                    let ended = operation::finish(&mut *tx, op.id, None).await.map_err(db)?;
+                    self.app.metrics.observe_operation(ended);
                 }
                 tx.commit().await.map_err(db)?;
                 self.event(
@@ -1000,7 +1004,9 @@ impl Run<'_> {
                         )
                         .await?;
                         if pools_done {
-                            operation::finish(&mut *tx, op.id, None).await?;
+                            self.app
+                                .metrics
+                                .observe_operation(operation::finish(&mut *tx, op.id, None).await?);
                         }
                     } else {
                         let state = if cp_message.is_some() && self.app.access.is_none() {
@@ -1029,7 +1035,9 @@ impl Run<'_> {
                         None,
                     )
                     .await?;
-                    operation::finish(&mut *tx, op.id, None).await?;
+                    self.app
+                        .metrics
+                        .observe_operation(operation::finish(&mut *tx, op.id, None).await?);
                 }
                 OperationKind::NodePoolCreate | OperationKind::NodePoolUpdate => {
                     let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
@@ -1124,7 +1132,9 @@ impl Run<'_> {
                         && drain_done
                         && op.target_generation <= p.generation
                     {
-                        operation::finish(&mut *tx, op.id, None).await?;
+                        self.app
+                            .metrics
+                            .observe_operation(operation::finish(&mut *tx, op.id, None).await?);
                     }
                 }
                 OperationKind::NodePoolDelete => {
@@ -1309,14 +1319,17 @@ impl Run<'_> {
                     None,
                 )
                 .await?;
-                operation::finish(&mut *tx, op.id, None).await?;
+                self.app
+                    .metrics
+                    .observe_operation(operation::finish(&mut *tx, op.id, None).await?);
             } else {
-                operation::finish(
+                let ended = operation::finish(
                     &mut *tx,
                     op.id,
                     Some(&op_error("superseded", "the cluster was deleted", false)),
                 )
                 .await?;
+                self.app.metrics.observe_operation(ended);
             }
         }
         // One transaction: once the operation reads succeeded, the cluster
@@ -1396,7 +1409,9 @@ impl Run<'_> {
                 operation::set_named_step(&mut *tx, op.id, step, Progress::Failed, None, Some(err))
                     .await?;
             }
-            operation::finish(&mut *tx, op.id, Some(err)).await?;
+            self.app
+                .metrics
+                .observe_operation(operation::finish(&mut *tx, op.id, Some(err)).await?);
         }
         tx.commit().await?;
         Ok(())

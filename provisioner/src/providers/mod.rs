@@ -42,6 +42,7 @@
 //!   off them and refuses the gateway as a registered host's address.
 
 pub mod lab;
+pub mod lab_network;
 pub mod ssh;
 #[cfg(feature = "test-double")]
 pub mod test_double;

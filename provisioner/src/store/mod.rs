@@ -7,6 +7,7 @@ pub mod autoscaler;
 pub mod cluster;
 pub mod credentials;
 pub mod event;
+pub mod fleet;
 pub mod idempotency;
 pub mod job;
 pub mod machine;

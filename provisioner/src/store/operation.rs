@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::context::OpContext;
 use crate::error::{Error, Result};
+use crate::metrics::FinishedOperation;
 
 pub use kubeforge_cluster::api::{OperationError, Step};
 use kubeforge_cluster::operations::{pool_step, OperationKind, Progress, Step as StepName};
@@ -222,13 +223,14 @@ pub async fn start(db: impl PgExecutor<'_>, id: Uuid) -> Result<()> {
     Ok(())
 }
 
-/// Ends an operation, once: a finished operation is never reopened.
+/// Ends an operation, once: a finished operation is never reopened. What
+/// ended, for the metrics; `None` when it had ended already.
 pub async fn finish(
     db: impl PgExecutor<'_>,
     id: Uuid,
     error: Option<&OperationError>,
-) -> Result<()> {
-    let state = if error.is_some() {
+) -> Result<Option<FinishedOperation>> {
+    let result = if error.is_some() {
         Progress::Failed
     } else {
         Progress::Succeeded
@@ -238,17 +240,23 @@ pub async fn finish(
         .map(serde_json::to_value)
         .transpose()
         .map_err(anyhow::Error::from)?;
-    sqlx::query!(
-        "UPDATE operations SET state = $2, error = $3, finished_at = now(),
+    let ended = sqlx::query!(
+        r#"UPDATE operations SET state = $2, error = $3, finished_at = now(),
                 started_at = COALESCE(started_at, now())
-         WHERE id = $1 AND state IN ('pending', 'running')",
+         WHERE id = $1 AND state IN ('pending', 'running')
+         RETURNING type AS "kind!",
+                   EXTRACT(EPOCH FROM finished_at - created_at)::float8 AS "seconds!""#,
         id,
-        state,
+        result,
         error
     )
-    .execute(db)
+    .fetch_optional(db)
     .await?;
-    Ok(())
+    Ok(ended.map(|r| FinishedOperation {
+        kind: r.kind,
+        result,
+        seconds: r.seconds,
+    }))
 }
 
 /// Records a step's progress. `running` sets started_at once; `succeeded`
