@@ -1484,15 +1484,20 @@ async fn list_clusters(
 
 fn cluster_table<'a>(clusters: impl IntoIterator<Item = &'a ClusterView>) -> Table {
     let mut t = Table::new(&[
-        "NAME", "ID", "PHASE", "VERSION", "CP", "ENDPOINT", "CREATED",
+        "NAME", "ID", "PHASE", "VERSION", "CP", "NODES", "ENDPOINT", "CREATED",
     ]);
     for c in clusters {
+        // Ready nodes of every pool out of their desired sizes.
+        let (ready, size) = c.node_pools.iter().fold((0u64, 0u64), |(r, s), p| {
+            (r + u64::from(p.ready_nodes), s + u64::from(p.size))
+        });
         t.row(vec![
             text(&c.name),
             c.id.to_string(),
             c.phase.as_str().into(),
             text(&c.kubernetes_version),
             c.control_plane.replicas.to_string(),
+            format!("{ready}/{size}"),
             opt_text(c.endpoint.as_deref()),
             time(&c.created_at),
         ]);
@@ -1546,6 +1551,19 @@ pub fn print_cluster(out: &mut impl Write, format: Output, c: &ClusterView) -> s
         return Ok(());
     }
     cluster_table([c]).write(out)?;
+    if !c.node_pools.is_empty() {
+        writeln!(out)?;
+        let mut t = Table::new(&["NODE POOL", "READY", "MACHINE TYPE", "PHASE"]);
+        for p in &c.node_pools {
+            t.row(vec![
+                text(&p.name),
+                format!("{}/{}", p.ready_nodes, p.size),
+                text(&p.machine_type),
+                p.phase.as_str().into(),
+            ]);
+        }
+        t.write(out)?;
+    }
     if !c.conditions.is_empty() {
         writeln!(out)?;
         let mut t = Table::new(&["CONDITION", "STATUS", "REASON", "MESSAGE"]);
@@ -1664,7 +1682,7 @@ mod tests {
     use super::*;
     use chrono::{DateTime, Utc};
     use clap::Parser;
-    use kubeforge_cluster::api::{ControlPlaneView, NetworkView, NodeView, Step};
+    use kubeforge_cluster::api::{ControlPlaneView, NetworkView, NodePoolSummary, NodeView, Step};
     use kubeforge_cluster::{Condition, ConditionStatus, Phase};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -2490,6 +2508,13 @@ mod tests {
         cluster.phase = Phase::Ready;
         cluster.control_plane.replicas = 3;
         cluster.endpoint = Some("https://10.0.0.5:6443".into());
+        cluster.node_pools = vec![NodePoolSummary {
+            name: "default".into(),
+            machine_type: "small".into(),
+            size: 2,
+            ready_nodes: 1,
+            phase: Phase::Provisioning,
+        }];
         cluster.conditions = vec![Condition {
             type_: "Ready".into(),
             status: ConditionStatus::True,
@@ -2508,8 +2533,11 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(
-                "NAME  {:36}  PHASE  VERSION  CP  ENDPOINT               CREATED\n\
-                 web   {}  ready  1.20.2   3   https://10.0.0.5:6443  2024-05-01T10:00:00Z\n\
+                "NAME  {:36}  PHASE  VERSION  CP  NODES  ENDPOINT               CREATED\n\
+                 web   {}  ready  1.20.2   3   1/2    https://10.0.0.5:6443  2024-05-01T10:00:00Z\n\
+                 \n\
+                 NODE POOL  READY  MACHINE TYPE  PHASE\n\
+                 default    1/2    small         provisioning\n\
                  \n\
                  CONDITION  STATUS  REASON  MESSAGE\n\
                  Ready      True    Up      all good\n",
@@ -2559,9 +2587,9 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(
-                "NAME  {:36}  PHASE         VERSION  CP  ENDPOINT  CREATED\n\
-                 a     {}  provisioning  1.20.2   1   -         2024-05-01T10:00:00Z\n\
-                 b     {}  provisioning  1.20.2   1   -         2024-05-01T10:00:00Z\n",
+                "NAME  {:36}  PHASE         VERSION  CP  NODES  ENDPOINT  CREATED\n\
+                 a     {}  provisioning  1.20.2   1   0/0    -         2024-05-01T10:00:00Z\n\
+                 b     {}  provisioning  1.20.2   1   0/0    -         2024-05-01T10:00:00Z\n",
                 "ID", a.id, b.id
             )
         );
