@@ -52,17 +52,30 @@ pub fn kubeforge_bin() -> PathBuf {
 /// `router` served over HTTP on a loopback port until the sender is told
 /// `true` (or dropped); returns the base URL and that sender.
 pub async fn serve_on_loopback(router: axum::Router) -> (String, watch::Sender<bool>) {
+    let (url, stop, _) = serve_on_loopback_joined(router).await;
+    (url, stop)
+}
+
+/// [`serve_on_loopback`], with the server's task to await after `stop`
+/// (an engine beside it can stop on the same signal: `stop.subscribe()`).
+pub async fn serve_on_loopback_joined(
+    router: axum::Router,
+) -> (
+    String,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("loopback port");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let (stop, rx) = watch::channel(false);
-    tokio::spawn(kubeforge::http::serve(
+    let server = tokio::spawn(kubeforge::http::serve(
         listener,
         router,
         HttpSettings::default(),
         None,
         rx,
     ));
-    (url, stop)
+    (url, stop, server)
 }

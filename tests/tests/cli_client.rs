@@ -19,7 +19,6 @@
 //! does).
 
 use kubeforge::context::Role;
-use kubeforge::http::HttpSettings;
 use kubeforge_tests::{test_engine_config, TestApp};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -79,19 +78,11 @@ impl Served {
     }
 
     async fn start_with(app: &TestApp, engine: kubeforge::engine::jobs::Engine) -> Served {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, rx) = watch::channel(false);
-        let server = tokio::spawn(kubeforge::http::serve(
-            listener,
-            app.router.clone(),
-            HttpSettings::default(),
-            None,
-            rx.clone(),
-        ));
-        let engine = tokio::spawn(engine.run(rx, Duration::from_secs(5)));
+        let (url, stop, server) =
+            kubeforge_tests::cli::serve_on_loopback_joined(app.router.clone()).await;
+        let engine = tokio::spawn(engine.run(stop.subscribe(), Duration::from_secs(5)));
         Served {
-            url: format!("http://{addr}"),
+            url,
             stop,
             server,
             engine,

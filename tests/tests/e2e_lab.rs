@@ -269,6 +269,9 @@ async fn one_control_plane_from_post_to_kubectl_and_back() {
             .args(["get", "nodes", "--request-timeout=30s"])
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
+            // kubectl keeps its discovery cache under $HOME/.kube: the
+            // test's directory, not the working tree.
+            .env("HOME", &tmp)
             .env("KUBEFORGE_TOKEN", &viewer)
             .env("XDG_CACHE_HOME", &cache)
             .output()

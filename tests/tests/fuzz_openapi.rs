@@ -9,12 +9,10 @@
 
 use kubeforge::app::Config;
 use kubeforge::context::Role;
-use kubeforge::http::HttpSettings;
 use kubeforge::ratelimit::RateLimits;
 use kubeforge_tests::TestApp;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::sync::watch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_generated_request_gets_a_server_error() {
@@ -27,22 +25,14 @@ async fn no_generated_request_gets_a_server_error() {
     })
     .await;
     let token = app.token("fuzz", Role::Admin);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, rx) = watch::channel(false);
-    let server = tokio::spawn(kubeforge::http::serve(
-        listener,
-        app.router.clone(),
-        HttpSettings::default(),
-        None,
-        rx,
-    ));
+    let (base, stop, server) =
+        kubeforge_tests::cli::serve_on_loopback_joined(app.router.clone()).await;
 
     let junit = std::env::temp_dir().join(format!("kubeforge-fuzz-{}.xml", uuid::Uuid::new_v4()));
     let run = tokio::process::Command::new(&st)
         .arg("run")
-        .arg(format!("http://{addr}/v1/openapi.json"))
-        .args(["--url", &format!("http://{addr}")])
+        .arg(format!("{base}/v1/openapi.json"))
+        .args(["--url", &base])
         .args(["--checks", "not_a_server_error,ignored_auth"])
         .args(["--header", &format!("Authorization: Bearer {token}")])
         // One worker: with two, since the document declares every

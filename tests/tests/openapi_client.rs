@@ -14,14 +14,12 @@
 
 use kubeforge::app::Config;
 use kubeforge::context::Role;
-use kubeforge::http::HttpSettings;
 use kubeforge_tests::{test_engine_config, TestApp};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::sync::watch;
 
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python")
@@ -58,21 +56,12 @@ async fn a_generated_python_client_drives_the_live_api() {
     })
     .await;
     let token = app.token("sdk", Role::Admin);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, rx) = watch::channel(false);
-    let server = tokio::spawn(kubeforge::http::serve(
-        listener,
-        app.router.clone(),
-        HttpSettings::default(),
-        None,
-        rx.clone(),
-    ));
+    let (base, stop, server) =
+        kubeforge_tests::cli::serve_on_loopback_joined(app.router.clone()).await;
     let engine = kubeforge::server::build_engine(&app.app, test_engine_config());
-    let engine = tokio::spawn(engine.run(rx, Duration::from_secs(5)));
+    let engine = tokio::spawn(engine.run(stop.subscribe(), Duration::from_secs(5)));
 
     // The document as served over HTTP, as a client's build would fetch it.
-    let base = format!("http://{addr}");
     let doc = reqwest::get(format!("{base}/v1/openapi.json"))
         .await
         .expect("GET /v1/openapi.json")
