@@ -293,6 +293,29 @@ async fn wait_running(kc: &Path, pod: &str) {
     }
 }
 
+/// The operation `id` as the API shows it, and its step `step` (null
+/// when it has none).
+async fn operation_step(app: &TestApp, token: &str, id: &str, step: &str) -> (Value, Value) {
+    let r = app
+        .call(
+            Method::GET,
+            &format!("/v1/operations/{id}"),
+            Some(token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let found = r.body["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == step)
+        .cloned()
+        .unwrap_or(Value::Null);
+    (r.body, found)
+}
+
 #[tokio::test]
 async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     let (tmp, octet, bridge) = sandbox(env!("CARGO_TARGET_TMPDIR"), "e2e-workers", "kfw");
@@ -336,13 +359,8 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     )
     .await;
     assert_eq!(o["state"], "succeeded", "{o}");
-    let pool_step = o["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == format!("node_pool/{POOL}").as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("no step for the pool: {o}"));
+    let (_, pool_step) =
+        operation_step(&app, &owner, &create_op, &format!("node_pool/{POOL}")).await;
     assert_eq!(pool_step["state"], "succeeded", "{o}");
     assert_eq!(
         pool_step["message"],
@@ -800,24 +818,9 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         },
     )
     .await;
-    let op = app
-        .call(
-            Method::GET,
-            &format!("/v1/operations/{down_op}"),
-            Some(&owner),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(op.body["state"], "running", "{}", op.text);
-    let step = op.body["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["name"] == "drain")
-        .and_then(|s| s["message"].as_str())
-        .unwrap_or("")
-        .to_string();
+    let (op, drain) = operation_step(&app, &owner, &down_op, "drain").await;
+    assert_eq!(op["state"], "running", "{op}");
+    let step = drain["message"].as_str().unwrap_or("").to_string();
     assert!(
         names_both(&step),
         "the drain step does not say what it waits for: {step:?} (pool: {condition})"
@@ -852,24 +855,9 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
         "{timed_out:?}"
     );
     assert_eq!(events(&app, "NodeDrained").await.len(), 1);
-    let op = app
-        .call(
-            Method::GET,
-            &format!("/v1/operations/{down_op}"),
-            Some(&owner),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(op.body["state"], "succeeded", "{}", op.text);
-    let drain_step = op.body["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "drain")
-        .cloned()
-        .unwrap();
-    assert_eq!(drain_step["state"], "succeeded", "{drain_step}");
+    let (op, drain_step) = operation_step(&app, &owner, &down_op, "drain").await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(drain_step["state"], "succeeded", "{op}");
     assert_eq!(kubectl_nodes(&kc).len(), 1);
     let removed: Vec<(String, Uuid)> = before
         .iter()
