@@ -303,17 +303,8 @@ pub struct NodePoolUpdateArgs {
     /// Desired node count.
     #[arg(long)]
     pub size: Option<u32>,
-    /// Autoscaling lower bound (needs --max): turns autoscaling on, or
-    /// moves its bounds.
-    #[arg(long, requires = "max")]
-    pub min: Option<u32>,
-    /// Autoscaling upper bound (needs --min).
-    #[arg(long, requires = "min")]
-    pub max: Option<u32>,
-    /// Rank of the pool for the `priority` expander (with --min/--max;
-    /// default 0).
-    #[arg(long, requires = "min", allow_hyphen_values = true)]
-    pub priority: Option<i32>,
+    #[command(flatten)]
+    pub autoscaling: AutoscalingArgs,
     /// Turn autoscaling off (the size stays where it is unless --size).
     #[arg(long, conflicts_with_all = ["min", "max"])]
     pub no_autoscaling: bool,
@@ -321,13 +312,8 @@ pub struct NodePoolUpdateArgs {
     /// anyway (0-3600).
     #[arg(long = "drain-timeout", value_name = "SECONDS")]
     pub drain_timeout: Option<u32>,
-    /// Replace a node after it has been unhealthy this many seconds
-    /// (10-86400); turns auto-repair on.
-    #[arg(long, value_name = "SECONDS", conflicts_with = "no_auto_repair")]
-    pub repair_after: Option<u32>,
-    /// Never replace unhealthy nodes automatically.
-    #[arg(long)]
-    pub no_auto_repair: bool,
+    #[command(flatten)]
+    pub repair: RepairArgs,
     /// Only update if the pool's etag still matches (412 otherwise).
     #[arg(long)]
     pub if_match: Option<String>,
@@ -349,16 +335,8 @@ pub struct NodePoolCreateArgs {
     /// Desired node count (defaults to --min when autoscaling, else 1).
     #[arg(long)]
     pub size: Option<u32>,
-    /// Autoscaling lower bound (needs --max).
-    #[arg(long, requires = "max")]
-    pub min: Option<u32>,
-    /// Autoscaling upper bound (needs --min).
-    #[arg(long, requires = "min")]
-    pub max: Option<u32>,
-    /// Rank of the pool for the cluster's `priority` expander (needs --min
-    /// and --max; default 0).
-    #[arg(long, requires = "min", allow_hyphen_values = true)]
-    pub priority: Option<i32>,
+    #[command(flatten)]
+    pub autoscaling: AutoscalingArgs,
     /// Node label as key=value (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -369,15 +347,69 @@ pub struct NodePoolCreateArgs {
     /// anyway (0-3600; the service's default is 300).
     #[arg(long = "drain-timeout", value_name = "SECONDS")]
     pub drain_timeout: Option<u32>,
+    #[command(flatten)]
+    pub repair: RepairArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// A pool's autoscaling bounds, as `nodepools create` and `update` take
+/// them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AutoscalingArgs {
+    /// Autoscaling lower bound (needs --max): turns autoscaling on, or
+    /// moves its bounds.
+    #[arg(long, requires = "max")]
+    pub min: Option<u32>,
+    /// Autoscaling upper bound (needs --min).
+    #[arg(long, requires = "min")]
+    pub max: Option<u32>,
+    /// Rank of the pool for the cluster's `priority` expander (needs --min
+    /// and --max; default 0).
+    #[arg(long, requires = "min", allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+}
+
+impl AutoscalingArgs {
+    /// The bounds, when both were given.
+    pub fn bounds(&self) -> Option<Autoscaling> {
+        self.min.zip(self.max).map(|(min, max)| Autoscaling {
+            min,
+            max,
+            priority: self.priority.unwrap_or(0),
+        })
+    }
+}
+
+/// A pool's auto-repair flags, as `nodepools create` and `update` take
+/// them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RepairArgs {
     /// Replace a node after it has been unhealthy this many seconds
-    /// (10-86400; the service's default is 300).
+    /// (10-86400; the service's default is 300); turns auto-repair on.
     #[arg(long, value_name = "SECONDS", conflicts_with = "no_auto_repair")]
     pub repair_after: Option<u32>,
     /// Never replace unhealthy nodes automatically.
     #[arg(long)]
     pub no_auto_repair: bool,
-    #[command(flatten)]
-    pub wait: WaitArgs,
+}
+
+impl RepairArgs {
+    /// The auto-repair settings the flags name, if any. `--no-auto-repair`
+    /// keeps the default threshold, for when repair is turned back on.
+    pub fn settings(&self) -> Option<AutoRepair> {
+        if self.no_auto_repair {
+            Some(AutoRepair {
+                enabled: false,
+                ..AutoRepair::default()
+            })
+        } else {
+            self.repair_after.map(|after_seconds| AutoRepair {
+                enabled: true,
+                after_seconds,
+            })
+        }
+    }
 }
 
 /// `kubeforge kubeconfig CLUSTER [--role viewer] [--ttl 1h]`
@@ -802,30 +834,15 @@ fn autoscaler_request(
 /// out of the body too, so the service's defaults apply; `--no-auto-repair`
 /// keeps the default threshold, for when repair is turned back on.
 fn node_pool_body(args: &NodePoolCreateArgs) -> CreateNodePoolRequest {
-    let auto_repair = if args.no_auto_repair {
-        Some(AutoRepair {
-            enabled: false,
-            ..AutoRepair::default()
-        })
-    } else {
-        args.repair_after.map(|after_seconds| AutoRepair {
-            enabled: true,
-            after_seconds,
-        })
-    };
     CreateNodePoolRequest {
         name: args.name.clone(),
         machine_type: args.machine_type.clone(),
-        size: Some(args.size.or(args.min).unwrap_or(1)),
-        autoscaling: args.min.zip(args.max).map(|(min, max)| Autoscaling {
-            min,
-            max,
-            priority: args.priority.unwrap_or(0),
-        }),
+        size: Some(args.size.or(args.autoscaling.min).unwrap_or(1)),
+        autoscaling: args.autoscaling.bounds(),
         labels: labels_map(&args.labels),
         taints: args.taints.clone(),
         drain_timeout_seconds: args.drain_timeout,
-        auto_repair,
+        auto_repair: args.repair.settings(),
     }
 }
 
@@ -834,25 +851,9 @@ pub fn node_pool_update_body(args: &NodePoolUpdateArgs) -> anyhow::Result<Update
     let autoscaling = if args.no_autoscaling {
         Some(None)
     } else {
-        args.min.zip(args.max).map(|(min, max)| {
-            Some(Autoscaling {
-                min,
-                max,
-                priority: args.priority.unwrap_or(0),
-            })
-        })
+        args.autoscaling.bounds().map(Some)
     };
-    let auto_repair = if args.no_auto_repair {
-        Some(AutoRepair {
-            enabled: false,
-            ..AutoRepair::default()
-        })
-    } else {
-        args.repair_after.map(|after_seconds| AutoRepair {
-            enabled: true,
-            after_seconds,
-        })
-    };
+    let auto_repair = args.repair.settings();
     let body = UpdateNodePoolRequest {
         size: args.size,
         autoscaling,
