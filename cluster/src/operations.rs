@@ -147,6 +147,15 @@ pub fn step_pool(step: &str) -> Option<&str> {
 impl Progress {
     pub const ALL: [Progress; 4] = [Self::Pending, Self::Running, Self::Succeeded, Self::Failed];
 
+    /// A step under way: succeeded once `done`, running until then.
+    pub fn succeeded_if(done: bool) -> Self {
+        if done {
+            Self::Succeeded
+        } else {
+            Self::Running
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",

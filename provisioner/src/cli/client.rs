@@ -552,21 +552,7 @@ pub async fn run_clusters_to(
             wait,
         } => {
             let url = api.url(&["clusters", &cluster])?;
-            let answer: OperationAccepted = api
-                .call(Method::DELETE, url, if_match_header(&if_match)?, NO_BODY)
-                .await?;
-            if wait.enabled() {
-                let op = wait_for(
-                    &api,
-                    &answer.operation,
-                    wait.timeout,
-                    &mut std::io::stderr(),
-                )
-                .await?;
-                print_accepted(out, opts.output, &OperationAccepted { operation: op })?;
-            } else {
-                print_accepted(out, opts.output, &answer)?;
-            }
+            delete(&api, url, &if_match, &wait, opts.output, out).await?;
         }
         ClustersCmd::GetCredentials(_) => unreachable!("handled above"),
     }
@@ -592,6 +578,27 @@ async fn finish_pool(
 ) -> Result<NodePoolView, ClientError> {
     wait_for(api, &answer.operation, wait.timeout, &mut std::io::stderr()).await?;
     get_pool(api, cluster, &answer.node_pool.name).await
+}
+
+/// `DELETE url` (a cluster or a pool), then the accepted operation, or,
+/// with `--wait`, the operation once it has ended.
+async fn delete(
+    api: &Api,
+    url: Url,
+    if_match: &Option<String>,
+    wait: &WaitArgs,
+    format: Output,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut answer: OperationAccepted = api
+        .call(Method::DELETE, url, if_match_header(if_match)?, NO_BODY)
+        .await?;
+    if wait.enabled() {
+        answer.operation =
+            wait_for(api, &answer.operation, wait.timeout, &mut std::io::stderr()).await?;
+    }
+    print_accepted(out, format, &answer)?;
+    Ok(())
 }
 
 async fn get_cluster(api: &Api, cluster: &str) -> Result<ClusterView, ClientError> {
@@ -665,21 +672,7 @@ pub async fn run_nodepools_to(
             wait,
         } => {
             let url = api.url(&["clusters", &cluster, "node-pools", &pool])?;
-            let answer: OperationAccepted = api
-                .call(Method::DELETE, url, if_match_header(&if_match)?, NO_BODY)
-                .await?;
-            if wait.enabled() {
-                let op = wait_for(
-                    &api,
-                    &answer.operation,
-                    wait.timeout,
-                    &mut std::io::stderr(),
-                )
-                .await?;
-                print_accepted(out, opts.output, &OperationAccepted { operation: op })?;
-            } else {
-                print_accepted(out, opts.output, &answer)?;
-            }
+            delete(&api, url, &if_match, &wait, opts.output, out).await?;
         }
         NodePoolsCmd::List { cluster } => {
             let url = api.url(&["clusters", &cluster, "node-pools"])?;

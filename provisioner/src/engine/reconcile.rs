@@ -982,11 +982,7 @@ impl Run<'_> {
                             &mut *tx,
                             op.id,
                             step,
-                            if done {
-                                Progress::Succeeded
-                            } else {
-                                Progress::Running
-                            },
+                            Progress::succeeded_if(done),
                             Some(&message),
                             None,
                         )
@@ -1049,11 +1045,7 @@ impl Run<'_> {
                         &mut *tx,
                         op.id,
                         StepName::Machines,
-                        if machines_done {
-                            Progress::Succeeded
-                        } else {
-                            Progress::Running
-                        },
+                        Progress::succeeded_if(machines_done),
                         Some(&format!("{} of {} machines running", v.running, p.size)),
                         None,
                     )
@@ -1084,11 +1076,7 @@ impl Run<'_> {
                                 &mut *tx,
                                 op.id,
                                 StepName::Join,
-                                if done {
-                                    Progress::Succeeded
-                                } else {
-                                    Progress::Running
-                                },
+                                Progress::succeeded_if(done),
                                 Some(&message),
                                 None,
                             )
@@ -1117,11 +1105,7 @@ impl Run<'_> {
                             &mut *tx,
                             op.id,
                             StepName::Drain,
-                            if drain_done {
-                                Progress::Succeeded
-                            } else {
-                                Progress::Running
-                            },
+                            Progress::succeeded_if(drain_done),
                             v.drain_waiting.as_deref().or(v.drain_note.as_deref()),
                             None,
                         )
