@@ -754,10 +754,8 @@ impl Run<'_> {
             Some(_) => machine::list_any(pool, c.id).await?,
             None => machines.clone(),
         };
-        self.operations_phase(c, pools, ops, &machines, &cp.verdict, pool_status.as_ref())
-            .await?;
-        self.pool_status_phase(pools, &machines, pool_status.as_ref(), pool_error, now)
-            .await?;
+        // The cluster's phase and conditions first: an operation read as
+        // succeeded never shows a cluster still provisioning.
         // The pools summed up on the cluster, in the numbers each pool
         // shows (Ready nodes on running machines, of its size).
         let summaries: Vec<PoolSummary<'_>> = pools
@@ -780,6 +778,10 @@ impl Run<'_> {
         let mut tx = self.lease.begin().await?;
         cluster::write_status(&mut *tx, c.id, phase, &conditions, c.generation).await?;
         tx.commit().await?;
+        self.operations_phase(c, pools, ops, &machines, &cp.verdict, pool_status.as_ref())
+            .await?;
+        self.pool_status_phase(pools, &machines, pool_status.as_ref(), pool_error, now)
+            .await?;
         // A serving cluster whose pools autoscale has an autoscaler
         // watching it (the job ends by itself when no longer wanted).
         if matches!(phase, Phase::Ready | Phase::Degraded) && c.wants_autoscaler(pools) {
