@@ -357,6 +357,9 @@ pub struct PoolObservation {
     /// What a drain under way waits for (the pod and the budget that
     /// refuses its eviction, or the pods still terminating), if one does.
     pub draining: Option<String>,
+    /// What its new machines wait for when there is nothing to run them
+    /// on (no free host matching the pool's selector, say).
+    pub capacity_wait: Option<String>,
     pub nodes: NodesObservation,
     pub auto_repair: AutoRepair,
 }
@@ -395,6 +398,11 @@ pub fn set_pool(
             msg.push_str("; ");
             msg.push_str(waiting);
             (S::False, "Draining")
+        }
+        _ if obs.running < obs.size && obs.capacity_wait.is_some() => {
+            msg.push_str("; waiting for capacity: ");
+            msg.push_str(obs.capacity_wait.as_deref().unwrap_or_default());
+            (S::False, "WaitingForCapacity")
         }
         _ => (S::False, "Scaling"),
     };
@@ -698,6 +706,7 @@ mod tests {
             running,
             leaving,
             draining: None,
+            capacity_wait: None,
             nodes,
             auto_repair: repair,
         };
@@ -756,6 +765,27 @@ mod tests {
         assert_eq!((m.status, m.reason.as_str()), (S::False, "Draining"));
         assert!(m.message.starts_with("2 of 2 machines running; draining b for 12 s: eviction of pod default/web-1 refused: the disruption budget web"), "{}", m.message);
         assert_eq!(get(&c, "NodesReady").reason, "AllReady");
+        // A pool whose new machine has no host to run on says what it
+        // waits for, and is not degraded for it.
+        let phase = set_pool(
+            &mut c,
+            &PoolObservation {
+                capacity_wait: Some("no free host matching gpu=true".into()),
+                ..pool(1, 0, seen(1, &[], None))
+            },
+            Phase::Ready,
+            now,
+        );
+        assert_eq!(phase, Phase::Provisioning);
+        let m = get(&c, "MachinesReady");
+        assert_eq!(
+            (m.status, m.reason.as_str()),
+            (S::False, "WaitingForCapacity")
+        );
+        assert_eq!(
+            m.message,
+            "1 of 2 machines running; waiting for capacity: no free host matching gpu=true"
+        );
         // Unreachable keeps the phase; not looked at is provisioning.
         assert_eq!(
             set_pool(

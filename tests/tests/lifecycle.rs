@@ -993,3 +993,110 @@ async fn a_running_engine_picks_up_a_scale_request_made_mid_reconcile() {
         "one job, resyncing"
     );
 }
+
+/// A pool with nothing to run its machines on (no free host matching it)
+/// waits, saying so on the pool, the cluster and the creation's step,
+/// without failing and without holding up the rest of the cluster; when
+/// capacity comes, it converges.
+#[tokio::test]
+async fn a_pool_without_capacity_waits_while_the_rest_of_the_cluster_goes_on() {
+    let t = T::new().await;
+    t.app.provider.set_worker_slots("gpu", 1);
+    let mut body = cluster_body("mixed");
+    body["node_pools"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "gpu", "machine_type": "small", "size": 2}));
+    let (_, create_op) = t.create(body).await;
+    for _ in 0..6 {
+        sqlx::query("UPDATE jobs SET run_after = now() WHERE state = 'queued'")
+            .execute(&t.app.pool)
+            .await
+            .unwrap();
+        t.app.run_jobs().await;
+    }
+
+    let ms = t.machines("mixed").await;
+    let running = |pool: &str| {
+        ms.iter()
+            .filter(|m| m["name"].as_str().unwrap().starts_with(pool) && m["state"] == "running")
+            .count()
+    };
+    assert_eq!(running("mixed-cp-"), 1, "{ms:?}");
+    assert_eq!(running("mixed-default-"), 2, "{ms:?}");
+    assert_eq!(running("mixed-gpu-"), 1, "{ms:?}");
+    let waiting: Vec<&Value> = ms
+        .iter()
+        .filter(|m| {
+            m["name"].as_str().unwrap().starts_with("mixed-gpu-") && m["state"] == "pending"
+        })
+        .collect();
+    assert_eq!(waiting.len(), 1, "{ms:?}");
+
+    let gpu = t.get("/v1/clusters/mixed/node-pools/gpu").await.body;
+    let m = condition(&gpu, "MachinesReady");
+    assert_eq!(m["reason"], "WaitingForCapacity", "{gpu}");
+    assert_eq!(
+        m["message"],
+        "1 of 2 machines running; waiting for capacity: no free slot for pool gpu (test double)"
+    );
+    let default = t.get("/v1/clusters/mixed/node-pools/default").await.body;
+    assert_eq!(condition(&default, "MachinesReady")["reason"], "AllRunning");
+    let c = t.cluster("mixed").await;
+    let m = condition(&c, "MachinesReady");
+    assert_eq!(m["reason"], "WaitingForCapacity", "{c}");
+    assert!(m["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("pool gpu: no free slot for pool gpu"));
+    let o = t.operation(&create_op).await;
+    assert_eq!(o["state"], "running", "waiting is not failing: {o}");
+    let s = step(&o, "node_pool/gpu");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 of 2 machines running (waiting for capacity: no free slot"),
+        "{s}"
+    );
+    assert!(
+        step(&o, "node_pool/default")["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 of 2 machines running;"),
+        "{o}"
+    );
+    // Six passes, one event: the wait is told when it begins.
+    let told = t
+        .event_reasons("mixed")
+        .await
+        .iter()
+        .filter(|r| *r == "WaitingForCapacity")
+        .count();
+    assert_eq!(told, 1);
+
+    // A slot frees up: the pool converges and the creation completes.
+    t.app.provider.set_worker_slots("gpu", 1);
+    t.app.settle().await;
+    t.passes_until_running("mixed", 5).await;
+    t.app.settle().await;
+    let gpu = t.get("/v1/clusters/mixed/node-pools/gpu").await.body;
+    assert_eq!(
+        condition(&gpu, "MachinesReady")["reason"],
+        "AllRunning",
+        "{gpu}"
+    );
+    // (Without machine access the test double's clusters never serve, so
+    // the creation stays at its control-plane step; its pool steps say
+    // what the pools did.)
+    let o = t.operation(&create_op).await;
+    assert!(
+        step(&o, "node_pool/gpu")["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 of 2 machines running;"),
+        "{o}"
+    );
+    let c = t.cluster("mixed").await;
+    assert_eq!(condition(&c, "MachinesReady")["status"], "True", "{c}");
+}

@@ -66,6 +66,19 @@ pub const SHORT_RESYNC: Duration = Duration::from_secs(1);
 /// reconcile never stops looking at a cluster.
 pub const PERMANENT_RECHECK: Duration = Duration::from_secs(5 * 60);
 
+/// Worker pools whose new machines wait for something to run on (a free
+/// host matching the pool, say), by pool id: what the provider said. A
+/// pool waiting does not hold up the rest of its cluster.
+type CapacityWaits = HashMap<Uuid, String>;
+
+/// What converging the machines found: whether every wanted machine runs,
+/// the workers the provider reports stopped, and the pools that wait.
+struct Converged {
+    all_running: bool,
+    stopped: HashSet<Uuid>,
+    waits: CapacityWaits,
+}
+
 /// Runs `reconcile_cluster` jobs.
 pub struct ClusterReconciler {
     app: SharedApp,
@@ -265,10 +278,7 @@ impl Run<'_> {
             .converge_machines(&c, &pools, &ops, provider.as_ref())
             .await
         {
-            Ok((all_running, stopped)) => {
-                self.finish_round(&c, &pools, &ops, all_running, &stopped)
-                    .await
-            }
+            Ok(converged) => self.finish_round(&c, &pools, &ops, &converged).await,
             Err(ProviderError::Retryable(m)) => {
                 let err = op_error("provider_error", &m, true);
                 let all: Vec<&Operation> = ops.iter().collect();
@@ -284,7 +294,8 @@ impl Run<'_> {
                     .await?;
                 Err(JobError::retryable(m))
             }
-            Err(ProviderError::NoCapacity(m)) => {
+            // The control plane (or load balancer) has nothing to run on.
+            Err(ProviderError::NoCapacity(m) | ProviderError::HostUnfit(m)) => {
                 // Waiting for capacity is not a failure: no attempt is used up.
                 let all: Vec<&Operation> = ops.iter().collect();
                 self.step(
@@ -344,15 +355,16 @@ impl Run<'_> {
     }
 
     /// Creates, observes and removes machines until the ledger matches the
-    /// spec. Returns whether every wanted machine is running, and the
-    /// worker machines the provider reports stopped.
+    /// spec. A control-plane machine with nothing to run on is an error
+    /// (the cluster waits); a worker's is recorded in
+    /// [`Converged::waits`] and the other machines go on.
     async fn converge_machines(
         &self,
         c: &Cluster,
         pools: &[NodePool],
         ops: &[Operation],
         provider: &dyn Provider,
-    ) -> Result<(bool, HashSet<Uuid>), ProviderError> {
+    ) -> Result<Converged, ProviderError> {
         let db = |e: crate::error::Error| ProviderError::Retryable(format!("database: {e}"));
         let mut machines = machine::list_any(&self.app.pool, c.id).await.map_err(db)?;
         let mut stopped = HashSet::new();
@@ -480,6 +492,7 @@ impl Run<'_> {
         machines = machine::list_any(&self.app.pool, c.id).await.map_err(db)?;
 
         let mut all_running = true;
+        let mut waits = CapacityWaits::new();
         for m in &machines {
             match m.state {
                 MachineState::Deleting => {
@@ -505,7 +518,17 @@ impl Run<'_> {
                     let req = machine_request(c, m, pools, key).map_err(|e| {
                         ProviderError::Permanent(format!("machine {}: {e}", m.name))
                     })?;
-                    let pm = provider.create(&req).await?;
+                    let pm = match provider.create(&req).await {
+                        Ok(pm) => pm,
+                        Err(e @ (ProviderError::NoCapacity(_) | ProviderError::HostUnfit(_)))
+                            if m.role == MachineRole::Worker =>
+                        {
+                            all_running = false;
+                            self.capacity_wait(c, m, &e, &mut waits).await?;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     if !self.came_up(c, m, &pm, provider).await? {
                         let mut tx = self.lease.begin().await.map_err(db)?;
                         machine::set_provisioning(&mut *tx, m.id, &pm.provider_id)
@@ -582,7 +605,61 @@ impl Run<'_> {
                 .map_err(|e| ProviderError::Retryable(e.message))?;
             }
         }
-        Ok((all_running, stopped))
+        Ok(Converged {
+            all_running,
+            stopped,
+            waits,
+        })
+    }
+
+    /// Records that worker `m` has nothing to run on yet (`e` says why):
+    /// on its pool's wait, in the machine's last error, and as an event
+    /// when the reason is new. A host that failed its prerequisites is
+    /// always told (it names the host and what it lacks).
+    async fn capacity_wait(
+        &self,
+        c: &Cluster,
+        m: &Machine,
+        e: &ProviderError,
+        waits: &mut CapacityWaits,
+    ) -> Result<(), ProviderError> {
+        let db = |e: crate::error::Error| ProviderError::Retryable(format!("database: {e}"));
+        let message = e.to_string();
+        let (reason, note) = match e {
+            ProviderError::HostUnfit(_) => ("HostPrerequisitesMissing", message.clone()),
+            _ => (
+                "WaitingForCapacity",
+                format!("waiting for capacity: {message}"),
+            ),
+        };
+        let is_new = m.last_error.as_deref() != Some(note.as_str());
+        if let Some(pool) = m.node_pool_id {
+            waits
+                .entry(pool)
+                .and_modify(|w| {
+                    if !w.contains(&message) {
+                        w.push_str("; ");
+                        w.push_str(&message);
+                    }
+                })
+                .or_insert_with(|| message.clone());
+        }
+        if is_new {
+            self.set_state(m.id, MachineState::Pending, Some(&note))
+                .await
+                .map_err(db)?;
+            self.event(
+                c,
+                m.node_pool_id,
+                None,
+                true,
+                reason,
+                &format!("{}: {note}", m.name),
+            )
+            .await
+            .map_err(|e| ProviderError::Retryable(e.message))?;
+        }
+        Ok(())
     }
 
     /// Records `pm` as running when it is, with everything the engine
@@ -689,17 +766,29 @@ impl Run<'_> {
         c: &Cluster,
         pools: &[NodePool],
         ops: &[Operation],
-        all_running: bool,
-        stopped: &HashSet<Uuid>,
+        converged: &Converged,
     ) -> Result<Outcome, JobError> {
+        let Converged {
+            all_running,
+            stopped,
+            waits,
+        } = converged;
+        let all_running = *all_running;
         let pool = &self.app.pool;
         let now = Utc::now();
         let machines = machine::list_any(pool, c.id).await?;
         let mut conditions = c.conditions.clone();
         let observed = if all_running {
             MachinesObservation::AllRunning(machines.len())
-        } else {
+        } else if waits.is_empty() {
             MachinesObservation::Starting
+        } else {
+            let mut named: Vec<String> = pools
+                .iter()
+                .filter_map(|p| waits.get(&p.id).map(|w| format!("pool {}: {w}", p.name)))
+                .collect();
+            named.sort();
+            MachinesObservation::WaitingForCapacity(named.join("; "))
         };
         status::set_machines_ready(&mut conditions, &observed, now);
         if status::set_reconciled(&mut conditions, &ReconcileObservation::Succeeded, now)
@@ -778,10 +867,25 @@ impl Run<'_> {
         let mut tx = self.lease.begin().await?;
         cluster::write_status(&mut *tx, c.id, phase, &conditions, c.generation).await?;
         tx.commit().await?;
-        self.operations_phase(c, pools, ops, &machines, &cp.verdict, pool_status.as_ref())
-            .await?;
-        self.pool_status_phase(pools, &machines, pool_status.as_ref(), pool_error, now)
-            .await?;
+        self.operations_phase(
+            c,
+            pools,
+            ops,
+            &machines,
+            &cp.verdict,
+            pool_status.as_ref(),
+            waits,
+        )
+        .await?;
+        self.pool_status_phase(
+            pools,
+            &machines,
+            pool_status.as_ref(),
+            pool_error,
+            waits,
+            now,
+        )
+        .await?;
         // A serving cluster whose pools autoscale has an autoscaler
         // watching it (the job ends by itself when no longer wanted).
         if matches!(phase, Phase::Ready | Phase::Degraded) && c.wants_autoscaler(pools) {
@@ -793,7 +897,7 @@ impl Run<'_> {
         // member down) is looked at again soon.
         let pools_settled = pool_status.as_ref().is_none_or(|ps| {
             pools.iter().all(|p| {
-                let v = PoolView::new(p, &machines, Some(ps));
+                let v = PoolView::new(p, &machines, Some(ps), waits);
                 v.leaving == 0 && v.joining == 0
             })
         });
@@ -913,6 +1017,7 @@ impl Run<'_> {
 
     /// Moves each active operation's steps on from what this pass saw, and
     /// finishes those that are done.
+    #[allow(clippy::too_many_arguments)]
     async fn operations_phase(
         &self,
         c: &Cluster,
@@ -921,6 +1026,7 @@ impl Run<'_> {
         machines: &[Machine],
         cp: &ControlPlaneVerdict,
         pool_status: Option<&PoolsStatus>,
+        waits: &CapacityWaits,
     ) -> Result<(), JobError> {
         let mut tx = self.lease.begin().await?;
         let cp_running = machines
@@ -954,7 +1060,7 @@ impl Run<'_> {
                         {
                             None => (true, "the pool was deleted".to_string()),
                             Some(p) => {
-                                let v = PoolView::new(p, machines, pool_status);
+                                let v = PoolView::new(p, machines, pool_status, waits);
                                 let size = p.size as usize;
                                 let machines_done = v.running == size && v.leaving == 0;
                                 let (nodes_done, nodes) = match pool_status {
@@ -976,7 +1082,11 @@ impl Run<'_> {
                                 };
                                 (
                                     ready && machines_done && nodes_done,
-                                    format!("{} of {size} machines running; {nodes}", v.running),
+                                    format!(
+                                        "{} of {size} machines running{}; {nodes}",
+                                        v.running,
+                                        v.waiting_note()
+                                    ),
                                 )
                             }
                         };
@@ -1041,14 +1151,19 @@ impl Run<'_> {
                     let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
                         continue;
                     };
-                    let v = PoolView::new(p, machines, pool_status);
+                    let v = PoolView::new(p, machines, pool_status, waits);
                     let machines_done = v.running == p.size as usize && v.leaving == 0;
                     operation::set_step(
                         &mut *tx,
                         op.id,
                         StepName::Machines,
                         Progress::succeeded_if(machines_done),
-                        Some(&format!("{} of {} machines running", v.running, p.size)),
+                        Some(&format!(
+                            "{} of {} machines running{}",
+                            v.running,
+                            p.size,
+                            v.waiting_note()
+                        )),
                         None,
                     )
                     .await?;
@@ -1127,7 +1242,7 @@ impl Run<'_> {
                     let Some(p) = pools.iter().find(|p| Some(p.id) == op.node_pool_id) else {
                         continue;
                     };
-                    let v = PoolView::new(p, machines, pool_status);
+                    let v = PoolView::new(p, machines, pool_status, waits);
                     let draining = machines
                         .iter()
                         .any(|m| m.node_pool_id == Some(p.id) && m.state == MachineState::Draining);
@@ -1159,11 +1274,12 @@ impl Run<'_> {
         machines: &[Machine],
         pool_status: Option<&PoolsStatus>,
         pool_error: Option<String>,
+        waits: &CapacityWaits,
         now: chrono::DateTime<Utc>,
     ) -> Result<(), JobError> {
         let mut tx = self.lease.begin().await?;
         for p in pools.iter().filter(|p| p.deletion_requested_at.is_none()) {
-            let v = PoolView::new(p, machines, pool_status);
+            let v = PoolView::new(p, machines, pool_status, waits);
             let nodes = match (pool_status, &pool_error) {
                 (Some(_), _) => NodesObservation::Observed {
                     ready: v.ready,
@@ -1182,6 +1298,7 @@ impl Run<'_> {
                     running: v.running,
                     leaving: v.leaving,
                     draining: v.drain_waiting.clone(),
+                    capacity_wait: v.capacity_wait.clone(),
                     nodes,
                     auto_repair: p.auto_repair,
                 },
@@ -1538,10 +1655,25 @@ struct PoolView {
     /// What a drain under way waits for, if one does.
     drain_waiting: Option<String>,
     repair_note: Option<String>,
+    /// What its new machines wait for, if they wait for capacity.
+    capacity_wait: Option<String>,
 }
 
 impl PoolView {
-    fn new(p: &NodePool, machines: &[Machine], status: Option<&PoolsStatus>) -> Self {
+    /// `" (waiting for capacity: ...)"` when its machines wait, else empty.
+    fn waiting_note(&self) -> String {
+        self.capacity_wait
+            .as_deref()
+            .map(|w| format!(" (waiting for capacity: {w})"))
+            .unwrap_or_default()
+    }
+
+    fn new(
+        p: &NodePool,
+        machines: &[Machine],
+        status: Option<&PoolsStatus>,
+        waits: &CapacityWaits,
+    ) -> Self {
         let mine: Vec<&Machine> = machines
             .iter()
             .filter(|m| m.node_pool_id == Some(p.id))
@@ -1562,6 +1694,7 @@ impl PoolView {
             drain_note: report.and_then(|r| r.drain_note.clone()),
             drain_waiting: report.and_then(|r| r.drain_waiting.clone()),
             repair_note: report.and_then(|r| r.repair_note.clone()),
+            capacity_wait: waits.get(&p.id).cloned(),
         }
     }
 }

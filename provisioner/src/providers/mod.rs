@@ -181,13 +181,21 @@ pub enum ProviderError {
     /// full lab subnet). Not a failure: the request waits for capacity.
     #[error("{0}")]
     NoCapacity(String),
+    /// The claimed host lacks a prerequisite of its role (a worker's
+    /// containerd, say): it was released untouched and is skipped by
+    /// claims for a while; the machine asks again and gets another host
+    /// or waits for one. Not a failure of the request.
+    #[error("{0}")]
+    HostUnfit(String),
 }
 
 impl ProviderError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ProviderError::Retryable(_) | ProviderError::NoCapacity(_)
+            ProviderError::Retryable(_)
+                | ProviderError::NoCapacity(_)
+                | ProviderError::HostUnfit(_)
         )
     }
 }

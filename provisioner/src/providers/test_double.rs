@@ -42,6 +42,10 @@ pub struct InMemoryProvider {
     networks: Mutex<Vec<ProviderNetwork>>,
     /// Where the next `get` call stops (see [`InMemoryProvider::pause_next_get`]).
     pause_get: Mutex<Option<Pause>>,
+    /// How many more worker machines of a node pool named here may be
+    /// made; a create beyond that is `NoCapacity`, as a host pool with no
+    /// free host matching the pool answers. Pools not named are unlimited.
+    worker_slots: Mutex<BTreeMap<String, usize>>,
 }
 
 /// A worker held inside a provider call, as if its process were paused
@@ -81,7 +85,17 @@ impl InMemoryProvider {
             booting: Mutex::new(BTreeMap::new()),
             networks: Mutex::new(Vec::new()),
             pause_get: Mutex::new(None),
+            worker_slots: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Allows `slots` worker machines of pool `pool` from now on (see
+    /// `worker_slots`).
+    pub fn set_worker_slots(&self, pool: &str, slots: usize) {
+        self.worker_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pool.to_string(), slots);
     }
 
     /// The next `get` call (only that one) stops until the returned pause
@@ -184,6 +198,17 @@ impl Provider for InMemoryProvider {
         let mut machines = self.lock();
         if let Some(existing) = machines.get(&req.id) {
             return Ok(existing.clone());
+        }
+        if let Some(pool) = &req.node_pool {
+            let mut slots = self.worker_slots.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(left) = slots.get_mut(pool) {
+                if *left == 0 {
+                    return Err(ProviderError::NoCapacity(format!(
+                        "no free slot for pool {pool} (test double)"
+                    )));
+                }
+                *left -= 1;
+            }
         }
         let n = self.next_address.fetch_add(1, Ordering::SeqCst);
         let polls = self.boot_polls.load(Ordering::SeqCst);
