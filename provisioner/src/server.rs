@@ -544,6 +544,10 @@ pub fn build_engine(app: &SharedApp, mut config: EngineConfig) -> Engine {
         Arc::new(ClusterReconciler::new(app.clone())),
     );
     engine.register(
+        crate::engine::upkeep::PROVIDER_UPKEEP,
+        Arc::new(crate::engine::upkeep::Upkeep::new(app.clone())),
+    );
+    engine.register(
         crate::autoscaler::AUTOSCALE,
         Arc::new(crate::autoscaler::Autoscaler::new(app.clone())),
     );

@@ -10,6 +10,7 @@ pub mod join;
 pub mod lease;
 pub mod pools;
 pub mod reconcile;
+pub mod upkeep;
 
 use chrono::Utc;
 use std::sync::Arc;

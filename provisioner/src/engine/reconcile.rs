@@ -498,6 +498,7 @@ impl Run<'_> {
                 MachineState::Deleting => {
                     provider.delete(m.id).await?;
                     self.mark_deleted(m.id).await.map_err(db)?;
+                    self.ensure_upkeep(c).await.map_err(db)?;
                     self.event(
                         c,
                         m.node_pool_id,
@@ -748,6 +749,13 @@ impl Run<'_> {
         let mut tx = self.lease.begin().await?;
         machine::set_state(&mut *tx, id, state, last_error).await?;
         tx.commit().await
+    }
+
+    /// Makes sure the cluster's provider gets to finish what its deletes
+    /// left for later (see [`super::upkeep`]).
+    async fn ensure_upkeep(&self, c: &Cluster) -> crate::error::Result<()> {
+        let mut conn = self.app.pool.acquire().await?;
+        super::upkeep::ensure(&mut conn, c.provider.kind()).await
     }
 
     /// Marks machine `id` deleted in the ledger (fenced).
@@ -1348,6 +1356,7 @@ impl Run<'_> {
             }
             self.mark_deleted(m.id).await?;
         }
+        self.ensure_upkeep(c).await?;
         self.step(
             &del_ops,
             StepName::DeleteMachines,

@@ -239,6 +239,14 @@ pub trait Provider: Send + Sync + 'static {
         &self,
         cluster_id: Uuid,
     ) -> Result<Vec<ProviderMachine>, ProviderError>;
+    /// Work left for later by `delete` (the `ssh` provider wipes hosts
+    /// that did not answer when their machine left, once they answer).
+    /// Returns when to be called again, or None when nothing is left. The
+    /// engine calls it from its `provider_upkeep` job (`engine::upkeep`),
+    /// ensured after every machine this provider deletes.
+    async fn upkeep(&self) -> Result<Option<std::time::Duration>, ProviderError> {
+        Ok(None)
+    }
 }
 
 /// The providers this service runs, by kind. A cluster of a kind with no
