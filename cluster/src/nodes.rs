@@ -28,6 +28,9 @@ pub struct NodeView {
     /// The pod range the controller manager allocated (`spec.podCIDR`),
     /// when it has and it parses.
     pub pod_cidr: Option<crate::network::Ipv4Cidr>,
+    /// `status.capacity`, resource name to quantity as the API server
+    /// shows it (`cpu: "2"`, `nvidia.com/gpu: "1"`).
+    pub capacity: std::collections::BTreeMap<String, String>,
 }
 
 /// A Pod, as far as drains and CPU accounting care.

@@ -251,6 +251,12 @@ fn node_view(n: &Node) -> Option<NodeView> {
             .as_ref()
             .and_then(|s| s.pod_cidr.as_deref())
             .and_then(|c| kubeforge_cluster::network::Ipv4Cidr::parse(c).ok()),
+        capacity: n
+            .status
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref())
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -395,6 +401,23 @@ impl TenantApi for KubeTenant {
             Err(kube::Error::Api(s)) if s.code == 429 => Ok(Eviction::Blocked(refusal(&s))),
             Err(e) => Err(self.unavailable(&format!("evicting {namespace}/{pod}"), e)),
         }
+    }
+
+    async fn advertise_capacity(
+        &self,
+        node: &str,
+        resources: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        usable("node name", node)?;
+        Api::<Node>::all(self.client.clone())
+            .patch_status(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"status": {"capacity": resources}})),
+            )
+            .await
+            .map_err(|e| self.unavailable(&format!("advertising {node}'s capacity"), e))?;
+        Ok(())
     }
 
     async fn delete_node(&self, name: &str) -> Result<()> {

@@ -63,6 +63,15 @@ pub trait TenantApi: Send + Sync {
     async fn evict(&self, namespace: &str, pod: &str) -> Result<Eviction>;
     /// Deletes a Node object; one that is gone already is fine.
     async fn delete_node(&self, name: &str) -> Result<()>;
+    /// Adds `resources` (extended resources such as `nvidia.com/gpu`, by
+    /// name and quantity) to the node's `status.capacity`, as an admin
+    /// advertises what a node has that kubelet cannot see; kubelet keeps
+    /// them and derives their allocatable.
+    async fn advertise_capacity(
+        &self,
+        node: &str,
+        resources: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()>;
     /// Creates or updates (server-side apply, as `kubeforge`) a Secret in
     /// `kube-system` that the service owns.
     async fn apply_system_secret(&self, name: &str, object: &serde_json::Value) -> Result<()>;
@@ -291,6 +300,13 @@ mod tests {
             } else {
                 Eviction::Gone
             })
+        }
+        async fn advertise_capacity(
+            &self,
+            _: &str,
+            _: &std::collections::BTreeMap<String, String>,
+        ) -> Result<()> {
+            Ok(())
         }
         async fn delete_node(&self, _name: &str) -> Result<()> {
             Err(Error::Unavailable("not in this double".into()))
