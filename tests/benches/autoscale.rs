@@ -101,7 +101,7 @@ async fn main() {
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("bench-autoscale-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let bridge = Bridge("kfbencha0".into(), tmp.clone());
+    let bridge = Bridge("kfbencha0".into(), tmp.clone(), None);
     let app = TestApp::with_lab(&tmp, &bridge.0, "10.77.252.0/24").await;
     let engine = kubeforge::server::build_engine(&app.app, EngineConfig::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -86,21 +86,74 @@ pub async fn run_on_machine(
     (code, lines)
 }
 
-/// A lab test's own corner: a fresh directory `<root>/<name>-<uuid>`, a
-/// random octet for its subnet, and its bridge `<bridge_prefix><octet>`
-/// (removed, and the test's machines stopped, when dropped). Tests pass
-/// their `CARGO_TARGET_TMPDIR` as `root`.
+/// A lab test's own corner: a fresh directory `<root>/<name>-<uuid>`, an
+/// octet for its subnet, and its bridge `<bridge_prefix><octet>` (removed,
+/// and the test's machines stopped, when dropped). Tests pass their
+/// `CARGO_TARGET_TMPDIR` as `root`.
+///
+/// The octet is unique on the host while the sandbox lives ([`Octet`]):
+/// lab tests run side by side in several processes (the conformance
+/// cluster beside the whole suite), and two that drew the same octet would
+/// share a bridge name or a subnet, and one's cleanup would cut the
+/// other's machines off.
 pub fn sandbox(root: &str, name: &str, bridge_prefix: &str) -> (PathBuf, u8, Bridge) {
     let tmp = Path::new(root).join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let octet = 100 + (uuid::Uuid::new_v4().as_u128() % 100) as u8;
-    let bridge = Bridge(format!("{bridge_prefix}{octet}"), tmp.clone());
-    (tmp, octet, bridge)
+    let octet = Octet::take();
+    let n = octet.0;
+    let bridge = Bridge(format!("{bridge_prefix}{n}"), tmp.clone(), Some(octet));
+    (tmp, n, bridge)
+}
+
+/// Where lab tests lock their octets.
+const OCTET_LOCKS: &str = "/run/kubeforge/test-octets";
+
+/// An octet (100..=199) no other live lab test on this host holds: an
+/// exclusive lock on `/run/kubeforge/test-octets/<octet>.lock`, held
+/// until dropped (the kernel lets go of it if the process dies), on an
+/// octet for which no link named `*<octet>` of the lab prefixes exists.
+pub struct Octet(pub u8, #[allow(dead_code)] std::fs::File);
+
+impl Octet {
+    /// Takes a free octet, starting from a random one.
+    pub fn take() -> Octet {
+        std::fs::create_dir_all(OCTET_LOCKS).expect("making the octet lock dir");
+        let start = (uuid::Uuid::new_v4().as_u128() % 100) as u8;
+        for i in 0..100u8 {
+            let n = 100 + (start + i) % 100;
+            let path = Path::new(OCTET_LOCKS).join(format!("{n}.lock"));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+            if file.try_lock().is_err() {
+                continue;
+            }
+            // A bridge left over from a test that died is not ours to take.
+            let leftover = std::fs::read_dir("/sys/class/net")
+                .map(|d| {
+                    d.flatten().any(|e| {
+                        let name = e.file_name().to_string_lossy().to_string();
+                        name.starts_with("kf") && name.ends_with(&n.to_string())
+                    })
+                })
+                .unwrap_or(false);
+            if leftover {
+                continue;
+            }
+            return Octet(n, file);
+        }
+        panic!("no free lab test octet in 100..=199");
+    }
 }
 
 /// Removes the test's bridge, and stops any machine the test left
-/// running (a failed assertion must not leak containers).
-pub struct Bridge(pub String, pub PathBuf);
+/// running (a failed assertion must not leak containers); then frees its
+/// octet, if it holds one.
+pub struct Bridge(pub String, pub PathBuf, pub Option<Octet>);
 
 impl Drop for Bridge {
     fn drop(&mut self) {
