@@ -162,6 +162,7 @@ fn host_body(args: &HostRegisterArgs) -> anyhow::Result<CreateHostRequest> {
         credentials,
         host_key: args.host_key.trim().to_string(),
         labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        capacity: None,
     })
 }
 

@@ -800,6 +800,7 @@ pub fn cluster_create_body(args: &ClusterCreateArgs) -> anyhow::Result<Value> {
                 taints: Vec::new(),
                 drain_timeout_seconds: None,
                 auto_repair: None,
+                host_selector: BTreeMap::new(),
             })
             .collect(),
         labels: labels_map(&args.labels),
@@ -836,6 +837,7 @@ fn node_pool_body(args: &NodePoolCreateArgs) -> CreateNodePoolRequest {
         taints: args.taints.clone(),
         drain_timeout_seconds: args.drain_timeout,
         auto_repair: args.repair.settings(),
+        host_selector: BTreeMap::new(),
     }
 }
 
@@ -852,6 +854,7 @@ pub fn node_pool_update_body(args: &NodePoolUpdateArgs) -> anyhow::Result<Update
         autoscaling,
         drain_timeout_seconds: args.drain_timeout,
         auto_repair,
+        host_selector: None,
     };
     anyhow::ensure!(
         body.size.is_some()
@@ -2443,6 +2446,7 @@ mod tests {
             size,
             autoscaling: None,
             labels: BTreeMap::new(),
+            host_selector: BTreeMap::new(),
             taints: Vec::new(),
             drain_timeout_seconds: 300,
             auto_repair: AutoRepair::default(),

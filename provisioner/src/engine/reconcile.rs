@@ -109,6 +109,11 @@ fn machine_request(
             .map(|p| p.name.as_str()),
         c.provider.clone(),
     );
+    req.host_selector = pools
+        .iter()
+        .find(|p| Some(p.id) == m.node_pool_id)
+        .map(|p| p.host_selector.as_map().clone())
+        .unwrap_or_default();
     if let Some(key) = authorized_key {
         req.user_data = Some(kubeforge_cluster::userdata::render(&req.identity(), key)?);
     }
@@ -284,15 +289,20 @@ impl Run<'_> {
                     .await?;
                 Err(JobError::retryable(m))
             }
-            Err(ProviderError::NoCapacity(m)) => {
-                // Waiting for capacity is not a failure: no attempt is used up.
+            Err(e @ (ProviderError::NoCapacity(_) | ProviderError::HostUnfit(_))) => {
+                // Waiting for capacity is not a failure: no attempt is used
+                // up. An unfit host was released and is skipped for a while:
+                // the machine waits the same way, with the reason named.
+                let unfit = matches!(e, ProviderError::HostUnfit(_));
+                let m = e.to_string();
+                let err = unfit.then(|| op_error("host_prerequisites_missing", &m, true));
                 let all: Vec<&Operation> = ops.iter().collect();
                 self.step(
                     &all,
                     StepName::Machines,
                     Progress::Running,
                     Some(&format!("waiting for capacity: {m}")),
-                    None,
+                    err.as_ref(),
                 )
                 .await?;
                 let mut conditions = c.conditions.clone();
@@ -301,7 +311,10 @@ impl Run<'_> {
                     &MachinesObservation::WaitingForCapacity(m.clone()),
                     Utc::now(),
                 );
-                if changed {
+                if unfit {
+                    self.event(&c, None, None, true, "HostPrerequisitesMissing", &m)
+                        .await?;
+                } else if changed {
                     self.event(&c, None, None, true, "WaitingForCapacity", &m)
                         .await?;
                 }
