@@ -304,10 +304,10 @@ impl SshProvider {
             // recent problem.
             let why = sqlx::query!(
                 "SELECT count(*) FILTER (WHERE NOT labels @> $1) AS \"unmatched!\",
-                        array_remove(array_agg(problem->>'message' ORDER BY id)
+                        COALESCE(array_remove(array_agg(problem->>'message' ORDER BY id)
                             FILTER (WHERE labels @> $1 AND problem_at IS NOT NULL
                                     AND problem_at > now() - make_interval(secs => $2)),
-                            NULL) AS \"skipped!\"
+                            NULL), '{}') AS \"skipped!\"
                  FROM hosts WHERE claimed_by IS NULL",
                 selector,
                 recheck_secs
