@@ -378,8 +378,12 @@ impl SshProvider {
     }
 
     /// Reads what the worker bundle needs from the host (read-only).
-    async fn check_worker(host: &Host, hs: &HostSession) -> Result<PrereqReport, ProviderError> {
-        let (code, out) = Self::run(host, hs, &prerequisites_script()).await?;
+    async fn check_worker(
+        host: &Host,
+        hs: &HostSession,
+        machine: Uuid,
+    ) -> Result<PrereqReport, ProviderError> {
+        let (code, out) = Self::run(host, hs, &prerequisites_script(machine)).await?;
         parse_prerequisites(&out).map_err(|e| {
             retryable(format!(
                 "checking the prerequisites of host {} failed ({code}): {e}",
@@ -661,7 +665,7 @@ impl Provider for SshProvider {
         let result = async {
             // Read-only first: nothing is written on a host found unfit.
             let report = if req.role == MachineRole::Worker {
-                Some(Self::check_worker(&host, &hs).await?)
+                Some(Self::check_worker(&host, &hs, req.id).await?)
             } else {
                 None
             };
@@ -908,14 +912,18 @@ impl Prerequisite {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PrereqReport {
     pub missing: Vec<Prerequisite>,
-    /// `/etc/kubeforge` exists: an earlier create wrote to the host.
+    /// The identity file names this machine: an earlier create for it
+    /// wrote to the host.
     pub touched: bool,
 }
 
 /// Checks, read-only, what the worker bundle needs: prints `missing NAME`
-/// per gap ([`Prerequisite::name`]), `touched` if Kubeforge's directory
-/// is there, and `checked` last (so a script cut short is not a pass).
-fn prerequisites_script() -> String {
+/// per gap ([`Prerequisite::name`]), `touched` if the host's identity file
+/// already names `machine` (an earlier create for it got as far as
+/// `prepare`; an identity file naming another machine is a leftover a new
+/// claim overwrites), and `checked` last (so a script cut short is not a
+/// pass).
+fn prerequisites_script(machine: Uuid) -> String {
     let cni = CNI_PLUGINS.join(" ");
     let modules = KERNEL_MODULES.join(" ");
     let sysctls = SYSCTLS.join(" ");
@@ -936,22 +944,35 @@ have iptables || miss iptables
 have conntrack || miss conntrack
 container=no
 if have systemd-detect-virt && systemd-detect-virt -c >/dev/null 2>&1; then container=yes; fi
+# Loaded: in /sys/module, or (in a container, where /sys/module is not
+# mounted) by what the module provides: overlay registers its filesystem,
+# br_netfilter creates /proc/sys/net/bridge.
+loaded() {{
+  [ -d "/sys/module/$1" ] && return 0
+  case "$1" in
+    overlay) grep -qw overlay /proc/filesystems 2>/dev/null ;;
+    br_netfilter) [ -d /proc/sys/net/bridge ] ;;
+    *) return 1 ;;
+  esac
+}}
 for m in {modules}; do
-  if [ -d "/sys/module/$m" ]; then :
+  if loaded "$m"; then :
   elif [ "$container" = no ] && modinfo "$m" >/dev/null 2>&1; then :
   else miss "kernel-module/$m"; fi
 done
 for s in {sysctls}; do
   case "$s" in
     # Appears when br_netfilter loads: on a real host the bundle loads it.
-    net/bridge/*) if [ "$container" = no ] && [ ! -d /sys/module/br_netfilter ]; then continue; fi ;;
+    net/bridge/*) if [ "$container" = no ] && ! loaded br_netfilter; then continue; fi ;;
   esac
   [ -e "/proc/sys/$s" ] || miss "sysctl/$(echo "$s" | tr / .)"
 done
-if [ -e /etc/kubeforge ]; then echo touched; fi
+if grep -qsF {machine} {identity}; then echo touched; fi
 echo checked
 "#,
         cni_dir = CNI_BIN_DIR,
+        machine = shell_quote(&machine.to_string()),
+        identity = IDENTITY_FILE,
     )
 }
 
@@ -1131,7 +1152,12 @@ mod tests {
 
     #[test]
     fn the_script_names_only_what_the_parser_knows() {
-        let script = prerequisites_script();
+        let id = Uuid::from_u128(7);
+        let script = prerequisites_script(id);
+        assert!(
+            script.contains(&format!("grep -qsF '{id}' {IDENTITY_FILE}")),
+            "{script}"
+        );
         for p in CNI_PLUGINS {
             assert!(script.contains(p));
         }
