@@ -257,6 +257,20 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
     assert_eq!(provider_id, format!("ssh:{host_id}"));
     let listed = hosts(&app, &admin).await;
     assert_eq!(listed[0]["claimed_by"], json!(machine_id), "{listed:?}");
+    // Registered without a capacity: measured on first contact, as the
+    // host itself reports it (online CPUs, MemTotal).
+    assert_eq!(listed[0]["capacity_source"], "measured", "{listed:?}");
+    let reported = on_host(
+        &target,
+        &tenant_key,
+        "getconf _NPROCESSORS_ONLN; awk '/^MemTotal:/ { print $2 }' /proc/meminfo",
+    )
+    .await;
+    let kb: u64 = reported[1].trim().parse().unwrap();
+    let expected =
+        kubeforge_cluster::hosts::HostCapacity::measured(reported[0].trim().parse().unwrap(), kb)
+            .to_resource_map();
+    assert_eq!(listed[0]["capacity"], json!(expected), "{listed:?}");
     // Tagged on the host, found by cluster.
     let identity = on_host(&target, &tenant_key, "cat /etc/kubeforge/machine.json").await;
     let identity: Value = serde_json::from_str(&identity.join("")).unwrap();
