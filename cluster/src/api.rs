@@ -220,6 +220,9 @@ pub struct NodePoolView {
     pub autoscaling: Option<Autoscaling>,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
+    /// Labels a registered host must carry to serve this pool (`ssh`
+    /// provider); empty: any free host.
+    pub host_selector: BTreeMap<String, String>,
     /// Seconds a node's drain may take before it is removed anyway.
     pub drain_timeout_seconds: u32,
     pub auto_repair: AutoRepair,
@@ -258,6 +261,11 @@ pub struct UpdateNodePoolRequest {
     /// defaults (`{}`: on, after 300 seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_repair: Option<AutoRepair>,
+    /// Replaces the pool's host selector (`ssh` provider only; `{}`: any
+    /// host). Machines already running stay on their hosts; new ones are
+    /// claimed by the new selector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_selector: Option<BTreeMap<String, String>>,
 }
 
 /// A field that is present, `null` included: `Some(None)` for `null`.
@@ -602,6 +610,11 @@ pub struct CreateHostRequest {
     pub host_key: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What the host offers, as a Kubernetes resource map of quantities:
+    /// `cpu` and `memory` required, extended resources (`nvidia.com/gpu`)
+    /// whole counts. Absent: measured (CPUs, memory) on first contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<BTreeMap<String, String>>,
 }
 
 fn ssh_port() -> u16 {
@@ -620,9 +633,27 @@ pub struct HostView {
     pub user: String,
     pub host_key: String,
     pub labels: BTreeMap<String, String>,
+    /// The host's resource map (`{"cpu": "8", "memory": "32Gi"}`); null
+    /// until declared or measured on first contact.
+    pub capacity: Option<BTreeMap<String, String>>,
+    /// `declared` (at registration) or `measured` (on first contact); null
+    /// while the capacity is unknown.
+    pub capacity_source: Option<String>,
+    /// Why the host was last found unfit to serve; claims skip it for a
+    /// while. Null when it passed its last check.
+    pub problem: Option<HostProblem>,
     pub credential_kind: String,
     pub claimed_by: Option<Uuid>,
     pub created_at: DateTime<Utc>,
+}
+
+/// Why a host could not serve (e.g. `host_prerequisites_missing`), and
+/// since when.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostProblem {
+    pub code: String,
+    pub message: String,
+    pub since: DateTime<Utc>,
 }
 
 /// The answer to `POST /v1/hosts` (201): the host as registered.
@@ -853,6 +884,7 @@ mod tests {
                 priority: 0,
             }),
             labels: BTreeMap::new(),
+            host_selector: BTreeMap::from([("gpu".into(), "true".into())]),
             taints: vec![
                 Taint {
                     key: "gpu".into(),

@@ -17,6 +17,7 @@ pub mod condition;
 pub mod credentials;
 pub mod dns;
 pub mod externalgrpc;
+pub mod hosts;
 pub mod join;
 pub mod kubeconfig;
 pub mod labels;

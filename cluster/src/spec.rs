@@ -553,6 +553,10 @@ pub struct CreateNodePoolRequest {
     /// Replacement of unhealthy nodes; on after 300 seconds when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_repair: Option<AutoRepair>,
+    /// Labels a registered host must carry to serve the pool; only on the
+    /// `ssh` provider. Empty or absent: any free host.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_selector: BTreeMap<String, String>,
 }
 
 /// A valid node pool.
@@ -568,6 +572,9 @@ pub struct NodePoolSpec {
     pub drain_timeout_seconds: u32,
     #[serde(default)]
     pub auto_repair: AutoRepair,
+    /// Labels a host must carry to serve the pool (`ssh` provider).
+    #[serde(default)]
+    pub host_selector: Labels,
 }
 
 fn default_drain_timeout() -> u32 {
@@ -622,6 +629,8 @@ impl NodePoolSpec {
         check_drain_timeout(drain_timeout_seconds)?;
         let auto_repair = req.auto_repair.unwrap_or_default();
         auto_repair.validate()?;
+        let host_selector =
+            Labels::parse(req.host_selector).map_err(|e| e.under("host_selector"))?;
         Ok(Self {
             name,
             machine_type,
@@ -631,6 +640,7 @@ impl NodePoolSpec {
             taints: req.taints,
             drain_timeout_seconds,
             auto_repair,
+            host_selector,
         })
     }
 }

@@ -163,7 +163,8 @@ pub struct TestApp {
     pub app: SharedApp,
     pub router: axum::Router,
     pub pool: PgPool,
-    /// TEST DOUBLE provider, registered for the `lab` kind.
+    /// TEST DOUBLE provider, registered for the `lab` kind (or the kind
+    /// given to [`TestApp::with_double_kind`]).
     pub provider: Arc<InMemoryProvider>,
     pub engine: Engine,
     /// The service's cluster DNS server, in lab tests (on the test
@@ -252,9 +253,16 @@ impl TestApp {
     }
 
     pub async fn with_config(config: Config) -> TestApp {
+        Self::with_double_kind("lab", config).await
+    }
+
+    /// [`TestApp::with_config`] with the test double serving provider
+    /// `kind` (`ssh`: clusters on it take node pools and host selectors at
+    /// the API; nothing is claimed, the double makes machines in memory).
+    pub async fn with_double_kind(kind: &'static str, config: Config) -> TestApp {
         let db = TestDb::new().await;
         let pool = db.pool(60).await;
-        let provider = Arc::new(InMemoryProvider::new("lab"));
+        let provider = Arc::new(InMemoryProvider::new(kind));
         let (app, router) = Self::app_with_double(pool.clone(), provider.clone(), config);
         let engine = kubeforge::server::build_engine(&app, test_engine_config());
         TestApp {

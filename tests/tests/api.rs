@@ -1075,6 +1075,197 @@ async fn unknown_routes_are_problem_404s() {
     assert_problem(&r, 401, "unauthenticated");
 }
 
+#[tokio::test]
+async fn hosts_take_labels_and_capacity_and_refuse_bad_quantities() {
+    let app = TestApp::new().await;
+    let admin = app.token("platform", Role::PlatformAdmin);
+    let mut body = host_body("192.0.2.20", 22, "pw");
+    body["labels"] = json!({"gpu": "true", "zone": "a"});
+    body["capacity"] = json!({"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"});
+    let r = app
+        .call(Method::POST, "/v1/hosts", Some(&admin), Some(body), &[])
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let host = &r.body["host"];
+    assert_eq!(host["labels"], json!({"gpu": "true", "zone": "a"}));
+    assert_eq!(
+        host["capacity"],
+        json!({"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"})
+    );
+    assert_eq!(host["capacity_source"], "declared");
+    assert_eq!(host["problem"], Value::Null);
+
+    // Without a capacity: unknown until the provider measures it.
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/hosts",
+            Some(&admin),
+            Some(host_body("192.0.2.21", 22, "pw")),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    let r = get(&app, &admin, "/v1/hosts").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let items = r.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    let declared = items.iter().find(|h| h["address"] == "192.0.2.20").unwrap();
+    assert_eq!(declared["capacity"]["memory"], "32Gi");
+    assert_eq!(declared["capacity"]["cpu"], "8");
+    let unknown = items.iter().find(|h| h["address"] == "192.0.2.21").unwrap();
+    assert_eq!(unknown["capacity"], Value::Null);
+    assert_eq!(unknown["capacity_source"], Value::Null);
+    assert_eq!(unknown["problem"], Value::Null);
+
+    // Bad capacities: 422 naming the resource, nothing stored.
+    let before = app.count("hosts").await;
+    for (capacity, field) in [
+        (json!({"cpu": "8"}), "capacity.memory"),
+        (json!({"memory": "1Gi"}), "capacity.cpu"),
+        (json!({"cpu": "eight", "memory": "1Gi"}), "capacity.cpu"),
+        (json!({"cpu": "2", "memory": "1.5"}), "capacity.memory"),
+        (
+            json!({"cpu": "2", "memory": "1Gi", "nvidia.com/gpu": "0.5"}),
+            "capacity.nvidia.com/gpu",
+        ),
+        (
+            json!({"cpu": "2", "memory": "1Gi", "gpu": "1"}),
+            "capacity.gpu",
+        ),
+        (
+            json!({"cpu": "2", "memory": "1Gi", "kubernetes.io/x": "1"}),
+            "capacity.kubernetes.io/x",
+        ),
+    ] {
+        let mut body = host_body("192.0.2.22", 22, "pw");
+        body["capacity"] = capacity.clone();
+        let r = app
+            .call(Method::POST, "/v1/hosts", Some(&admin), Some(body), &[])
+            .await;
+        assert_problem(&r, 422, "validation_failed");
+        assert_eq!(r.body["field"], field, "{capacity}: {}", r.text);
+    }
+    assert_eq!(app.count("hosts").await, before);
+}
+
+fn pool_body(name: &str, selector: Value) -> Value {
+    json!({"name": name, "machine_type": "small", "size": 1, "host_selector": selector})
+}
+
+#[tokio::test]
+async fn host_selector_is_for_ssh_clusters_only() {
+    // A lab cluster: a selector could never match, so it is refused.
+    let app = TestApp::new().await;
+    let tok = app.token("acme", Role::Admin);
+    create(&app, &tok, cluster_body("labby")).await;
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters/labby/node-pools",
+            Some(&tok),
+            Some(pool_body("gpu", json!({"gpu": "true"}))),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 422, "validation_failed");
+    assert_eq!(r.body["field"], "host_selector", "{}", r.text);
+    let mut body = cluster_body("labby2");
+    body["node_pools"][0]["host_selector"] = json!({"gpu": "true"});
+    let r = app
+        .call(Method::POST, "/v1/clusters", Some(&tok), Some(body), &[])
+        .await;
+    assert_problem(&r, 422, "validation_failed");
+    assert_eq!(r.body["field"], "node_pools[0].host_selector", "{}", r.text);
+    // An empty selector means any host: fine anywhere.
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters/labby/node-pools",
+            Some(&tok),
+            Some(pool_body("any", json!({}))),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/labby/node-pools/any",
+            Some(&tok),
+            Some(json!({"host_selector": {"gpu": "true"}})),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 422, "validation_failed");
+    assert_eq!(r.body["field"], "host_selector", "{}", r.text);
+
+    // An ssh cluster (the double serves the kind): stored and shown.
+    let app = TestApp::with_double_kind(
+        "ssh",
+        kubeforge::app::Config {
+            rate_limits: kubeforge::ratelimit::RateLimits::UNLIMITED,
+            ..Default::default()
+        },
+    )
+    .await;
+    let tok = app.token("acme", Role::Admin);
+    let mut body = cluster_body("byo");
+    body["provider"] = json!({"kind": "ssh"});
+    body["node_pools"][0]["host_selector"] = json!({"gpu": "false"});
+    create(&app, &tok, body).await;
+    let r = get(&app, &tok, "/v1/clusters/byo/node-pools/default").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["host_selector"], json!({"gpu": "false"}));
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters/byo/node-pools",
+            Some(&tok),
+            Some(pool_body("gpu", json!({"gpu": "true", "zone": "a"}))),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(
+        r.body["node_pool"]["host_selector"],
+        json!({"gpu": "true", "zone": "a"})
+    );
+    // Validated like labels.
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters/byo/node-pools",
+            Some(&tok),
+            Some(pool_body("bad", json!({"-gpu": "true"}))),
+            &[],
+        )
+        .await;
+    assert_problem(&r, 422, "validation_failed");
+    assert!(
+        r.body["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("host_selector"),
+        "{}",
+        r.text
+    );
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/byo/node-pools/gpu",
+            Some(&tok),
+            Some(json!({"host_selector": {"gpu": "true"}})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["node_pool"]["host_selector"], json!({"gpu": "true"}));
+    let r = get(&app, &tok, "/v1/clusters/byo/node-pools/gpu").await;
+    assert_eq!(r.body["host_selector"], json!({"gpu": "true"}));
+}
+
 fn host_body(address: &str, port: u16, password: &str) -> Value {
     json!({
         "address": address,

@@ -257,6 +257,20 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
     assert_eq!(provider_id, format!("ssh:{host_id}"));
     let listed = hosts(&app, &admin).await;
     assert_eq!(listed[0]["claimed_by"], json!(machine_id), "{listed:?}");
+    // Registered without a capacity: measured on first contact, as the
+    // host itself reports it (online CPUs, MemTotal).
+    assert_eq!(listed[0]["capacity_source"], "measured", "{listed:?}");
+    let reported = on_host(
+        &target,
+        &tenant_key,
+        "getconf _NPROCESSORS_ONLN; awk '/^MemTotal:/ { print $2 }' /proc/meminfo",
+    )
+    .await;
+    let kb: u64 = reported[1].trim().parse().unwrap();
+    let expected =
+        kubeforge_cluster::hosts::HostCapacity::measured(reported[0].trim().parse().unwrap(), kb)
+            .to_resource_map();
+    assert_eq!(listed[0]["capacity"], json!(expected), "{listed:?}");
     // Tagged on the host, found by cluster.
     let identity = on_host(&target, &tenant_key, "cat /etc/kubeforge/machine.json").await;
     let identity: Value = serde_json::from_str(&identity.join("")).unwrap();
@@ -467,5 +481,158 @@ async fn an_empty_pool_makes_the_cluster_wait_without_failing() {
             .await
             .unwrap();
     assert_eq!(machines, vec!["pending".to_string()]);
+    drop(guard);
+}
+
+#[tokio::test]
+async fn a_host_without_containerd_is_refused_as_a_worker_and_left_untouched() {
+    let (tmp, octet) = scratch();
+    let guard = Guard {
+        bridge: format!("kfs{octet}"),
+        dir: tmp.clone(),
+    };
+    let subnet = format!("10.77.{octet}.0/24");
+    let app = TestApp::with_lab_and_ssh(&tmp.join("svc"), &guard.bridge, &subnet).await;
+
+    // The host: a lab machine trusting only its owner's key, with
+    // containerd taken away.
+    let tenant_key = ClientKey::generate().unwrap();
+    let image = kubeforge::server::lab_image(&kubeforge::server::cache_dir())
+        .expect("no lab image: run scripts/build-lab-image");
+    let lab = LabProvider::new(LabConfig {
+        image_rootfs: image,
+        state_dir: tmp.join("hostlab"),
+        bridge: guard.bridge.clone(),
+        subnet: subnet.parse().unwrap(),
+        authorized_key: tenant_key.public_key_line().to_string(),
+        bind_ro: vec![],
+    })
+    .unwrap();
+    let host_req = MachineRequest::new(
+        Uuid::new_v4(),
+        &format!("kfs{octet}-nocd"),
+        "platform",
+        Uuid::new_v4(),
+        MachineRole::ControlPlane,
+        MachineType::Small,
+        None,
+        ProviderSpec::Lab {},
+    );
+    let mut pm = lab.create(&host_req).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pm.state != ProviderMachineState::Running {
+        assert!(Instant::now() < deadline, "the pool host did not boot");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pm = lab.get(host_req.id).await.unwrap().unwrap();
+    }
+    let address = pm.address.clone().unwrap();
+    let host_key = pm.host_key.clone().unwrap();
+    let target = SshTarget::new(address.clone(), "root", host_key.clone());
+    on_host(
+        &target,
+        &tenant_key,
+        "test -x /usr/bin/containerd && mv /usr/bin/containerd /usr/bin/containerd.removed-by-test",
+    )
+    .await;
+    // What `create` must not change: root's keys and Kubeforge's directory
+    // (the lab wrote the host's own identity there when it made it).
+    let state = "echo KEYS; cat /root/.ssh/authorized_keys; echo KUBEFORGE; \
+                 if [ -e /etc/kubeforge ]; then find /etc/kubeforge -exec ls -ld --time-style=full-iso {} +; \
+                 find /etc/kubeforge -type f -exec cat {} +; fi; echo END";
+    let before = on_host(&target, &tenant_key, state).await;
+
+    let admin = app.token("platform", Role::PlatformAdmin);
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/hosts",
+            Some(&admin),
+            Some(json!({
+                "address": address,
+                "user": "root",
+                "credentials": {"private_key": tenant_key.private_key_openssh()},
+                "host_key": host_key,
+                "labels": {"gpu": "false"}
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let host_id = r.body["host"]["id"].as_str().unwrap().to_string();
+
+    // A worker's ledger row in an ssh cluster (workers on ssh are not on
+    // yet, so the provider is asked directly, as the engine would).
+    let owner = app.token("acme", Role::Admin);
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&owner),
+            Some(create_body(&format!("nocd{octet}"))),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cluster = Uuid::parse_str(r.body["cluster"]["id"].as_str().unwrap()).unwrap();
+    let machine = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO machines (id, tenant, cluster_id, role, name, provider, machine_type, state)
+         VALUES ($1, 'acme', $2, 'worker', 'w1', 'ssh', 'small', 'pending')",
+    )
+    .bind(machine)
+    .bind(cluster)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let provider = app.app.providers.get("ssh").expect("the ssh provider");
+    let req = MachineRequest::new(
+        machine,
+        "w1",
+        "acme",
+        cluster,
+        MachineRole::Worker,
+        MachineType::Small,
+        Some("default"),
+        ProviderSpec::Ssh {},
+    );
+    let started = Instant::now();
+    let err = provider.create(&req).await.unwrap_err();
+    let message = match &err {
+        kubeforge::providers::ProviderError::HostUnfit(m) => m.clone(),
+        other => panic!("expected HostUnfit, got {other:?}"),
+    };
+    println!("refused in {:?}: {message}", started.elapsed());
+    assert!(
+        message.starts_with(&format!("host {address} lacks containerd")),
+        "{message}"
+    );
+    assert!(err.is_retryable());
+
+    // Released, with the problem on show; nothing written on the host.
+    let host = hosts(&app, &admin)
+        .await
+        .into_iter()
+        .find(|h| h["id"] == host_id.as_str())
+        .unwrap();
+    assert_eq!(host["claimed_by"], Value::Null, "{host}");
+    assert_eq!(
+        host["problem"]["code"], "host_prerequisites_missing",
+        "{host}"
+    );
+    assert_eq!(host["problem"]["message"], message.as_str(), "{host}");
+    let after = on_host(&target, &tenant_key, state).await;
+    assert_eq!(before, after);
+    assert!(
+        !after.iter().any(|l| l.contains(&machine.to_string())),
+        "{after:?}"
+    );
+
+    // Skipped by claims while the problem is fresh: the machine waits.
+    let err = provider.create(&req).await.unwrap_err();
+    assert!(
+        matches!(&err, kubeforge::providers::ProviderError::NoCapacity(m)
+            if m.contains("1 host skipped") && m.contains("lacks containerd")),
+        "{err:?}"
+    );
     drop(guard);
 }

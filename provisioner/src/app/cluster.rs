@@ -92,6 +92,13 @@ impl App {
         spec.network
             .check_apart_from(&self.providers.networks())
             .map_err(|e| e.under("network"))?;
+        for (i, pool) in spec.node_pools.iter().enumerate() {
+            super::node_pool::check_host_selector(
+                spec.provider.kind(),
+                &pool.host_selector,
+                &format!("node_pools[{i}].host_selector"),
+            )?;
+        }
         if !spec.node_pools.is_empty() {
             if let Some(why) = self.workers_unsupported(spec.provider.kind()) {
                 return Err(ValidationError::new("node_pools", why).into());

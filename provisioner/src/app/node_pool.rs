@@ -7,7 +7,7 @@ use kubeforge_cluster::api::{
 };
 use kubeforge_cluster::operations::OperationKind;
 use kubeforge_cluster::spec::{check_drain_timeout, check_pool_size, MAX_POOLS};
-use kubeforge_cluster::{AutoRepair, Autoscaling, NodePoolSpec, ValidationError};
+use kubeforge_cluster::{AutoRepair, Autoscaling, Labels, NodePoolSpec, ValidationError};
 
 use super::cluster::check_if_match;
 use super::views::node_pool_view;
@@ -16,6 +16,27 @@ use crate::context::{Action, OpContext};
 use crate::error::{Error, Result};
 use crate::store::idempotency::{self, Claim};
 use crate::store::{cluster, machine, node_pool, operation, tenant};
+
+/// A pool's host selector picks among registered hosts, which only the
+/// `ssh` provider has: on any other provider it would never match, so it
+/// is refused (`field`) rather than ignored.
+pub(super) fn check_host_selector(
+    provider_kind: &str,
+    selector: &Labels,
+    field: &str,
+) -> Result<()> {
+    if !selector.as_map().is_empty() && provider_kind != crate::providers::ssh::KIND {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "only clusters on the ssh provider pick hosts by label; this cluster is on {}",
+                provider_kind
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
 
 impl App {
     async fn check_node_quota(
@@ -64,6 +85,7 @@ impl App {
         if c.deletion_requested_at.is_some() {
             return Err(Error::Conflict("the cluster is being deleted".into()));
         }
+        check_host_selector(c.provider.kind(), &spec.host_selector, "host_selector")?;
         if let Some(why) = self.workers_unsupported(c.provider.kind()) {
             return Err(Error::Conflict(why));
         }
@@ -155,13 +177,19 @@ impl App {
             && req.autoscaling.is_none()
             && req.drain_timeout_seconds.is_none()
             && req.auto_repair.is_none()
+            && req.host_selector.is_none()
         {
             return Err(kubeforge_cluster::ValidationError::new(
                 "size",
-                "give at least one of size, autoscaling, drain_timeout_seconds and auto_repair",
+                "give at least one of size, autoscaling, drain_timeout_seconds, auto_repair \
+                 and host_selector",
             )
             .into());
         }
+        let host_selector = req
+            .host_selector
+            .map(|s| Labels::parse(s).map_err(|e| e.under("host_selector")))
+            .transpose()?;
         if let Some(t) = req.drain_timeout_seconds {
             check_drain_timeout(t)?;
         }
@@ -174,6 +202,9 @@ impl App {
         check_if_match(if_match, &p.etag())?;
         if p.deletion_requested_at.is_some() || c.deletion_requested_at.is_some() {
             return Err(Error::Conflict("the node pool is being deleted".into()));
+        }
+        if let Some(selector) = &host_selector {
+            check_host_selector(c.provider.kind(), selector, "host_selector")?;
         }
         let autoscaling = req.autoscaling.unwrap_or(p.autoscaling);
         if let Some(a) = &autoscaling {
@@ -193,6 +224,7 @@ impl App {
             autoscaling,
             drain_timeout_seconds: req.drain_timeout_seconds.unwrap_or(p.drain_timeout_seconds),
             auto_repair: req.auto_repair.unwrap_or(p.auto_repair),
+            host_selector: host_selector.unwrap_or_else(|| p.host_selector.clone()),
         };
         let generation = node_pool::update_settings(&mut tx, p.id, &settings).await?;
         let message = format!(
@@ -294,6 +326,23 @@ fn describe_changes(old: &node_pool::PoolSettings, new: &node_pool::PoolSettings
         parts.push(format!(
             "drain timeout {}s -> {}s",
             old.drain_timeout_seconds, new.drain_timeout_seconds
+        ));
+    }
+    if old.host_selector != new.host_selector {
+        let show = |l: &Labels| {
+            if l.as_map().is_empty() {
+                "any host".to_string()
+            } else {
+                l.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        };
+        parts.push(format!(
+            "host selector {} -> {}",
+            show(&old.host_selector),
+            show(&new.host_selector)
         ));
     }
     if old.auto_repair != new.auto_repair {

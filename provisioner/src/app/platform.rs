@@ -2,8 +2,9 @@
 //! quotas. Only `platform-admin` tokens reach these.
 
 use kubeforge_cluster::api::{
-    CreateHostRequest, HostCreated, HostCredentials, HostView, Quota, QuotaView,
+    CreateHostRequest, HostCreated, HostCredentials, HostProblem, HostView, Quota, QuotaView,
 };
+use kubeforge_cluster::hosts::HostCapacity;
 use kubeforge_cluster::network::check_host_address;
 use kubeforge_cluster::{Labels, ValidationError};
 use std::net::{IpAddr, Ipv4Addr};
@@ -28,6 +29,18 @@ macro_rules! host_view {
             user: r.ssh_user,
             host_key: r.host_key,
             labels: serde_json::from_value(r.labels).unwrap_or_default(),
+            capacity: r
+                .capacity
+                .and_then(|c| serde_json::from_value::<HostCapacity>(c).ok())
+                .map(|c| c.to_resource_map()),
+            capacity_source: r.capacity_source,
+            problem: r.problem.and_then(|p| {
+                Some(HostProblem {
+                    code: p.get("code")?.as_str()?.to_string(),
+                    message: p.get("message")?.as_str()?.to_string(),
+                    since: r.problem_at?,
+                })
+            }),
             credential_kind: r.credential_kind,
             claimed_by: r.claimed_by,
             created_at: r.created_at,
@@ -37,7 +50,10 @@ macro_rules! host_view {
 
 /// Checks a host registration. `gateways` are the service's own addresses
 /// on its providers' networks (the lab bridge's): never a host's.
-fn check_host(req: &CreateHostRequest, gateways: &[Ipv4Addr]) -> Result<Labels> {
+fn check_host(
+    req: &CreateHostRequest,
+    gateways: &[Ipv4Addr],
+) -> Result<(Labels, Option<HostCapacity>)> {
     let address: IpAddr = req
         .address
         .parse()
@@ -97,7 +113,13 @@ fn check_host(req: &CreateHostRequest, gateways: &[Ipv4Addr]) -> Result<Labels> 
         }
         _ => {}
     }
-    Labels::parse(req.labels.clone()).map_err(|e| e.under("labels").into())
+    let labels = Labels::parse(req.labels.clone()).map_err(|e| e.under("labels"))?;
+    let capacity = req
+        .capacity
+        .as_ref()
+        .map(|c| HostCapacity::parse(c).map_err(|e| e.under("capacity")))
+        .transpose()?;
+    Ok((labels, capacity))
 }
 
 impl App {
@@ -115,7 +137,7 @@ impl App {
             .iter()
             .filter_map(|n| n.gateway)
             .collect();
-        let labels = check_host(&req, &gateways)?;
+        let (labels, capacity) = check_host(&req, &gateways)?;
         let id = Uuid::now_v7();
         let (kind, secret) = match &req.credentials {
             HostCredentials::PrivateKey(k) => ("private_key", k.as_bytes()),
@@ -131,10 +153,17 @@ impl App {
             }
         }
         let labels_json = serde_json::to_value(&labels).map_err(anyhow::Error::from)?;
+        let capacity_json = capacity
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(anyhow::Error::from)?;
         let res = sqlx::query!(
             "INSERT INTO hosts (id, address, port, ssh_user, host_key, labels, credential_kind,
-                                credential_key_id, credential_nonce, credential_sealed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                credential_key_id, credential_nonce, credential_sealed,
+                                capacity, capacity_source)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                     CASE WHEN $11::jsonb IS NULL THEN NULL ELSE 'declared' END)",
             id,
             req.address,
             i32::from(req.port),
@@ -144,7 +173,8 @@ impl App {
             kind,
             sealed.key_id,
             sealed.nonce,
-            sealed.ciphertext
+            sealed.ciphertext,
+            capacity_json
         )
         .execute(&mut *tx)
         .await;
@@ -170,7 +200,8 @@ impl App {
 
     async fn host_by_id(&self, conn: &mut sqlx::PgConnection, id: Uuid) -> Result<HostView> {
         let r = sqlx::query!(
-            "SELECT id, address, port, ssh_user, host_key, labels, credential_kind, claimed_by, created_at
+            "SELECT id, address, port, ssh_user, host_key, labels, credential_kind, claimed_by,
+                    created_at, capacity, capacity_source, problem, problem_at
              FROM hosts WHERE id = $1",
             id
         )
@@ -184,7 +215,8 @@ impl App {
     pub async fn host_list(&self, ctx: &OpContext) -> Result<Vec<HostView>> {
         ctx.authorize(Action::Platform)?;
         let rows = sqlx::query!(
-            "SELECT id, address, port, ssh_user, host_key, labels, credential_kind, claimed_by, created_at
+            "SELECT id, address, port, ssh_user, host_key, labels, credential_kind, claimed_by,
+                    created_at, capacity, capacity_source, problem, problem_at
              FROM hosts ORDER BY id"
         )
         .fetch_all(&self.pool)

@@ -109,6 +109,7 @@ pub fn node_pool_view(p: &NodePool, machines: &[Machine]) -> NodePoolView {
         size: p.size,
         autoscaling: p.autoscaling,
         labels: p.labels.as_map().clone(),
+        host_selector: p.host_selector.as_map().clone(),
         taints: p.taints.clone(),
         drain_timeout_seconds: p.drain_timeout_seconds,
         auto_repair: p.auto_repair,

@@ -772,6 +772,7 @@ mod tests {
                 priority: 0,
             }),
             labels: Labels::default(),
+            host_selector: Labels::default(),
             taints: Vec::new(),
             drain_timeout_seconds: 60,
             auto_repair: AutoRepair::default(),

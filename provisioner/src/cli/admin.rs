@@ -67,6 +67,11 @@ pub struct HostRegisterArgs {
     /// Host label as key=value (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// What the host offers, as resource=quantity (repeatable: cpu=8,
+    /// memory=32Gi, nvidia.com/gpu=2; cpu and memory together). Left out,
+    /// the service measures cpu and memory on first contact.
+    #[arg(long = "capacity", value_name = "RESOURCE=QUANTITY", value_parser = parse_label)]
+    pub capacity: Vec<(String, String)>,
 }
 
 /// `kubeforge quotas ...`
@@ -162,6 +167,8 @@ fn host_body(args: &HostRegisterArgs) -> anyhow::Result<CreateHostRequest> {
         credentials,
         host_key: args.host_key.trim().to_string(),
         labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        capacity: (!args.capacity.is_empty())
+            .then(|| args.capacity.iter().cloned().collect::<BTreeMap<_, _>>()),
     })
 }
 

@@ -314,6 +314,14 @@ pub struct NodePoolUpdateArgs {
     pub drain_timeout: Option<u32>,
     #[command(flatten)]
     pub repair: RepairArgs,
+    /// Replace the pool's host selector (ssh clusters) with these labels,
+    /// as key=value (repeatable); new machines claim only matching hosts.
+    #[arg(long = "host-selector", value_name = "KEY=VALUE", value_parser = parse_label,
+          conflicts_with = "any_host")]
+    pub host_selector: Vec<(String, String)>,
+    /// Clear the pool's host selector: any free host will do.
+    #[arg(long)]
+    pub any_host: bool,
     /// Only update if the pool's etag still matches (412 otherwise).
     #[arg(long)]
     pub if_match: Option<String>,
@@ -349,6 +357,10 @@ pub struct NodePoolCreateArgs {
     pub drain_timeout: Option<u32>,
     #[command(flatten)]
     pub repair: RepairArgs,
+    /// Host label the pool's machines require, as key=value (repeatable;
+    /// ssh clusters only): they claim only registered hosts carrying all.
+    #[arg(long = "host-selector", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub host_selector: Vec<(String, String)>,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -800,6 +812,7 @@ pub fn cluster_create_body(args: &ClusterCreateArgs) -> anyhow::Result<Value> {
                 taints: Vec::new(),
                 drain_timeout_seconds: None,
                 auto_repair: None,
+                host_selector: BTreeMap::new(),
             })
             .collect(),
         labels: labels_map(&args.labels),
@@ -836,6 +849,7 @@ fn node_pool_body(args: &NodePoolCreateArgs) -> CreateNodePoolRequest {
         taints: args.taints.clone(),
         drain_timeout_seconds: args.drain_timeout,
         auto_repair: args.repair.settings(),
+        host_selector: labels_map(&args.host_selector),
     }
 }
 
@@ -852,16 +866,20 @@ pub fn node_pool_update_body(args: &NodePoolUpdateArgs) -> anyhow::Result<Update
         autoscaling,
         drain_timeout_seconds: args.drain_timeout,
         auto_repair,
+        host_selector: (args.any_host || !args.host_selector.is_empty())
+            .then(|| labels_map(&args.host_selector)),
     };
     anyhow::ensure!(
         body.size.is_some()
             || body.autoscaling.is_some()
             || body.drain_timeout_seconds.is_some()
-            || body.auto_repair.is_some(),
+            || body.auto_repair.is_some()
+            || body.host_selector.is_some(),
         ClientError::BadArgument {
             what: "nodepools update".into(),
             reason: "nothing to change: give --size, --min/--max, --no-autoscaling, \
-                     --drain-timeout, --repair-after or --no-auto-repair"
+                     --drain-timeout, --repair-after, --no-auto-repair, --host-selector \
+                     or --any-host"
                 .into(),
         }
     );
@@ -1733,6 +1751,21 @@ mod tests {
             body(&with(&["--drain-timeout", "60", "--no-auto-repair"])).unwrap(),
             json!({"drain_timeout_seconds": 60, "auto_repair": {"enabled": false, "after_seconds": 300}})
         );
+        assert_eq!(
+            body(&with(&[
+                "--host-selector",
+                "gpu=true",
+                "--host-selector",
+                "zone=a"
+            ]))
+            .unwrap(),
+            json!({"host_selector": {"gpu": "true", "zone": "a"}})
+        );
+        assert_eq!(
+            body(&with(&["--any-host"])).unwrap(),
+            json!({"host_selector": {}})
+        );
+        assert!(parse(&with(&["--any-host", "--host-selector", "gpu=true"])).is_err());
         let err = body(&base).unwrap_err();
         assert!(err.to_string().contains("nothing to change"), "{err}");
         assert_eq!(exit_code(&err), EXIT_USAGE);
@@ -2443,6 +2476,7 @@ mod tests {
             size,
             autoscaling: None,
             labels: BTreeMap::new(),
+            host_selector: BTreeMap::new(),
             taints: Vec::new(),
             drain_timeout_seconds: 300,
             auto_repair: AutoRepair::default(),

@@ -69,7 +69,17 @@ pub const PERMANENT_RECHECK: Duration = Duration::from_secs(5 * 60);
 /// Worker pools whose new machines wait for something to run on (a free
 /// host matching the pool, say), by pool id: what the provider said. A
 /// pool waiting does not hold up the rest of its cluster.
-type CapacityWaits = HashMap<Uuid, String>;
+type CapacityWaits = HashMap<Uuid, Wait>;
+
+/// What one pool's new machines wait for.
+#[derive(Debug, Clone, Default)]
+struct Wait {
+    /// What the provider said, each reason once.
+    message: String,
+    /// A host claimed for it failed its prerequisites this pass (the
+    /// operation's step carries `host_prerequisites_missing`).
+    unfit: bool,
+}
 
 /// What converging the machines found: whether every wanted machine runs,
 /// the workers the provider reports stopped, and the pools that wait.
@@ -122,6 +132,11 @@ fn machine_request(
             .map(|p| p.name.as_str()),
         c.provider.clone(),
     );
+    req.host_selector = pools
+        .iter()
+        .find(|p| Some(p.id) == m.node_pool_id)
+        .map(|p| p.host_selector.as_map().clone())
+        .unwrap_or_default();
     if let Some(key) = authorized_key {
         req.user_data = Some(kubeforge_cluster::userdata::render(&req.identity(), key)?);
     }
@@ -295,15 +310,20 @@ impl Run<'_> {
                 Err(JobError::retryable(m))
             }
             // The control plane (or load balancer) has nothing to run on.
-            Err(ProviderError::NoCapacity(m) | ProviderError::HostUnfit(m)) => {
-                // Waiting for capacity is not a failure: no attempt is used up.
+            Err(e @ (ProviderError::NoCapacity(_) | ProviderError::HostUnfit(_))) => {
+                // Waiting for capacity is not a failure: no attempt is used
+                // up. An unfit host was released and is skipped for a while:
+                // the machine waits the same way, with the reason named.
+                let unfit = matches!(e, ProviderError::HostUnfit(_));
+                let m = e.to_string();
+                let err = unfit.then(|| op_error("host_prerequisites_missing", &m, true));
                 let all: Vec<&Operation> = ops.iter().collect();
                 self.step(
                     &all,
                     StepName::Machines,
                     Progress::Running,
                     Some(&format!("waiting for capacity: {m}")),
-                    None,
+                    err.as_ref(),
                 )
                 .await?;
                 let mut conditions = c.conditions.clone();
@@ -312,7 +332,10 @@ impl Run<'_> {
                     &MachinesObservation::WaitingForCapacity(m.clone()),
                     Utc::now(),
                 );
-                if changed {
+                if unfit {
+                    self.event(&c, None, None, true, "HostPrerequisitesMissing", &m)
+                        .await?;
+                } else if changed {
                     self.event(&c, None, None, true, "WaitingForCapacity", &m)
                         .await?;
                 }
@@ -635,15 +658,14 @@ impl Run<'_> {
         };
         let is_new = m.last_error.as_deref() != Some(note.as_str());
         if let Some(pool) = m.node_pool_id {
-            waits
-                .entry(pool)
-                .and_modify(|w| {
-                    if !w.contains(&message) {
-                        w.push_str("; ");
-                        w.push_str(&message);
-                    }
-                })
-                .or_insert_with(|| message.clone());
+            let w = waits.entry(pool).or_default();
+            if !w.message.contains(&message) {
+                if !w.message.is_empty() {
+                    w.message.push_str("; ");
+                }
+                w.message.push_str(&message);
+            }
+            w.unfit |= matches!(e, ProviderError::HostUnfit(_));
         }
         if is_new {
             self.set_state(m.id, MachineState::Pending, Some(&note))
@@ -793,7 +815,11 @@ impl Run<'_> {
         } else {
             let mut named: Vec<String> = pools
                 .iter()
-                .filter_map(|p| waits.get(&p.id).map(|w| format!("pool {}: {w}", p.name)))
+                .filter_map(|p| {
+                    waits
+                        .get(&p.id)
+                        .map(|w| format!("pool {}: {}", p.name, w.message))
+                })
                 .collect();
             named.sort();
             MachinesObservation::WaitingForCapacity(named.join("; "))
@@ -1062,11 +1088,11 @@ impl Run<'_> {
                         let Some(name) = operations::step_pool(step) else {
                             continue;
                         };
-                        let (done, message) = match pools
+                        let (done, message, error) = match pools
                             .iter()
                             .find(|p| p.name.as_str() == name && p.deletion_requested_at.is_none())
                         {
-                            None => (true, "the pool was deleted".to_string()),
+                            None => (true, "the pool was deleted".to_string(), None),
                             Some(p) => {
                                 let v = PoolView::new(p, machines, pool_status, waits);
                                 let size = p.size as usize;
@@ -1095,6 +1121,7 @@ impl Run<'_> {
                                         v.running,
                                         v.waiting_note()
                                     ),
+                                    v.step_error(),
                                 )
                             }
                         };
@@ -1104,7 +1131,7 @@ impl Run<'_> {
                             step,
                             Progress::succeeded_if(done),
                             Some(&message),
-                            None,
+                            error.as_ref(),
                         )
                         .await?;
                         pools_done &= done;
@@ -1172,7 +1199,7 @@ impl Run<'_> {
                             p.size,
                             v.waiting_note()
                         )),
-                        None,
+                        v.step_error().as_ref(),
                     )
                     .await?;
                     let join_done = match pool_status {
@@ -1666,10 +1693,24 @@ struct PoolView {
     repair_note: Option<String>,
     /// What its new machines wait for, if they wait for capacity.
     capacity_wait: Option<String>,
+    /// A host claimed for it failed its prerequisites this pass.
+    unfit: bool,
 }
 
 impl PoolView {
     /// `" (waiting for capacity: ...)"` when its machines wait, else empty.
+    /// The typed error its operation's step carries while a host claimed
+    /// for it lacks a prerequisite.
+    fn step_error(&self) -> Option<OperationError> {
+        self.unfit.then(|| {
+            op_error(
+                "host_prerequisites_missing",
+                self.capacity_wait.as_deref().unwrap_or_default(),
+                true,
+            )
+        })
+    }
+
     fn waiting_note(&self) -> String {
         self.capacity_wait
             .as_deref()
@@ -1703,7 +1744,8 @@ impl PoolView {
             drain_note: report.and_then(|r| r.drain_note.clone()),
             drain_waiting: report.and_then(|r| r.drain_waiting.clone()),
             repair_note: report.and_then(|r| r.repair_note.clone()),
-            capacity_wait: waits.get(&p.id).cloned(),
+            capacity_wait: waits.get(&p.id).map(|w| w.message.clone()),
+            unfit: waits.get(&p.id).is_some_and(|w| w.unfit),
         }
     }
 }

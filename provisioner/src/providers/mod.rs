@@ -48,6 +48,7 @@ pub mod ssh;
 pub mod test_double;
 
 use async_trait::async_trait;
+use kubeforge_cluster::hosts::HostCapacity;
 pub use kubeforge_cluster::network::ProviderNetwork;
 use kubeforge_cluster::pools::MachineRole;
 use kubeforge_cluster::spec::ProviderSpec;
@@ -68,6 +69,11 @@ pub struct MachineRequest {
     pub role: MachineRole,
     pub machine_type: MachineType,
     pub node_pool: Option<String>,
+    /// Labels the host must carry (the pool's `host_selector`): the `ssh`
+    /// provider claims only a registered host whose labels contain all of
+    /// them. Empty: any host. Providers that make machines ignore it (the
+    /// API refuses a selector on them).
+    pub host_selector: BTreeMap<String, String>,
     /// The cluster's provider settings (region, subnet and image on EC2).
     pub spec: ProviderSpec,
     /// What the machine carries so it can be found without the ledger:
@@ -102,6 +108,7 @@ impl MachineRequest {
             role,
             machine_type,
             node_pool: node_pool.map(str::to_string),
+            host_selector: BTreeMap::new(),
             spec,
             tags: machine_tags(cluster_id, id, tenant, name, role),
             user_data: None,
@@ -181,10 +188,13 @@ pub enum ProviderError {
     /// full lab subnet). Not a failure: the request waits for capacity.
     #[error("{0}")]
     NoCapacity(String),
-    /// The claimed host lacks a prerequisite of its role (a worker's
-    /// containerd, say): it was released untouched and is skipped by
-    /// claims for a while; the machine asks again and gets another host
-    /// or waits for one. Not a failure of the request.
+    /// The host claimed for the machine failed a prerequisite check (the
+    /// `ssh` provider's worker check: containerd, runc, CNI plugins, ...).
+    /// It was released untouched, with the reason recorded on it, and
+    /// claims skip it for `ssh::RECHECK_AFTER` (10 minutes) so an admin
+    /// can fix it. Not a failure of the machine: it asks again and gets
+    /// another host, or waits as for capacity. The message names what is
+    /// missing.
     #[error("{0}")]
     HostUnfit(String),
 }
@@ -235,6 +245,13 @@ pub trait Provider: Send + Sync + 'static {
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError>;
     async fn get(&self, id: Uuid) -> Result<Option<ProviderMachine>, ProviderError>;
     async fn delete(&self, id: Uuid) -> Result<(), ProviderError>;
+    /// What the machine made for ledger id `id` has to offer (cpu, memory,
+    /// extended resources), where the provider knows it: the `ssh`
+    /// provider's registered hosts. None where it does not, or for an
+    /// unknown id.
+    async fn capacity(&self, _id: Uuid) -> Result<Option<HostCapacity>, ProviderError> {
+        Ok(None)
+    }
     async fn list_by_cluster(
         &self,
         cluster_id: Uuid,

@@ -27,6 +27,22 @@
 //!   identity file (with the machine's tags) is rewritten. No free host is `NoCapacity` ("no free
 //!   host in the pool"): the machine waits for one, without using up its
 //!   attempts.
+//! - **Hosts matched to pools.** A request's `host_selector` (the pool's)
+//!   limits the claim to free hosts whose labels contain it
+//!   (`labels @> selector`); with none matching, `NoCapacity` names the
+//!   selector and how many free hosts did not match.
+//! - **Worker prerequisites.** Before anything is written for a worker, a
+//!   read-only script checks what the worker bundle needs from the host
+//!   ([`Prerequisite`]). A host lacking any is released untouched, its
+//!   `problem` set (`host_prerequisites_missing`, naming what is missing),
+//!   and `create` answers `HostUnfit`; claims skip it for
+//!   [`RECHECK_AFTER`], then try it again (a pass clears the problem). A
+//!   host that already carries Kubeforge's files (a create that got
+//!   further before) is not released, since only `delete` wipes.
+//! - **Capacity.** A host registered without a capacity has its online
+//!   CPUs and `MemTotal` measured on first contact and stored
+//!   (`capacity_source = measured`); [`Provider::capacity`] reports it for
+//!   the machine the host serves.
 //! - **Tagged.** The host records its machine in
 //!   `/etc/kubeforge/machine.json` (id, cluster_id, name); in the database
 //!   `list_by_cluster` joins `hosts.claimed_by` with `machines` without
@@ -62,6 +78,7 @@
 //! would claim a pool host for the load balancer, which then needs HAProxy.
 
 use async_trait::async_trait;
+use kubeforge_cluster::hosts::{CapacitySource, HostCapacity};
 use kubeforge_cluster::pools::MachineRole;
 use kubeforge_cluster::userdata::IDENTITY_FILE;
 use sqlx::PgPool;
@@ -78,6 +95,13 @@ use crate::ssh::{
     parse_sha256sum, sha256sum_command, shell_quote, Redactor, Session, SshAuth, SshError,
     SshExecutor, SshSettings, SshTarget,
 };
+
+/// The provider kind clusters name to use registered hosts.
+pub const KIND: &str = "ssh";
+
+/// How long claims skip a host after it was found unfit (a prerequisite
+/// missing): time for an admin to fix it; then it is checked again.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(10 * 60);
 
 /// How long a claim is good for after `create` last confirmed it.
 pub const LEASE: Duration = Duration::from_secs(15 * 60);
@@ -210,8 +234,9 @@ impl SshProvider {
         .map_err(db)
     }
 
-    /// The host claimed by `req.id`, claiming a free one if there is none.
-    async fn claim(&self, req: &MachineRequest) -> Result<Host, ProviderError> {
+    /// The host claimed by `req.id`, claiming a free one matching its
+    /// host selector if there is none; and whether the claim is new.
+    async fn claim(&self, req: &MachineRequest) -> Result<(Host, bool), ProviderError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         // Creates for one ledger id take turns; the row must exist (the
         // ledger is committed before the provider is called).
@@ -243,36 +268,163 @@ impl SshProvider {
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
-        let host = match held {
-            Some(h) => h,
-            None => {
-                let claimed = sqlx::query_as!(
-                    Host,
-                    "UPDATE hosts SET claimed_by = $1,
-                                      lease_expires_at = now() + make_interval(secs => $2)
-                     WHERE id = (SELECT id FROM hosts WHERE claimed_by IS NULL
-                                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-                     RETURNING id AS \"id!\", address AS \"address!\", port AS \"port!\",
-                               ssh_user AS \"ssh_user!\", host_key AS \"host_key!\",
-                               credential_kind AS \"credential_kind!\",
-                               credential_key_id AS \"credential_key_id!\",
-                               credential_nonce AS \"credential_nonce!\",
-                               credential_sealed AS \"credential_sealed!\"",
-                    req.id,
-                    lease_secs
-                )
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-                let Some(h) = claimed else {
-                    return Err(ProviderError::NoCapacity("no free host in the pool".into()));
-                };
-                tracing::info!(machine = %req.name, host = %h.id, address = %h.address, "claimed a pool host");
-                h
-            }
+        if let Some(h) = held {
+            tx.commit().await.map_err(db)?;
+            return Ok((h, false));
+        }
+        let selector = serde_json::to_value(&req.host_selector)
+            .map_err(|e| permanent(format!("host selector: {e}")))?;
+        let recheck_secs = RECHECK_AFTER.as_secs_f64();
+        let claimed = sqlx::query_as!(
+            Host,
+            "UPDATE hosts SET claimed_by = $1,
+                              lease_expires_at = now() + make_interval(secs => $2)
+             WHERE id = (SELECT id FROM hosts
+                         WHERE claimed_by IS NULL AND labels @> $3
+                           AND (problem_at IS NULL
+                                OR problem_at <= now() - make_interval(secs => $4))
+                         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING id AS \"id!\", address AS \"address!\", port AS \"port!\",
+                       ssh_user AS \"ssh_user!\", host_key AS \"host_key!\",
+                       credential_kind AS \"credential_kind!\",
+                       credential_key_id AS \"credential_key_id!\",
+                       credential_nonce AS \"credential_nonce!\",
+                       credential_sealed AS \"credential_sealed!\"",
+            req.id,
+            lease_secs,
+            selector,
+            recheck_secs
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(h) = claimed else {
+            // Why nothing matched, for the machine's wait message: free
+            // hosts the selector rules out, and matching ones skipped for a
+            // recent problem.
+            let why = sqlx::query!(
+                "SELECT count(*) FILTER (WHERE NOT labels @> $1) AS \"unmatched!\",
+                        COALESCE(array_remove(array_agg(problem->>'message' ORDER BY id)
+                            FILTER (WHERE labels @> $1 AND problem_at IS NOT NULL
+                                    AND problem_at > now() - make_interval(secs => $2)),
+                            NULL), '{}') AS \"skipped!\"
+                 FROM hosts WHERE claimed_by IS NULL",
+                selector,
+                recheck_secs
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+            return Err(ProviderError::NoCapacity(no_host_message(
+                &req.host_selector,
+                why.unmatched,
+                &why.skipped,
+            )));
         };
         tx.commit().await.map_err(db)?;
-        Ok(host)
+        tracing::info!(machine = %req.name, host = %h.id, address = %h.address, "claimed a pool host");
+        Ok((h, true))
+    }
+
+    /// Releases a host found unfit, untouched, with the reason recorded:
+    /// claims skip it for [`RECHECK_AFTER`].
+    async fn release_unfit(
+        &self,
+        host: &Host,
+        id: Uuid,
+        message: &str,
+    ) -> Result<(), ProviderError> {
+        let problem = serde_json::json!({"code": HOST_PREREQUISITES_MISSING, "message": message});
+        sqlx::query!(
+            "UPDATE hosts SET claimed_by = NULL, lease_expires_at = NULL,
+                              problem = $3, problem_at = now()
+             WHERE id = $1 AND claimed_by = $2",
+            host.id,
+            id,
+            problem
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        tracing::warn!(host = %host.id, address = %host.address, machine = %id, %message, "released an unfit pool host");
+        Ok(())
+    }
+
+    /// Records a problem on a host that stays claimed (it carries
+    /// Kubeforge's files, which only `delete` wipes).
+    async fn mark_problem(&self, host: &Host, message: &str) -> Result<(), ProviderError> {
+        let problem = serde_json::json!({"code": HOST_PREREQUISITES_MISSING, "message": message});
+        sqlx::query!(
+            "UPDATE hosts SET problem = $2, problem_at = now() WHERE id = $1",
+            host.id,
+            problem
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn clear_problem(&self, host: &Host) -> Result<(), ProviderError> {
+        sqlx::query!(
+            "UPDATE hosts SET problem = NULL, problem_at = NULL
+             WHERE id = $1 AND problem IS NOT NULL",
+            host.id
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Reads what the worker bundle needs from the host (read-only).
+    async fn check_worker(
+        host: &Host,
+        hs: &HostSession,
+        machine: Uuid,
+    ) -> Result<PrereqReport, ProviderError> {
+        let (code, out) = Self::run(host, hs, &prerequisites_script(machine)).await?;
+        parse_prerequisites(&out).map_err(|e| {
+            retryable(format!(
+                "checking the prerequisites of host {} failed ({code}): {e}",
+                host.address
+            ))
+        })
+    }
+
+    /// Measures and stores the host's capacity, the first time only (a
+    /// declared one is never replaced).
+    async fn measure_capacity(&self, host: &Host, hs: &HostSession) -> Result<(), ProviderError> {
+        let known = sqlx::query_scalar!(
+            "SELECT capacity IS NOT NULL AS \"known!\" FROM hosts WHERE id = $1",
+            host.id
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        if known {
+            return Ok(());
+        }
+        let (code, out) = Self::run(host, hs, MEASURE_SCRIPT).await?;
+        let capacity = parse_measurement(&out).ok_or_else(|| {
+            retryable(format!(
+                "measuring host {} failed ({code}): {}",
+                host.address,
+                out.join("; ")
+            ))
+        })?;
+        let json = serde_json::to_value(&capacity).map_err(|e| retryable(e.to_string()))?;
+        sqlx::query!(
+            "UPDATE hosts SET capacity = $2, capacity_source = $3
+             WHERE id = $1 AND capacity IS NULL",
+            host.id,
+            json,
+            CapacitySource::Measured.as_str()
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
     }
 
     fn target(host: &Host) -> SshTarget {
@@ -493,7 +645,7 @@ rm -rf {dirs}
 #[async_trait]
 impl Provider for SshProvider {
     fn kind(&self) -> &'static str {
-        "ssh"
+        KIND
     }
 
     /// Workers not yet: hosts get no containerd, kubelet or kube-proxy, and
@@ -508,24 +660,61 @@ impl Provider for SshProvider {
     }
 
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError> {
-        let host = self.claim(req).await?;
+        let (host, _fresh) = self.claim(req).await?;
         let hs = self.connect(&self.ssh, &host).await?;
         let result = async {
+            // Read-only first: nothing is written on a host found unfit.
+            let report = if req.role == MachineRole::Worker {
+                Some(Self::check_worker(&host, &hs, req.id).await?)
+            } else {
+                None
+            };
+            if let Some(r) = report.as_ref().filter(|r| !r.missing.is_empty()) {
+                return Ok(Some(r.clone()));
+            }
+            self.measure_capacity(&host, &hs).await?;
             self.prepare(&host, &hs, req).await?;
             if req.role == MachineRole::ControlPlane {
                 self.check_etcd(&host, &hs).await?;
             }
-            Ok::<(), ProviderError>(())
+            Ok::<Option<PrereqReport>, ProviderError>(None)
         }
         .await;
         hs.session.close().await;
-        result?;
+        if let Some(report) = result? {
+            let message = unfit_message(&host.address, &report.missing);
+            if report.touched {
+                // A create that got further before left Kubeforge's files:
+                // the host stays claimed until `delete` wipes it.
+                self.mark_problem(&host, &message).await?;
+            } else {
+                self.release_unfit(&host, req.id, &message).await?;
+            }
+            return Err(ProviderError::HostUnfit(message));
+        }
+        if req.role == MachineRole::Worker {
+            self.clear_problem(&host).await?;
+        }
         Ok(Self::machine(
             &host,
             req.id,
             req.cluster_id,
             ProviderMachineState::Running,
         ))
+    }
+
+    async fn capacity(&self, id: Uuid) -> Result<Option<HostCapacity>, ProviderError> {
+        let stored = sqlx::query_scalar!("SELECT capacity FROM hosts WHERE claimed_by = $1", id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .flatten();
+        stored
+            .map(|v| {
+                serde_json::from_value(v)
+                    .map_err(|e| permanent(format!("the stored capacity of the host of {id}: {e}")))
+            })
+            .transpose()
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<ProviderMachine>, ProviderError> {
@@ -612,6 +801,271 @@ impl Provider for SshProvider {
     }
 }
 
+/// The problem code a host gets when a worker prerequisite is missing.
+pub const HOST_PREREQUISITES_MISSING: &str = "host_prerequisites_missing";
+
+/// The CNI plugins the worker conflist (`templates/worker/10-kubeforge.
+/// conflist.tera`: bridge with host-local IPAM, portmap) and containerd's
+/// CRI (loopback, for every pod's `lo`) run, from containerd's `bin_dir`.
+const CNI_PLUGINS: [&str; 4] = ["bridge", "host-local", "portmap", "loopback"];
+/// Where containerd looks for them (`containerd-config.toml.tera`).
+const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// Kernel modules kubelet, kube-proxy and the bridge plugin need.
+const KERNEL_MODULES: [&str; 2] = ["br_netfilter", "overlay"];
+/// Sysctls the bundle sets, by path under `/proc/sys`.
+const SYSCTLS: [&str; 2] = ["net/bridge/bridge-nf-call-iptables", "net/ipv4/ip_forward"];
+
+/// One thing the worker bundle needs from a host. [`Prerequisite::name`]
+/// is stable: it is what the host's `problem` and the machine's error say.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Prerequisite {
+    /// systemd as init (the bundle installs units).
+    Systemd,
+    Containerd,
+    /// containerd built with its CRI plugin (`containerd config default`
+    /// mentions `io.containerd.grpc.v1.cri`); kubelet talks to nothing else.
+    ContainerdCri,
+    /// containerd's client, which imports the sandbox image.
+    Ctr,
+    Runc,
+    /// A CNI plugin binary in [`CNI_BIN_DIR`].
+    CniPlugin(String),
+    Iptables,
+    Conntrack,
+    /// Loaded, or loadable with `modprobe` (on a real host; in a container
+    /// only a module the host kernel already has loaded counts).
+    KernelModule(String),
+    /// A sysctl file kubelet or kube-proxy writes (dotted name).
+    Sysctl(String),
+}
+
+impl Prerequisite {
+    pub fn name(&self) -> String {
+        match self {
+            Prerequisite::Systemd => "systemd".into(),
+            Prerequisite::Containerd => "containerd".into(),
+            Prerequisite::ContainerdCri => "containerd-cri".into(),
+            Prerequisite::Ctr => "ctr".into(),
+            Prerequisite::Runc => "runc".into(),
+            Prerequisite::CniPlugin(p) => format!("cni-plugin/{p}"),
+            Prerequisite::Iptables => "iptables".into(),
+            Prerequisite::Conntrack => "conntrack".into(),
+            Prerequisite::KernelModule(m) => format!("kernel-module/{m}"),
+            Prerequisite::Sysctl(s) => format!("sysctl/{s}"),
+        }
+    }
+
+    /// The inverse of [`Prerequisite::name`], for the names the check
+    /// script prints; None for anything else.
+    pub fn parse(name: &str) -> Option<Self> {
+        let item = |rest: &str, allowed: &[&str]| allowed.contains(&rest).then(|| rest.to_string());
+        Some(match name {
+            "systemd" => Prerequisite::Systemd,
+            "containerd" => Prerequisite::Containerd,
+            "containerd-cri" => Prerequisite::ContainerdCri,
+            "ctr" => Prerequisite::Ctr,
+            "runc" => Prerequisite::Runc,
+            "iptables" => Prerequisite::Iptables,
+            "conntrack" => Prerequisite::Conntrack,
+            other => {
+                let (kind, rest) = other.split_once('/')?;
+                match kind {
+                    "cni-plugin" => Prerequisite::CniPlugin(item(rest, &CNI_PLUGINS)?),
+                    "kernel-module" => Prerequisite::KernelModule(item(rest, &KERNEL_MODULES)?),
+                    "sysctl" => {
+                        let dotted: Vec<String> =
+                            SYSCTLS.iter().map(|s| s.replace('/', ".")).collect();
+                        let dotted: Vec<&str> = dotted.iter().map(String::as_str).collect();
+                        Prerequisite::Sysctl(item(rest, &dotted)?)
+                    }
+                    _ => return None,
+                }
+            }
+        })
+    }
+
+    /// What an admin does about it (Debian package names).
+    fn fix(&self) -> &'static str {
+        match self {
+            Prerequisite::Systemd => "boot the host with systemd",
+            Prerequisite::Containerd | Prerequisite::Ctr => "install the containerd package",
+            Prerequisite::ContainerdCri => {
+                "use a containerd with its CRI plugin enabled (not in disabled_plugins)"
+            }
+            Prerequisite::Runc => "install the runc package",
+            Prerequisite::CniPlugin(_) => {
+                "install the containernetworking-plugins package (into /usr/lib/cni)"
+            }
+            Prerequisite::Iptables => "install the iptables package",
+            Prerequisite::Conntrack => "install the conntrack package",
+            Prerequisite::KernelModule(_) => {
+                "load the kernel modules (modprobe; on a container host, on its host)"
+            }
+            Prerequisite::Sysctl(_) => {
+                "load br_netfilter and make sure the kernel has IPv4 forwarding"
+            }
+        }
+    }
+}
+
+/// What the check script found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PrereqReport {
+    pub missing: Vec<Prerequisite>,
+    /// The identity file names this machine: an earlier create for it
+    /// wrote to the host.
+    pub touched: bool,
+}
+
+/// Checks, read-only, what the worker bundle needs: prints `missing NAME`
+/// per gap ([`Prerequisite::name`]), `touched` if the host's identity file
+/// already names `machine` (an earlier create for it got as far as
+/// `prepare`; an identity file naming another machine is a leftover a new
+/// claim overwrites), and `checked` last (so a script cut short is not a
+/// pass).
+fn prerequisites_script(machine: Uuid) -> String {
+    let cni = CNI_PLUGINS.join(" ");
+    let modules = KERNEL_MODULES.join(" ");
+    let sysctls = SYSCTLS.join(" ");
+    format!(
+        r#"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+have() {{ command -v "$1" >/dev/null 2>&1; }}
+miss() {{ echo "missing $1"; }}
+if [ -d /run/systemd/system ] && have systemctl; then :; else miss systemd; fi
+if have containerd; then
+  containerd config default 2>/dev/null | grep -q 'io.containerd.grpc.v1.cri' || miss containerd-cri
+else
+  miss containerd
+fi
+have ctr || miss ctr
+have runc || miss runc
+for p in {cni}; do [ -x {cni_dir}/"$p" ] || miss "cni-plugin/$p"; done
+have iptables || miss iptables
+have conntrack || miss conntrack
+container=no
+if have systemd-detect-virt && systemd-detect-virt -c >/dev/null 2>&1; then container=yes; fi
+# Loaded: in /sys/module, or (in a container, where /sys/module is not
+# mounted) by what the module provides: overlay registers its filesystem,
+# br_netfilter creates /proc/sys/net/bridge.
+loaded() {{
+  [ -d "/sys/module/$1" ] && return 0
+  case "$1" in
+    overlay) grep -qw overlay /proc/filesystems 2>/dev/null ;;
+    br_netfilter) [ -d /proc/sys/net/bridge ] ;;
+    *) return 1 ;;
+  esac
+}}
+for m in {modules}; do
+  if loaded "$m"; then :
+  elif [ "$container" = no ] && modinfo "$m" >/dev/null 2>&1; then :
+  else miss "kernel-module/$m"; fi
+done
+for s in {sysctls}; do
+  case "$s" in
+    # Appears when br_netfilter loads: on a real host the bundle loads it.
+    net/bridge/*) if [ "$container" = no ] && ! loaded br_netfilter; then continue; fi ;;
+  esac
+  [ -e "/proc/sys/$s" ] || miss "sysctl/$(echo "$s" | tr / .)"
+done
+if grep -qsF {machine} {identity}; then echo touched; fi
+echo checked
+"#,
+        cni_dir = CNI_BIN_DIR,
+        machine = shell_quote(&machine.to_string()),
+        identity = IDENTITY_FILE,
+    )
+}
+
+/// Parses the check script's output. Anything unexpected, or no final
+/// `checked`, is an error: a check that did not finish proves nothing.
+pub fn parse_prerequisites(lines: &[String]) -> Result<PrereqReport, String> {
+    let mut report = PrereqReport::default();
+    let mut checked = false;
+    for line in lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+        if checked {
+            return Err(format!("output after the end of the check: {line:?}"));
+        }
+        match line.split_once(' ') {
+            Some(("missing", name)) => {
+                let p = Prerequisite::parse(name)
+                    .ok_or_else(|| format!("unknown prerequisite {name:?}"))?;
+                if !report.missing.contains(&p) {
+                    report.missing.push(p);
+                }
+            }
+            _ if line == "touched" => report.touched = true,
+            _ if line == "checked" => checked = true,
+            _ => return Err(format!("unexpected output {line:?}")),
+        }
+    }
+    if !checked {
+        return Err("the check did not finish".into());
+    }
+    Ok(report)
+}
+
+/// `host 10.77.5.3 lacks containerd, runc: install the containerd
+/// package; install the runc package`.
+pub fn unfit_message(address: &str, missing: &[Prerequisite]) -> String {
+    let names: Vec<String> = missing.iter().map(Prerequisite::name).collect();
+    let mut fixes: Vec<&str> = Vec::new();
+    for p in missing {
+        if !fixes.contains(&p.fix()) {
+            fixes.push(p.fix());
+        }
+    }
+    format!(
+        "host {address} lacks {}: {}",
+        names.join(", "),
+        fixes.join("; ")
+    )
+}
+
+/// `NoCapacity`'s message: the selector, free hosts it rules out, hosts
+/// skipped for a recent problem.
+pub fn no_host_message(
+    selector: &BTreeMap<String, String>,
+    unmatched: i64,
+    skipped: &[String],
+) -> String {
+    let mut msg = if selector.is_empty() {
+        "no free host in the pool".to_string()
+    } else {
+        let shown: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut m = format!("no free host matching {}", shown.join(","));
+        if unmatched > 0 {
+            let hosts = if unmatched == 1 {
+                "host does"
+            } else {
+                "hosts do"
+            };
+            m.push_str(&format!(" ({unmatched} free {hosts} not match)"));
+        }
+        m
+    };
+    if !skipped.is_empty() {
+        let hosts = if skipped.len() == 1 { "host" } else { "hosts" };
+        msg.push_str(&format!(
+            ", {} {hosts} skipped: {}",
+            skipped.len(),
+            skipped.join("; ")
+        ));
+    }
+    msg
+}
+
+/// Online CPUs, then `MemTotal` in kB.
+const MEASURE_SCRIPT: &str =
+    "getconf _NPROCESSORS_ONLN && awk '/^MemTotal:/ { print $2 }' /proc/meminfo";
+
+fn parse_measurement(lines: &[String]) -> Option<HostCapacity> {
+    let mut numbers = lines.iter().map(|l| l.trim().parse::<u64>());
+    let cpus = numbers.next()?.ok()?;
+    let mem_kb = numbers.next()?.ok()?;
+    (cpus > 0 && mem_kb > 0 && numbers.next().is_none())
+        .then(|| HostCapacity::measured(cpus, mem_kb))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,5 +1077,131 @@ mod tests {
             Some("AAAAC3Nza")
         );
         assert_eq!(key_body("ssh-ed25519"), None);
+    }
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn prerequisite_names_round_trip() {
+        let all = [
+            Prerequisite::Systemd,
+            Prerequisite::Containerd,
+            Prerequisite::ContainerdCri,
+            Prerequisite::Ctr,
+            Prerequisite::Runc,
+            Prerequisite::CniPlugin("bridge".into()),
+            Prerequisite::Iptables,
+            Prerequisite::Conntrack,
+            Prerequisite::KernelModule("br_netfilter".into()),
+            Prerequisite::Sysctl("net.bridge.bridge-nf-call-iptables".into()),
+            Prerequisite::Sysctl("net.ipv4.ip_forward".into()),
+        ];
+        for p in all {
+            assert_eq!(
+                Prerequisite::parse(&p.name()),
+                Some(p.clone()),
+                "{}",
+                p.name()
+            );
+        }
+        assert_eq!(
+            Prerequisite::CniPlugin("bridge".into()).name(),
+            "cni-plugin/bridge"
+        );
+        for bad in [
+            "cni-plugin/flannel",
+            "kernel-module/ext4",
+            "sysctl/vm.swappiness",
+            "docker",
+            "",
+            "sysctl/",
+        ] {
+            assert_eq!(Prerequisite::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_check_output_is_parsed() {
+        let r = parse_prerequisites(&lines("checked\n")).unwrap();
+        assert_eq!(r, PrereqReport::default());
+        let r = parse_prerequisites(&lines(
+            "missing containerd\nmissing runc\nmissing cni-plugin/portmap\n\
+             missing kernel-module/overlay\nmissing sysctl/net.ipv4.ip_forward\nmissing runc\n\
+             touched\nchecked\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            r.missing,
+            vec![
+                Prerequisite::Containerd,
+                Prerequisite::Runc,
+                Prerequisite::CniPlugin("portmap".into()),
+                Prerequisite::KernelModule("overlay".into()),
+                Prerequisite::Sysctl("net.ipv4.ip_forward".into()),
+            ]
+        );
+        assert!(r.touched);
+        // Cut short, garbled, or a name the script never prints: no verdict.
+        assert!(parse_prerequisites(&lines("missing runc\n")).is_err());
+        assert!(parse_prerequisites(&lines("missing podman\nchecked\n")).is_err());
+        assert!(parse_prerequisites(&lines("sh: 1: oops\nchecked\n")).is_err());
+        assert!(parse_prerequisites(&lines("checked\nmissing runc\n")).is_err());
+    }
+
+    #[test]
+    fn the_script_names_only_what_the_parser_knows() {
+        let id = Uuid::from_u128(7);
+        let script = prerequisites_script(id);
+        assert!(
+            script.contains(&format!("grep -qsF '{id}' {IDENTITY_FILE}")),
+            "{script}"
+        );
+        for p in CNI_PLUGINS {
+            assert!(script.contains(p));
+        }
+        assert!(script.contains("io.containerd.grpc.v1.cri"));
+        assert!(script.contains("systemd-detect-virt -c"));
+        assert!(script.trim_end().ends_with("echo checked"));
+    }
+
+    #[test]
+    fn messages_name_what_is_missing_and_the_selector() {
+        let m = unfit_message(
+            "10.77.5.3",
+            &[
+                Prerequisite::Containerd,
+                Prerequisite::Runc,
+                Prerequisite::Ctr,
+            ],
+        );
+        assert!(
+            m.starts_with("host 10.77.5.3 lacks containerd, runc, ctr: install the containerd package; install the runc package"),
+            "{m}"
+        );
+        assert_eq!(m.matches("containerd package").count(), 1, "{m}");
+        let sel = BTreeMap::from([("gpu".to_string(), "true".to_string())]);
+        assert_eq!(
+            no_host_message(&sel, 2, &[]),
+            "no free host matching gpu=true (2 free hosts do not match)"
+        );
+        assert_eq!(
+            no_host_message(&BTreeMap::new(), 3, &[]),
+            "no free host in the pool"
+        );
+        assert_eq!(
+            no_host_message(&BTreeMap::new(), 0, &["host 10.0.0.1 lacks runc: x".into()]),
+            "no free host in the pool, 1 host skipped: host 10.0.0.1 lacks runc: x"
+        );
+    }
+
+    #[test]
+    fn measurements_are_cpus_and_memtotal() {
+        let c = parse_measurement(&lines("4\n8000000\n")).unwrap();
+        assert_eq!((c.cpu_millis, c.memory_bytes), (4000, 8_192_000_000));
+        assert!(parse_measurement(&lines("4\n")).is_none());
+        assert!(parse_measurement(&lines("0\n100\n")).is_none());
+        assert!(parse_measurement(&lines("four\n100\n")).is_none());
     }
 }

@@ -40,6 +40,7 @@ pub struct NodePoolRecord {
     pub auto_repair: bool,
     pub repair_after_seconds: i32,
     pub autoscaling_priority: i32,
+    pub host_selector: JsonValue,
 }
 
 /// A node pool, parsed.
@@ -57,6 +58,8 @@ pub struct NodePool {
     /// Seconds a node's drain may take before it is removed anyway.
     pub drain_timeout_seconds: u32,
     pub auto_repair: AutoRepair,
+    /// Labels a registered host must carry to serve the pool (`ssh`).
+    pub host_selector: Labels,
     pub phase: Phase,
     pub conditions: Vec<Condition>,
     pub generation: i64,
@@ -99,6 +102,7 @@ impl TryFrom<NodePoolRecord> for NodePool {
                     after_seconds: u32::try_from(r.repair_after_seconds)
                         .context("repair_after_seconds")?,
                 },
+                host_selector: serde_json::from_value(r.host_selector).context("host_selector")?,
                 phase: Phase::parse(&r.phase).context("phase")?,
                 conditions: serde_json::from_value(r.conditions).context("conditions")?,
                 tenant: r.tenant,
@@ -132,12 +136,14 @@ pub async fn insert(
 ) -> Result<()> {
     let labels = serde_json::to_value(&spec.labels).map_err(anyhow::Error::from)?;
     let taints = serde_json::to_value(&spec.taints).map_err(anyhow::Error::from)?;
+    let host_selector = serde_json::to_value(&spec.host_selector).map_err(anyhow::Error::from)?;
     let res = sqlx::query!(
         "INSERT INTO node_pools (id, tenant, cluster_id, name, machine_type, size,
                                  autoscaling_min, autoscaling_max, autoscaling_priority, labels,
                                  taints, drain_timeout_seconds, auto_repair, repair_after_seconds,
-                                 phase)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'provisioning')",
+                                 host_selector, phase)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                 'provisioning')",
         id,
         ctx.tenant,
         cluster_id,
@@ -152,6 +158,7 @@ pub async fn insert(
         to_i32(spec.drain_timeout_seconds),
         spec.auto_repair.enabled,
         to_i32(spec.auto_repair.after_seconds),
+        host_selector,
     )
     .execute(conn)
     .await;
@@ -262,12 +269,13 @@ pub async fn get(
 }
 
 /// The mutable part of a pool: what `PATCH .../node-pools/{p}` may change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     pub size: u32,
     pub autoscaling: Option<Autoscaling>,
     pub drain_timeout_seconds: u32,
     pub auto_repair: AutoRepair,
+    pub host_selector: Labels,
 }
 
 impl NodePool {
@@ -277,16 +285,18 @@ impl NodePool {
             autoscaling: self.autoscaling,
             drain_timeout_seconds: self.drain_timeout_seconds,
             auto_repair: self.auto_repair,
+            host_selector: self.host_selector.clone(),
         }
     }
 }
 
 /// Writes a pool's settings (size, autoscaling bounds, drain timeout,
-/// auto-repair), bumping generation.
+/// auto-repair, host selector), bumping generation.
 pub async fn update_settings(conn: &mut PgConnection, id: Uuid, s: &PoolSettings) -> Result<i64> {
+    let host_selector = serde_json::to_value(&s.host_selector).map_err(anyhow::Error::from)?;
     let g = sqlx::query_scalar!(
         "UPDATE node_pools SET size = $2, autoscaling_min = $3, autoscaling_max = $4,
-                autoscaling_priority = $8,
+                autoscaling_priority = $8, host_selector = $9,
                 drain_timeout_seconds = $5, auto_repair = $6, repair_after_seconds = $7,
                 generation = generation + 1, resource_version = resource_version + 1,
                 updated_at = now()
@@ -299,6 +309,7 @@ pub async fn update_settings(conn: &mut PgConnection, id: Uuid, s: &PoolSettings
         s.auto_repair.enabled,
         to_i32(s.auto_repair.after_seconds),
         s.autoscaling.map_or(0, |a| a.priority),
+        host_selector,
     )
     .fetch_one(conn)
     .await?;
