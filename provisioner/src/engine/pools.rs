@@ -428,6 +428,10 @@ async fn pass(
         super::join::join_all(app, access, c, pools, kube, endpoint, &to_join).await?;
     }
 
+    // 6b. What a registered host has that kubelet cannot see (GPUs
+    //     declared at registration): on its node's capacity.
+    advertise_extended(app, c, &workers, &nodes, kube).await;
+
     // 7. Tokens of machines that joined or are leaving.
     for id in &tokens_done {
         kube.delete_system_secret(&token_secret_name(&id.to_string()))
@@ -605,5 +609,61 @@ pub(crate) fn worker_view(m: &Machine) -> Worker {
         created_at: m.created_at,
         unhealthy_since: m.unhealthy_since,
         unhealthy_reason: m.unhealthy_reason.clone(),
+    }
+}
+
+/// Puts each running worker's extended resources (what its provider says
+/// the machine has beyond CPU and memory: a registered host's declared
+/// `nvidia.com/gpu`) on its node's `status.capacity`, where the node does
+/// not show them yet. Level-triggered: checked every pass, patched only
+/// when missing or different. Failures are logged and tried next pass.
+async fn advertise_extended(
+    app: &App,
+    c: &Cluster,
+    workers: &[&Machine],
+    nodes: &HashMap<String, NodeView>,
+    kube: &dyn TenantApi,
+) {
+    let Some(provider) = app.providers.get(c.provider.kind()) else {
+        return;
+    };
+    for m in workers.iter().filter(|m| m.state == MachineState::Running) {
+        let Some(node) = nodes.get(&m.name) else {
+            continue;
+        };
+        let capacity = match provider.capacity(m.id).await {
+            Ok(Some(capacity)) => capacity,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(machine = %m.name, error = %e, "reading the machine's capacity");
+                continue;
+            }
+        };
+        let missing: std::collections::BTreeMap<String, String> = capacity
+            .extended
+            .iter()
+            .map(|(name, count)| (name.clone(), count.to_string()))
+            .filter(|(name, count)| node.capacity.get(name) != Some(count))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        match kube.advertise_capacity(&node.name, &missing).await {
+            Ok(()) => {
+                let list: Vec<String> = missing.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let _ = record(
+                    app,
+                    c,
+                    m.node_pool_id,
+                    false,
+                    "ExtendedResourcesAdvertised",
+                    &format!("{}: {}", node.name, list.join(", ")),
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.name, error = %e, "advertising extended resources")
+            }
+        }
     }
 }
