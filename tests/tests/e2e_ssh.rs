@@ -202,52 +202,6 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
         "{uploads:?}"
     );
 
-    // Hosts cannot run worker nodes yet: node pools on the ssh provider are
-    // refused, naming why, and nothing is written.
-    // (The engine keeps writing events and jobs for the ready cluster.)
-    let written = || async {
-        let mut n = Vec::new();
-        for t in ["clusters", "node_pools", "machines", "operations", "hosts"] {
-            n.push(app.count(t).await);
-        }
-        n
-    };
-    let before = written().await;
-    let mut with_pool = create_body(&format!("{name}-pools"));
-    with_pool["node_pools"] = json!([{"name": "default", "size": 1}]);
-    let r = app
-        .call(
-            Method::POST,
-            "/v1/clusters",
-            Some(&owner),
-            Some(with_pool),
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 422, "{}", r.text);
-    assert_eq!(r.body["field"], "node_pools", "{}", r.text);
-    assert!(
-        r.text.contains("ssh provider cannot run worker nodes"),
-        "{}",
-        r.text
-    );
-    let r = app
-        .call(
-            Method::POST,
-            &format!("/v1/clusters/{name}/node-pools"),
-            Some(&owner),
-            Some(json!({"name": "extra", "size": 1})),
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 409, "{}", r.text);
-    assert!(
-        r.text.contains("ssh provider cannot run worker nodes"),
-        "{}",
-        r.text
-    );
-    assert_eq!(written().await, before);
-
     let (machine_id, provider_id): (Uuid, String) =
         sqlx::query_as("SELECT id, provider_id FROM machines WHERE cluster_id = $1")
             .bind(cluster_id)
