@@ -80,6 +80,10 @@ pub async fn boot(lab: &LabProvider, name: &str, owner: &ClientKey) -> ByoHost {
         host_key: pm.host_key.unwrap(),
         key: ClientKey::from_openssh(owner.private_key_openssh()).unwrap(),
     };
+    // A stand-in for a server of its own: without the lab's identity file,
+    // and with etcd as its package leaves it (the lab masks it).
+    host.run("rm -rf /etc/kubeforge; systemctl unmask --quiet etcd.service")
+        .await;
     // Booted means sshd answers; wait for systemd to finish starting too,
     // so the state taken before is not of a machine still booting.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -159,10 +163,12 @@ export LC_ALL=C
 echo '## unit files'
 systemctl list-unit-files --no-legend --no-pager | awk '{{ print $1, $2 }}'
 echo '## units'
-# Units loaded and their state. Left out: session and user units (the
-# probe's own SSH login makes them).
-systemctl list-units --all --no-legend --no-pager --plain |
-  awk '$1 !~ /^(session-[0-9]+\.scope|user@[0-9]+\.service|user-[0-9]+\.slice|user-runtime-dir@[0-9]+\.service)$/ {{ print $1, $2, $3, $4 }}'
+# Units that are active or failed, and their state. Left out: session and
+# user units (the probe's own SSH login makes them), and
+# network-online.target (a passive target: once anything wanted it, it stays
+# up until reboot, starting nothing).
+systemctl list-units --no-legend --no-pager --plain |
+  awk '$1 !~ /^(session-[0-9]+\.scope|user@[0-9]+\.service|user-[0-9]+\.slice|user-runtime-dir@[0-9]+\.service|network-online\.target)$/ {{ print $1, $2, $3, $4 }}'
 echo '## files'
 # Left out: /var/lib/systemd (timers' timestamps, the random seed, the
 # catalog: rewritten by systemd on its own), /var/lib/private (systemd's
@@ -193,13 +199,20 @@ for key in {sysctls}; do
   if [[ -r $f ]]; then echo "$key $(<"$f")"; fi
 done
 echo '## cgroups'
-# Directories under the machine's own cgroup, in every hierarchy it sees.
-# Left out: user.slice (the probe's own SSH login makes a session there).
+# The machine's cgroups: those its processes are in (a container may see
+# the host's whole hierarchy, where other machines come and go), and the
+# directories under its own cgroup when it has one. Left out: the probe's
+# own session (its SSH login's scope).
+me=$(ps -o sid= -p $$)
+for p in $(ps -e -o pid=,sid= | awk -v me="$me" '$2 != me {{ print $1 }}'); do
+  cat "/proc/$p/cgroup" 2>/dev/null
+done | grep -v 'session-[0-9]*\.scope' | sed -E 's/^[0-9]+://'
 own=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ {{ print $3 }}' /proc/1/cgroup)
-echo "own $own"
-for h in /sys/fs/cgroup/*/; do
-  find "$h" -mindepth 1 -type d \( -name user.slice -prune -o -printf "$h %P\n" \) 2>/dev/null
-done
+if [[ $own != / ]]; then
+  for h in /sys/fs/cgroup/*/; do
+    find "$h${{own#/}}" -mindepth 1 -type d -printf "$h %P\n" 2>/dev/null
+  done
+fi
 echo '## processes'
 # Names of running processes, without the probe's own session.
 me=$(ps -o sid= -p $$)

@@ -11,11 +11,11 @@
 
 use axum::http::Method;
 use kubeforge::context::Role;
-use kubeforge::providers::lab::{LabConfig, LabProvider};
 use kubeforge::providers::{MachineRequest, Provider, ProviderMachineState};
-use kubeforge::ssh::{ClientKey, Redactor, SshExecutor, SshTarget};
+use kubeforge::ssh::{ClientKey, SshTarget};
 use kubeforge_cluster::pools::MachineRole;
 use kubeforge_cluster::{MachineType, ProviderSpec};
+use kubeforge_tests::hosts::{byo_lab, list as hosts, on_host};
 use kubeforge_tests::lab::{delete_cluster, drive, hurry_and_run, kubectl_run};
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
@@ -49,35 +49,9 @@ fn scratch() -> (PathBuf, u8) {
     (tmp, 100 + (Uuid::new_v4().as_u128() % 100) as u8)
 }
 
-async fn hosts(app: &TestApp, admin: &str) -> Vec<Value> {
-    let r = app
-        .call(Method::GET, "/v1/hosts", Some(admin), None, &[])
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.body["items"].as_array().unwrap().clone()
-}
-
 fn create_body(name: &str) -> Value {
     json!({"name": name, "kubernetes_version": "1.20.2", "provider": {"kind": "ssh"},
            "control_plane": {"replicas": 1, "machine_type": "small"}})
-}
-
-/// Runs `script` on the host as root with the tenant's own key.
-async fn on_host(target: &SshTarget, key: &ClientKey, script: &str) -> Vec<String> {
-    let mut lines = Vec::new();
-    let code = SshExecutor::new(1)
-        .run(
-            target,
-            &key.auth(),
-            script,
-            Duration::from_secs(30),
-            &Redactor::none(),
-            |_, l| lines.push(l.to_string()),
-        )
-        .await
-        .expect("ssh to the pool host with the tenant key");
-    assert_eq!(code, 0, "{script}: {lines:?}");
-    lines
 }
 
 #[tokio::test]
@@ -96,17 +70,7 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
     // The "bring-your-own" host: a lab machine with no Kubernetes binaries,
     // trusting only the key its owner registers with Kubeforge.
     let tenant_key = ClientKey::generate().unwrap();
-    let image = kubeforge::server::lab_image(&kubeforge::server::cache_dir())
-        .expect("no lab image: run scripts/build-lab-image");
-    let lab = LabProvider::new(LabConfig {
-        image_rootfs: image,
-        state_dir: tmp.join("hostlab"),
-        bridge: guard.bridge.clone(),
-        subnet: subnet.parse().unwrap(),
-        authorized_key: tenant_key.public_key_line().to_string(),
-        bind_ro: vec![],
-    })
-    .unwrap();
+    let lab = byo_lab(&tmp.join("hostlab"), &guard.bridge, &subnet, &tenant_key);
     let host_req = MachineRequest::new(
         Uuid::new_v4(),
         &format!("kfs{octet}-byo"),

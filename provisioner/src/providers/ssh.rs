@@ -108,9 +108,8 @@ const UNITS: [&str; 8] = [
 ];
 
 /// Everything Kubeforge writes on a host besides units and the key.
-const WIPED_DIRS: [&str; 5] = [
+const WIPED_DIRS: [&str; 4] = [
     "/etc/kubernetes",
-    "/var/lib/etcd",
     "/var/lib/kubeforge",
     "/opt/kubeforge",
     "/etc/kubeforge",
@@ -378,8 +377,8 @@ impl SshProvider {
         let script = format!(
             r#"set -e
 umask 077
-mkdir -p /root/.ssh /etc/kubeforge
-chmod 700 /root/.ssh
+mkdir -p /etc/kubeforge
+if [ ! -d /root/.ssh ]; then mkdir -m 700 /root/.ssh; fi
 ak=/root/.ssh/authorized_keys
 touch "$ak"
 if ! grep -qF {body} "$ak"; then
@@ -489,10 +488,12 @@ mv -f {file}.tmp {file}
         let dirs = WIPED_DIRS.join(" ");
         Ok(format!(
             r#"set -euo pipefail
+trap 'echo "wipe: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 reload=no
 for u in {units}; do
   f=/etc/systemd/system/$u.service
-  if [ -e "$f" ]; then
+  # Kubeforge's units are files; a link there (a mask) is the host's own.
+  if [ -f "$f" ] && [ ! -L "$f" ]; then
     systemctl disable --now "$u.service" >/dev/null 2>&1 || systemctl stop "$u.service"
     if systemctl is-active --quiet "$u.service"; then echo "cannot stop $u" >&2; exit 1; fi
     rm -f "$f"
@@ -508,6 +509,8 @@ if [ -e {marker} ] && [ -f "$ak" ]; then
   mv -f "$ak.kubeforge-new" "$ak"
 fi
 rm -rf {dirs}
+# etcd's data directory is its package's: only what etcd wrote goes.
+if [ -d /var/lib/etcd ]; then find /var/lib/etcd -mindepth 1 -delete; fi
 "#,
             marker = KEY_MARKER,
             body = shell_quote(body),

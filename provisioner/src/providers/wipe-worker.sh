@@ -81,9 +81,9 @@ for tool in iptables ip6tables; do
   for table in filter nat mangle raw; do
     saved=$("$tool-save" -t "$table" 2>/dev/null) || continue
     chains=$(printf '%s\n' "$saved" | awk '/^:(KUBE-|CNI-|KUBEFORGE-)/ { print substr($1, 2) }')
-    printf '%s\n' "$saved" | grep -E '^-A ' |
-      grep -E -- '-j (KUBE-|CNI-|KUBEFORGE-)|--comment "?kubeforge:' |
-      grep -Ev '^-A (KUBE-|CNI-|KUBEFORGE-)' |
+    printf '%s\n' "$saved" |
+      awk '/^-A / && !/^-A (KUBE-|CNI-|KUBEFORGE-)/ &&
+           (/-j (KUBE-|CNI-|KUBEFORGE-)/ || /--comment "?kubeforge:/)' |
       while read -r rule; do eval "$tool -w -t $table -D ${rule#-A }" || true; done
     for c in $chains; do "$tool" -w -t "$table" -F "$c" 2>/dev/null || true; done
     for c in $chains; do "$tool" -w -t "$table" -X "$c" 2>/dev/null || true; done
