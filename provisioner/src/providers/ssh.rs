@@ -96,7 +96,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Units Kubeforge installs; `delete` stops, disables and removes them.
 /// Workers' first, so no kubelet restarts a pod while the rest goes.
-const UNITS: [&str; 8] = [
+const UNITS: [&str; 9] = [
     "kubelet",
     "kube-proxy",
     "kubeforge-network",
@@ -104,6 +104,7 @@ const UNITS: [&str; 8] = [
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kubeforge-addons",
     "kubeforge-lb",
 ];
 
