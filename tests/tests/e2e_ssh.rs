@@ -215,7 +215,8 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
     let after = on_host(
         &target,
         &tenant_key,
-        "for p in /opt/kubeforge /etc/kubernetes /var/lib/etcd /var/lib/kubeforge /etc/kubeforge \
+        "test -z \"$(ls -A /var/lib/etcd 2>/dev/null)\" || echo LEFT etcd data; \
+         for p in /opt/kubeforge /etc/kubernetes /var/lib/kubeforge /etc/kubeforge \
          /etc/systemd/system/etcd.service /etc/systemd/system/kube-apiserver.service; do \
            test -e $p && echo LEFT $p; done; \
          systemctl is-active etcd kube-apiserver kube-controller-manager kube-scheduler | sed 's/^/STATE /'; \
