@@ -79,11 +79,57 @@ pub const LAB_CGROUP_CONTROLLERS: &[&str] = &[
     "cpuset", "cpu", "cpuacct", "blkio", "memory", "devices", "freezer", "pids",
 ];
 
-/// The lab's sandbox image (see `scripts/build-lab-pause`): lab machines
-/// cannot pull, so containerd imports it from [`LAB_PAUSE_ARCHIVE`].
-pub const LAB_PAUSE_IMAGE: &str = "kubeforge.invalid/pause:1";
-/// Where lab machines see the pause image archive (bound from the host's cache).
-pub const LAB_PAUSE_ARCHIVE: &str = "/opt/kubeforge/images/pause.oci.tar";
+/// The sandbox image of every worker (see `scripts/build-lab-pause`): the
+/// service provides it rather than have nodes pull it (lab machines cannot
+/// pull at all), so containerd imports it from [`PAUSE_ARCHIVE`].
+pub const PAUSE_IMAGE: &str = "kubeforge.invalid/pause:1";
+/// Where workers find the pause image archive: bound from the host's cache
+/// on lab machines, uploaded by the join elsewhere.
+pub const PAUSE_ARCHIVE: &str = "/opt/kubeforge/images/pause.oci.tar";
+
+/// Where the first bootstrap records what it found before it changed
+/// anything (containerd's configuration and state, sysctls, which
+/// directories did not exist, and in a container the fixes it made), so
+/// the wipe can put the machine back as it was. Written once, read by the
+/// wipe before it removes `/var/lib/kubeforge`.
+pub const RESTORE_DIR: &str = "/var/lib/kubeforge/restore";
+
+/// containerd's root and state directories on a worker: apart from the
+/// package's own, so a host's own images and containers are never touched
+/// and the wipe removes the node's whole containerd state.
+pub const CONTAINERD_ROOT: &str = "/var/lib/kubeforge-containerd";
+pub const CONTAINERD_STATE: &str = "/run/kubeforge-containerd";
+
+/// The sysctls a worker's join, kubelet or kube-proxy may change: the
+/// bootstrap records their values once, before it starts anything, and the
+/// wipe writes back those that differ.
+pub const RECORDED_SYSCTLS: &[&str] = &[
+    "net.ipv4.ip_forward",
+    "net.ipv4.conf.all.route_localnet",
+    "net.bridge.bridge-nf-call-iptables",
+    "net.bridge.bridge-nf-call-ip6tables",
+    "net.netfilter.nf_conntrack_max",
+    "net.netfilter.nf_conntrack_tcp_timeout_established",
+    "net.netfilter.nf_conntrack_tcp_timeout_close_wait",
+    "vm.overcommit_memory",
+    "vm.panic_on_oom",
+    "kernel.panic",
+    "kernel.panic_on_oops",
+    "kernel.keys.root_maxkeys",
+    "kernel.keys.root_maxbytes",
+];
+
+/// Paths the join or the node's services may create: the bootstrap records
+/// which did not exist before, and the wipe removes exactly those.
+pub const CREATED_IF_ABSENT: &[&str] = &[
+    "/etc/containerd",
+    "/etc/cni",
+    "/etc/cni/net.d",
+    "/opt/containerd",
+    "/var/lib/containerd",
+    "/var/log/pods",
+    "/var/log/containers",
+];
 
 /// Kernel tunables kubelet insists on (`sysctl key=value` under /proc/sys),
 /// shadowed on lab machines, which share the host's kernel.
@@ -158,14 +204,28 @@ pub struct WorkerBundleInput {
     /// Expected sha256 (lowercase hex) per binary under `bin_dir`. Must cover
     /// [`REQUIRED_BINARIES`].
     pub binary_sha256: BTreeMap<String, String>,
-    /// A systemd-nspawn lab machine: remount cgroups read-write, make /dev/kmsg.
-    pub lab: bool,
+    /// Set when the machine is itself a container (`systemd-detect-virt -c`,
+    /// probed by the join): the bundle then remounts cgroups read-write,
+    /// gives kubelet its own cgroup root, makes /dev/kmsg, shadows the kernel
+    /// tunables kubelet insists on and uses the native snapshotter. None on
+    /// a real host: none of that.
+    pub container: Option<ContainerHost>,
     /// What the node must offer pods (its allocatable), when its machine
     /// promises a size the kernel does not show: a lab machine sees the
     /// host's CPUs and memory, so kubelet's system reservation is set to
     /// the difference ([`NodeOffer`]). None: the machine's own capacity
     /// minus the system reservation of `crate::names`.
     pub offer: Option<NodeOffer>,
+}
+
+/// What the bundle needs to know about a machine that is a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerHost {
+    /// The machine's own cgroup as the host sees it (the memory
+    /// controller's line of `/proc/1/cgroup`, e.g. `/kubeforge/<id>` on a
+    /// lab machine): kubelet's `cgroupRoot`, so its pods count against the
+    /// machine's limits and no other node's kubelet takes them for orphans.
+    pub cgroup_root: String,
 }
 
 /// A node's allocatable CPU and memory, as promised by its machine type.
@@ -258,7 +318,7 @@ struct RenderContext {
     node_labels: String,
     /// `k=v:E,k=v:E`, or empty.
     node_taints: String,
-    lab: bool,
+    container: Option<ContainerHost>,
     bin: BinContext,
     binaries: Vec<BinaryCheck>,
     ca_crt: &'static str,
@@ -271,12 +331,15 @@ struct RenderContext {
     services: &'static [&'static str],
     cgroup_controllers: &'static [&'static str],
     lab_kernel_tunables: &'static [&'static str],
-    lab_pause_image: &'static str,
-    /// `/kubeforge/<node>`: where the lab provider puts the machine itself.
-    lab_cgroup_root: String,
+    pause_image: &'static str,
     offer: Option<NodeOffer>,
     reserved: ReservedContext,
-    lab_pause_archive: &'static str,
+    pause_archive: &'static str,
+    restore_dir: &'static str,
+    containerd_root: &'static str,
+    containerd_state: &'static str,
+    recorded_sysctls: &'static [&'static str],
+    created_if_absent: &'static [&'static str],
     cni_template: &'static str,
     cni_conflist: &'static str,
     pod_cidr_placeholder: &'static str,
@@ -329,6 +392,12 @@ impl RenderContext {
         let node_labels = label_flag(&input.node_pool, input.machine_type, &input.node_labels);
         let node_taints = taint_flag(&input.node_taints)?;
         let binaries = check_binaries(&input.binary_sha256, &bin_dir)?;
+        let container = match &input.container {
+            Some(c) => Some(ContainerHost {
+                cgroup_root: check_cgroup_root(&c.cgroup_root)?,
+            }),
+            None => None,
+        };
 
         Ok(Self {
             cluster_name: input.cluster_name.to_string(),
@@ -341,7 +410,7 @@ impl RenderContext {
             provider_id: crate::names::provider_id(input.machine_id),
             node_labels,
             node_taints,
-            lab: input.lab,
+            container,
             offer: input.offer,
             reserved: ReservedContext {
                 cpu_millis: u64::from(names::SYSTEM_RESERVED_CPU_MILLIS),
@@ -384,11 +453,13 @@ impl RenderContext {
             services: SERVICES,
             cgroup_controllers: LAB_CGROUP_CONTROLLERS,
             lab_kernel_tunables: LAB_KERNEL_TUNABLES,
-            lab_pause_image: LAB_PAUSE_IMAGE,
-            // The ledger id, as the lab provider names the machine's own
-            // cgroup: node names are unique only within a tenant.
-            lab_cgroup_root: format!("/kubeforge/{}", input.machine_id),
-            lab_pause_archive: LAB_PAUSE_ARCHIVE,
+            pause_image: PAUSE_IMAGE,
+            pause_archive: PAUSE_ARCHIVE,
+            restore_dir: RESTORE_DIR,
+            containerd_root: CONTAINERD_ROOT,
+            containerd_state: CONTAINERD_STATE,
+            recorded_sysctls: RECORDED_SYSCTLS,
+            created_if_absent: CREATED_IF_ABSENT,
             cni_template: CNI_TEMPLATE,
             cni_conflist: paths::CNI_CONFLIST,
             pod_cidr_placeholder: POD_CIDR_PLACEHOLDER,
@@ -419,6 +490,30 @@ fn check_api_server(value: &str) -> Result<(), ValidationError> {
         return parse_ipv4("api_server", host).map(|_| ());
     }
     check_dns_name("api_server", host).map_err(|_| bad())
+}
+
+/// An absolute cgroup path below the root, of characters that need no
+/// quoting (`/kubeforge/<id>`, `/machine.slice/x.scope`).
+fn check_cgroup_root(value: &str) -> Result<String, ValidationError> {
+    let ok = value.len() > 1
+        && value.starts_with('/')
+        && !value.ends_with('/')
+        && value.split('/').skip(1).all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-@:".contains(&b))
+        });
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(ValidationError::new(
+            "container.cgroup_root",
+            format!("{value:?} is not an absolute cgroup path below the root"),
+        ))
+    }
 }
 
 fn check_binaries(
@@ -607,7 +702,9 @@ mod tests {
                 ("kube-proxy".into(), "b".repeat(64)),
                 ("kubelet".into(), "a".repeat(64)),
             ]),
-            lab: true,
+            container: Some(ContainerHost {
+                cgroup_root: "/kubeforge/01900000-0000-7000-8000-000000000001".into(),
+            }),
             offer: Some(NodeOffer::of(crate::MachineType::Small)),
         }
     }
@@ -666,12 +763,33 @@ mod tests {
     }
 
     #[test]
-    fn worker_script_parses_in_bash_and_lab_steps_follow_the_flag() {
+    fn worker_script_parses_in_bash_and_container_steps_follow_the_probe() {
         for lab in [true, false] {
             let mut input = input();
-            input.lab = lab;
+            if !lab {
+                input.container = None;
+                input.offer = None;
+            }
             let files = render_worker(&input).expect("renders");
             let script = &files.last().expect("script").contents;
+            let containerd = &files[0].contents;
+            let kubelet_config = &files[2].contents;
+            let kubelet_unit = &files[3].contents;
+            // The service's sandbox image on every machine.
+            assert!(containerd.contains(&format!("sandbox_image = \"{PAUSE_IMAGE}\"")));
+            assert!(kubelet_unit.contains(&format!("--pod-infra-container-image={PAUSE_IMAGE}")));
+            assert!(script.contains("images import"));
+            // Container measures only in a container.
+            assert_eq!(containerd.contains("snapshotter = \"native\""), lab);
+            assert_eq!(containerd.contains("restrict_oom_score_adj"), lab);
+            assert_eq!(
+                kubelet_config
+                    .contains("cgroupRoot: /kubeforge/01900000-0000-7000-8000-000000000001"),
+                lab
+            );
+            assert_eq!(script.contains("mount --bind"), lab);
+            // The first run records what it changes, on every machine.
+            assert!(script.contains(RESTORE_DIR));
             let out = std::process::Command::new("bash")
                 .args(["-n", "-c", script])
                 .output()
@@ -729,6 +847,22 @@ mod tests {
             ),
             ("bin_dir", Box::new(|i| i.bin_dir = "/opt/$(reboot)".into())),
             ("bin_dir", Box::new(|i| i.bin_dir = "opt/bin".into())),
+            (
+                "container.cgroup_root",
+                Box::new(|i| {
+                    i.container = Some(ContainerHost {
+                        cgroup_root: "/kubeforge/$(reboot)".into(),
+                    })
+                }),
+            ),
+            (
+                "container.cgroup_root",
+                Box::new(|i| {
+                    i.container = Some(ContainerHost {
+                        cgroup_root: "/kubeforge/../x".into(),
+                    })
+                }),
+            ),
             (
                 "node_taints[0].value",
                 Box::new(|i| i.node_taints[0].value = Some("a b".into())),

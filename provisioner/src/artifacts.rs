@@ -154,6 +154,10 @@ pub struct Artifacts {
     /// etcd inside machines, and its checksum.
     pub etcd_bin: String,
     pub etcd_sha256: String,
+    /// On this host: the sandbox image archive `scripts/build-lab-pause`
+    /// builds, uploaded to workers that do not have it bound in; None when
+    /// it was not built.
+    pub pause_archive: Option<PathBuf>,
 }
 
 impl Artifacts {
@@ -469,6 +473,7 @@ mod tests {
             guest_dir: "/x".into(),
             etcd_bin: "/e".into(),
             etcd_sha256: "0".repeat(64),
+            pause_archive: None,
         };
         let sums = access.checksums_of(COMPONENTS).unwrap();
         for c in COMPONENTS {

@@ -352,6 +352,10 @@ pub async fn machine_setup_with(
             return (providers, None);
         }
     };
+    // The sandbox image workers import (scripts/build-lab-pause): bound
+    // into lab machines, uploaded to others.
+    let pause_dir = cache.join("lab-pause/1");
+    let pause_built = pause_dir.join(".complete").exists();
     let setup = || -> anyhow::Result<(LabProvider, MachineAccess)> {
         let client_key = crate::ssh::load_or_create_client_key(&data_dir.join("ssh/id_ed25519"))?;
         let etcd_bin = "/usr/bin/etcd".to_string();
@@ -365,10 +369,8 @@ pub async fn machine_setup_with(
             authorized_key: client_key.public_key_line().to_string(),
             bind_ro: {
                 let mut binds = vec![(host_dir.clone(), GUEST_KUBE_DIR.to_string())];
-                // The sandbox image workers import (scripts/build-lab-pause).
-                let pause = cache.join("lab-pause/1");
-                if pause.join(".complete").exists() {
-                    binds.push((pause, "/opt/kubeforge/images".to_string()));
+                if pause_built {
+                    binds.push((pause_dir.clone(), "/opt/kubeforge/images".to_string()));
                 } else {
                     tracing::warn!("no lab pause image: pods on lab workers cannot start (build it with scripts/build-lab-pause)");
                 }
@@ -384,6 +386,7 @@ pub async fn machine_setup_with(
                 guest_dir: GUEST_KUBE_DIR.to_string(),
                 etcd_bin,
                 etcd_sha256,
+                pause_archive: pause_built.then(|| pause_dir.join("pause.oci.tar")),
             },
         };
         Ok((lab, access))

@@ -15,7 +15,14 @@ pod_cidr=$(sed -n 's/^pod_cidr=//p' "$conf")
 [[ $pod_cidr =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+$ ]] || die "no valid pod_cidr in $conf"
 
 # Nodes forward pod traffic (a machine in its own network namespace may set
-# this even where the rest of /proc/sys is read-only).
+# this even where the rest of /proc/sys is read-only). The value before
+# Kubeforge changed it is recorded once, for the wipe to put back.
+record=/var/lib/kubeforge/restore-network-sysctls
+if [[ ! -f $record ]]; then
+  mkdir -p /var/lib/kubeforge
+  printf 'net.ipv4.ip_forward %s\n' "$(cat /proc/sys/net/ipv4/ip_forward)" >"$record.new"
+  mv -f "$record.new" "$record"
+fi
 if [[ $(cat /proc/sys/net/ipv4/ip_forward) != 1 ]]; then
   echo 1 >/proc/sys/net/ipv4/ip_forward
 fi

@@ -126,7 +126,7 @@ async fn main() {
     wait_pool(&app, &token, 1).await;
     let kc = tmp.join("admin.kubeconfig");
     write_kubeconfig(&app, &token, "ba", "admin", 7200, &kc).await;
-    let image = kubeforge_cluster::worker::LAB_PAUSE_IMAGE;
+    let image = kubeforge_cluster::worker::PAUSE_IMAGE;
 
     let (mut decide, mut running, mut back, mut patch) = (vec![], vec![], vec![], vec![]);
     for i in 0..runs {

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod conformance;
 pub mod dns;
 pub mod grpc;
+pub mod hosts;
 pub mod lab;
 pub mod python;
 pub mod tls;

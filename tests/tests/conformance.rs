@@ -212,7 +212,7 @@ async fn upstream_conformance_specs_pass_on_a_lab_cluster() {
             host_key,
             &format!(
                 "ctr --namespace k8s.io images tag --force {} {SUITE_PAUSE_IMAGE}",
-                kubeforge_cluster::worker::LAB_PAUSE_IMAGE
+                kubeforge_cluster::worker::PAUSE_IMAGE
             ),
         )
         .await;

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-const IMAGE: &str = kubeforge_cluster::worker::LAB_PAUSE_IMAGE;
+const IMAGE: &str = kubeforge_cluster::worker::PAUSE_IMAGE;
 
 /// One service replica: a job engine of its own, run in the background
 /// until stopped or killed.

@@ -11,11 +11,11 @@
 
 use axum::http::Method;
 use kubeforge::context::Role;
-use kubeforge::providers::lab::{LabConfig, LabProvider};
 use kubeforge::providers::{MachineRequest, Provider, ProviderMachineState};
-use kubeforge::ssh::{ClientKey, Redactor, SshExecutor, SshTarget};
+use kubeforge::ssh::{ClientKey, SshTarget};
 use kubeforge_cluster::pools::MachineRole;
 use kubeforge_cluster::{MachineType, ProviderSpec};
+use kubeforge_tests::hosts::{byo_lab, list as hosts, on_host};
 use kubeforge_tests::lab::{delete_cluster, drive, hurry_and_run, kubectl_run};
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
@@ -49,35 +49,9 @@ fn scratch() -> (PathBuf, u8) {
     (tmp, 100 + (Uuid::new_v4().as_u128() % 100) as u8)
 }
 
-async fn hosts(app: &TestApp, admin: &str) -> Vec<Value> {
-    let r = app
-        .call(Method::GET, "/v1/hosts", Some(admin), None, &[])
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.body["items"].as_array().unwrap().clone()
-}
-
 fn create_body(name: &str) -> Value {
     json!({"name": name, "kubernetes_version": "1.20.2", "provider": {"kind": "ssh"},
            "control_plane": {"replicas": 1, "machine_type": "small"}})
-}
-
-/// Runs `script` on the host as root with the tenant's own key.
-async fn on_host(target: &SshTarget, key: &ClientKey, script: &str) -> Vec<String> {
-    let mut lines = Vec::new();
-    let code = SshExecutor::new(1)
-        .run(
-            target,
-            &key.auth(),
-            script,
-            Duration::from_secs(30),
-            &Redactor::none(),
-            |_, l| lines.push(l.to_string()),
-        )
-        .await
-        .expect("ssh to the pool host with the tenant key");
-    assert_eq!(code, 0, "{script}: {lines:?}");
-    lines
 }
 
 #[tokio::test]
@@ -96,17 +70,7 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
     // The "bring-your-own" host: a lab machine with no Kubernetes binaries,
     // trusting only the key its owner registers with Kubeforge.
     let tenant_key = ClientKey::generate().unwrap();
-    let image = kubeforge::server::lab_image(&kubeforge::server::cache_dir())
-        .expect("no lab image: run scripts/build-lab-image");
-    let lab = LabProvider::new(LabConfig {
-        image_rootfs: image,
-        state_dir: tmp.join("hostlab"),
-        bridge: guard.bridge.clone(),
-        subnet: subnet.parse().unwrap(),
-        authorized_key: tenant_key.public_key_line().to_string(),
-        bind_ro: vec![],
-    })
-    .unwrap();
+    let lab = byo_lab(&tmp.join("hostlab"), &guard.bridge, &subnet, &tenant_key);
     let host_req = MachineRequest::new(
         Uuid::new_v4(),
         &format!("kfs{octet}-byo"),
@@ -202,52 +166,6 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
         "{uploads:?}"
     );
 
-    // Hosts cannot run worker nodes yet: node pools on the ssh provider are
-    // refused, naming why, and nothing is written.
-    // (The engine keeps writing events and jobs for the ready cluster.)
-    let written = || async {
-        let mut n = Vec::new();
-        for t in ["clusters", "node_pools", "machines", "operations", "hosts"] {
-            n.push(app.count(t).await);
-        }
-        n
-    };
-    let before = written().await;
-    let mut with_pool = create_body(&format!("{name}-pools"));
-    with_pool["node_pools"] = json!([{"name": "default", "size": 1}]);
-    let r = app
-        .call(
-            Method::POST,
-            "/v1/clusters",
-            Some(&owner),
-            Some(with_pool),
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 422, "{}", r.text);
-    assert_eq!(r.body["field"], "node_pools", "{}", r.text);
-    assert!(
-        r.text.contains("ssh provider cannot run worker nodes"),
-        "{}",
-        r.text
-    );
-    let r = app
-        .call(
-            Method::POST,
-            &format!("/v1/clusters/{name}/node-pools"),
-            Some(&owner),
-            Some(json!({"name": "extra", "size": 1})),
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 409, "{}", r.text);
-    assert!(
-        r.text.contains("ssh provider cannot run worker nodes"),
-        "{}",
-        r.text
-    );
-    assert_eq!(written().await, before);
-
     let (machine_id, provider_id): (Uuid, String) =
         sqlx::query_as("SELECT id, provider_id FROM machines WHERE cluster_id = $1")
             .bind(cluster_id)
@@ -311,7 +229,8 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
     let after = on_host(
         &target,
         &tenant_key,
-        "for p in /opt/kubeforge /etc/kubernetes /var/lib/etcd /var/lib/kubeforge /etc/kubeforge \
+        "test -z \"$(ls -A /var/lib/etcd 2>/dev/null)\" || echo LEFT etcd data; \
+         for p in /opt/kubeforge /etc/kubernetes /var/lib/kubeforge /etc/kubeforge \
          /etc/systemd/system/etcd.service /etc/systemd/system/kube-apiserver.service; do \
            test -e $p && echo LEFT $p; done; \
          systemctl is-active etcd kube-apiserver kube-controller-manager kube-scheduler | sed 's/^/STATE /'; \

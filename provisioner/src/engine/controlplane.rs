@@ -681,8 +681,13 @@ pub async fn reconcile(
         if let Err(why) = healthy(&session).await {
             tracing::info!(machine = %m.name, why = %why, "bootstrapping control-plane member");
             if !binaries_bound {
-                let uploaded =
-                    super::binaries::ensure(&session, &access.artifacts, &m.name).await?;
+                let uploaded = super::binaries::ensure(
+                    &session,
+                    &access.artifacts,
+                    &m.name,
+                    crate::artifacts::CONTROL_PLANE_COMPONENTS,
+                )
+                .await?;
                 if uploaded > 0 {
                     record(
                         app,

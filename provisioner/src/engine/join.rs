@@ -5,11 +5,18 @@
 //! its bootstrap script runs; meanwhile the approver decides the kubelet
 //! client CSRs made with those tokens: approved for exactly the ledger's
 //! node name, denied otherwise. Called by the pool pass ([`super::pools`]).
+//!
+//! A machine whose provider does not bind the service's binaries in
+//! (`Capabilities::kube_binaries_bound` false: registered hosts) first gets
+//! kubelet, kube-proxy, kubectl and the sandbox image archive uploaded
+//! ([`super::binaries`]). What the bundle does for a container is decided by
+//! what the machine is, probed over its session (`systemd-detect-virt -c`
+//! and its own cgroup), not by its provider.
 
 use chrono::{TimeDelta, Utc};
 use kubeforge_cluster::join::{self, check_node_client_csr, BootstrapToken, KUBELET_CLIENT_SIGNER};
 use kubeforge_cluster::kubeconfig::render_token_kubeconfig;
-use kubeforge_cluster::worker::{self, WorkerBundleInput};
+use kubeforge_cluster::worker::{self, ContainerHost, WorkerBundleInput};
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +25,7 @@ use std::time::Duration;
 use super::controlplane::{self, record_for as record};
 use crate::error::{Error, Result};
 use crate::ssh::MachineAccess;
-use crate::ssh::{Redactor, StreamKind};
+use crate::ssh::{Redactor, Session, StreamKind};
 use crate::state::App;
 use crate::store::cluster::Cluster;
 use crate::store::machine::{self, Machine};
@@ -33,6 +40,8 @@ pub const TOKEN_TTL: TimeDelta = TimeDelta::minutes(15);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(200);
 /// Validity of a node's kube-proxy client certificate.
 const KUBE_PROXY_CERT_TTL: TimeDelta = TimeDelta::days(365);
+/// Bound on the probe of what a machine is.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A join in progress: the machine and the token it was given.
 struct Joining<'a> {
@@ -140,66 +149,73 @@ async fn join_one(
         .ok_or("the machine has no IPv4 address")?;
     let sums = access
         .artifacts
-        .checksums_of(&["kubelet", "kube-proxy", "kubectl"])
+        .checksums_of(WORKER_COMPONENTS)
         .map_err(|e| e.to_string())?;
-    let lab = app
+    let caps = app
         .providers
         .get(c.provider.kind())
-        .is_some_and(|p| p.capabilities().lab_machines);
-    let input = WorkerBundleInput {
-        cluster_name: c.name.clone(),
-        node_name: m.name.clone(),
-        machine_id: m.id,
-        machine_type: pool.machine_type,
-        node_address: address,
-        api_server: endpoint.to_string(),
-        cluster_dns: c.network.dns_service_ip(),
-        cluster_domain: "cluster.local".into(),
-        pod_cidr: c.network.pod_cidr,
-        bin_dir: access.artifacts.guest_dir.clone(),
-        node_pool: pool.name.clone(),
-        node_labels: pool.labels.clone(),
-        node_taints: pool.taints.clone(),
-        binary_sha256: sums,
-        lab,
-        // A lab machine sees the host's CPUs and memory: hold its node to
-        // what its machine type promises.
-        offer: lab.then(|| worker::NodeOffer::of(pool.machine_type)),
-    };
-    let bundle = worker::render_worker(&input).map_err(|e| e.to_string())?;
-    let proxy = kubeforge_cluster::pki::issue_client_cert(
-        signer,
-        "system:kube-proxy",
-        &[],
-        Utc::now(),
-        KUBE_PROXY_CERT_TTL,
-    )
-    .map_err(|e| e.to_string())?;
-    let proxy_conf = kubeforge_cluster::kubeconfig::render_kubeconfig(
-        &kubeforge_cluster::kubeconfig::KubeconfigInput {
-            cluster_name: c.name.as_str(),
-            server: endpoint,
-            ca_pem: ca_crt,
-            user_name: "kube-proxy",
-            client_cert_pem: &proxy.cert_pem,
-            client_key_pem: &proxy.key_pem,
-        },
-    );
-    let bootstrap_conf = render_token_kubeconfig(
-        c.name.as_str(),
-        endpoint,
-        ca_crt,
-        "kubelet-bootstrap",
-        &j.token.token(),
-    );
-    let mut redactor = Redactor::none();
-    redactor.add(j.token.secret());
-    for line in proxy.key_pem.lines().filter(|l| !l.starts_with("-----")) {
-        redactor.add(line);
-    }
+        .map(|p| p.capabilities());
+    let lab = caps.is_some_and(|c| c.lab_machines);
+    let bound = caps.is_some_and(|c| c.kube_binaries_bound);
 
     let session = controlplane::open(access, m).await?;
     let result = async {
+        if !bound {
+            upload_bundle_binaries(app, access, c, m, &session).await?;
+        }
+        let container = probe_container(&session, &m.name, m.id).await?;
+        let input = WorkerBundleInput {
+            cluster_name: c.name.clone(),
+            node_name: m.name.clone(),
+            machine_id: m.id,
+            machine_type: pool.machine_type,
+            node_address: address,
+            api_server: endpoint.to_string(),
+            cluster_dns: c.network.dns_service_ip(),
+            cluster_domain: "cluster.local".into(),
+            pod_cidr: c.network.pod_cidr,
+            bin_dir: access.artifacts.guest_dir.clone(),
+            node_pool: pool.name.clone(),
+            node_labels: pool.labels.clone(),
+            node_taints: pool.taints.clone(),
+            binary_sha256: sums.clone(),
+            container,
+            // A lab machine sees the host's CPUs and memory: hold its node to
+            // what its machine type promises. (Other providers' hosts offer
+            // what they have.)
+            offer: lab.then(|| worker::NodeOffer::of(pool.machine_type)),
+        };
+        let bundle = worker::render_worker(&input).map_err(|e| e.to_string())?;
+        let proxy = kubeforge_cluster::pki::issue_client_cert(
+            signer,
+            "system:kube-proxy",
+            &[],
+            Utc::now(),
+            KUBE_PROXY_CERT_TTL,
+        )
+        .map_err(|e| e.to_string())?;
+        let proxy_conf = kubeforge_cluster::kubeconfig::render_kubeconfig(
+            &kubeforge_cluster::kubeconfig::KubeconfigInput {
+                cluster_name: c.name.as_str(),
+                server: endpoint,
+                ca_pem: ca_crt,
+                user_name: "kube-proxy",
+                client_cert_pem: &proxy.cert_pem,
+                client_key_pem: &proxy.key_pem,
+            },
+        );
+        let bootstrap_conf = render_token_kubeconfig(
+            c.name.as_str(),
+            endpoint,
+            ca_crt,
+            "kubelet-bootstrap",
+            &j.token.token(),
+        );
+        let mut redactor = Redactor::none();
+        redactor.add(j.token.secret());
+        for line in proxy.key_pem.lines().filter(|l| !l.starts_with("-----")) {
+            redactor.add(line);
+        }
         let mut files: Vec<(&str, &[u8], u32)> = vec![
             (worker::paths::CA_CRT, ca_crt.as_bytes(), 0o644),
             (
@@ -265,6 +281,88 @@ async fn join_one(
     .await;
     session.close().await;
     result
+}
+
+/// The binaries a worker runs (kubectl reads its node's pod CIDR).
+const WORKER_COMPONENTS: &[&str] = &["kubelet", "kube-proxy", "kubectl"];
+
+/// Uploads the worker's binaries and the sandbox image archive where they
+/// differ, recording what was uploaded.
+async fn upload_bundle_binaries(
+    app: &App,
+    access: &MachineAccess,
+    c: &Cluster,
+    m: &Machine,
+    session: &Session,
+) -> std::result::Result<(), String> {
+    let uploaded = super::binaries::ensure(session, &access.artifacts, &m.name, WORKER_COMPONENTS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let archive = access.artifacts.pause_archive.as_deref().ok_or(
+        "the service has no sandbox image archive to give the machine \
+         (build it with scripts/build-lab-pause)",
+    )?;
+    let pause = super::binaries::ensure_file(session, archive, worker::PAUSE_ARCHIVE, &m.name)
+        .await
+        .map_err(|e| e.to_string())?;
+    if uploaded > 0 || pause {
+        let image = if pause { " and the sandbox image" } else { "" };
+        record(
+            app,
+            c,
+            m.node_pool_id,
+            false,
+            "BinariesUploaded",
+            &format!("{}: {uploaded} Kubernetes binaries{image} uploaded", m.name),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Whether the machine is a container, and then its own cgroup as the host
+/// sees it (the memory controller's line of `/proc/1/cgroup`, or the
+/// unified one on cgroup v2). A container that sees itself at `/` (in a
+/// cgroup namespace, or left in the root cgroup where the host could not
+/// give it one) still shares the host's hierarchy once its controllers are
+/// remounted, so its kubelet gets a root of its own, named by its ledger
+/// id: `/kubeforge/<id>`, as the lab provider names machines' cgroups.
+async fn probe_container(
+    session: &Session,
+    machine: &str,
+    id: uuid::Uuid,
+) -> std::result::Result<Option<ContainerHost>, String> {
+    const PROBE: &str = r#"if systemd-detect-virt --container --quiet; then echo container; else echo host; fi
+awk -F: '$2 ~ /(^|,)memory(,|$)/ { print "v1 " $3 } $1 == "0" && $2 == "" { print "v2 " $3 }' /proc/1/cgroup"#;
+    let mut lines = Vec::new();
+    let code = session
+        .run(PROBE, PROBE_TIMEOUT, &Redactor::none(), |_, l| {
+            lines.push(l.to_string())
+        })
+        .await
+        .map_err(|e| format!("probing {machine}: {e}"))?;
+    if code != 0 || lines.first().map(String::as_str) == Some("host") {
+        return Ok(None);
+    }
+    if lines.first().map(String::as_str) != Some("container") {
+        return Err(format!("probing {machine}: unexpected answer {lines:?}"));
+    }
+    let cgroup = |prefix: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
+    };
+    match cgroup("v1 ").or_else(|| cgroup("v2 ")) {
+        Some(root) if root == "/" => Ok(Some(ContainerHost {
+            cgroup_root: format!("/kubeforge/{id}"),
+        })),
+        Some(root) => Ok(Some(ContainerHost { cgroup_root: root })),
+        None => Err(format!(
+            "{machine} is a container but /proc/1/cgroup names no cgroup of it \
+             ({lines:?}); kubelet needs one as its cgroup root"
+        )),
+    }
 }
 
 /// Approves, until `done`, the pending kubelet client CSRs made with the

@@ -54,9 +54,14 @@
 //!   cluster that claims it (its bootstrap replaces every file).
 //! - **Idempotent delete.** Unknown id (no host claimed by it): `Ok`. A
 //!   claimed host is wiped over SSH (Kubeforge's units stopped, disabled
-//!   and removed, its directories and etcd's data removed, the service key
-//!   removed from `authorized_keys` if Kubeforge added it) and only then
-//!   released. An unreachable host is `Retryable` and stays claimed.
+//!   and removed; what a worker's join put there taken back, as the first
+//!   worker bootstrap recorded the host before it (containerd's
+//!   configuration and state, sysctls, a container's mounts), with pods,
+//!   the pod network, iptables chains and kubelet's mounts; its
+//!   directories and etcd's data removed; the service key removed from
+//!   `authorized_keys` if Kubeforge added it) and only then released, to
+//!   be claimed by any cluster. An unreachable host is `Retryable` and
+//!   stays claimed. Running the wipe again on a wiped host changes nothing.
 //! - **`get` observes.** It reads the claim and probes the host over SSH
 //!   with a short timeout (`Running` if a command runs, else `Pending`); it
 //!   changes nothing, in the database or on the host.
@@ -67,8 +72,11 @@
 //!
 //! Binaries: the provider uploads nothing. The lab binds the service's
 //! Kubernetes binaries into every machine; registered hosts get them from
-//! the control-plane bootstrap (`engine::binaries`), into the same guest
-//! directory. etcd is not uploaded: the host must have Debian's
+//! the control-plane bootstrap or the worker join (`engine::binaries`),
+//! into the same guest directory, with the sandbox image archive for
+//! workers. Workers: hosts need containerd, runc, the CNI plugins and
+//! iptables installed; a host that is itself a container gets what
+//! containers need (the join probes it). etcd is not uploaded: the host must have Debian's
 //! `etcd-server` package, whose `/usr/bin/etcd` `create` checks against the
 //! expected checksum.
 //!
@@ -111,22 +119,35 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Units Kubeforge installs; `delete` stops, disables and removes them.
-const UNITS: [&str; 5] = [
+/// Workers' first, so no kubelet restarts a pod while the rest goes.
+const UNITS: [&str; 9] = [
+    "kubelet",
+    "kube-proxy",
+    "kubeforge-network",
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kubeforge-addons",
     "kubeforge-lb",
 ];
 
 /// Everything Kubeforge writes on a host besides units and the key.
-const WIPED_DIRS: [&str; 5] = [
+const WIPED_DIRS: [&str; 4] = [
     "/etc/kubernetes",
-    "/var/lib/etcd",
     "/var/lib/kubeforge",
     "/opt/kubeforge",
     "/etc/kubeforge",
 ];
+
+/// What a worker's join put on a host, taken back: pods and shims killed,
+/// containerd's configuration and state as they were before (recorded by
+/// the first bootstrap in `kubeforge_cluster::worker::RESTORE_DIR`), the
+/// CNI bridge, veths, netns and routes, Kubeforge's and Kubernetes'
+/// iptables chains and the rules jumping to them, kubelet's mounts and
+/// cgroups, a container's fixes, the recorded sysctls, and the paths that
+/// did not exist before. Idempotent; nothing on a host that ran no worker.
+const WORKER_WIPE: &str = include_str!("wipe-worker.sh");
 
 /// Present when Kubeforge added the service key to `authorized_keys` (and
 /// so must remove it); absent when the key was there before the claim.
@@ -509,8 +530,8 @@ impl SshProvider {
         let script = format!(
             r#"set -e
 umask 077
-mkdir -p /root/.ssh /etc/kubeforge
-chmod 700 /root/.ssh
+mkdir -p /etc/kubeforge
+if [ ! -d /root/.ssh ]; then mkdir -m 700 /root/.ssh; fi
 ak=/root/.ssh/authorized_keys
 touch "$ak"
 if ! grep -qF {body} "$ak"; then
@@ -609,18 +630,23 @@ mv -f {file}.tmp {file}
             .ok_or_else(|| retryable(format!("machine {id} has no ledger row")))
     }
 
-    /// The wipe: everything Kubeforge put on the host, then its key.
+    /// The wipe (a bash script): everything Kubeforge put on the host, then
+    /// its key. Units are stopped, disabled and removed; then what a
+    /// worker's join put there is taken back ([`WORKER_WIPE`]); then the
+    /// key, then the directories.
     fn wipe_script(&self) -> Result<String, ProviderError> {
         let body = key_body(&self.service_key_public)
             .ok_or_else(|| permanent("the service's public key line is malformed"))?;
         let units = UNITS.join(" ");
         let dirs = WIPED_DIRS.join(" ");
         Ok(format!(
-            r#"set -e
+            r#"set -euo pipefail
+trap 'echo "wipe: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 reload=no
 for u in {units}; do
   f=/etc/systemd/system/$u.service
-  if [ -e "$f" ]; then
+  # Kubeforge's units are files; a link there (a mask) is the host's own.
+  if [ -f "$f" ] && [ ! -L "$f" ]; then
     systemctl disable --now "$u.service" >/dev/null 2>&1 || systemctl stop "$u.service"
     if systemctl is-active --quiet "$u.service"; then echo "cannot stop $u" >&2; exit 1; fi
     rm -f "$f"
@@ -628,6 +654,7 @@ for u in {units}; do
   fi
 done
 if [ "$reload" = yes ]; then systemctl daemon-reload; systemctl reset-failed >/dev/null 2>&1 || true; fi
+{worker}
 ak=/root/.ssh/authorized_keys
 if [ -e {marker} ] && [ -f "$ak" ]; then
   grep -vF {body} "$ak" > "$ak.kubeforge-new" || true
@@ -635,9 +662,12 @@ if [ -e {marker} ] && [ -f "$ak" ]; then
   mv -f "$ak.kubeforge-new" "$ak"
 fi
 rm -rf {dirs}
+# etcd's data directory is its package's: only what etcd wrote goes.
+if [ -d /var/lib/etcd ]; then find /var/lib/etcd -mindepth 1 -delete; fi
 "#,
             marker = KEY_MARKER,
             body = shell_quote(body),
+            worker = WORKER_WIPE,
         ))
     }
 }
@@ -648,12 +678,12 @@ impl Provider for SshProvider {
         KIND
     }
 
-    /// Workers not yet: hosts get no containerd, kubelet or kube-proxy, and
-    /// the wipe does not remove a node's state.
+    /// Hosts run control planes and workers; the join uploads their
+    /// binaries, and whether a host is a container is probed, not assumed.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             ssh_bootstrap: true,
-            hosts_workers: false,
+            hosts_workers: true,
             lab_machines: false,
             kube_binaries_bound: false,
         }
@@ -734,7 +764,7 @@ impl Provider for SshProvider {
         let Some(host) = self.host_claimed_by(id).await? else {
             return Ok(());
         };
-        let script = self.wipe_script()?;
+        let script = format!("bash -c {}", shell_quote(&self.wipe_script()?));
         let hs = self.connect(&self.ssh, &host).await?;
         let result = Self::run(&host, &hs, &script).await;
         hs.session.close().await;
@@ -1069,6 +1099,29 @@ fn parse_measurement(lines: &[String]) -> Option<HostCapacity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The worker part of the wipe parses in bash, and it reads the record
+    /// where the bundle's bootstrap writes it.
+    #[test]
+    fn the_worker_wipe_parses_and_reads_the_bootstrap_record() {
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", WORKER_WIPE])
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        use kubeforge_cluster::worker;
+        for path in [
+            worker::RESTORE_DIR,
+            worker::CONTAINERD_ROOT,
+            worker::CONTAINERD_STATE,
+        ] {
+            assert!(WORKER_WIPE.contains(&format!("={path}\n")), "{path}");
+        }
+    }
 
     #[test]
     fn key_body_ignores_comments() {
