@@ -114,6 +114,12 @@ const OCTET_LOCKS: &str = "/run/kubeforge/test-octets";
 /// octet for which no link named `*<octet>` of the lab prefixes exists.
 pub struct Octet(pub u8, #[allow(dead_code)] std::fs::File);
 
+impl std::fmt::Display for Octet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 impl Octet {
     /// Takes a free octet, starting from a random one.
     pub fn take() -> Octet {

@@ -16,7 +16,7 @@ use kubeforge::ssh::{ClientKey, SshTarget};
 use kubeforge_cluster::pools::MachineRole;
 use kubeforge_cluster::{MachineType, ProviderSpec};
 use kubeforge_tests::hosts::{byo_lab, list as hosts, on_host};
-use kubeforge_tests::lab::{delete_cluster, drive, hurry_and_run, kubectl_run};
+use kubeforge_tests::lab::{delete_cluster, drive, hurry_and_run, kubectl_run, Octet};
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -42,11 +42,13 @@ impl Drop for Guard {
     }
 }
 
-fn scratch() -> (PathBuf, u8) {
+/// The test's directory, and an octet no other lab test holds (its bridge
+/// and subnet); the octet is held until dropped.
+fn scratch() -> (PathBuf, Octet) {
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("e2e-ssh-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&tmp).unwrap();
-    (tmp, 100 + (Uuid::new_v4().as_u128() % 100) as u8)
+    (tmp, Octet::take())
 }
 
 fn create_body(name: &str) -> Value {
@@ -416,17 +418,7 @@ async fn a_host_without_containerd_is_refused_as_a_worker_and_left_untouched() {
     // The host: a lab machine trusting only its owner's key, with
     // containerd taken away.
     let tenant_key = ClientKey::generate().unwrap();
-    let image = kubeforge::server::lab_image(&kubeforge::server::cache_dir())
-        .expect("no lab image: run scripts/build-lab-image");
-    let lab = LabProvider::new(LabConfig {
-        image_rootfs: image,
-        state_dir: tmp.join("hostlab"),
-        bridge: guard.bridge.clone(),
-        subnet: subnet.parse().unwrap(),
-        authorized_key: tenant_key.public_key_line().to_string(),
-        bind_ro: vec![],
-    })
-    .unwrap();
+    let lab = byo_lab(&tmp.join("hostlab"), &guard.bridge, &subnet, &tenant_key);
     let host_req = MachineRequest::new(
         Uuid::new_v4(),
         &format!("kfs{octet}-nocd"),

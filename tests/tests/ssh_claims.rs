@@ -44,6 +44,7 @@ fn provider(app: &TestApp) -> SshProvider {
             host_dir: "/nonexistent".into(),
             guest_dir: "/nonexistent".into(),
             etcd_bin: "/usr/bin/etcd".into(),
+            pause_archive: None,
             etcd_sha256: "0".repeat(64),
         },
     )
