@@ -236,6 +236,20 @@ pub struct NodeOffer {
 }
 
 impl NodeOffer {
+    /// What a machine that has `cpu_millis` and `memory_bytes` (a
+    /// registered host's capacity) offers pods: that, less the system
+    /// reservation and the eviction threshold, as a machine type's
+    /// allocatable is reckoned.
+    pub fn of_capacity(cpu_millis: u64, memory_bytes: u64) -> NodeOffer {
+        NodeOffer {
+            cpu_millis: cpu_millis.saturating_sub(u64::from(names::SYSTEM_RESERVED_CPU_MILLIS)),
+            memory_bytes: memory_bytes.saturating_sub(
+                u64::from(names::SYSTEM_RESERVED_MEMORY_MIB + names::EVICTION_HARD_MEMORY_MIB)
+                    << 20,
+            ),
+        }
+    }
+
     /// What a node of machine type `t` offers pods
     /// ([`crate::MachineType::allocatable`]).
     pub fn of(t: crate::MachineType) -> NodeOffer {

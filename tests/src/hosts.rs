@@ -25,6 +25,9 @@ pub struct ByoHost {
     pub host_key: String,
     /// Its owner's key: the credentials registered with Kubeforge.
     pub key: ClientKey,
+    /// What the lab made it from: `create` with it again starts it after
+    /// a power-off, with its disk.
+    pub request: MachineRequest,
 }
 
 impl ByoHost {
@@ -79,6 +82,7 @@ pub async fn boot(lab: &LabProvider, name: &str, owner: &ClientKey) -> ByoHost {
         address: pm.address.unwrap(),
         host_key: pm.host_key.unwrap(),
         key: ClientKey::from_openssh(owner.private_key_openssh()).unwrap(),
+        request: req.clone(),
     };
     // A stand-in for a server of its own: without the lab's identity file,
     // and with etcd as its package leaves it (the lab masks it).
@@ -103,20 +107,23 @@ pub async fn boot(lab: &LabProvider, name: &str, owner: &ClientKey) -> ByoHost {
 /// Registers `host` through `POST /v1/hosts` as a platform admin with
 /// `labels`; returns the host's id.
 pub async fn register(app: &TestApp, admin: &str, host: &ByoHost, labels: Value) -> String {
+    register_with(app, admin, host, json!({ "labels": labels })).await
+}
+
+/// Registers `host` with `extra` fields in the request (`labels`,
+/// `capacity`); returns the host's id.
+pub async fn register_with(app: &TestApp, admin: &str, host: &ByoHost, extra: Value) -> String {
+    let mut body = json!({
+        "address": host.address,
+        "user": "root",
+        "credentials": {"private_key": host.key.private_key_openssh()},
+        "host_key": host.host_key,
+    });
+    for (k, v) in extra.as_object().expect("extra fields are an object") {
+        body[k] = v.clone();
+    }
     let r = app
-        .call(
-            Method::POST,
-            "/v1/hosts",
-            Some(admin),
-            Some(json!({
-                "address": host.address,
-                "user": "root",
-                "credentials": {"private_key": host.key.private_key_openssh()},
-                "host_key": host.host_key,
-                "labels": labels
-            })),
-            &[],
-        )
+        .call(Method::POST, "/v1/hosts", Some(admin), Some(body), &[])
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     r.body["host"]["id"].as_str().unwrap().to_string()

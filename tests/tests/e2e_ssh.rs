@@ -547,3 +547,134 @@ async fn a_host_without_containerd_is_refused_as_a_worker_and_left_untouched() {
     );
     drop(guard);
 }
+
+/// A host that is dead when its machine leaves is not waited for: the
+/// machine is released at once, the host is marked wipe-pending (shown as
+/// its problem) and taken by no claim; when it answers again, the ssh
+/// provider's upkeep wipes it and only then is it free.
+#[tokio::test]
+async fn a_dead_host_is_released_unwiped_and_wiped_when_it_answers_again() {
+    let (tmp, octet) = scratch();
+    let guard = Guard {
+        bridge: format!("kfs{octet}"),
+        dir: tmp.clone(),
+    };
+    let subnet = format!("10.77.{octet}.0/24");
+    let app = TestApp::with_lab_and_ssh(&tmp.join("svc"), &guard.bridge, &subnet).await;
+    let owner_key = ClientKey::generate().unwrap();
+    let lab = byo_lab(&tmp.join("hostlab"), &guard.bridge, &subnet, &owner_key);
+    let host = kubeforge_tests::hosts::boot(&lab, &format!("kfs{octet}-dead"), &owner_key).await;
+    let admin = app.token("platform", Role::PlatformAdmin);
+    let host_id =
+        kubeforge_tests::hosts::register(&app, &admin, &host, json!({"gpu": "false"})).await;
+    let service_key = app
+        .app
+        .access
+        .as_ref()
+        .expect("machine access")
+        .client_key
+        .public_key_line()
+        .to_string();
+    let service_body = service_key.split_whitespace().nth(1).unwrap().to_string();
+
+    // A worker machine of a cluster claims the host.
+    let owner = app.token("acme", Role::Admin);
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(&owner),
+            Some(create_body(&format!("dead{octet}"))),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cluster = Uuid::parse_str(r.body["cluster"]["id"].as_str().unwrap()).unwrap();
+    let ledger_row = |name: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            let id = Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO machines (id, tenant, cluster_id, role, name, provider, machine_type, state)
+                 VALUES ($1, 'acme', $2, 'worker', $3, 'ssh', 'small', 'pending')",
+            )
+            .bind(id)
+            .bind(cluster)
+            .bind(name)
+            .execute(&pool)
+            .await
+            .unwrap();
+            id
+        }
+    };
+    let request = |id: Uuid, name: &str| {
+        MachineRequest::new(
+            id,
+            name,
+            "acme",
+            cluster,
+            MachineRole::Worker,
+            MachineType::Small,
+            Some("default"),
+            ProviderSpec::Ssh {},
+        )
+    };
+    let provider = app.app.providers.get("ssh").expect("the ssh provider");
+    let first = ledger_row("w1").await;
+    provider.create(&request(first, "w1")).await.unwrap();
+    let keys = host.run("cat /root/.ssh/authorized_keys").await;
+    assert!(keys.iter().any(|l| l.contains(&service_body)), "{keys:?}");
+
+    // The host dies; its machine leaves anyway.
+    lab.power_off(host.request.id).await.unwrap();
+    let t = Instant::now();
+    provider
+        .delete(first)
+        .await
+        .expect("delete does not wait for a dead host");
+    println!("released a dead host in {:?}", t.elapsed());
+    let listed = hosts(&app, &admin).await;
+    let h = listed.iter().find(|h| h["id"] == host_id.as_str()).unwrap();
+    assert_eq!(h["claimed_by"], Value::Null, "{h}");
+    assert_eq!(h["problem"]["code"], "wipe_pending", "{h}");
+    // Nobody else gets it while it holds the last tenant's data.
+    let second = ledger_row("w2").await;
+    let err = provider.create(&request(second, "w2")).await.unwrap_err();
+    assert!(
+        matches!(&err, kubeforge::providers::ProviderError::NoCapacity(_)),
+        "{err:?}"
+    );
+    assert_eq!(
+        provider.upkeep().await.unwrap(),
+        Some(Duration::from_secs(30))
+    );
+
+    // It answers again (the lab starts the same machine, with its disk):
+    // upkeep wipes it, and it is free and claimable.
+    let mut again = lab.create(&host.request).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while again.state != ProviderMachineState::Running {
+        assert!(Instant::now() < deadline, "the host did not come back");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        again = lab.get(host.request.id).await.unwrap().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while provider.upkeep().await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "upkeep did not wipe the host");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let listed = hosts(&app, &admin).await;
+    let h = listed.iter().find(|h| h["id"] == host_id.as_str()).unwrap();
+    assert_eq!(h["problem"], Value::Null, "{h}");
+    let keys = host.run("cat /root/.ssh/authorized_keys").await;
+    assert!(!keys.iter().any(|l| l.contains(&service_body)), "{keys:?}");
+    let identity = host
+        .run("cat /etc/kubeforge/machine.json 2>/dev/null || true")
+        .await;
+    assert!(
+        !identity.iter().any(|l| l.contains(&first.to_string())),
+        "{identity:?}"
+    );
+    provider.create(&request(second, "w2")).await.unwrap();
+    drop(guard);
+}

@@ -17,7 +17,7 @@ use axum::http::Method;
 use kubeforge::context::Role;
 use kubeforge::ssh::ClientKey;
 use kubeforge_tests::hosts::{
-    assert_same_state, boot, byo_lab, host_state, list, register, ByoHost, HostState,
+    assert_same_state, boot, byo_lab, host_state, list, register, register_with, ByoHost, HostState,
 };
 use kubeforge_tests::lab::{
     delete_cluster, drive, drive_until, kubectl_run, sandbox, write_kubeconfig,
@@ -37,7 +37,8 @@ fn cluster_body(name: &str, pool_size: Option<u64>) -> Value {
         "control_plane": {"replicas": 1, "machine_type": "small"}
     });
     if let Some(size) = pool_size {
-        body["node_pools"] = json!([{"name": POOL, "machine_type": "small", "size": size}]);
+        body["node_pools"] = json!([{"name": POOL, "machine_type": "small", "size": size,
+                                     "host_selector": {"gpu": "false"}}]);
     }
     body
 }
@@ -140,7 +141,7 @@ async fn workers_join_registered_hosts_and_leave_them_as_they_were() {
             &state,
             &host_state(h).await,
         );
-        let id = register(&app, &admin, h, json!({"rack": "lab"})).await;
+        let id = register(&app, &admin, h, json!({"rack": "lab", "gpu": "false"})).await;
         before.insert(id, (i, state));
     }
     eprintln!(
@@ -218,6 +219,116 @@ async fn workers_join_registered_hosts_and_leave_them_as_they_were() {
             .count(),
         2,
         "{uploads:?}"
+    );
+
+    // A pool that wants a GPU host waits for one, saying so, while the
+    // rest of the cluster carries on; a host labelled gpu=true with a GPU
+    // declared is registered, claimed, and its node shows the GPU.
+    let t = Instant::now();
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/v1/clusters/{a}/node-pools"),
+            Some(&acme),
+            Some(json!({"name": "gpu", "machine_type": "small", "size": 1,
+                        "host_selector": {"gpu": "true"}})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let gpu_op = r.body["operation"]["id"].as_str().unwrap().to_string();
+    let waiting = drive_until(
+        &app,
+        &acme,
+        &format!("/v1/clusters/{a}/node-pools/gpu"),
+        "the gpu pool waiting for a matching host",
+        Duration::from_secs(60),
+        |s, body| {
+            let c = body["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "MachinesReady")?;
+            (s == 200 && c["reason"] == "WaitingForCapacity").then(|| c["message"].clone())
+        },
+    )
+    .await;
+    assert!(
+        waiting
+            .as_str()
+            .unwrap()
+            .contains("no free host matching gpu=true"),
+        "{waiting}"
+    );
+    let r = app
+        .call(
+            Method::GET,
+            &format!("/v1/operations/{gpu_op}"),
+            Some(&acme),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        r.body["state"], "running",
+        "waiting is not failing: {}",
+        r.text
+    );
+    let gpu_host = boot(&lab, &format!("kfh{octet}-gpu"), &owner_key).await;
+    let gpu_before = host_state(&gpu_host).await;
+    let gpu_id = register_with(
+        &app,
+        &admin,
+        &gpu_host,
+        json!({"labels": {"rack": "lab", "gpu": "true"},
+               "capacity": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}}),
+    )
+    .await;
+    drive_until(
+        &app,
+        &acme,
+        &format!("/v1/clusters/{a}/node-pools/gpu"),
+        "the gpu pool Ready on the new host",
+        Duration::from_secs(240),
+        |s, body| (s == 200 && pool_ready(body, 1)).then_some(()),
+    )
+    .await;
+    assert_eq!(claims(&app, &admin).await[&gpu_id], Some(a_id));
+    let gpu_node = drive_until(
+        &app,
+        &acme,
+        &format!("/v1/clusters/{a}/node-pools/gpu"),
+        "the gpu node's name",
+        Duration::from_secs(10),
+        |_, body| body["nodes"][0]["name"].as_str().map(str::to_string),
+    )
+    .await;
+    // The GPU is advertised on the node by the engine's pass; drive until
+    // kubectl sees it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = kubectl_run(
+            &kca,
+            &[
+                "get",
+                "node",
+                &gpu_node,
+                "-o",
+                "jsonpath={.status.capacity.nvidia\\.com/gpu}",
+            ],
+        );
+        if ok && out.trim() == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no nvidia.com/gpu on {gpu_node}: {out}"
+        );
+        kubeforge_tests::lab::hurry_and_run(&app).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "gpu pool waited, then joined the registered gpu host: {:.1} s",
+        t.elapsed().as_secs_f64()
     );
 
     // Scale to one: the freed host returns to the pool as it was before.
@@ -301,6 +412,11 @@ async fn workers_join_registered_hosts_and_leave_them_as_they_were() {
     eprintln!("both clusters deleted: {:.1} s", t.elapsed().as_secs_f64());
     let claimed = claims(&app, &admin).await;
     assert!(claimed.values().all(Option::is_none), "{claimed:?}");
+    assert_same_state(
+        &format!("{} after both clusters", gpu_host.name),
+        &gpu_before,
+        &host_state(&gpu_host).await,
+    );
     for (index, was) in before.values() {
         let h = &hosts[*index];
         assert_same_state(

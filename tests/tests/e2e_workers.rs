@@ -1033,10 +1033,11 @@ async fn cluster_dns(
     );
     let setup = format!(
         "ns=$({}); [ -n \"$ns\" ] || exit 3; \
-         f=$(grep -lx a /var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/*/hostname | head -n1); \
+         f=$(grep -lx a {}/io.containerd.grpc.v1.cri/sandboxes/*/hostname | head -n1); \
          [ -n \"$f\" ] || exit 4; mkdir -p /etc/netns/$ns; \
          cp \"${{f%/hostname}}/resolv.conf\" /etc/netns/$ns/resolv.conf",
-        netns_of(ip_a)
+        netns_of(ip_a),
+        kubeforge_cluster::worker::CONTAINERD_ROOT
     );
     let resolv = on_node(
         app,

@@ -164,6 +164,24 @@ async fn join_one(
             upload_bundle_binaries(app, access, c, m, &session).await?;
         }
         let container = probe_container(&session, &m.name, m.id).await?;
+        // A lab machine sees the host's CPUs and memory: hold its node to
+        // what its machine type promises. So does a registered host that
+        // is a container: to the capacity its provider knows (declared at
+        // registration). A real host offers what its kernel shows.
+        let offer = if lab {
+            Some(worker::NodeOffer::of(pool.machine_type))
+        } else if container.is_some() {
+            match app.providers.get(c.provider.kind()) {
+                Some(p) => p
+                    .capacity(m.id)
+                    .await
+                    .map_err(|e| format!("reading the host's capacity: {e}"))?
+                    .map(|h| worker::NodeOffer::of_capacity(h.cpu_millis, h.memory_bytes)),
+                None => None,
+            }
+        } else {
+            None
+        };
         let input = WorkerBundleInput {
             cluster_name: c.name.clone(),
             node_name: m.name.clone(),
@@ -180,10 +198,7 @@ async fn join_one(
             node_taints: pool.taints.clone(),
             binary_sha256: sums.clone(),
             container,
-            // A lab machine sees the host's CPUs and memory: hold its node to
-            // what its machine type promises. (Other providers' hosts offer
-            // what they have.)
-            offer: lab.then(|| worker::NodeOffer::of(pool.machine_type)),
+            offer,
         };
         let bundle = worker::render_worker(&input).map_err(|e| e.to_string())?;
         let proxy = kubeforge_cluster::pki::issue_client_cert(

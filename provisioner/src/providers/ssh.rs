@@ -115,6 +115,10 @@ pub const RECHECK_AFTER: Duration = Duration::from_secs(10 * 60);
 pub const LEASE: Duration = Duration::from_secs(15 * 60);
 /// Bound on one setup or wipe command on a host.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often hosts waiting to be wiped are tried while any is left.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// The problem code of a host released unwiped (see `defer_wipe`).
+pub const WIPE_PENDING: &str = "wipe_pending";
 /// Bound on `get`'s probe: connect, authenticate, run `true`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -301,7 +305,8 @@ impl SshProvider {
             "UPDATE hosts SET claimed_by = $1,
                               lease_expires_at = now() + make_interval(secs => $2)
              WHERE id = (SELECT id FROM hosts
-                         WHERE claimed_by IS NULL AND labels @> $3
+                         WHERE claimed_by IS NULL AND wipe_pending_since IS NULL
+                           AND labels @> $3
                            AND (problem_at IS NULL
                                 OR problem_at <= now() - make_interval(secs => $4))
                          ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
@@ -329,7 +334,7 @@ impl SshProvider {
                             FILTER (WHERE labels @> $1 AND problem_at IS NOT NULL
                                     AND problem_at > now() - make_interval(secs => $2)),
                             NULL), '{}') AS \"skipped!\"
-                 FROM hosts WHERE claimed_by IS NULL",
+                 FROM hosts WHERE claimed_by IS NULL AND wipe_pending_since IS NULL",
                 selector,
                 recheck_secs
             )
@@ -368,6 +373,32 @@ impl SshProvider {
         .await
         .map_err(db)?;
         tracing::warn!(host = %host.id, address = %host.address, machine = %id, %message, "released an unfit pool host");
+        Ok(())
+    }
+
+    /// Releases `host` from machine `id` without wiping it (it did not
+    /// answer): marked wipe-pending, so no claim takes it, with the reason
+    /// shown as its problem. [`Provider::upkeep`] wipes it once it
+    /// answers, and only then is it free.
+    async fn defer_wipe(&self, host: &Host, id: Uuid, why: &str) -> Result<(), ProviderError> {
+        let message = format!(
+            "host {} did not answer when its machine left ({why}); it is wiped when it \
+             answers again, and claimed by no one until then",
+            host.address
+        );
+        let problem = serde_json::json!({"code": WIPE_PENDING, "message": message});
+        sqlx::query!(
+            "UPDATE hosts SET claimed_by = NULL, lease_expires_at = NULL,
+                              wipe_pending_since = now(), problem = $3, problem_at = now()
+             WHERE id = $1 AND claimed_by = $2",
+            host.id,
+            id,
+            problem
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        tracing::warn!(host = %host.id, address = %host.address, machine = %id, %message, "released an unreachable pool host, to be wiped later");
         Ok(())
     }
 
@@ -765,7 +796,12 @@ impl Provider for SshProvider {
             return Ok(());
         };
         let script = format!("bash -c {}", shell_quote(&self.wipe_script()?));
-        let hs = self.connect(&self.ssh, &host).await?;
+        let hs = match self.connect(&self.ssh, &host).await {
+            Ok(hs) => hs,
+            // A dead host is not waited for: the machine leaves, the host
+            // stays out of every claim until upkeep has wiped it.
+            Err(e) => return self.defer_wipe(&host, id, &e.to_string()).await,
+        };
         let result = Self::run(&host, &hs, &script).await;
         hs.session.close().await;
         match result? {
@@ -789,6 +825,52 @@ impl Provider for SshProvider {
         .map_err(db)?;
         tracing::info!(host = %host.id, address = %host.address, machine = %id, "wiped and released a pool host");
         Ok(())
+    }
+
+    /// Wipes the hosts released while they did not answer (see
+    /// `defer_wipe`), each once it answers; a wiped host is free again.
+    async fn upkeep(&self) -> Result<Option<Duration>, ProviderError> {
+        let pending = sqlx::query_as!(
+            Host,
+            "SELECT id, address, port, ssh_user, host_key, credential_kind, credential_key_id,
+                    credential_nonce, credential_sealed
+             FROM hosts WHERE wipe_pending_since IS NOT NULL ORDER BY id"
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let script = format!("bash -c {}", shell_quote(&self.wipe_script()?));
+        let mut left = 0;
+        for host in &pending {
+            let Ok(hs) = self.connect(&self.probe, host).await else {
+                left += 1;
+                continue;
+            };
+            let result = Self::run(host, &hs, &script).await;
+            hs.session.close().await;
+            match result {
+                Ok((0, _)) => {
+                    sqlx::query!(
+                        "UPDATE hosts SET wipe_pending_since = NULL, problem = NULL, problem_at = NULL
+                         WHERE id = $1 AND claimed_by IS NULL",
+                        host.id
+                    )
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
+                    tracing::info!(host = %host.id, address = %host.address, "wiped a pool host that answers again; it is free");
+                }
+                Ok((code, out)) => {
+                    left += 1;
+                    tracing::warn!(host = %host.id, address = %host.address, code, output = %out.join("; "), "wiping a returned pool host failed");
+                }
+                Err(e) => {
+                    left += 1;
+                    tracing::warn!(host = %host.id, address = %host.address, error = %e, "wiping a returned pool host failed");
+                }
+            }
+        }
+        Ok((left > 0).then_some(UPKEEP_INTERVAL))
     }
 
     async fn list_by_cluster(
