@@ -61,8 +61,8 @@ impl App {
         let provider = self.providers.get(kind)?;
         (!provider.capabilities().hosts_workers).then(|| {
             format!(
-                "the {kind} provider cannot run worker nodes yet (its hosts get no containerd, \
-                 kubelet or kube-proxy), so its clusters cannot have node pools"
+                "the {kind} provider cannot run worker nodes, so its clusters cannot have node \
+                 pools"
             )
         })
     }
