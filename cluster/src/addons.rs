@@ -15,7 +15,8 @@
 //!
 //! What the service may do, and why:
 //! - nodes: get, list, watch (observe); patch (cordon); delete (a node
-//!   leaves its pool).
+//!   leaves its pool); `nodes/status`: patch (a registered host's declared
+//!   extended resources, such as `nvidia.com/gpu`, on its node's capacity).
 //! - pods: get, list, watch (CPU accounting, drains); `pods/eviction`:
 //!   create (drains go through the Eviction API, so PodDisruptionBudgets
 //!   hold).
@@ -70,6 +71,9 @@ pub fn manifest(dns_ip: Ipv4Addr) -> String {
         r#"- apiGroups: [""]
   resources: ["nodes"]
   verbs: ["get", "list", "watch", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["nodes/status"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
