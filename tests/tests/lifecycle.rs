@@ -1100,3 +1100,58 @@ async fn a_pool_without_capacity_waits_while_the_rest_of_the_cluster_goes_on() {
     let c = t.cluster("mixed").await;
     assert_eq!(condition(&c, "MachinesReady")["status"], "True", "{c}");
 }
+
+/// A host that lacks a worker prerequisite is a typed, named error on the
+/// machine, on the operation's step and in the events, not a failed
+/// operation: the machine asks again and gets another host.
+#[tokio::test]
+async fn a_host_lacking_a_prerequisite_is_named_on_the_machine_and_the_operation() {
+    let t = T::new().await;
+    let (_, create_op) = t.create(cluster_body("unfit")).await;
+    // The control plane first; then the pool's next create meets an unfit host.
+    t.app
+        .provider
+        .unfit_next("host 192.0.2.50 lacks containerd: install it");
+    sqlx::query("UPDATE jobs SET run_after = now() WHERE state = 'queued'")
+        .execute(&t.app.pool)
+        .await
+        .unwrap();
+    t.app.run_jobs().await;
+
+    let o = t.operation(&create_op).await;
+    assert_eq!(o["state"], "running", "{o}");
+    let s = step(&o, "node_pool/default");
+    assert_eq!(s["error"]["code"], "host_prerequisites_missing", "{o}");
+    assert!(
+        s["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("host 192.0.2.50 lacks containerd"),
+        "{s}"
+    );
+    let ms = t.machines("unfit").await;
+    assert!(
+        ms.iter().any(|m| m["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("lacks containerd"))),
+        "{ms:?}"
+    );
+    assert!(t
+        .event_reasons("unfit")
+        .await
+        .contains(&"HostPrerequisitesMissing".to_string()));
+
+    // Another host: the pool converges, and the step's error is gone.
+    t.passes_until_running("unfit", 5).await;
+    t.app.settle().await;
+    let o = t.operation(&create_op).await;
+    let s = step(&o, "node_pool/default");
+    assert_eq!(s["error"], Value::Null, "{o}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 of 2 machines running;"),
+        "{s}"
+    );
+}

@@ -46,6 +46,9 @@ pub struct InMemoryProvider {
     /// made; a create beyond that is `NoCapacity`, as a host pool with no
     /// free host matching the pool answers. Pools not named are unlimited.
     worker_slots: Mutex<BTreeMap<String, usize>>,
+    /// The next worker create answers `HostUnfit` with this message, as
+    /// the ssh provider does for a host that lacks a prerequisite.
+    unfit_next: Mutex<Option<String>>,
 }
 
 /// A worker held inside a provider call, as if its process were paused
@@ -86,7 +89,13 @@ impl InMemoryProvider {
             networks: Mutex::new(Vec::new()),
             pause_get: Mutex::new(None),
             worker_slots: Mutex::new(BTreeMap::new()),
+            unfit_next: Mutex::new(None),
         }
+    }
+
+    /// Makes the next worker create answer `HostUnfit(message)`.
+    pub fn unfit_next(&self, message: &str) {
+        *self.unfit_next.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.to_string());
     }
 
     /// Allows `slots` worker machines of pool `pool` from now on (see
@@ -198,6 +207,16 @@ impl Provider for InMemoryProvider {
         let mut machines = self.lock();
         if let Some(existing) = machines.get(&req.id) {
             return Ok(existing.clone());
+        }
+        if req.node_pool.is_some() {
+            let unfit = self
+                .unfit_next
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(message) = unfit {
+                return Err(ProviderError::HostUnfit(message));
+            }
         }
         if let Some(pool) = &req.node_pool {
             let mut slots = self.worker_slots.lock().unwrap_or_else(|p| p.into_inner());
