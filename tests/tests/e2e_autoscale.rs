@@ -519,16 +519,6 @@ async fn pending_pods_grow_pools_once_each_explained_across_replicas() {
     // auto node holds a guarded pod that would fit on the zero pool's
     // node; it stays while the budget allows no disruption, and goes
     // once the budget is gone (its pod moves).
-    let r = app
-        .call(
-            Method::PATCH,
-            &format!("/v1/clusters/{name}/node-pools/auto"),
-            Some(&owner),
-            Some(json!({"autoscaling": {"min": 0, "max": 4}})),
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
     apply(
         &kc,
         &tmp,
@@ -551,6 +541,19 @@ async fn pending_pods_grow_pools_once_each_explained_across_replicas() {
     )
     .await;
     assert_eq!(auto_pool["nodes"][0]["name"], guarded[0].2, "{auto_pool}");
+    // Only now may the pool go to 0: lowered before the guarded pod ran,
+    // the empty node could be removed before the pod and its budget
+    // reached it (seen on a loaded machine).
+    let r = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/clusters/{name}/node-pools/auto"),
+            Some(&owner),
+            Some(json!({"autoscaling": {"min": 0, "max": 4}})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     let note = wait_for("the budget named", Duration::from_secs(60), || async {
         let s = get(&app, &owner, &format!("/v1/clusters/{name}/autoscaler")).await;
         s["pools"]
