@@ -101,6 +101,23 @@ pub async fn boot(lab: &LabProvider, name: &str, owner: &ClientKey) -> ByoHost {
         assert!(Instant::now() < deadline, "{name} never settled: {out:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // And its addresses: an IPv6 link-local address is `tentative` until
+    // duplicate address detection ends, and then gains a local route; a
+    // state taken before that differs from every later one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = host
+            .run("ip -o addr show | grep -c tentative || true")
+            .await;
+        if out.iter().any(|l| l.trim() == "0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: addresses still tentative: {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     host
 }
 
