@@ -419,26 +419,8 @@ async fn a_host_without_containerd_is_refused_as_a_worker_and_left_untouched() {
     // containerd taken away.
     let tenant_key = ClientKey::generate().unwrap();
     let lab = byo_lab(&tmp.join("hostlab"), &guard.bridge, &subnet, &tenant_key);
-    let host_req = MachineRequest::new(
-        Uuid::new_v4(),
-        &format!("kfs{octet}-nocd"),
-        "platform",
-        Uuid::new_v4(),
-        MachineRole::ControlPlane,
-        MachineType::Small,
-        None,
-        ProviderSpec::Lab {},
-    );
-    let mut pm = lab.create(&host_req).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pm.state != ProviderMachineState::Running {
-        assert!(Instant::now() < deadline, "the pool host did not boot");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        pm = lab.get(host_req.id).await.unwrap().unwrap();
-    }
-    let address = pm.address.clone().unwrap();
-    let host_key = pm.host_key.clone().unwrap();
-    let target = SshTarget::new(address.clone(), "root", host_key.clone());
+    let host = kubeforge_tests::hosts::boot(&lab, &format!("kfs{octet}-nocd"), &tenant_key).await;
+    let (address, host_key, target) = (host.address.clone(), host.host_key.clone(), host.target());
     on_host(
         &target,
         &tenant_key,
@@ -446,7 +428,7 @@ async fn a_host_without_containerd_is_refused_as_a_worker_and_left_untouched() {
     )
     .await;
     // What `create` must not change: root's keys and Kubeforge's directory
-    // (the lab wrote the host's own identity there when it made it).
+    // (absent on a host of its own: `boot` removed the lab's).
     let state = "echo KEYS; cat /root/.ssh/authorized_keys; echo KUBEFORGE; \
                  if [ -e /etc/kubeforge ]; then find /etc/kubeforge -exec ls -ld --time-style=full-iso {} +; \
                  find /etc/kubeforge -type f -exec cat {} +; fi; echo END";
