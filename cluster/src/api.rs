@@ -799,6 +799,8 @@ mod tests {
                 region: "eu-west-1".into(),
                 subnet_id: "subnet-1".into(),
                 ami: "ami-1".into(),
+                role_arn: None,
+                key_name: None,
             },
             control_plane: ControlPlaneView {
                 replicas: 3,

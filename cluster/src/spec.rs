@@ -44,12 +44,28 @@ pub enum ProviderSpec {
     /// Hosts registered by a platform admin under `/v1/hosts`.
     #[schema(title = "SshProvider")]
     Ssh {},
-    /// EC2 instances.
+    /// EC2 instances, in the tenant's account or the service's.
     #[schema(title = "AwsProvider")]
     Aws {
+        /// The region the cluster's instances run in (`eu-west-1`).
         region: String,
+        /// The subnet they are launched into (`subnet-...`); its VPC holds
+        /// the cluster's security group.
         subnet_id: String,
+        /// The image they boot (`ami-...`): a Linux with cloud-init,
+        /// systemd and OpenSSH.
         ami: String,
+        /// A role the service assumes (STS `AssumeRole`) for every call
+        /// about this cluster, with the tenant's id as the external id, so
+        /// a role can trust the service for one tenant only. Absent: the
+        /// service's own credentials.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role_arn: Option<String>,
+        /// An EC2 key pair also put on the instances, for an operator's
+        /// own access. The service logs in with its own key (user-data)
+        /// either way.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_name: Option<String>,
     },
 }
 
@@ -67,6 +83,8 @@ impl ProviderSpec {
             region,
             subnet_id,
             ami,
+            role_arn,
+            key_name,
         } = self
         {
             for (field, value) in [("region", region), ("subnet_id", subnet_id), ("ami", ami)] {
@@ -74,6 +92,48 @@ impl ProviderSpec {
                     return Err(ValidationError::new(
                         field,
                         "must be a non-empty string of at most 128 characters",
+                    ));
+                }
+            }
+            // Region names are lowercase letters, digits and '-'
+            // (`us-east-1`, `eu-central-2`): they become a host name.
+            if !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(ValidationError::new(
+                    "region",
+                    "must be a region name such as us-east-1",
+                ));
+            }
+            if !subnet_id.starts_with("subnet-") {
+                return Err(ValidationError::new(
+                    "subnet_id",
+                    "must be a subnet id (subnet-...)",
+                ));
+            }
+            if !ami.starts_with("ami-") {
+                return Err(ValidationError::new("ami", "must be an image id (ami-...)"));
+            }
+            if let Some(arn) = role_arn {
+                let parts: Vec<&str> = arn.split(':').collect();
+                if arn.len() > 2048
+                    || parts.len() != 6
+                    || parts[0] != "arn"
+                    || parts[2] != "iam"
+                    || !parts[5].starts_with("role/")
+                {
+                    return Err(ValidationError::new(
+                        "role_arn",
+                        "must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)",
+                    ));
+                }
+            }
+            if let Some(key) = key_name {
+                if key.is_empty() || key.len() > 255 || key.chars().any(|c| c.is_control()) {
+                    return Err(ValidationError::new(
+                        "key_name",
+                        "must be a key pair name of 1-255 printable characters",
                     ));
                 }
             }
@@ -831,6 +891,28 @@ mod tests {
             (
                 json!({"provider": {"kind": "aws", "region": "", "subnet_id": "s", "ami": "a"}}),
                 "provider.region",
+            ),
+            (
+                json!({"provider": {"kind": "aws", "region": "EU west", "subnet_id": "subnet-1", "ami": "ami-1"}}),
+                "provider.region",
+            ),
+            (
+                json!({"provider": {"kind": "aws", "region": "eu-west-1", "subnet_id": "vpc-1", "ami": "ami-1"}}),
+                "provider.subnet_id",
+            ),
+            (
+                json!({"provider": {"kind": "aws", "region": "eu-west-1", "subnet_id": "subnet-1", "ami": "img"}}),
+                "provider.ami",
+            ),
+            (
+                json!({"provider": {"kind": "aws", "region": "eu-west-1", "subnet_id": "subnet-1",
+                                    "ami": "ami-1", "role_arn": "arn:aws:s3:::bucket"}}),
+                "provider.role_arn",
+            ),
+            (
+                json!({"provider": {"kind": "aws", "region": "eu-west-1", "subnet_id": "subnet-1",
+                                    "ami": "ami-1", "key_name": ""}}),
+                "provider.key_name",
             ),
         ];
         for (patch, field) in cases {

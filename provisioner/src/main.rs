@@ -99,6 +99,36 @@ impl TlsArgs {
     }
 }
 
+/// The `aws` provider, shared by `up` and `serve`.
+#[derive(clap::Args)]
+struct AwsArgs {
+    /// Run the `aws` provider (EC2). Off unless given, so a machine
+    /// without AWS credentials stays quiet. Credentials, and the endpoint
+    /// when it is not AWS's own, come the standard SDK way
+    /// (AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance role; AWS_ENDPOINT_URL,
+    /// AWS_ENDPOINT_URL_EC2).
+    #[arg(long)]
+    aws: bool,
+    /// A network the service reaches instances from (SSH, the API server
+    /// port); repeatable. Default: the cluster VPC's CIDR.
+    #[arg(long = "aws-service-cidr", value_name = "CIDR", requires = "aws")]
+    aws_service_cidrs: Vec<ipnet::IpNet>,
+    /// A network allowed to reach clusters' API servers (6443) besides the
+    /// service's; repeatable.
+    #[arg(long = "aws-api-cidr", value_name = "CIDR", requires = "aws")]
+    aws_api_cidrs: Vec<ipnet::IpNet>,
+}
+
+impl AwsArgs {
+    fn config(&self) -> Option<kubeforge::providers::aws::AwsConfig> {
+        self.aws.then(|| kubeforge::providers::aws::AwsConfig {
+            service_cidrs: self.aws_service_cidrs.clone(),
+            api_cidrs: self.aws_api_cidrs.clone(),
+            ..Default::default()
+        })
+    }
+}
+
 /// Where the Kubernetes binaries come from, shared by `up` and `serve`.
 #[derive(clap::Args)]
 struct ArtifactArgs {
@@ -176,6 +206,8 @@ enum Command {
         lab_tenants: LabTenants,
         #[command(flatten)]
         artifacts: ArtifactArgs,
+        #[command(flatten)]
+        aws: AwsArgs,
     },
     /// Run Kubeforge against a PostgreSQL server, or the embedded one.
     Serve {
@@ -208,6 +240,8 @@ enum Command {
         lab_tenants: LabTenants,
         #[command(flatten)]
         artifacts: ArtifactArgs,
+        #[command(flatten)]
+        aws: AwsArgs,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -397,6 +431,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             lab_tenants,
             artifacts,
+            aws,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -415,6 +450,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 insecure_plaintext: tls.insecure_plaintext,
                 lab_tenants,
                 artifacts: artifacts.settings()?,
+                aws: aws.config(),
             };
             server::serve(opts, true).await
         }
@@ -430,6 +466,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             lab_tenants,
             artifacts,
+            aws,
         } => {
             init_logging(cli.log_format);
             let opts = ServeOptions {
@@ -448,6 +485,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 insecure_plaintext: tls.insecure_plaintext,
                 lab_tenants,
                 artifacts: artifacts.settings()?,
+                aws: aws.config(),
             };
             server::serve(opts, false).await
         }

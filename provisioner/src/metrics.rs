@@ -107,6 +107,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Adds a collector made elsewhere (a provider's call counters) to
+    /// what `/metrics` renders.
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> prometheus::Result<()> {
+        self.registry.register(collector)
+    }
+
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new_custom(Some("kubeforge".into()), None)?;
         let http_requests = IntCounterVec::new(

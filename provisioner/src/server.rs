@@ -67,6 +67,8 @@ pub struct ServeOptions {
     /// Where the Kubernetes binaries come from, pinned how
     /// ([`artifact_settings`]).
     pub artifacts: ArtifactSettings,
+    /// Run the `aws` provider with these settings (`--aws`); None: off.
+    pub aws: Option<crate::providers::aws::AwsConfig>,
 }
 
 /// The Kubernetes binaries' settings as given, by flag or environment
@@ -424,6 +426,25 @@ pub fn register_ssh_provider(
     tracing::info!("ssh provider on");
 }
 
+/// Registers the `aws` provider when `--aws` asked for it. It bootstraps
+/// its instances over SSH, so it needs the machine access (the service's
+/// key and binaries) too; without it, it stays off, loudly.
+pub fn register_aws_provider(
+    providers: &mut ProviderRegistry,
+    config: Option<crate::providers::aws::AwsConfig>,
+    have_access: bool,
+) -> Option<crate::providers::aws::AwsProvider> {
+    let config = config?;
+    if !have_access {
+        tracing::error!("the aws provider needs the service's SSH key and Kubernetes binaries (see the warnings above): it is off");
+        return None;
+    }
+    let aws = crate::providers::aws::AwsProvider::new(config);
+    providers.register(Arc::new(aws.clone()));
+    tracing::info!("aws provider on");
+    Some(aws)
+}
+
 /// Service settings from the environment: `KUBEFORGE_KUBECONFIG_MAX_TTL`
 /// (e.g. `12h`; default 24h) caps what a tenant may ask for;
 /// `KUBEFORGE_RATE_LIMIT_READ` and `KUBEFORGE_RATE_LIMIT_WRITE`
@@ -684,6 +705,7 @@ async fn run(
     if let Some(access) = &access {
         register_ssh_provider(&mut providers, access, &pool, &secrets);
     }
+    let aws = register_aws_provider(&mut providers, opts.aws.clone(), access.is_some());
     let mut config = service_config()?;
     config.lab_tenants = opts.lab_tenants.clone();
     let grpc = match opts.grpc_listen {
@@ -716,6 +738,11 @@ async fn run(
         }
     };
     let app = build_app(pool.clone(), auth, secrets, providers, config, access)?;
+    if let Some(aws) = &aws {
+        let counters = aws.counters();
+        app.metrics.register(Box::new(counters.calls.clone()))?;
+        app.metrics.register(Box::new(counters.retries.clone()))?;
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = build_engine(

@@ -15,6 +15,7 @@ pub mod dns;
 pub mod grpc;
 pub mod hosts;
 pub mod lab;
+pub mod moto;
 pub mod python;
 pub mod tls;
 

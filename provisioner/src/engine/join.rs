@@ -171,7 +171,7 @@ async fn join_one(
         let offer = if lab {
             Some(worker::NodeOffer::of(pool.machine_type))
         } else if container.is_some() {
-            match app.providers.get(c.provider.kind()) {
+            match app.providers.for_cluster(c.id, &c.tenant, &c.provider) {
                 Some(p) => p
                     .capacity(m.id)
                     .await

@@ -624,7 +624,7 @@ async fn advertise_extended(
     nodes: &HashMap<String, NodeView>,
     kube: &dyn TenantApi,
 ) {
-    let Some(provider) = app.providers.get(c.provider.kind()) else {
+    let Some(provider) = app.providers.for_cluster(c.id, &c.tenant, &c.provider) else {
         return;
     };
     for m in workers.iter().filter(|m| m.state == MachineState::Running) {

@@ -273,7 +273,7 @@ impl Run<'_> {
         if c.deletion_requested_at.is_some() {
             return self.delete(&c, &ops).await;
         }
-        let Some(provider) = self.app.providers.get(c.provider.kind()) else {
+        let Some(provider) = self.app.providers.for_cluster(c.id, &c.tenant, &c.provider) else {
             return self.without_provider(&c).await;
         };
         let pools = node_pool::list_any(pool, c.id).await?;
@@ -1354,7 +1354,7 @@ impl Run<'_> {
             .iter()
             .filter(|o| o.kind == OperationKind::ClusterDelete)
             .collect();
-        let Some(provider) = self.app.providers.get(c.provider.kind()) else {
+        let Some(provider) = self.app.providers.for_cluster(c.id, &c.tenant, &c.provider) else {
             return self.without_provider(c).await;
         };
         // The service's client of this cluster is of no more use.
@@ -1404,6 +1404,9 @@ impl Run<'_> {
         for s in &strays {
             provider.delete(s.id).await?;
         }
+        // What the provider made for the cluster as a whole (a security
+        // group) goes once no machine of it is left.
+        provider.release_cluster(c.id).await?;
         if !strays.is_empty() {
             self.event(
                 c,

@@ -36,11 +36,20 @@
 //!   requests that will never work (bad image, unknown machine type). The
 //!   engine retries the first with backoff, re-checks the second later, and
 //!   fails the operation on the third.
+//! - **Scoped.** The engine asks about a cluster's machines through
+//!   `ProviderRegistry::for_cluster`, which hands a provider that needs to
+//!   know where a cluster lives (the `aws` provider: region, role) a copy
+//!   scoped to it (`scoped`). Others serve every cluster as they are.
+//! - **Released.** Once a deleted cluster's machines are gone,
+//!   `release_cluster` removes what the provider made for the cluster as a
+//!   whole (the `aws` provider's security group); idempotent, retryable
+//!   while something still holds it.
 //! - **Networks.** `networks` names every network its machines live on
 //!   that the service's host is part of (the lab's bridge subnet and the
 //!   host's address on it). The API keeps clusters' pod and service ranges
 //!   off them and refuses the gateway as a registered host's address.
 
+pub mod aws;
 pub mod lab;
 pub mod lab_network;
 pub mod ssh;
@@ -230,6 +239,14 @@ pub struct Capabilities {
     pub kube_binaries_bound: bool,
 }
 
+/// The cluster a provider copy serves (`Provider::scoped`).
+#[derive(Debug, Clone)]
+pub struct ClusterScope {
+    pub cluster_id: Uuid,
+    pub tenant: String,
+    pub spec: ProviderSpec,
+}
+
 /// The provider contract (see the module doc).
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
@@ -264,6 +281,16 @@ pub trait Provider: Send + Sync + 'static {
     async fn upkeep(&self) -> Result<Option<std::time::Duration>, ProviderError> {
         Ok(None)
     }
+    /// A copy of this provider for one cluster, where it needs to know
+    /// the cluster to find its machines; None: this one serves all.
+    fn scoped(&self, _scope: &ClusterScope) -> Option<Arc<dyn Provider>> {
+        None
+    }
+    /// Removes what was made for the cluster beyond its machines, once
+    /// they are all gone (see the contract). Nothing by default.
+    async fn release_cluster(&self, _cluster_id: Uuid) -> Result<(), ProviderError> {
+        Ok(())
+    }
 }
 
 /// The providers this service runs, by kind. A cluster of a kind with no
@@ -281,6 +308,23 @@ impl ProviderRegistry {
 
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Provider>> {
         self.by_kind.get(kind).cloned()
+    }
+
+    /// The provider of `kind`, scoped to one cluster where it needs to be
+    /// (`Provider::scoped`).
+    pub fn for_cluster(
+        &self,
+        cluster_id: Uuid,
+        tenant: &str,
+        spec: &ProviderSpec,
+    ) -> Option<Arc<dyn Provider>> {
+        let provider = self.get(spec.kind())?;
+        let scope = ClusterScope {
+            cluster_id,
+            tenant: tenant.to_string(),
+            spec: spec.clone(),
+        };
+        Some(provider.scoped(&scope).unwrap_or(provider))
     }
 
     pub fn kinds(&self) -> Vec<&'static str> {

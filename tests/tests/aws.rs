@@ -1,0 +1,601 @@
+//! The `aws` provider against a real EC2 API implementation: moto's
+//! server on loopback, behind the fault-injecting proxy of
+//! `kubeforge_tests::moto` (the SDK is pointed at it with the standard
+//! `AWS_ENDPOINT_URL`). What the provider made or left is read back with
+//! the tests' own EC2 client, and the "nothing left" checks with boto3
+//! straight from moto.
+
+use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
+use base64::Engine as _;
+use kubeforge::providers::aws::call::RetryPolicy;
+use kubeforge::providers::aws::{AwsConfig, AwsProvider};
+use kubeforge::providers::{
+    MachineRequest, Provider, ProviderError, ProviderMachineState, TAG_CLUSTER, TAG_MACHINE,
+    TAG_TENANT,
+};
+use kubeforge_cluster::pools::MachineRole;
+use kubeforge_cluster::spec::ProviderSpec;
+use kubeforge_cluster::MachineType;
+use kubeforge_tests::moto::{self, FaultKind, REGION};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use uuid::Uuid;
+
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKubeforgeServiceKeyForTests kubeforge";
+const API_CIDR: &str = "203.0.113.0/24";
+
+/// A VPC and a subnet of its own for one test.
+struct Net {
+    vpc_cidr: String,
+    subnet: String,
+}
+
+async fn network(ec2: &aws_sdk_ec2::Client) -> Net {
+    let vpc_cidr = "10.90.0.0/16".to_string();
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block(&vpc_cidr)
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc)
+        .cidr_block("10.90.1.0/24")
+        .send()
+        .await
+        .unwrap()
+        .subnet()
+        .unwrap()
+        .subnet_id()
+        .unwrap()
+        .to_string();
+    Net { vpc_cidr, subnet }
+}
+
+fn spec(net: &Net, role_arn: Option<&str>) -> ProviderSpec {
+    ProviderSpec::Aws {
+        region: REGION.into(),
+        subnet_id: net.subnet.clone(),
+        ami: "ami-0kubeforge0test".into(),
+        role_arn: role_arn.map(str::to_string),
+        key_name: None,
+    }
+}
+
+fn provider() -> AwsProvider {
+    moto::shared();
+    AwsProvider::new(AwsConfig {
+        api_cidrs: vec![API_CIDR.parse().unwrap()],
+        retry: RetryPolicy {
+            max_attempts: 6,
+            base: Duration::from_millis(20),
+            cap: Duration::from_millis(200),
+        },
+        delete_wait: Duration::from_secs(30),
+        ..Default::default()
+    })
+}
+
+fn request(cluster: Uuid, spec: &ProviderSpec, name: &str, role: MachineRole) -> MachineRequest {
+    let pool = (role == MachineRole::Worker).then_some("default");
+    let mut req = MachineRequest::new(
+        Uuid::now_v7(),
+        name,
+        "acme",
+        cluster,
+        role,
+        MachineType::Small,
+        pool,
+        spec.clone(),
+    );
+    req.user_data = Some(kubeforge_cluster::userdata::render(&req.identity(), KEY).unwrap());
+    req
+}
+
+/// The instances (any state but terminated) tagged `key = value`.
+async fn tagged(
+    ec2: &aws_sdk_ec2::Client,
+    key: &str,
+    value: &str,
+) -> Vec<aws_sdk_ec2::types::Instance> {
+    let out = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{key}"))
+                .values(value)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances().iter().cloned())
+        .filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated"))
+        .collect()
+}
+
+fn tag<'a>(i: &'a aws_sdk_ec2::types::Instance, key: &str) -> Option<&'a str> {
+    i.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+#[tokio::test]
+async fn lifecycle_tags_security_group_and_nothing_left() {
+    let ec2 = moto::ec2_client().await;
+    let net = network(&ec2).await;
+    let spec = spec(&net, None);
+    let cluster = Uuid::now_v7();
+    let aws = provider();
+    let p = aws.for_cluster(cluster, "acme", &spec).unwrap();
+    let cp = request(cluster, &spec, "web-cp-0", MachineRole::ControlPlane);
+    let worker = request(cluster, &spec, "web-default-0", MachineRole::Worker);
+
+    let m = p.create(&cp).await.unwrap();
+    assert!(m.provider_id.starts_with("i-"), "{m:?}");
+    assert_eq!(m.id, cp.id);
+    let creates: u64 = [
+        "RunInstances",
+        "DescribeInstances",
+        "DescribeSubnets",
+        "DescribeVpcs",
+        "DescribeSecurityGroups",
+        "CreateSecurityGroup",
+        "AuthorizeSecurityGroupIngress",
+        "GetConsoleOutput",
+    ]
+    .iter()
+    .map(|op| aws.counters().count(op, "ok"))
+    .sum();
+    let found = tagged(&ec2, TAG_MACHINE, &cp.id.to_string()).await;
+    assert_eq!(found.len(), 1, "one instance per machine");
+    let inst = &found[0];
+    assert_eq!(tag(inst, TAG_CLUSTER), Some(cluster.to_string().as_str()));
+    assert_eq!(tag(inst, TAG_TENANT), Some("acme"));
+    assert_eq!(tag(inst, "Name"), Some("web-cp-0"));
+    assert_eq!(tag(inst, "kubeforge:role"), Some("control_plane"));
+    assert_eq!(inst.instance_type().map(|t| t.as_str()), Some("t3.small"));
+    assert_eq!(inst.subnet_id(), Some(net.subnet.as_str()));
+    let address = inst.private_ip_address().unwrap();
+    assert!(address.starts_with("10.90.1."), "{address}");
+    let metadata = inst.metadata_options().unwrap();
+    assert_eq!(metadata.http_tokens().map(|t| t.as_str()), Some("required"));
+    assert_eq!(metadata.http_put_response_hop_limit(), Some(1));
+    let groups: Vec<&str> = inst
+        .security_groups()
+        .iter()
+        .filter_map(|g| g.group_name())
+        .collect();
+    assert_eq!(groups, vec![format!("kubeforge-{cluster}").as_str()]);
+    // The user-data is the cloud-config the engine rendered.
+    let attr = ec2
+        .describe_instance_attribute()
+        .instance_id(inst.instance_id().unwrap())
+        .attribute(InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    let user_data = base64::engine::general_purpose::STANDARD
+        .decode(attr.user_data().unwrap().value().unwrap())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(user_data).unwrap(),
+        *cp.user_data.as_ref().unwrap()
+    );
+
+    // The security group: the cluster's machines among themselves, SSH
+    // from the service (the VPC), the API from the service and API_CIDR.
+    let sg = ec2
+        .describe_security_groups()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{TAG_CLUSTER}"))
+                .values(cluster.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sg.security_groups().len(), 1);
+    let group = &sg.security_groups()[0];
+    let group_id = group.group_id().unwrap();
+    let mut rules = BTreeSet::new();
+    for perm in group.ip_permissions() {
+        let port = perm.from_port().map(|p| p.to_string()).unwrap_or_default();
+        let proto = perm.ip_protocol().unwrap_or_default();
+        for r in perm.ip_ranges() {
+            rules.insert(format!("{proto}/{port} from {}", r.cidr_ip().unwrap()));
+        }
+        for g in perm.user_id_group_pairs() {
+            let from = if g.group_id() == Some(group_id) {
+                "self"
+            } else {
+                "other"
+            };
+            rules.insert(format!("{proto} from {from}"));
+        }
+    }
+    let want: BTreeSet<String> = [
+        "-1 from self".to_string(),
+        format!("tcp/22 from {}", net.vpc_cidr),
+        format!("tcp/6443 from {}", net.vpc_cidr),
+        format!("tcp/6443 from {API_CIDR}"),
+    ]
+    .into();
+    assert_eq!(rules, want);
+
+    p.create(&worker).await.unwrap();
+    let seen = p.get(cp.id).await.unwrap().expect("the machine");
+    assert_eq!(seen.state, ProviderMachineState::Running);
+    assert_eq!(seen.address.as_deref(), Some(address));
+    // moto's console is a fixed sample without cloud-init's key block: no
+    // key is reported, so the engine would not log in (it pins only keys
+    // the cloud reports).
+    assert_eq!(seen.host_key, None);
+    let listed: BTreeSet<Uuid> = p
+        .list_by_cluster(cluster)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, BTreeSet::from([cp.id, worker.id]));
+
+    let before = aws.counters().count("TerminateInstances", "ok");
+    p.delete(worker.id).await.unwrap();
+    assert!(p.get(worker.id).await.unwrap().is_none());
+    p.delete(worker.id).await.unwrap();
+    assert_eq!(
+        aws.counters().count("TerminateInstances", "ok"),
+        before + 1,
+        "deleting a machine that is gone calls no TerminateInstances"
+    );
+    p.delete(cp.id).await.unwrap();
+    p.release_cluster(cluster).await.unwrap();
+    p.release_cluster(cluster).await.unwrap();
+    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+    let ops = [
+        "RunInstances",
+        "DescribeInstances",
+        "DescribeSubnets",
+        "DescribeVpcs",
+        "DescribeSecurityGroups",
+        "CreateSecurityGroup",
+        "AuthorizeSecurityGroupIngress",
+        "GetConsoleOutput",
+        "TerminateInstances",
+        "DescribeVolumes",
+        "DeleteVolume",
+        "DeleteSecurityGroup",
+        "StartInstances",
+    ];
+    let summary: Vec<String> = ops
+        .iter()
+        .map(|op| format!("{op}={}", aws.counters().count(op, "ok")))
+        .filter(|s| !s.ends_with("=0"))
+        .collect();
+    eprintln!(
+        "EC2 calls: first machine's create {creates}; whole test: {}",
+        summary.join(" ")
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_or_answerless_launch_makes_one_instance() {
+    let ec2 = moto::ec2_client().await;
+    let lab = moto::shared();
+    let net = network(&ec2).await;
+    let spec = spec(&net, None);
+    let cluster = Uuid::now_v7();
+    let aws = provider();
+    let p = aws.for_cluster(cluster, "acme", &spec).unwrap();
+
+    // The engine asks again (a crash, a timeout of its own): same machine.
+    let req = request(cluster, &spec, "web-cp-0", MachineRole::ControlPlane);
+    let first = p.create(&req).await.unwrap();
+    let again = p.create(&req).await.unwrap();
+    assert_eq!(first.provider_id, again.provider_id);
+    assert_eq!(
+        tagged(&ec2, TAG_MACHINE, &req.id.to_string()).await.len(),
+        1
+    );
+
+    // The answer to RunInstances is lost after moto made the instance (a
+    // gateway timeout): the provider finds it by its tag instead of
+    // launching again, which on moto would make a second one.
+    let lost = request(cluster, &spec, "web-cp-1", MachineRole::ControlPlane);
+    lab.proxy.inject(
+        "RunInstances",
+        &lost.id.to_string(),
+        FaultKind::LoseAnswer,
+        1,
+    );
+    let m = p.create(&lost).await.unwrap();
+    let found = tagged(&ec2, TAG_MACHINE, &lost.id.to_string()).await;
+    assert_eq!(found.len(), 1, "one instance after the lost answer");
+    assert_eq!(found[0].instance_id(), Some(m.provider_id.as_str()));
+    let runs: Vec<_> = lab
+        .proxy
+        .seen(&lost.id.to_string())
+        .into_iter()
+        .filter(|s| s.action == "RunInstances")
+        .collect();
+    assert_eq!(runs.len(), 1, "no second RunInstances");
+    assert_eq!(
+        runs[0].param("ClientToken"),
+        Some(lost.id.to_string().as_str())
+    );
+    assert_eq!(aws.counters().retried("RunInstances"), 1);
+
+    // A twin (what a repeated token makes on moto, or a launch another
+    // replica raced) is terminated when the machine is next looked at.
+    let twin = ec2
+        .run_instances()
+        .image_id("ami-0kubeforge0test")
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&net.subnet)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .set_tags(Some(
+                    req.tags
+                        .iter()
+                        .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build())
+                        .collect(),
+                ))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let twin_id = twin.instances()[0].instance_id().unwrap().to_string();
+    let seen = p.get(req.id).await.unwrap().unwrap();
+    assert_eq!(
+        seen.provider_id, first.provider_id,
+        "the older instance stays"
+    );
+    let left: Vec<String> = tagged(&ec2, TAG_MACHINE, &req.id.to_string())
+        .await
+        .iter()
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect();
+    assert_eq!(
+        left,
+        vec![first.provider_id.clone()],
+        "twin {twin_id} terminated"
+    );
+
+    for id in [req.id, lost.id] {
+        p.delete(id).await.unwrap();
+    }
+    p.release_cluster(cluster).await.unwrap();
+    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn the_sweep_finds_an_instance_the_ledger_never_recorded() {
+    let ec2 = moto::ec2_client().await;
+    let net = network(&ec2).await;
+    let spec = spec(&net, None);
+    let cluster = Uuid::now_v7();
+    // A process launches and dies before its ledger update: all it knew
+    // goes with it.
+    let orphan = request(cluster, &spec, "web-default-3", MachineRole::Worker);
+    {
+        let crashed = provider();
+        crashed.create(&orphan).await.unwrap();
+    }
+    // The deletion's sweep, as the engine runs it, from a new process.
+    let p = provider().for_cluster(cluster, "acme", &spec).unwrap();
+    let strays = p.list_by_cluster(cluster).await.unwrap();
+    assert_eq!(
+        strays.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![orphan.id]
+    );
+    for s in &strays {
+        p.delete(s.id).await.unwrap();
+    }
+    p.release_cluster(cluster).await.unwrap();
+    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+    assert!(p.list_by_cluster(cluster).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_are_retried_and_counted() {
+    let ec2 = moto::ec2_client().await;
+    let lab = moto::shared();
+    let net = network(&ec2).await;
+    let spec = spec(&net, None);
+    let cluster = Uuid::now_v7();
+    let aws = provider();
+    let p = aws.for_cluster(cluster, "acme", &spec).unwrap();
+    let req = request(cluster, &spec, "web-cp-0", MachineRole::ControlPlane);
+    let id = req.id.to_string();
+    let cid = cluster.to_string();
+    lab.proxy
+        .inject("DescribeInstances", &id, FaultKind::Throttle, 3);
+    lab.proxy
+        .inject("CreateSecurityGroup", &cid, FaultKind::ServerError, 1);
+    lab.proxy
+        .inject("RunInstances", &id, FaultKind::Throttle, 2);
+
+    let m = p.create(&req).await.unwrap();
+    lab.proxy
+        .inject("TerminateInstances", &m.provider_id, FaultKind::Throttle, 2);
+    assert_eq!(
+        p.get(req.id).await.unwrap().unwrap().state,
+        ProviderMachineState::Running
+    );
+    p.delete(req.id).await.unwrap();
+    p.release_cluster(cluster).await.unwrap();
+    assert_eq!(moto::leftovers(&cid), Vec::<String>::new());
+    assert_eq!(tagged(&ec2, TAG_MACHINE, &id).await.len(), 0);
+    assert_eq!(
+        lab.proxy
+            .seen(&id)
+            .iter()
+            .filter(|s| s.action == "RunInstances" && !s.faulted)
+            .count(),
+        1,
+        "one launch reached EC2"
+    );
+
+    let c = aws.counters();
+    let retries = |op: &str, reason: &str| c.retries.with_label_values(&[op, reason]).get();
+    assert_eq!(retries("DescribeInstances", "throttled"), 3);
+    assert_eq!(retries("CreateSecurityGroup", "server_error"), 1);
+    assert_eq!(retries("RunInstances", "throttled"), 2);
+    assert_eq!(retries("TerminateInstances", "throttled"), 2);
+    // ... and in what /metrics renders.
+    let metrics = kubeforge::metrics::Metrics::new().unwrap();
+    metrics.register(Box::new(c.calls.clone())).unwrap();
+    metrics.register(Box::new(c.retries.clone())).unwrap();
+    let text = metrics.render();
+    for line in [
+        "kubeforge_aws_retries_total{operation=\"RunInstances\",reason=\"throttled\"} 2",
+        "kubeforge_aws_retries_total{operation=\"CreateSecurityGroup\",reason=\"server_error\"} 1",
+        "kubeforge_aws_calls_total{operation=\"RunInstances\",outcome=\"ok\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+    eprintln!(
+        "retries under injected faults: {}",
+        [
+            "DescribeInstances",
+            "CreateSecurityGroup",
+            "RunInstances",
+            "TerminateInstances"
+        ]
+        .iter()
+        .map(|op| format!("{op}={}", c.retried(op)))
+        .collect::<Vec<_>>()
+        .join(" ")
+    );
+
+    // Throttled past every attempt: a retryable error, nothing launched.
+    let stuck = request(cluster, &spec, "web-cp-1", MachineRole::ControlPlane);
+    lab.proxy.inject(
+        "DescribeInstances",
+        &stuck.id.to_string(),
+        FaultKind::Throttle,
+        100,
+    );
+    match p.create(&stuck).await {
+        Err(ProviderError::Retryable(msg)) => {
+            assert!(
+                msg.contains("RequestLimitExceeded") && msg.contains("after 6 attempts"),
+                "{msg}"
+            )
+        }
+        other => panic!("expected a retryable error, got {other:?}"),
+    }
+    lab.proxy.clear(&stuck.id.to_string());
+    assert_eq!(
+        tagged(&ec2, TAG_MACHINE, &stuck.id.to_string()).await.len(),
+        0
+    );
+    p.release_cluster(cluster).await.unwrap();
+}
+
+#[tokio::test]
+async fn no_capacity_is_a_wait_and_bad_settings_are_permanent() {
+    let ec2 = moto::ec2_client().await;
+    let lab = moto::shared();
+    let net = network(&ec2).await;
+    let spec = spec(&net, None);
+    let cluster = Uuid::now_v7();
+    let aws = provider();
+    let p = aws.for_cluster(cluster, "acme", &spec).unwrap();
+    let req = request(cluster, &spec, "web-default-0", MachineRole::Worker);
+    lab.proxy.inject(
+        "RunInstances",
+        &req.id.to_string(),
+        FaultKind::NoCapacity,
+        1,
+    );
+    match p.create(&req).await {
+        Err(ProviderError::NoCapacity(msg)) => {
+            assert!(
+                msg.contains("t3.small") && msg.contains("InsufficientInstanceCapacity"),
+                "{msg}"
+            )
+        }
+        other => panic!("expected NoCapacity, got {other:?}"),
+    }
+    assert_eq!(
+        aws.counters().retried("RunInstances"),
+        0,
+        "not retried in place"
+    );
+    // Capacity came back: the same request launches.
+    p.create(&req).await.unwrap();
+    p.delete(req.id).await.unwrap();
+
+    let mut bad = spec.clone();
+    if let ProviderSpec::Aws { subnet_id, .. } = &mut bad {
+        *subnet_id = "subnet-0doesnotexist".into();
+    }
+    let other = Uuid::now_v7();
+    let q = request(other, &bad, "x-cp-0", MachineRole::ControlPlane);
+    match aws
+        .for_cluster(other, "acme", &bad)
+        .unwrap()
+        .create(&q)
+        .await
+    {
+        Err(ProviderError::Permanent(msg)) => {
+            assert!(msg.contains("subnet-0doesnotexist"), "{msg}")
+        }
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+    p.release_cluster(cluster).await.unwrap();
+    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_cluster_role_is_assumed_with_the_tenant_as_external_id() {
+    let ec2 = moto::ec2_client().await;
+    let lab = moto::shared();
+    let net = network(&ec2).await;
+    let role = "arn:aws:iam::123456789012:role/kubeforge-acme";
+    let spec = spec(&net, Some(role));
+    let cluster = Uuid::now_v7();
+    let p = provider().for_cluster(cluster, "acme", &spec).unwrap();
+    let req = request(cluster, &spec, "web-cp-0", MachineRole::ControlPlane);
+    p.create(&req).await.unwrap();
+    let assumed: Vec<_> = lab
+        .proxy
+        .all_seen()
+        .into_iter()
+        .filter(|s| s.action == "AssumeRole" && s.param("RoleArn") == Some(role))
+        .collect();
+    assert!(!assumed.is_empty(), "the role was assumed");
+    assert!(assumed
+        .iter()
+        .all(|s| s.param("ExternalId") == Some("acme")));
+    let runs: Vec<_> = lab
+        .proxy
+        .seen(&req.id.to_string())
+        .into_iter()
+        .filter(|s| s.action == "RunInstances")
+        .collect();
+    assert_eq!(runs.len(), 1);
+    assert_ne!(
+        runs[0].access_key, "testing",
+        "signed with the role's credentials"
+    );
+    assert!(!runs[0].access_key.is_empty());
+    p.delete(req.id).await.unwrap();
+    p.release_cluster(cluster).await.unwrap();
+    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+}
