@@ -36,12 +36,13 @@ pub enum FaultKind {
 }
 
 /// A fault for the next `times` calls of `action` whose form body
-/// contains `needle` (a test's cluster or machine id, so tests sharing
-/// the proxy do not hit each other's faults).
+/// contains every one of `needles` (a test's cluster or machine id, so
+/// tests sharing the proxy do not hit each other's faults, and maybe
+/// `InstanceType=m5.large`).
 #[derive(Debug, Clone)]
 pub struct Fault {
     pub action: String,
-    pub needle: String,
+    pub needles: Vec<String>,
     pub kind: FaultKind,
     pub times: u32,
 }
@@ -87,9 +88,14 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Adds a fault (see [`Fault`]).
     pub fn inject(&self, action: &str, needle: &str, kind: FaultKind, times: u32) {
+        self.inject_where(action, &[needle], kind, times);
+    }
+
+    /// Adds a fault for calls whose body contains all of `needles`.
+    pub fn inject_where(&self, action: &str, needles: &[&str], kind: FaultKind, times: u32) {
         self.state.lock().unwrap().faults.push(Fault {
             action: action.into(),
-            needle: needle.into(),
+            needles: needles.iter().map(|n| n.to_string()).collect(),
             kind,
             times,
         });
@@ -101,7 +107,7 @@ impl FaultProxy {
             .lock()
             .unwrap()
             .faults
-            .retain(|f| f.needle != needle);
+            .retain(|f| !f.needles.iter().any(|n| n == needle));
     }
 
     /// The calls seen so far that mention `needle` anywhere.
@@ -273,7 +279,9 @@ async fn forward(
         let hit = st
             .faults
             .iter_mut()
-            .find(|f| f.times > 0 && f.action == action && text.contains(&f.needle))
+            .find(|f| {
+                f.times > 0 && f.action == action && f.needles.iter().all(|n| text.contains(n))
+            })
             .map(|f| {
                 f.times -= 1;
                 f.kind
