@@ -272,7 +272,7 @@ async fn node_pool_reports_node_states_from_observations() {
                 role: kubeforge_cluster::pools::MachineRole::Worker,
                 name: &name,
                 provider: "lab",
-                machine_type: kubeforge_cluster::MachineType::Small,
+                machine_type: kubeforge_cluster::MachineType::SMALL,
             },
         )
         .await
@@ -1655,7 +1655,7 @@ async fn autoscaler_status_from_pools_and_snapshot() {
                 role: kubeforge_cluster::pools::MachineRole::Worker,
                 name: &format!("web-auto-{i}"),
                 provider: "lab",
-                machine_type: kubeforge_cluster::MachineType::Small,
+                machine_type: kubeforge_cluster::MachineType::SMALL,
             },
         )
         .await

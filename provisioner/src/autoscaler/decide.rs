@@ -738,7 +738,7 @@ mod tests {
             provider: ProviderSpec::Lab {},
             control_plane: ControlPlaneSpec {
                 replicas: 1,
-                machine_type: MachineType::Small,
+                machine_type: MachineType::SMALL,
             },
             network: ClusterNetwork::parse("10.244.0.0/16", "10.96.0.0/12").unwrap(),
             labels: Labels::default(),
@@ -764,7 +764,7 @@ mod tests {
             tenant: c.tenant.clone(),
             cluster_id: c.id,
             name: NodePoolName::parse(name).unwrap(),
-            machine_type: MachineType::Small,
+            machine_type: MachineType::SMALL,
             size,
             autoscaling: Some(Autoscaling {
                 min,
@@ -797,7 +797,7 @@ mod tests {
             role: MachineRole::Worker,
             name: name.into(),
             provider: "lab".into(),
-            machine_type: MachineType::Small,
+            machine_type: MachineType::SMALL,
             state,
             provider_id: None,
             address: None,
@@ -821,7 +821,7 @@ mod tests {
     }
 
     fn node(name: &str, pool: &str, ready: bool) -> WatchEvent<k8s_openapi::api::core::v1::Node> {
-        let offer = NodeOffer::of(MachineType::Small);
+        let offer = NodeOffer::of(MachineType::SMALL);
         WatchEvent::Apply(
             serde_json::from_value(json!({
                 "metadata": {"name": name, "labels": {"kubeforge.io/node-pool": pool}},

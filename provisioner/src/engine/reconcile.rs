@@ -469,7 +469,7 @@ impl Run<'_> {
                     None,
                     MachineRole::LoadBalancer,
                     &name,
-                    MachineType::Small,
+                    MachineType::SMALL,
                 )
                 .await
                 .map_err(db)?;
