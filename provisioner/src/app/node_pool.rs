@@ -1,10 +1,11 @@
 //! Node pool calls: create, list, get, update (size, autoscaling, drain
-//! timeout, auto-repair), delete.
+//! timeout, auto-repair, host selector, alternative machine types), delete.
 
 use kubeforge_cluster::api::{
     CreateNodePoolRequest, NodePoolAccepted, NodePoolView, OperationAccepted, OperationView,
     UpdateNodePoolRequest,
 };
+use kubeforge_cluster::machine_types::{check_alternatives_on, parse_alternatives};
 use kubeforge_cluster::operations::OperationKind;
 use kubeforge_cluster::spec::{check_drain_timeout, check_pool_size, MAX_POOLS};
 use kubeforge_cluster::{AutoRepair, Autoscaling, Labels, NodePoolSpec, ValidationError};
@@ -86,6 +87,7 @@ impl App {
             return Err(Error::Conflict("the cluster is being deleted".into()));
         }
         check_host_selector(c.provider.kind(), &spec.host_selector, "host_selector")?;
+        spec.check_provider(c.provider.kind())?;
         if let Some(why) = self.workers_unsupported(c.provider.kind()) {
             return Err(Error::Conflict(why));
         }
@@ -178,11 +180,12 @@ impl App {
             && req.drain_timeout_seconds.is_none()
             && req.auto_repair.is_none()
             && req.host_selector.is_none()
+            && req.alternative_machine_types.is_none()
         {
             return Err(kubeforge_cluster::ValidationError::new(
                 "size",
-                "give at least one of size, autoscaling, drain_timeout_seconds, auto_repair \
-                 and host_selector",
+                "give at least one of size, autoscaling, drain_timeout_seconds, auto_repair, \
+                 host_selector and alternative_machine_types",
             )
             .into());
         }
@@ -206,6 +209,14 @@ impl App {
         if let Some(selector) = &host_selector {
             check_host_selector(c.provider.kind(), selector, "host_selector")?;
         }
+        let alternatives = match &req.alternative_machine_types {
+            Some(names) => {
+                let alternatives = parse_alternatives(p.machine_type, names)?;
+                check_alternatives_on(c.provider.kind(), &alternatives)?;
+                alternatives
+            }
+            None => p.alternative_machine_types.clone(),
+        };
         let autoscaling = req.autoscaling.unwrap_or(p.autoscaling);
         if let Some(a) = &autoscaling {
             a.validate()?;
@@ -225,6 +236,7 @@ impl App {
             drain_timeout_seconds: req.drain_timeout_seconds.unwrap_or(p.drain_timeout_seconds),
             auto_repair: req.auto_repair.unwrap_or(p.auto_repair),
             host_selector: host_selector.unwrap_or_else(|| p.host_selector.clone()),
+            alternative_machine_types: alternatives,
         };
         let generation = node_pool::update_settings(&mut tx, p.id, &settings).await?;
         let message = format!(
@@ -343,6 +355,20 @@ fn describe_changes(old: &node_pool::PoolSettings, new: &node_pool::PoolSettings
             "host selector {} -> {}",
             show(&old.host_selector),
             show(&new.host_selector)
+        ));
+    }
+    if old.alternative_machine_types != new.alternative_machine_types {
+        let show = |ts: &[kubeforge_cluster::MachineType]| {
+            if ts.is_empty() {
+                "none".to_string()
+            } else {
+                ts.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")
+            }
+        };
+        parts.push(format!(
+            "alternative machine types {} -> {}",
+            show(&old.alternative_machine_types),
+            show(&new.alternative_machine_types)
         ));
     }
     if old.auto_repair != new.auto_repair {

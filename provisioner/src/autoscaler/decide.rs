@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kubeforge_cluster::api::{PendingPodView, PoolReasonView, PENDING_SHOWN};
+use kubeforge_cluster::machine_types::GPU_RESOURCE;
 use kubeforge_cluster::pools::{MachineRole, MachineState};
 use kubeforge_cluster::scaledown::{
     self, Controller, Pdb, PodOnNode, PoolBounds, PoolNode, ScaleDownInput, ScaleDownSettings,
@@ -154,15 +155,20 @@ impl World {
     }
 }
 
-/// Resources from a node offer.
+/// Resources from a node offer, with the type's GPUs as the extended
+/// resource their device plugin advertises.
 fn offered(t: MachineType, ephemeral_bytes: u64) -> Resources {
     let offer = NodeOffer::of(t);
+    let mut extended = BTreeMap::new();
+    if t.gpus() > 0 {
+        extended.insert(GPU_RESOURCE.to_string(), u64::from(t.gpus()));
+    }
     Resources {
         cpu_millis: offer.cpu_millis,
         memory_bytes: offer.memory_bytes,
         ephemeral_bytes,
         pods: PODS_PER_NODE,
-        extended: BTreeMap::new(),
+        extended,
     }
 }
 
@@ -765,6 +771,7 @@ mod tests {
             cluster_id: c.id,
             name: NodePoolName::parse(name).unwrap(),
             machine_type: MachineType::SMALL,
+            alternative_machine_types: Vec::new(),
             size,
             autoscaling: Some(Autoscaling {
                 min,
@@ -1045,6 +1052,51 @@ mod tests {
         );
         let why = plan.no_scale_up.unwrap();
         assert!(why.starts_with("2 pending pod(s) fit no pool: "), "{why}");
+    }
+
+    #[test]
+    fn a_pod_asking_for_a_gpu_grows_the_gpu_pool_and_the_other_says_insufficient_gpu() {
+        let c = cluster();
+        let mut cpu = pool(&c, "cpu", 0, 0, 2);
+        cpu.machine_type = MachineType::parse("m5.large").unwrap();
+        let mut gpu = pool(&c, "gpu", 0, 0, 2);
+        gpu.machine_type = MachineType::parse("g4dn.xlarge").unwrap();
+        let w = world(vec![cpu, gpu], vec![]);
+        let trainer = json!({"containers": [{"name": "c", "image": "x", "resources": {
+            "requests": {"cpu": "500m", "memory": "64Mi", "nvidia.com/gpu": "1"},
+            "limits": {"nvidia.com/gpu": "1"}}}]});
+        let m = mirror(vec![], vec![pod("train", "500m", None, trainer)]);
+        let plan = plan_scale_up(&w, &m, &HashMap::new());
+        assert_eq!(plan.grows.len(), 1, "{plan:?}");
+        assert_eq!(
+            (
+                plan.grows[0].pool.as_str(),
+                plan.grows[0].from,
+                plan.grows[0].to
+            ),
+            ("gpu", 0, 1)
+        );
+
+        // With the GPU pool held, the pod fits no pool: the m5.large pool
+        // says why it never could.
+        let holds = HashMap::from([("gpu".to_string(), "backed off".to_string())]);
+        let plan = plan_scale_up(&w, &m, &holds);
+        assert!(plan.grows.is_empty(), "{plan:?}");
+        let reasons: Vec<(&str, &str)> = plan.pending[0]
+            .reasons
+            .iter()
+            .map(|r| (r.pool.as_str(), r.reason.as_str()))
+            .collect();
+        assert!(
+            reasons.contains(&("cpu", "insufficient nvidia.com/gpu")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|(p, r)| *p == "gpu" && r.contains("backed off")),
+            "{reasons:?}"
+        );
     }
 
     #[test]

@@ -322,6 +322,18 @@ pub struct NodePoolUpdateArgs {
     /// Clear the pool's host selector: any free host will do.
     #[arg(long)]
     pub any_host: bool,
+    /// Replace the pool's alternative machine types (aws clusters) with
+    /// these, tried in order when the provider has no capacity for the
+    /// pool's type (repeatable).
+    #[arg(
+        long = "alternative-machine-type",
+        value_name = "TYPE",
+        conflicts_with = "no_alternatives"
+    )]
+    pub alternative_machine_types: Vec<String>,
+    /// Clear the pool's alternative machine types.
+    #[arg(long)]
+    pub no_alternatives: bool,
     /// Only update if the pool's etag still matches (412 otherwise).
     #[arg(long)]
     pub if_match: Option<String>,
@@ -361,6 +373,10 @@ pub struct NodePoolCreateArgs {
     /// ssh clusters only): they claim only registered hosts carrying all.
     #[arg(long = "host-selector", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub host_selector: Vec<(String, String)>,
+    /// A machine type to launch instead, in order, when the provider has
+    /// no capacity for --machine-type (repeatable; aws clusters only).
+    #[arg(long = "alternative-machine-type", value_name = "TYPE")]
+    pub alternative_machine_types: Vec<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -813,6 +829,7 @@ pub fn cluster_create_body(args: &ClusterCreateArgs) -> anyhow::Result<Value> {
                 drain_timeout_seconds: None,
                 auto_repair: None,
                 host_selector: BTreeMap::new(),
+                alternative_machine_types: Vec::new(),
             })
             .collect(),
         labels: labels_map(&args.labels),
@@ -850,6 +867,7 @@ fn node_pool_body(args: &NodePoolCreateArgs) -> CreateNodePoolRequest {
         drain_timeout_seconds: args.drain_timeout,
         auto_repair: args.repair.settings(),
         host_selector: labels_map(&args.host_selector),
+        alternative_machine_types: args.alternative_machine_types.clone(),
     }
 }
 
@@ -868,18 +886,22 @@ pub fn node_pool_update_body(args: &NodePoolUpdateArgs) -> anyhow::Result<Update
         auto_repair,
         host_selector: (args.any_host || !args.host_selector.is_empty())
             .then(|| labels_map(&args.host_selector)),
+        alternative_machine_types: (args.no_alternatives
+            || !args.alternative_machine_types.is_empty())
+        .then(|| args.alternative_machine_types.clone()),
     };
     anyhow::ensure!(
         body.size.is_some()
             || body.autoscaling.is_some()
             || body.drain_timeout_seconds.is_some()
             || body.auto_repair.is_some()
-            || body.host_selector.is_some(),
+            || body.host_selector.is_some()
+            || body.alternative_machine_types.is_some(),
         ClientError::BadArgument {
             what: "nodepools update".into(),
             reason: "nothing to change: give --size, --min/--max, --no-autoscaling, \
-                     --drain-timeout, --repair-after, --no-auto-repair, --host-selector \
-                     or --any-host"
+                     --drain-timeout, --repair-after, --no-auto-repair, --host-selector, \
+                     --any-host, --alternative-machine-type or --no-alternatives"
                 .into(),
         }
     );
@@ -2473,6 +2495,7 @@ mod tests {
             cluster: Uuid::from_u128(1),
             name: name.into(),
             machine_type: machine_type.into(),
+            alternative_machine_types: Vec::new(),
             size,
             autoscaling: None,
             labels: BTreeMap::new(),
