@@ -702,6 +702,9 @@ pub struct Quota {
     pub max_clusters: i32,
     /// Worker nodes summed over all pools' desired sizes (and autoscaling maxima).
     pub max_nodes: i32,
+    /// vCPUs: those worker nodes, each weighted by its pool's machine type
+    /// vCPUs, plus every control-plane member weighted by its own.
+    pub max_cpus: i32,
 }
 
 /// A tenant's quota and what it uses now.
@@ -710,8 +713,11 @@ pub struct QuotaView {
     pub tenant: String,
     pub max_clusters: i32,
     pub max_nodes: i32,
+    pub max_cpus: i32,
     pub clusters: i64,
     pub nodes: i64,
+    /// vCPUs counted against `max_cpus`.
+    pub cpus: i64,
 }
 
 // ---------------------------------------------------------------------------

@@ -184,7 +184,7 @@ async fn up_serves_the_cli_stops_cleanly_and_keeps_data() {
     let r = reqwest::Client::new()
         .put(format!("http://127.0.0.1:{port}/v1/tenants/acme/quota"))
         .bearer_auth(&platform)
-        .json(&serde_json::json!({"max_clusters": 4, "max_nodes": 21}))
+        .json(&serde_json::json!({"max_clusters": 4, "max_nodes": 21, "max_cpus": 400}))
         .send()
         .await
         .unwrap();
@@ -342,7 +342,7 @@ async fn two_serve_processes_share_one_database() {
                 ports[i % 2]
             ))
             .bearer_auth(&platform)
-            .json(&serde_json::json!({"max_clusters": max_clusters, "max_nodes": 40}))
+            .json(&serde_json::json!({"max_clusters": max_clusters, "max_nodes": 40, "max_cpus": 400}))
             .send()
             .await
             .unwrap();
@@ -438,6 +438,7 @@ async fn autoscaler_status_and_machine_types_from_the_cli() {
         Quota {
             max_clusters: 5,
             max_nodes: 50,
+            max_cpus: 400,
         },
     )
     .await

@@ -310,7 +310,7 @@ async fn every_call_answers_for_its_own_cluster_and_refuses_with_a_reason() {
             &admin,
             Method::PUT,
             &quota,
-            Some(json!({"max_clusters": 10, "max_nodes": 3})),
+            Some(json!({"max_clusters": 10, "max_nodes": 3, "max_cpus": 400})),
         )
         .await;
     assert!(r.status.is_success(), "{}", r.text);
@@ -324,7 +324,7 @@ async fn every_call_answers_for_its_own_cluster_and_refuses_with_a_reason() {
             &admin,
             Method::PUT,
             &quota,
-            Some(json!({"max_clusters": 10, "max_nodes": 50})),
+            Some(json!({"max_clusters": 10, "max_nodes": 50, "max_cpus": 400})),
         )
         .await;
     assert!(r.status.is_success(), "{}", r.text);

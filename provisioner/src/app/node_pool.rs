@@ -8,7 +8,9 @@ use kubeforge_cluster::api::{
 use kubeforge_cluster::machine_types::{check_alternatives_on, parse_alternatives};
 use kubeforge_cluster::operations::OperationKind;
 use kubeforge_cluster::spec::{check_drain_timeout, check_pool_size, MAX_POOLS};
-use kubeforge_cluster::{AutoRepair, Autoscaling, Labels, NodePoolSpec, ValidationError};
+use kubeforge_cluster::{
+    AutoRepair, Autoscaling, Labels, MachineType, NodePoolSpec, ValidationError,
+};
 
 use super::cluster::check_if_match;
 use super::views::node_pool_view;
@@ -40,24 +42,39 @@ pub(super) fn check_host_selector(
 }
 
 impl App {
+    /// Refuses `extra` more nodes of `machine_type` (on `field`) when they
+    /// would cross the tenant's node or vCPU quota.
     async fn check_node_quota(
         &self,
         conn: &mut sqlx::PgConnection,
         ctx: &OpContext,
         extra: i64,
+        machine_type: MachineType,
         field: &str,
     ) -> Result<()> {
         if extra <= 0 {
             return Ok(());
         }
         let quota = tenant::ensure_locked(conn, &ctx.tenant, self.config.default_quota).await?;
-        let (_, nodes) = tenant::usage(conn, &ctx.tenant).await?;
+        let usage = tenant::usage(conn, &ctx.tenant).await?;
+        let nodes = usage.nodes;
         if nodes + extra > i64::from(quota.max_nodes) {
             return Err(Error::QuotaExceeded {
                 field: field.into(),
                 detail: format!(
                     "{extra} more nodes would exceed the quota of {} (in use: {nodes})",
                     quota.max_nodes
+                ),
+            });
+        }
+        let cpus = extra * i64::from(machine_type.cpus());
+        if usage.cpus + cpus > i64::from(quota.max_cpus) {
+            return Err(Error::QuotaExceeded {
+                field: field.into(),
+                detail: format!(
+                    "{extra} more {machine_type} nodes ({cpus} vCPUs) would exceed the vCPU \
+                     quota of {} (in use: {})",
+                    quota.max_cpus, usage.cpus
                 ),
             });
         }
@@ -100,7 +117,8 @@ impl App {
             )));
         }
         let extra = i64::from(spec.size.max(spec.autoscaling.map_or(0, |a| a.max)));
-        self.check_node_quota(&mut tx, ctx, extra, "size").await?;
+        self.check_node_quota(&mut tx, ctx, extra, spec.machine_type, "size")
+            .await?;
         let id = uuid::Uuid::now_v7();
         node_pool::insert(&mut tx, ctx, c.id, id, &spec).await?;
         let op = self
@@ -228,7 +246,7 @@ impl App {
         check_pool_size(size, autoscaling.as_ref())?;
         let old = i64::from(p.size.max(p.autoscaling.map_or(0, |a| a.max)));
         let new = i64::from(size.max(autoscaling.map_or(0, |a| a.max)));
-        self.check_node_quota(&mut tx, ctx, new - old, "size")
+        self.check_node_quota(&mut tx, ctx, new - old, p.machine_type, "size")
             .await?;
         let settings = node_pool::PoolSettings {
             size,
