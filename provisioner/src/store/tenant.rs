@@ -85,44 +85,42 @@ fn weighted(name: &str, count: i64) -> anyhow::Result<i64> {
     Ok(count * i64::from(t.cpus()))
 }
 
-/// The tenant's [`Usage`]. The vCPU weights live in the catalogue, not the
-/// database, so the counts come back per machine type and are weighted here.
+/// The tenant's [`Usage`], in one round trip (cluster creates hold the
+/// tenant's row lock meanwhile). The vCPU weights live in the catalogue,
+/// not the database, so the counts come back per machine type and are
+/// weighted here.
 pub async fn usage(conn: &mut PgConnection, tenant: &str) -> crate::error::Result<Usage> {
-    let clusters = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM clusters WHERE tenant = $1 AND deleted_at IS NULL"#,
-        tenant
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    let pools = sqlx::query!(
-        r#"SELECT machine_type,
-                  COALESCE(sum(GREATEST(size, COALESCE(autoscaling_max, 0))), 0)::BIGINT AS "n!"
-           FROM node_pools WHERE tenant = $1 AND deleted_at IS NULL
-           GROUP BY machine_type"#,
-        tenant
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let control_planes = sqlx::query!(
-        r#"SELECT control_plane->>'machine_type' AS "machine_type!",
-                  COALESCE(sum((control_plane->>'replicas')::INT), 0)::BIGINT AS "n!"
-           FROM clusters WHERE tenant = $1 AND deleted_at IS NULL
-           GROUP BY 1"#,
+    let rows = sqlx::query!(
+        r#"SELECT 'cluster' AS "kind!", '' AS "machine_type!", count(*)::BIGINT AS "n!"
+             FROM clusters WHERE tenant = $1 AND deleted_at IS NULL
+           UNION ALL
+           SELECT 'pool', machine_type,
+                  COALESCE(sum(GREATEST(size, COALESCE(autoscaling_max, 0))), 0)::BIGINT
+             FROM node_pools WHERE tenant = $1 AND deleted_at IS NULL
+            GROUP BY machine_type
+           UNION ALL
+           SELECT 'control_plane', control_plane->>'machine_type',
+                  COALESCE(sum((control_plane->>'replicas')::INT), 0)::BIGINT
+             FROM clusters WHERE tenant = $1 AND deleted_at IS NULL
+            GROUP BY 2"#,
         tenant
     )
     .fetch_all(&mut *conn)
     .await?;
     let mut usage = Usage {
-        clusters,
+        clusters: 0,
         nodes: 0,
         cpus: 0,
     };
-    for p in pools {
-        usage.nodes += p.n;
-        usage.cpus += weighted(&p.machine_type, p.n)?;
-    }
-    for c in control_planes {
-        usage.cpus += weighted(&c.machine_type, c.n)?;
+    for r in rows {
+        match r.kind.as_str() {
+            "cluster" => usage.clusters = r.n,
+            "pool" => {
+                usage.nodes += r.n;
+                usage.cpus += weighted(&r.machine_type, r.n)?;
+            }
+            _ => usage.cpus += weighted(&r.machine_type, r.n)?,
+        }
     }
     Ok(usage)
 }
