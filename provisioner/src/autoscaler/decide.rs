@@ -92,6 +92,9 @@ pub struct World {
     pub settings: Settings,
     /// The tenant's node quota and the nodes its pools ask for now.
     pub quota: Option<scaleup::Quota>,
+    /// The tenant's vCPU quota and the vCPUs its pools and control planes
+    /// ask for now.
+    pub cpu_quota: Option<scaleup::Quota>,
 }
 
 impl World {
@@ -107,13 +110,16 @@ impl World {
             return Ok(None);
         }
         let machines = machine::list_any(&app.pool, id).await?;
-        let (in_use, limit) = crate::store::tenant::nodes_now(&app.pool, &c.tenant).await?;
-        let quota = limit.map(|limit| scaleup::Quota {
-            in_use: u32::try_from(in_use).unwrap_or(u32::MAX),
-            limit: u32::try_from(limit).unwrap_or(0),
-        });
+        let now = crate::store::tenant::in_use_now(&app.pool, &c.tenant).await?;
+        let quota = |in_use: i64, limit: Option<i32>| {
+            limit.map(|limit| scaleup::Quota {
+                in_use: u32::try_from(in_use).unwrap_or(u32::MAX),
+                limit: u32::try_from(limit).unwrap_or(0),
+            })
+        };
         Ok(Some(World {
-            quota,
+            quota: quota(now.nodes, now.max_nodes),
+            cpu_quota: quota(now.cpus, now.max_cpus),
             settings: Settings::from(&c.autoscaler),
             cluster: c,
             pools,
@@ -340,6 +346,7 @@ pub fn plan_scale_up(
             size: p.size,
             max: p.autoscaling.map_or(p.size, |a| a.max),
             priority: p.autoscaling.map_or(0, |a| a.priority),
+            vcpus: p.machine_type.cpus(),
             excluded: holds.get(p.name.as_str()).cloned(),
         })
         .collect();
@@ -352,6 +359,7 @@ pub fn plan_scale_up(
         &ScaleUpSettings {
             expander: world.settings.expander,
             quota: world.quota,
+            cpu_quota: world.cpu_quota,
             max_nodes_per_scale_up: world.settings.max_nodes_per_scale_up,
         },
     );
@@ -909,6 +917,7 @@ mod tests {
             pools,
             machines,
             quota: None,
+            cpu_quota: None,
         }
     }
 
@@ -1128,6 +1137,42 @@ mod tests {
             .find(|p| p.outcome == "no_pool")
             .unwrap();
         assert!(left.reasons[0].reason.contains("quota"), "{left:?}");
+    }
+
+    #[test]
+    fn the_tenant_vcpu_quota_bounds_a_scale_up_by_the_pools_machine_type() {
+        let c = cluster();
+        let mut auto = pool(&c, "auto", 1, 1, 4);
+        auto.machine_type = MachineType::MEDIUM;
+        let mut w = world(
+            vec![auto.clone()],
+            vec![machine(&auto, "auto-1", MachineState::Running)],
+        );
+        // A small control plane and one medium node use 3 of 6 vCPUs:
+        // room for one more medium node (2), not two.
+        w.cpu_quota = Some(scaleup::Quota {
+            in_use: 3,
+            limit: 6,
+        });
+        let m = mirror(
+            vec![node("auto-1", "auto", true)],
+            vec![
+                pod("web-1", "600m", Some("auto-1"), json!({})),
+                pod("web-2", "1500m", None, json!({})),
+                pod("web-3", "1500m", None, json!({})),
+            ],
+        );
+        let plan = plan_scale_up(&w, &m, &HashMap::new());
+        assert_eq!((plan.grows[0].from, plan.grows[0].to), (1, 2), "{plan:?}");
+        let left = plan
+            .pending
+            .iter()
+            .find(|p| p.outcome == "no_pool")
+            .unwrap();
+        assert_eq!(
+            left.reasons[0].reason, "quota: 5 vCPUs in use of 6",
+            "{left:?}"
+        );
     }
 
     #[test]

@@ -125,18 +125,54 @@ pub async fn usage(conn: &mut PgConnection, tenant: &str) -> crate::error::Resul
     Ok(usage)
 }
 
-/// Worker nodes the tenant's pools ask for now (their sizes, not their
-/// autoscaling maxima), and its node quota: what an autoscaler decision
-/// may still add. (Admission counts each pool at its max, so this only
-/// bites when a platform admin lowered the quota since.)
-pub async fn nodes_now(db: impl PgExecutor<'_>, tenant: &str) -> sqlx::Result<(i64, Option<i32>)> {
-    let r = sqlx::query!(
-        r#"SELECT COALESCE((SELECT sum(size) FROM node_pools
-                            WHERE tenant = $1 AND deleted_at IS NULL), 0)::BIGINT AS "in_use!",
-                  (SELECT max_nodes FROM tenants WHERE id = $1) AS max_nodes"#,
+/// What the tenant's pools ask for now (their sizes, not their
+/// autoscaling maxima) and its quota: what an autoscaler decision may
+/// still add. (Admission counts each pool at its max, so this only bites
+/// when a platform admin lowered the quota since.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InUseNow {
+    /// Worker nodes, at the pools' sizes.
+    pub nodes: i64,
+    /// Those nodes weighted by their pool's machine type vCPUs, plus the
+    /// control planes' members by theirs.
+    pub cpus: i64,
+    /// None: the tenant has no row (it never wrote), so no quota yet.
+    pub max_nodes: Option<i32>,
+    pub max_cpus: Option<i32>,
+}
+
+/// The tenant's [`InUseNow`], in one round trip.
+pub async fn in_use_now(db: impl PgExecutor<'_>, tenant: &str) -> crate::error::Result<InUseNow> {
+    let rows = sqlx::query!(
+        r#"SELECT 'pool' AS "kind!", machine_type AS "machine_type!",
+                  COALESCE(sum(size), 0)::BIGINT AS "n!"
+             FROM node_pools WHERE tenant = $1 AND deleted_at IS NULL
+            GROUP BY machine_type
+           UNION ALL
+           SELECT 'control_plane', control_plane->>'machine_type',
+                  COALESCE(sum((control_plane->>'replicas')::INT), 0)::BIGINT
+             FROM clusters WHERE tenant = $1 AND deleted_at IS NULL
+            GROUP BY 2
+           UNION ALL
+           SELECT 'max_nodes', '', max_nodes::BIGINT FROM tenants WHERE id = $1
+           UNION ALL
+           SELECT 'max_cpus', '', max_cpus::BIGINT FROM tenants WHERE id = $1"#,
         tenant
     )
-    .fetch_one(db)
+    .fetch_all(db)
     .await?;
-    Ok((r.in_use, r.max_nodes))
+    let mut now = InUseNow::default();
+    let limit = |n: i64| Some(i32::try_from(n).unwrap_or(i32::MAX));
+    for r in rows {
+        match r.kind.as_str() {
+            "pool" => {
+                now.nodes += r.n;
+                now.cpus += weighted(&r.machine_type, r.n)?;
+            }
+            "control_plane" => now.cpus += weighted(&r.machine_type, r.n)?,
+            "max_nodes" => now.max_nodes = limit(r.n),
+            _ => now.max_cpus = limit(r.n),
+        }
+    }
+    Ok(now)
 }
