@@ -319,6 +319,22 @@ async fn every_call_answers_for_its_own_cluster_and_refuses_with_a_reason() {
         Code::ResourceExhausted,
         "node quota is 3",
     );
+    // vCPUs at the sizes now: the small control plane (1), auto's two
+    // small nodes and fixed's one: 4 of 4, so one more small node is over.
+    let r = t
+        .req(
+            &admin,
+            Method::PUT,
+            &quota,
+            Some(json!({"max_clusters": 10, "max_nodes": 50, "max_cpus": 4})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    refused(
+        increase(&mut c, "auto", 1).await,
+        Code::ResourceExhausted,
+        "vCPU quota is 4 and it uses 4",
+    );
     let r = t
         .req(
             &admin,
