@@ -1549,12 +1549,21 @@ fn pool_table<'a>(pools: impl IntoIterator<Item = &'a NodePoolView>) -> Table {
             text(&p.name),
             // Ready nodes out of the desired size, as kubectl shows replicas.
             format!("{}/{}", p.ready_nodes, p.size),
-            text(&p.machine_type),
+            machine_types(p),
             autoscaling,
             p.phase.as_str().into(),
         ]);
     }
     t
+}
+
+/// `m5.large`, or with its alternatives in order: `m5.large|m5a.large|m6i.large`.
+fn machine_types(p: &NodePoolView) -> String {
+    std::iter::once(&p.machine_type)
+        .chain(&p.alternative_machine_types)
+        .map(|t| text(t))
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 fn write_operation(out: &mut impl Write, op: &OperationView) -> std::io::Result<()> {
@@ -1788,6 +1797,26 @@ mod tests {
             json!({"host_selector": {}})
         );
         assert!(parse(&with(&["--any-host", "--host-selector", "gpu=true"])).is_err());
+        assert_eq!(
+            body(&with(&[
+                "--alternative-machine-type",
+                "m5a.large",
+                "--alternative-machine-type",
+                "m6i.large"
+            ]))
+            .unwrap(),
+            json!({"alternative_machine_types": ["m5a.large", "m6i.large"]})
+        );
+        assert_eq!(
+            body(&with(&["--no-alternatives"])).unwrap(),
+            json!({"alternative_machine_types": []})
+        );
+        assert!(parse(&with(&[
+            "--no-alternatives",
+            "--alternative-machine-type",
+            "m5a.large"
+        ]))
+        .is_err());
         let err = body(&base).unwrap_err();
         assert!(err.to_string().contains("nothing to change"), "{err}");
         assert_eq!(exit_code(&err), EXIT_USAGE);
@@ -2188,6 +2217,18 @@ mod tests {
             })
         );
         let body = node_pool_body(&pool_args(&[
+            "--machine-type",
+            "m5.large",
+            "--alternative-machine-type",
+            "m5a.large",
+            "--alternative-machine-type",
+            "m6i.large",
+        ]));
+        assert_eq!(
+            serde_json::to_value(body).unwrap()["alternative_machine_types"],
+            json!(["m5a.large", "m6i.large"])
+        );
+        let body = node_pool_body(&pool_args(&[
             "--min",
             "0",
             "--max",
@@ -2487,6 +2528,14 @@ mod tests {
             started_at: None,
             finished_at: None,
         }
+    }
+
+    #[test]
+    fn a_pools_alternatives_follow_its_machine_type() {
+        let mut p = pool_view("gpu", 1, 1, "g4dn.xlarge");
+        assert_eq!(machine_types(&p), "g4dn.xlarge");
+        p.alternative_machine_types = vec!["g4dn.2xlarge".into(), "p3.2xlarge".into()];
+        assert_eq!(machine_types(&p), "g4dn.xlarge|g4dn.2xlarge|p3.2xlarge");
     }
 
     fn pool_view(name: &str, size: u32, ready: u32, machine_type: &str) -> NodePoolView {
