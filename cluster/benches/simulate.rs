@@ -98,6 +98,7 @@ fn pools() -> Vec<PoolOption> {
                 size: (i % 3) as u32,
                 max: 5000,
                 priority: 0,
+                vcpus: (*cpu / 1000) as u32,
                 excluded: None,
             }
         })

@@ -216,6 +216,9 @@ pub struct NodePoolView {
     pub cluster: Uuid,
     pub name: String,
     pub machine_type: String,
+    /// Launched instead of `machine_type`, in order, when the provider has
+    /// no capacity for it (`aws`).
+    pub alternative_machine_types: Vec<String>,
     pub size: u32,
     pub autoscaling: Option<Autoscaling>,
     pub labels: BTreeMap<String, String>,
@@ -240,7 +243,8 @@ pub struct NodePoolView {
 
 /// `PATCH .../node-pools/{p}`: `{"size": N}`, `{"autoscaling": {..}}` or
 /// `{"autoscaling": null}`, `{"drain_timeout_seconds": S}`,
-/// `{"auto_repair": {..}}`, or several at once. Absent fields are unchanged.
+/// `{"auto_repair": {..}}`, `{"host_selector": {..}}`,
+/// `{"alternative_machine_types": [..]}`, or several at once. Absent fields are unchanged.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateNodePoolRequest {
@@ -266,6 +270,10 @@ pub struct UpdateNodePoolRequest {
     /// claimed by the new selector.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_selector: Option<BTreeMap<String, String>>,
+    /// Replaces the pool's alternative machine types (`aws` only; `[]`:
+    /// none). Machines already running keep their type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alternative_machine_types: Option<Vec<String>>,
 }
 
 /// A field that is present, `null` included: `Some(None)` for `null`.
@@ -375,16 +383,27 @@ pub struct EventView {
 /// pods), and lab workers are held to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MachineTypeView {
-    /// `small`, `medium` or `large`.
+    /// `small`, `medium`, `large`, or an EC2 instance type (`m5.large`).
     pub name: String,
     /// vCPUs.
     pub cpu: u32,
     pub memory_mib: u32,
+    /// GPUs, advertised to pods as the extended resource `nvidia.com/gpu`.
+    pub gpus: u32,
+    /// The GPUs' model; null without GPUs.
+    pub gpu_model: Option<String>,
     /// Most pods on one node.
     pub pods: u32,
     /// Capacity less the system reservation (100m CPU, 256 MiB) and the
-    /// kubelet's hard-eviction threshold (100 MiB).
+    /// kubelet's hard-eviction threshold (100 MiB); every GPU is
+    /// allocatable.
     pub allocatable: NodeResources,
+    /// The provider kinds that offer the type (`lab`, `ssh`, `aws`).
+    pub providers: Vec<String>,
+    /// The EC2 instance type a machine of this type is launched as on
+    /// `aws` (a generic size launches one with at least its vCPUs and
+    /// memory).
+    pub ec2_instance_type: Option<String>,
 }
 
 impl From<crate::MachineType> for MachineTypeView {
@@ -394,10 +413,23 @@ impl From<crate::MachineType> for MachineTypeView {
             name: t.as_str().into(),
             cpu: capacity.cpu_millis / 1000,
             memory_mib: capacity.memory_mib,
+            gpus: t.gpus(),
+            gpu_model: t.gpu_model().map(str::to_string),
             pods: capacity.pods,
             allocatable: t.allocatable(),
+            providers: t.providers().iter().map(|k| k.to_string()).collect(),
+            ec2_instance_type: t.ec2_instance_type().map(str::to_string),
         }
     }
+}
+
+/// Query of `GET /v1/machine-types`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct MachineTypeListQuery {
+    /// Only the types this provider kind offers (`lab`, `ssh` or `aws`).
+    pub provider: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -670,6 +702,9 @@ pub struct Quota {
     pub max_clusters: i32,
     /// Worker nodes summed over all pools' desired sizes (and autoscaling maxima).
     pub max_nodes: i32,
+    /// vCPUs: those worker nodes, each weighted by its pool's machine type
+    /// vCPUs, plus every control-plane member weighted by its own.
+    pub max_cpus: i32,
 }
 
 /// A tenant's quota and what it uses now.
@@ -678,8 +713,11 @@ pub struct QuotaView {
     pub tenant: String,
     pub max_clusters: i32,
     pub max_nodes: i32,
+    pub max_cpus: i32,
     pub clusters: i64,
     pub nodes: i64,
+    /// vCPUs counted against `max_cpus`.
+    pub cpus: i64,
 }
 
 // ---------------------------------------------------------------------------
@@ -879,6 +917,7 @@ mod tests {
             cluster: Uuid::from_u128(1),
             name: "gpu".into(),
             machine_type: "large".into(),
+            alternative_machine_types: vec![],
             size: 2,
             autoscaling: Some(Autoscaling {
                 min: 1,
@@ -986,17 +1025,38 @@ mod tests {
     #[test]
     fn machine_types_show_capacity_and_allocatable() {
         let v = round_trip(&Items {
-            items: crate::MachineType::ALL
-                .into_iter()
+            items: crate::MachineType::all()
                 .map(MachineTypeView::from)
                 .collect::<Vec<_>>(),
         });
         assert_eq!(
             v["items"][0],
-            json!({"name": "small", "cpu": 1, "memory_mib": 2048, "pods": 110,
-                   "allocatable": {"cpu_millis": 900, "memory_mib": 1692, "pods": 110}})
+            json!({"name": "small", "cpu": 1, "memory_mib": 2048, "gpus": 0, "gpu_model": null,
+                   "pods": 110,
+                   "allocatable": {"cpu_millis": 900, "memory_mib": 1692, "pods": 110},
+                   "providers": ["lab", "ssh", "aws"], "ec2_instance_type": "t3.small"})
         );
         assert_eq!(v["items"][2]["allocatable"]["memory_mib"], 7836);
+        let g4 = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "g4dn.xlarge")
+            .unwrap();
+        assert_eq!(
+            (
+                &g4["gpus"],
+                &g4["gpu_model"],
+                &g4["providers"],
+                &g4["ec2_instance_type"]
+            ),
+            (
+                &json!(1),
+                &json!("NVIDIA T4"),
+                &json!(["aws"]),
+                &json!("g4dn.xlarge")
+            )
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod hosts;
 pub mod join;
 pub mod kubeconfig;
 pub mod labels;
+pub mod machine_types;
 pub mod names;
 pub mod network;
 pub mod nodes;
@@ -39,7 +40,8 @@ pub mod validation;
 pub mod worker;
 
 pub use condition::{Condition, ConditionStatus, Phase};
-pub use names::{ClusterName, KubernetesVersion, MachineType, NodePoolName, NodeResources};
+pub use machine_types::MachineType;
+pub use names::{ClusterName, KubernetesVersion, NodePoolName, NodeResources};
 pub use network::{ClusterNetwork, Ipv4Cidr};
 pub use spec::{
     AutoRepair, AutoscalerMode, AutoscalerSettings, AutoscalerSettingsRequest, Autoscaling,

@@ -137,81 +137,6 @@ impl From<KubernetesVersion> for String {
     }
 }
 
-/// A machine size. Providers map it to CPU and memory (or an instance type).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum MachineType {
-    Small,
-    Medium,
-    Large,
-}
-
-impl MachineType {
-    pub const ALL: [MachineType; 3] = [Self::Small, Self::Medium, Self::Large];
-
-    pub fn parse(value: &str) -> Result<Self, ValidationError> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.as_str() == value)
-            .ok_or_else(|| {
-                ValidationError::new(
-                    "machine_type",
-                    format!("unknown machine type {value:?}; one of small, medium, large"),
-                )
-            })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Small => "small",
-            Self::Medium => "medium",
-            Self::Large => "large",
-        }
-    }
-
-    /// (vCPUs, memory MiB) a provider should give a machine of this type.
-    pub fn resources(self) -> (u32, u32) {
-        match self {
-            Self::Small => (1, 2048),
-            Self::Medium => (2, 4096),
-            Self::Large => (4, 8192),
-        }
-    }
-
-    /// What a machine of this type has: its CPUs, its memory and the most
-    /// pods its kubelet runs ([`MAX_PODS`]).
-    pub fn capacity(self) -> NodeResources {
-        let (cpus, memory_mib) = self.resources();
-        NodeResources {
-            cpu_millis: cpus * 1000,
-            memory_mib,
-            pods: MAX_PODS,
-        }
-    }
-
-    /// What a node of this type offers to pods: its [`capacity`] less the
-    /// system reservation ([`SYSTEM_RESERVED_CPU_MILLIS`],
-    /// [`SYSTEM_RESERVED_MEMORY_MIB`]) and the kubelet's hard-eviction
-    /// threshold ([`EVICTION_HARD_MEMORY_MIB`]), as the kubelet reports
-    /// `status.allocatable`. These are the numbers the autoscaler's
-    /// template nodes start from (before DaemonSet pods), and lab workers
-    /// are held to them: a lab machine sees the whole host, so its worker
-    /// bundle reserves the difference (`crate::worker::NodeOffer`), and a
-    /// node that joins offers what its template promised.
-    ///
-    /// [`capacity`]: MachineType::capacity
-    pub fn allocatable(self) -> NodeResources {
-        let c = self.capacity();
-        NodeResources {
-            cpu_millis: c.cpu_millis.saturating_sub(SYSTEM_RESERVED_CPU_MILLIS),
-            memory_mib: c
-                .memory_mib
-                .saturating_sub(SYSTEM_RESERVED_MEMORY_MIB + EVICTION_HARD_MEMORY_MIB),
-            pods: c.pods,
-        }
-    }
-}
-
 /// The scheme of the `spec.providerID` every worker's kubelet registers:
 /// `kubeforge://<machine id>`, the id of its machine in the ledger. The
 /// same string is the instance id the cluster-autoscaler's externalgrpc
@@ -264,8 +189,8 @@ pub const SYSTEM_RESERVED_MEMORY_MIB: u32 = 256;
 /// MiB: memory pods cannot have either.
 pub const EVICTION_HARD_MEMORY_MIB: u32 = 100;
 
-/// CPU, memory and pod slots: of a machine ([`MachineType::capacity`]) or
-/// of what its node offers to pods ([`MachineType::allocatable`]).
+/// CPU, memory and pod slots: of a machine ([`crate::MachineType::capacity`])
+/// or of what its node offers to pods ([`crate::MachineType::allocatable`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeResources {
     /// Millicores (1000 per vCPU).
@@ -306,6 +231,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::MachineType;
 
     #[test]
     fn provider_ids_round_trip_and_nothing_else_parses() {
@@ -351,7 +277,7 @@ mod tests {
 
     #[test]
     fn machine_type_capacity_and_allocatable() {
-        let got: Vec<_> = MachineType::ALL
+        let got: Vec<_> = [MachineType::SMALL, MachineType::MEDIUM, MachineType::LARGE]
             .into_iter()
             .map(|t| (t.as_str(), t.capacity(), t.allocatable()))
             .collect();

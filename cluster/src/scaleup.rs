@@ -57,6 +57,9 @@ pub struct PoolOption {
     pub max: u32,
     /// For [`Expander::Priority`]: higher wins.
     pub priority: i32,
+    /// vCPUs one new node of the pool counts against the tenant's vCPU
+    /// quota (its machine type's).
+    pub vcpus: u32,
     /// Why the caller leaves the pool out of this decision (backed off
     /// after its machines failed to come up, ...); pods it alone could
     /// take are explained with this.
@@ -70,7 +73,8 @@ impl PoolOption {
     }
 }
 
-/// The tenant's node quota: the decision adds at most `limit - in_use`.
+/// A tenant quota, in nodes or in vCPUs: the decision adds at most
+/// `limit - in_use`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
     pub in_use: u32,
@@ -81,8 +85,11 @@ pub struct Quota {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScaleUpSettings {
     pub expander: Expander,
-    /// None: no quota.
+    /// The tenant's node quota; None: no quota.
     pub quota: Option<Quota>,
+    /// The tenant's vCPU quota (each new node weighs its pool's
+    /// [`PoolOption::vcpus`]); None: no quota.
+    pub cpu_quota: Option<Quota>,
     /// Nodes one decision may add across all pools.
     pub max_nodes_per_scale_up: u32,
 }
@@ -95,6 +102,7 @@ impl Default for ScaleUpSettings {
         ScaleUpSettings {
             expander: Expander::default(),
             quota: None,
+            cpu_quota: None,
             max_nodes_per_scale_up: DEFAULT_MAX_NODES_PER_SCALE_UP,
         }
     }
@@ -470,11 +478,23 @@ pub fn scale_up(
     let mut quota_left = settings
         .quota
         .map_or(u32::MAX, |q| q.limit.saturating_sub(q.in_use));
+    let mut cpu_left = settings
+        .cpu_quota
+        .map_or(u64::MAX, |q| u64::from(q.limit.saturating_sub(q.in_use)));
+    // Nodes of `option` the vCPU quota still has room for.
+    let cpu_room = |option: &PoolOption, cpu_left: u64| {
+        cpu_left
+            .checked_div(u64::from(option.vcpus))
+            .map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX))
+    };
     let mut cap_left = settings.max_nodes_per_scale_up;
     loop {
         let mut best: Option<Offer> = None;
         for (i, option) in pools.iter().enumerate() {
-            let budget = (option.room() - added[i]).min(quota_left).min(cap_left);
+            let budget = (option.room() - added[i])
+                .min(quota_left)
+                .min(cap_left)
+                .min(cpu_room(option, cpu_left));
             if option.excluded.is_some() || budget == 0 {
                 continue;
             }
@@ -500,6 +520,7 @@ pub fn scale_up(
         let nodes = offer.packing.nodes.len() as u32;
         added[offer.pool] += nodes;
         quota_left -= nodes.min(quota_left);
+        cpu_left = cpu_left.saturating_sub(u64::from(nodes) * u64::from(pools[offer.pool].vcpus));
         cap_left -= nodes;
         for (c, &k) in offer.packing.per_class.iter().enumerate() {
             if k > 0 {
@@ -517,6 +538,11 @@ pub fn scale_up(
     }
 
     let total_added: u32 = added.iter().sum();
+    let cpus_added: u64 = added
+        .iter()
+        .zip(pools)
+        .map(|(&n, o)| u64::from(n) * u64::from(o.vcpus))
+        .sum();
     for (c, outcome) in out.classes.iter_mut().enumerate() {
         outcome.unplaced = left[c];
         if left[c] == 0 {
@@ -536,6 +562,15 @@ pub fn scale_up(
                     format!(
                         "quota: {} nodes in use of {}",
                         q.in_use.saturating_add(total_added),
+                        q.limit
+                    )
+                } else if let Some(q) = settings
+                    .cpu_quota
+                    .filter(|_| cpu_room(option, cpu_left) == 0)
+                {
+                    format!(
+                        "quota: {} vCPUs in use of {}",
+                        u64::from(q.in_use) + cpus_added,
                         q.limit
                     )
                 } else if cap_left == 0 {
@@ -607,6 +642,7 @@ mod tests {
             size,
             max,
             priority: 0,
+            vcpus: 1,
             excluded: None,
         }
     }
@@ -755,6 +791,34 @@ mod tests {
             plan.unplaceable(&pending)[0].1,
             "pool default: quota: 10 nodes in use of 10"
         );
+    }
+
+    #[test]
+    fn the_vcpu_quota_weighs_each_pool_by_its_nodes_vcpus_and_is_worded() {
+        // Pods of 2 CPUs: two on a large node, one on a small one.
+        let pending = classes(pods("big", 5, &shape(2000, 1 << 30)));
+        let mut large = option("large", 4000, 8 << 30, 0, 10);
+        large.vcpus = 4;
+        let mut small = option("small", 2000, 4 << 30, 0, 10);
+        small.vcpus = 2;
+        let settings = ScaleUpSettings {
+            cpu_quota: Some(Quota {
+                in_use: 3,
+                limit: 12,
+            }),
+            ..Default::default()
+        };
+        // 9 vCPUs left: two large nodes (8) or four small ones (8).
+        for (pool, nodes) in [(large, 2), (small, 4)] {
+            let name = pool.pool.clone();
+            let plan = scale_up(&pending, &mut [], &[pool], &settings);
+            assert_eq!(grown(&plan), [(name.as_str(), nodes)]);
+            assert_eq!(plan.classes[0].unplaced, 1);
+            assert_eq!(
+                plan.classes[0].reasons[0].reason,
+                "quota: 11 vCPUs in use of 12"
+            );
+        }
     }
 
     fn gpu_pool(size: u32, max: u32) -> PoolOption {
@@ -1033,6 +1097,7 @@ mod tests {
                 o.template.labels.insert("zone".into(), "b".into());
             }
             o.priority = priority;
+            o.vcpus = 1 + (i as u32 % 3) * 2;
             o.excluded = excluded.then(|| "backed off".to_string());
             o
         }
@@ -1040,13 +1105,18 @@ mod tests {
         type Inputs = (Vec<Kind>, Vec<Pool>, Vec<(u64, u64, bool)>, ScaleUpSettings);
 
         fn inputs() -> impl Strategy<Value = Inputs> {
-            let settings = (0usize..3, prop::option::of((0u32..12, 0u32..16)), 1u32..12).prop_map(
-                |(e, quota, cap)| ScaleUpSettings {
+            let settings = (
+                0usize..3,
+                prop::option::of((0u32..12, 0u32..16)),
+                prop::option::of((0u32..24, 0u32..32)),
+                1u32..12,
+            )
+                .prop_map(|(e, quota, cpu_quota, cap)| ScaleUpSettings {
                     expander: [Expander::LeastWaste, Expander::MostPods, Expander::Priority][e],
                     quota: quota.map(|(in_use, limit)| Quota { in_use, limit }),
+                    cpu_quota: cpu_quota.map(|(in_use, limit)| Quota { in_use, limit }),
                     max_nodes_per_scale_up: cap,
-                },
-            );
+                });
             (
                 prop::collection::vec(kind(), 1..6),
                 prop::collection::vec(pool(), 0..4),
@@ -1098,6 +1168,14 @@ mod tests {
                 prop_assert!(added <= settings.max_nodes_per_scale_up);
                 if let Some(q) = settings.quota {
                     prop_assert!(added <= q.limit.saturating_sub(q.in_use));
+                }
+                if let Some(q) = settings.cpu_quota {
+                    let cpus: u32 = plan
+                        .grow
+                        .iter()
+                        .map(|g| g.nodes * pools.iter().find(|o| o.pool == g.pool).unwrap().vcpus)
+                        .sum();
+                    prop_assert!(cpus <= q.limit.saturating_sub(q.in_use));
                 }
                 for o in &pools {
                     let grew: u32 = plan.grow.iter().filter(|g| g.pool == o.pool).map(|g| g.nodes).sum();

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use utoipa::ToSchema;
 
+use crate::machine_types::{check_alternatives_on, parse_alternatives};
 use crate::{
     ClusterName, ClusterNetwork, KubernetesVersion, MachineType, NodePoolName, ValidationError,
 };
@@ -597,6 +598,11 @@ pub struct CreateNodePoolRequest {
     pub name: String,
     #[serde(default = "small")]
     pub machine_type: String,
+    /// Machine types to launch instead, in order, when the provider has no
+    /// capacity for `machine_type` (`aws` only): at most 4, distinct, each
+    /// with at least `machine_type`'s vCPUs, memory and GPUs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternative_machine_types: Vec<String>,
     /// Desired size; defaults to `autoscaling.min`, or 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u32>,
@@ -624,6 +630,11 @@ pub struct CreateNodePoolRequest {
 pub struct NodePoolSpec {
     pub name: NodePoolName,
     pub machine_type: MachineType,
+    /// Launched instead of `machine_type`, in order, when the provider has
+    /// no capacity for it; each covers `machine_type`
+    /// ([`crate::machine_types::parse_alternatives`]).
+    #[serde(default)]
+    pub alternative_machine_types: Vec<MachineType>,
     pub size: u32,
     pub autoscaling: Option<Autoscaling>,
     pub labels: Labels,
@@ -671,6 +682,8 @@ impl NodePoolSpec {
     pub fn parse(req: CreateNodePoolRequest) -> Result<Self, ValidationError> {
         let name = NodePoolName::parse(&req.name)?;
         let machine_type = MachineType::parse(&req.machine_type)?;
+        let alternative_machine_types =
+            parse_alternatives(machine_type, &req.alternative_machine_types)?;
         let size = req
             .size
             .unwrap_or_else(|| req.autoscaling.map_or(1, |a| a.min));
@@ -694,6 +707,7 @@ impl NodePoolSpec {
         Ok(Self {
             name,
             machine_type,
+            alternative_machine_types,
             size,
             autoscaling: req.autoscaling,
             labels,
@@ -702,6 +716,14 @@ impl NodePoolSpec {
             auto_repair,
             host_selector,
         })
+    }
+
+    /// Checks the pool's machine types against the provider kind of its
+    /// cluster: the primary offered there (`machine_type`), alternatives
+    /// only on `aws` and offered there (`alternative_machine_types[i]`).
+    pub fn check_provider(&self, kind: &str) -> Result<(), ValidationError> {
+        self.machine_type.check_offered(kind)?;
+        check_alternatives_on(kind, &self.alternative_machine_types)
     }
 }
 
@@ -759,7 +781,8 @@ impl ClusterSpec {
                 format!("must be 1 or 3, not {}", req.control_plane.replicas),
             ));
         }
-        let cp_type = MachineType::parse(&req.control_plane.machine_type)
+        let kind = req.provider.kind();
+        let cp_type = MachineType::parse_on(&req.control_plane.machine_type, kind)
             .map_err(|e| e.under("control_plane"))?;
         let network = ClusterNetwork::parse(&req.network.pod_cidr, &req.network.service_cidr)
             .map_err(|e| e.under("network"))?;
@@ -774,6 +797,7 @@ impl ClusterSpec {
         for (i, pool) in req.node_pools.into_iter().enumerate() {
             let at = format!("node_pools[{i}]");
             let pool = NodePoolSpec::parse(pool).map_err(|e| e.under(&at))?;
+            pool.check_provider(kind).map_err(|e| e.under(&at))?;
             if !seen.insert(pool.name.clone()) {
                 return Err(ValidationError::new(
                     format!("{at}.name"),
@@ -923,6 +947,69 @@ mod tests {
             let err = req(body).unwrap_err();
             assert_eq!(err.field, field, "{err}");
         }
+    }
+
+    #[test]
+    fn machine_types_are_checked_against_the_provider() {
+        let aws = json!({"kind": "aws", "region": "eu-west-1", "subnet_id": "s", "ami": "a"});
+        let cases = [
+            (
+                json!({"control_plane": {"machine_type": "m5.large"}}),
+                "control_plane.machine_type",
+                "offered on: aws",
+            ),
+            (
+                json!({"node_pools": [{"name": "a", "machine_type": "g4dn.xlarge"}]}),
+                "node_pools[0].machine_type",
+                "offered on: aws",
+            ),
+            (
+                json!({"node_pools": [{"name": "a", "machine_type": "large",
+                                       "alternative_machine_types": ["large"]}]}),
+                "node_pools[0].alternative_machine_types[0]",
+                "itself",
+            ),
+            (
+                json!({"node_pools": [{"name": "a", "machine_type": "small"},
+                                      {"name": "b", "machine_type": "small",
+                                       "alternative_machine_types": ["medium"]}]}),
+                "node_pools[1].alternative_machine_types",
+                "only clusters on the aws provider",
+            ),
+        ];
+        for (patch, field, says) in cases {
+            for provider in [json!({"kind": "lab"}), json!({"kind": "ssh"})] {
+                let mut body = base();
+                body["provider"] = provider;
+                for (k, v) in patch.as_object().unwrap() {
+                    body[k] = v.clone();
+                }
+                let err = req(body).unwrap_err();
+                assert_eq!(err.field, field, "{err}");
+                assert!(err.message.contains(says), "{err}");
+            }
+        }
+        let mut body = base();
+        body["provider"] = aws.clone();
+        body["control_plane"] = json!({"machine_type": "m5.large"});
+        body["node_pools"] = json!([
+            {"name": "gpu", "machine_type": "g4dn.xlarge",
+             "alternative_machine_types": ["g4dn.2xlarge", "p3.2xlarge"]},
+            {"name": "web", "machine_type": "large", "alternative_machine_types": ["m5.xlarge"]}
+        ]);
+        let spec = req(body.clone()).unwrap();
+        assert_eq!(spec.control_plane.machine_type.as_str(), "m5.large");
+        assert_eq!(
+            spec.node_pools[0].alternative_machine_types,
+            vec![
+                MachineType::parse("g4dn.2xlarge").unwrap(),
+                MachineType::parse("p3.2xlarge").unwrap()
+            ]
+        );
+        // m5.large has no GPU: it cannot stand in for g4dn.xlarge.
+        body["node_pools"][0]["alternative_machine_types"] = json!(["g4dn.2xlarge", "m5.large"]);
+        let err = req(body).unwrap_err();
+        assert_eq!(err.field, "node_pools[0].alternative_machine_types[1]");
     }
 
     #[test]

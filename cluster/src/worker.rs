@@ -698,7 +698,7 @@ mod tests {
             cluster_name: ClusterName::parse("demo").unwrap(),
             node_name: "demo-pool-a-0".into(),
             machine_id: uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
-            machine_type: crate::MachineType::Small,
+            machine_type: crate::MachineType::SMALL,
             node_address: Ipv4Addr::new(10, 77, 0, 31),
             api_server: "https://10.77.0.10:6443".into(),
             cluster_dns: Ipv4Addr::new(10, 96, 0, 10),
@@ -719,7 +719,7 @@ mod tests {
             container: Some(ContainerHost {
                 cgroup_root: "/kubeforge/01900000-0000-7000-8000-000000000001".into(),
             }),
-            offer: Some(NodeOffer::of(crate::MachineType::Small)),
+            offer: Some(NodeOffer::of(crate::MachineType::SMALL)),
         }
     }
 

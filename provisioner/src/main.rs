@@ -333,6 +333,9 @@ enum Command {
     /// List the machine types: CPU, memory and pods, and what a node of
     /// each offers to pods.
     MachineTypes {
+        /// Only the types this provider kind offers (lab, ssh or aws).
+        #[arg(long)]
+        provider: Option<String>,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -584,7 +587,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Autoscaler { client, command } => {
             autoscaler::run_autoscaler(&client, command).await
         }
-        Command::MachineTypes { client } => autoscaler::run_machine_types(&client).await,
+        Command::MachineTypes { provider, client } => {
+            autoscaler::run_machine_types(&client, provider.as_deref()).await
+        }
     }
 }
 

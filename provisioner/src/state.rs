@@ -95,6 +95,9 @@ impl Default for Config {
             default_quota: Quota {
                 max_clusters: 10,
                 max_nodes: 50,
+                // 50 nodes of the largest EC2 types in the catalogue (8
+                // vCPUs): the node quota is what binds by default.
+                max_cpus: 400,
             },
             max_job_attempts: 8,
             kubeconfig_max_ttl: Duration::from_secs(24 * 3600),

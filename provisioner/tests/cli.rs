@@ -184,7 +184,7 @@ async fn up_serves_the_cli_stops_cleanly_and_keeps_data() {
     let r = reqwest::Client::new()
         .put(format!("http://127.0.0.1:{port}/v1/tenants/acme/quota"))
         .bearer_auth(&platform)
-        .json(&serde_json::json!({"max_clusters": 4, "max_nodes": 21}))
+        .json(&serde_json::json!({"max_clusters": 4, "max_nodes": 21, "max_cpus": 400}))
         .send()
         .await
         .unwrap();
@@ -342,7 +342,7 @@ async fn two_serve_processes_share_one_database() {
                 ports[i % 2]
             ))
             .bearer_auth(&platform)
-            .json(&serde_json::json!({"max_clusters": max_clusters, "max_nodes": 40}))
+            .json(&serde_json::json!({"max_clusters": max_clusters, "max_nodes": 40, "max_cpus": 400}))
             .send()
             .await
             .unwrap();
@@ -438,6 +438,7 @@ async fn autoscaler_status_and_machine_types_from_the_cli() {
         Quota {
             max_clusters: 5,
             max_nodes: 50,
+            max_cpus: 400,
         },
     )
     .await
@@ -562,18 +563,35 @@ async fn autoscaler_status_and_machine_types_from_the_cli() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("404") && err.contains("not_found"), "{err}");
 
-    let out = cli(port, &viewer, &["machine-types"]);
+    // The lab offers the generic sizes only: the table is theirs.
+    let out = cli(port, &viewer, &["machine-types", "--provider", "lab"]);
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        "NAME    CPU  MEMORY MIB  PODS  ALLOCATABLE CPU  ALLOCATABLE MEMORY MIB  ALLOCATABLE PODS\n\
-         small   1    2048        110   900m             1692                    110\n\
-         medium  2    4096        110   1900m            3740                    110\n\
-         large   4    8192        110   3900m            7836                    110\n"
+    let mut want = Vec::new();
+    kubeforge::cli::autoscaler::print_machine_types(
+        &mut want,
+        kubeforge::cli::client::Output::Table,
+        &kubeforge_cluster::api::Items {
+            items: kubeforge_cluster::MachineType::all()
+                .take(3)
+                .map(kubeforge_cluster::api::MachineTypeView::from)
+                .collect(),
+        },
+    )
+    .unwrap();
+    let got = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(got, String::from_utf8(want).unwrap());
+    assert!(
+        got.starts_with("NAME    CPU  MEMORY MIB  GPUS  PODS") && got.lines().count() == 4,
+        "{got}"
     );
     let out = cli(port, &viewer, &["machine-types", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json types");
     assert_eq!(v["items"][1]["allocatable"]["cpu_millis"], 1900);
+    assert_eq!(v["items"].as_array().unwrap().len(), 20);
+    let out = cli(port, &viewer, &["machine-types", "--provider", "gce"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("422") && err.contains("provider"), "{err}");
 
     pool.close().await;
     drop(server);

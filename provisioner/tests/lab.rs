@@ -130,7 +130,7 @@ async fn lab_machine_boots_answers_ssh_and_deletes_cleanly() {
         "acme",
         cluster_id,
         MachineRole::ControlPlane,
-        MachineType::Small,
+        MachineType::SMALL,
         None,
         ProviderSpec::Lab {},
     );

@@ -66,7 +66,7 @@ pub async fn boot(lab: &LabProvider, name: &str, owner: &ClientKey) -> ByoHost {
         "platform",
         Uuid::new_v4(),
         MachineRole::ControlPlane,
-        MachineType::Small,
+        MachineType::SMALL,
         None,
         ProviderSpec::Lab {},
     );

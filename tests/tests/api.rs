@@ -272,7 +272,7 @@ async fn node_pool_reports_node_states_from_observations() {
                 role: kubeforge_cluster::pools::MachineRole::Worker,
                 name: &name,
                 provider: "lab",
-                machine_type: kubeforge_cluster::MachineType::Small,
+                machine_type: kubeforge_cluster::MachineType::SMALL,
             },
         )
         .await
@@ -1582,14 +1582,17 @@ async fn node_pool_priority_defaults_to_zero_and_is_patched() {
 #[tokio::test]
 async fn machine_types_are_listed_for_any_caller() {
     let app = TestApp::new().await;
-    let want = json!({"items": [
-        {"name": "small", "cpu": 1, "memory_mib": 2048, "pods": 110,
-         "allocatable": {"cpu_millis": 900, "memory_mib": 1692, "pods": 110}},
-        {"name": "medium", "cpu": 2, "memory_mib": 4096, "pods": 110,
-         "allocatable": {"cpu_millis": 1900, "memory_mib": 3740, "pods": 110}},
-        {"name": "large", "cpu": 4, "memory_mib": 8192, "pods": 110,
-         "allocatable": {"cpu_millis": 3900, "memory_mib": 7836, "pods": 110}}
-    ]});
+    let generic = json!([
+        {"name": "small", "cpu": 1, "memory_mib": 2048, "gpus": 0, "gpu_model": null, "pods": 110,
+         "allocatable": {"cpu_millis": 900, "memory_mib": 1692, "pods": 110},
+         "providers": ["lab", "ssh", "aws"], "ec2_instance_type": "t3.small"},
+        {"name": "medium", "cpu": 2, "memory_mib": 4096, "gpus": 0, "gpu_model": null, "pods": 110,
+         "allocatable": {"cpu_millis": 1900, "memory_mib": 3740, "pods": 110},
+         "providers": ["lab", "ssh", "aws"], "ec2_instance_type": "t3.medium"},
+        {"name": "large", "cpu": 4, "memory_mib": 8192, "gpus": 0, "gpu_model": null, "pods": 110,
+         "allocatable": {"cpu_millis": 3900, "memory_mib": 7836, "pods": 110},
+         "providers": ["lab", "ssh", "aws"], "ec2_instance_type": "t3.xlarge"}
+    ]);
     for (tenant, role) in [
         ("acme", Role::Viewer),
         ("acme", Role::Admin),
@@ -1597,7 +1600,52 @@ async fn machine_types_are_listed_for_any_caller() {
     ] {
         let r = get(&app, &app.token(tenant, role), "/v1/machine-types").await;
         assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(r.body, want);
+        let items = r.body["items"].as_array().unwrap();
+        assert_eq!(items.len(), 20, "{}", r.text);
+        assert_eq!(json!(items[..3]), generic);
+    }
+    let viewer = app.token("acme", Role::Viewer);
+    // The lab and ssh providers offer the generic sizes only.
+    for kind in ["lab", "ssh"] {
+        let r = get(&app, &viewer, &format!("/v1/machine-types?provider={kind}")).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["items"], generic, "{kind}");
+    }
+    let r = get(&app, &viewer, "/v1/machine-types?provider=aws").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let items = r.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 20);
+    let g4 = items.iter().find(|t| t["name"] == "g4dn.xlarge").unwrap();
+    assert_eq!(
+        g4,
+        &json!({"name": "g4dn.xlarge", "cpu": 4, "memory_mib": 16384, "gpus": 1,
+                "gpu_model": "NVIDIA T4", "pods": 110,
+                "allocatable": {"cpu_millis": 3900, "memory_mib": 16028, "pods": 110},
+                "providers": ["aws"], "ec2_instance_type": "g4dn.xlarge"})
+    );
+    for t in items {
+        assert!(
+            t["providers"].as_array().unwrap().contains(&json!("aws")),
+            "{t}"
+        );
+        assert!(t["ec2_instance_type"].is_string(), "{t}");
+    }
+    for bad in [
+        "/v1/machine-types?provider=gce",
+        "/v1/machine-types?kind=aws",
+    ] {
+        let r = get(&app, &viewer, bad).await;
+        assert_problem(&r, 422, "validation_failed");
+        assert_eq!(
+            r.body["field"],
+            if bad.contains("kind") {
+                "kind"
+            } else {
+                "provider"
+            },
+            "{}",
+            r.text
+        );
     }
     let r = app
         .call(Method::GET, "/v1/machine-types", None, None, &[])
@@ -1655,7 +1703,7 @@ async fn autoscaler_status_from_pools_and_snapshot() {
                 role: kubeforge_cluster::pools::MachineRole::Worker,
                 name: &format!("web-auto-{i}"),
                 provider: "lab",
-                machine_type: kubeforge_cluster::MachineType::Small,
+                machine_type: kubeforge_cluster::MachineType::SMALL,
             },
         )
         .await

@@ -79,7 +79,7 @@ async fn a_registered_host_serves_a_cluster_then_is_wiped_and_returned_to_the_po
         "platform",
         Uuid::new_v4(),
         MachineRole::ControlPlane,
-        MachineType::Small,
+        MachineType::SMALL,
         None,
         ProviderSpec::Lab {},
     );
@@ -484,7 +484,7 @@ async fn a_host_without_containerd_is_refused_as_a_worker_and_left_untouched() {
         "acme",
         cluster,
         MachineRole::Worker,
-        MachineType::Small,
+        MachineType::SMALL,
         Some("default"),
         ProviderSpec::Ssh {},
     );
@@ -596,7 +596,7 @@ async fn a_dead_host_is_released_unwiped_and_wiped_when_it_answers_again() {
             "acme",
             cluster,
             MachineRole::Worker,
-            MachineType::Small,
+            MachineType::SMALL,
             Some("default"),
             ProviderSpec::Ssh {},
         )

@@ -457,7 +457,7 @@ async fn worker_pools_join_scale_drain_repair_and_leave_nothing() {
     );
     // What a node offers pods is what its machine type promises (a lab
     // machine sees the whole host; kubelet reserves the difference).
-    let offer = kubeforge_cluster::worker::NodeOffer::of(kubeforge_cluster::MachineType::Small);
+    let offer = kubeforge_cluster::worker::NodeOffer::of(kubeforge_cluster::MachineType::SMALL);
     for (n, ready, obj) in &nodes {
         assert!(ready, "{n} not Ready");
         let alloc = &obj["status"]["allocatable"];

@@ -310,7 +310,7 @@ async fn every_call_answers_for_its_own_cluster_and_refuses_with_a_reason() {
             &admin,
             Method::PUT,
             &quota,
-            Some(json!({"max_clusters": 10, "max_nodes": 3})),
+            Some(json!({"max_clusters": 10, "max_nodes": 3, "max_cpus": 400})),
         )
         .await;
     assert!(r.status.is_success(), "{}", r.text);
@@ -319,12 +319,28 @@ async fn every_call_answers_for_its_own_cluster_and_refuses_with_a_reason() {
         Code::ResourceExhausted,
         "node quota is 3",
     );
+    // vCPUs at the sizes now: the small control plane (1), auto's two
+    // small nodes and fixed's one: 4 of 4, so one more small node is over.
     let r = t
         .req(
             &admin,
             Method::PUT,
             &quota,
-            Some(json!({"max_clusters": 10, "max_nodes": 50})),
+            Some(json!({"max_clusters": 10, "max_nodes": 50, "max_cpus": 4})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    refused(
+        increase(&mut c, "auto", 1).await,
+        Code::ResourceExhausted,
+        "vCPU quota is 4 and it uses 4",
+    );
+    let r = t
+        .req(
+            &admin,
+            Method::PUT,
+            &quota,
+            Some(json!({"max_clusters": 10, "max_nodes": 50, "max_cpus": 400})),
         )
         .await;
     assert!(r.status.is_success(), "{}", r.text);

@@ -319,7 +319,7 @@ fn rows() -> Vec<Row> {
         Platform,
         Method::PUT,
         "/v1/tenants/acme/quota",
-        Some(json!({"max_clusters": 5, "max_nodes": 20})),
+        Some(json!({"max_clusters": 5, "max_nodes": 20, "max_cpus": 400})),
         p(S(200)),
     );
     quota_put.target_tenant = Some(A);

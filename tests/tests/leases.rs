@@ -322,7 +322,7 @@ async fn the_ledger_refuses_a_second_live_machine_of_a_name() {
         role: MachineRole::ControlPlane,
         name: "web-cp-0",
         provider: "lab",
-        machine_type: MachineType::Small,
+        machine_type: MachineType::SMALL,
     };
     let first = Uuid::now_v7();
     assert!(machine::insert_pending(&a.pool, new(first)).await.unwrap());

@@ -106,7 +106,7 @@ fn request(id: Uuid, cluster: Uuid, name: &str, selector: &[(&str, &str)]) -> Ma
         "acme",
         cluster,
         MachineRole::Worker,
-        MachineType::Small,
+        MachineType::SMALL,
         Some("default"),
         ProviderSpec::Ssh {},
     );

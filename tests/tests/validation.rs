@@ -311,6 +311,52 @@ fn pool_cases(prefix: &str, base: &Value, at: impl Fn(&mut Value) -> &mut Value)
             &p("machine_type"),
         ),
         invalid(
+            "pool: an EC2 machine type on lab",
+            m(&|b| b["machine_type"] = json!("g4dn.xlarge")),
+            &p("machine_type"),
+        ),
+        invalid(
+            "pool: alternatives on lab",
+            m(&|b| b["alternative_machine_types"] = json!(["large"])),
+            &p("alternative_machine_types"),
+        ),
+        invalid(
+            "pool: an alternative that is the machine type",
+            m(&|b| b["alternative_machine_types"] = json!(["small"])),
+            &p("alternative_machine_types[0]"),
+        ),
+        invalid(
+            "pool: an alternative smaller than the machine type",
+            m(&|b| {
+                b["machine_type"] = json!("medium");
+                b["alternative_machine_types"] = json!(["large", "small"]);
+            }),
+            &p("alternative_machine_types[1]"),
+        ),
+        invalid(
+            "pool: an unknown alternative",
+            m(&|b| b["alternative_machine_types"] = json!(["medium", "huge"])),
+            &p("alternative_machine_types[1]"),
+        ),
+        invalid(
+            "pool: five alternatives",
+            m(&|b| {
+                b["alternative_machine_types"] = json!([
+                    "m5.large",
+                    "m5.xlarge",
+                    "m6i.large",
+                    "m6i.xlarge",
+                    "r5.large"
+                ])
+            }),
+            &p("alternative_machine_types"),
+        ),
+        invalid(
+            "pool: alternatives not a list",
+            m(&|b| b["alternative_machine_types"] = json!("large")),
+            &p("alternative_machine_types"),
+        ),
+        invalid(
             "pool: size above max",
             m(&|b| b["size"] = json!(101)),
             &p("size"),
@@ -762,6 +808,11 @@ async fn cluster_create_refuses_bad_requests_and_writes_nothing() {
             b(&|v| v["control_plane"]["machine_type"] = json!("huge")),
             "control_plane.machine_type",
         ),
+        invalid(
+            "control plane on an EC2 machine type on lab",
+            b(&|v| v["control_plane"]["machine_type"] = json!("m5.large")),
+            "control_plane.machine_type",
+        ),
         // network
         invalid(
             "pod CIDR not a CIDR",
@@ -1201,6 +1252,16 @@ async fn node_pool_update_refuses_bad_requests_and_writes_nothing() {
             json!({"auto_repair": {"enabled": false, "colour": 1}}),
             "auto_repair.colour",
         ),
+        invalid(
+            "alternatives on lab",
+            json!({"alternative_machine_types": ["medium"]}),
+            "alternative_machine_types",
+        ),
+        invalid(
+            "an alternative smaller than the pool's type, with a valid size",
+            json!({"size": 3, "alternative_machine_types": ["medium", "small"]}),
+            "alternative_machine_types[1]",
+        ),
     ]);
     run_cases(
         &app,
@@ -1266,39 +1327,54 @@ async fn kubeconfig_refuses_bad_requests_and_writes_nothing() {
 async fn quota_put_refuses_bad_requests_and_writes_nothing() {
     let app = TestApp::new().await;
     let admin = app.token("platform", Role::PlatformAdmin);
-    let base = json!({"max_clusters": 3, "max_nodes": 20});
+    let base = json!({"max_clusters": 3, "max_nodes": 20, "max_cpus": 400});
     let mut cases = envelope_cases(&base);
     cases.extend([
         invalid("missing max_nodes", json!({"max_clusters": 3}), "max_nodes"),
         invalid(
             "negative max_clusters",
-            json!({"max_clusters": -1, "max_nodes": 20}),
+            json!({"max_clusters": -1, "max_nodes": 20, "max_cpus": 400}),
             "max_clusters",
         ),
         invalid(
             "huge max_clusters",
-            json!({"max_clusters": 10_001, "max_nodes": 20}),
+            json!({"max_clusters": 10_001, "max_nodes": 20, "max_cpus": 400}),
             "max_clusters",
         ),
         invalid(
             "negative max_nodes",
-            json!({"max_clusters": 3, "max_nodes": -5}),
+            json!({"max_clusters": 3, "max_nodes": -5, "max_cpus": 400}),
             "max_nodes",
         ),
         invalid(
             "huge max_nodes",
-            json!({"max_clusters": 3, "max_nodes": 100_001}),
+            json!({"max_clusters": 3, "max_nodes": 100_001, "max_cpus": 400}),
             "max_nodes",
         ),
         invalid(
             "max_nodes overflows i32",
-            json!({"max_clusters": 3, "max_nodes": 3_000_000_000u64}),
+            json!({"max_clusters": 3, "max_nodes": 3_000_000_000u64, "max_cpus": 400}),
             "max_nodes",
         ),
         invalid(
             "max_clusters a string",
-            json!({"max_clusters": "ten", "max_nodes": 20}),
+            json!({"max_clusters": "ten", "max_nodes": 20, "max_cpus": 400}),
             "max_clusters",
+        ),
+        invalid(
+            "missing max_cpus",
+            json!({"max_clusters": 3, "max_nodes": 20}),
+            "max_cpus",
+        ),
+        invalid(
+            "negative max_cpus",
+            json!({"max_clusters": 3, "max_nodes": 20, "max_cpus": -1}),
+            "max_cpus",
+        ),
+        invalid(
+            "huge max_cpus",
+            json!({"max_clusters": 3, "max_nodes": 20, "max_cpus": 1_000_001}),
+            "max_cpus",
         ),
     ]);
     run_cases(&app, Method::PUT, "/v1/tenants/acme/quota", &admin, cases).await;
@@ -1518,7 +1594,7 @@ async fn cluster_quota_is_enforced_and_refusal_writes_nothing() {
             Method::PUT,
             "/v1/tenants/small-co/quota",
             Some(&admin),
-            Some(json!({"max_clusters": 1, "max_nodes": 50})),
+            Some(json!({"max_clusters": 1, "max_nodes": 50, "max_cpus": 400})),
             &[],
         )
         .await;
@@ -1567,7 +1643,7 @@ async fn cluster_quota_is_enforced_and_refusal_writes_nothing() {
             Method::PUT,
             "/v1/tenants/small-co/quota",
             Some(&admin),
-            Some(json!({"max_clusters": 2, "max_nodes": 50})),
+            Some(json!({"max_clusters": 2, "max_nodes": 50, "max_cpus": 400})),
             &[],
         )
         .await;
@@ -1582,6 +1658,106 @@ async fn cluster_quota_is_enforced_and_refusal_writes_nothing() {
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
+}
+
+#[tokio::test]
+async fn cpu_quota_weighs_nodes_and_control_planes_by_machine_type() {
+    let app = TestApp::new().await;
+    let admin = app.token("platform", Role::PlatformAdmin);
+    let token = app.token("small-co", Role::Editor);
+    let q = app
+        .call(
+            Method::PUT,
+            "/v1/tenants/small-co/quota",
+            Some(&admin),
+            Some(json!({"max_clusters": 5, "max_nodes": 50, "max_cpus": 6})),
+            &[],
+        )
+        .await;
+    assert_eq!(q.status, 200, "{}", q.text);
+    assert_eq!(
+        (&q.body["max_cpus"], &q.body["cpus"]),
+        (&json!(6), &json!(0))
+    );
+
+    // A small control plane and two small workers: 3 vCPUs.
+    make_cluster(&app, &token, "web").await;
+    let before = app.counts().await;
+    // One large node (4 vCPUs) would make 7.
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/clusters/web/node-pools",
+            Some(&token),
+            Some(json!({"name": "big", "machine_type": "large", "size": 1})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.body["code"], "quota_exceeded");
+    assert_eq!(r.body["field"], "size");
+    assert!(r.text.contains("vCPU"), "{}", r.text);
+    // Growing a small pool by 4 nodes is as many vCPUs too many.
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/web/node-pools/default",
+            Some(&token),
+            Some(json!({"size": 6})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(
+        (&r.body["code"], &r.body["field"]),
+        (&json!("quota_exceeded"), &json!("size"))
+    );
+    // A control plane of three large members alone is 12.
+    let mut body = cluster_body("ha");
+    body["control_plane"] = json!({"replicas": 3, "machine_type": "large"});
+    body["node_pools"] = json!([]);
+    let r = app
+        .call(Method::POST, "/v1/clusters", Some(&token), Some(body), &[])
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(
+        (&r.body["code"], &r.body["field"]),
+        (&json!("quota_exceeded"), &json!("control_plane"))
+    );
+    // A medium pool with a small control plane: 3 + 1 + 2 * 2 = 8.
+    let mut body = cluster_body("two");
+    body["node_pools"] = json!([{"name": "m", "machine_type": "medium", "size": 2}]);
+    let r = app
+        .call(Method::POST, "/v1/clusters", Some(&token), Some(body), &[])
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(
+        (&r.body["code"], &r.body["field"]),
+        (&json!("quota_exceeded"), &json!("node_pools"))
+    );
+    assert_eq!(app.counts().await, before);
+
+    // What fits still goes: one more small node makes 4.
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/clusters/web/node-pools/default",
+            Some(&token),
+            Some(json!({"size": 3})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let q = app
+        .call(
+            Method::GET,
+            "/v1/tenants/small-co/quota",
+            Some(&admin),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!((&q.body["nodes"], &q.body["cpus"]), (&json!(3), &json!(4)));
 }
 
 /// A refusal as the references test wants it: a 4xx problem naming

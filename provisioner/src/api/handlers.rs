@@ -18,10 +18,10 @@ use kubeforge_cluster::api::{
     AutoscalerPoolView, AutoscalerSettingsRequest, AutoscalerStatusView, ClusterAccepted,
     ClusterListQuery, ClusterView, CreateClusterRequest, CreateHostRequest, CreateNodePoolRequest,
     CredentialsRevoked, EventView, HostCreated, HostProblem, HostView, Items, KubeconfigIssued,
-    KubeconfigRequest, MachineTypeView, MachineView, NodePoolAccepted, NodePoolView,
-    OperationAccepted, OperationView, Page, PageQuery, PendingPodView, PoolReasonView, Problem,
-    Quota, QuotaView, RevokeTokenRequest, TokenRevoked, UpdateClusterRequest,
-    UpdateNodePoolRequest,
+    KubeconfigRequest, MachineTypeListQuery, MachineTypeView, MachineView, NodePoolAccepted,
+    NodePoolView, OperationAccepted, OperationView, Page, PageQuery, PendingPodView,
+    PoolReasonView, Problem, Quota, QuotaView, RevokeTokenRequest, TokenRevoked,
+    UpdateClusterRequest, UpdateNodePoolRequest,
 };
 use kubeforge_cluster::{AutoscalerMode, AutoscalerSettings, Expander, NodeResources};
 
@@ -385,11 +385,18 @@ pub async fn autoscaler_credentials_create(
     Ok(Json(out).into_response())
 }
 
-/// List the machine types and what their nodes offer to pods.
+/// List the machine types, what their nodes offer to pods and which
+/// providers offer them.
 #[utoipa::path(get, path = "/v1/machine-types", tag = "machine-types", operation_id = "list_machine_types",
-    responses((status = 200, body = Items<MachineTypeView>, description = "every machine type with what its nodes offer to pods, in one answer")))]
-pub async fn machine_type_list(State(app): State<SharedApp>, ctx: OpContext) -> Result<Response> {
-    let items = app.machine_type_list(&ctx)?;
+    params(MachineTypeListQuery),
+    responses((status = 200, body = Items<MachineTypeView>, description = "every machine type (or those `provider` offers) with what its nodes offer to pods, in one answer"),
+              (status = 422, body = Problem, content_type = "application/problem+json", description = "unknown provider kind")))]
+pub async fn machine_type_list(
+    State(app): State<SharedApp>,
+    ctx: OpContext,
+    QueryParams(q): QueryParams<MachineTypeListQuery>,
+) -> Result<Response> {
+    let items = app.machine_type_list(&ctx, q.provider.as_deref())?;
     Ok(Json(Items { items }).into_response())
 }
 

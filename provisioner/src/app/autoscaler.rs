@@ -9,6 +9,7 @@ use kubeforge_cluster::api::{
     AutoscalerCredentialsRequest, AutoscalerCredentialsView, AutoscalerStatusView, MachineTypeView,
 };
 use kubeforge_cluster::externalgrpc::{CloudConfig, MAX_CREDENTIALS_TTL, MIN_CREDENTIALS_TTL};
+use kubeforge_cluster::machine_types::PROVIDER_KINDS;
 use kubeforge_cluster::{MachineType, ValidationError};
 
 use super::views::autoscaler_status_view;
@@ -40,12 +41,31 @@ impl App {
         Ok(autoscaler_status_view(&c, &pools, &machines, snapshot))
     }
 
-    /// Every machine type, smallest first, with what its nodes offer to pods.
+    /// Every machine type in catalogue order (generic sizes, then EC2
+    /// instance types), with what its nodes offer to pods; only those
+    /// provider kind `provider` offers when given (an unknown kind is
+    /// refused, naming `provider`).
     #[tracing::instrument(skip_all, fields(tenant = %ctx.tenant, subject = %ctx.subject))]
-    pub fn machine_type_list(&self, ctx: &OpContext) -> Result<Vec<MachineTypeView>> {
+    pub fn machine_type_list(
+        &self,
+        ctx: &OpContext,
+        provider: Option<&str>,
+    ) -> Result<Vec<MachineTypeView>> {
         ctx.authorize(Action::Read)?;
-        Ok(MachineType::ALL
-            .into_iter()
+        if let Some(kind) = provider {
+            if !PROVIDER_KINDS.contains(&kind) {
+                return Err(ValidationError::new(
+                    "provider",
+                    format!(
+                        "unknown provider kind {kind:?}; one of {}",
+                        PROVIDER_KINDS.join(", ")
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(MachineType::all()
+            .filter(|t| provider.is_none_or(|k| t.offered_on(k)))
             .map(MachineTypeView::from)
             .collect())
     }

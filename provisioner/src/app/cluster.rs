@@ -113,7 +113,8 @@ impl App {
             }
         }
         let quota = tenant::ensure_locked(&mut tx, &ctx.tenant, self.config.default_quota).await?;
-        let (clusters, nodes) = tenant::usage(&mut tx, &ctx.tenant).await?;
+        let usage = tenant::usage(&mut tx, &ctx.tenant).await?;
+        let (clusters, nodes) = (usage.clusters, usage.nodes);
         if clusters >= i64::from(quota.max_clusters) {
             return Err(Error::QuotaExceeded {
                 field: "name".into(),
@@ -133,6 +134,34 @@ impl App {
                     quota.max_nodes
                 ),
             });
+        }
+        // vCPUs: the control plane's members first, then the pools', so the
+        // refusal names the part that crossed the quota.
+        let cp_cpus = i64::from(spec.control_plane.replicas)
+            * i64::from(spec.control_plane.machine_type.cpus());
+        let pool_cpus: i64 = spec
+            .node_pools
+            .iter()
+            .map(|p| {
+                i64::from(p.size.max(p.autoscaling.map_or(0, |a| a.max)))
+                    * i64::from(p.machine_type.cpus())
+            })
+            .sum();
+        for (field, total) in [
+            ("control_plane", cp_cpus),
+            ("node_pools", cp_cpus + pool_cpus),
+        ] {
+            if usage.cpus + total > i64::from(quota.max_cpus) {
+                return Err(Error::QuotaExceeded {
+                    field: field.into(),
+                    detail: format!(
+                        "{} more vCPUs would exceed the quota of {} (in use: {})",
+                        cp_cpus + pool_cpus,
+                        quota.max_cpus,
+                        usage.cpus
+                    ),
+                });
+            }
         }
         let id = Uuid::now_v7();
         cluster::insert(

@@ -1,13 +1,16 @@
 //! Node pool calls: create, list, get, update (size, autoscaling, drain
-//! timeout, auto-repair), delete.
+//! timeout, auto-repair, host selector, alternative machine types), delete.
 
 use kubeforge_cluster::api::{
     CreateNodePoolRequest, NodePoolAccepted, NodePoolView, OperationAccepted, OperationView,
     UpdateNodePoolRequest,
 };
+use kubeforge_cluster::machine_types::{check_alternatives_on, parse_alternatives};
 use kubeforge_cluster::operations::OperationKind;
 use kubeforge_cluster::spec::{check_drain_timeout, check_pool_size, MAX_POOLS};
-use kubeforge_cluster::{AutoRepair, Autoscaling, Labels, NodePoolSpec, ValidationError};
+use kubeforge_cluster::{
+    AutoRepair, Autoscaling, Labels, MachineType, NodePoolSpec, ValidationError,
+};
 
 use super::cluster::check_if_match;
 use super::views::node_pool_view;
@@ -39,24 +42,39 @@ pub(super) fn check_host_selector(
 }
 
 impl App {
+    /// Refuses `extra` more nodes of `machine_type` (on `field`) when they
+    /// would cross the tenant's node or vCPU quota.
     async fn check_node_quota(
         &self,
         conn: &mut sqlx::PgConnection,
         ctx: &OpContext,
         extra: i64,
+        machine_type: MachineType,
         field: &str,
     ) -> Result<()> {
         if extra <= 0 {
             return Ok(());
         }
         let quota = tenant::ensure_locked(conn, &ctx.tenant, self.config.default_quota).await?;
-        let (_, nodes) = tenant::usage(conn, &ctx.tenant).await?;
+        let usage = tenant::usage(conn, &ctx.tenant).await?;
+        let nodes = usage.nodes;
         if nodes + extra > i64::from(quota.max_nodes) {
             return Err(Error::QuotaExceeded {
                 field: field.into(),
                 detail: format!(
                     "{extra} more nodes would exceed the quota of {} (in use: {nodes})",
                     quota.max_nodes
+                ),
+            });
+        }
+        let cpus = extra * i64::from(machine_type.cpus());
+        if usage.cpus + cpus > i64::from(quota.max_cpus) {
+            return Err(Error::QuotaExceeded {
+                field: field.into(),
+                detail: format!(
+                    "{extra} more {machine_type} nodes ({cpus} vCPUs) would exceed the vCPU \
+                     quota of {} (in use: {})",
+                    quota.max_cpus, usage.cpus
                 ),
             });
         }
@@ -86,6 +104,7 @@ impl App {
             return Err(Error::Conflict("the cluster is being deleted".into()));
         }
         check_host_selector(c.provider.kind(), &spec.host_selector, "host_selector")?;
+        spec.check_provider(c.provider.kind())?;
         if let Some(why) = self.workers_unsupported(c.provider.kind()) {
             return Err(Error::Conflict(why));
         }
@@ -98,7 +117,8 @@ impl App {
             )));
         }
         let extra = i64::from(spec.size.max(spec.autoscaling.map_or(0, |a| a.max)));
-        self.check_node_quota(&mut tx, ctx, extra, "size").await?;
+        self.check_node_quota(&mut tx, ctx, extra, spec.machine_type, "size")
+            .await?;
         let id = uuid::Uuid::now_v7();
         node_pool::insert(&mut tx, ctx, c.id, id, &spec).await?;
         let op = self
@@ -178,11 +198,12 @@ impl App {
             && req.drain_timeout_seconds.is_none()
             && req.auto_repair.is_none()
             && req.host_selector.is_none()
+            && req.alternative_machine_types.is_none()
         {
             return Err(kubeforge_cluster::ValidationError::new(
                 "size",
-                "give at least one of size, autoscaling, drain_timeout_seconds, auto_repair \
-                 and host_selector",
+                "give at least one of size, autoscaling, drain_timeout_seconds, auto_repair, \
+                 host_selector and alternative_machine_types",
             )
             .into());
         }
@@ -206,6 +227,14 @@ impl App {
         if let Some(selector) = &host_selector {
             check_host_selector(c.provider.kind(), selector, "host_selector")?;
         }
+        let alternatives = match &req.alternative_machine_types {
+            Some(names) => {
+                let alternatives = parse_alternatives(p.machine_type, names)?;
+                check_alternatives_on(c.provider.kind(), &alternatives)?;
+                alternatives
+            }
+            None => p.alternative_machine_types.clone(),
+        };
         let autoscaling = req.autoscaling.unwrap_or(p.autoscaling);
         if let Some(a) = &autoscaling {
             a.validate()?;
@@ -217,7 +246,7 @@ impl App {
         check_pool_size(size, autoscaling.as_ref())?;
         let old = i64::from(p.size.max(p.autoscaling.map_or(0, |a| a.max)));
         let new = i64::from(size.max(autoscaling.map_or(0, |a| a.max)));
-        self.check_node_quota(&mut tx, ctx, new - old, "size")
+        self.check_node_quota(&mut tx, ctx, new - old, p.machine_type, "size")
             .await?;
         let settings = node_pool::PoolSettings {
             size,
@@ -225,6 +254,7 @@ impl App {
             drain_timeout_seconds: req.drain_timeout_seconds.unwrap_or(p.drain_timeout_seconds),
             auto_repair: req.auto_repair.unwrap_or(p.auto_repair),
             host_selector: host_selector.unwrap_or_else(|| p.host_selector.clone()),
+            alternative_machine_types: alternatives,
         };
         let generation = node_pool::update_settings(&mut tx, p.id, &settings).await?;
         let message = format!(
@@ -343,6 +373,20 @@ fn describe_changes(old: &node_pool::PoolSettings, new: &node_pool::PoolSettings
             "host selector {} -> {}",
             show(&old.host_selector),
             show(&new.host_selector)
+        ));
+    }
+    if old.alternative_machine_types != new.alternative_machine_types {
+        let show = |ts: &[kubeforge_cluster::MachineType]| {
+            if ts.is_empty() {
+                "none".to_string()
+            } else {
+                ts.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")
+            }
+        };
+        parts.push(format!(
+            "alternative machine types {} -> {}",
+            show(&old.alternative_machine_types),
+            show(&new.alternative_machine_types)
         ));
     }
     if old.auto_repair != new.auto_repair {

@@ -250,13 +250,15 @@ impl App {
         let quota = tenant::get_quota(&mut *conn, tenant_id)
             .await?
             .unwrap_or(self.config.default_quota);
-        let (clusters, nodes) = tenant::usage(&mut conn, tenant_id).await?;
+        let usage = tenant::usage(&mut conn, tenant_id).await?;
         Ok(QuotaView {
             tenant: tenant_id.into(),
             max_clusters: quota.max_clusters,
             max_nodes: quota.max_nodes,
-            clusters,
-            nodes,
+            max_cpus: quota.max_cpus,
+            clusters: usage.clusters,
+            nodes: usage.nodes,
+            cpus: usage.cpus,
         })
     }
 
@@ -280,6 +282,9 @@ impl App {
         }
         if quota.max_nodes < 0 || quota.max_nodes > 100_000 {
             return Err(ValidationError::new("max_nodes", "must be 0-100000").into());
+        }
+        if quota.max_cpus < 0 || quota.max_cpus > 1_000_000 {
+            return Err(ValidationError::new("max_cpus", "must be 0-1000000").into());
         }
         tenant::put_quota(&self.pool, tenant_id, quota).await?;
         self.quota_get(ctx, tenant_id).await

@@ -106,6 +106,11 @@ pub fn node_pool_view(p: &NodePool, machines: &[Machine]) -> NodePoolView {
         cluster: p.cluster_id,
         name: p.name.to_string(),
         machine_type: p.machine_type.as_str().into(),
+        alternative_machine_types: p
+            .alternative_machine_types
+            .iter()
+            .map(|t| t.as_str().to_string())
+            .collect(),
         size: p.size,
         autoscaling: p.autoscaling,
         labels: p.labels.as_map().clone(),

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kubeforge_cluster::api::{PendingPodView, PoolReasonView, PENDING_SHOWN};
+use kubeforge_cluster::machine_types::GPU_RESOURCE;
 use kubeforge_cluster::pools::{MachineRole, MachineState};
 use kubeforge_cluster::scaledown::{
     self, Controller, Pdb, PodOnNode, PoolBounds, PoolNode, ScaleDownInput, ScaleDownSettings,
@@ -91,6 +92,9 @@ pub struct World {
     pub settings: Settings,
     /// The tenant's node quota and the nodes its pools ask for now.
     pub quota: Option<scaleup::Quota>,
+    /// The tenant's vCPU quota and the vCPUs its pools and control planes
+    /// ask for now.
+    pub cpu_quota: Option<scaleup::Quota>,
 }
 
 impl World {
@@ -106,13 +110,16 @@ impl World {
             return Ok(None);
         }
         let machines = machine::list_any(&app.pool, id).await?;
-        let (in_use, limit) = crate::store::tenant::nodes_now(&app.pool, &c.tenant).await?;
-        let quota = limit.map(|limit| scaleup::Quota {
-            in_use: u32::try_from(in_use).unwrap_or(u32::MAX),
-            limit: u32::try_from(limit).unwrap_or(0),
-        });
+        let now = crate::store::tenant::in_use_now(&app.pool, &c.tenant).await?;
+        let quota = |in_use: i64, limit: Option<i32>| {
+            limit.map(|limit| scaleup::Quota {
+                in_use: u32::try_from(in_use).unwrap_or(u32::MAX),
+                limit: u32::try_from(limit).unwrap_or(0),
+            })
+        };
         Ok(Some(World {
-            quota,
+            quota: quota(now.nodes, now.max_nodes),
+            cpu_quota: quota(now.cpus, now.max_cpus),
             settings: Settings::from(&c.autoscaler),
             cluster: c,
             pools,
@@ -154,15 +161,20 @@ impl World {
     }
 }
 
-/// Resources from a node offer.
+/// Resources from a node offer, with the type's GPUs as the extended
+/// resource their device plugin advertises.
 fn offered(t: MachineType, ephemeral_bytes: u64) -> Resources {
     let offer = NodeOffer::of(t);
+    let mut extended = BTreeMap::new();
+    if t.gpus() > 0 {
+        extended.insert(GPU_RESOURCE.to_string(), u64::from(t.gpus()));
+    }
     Resources {
         cpu_millis: offer.cpu_millis,
         memory_bytes: offer.memory_bytes,
         ephemeral_bytes,
         pods: PODS_PER_NODE,
-        extended: BTreeMap::new(),
+        extended,
     }
 }
 
@@ -334,6 +346,7 @@ pub fn plan_scale_up(
             size: p.size,
             max: p.autoscaling.map_or(p.size, |a| a.max),
             priority: p.autoscaling.map_or(0, |a| a.priority),
+            vcpus: p.machine_type.cpus(),
             excluded: holds.get(p.name.as_str()).cloned(),
         })
         .collect();
@@ -346,6 +359,7 @@ pub fn plan_scale_up(
         &ScaleUpSettings {
             expander: world.settings.expander,
             quota: world.quota,
+            cpu_quota: world.cpu_quota,
             max_nodes_per_scale_up: world.settings.max_nodes_per_scale_up,
         },
     );
@@ -738,7 +752,7 @@ mod tests {
             provider: ProviderSpec::Lab {},
             control_plane: ControlPlaneSpec {
                 replicas: 1,
-                machine_type: MachineType::Small,
+                machine_type: MachineType::SMALL,
             },
             network: ClusterNetwork::parse("10.244.0.0/16", "10.96.0.0/12").unwrap(),
             labels: Labels::default(),
@@ -764,7 +778,8 @@ mod tests {
             tenant: c.tenant.clone(),
             cluster_id: c.id,
             name: NodePoolName::parse(name).unwrap(),
-            machine_type: MachineType::Small,
+            machine_type: MachineType::SMALL,
+            alternative_machine_types: Vec::new(),
             size,
             autoscaling: Some(Autoscaling {
                 min,
@@ -797,7 +812,7 @@ mod tests {
             role: MachineRole::Worker,
             name: name.into(),
             provider: "lab".into(),
-            machine_type: MachineType::Small,
+            machine_type: MachineType::SMALL,
             state,
             provider_id: None,
             address: None,
@@ -821,7 +836,7 @@ mod tests {
     }
 
     fn node(name: &str, pool: &str, ready: bool) -> WatchEvent<k8s_openapi::api::core::v1::Node> {
-        let offer = NodeOffer::of(MachineType::Small);
+        let offer = NodeOffer::of(MachineType::SMALL);
         WatchEvent::Apply(
             serde_json::from_value(json!({
                 "metadata": {"name": name, "labels": {"kubeforge.io/node-pool": pool}},
@@ -902,6 +917,7 @@ mod tests {
             pools,
             machines,
             quota: None,
+            cpu_quota: None,
         }
     }
 
@@ -1048,6 +1064,51 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_asking_for_a_gpu_grows_the_gpu_pool_and_the_other_says_insufficient_gpu() {
+        let c = cluster();
+        let mut cpu = pool(&c, "cpu", 0, 0, 2);
+        cpu.machine_type = MachineType::parse("m5.large").unwrap();
+        let mut gpu = pool(&c, "gpu", 0, 0, 2);
+        gpu.machine_type = MachineType::parse("g4dn.xlarge").unwrap();
+        let w = world(vec![cpu, gpu], vec![]);
+        let trainer = json!({"containers": [{"name": "c", "image": "x", "resources": {
+            "requests": {"cpu": "500m", "memory": "64Mi", "nvidia.com/gpu": "1"},
+            "limits": {"nvidia.com/gpu": "1"}}}]});
+        let m = mirror(vec![], vec![pod("train", "500m", None, trainer)]);
+        let plan = plan_scale_up(&w, &m, &HashMap::new());
+        assert_eq!(plan.grows.len(), 1, "{plan:?}");
+        assert_eq!(
+            (
+                plan.grows[0].pool.as_str(),
+                plan.grows[0].from,
+                plan.grows[0].to
+            ),
+            ("gpu", 0, 1)
+        );
+
+        // With the GPU pool held, the pod fits no pool: the m5.large pool
+        // says why it never could.
+        let holds = HashMap::from([("gpu".to_string(), "backed off".to_string())]);
+        let plan = plan_scale_up(&w, &m, &holds);
+        assert!(plan.grows.is_empty(), "{plan:?}");
+        let reasons: Vec<(&str, &str)> = plan.pending[0]
+            .reasons
+            .iter()
+            .map(|r| (r.pool.as_str(), r.reason.as_str()))
+            .collect();
+        assert!(
+            reasons.contains(&("cpu", "insufficient nvidia.com/gpu")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|(p, r)| *p == "gpu" && r.contains("backed off")),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
     fn the_tenant_quota_bounds_a_scale_up_and_says_so() {
         let c = cluster();
         let auto = pool(&c, "auto", 1, 1, 4);
@@ -1076,6 +1137,42 @@ mod tests {
             .find(|p| p.outcome == "no_pool")
             .unwrap();
         assert!(left.reasons[0].reason.contains("quota"), "{left:?}");
+    }
+
+    #[test]
+    fn the_tenant_vcpu_quota_bounds_a_scale_up_by_the_pools_machine_type() {
+        let c = cluster();
+        let mut auto = pool(&c, "auto", 1, 1, 4);
+        auto.machine_type = MachineType::MEDIUM;
+        let mut w = world(
+            vec![auto.clone()],
+            vec![machine(&auto, "auto-1", MachineState::Running)],
+        );
+        // A small control plane and one medium node use 3 of 6 vCPUs:
+        // room for one more medium node (2), not two.
+        w.cpu_quota = Some(scaleup::Quota {
+            in_use: 3,
+            limit: 6,
+        });
+        let m = mirror(
+            vec![node("auto-1", "auto", true)],
+            vec![
+                pod("web-1", "600m", Some("auto-1"), json!({})),
+                pod("web-2", "1500m", None, json!({})),
+                pod("web-3", "1500m", None, json!({})),
+            ],
+        );
+        let plan = plan_scale_up(&w, &m, &HashMap::new());
+        assert_eq!((plan.grows[0].from, plan.grows[0].to), (1, 2), "{plan:?}");
+        let left = plan
+            .pending
+            .iter()
+            .find(|p| p.outcome == "no_pool")
+            .unwrap();
+        assert_eq!(
+            left.reasons[0].reason, "quota: 5 vCPUs in use of 6",
+            "{left:?}"
+        );
     }
 
     #[test]

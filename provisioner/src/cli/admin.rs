@@ -85,17 +85,21 @@ pub enum QuotasCmd {
     /// Set a tenant's quota (platform-admin); a bound not given keeps its
     /// value.
     #[command(
-        after_help = "Examples:\n  kubeforge quotas set acme --max-clusters 10 --max-nodes 50"
+        after_help = "Examples:\n  kubeforge quotas set acme --max-clusters 10 --max-nodes 50 --max-cpus 200"
     )]
     Set {
         /// Tenant id.
         tenant: String,
         /// Most live clusters.
-        #[arg(long, required_unless_present = "max_nodes")]
+        #[arg(long, required_unless_present_any = ["max_nodes", "max_cpus"])]
         max_clusters: Option<i32>,
         /// Most worker nodes, summed over pools' sizes and autoscaling maxima.
         #[arg(long)]
         max_nodes: Option<i32>,
+        /// Most vCPUs: the worker nodes weighted by their machine type's
+        /// vCPUs, plus the control planes' members.
+        #[arg(long)]
+        max_cpus: Option<i32>,
     },
 }
 
@@ -221,24 +225,26 @@ pub async fn run_quotas_to(
             tenant,
             max_clusters,
             max_nodes,
+            max_cpus,
         } => {
             let url = api.url(&["tenants", &tenant, "quota"])?;
-            // PUT takes both bounds: one not given keeps its value.
-            let (max_clusters, max_nodes) = match (max_clusters, max_nodes) {
-                (Some(c), Some(n)) => (c, n),
+            // PUT takes every bound: one not given keeps its value.
+            let body = match (max_clusters, max_nodes, max_cpus) {
+                (Some(max_clusters), Some(max_nodes), Some(max_cpus)) => Quota {
+                    max_clusters,
+                    max_nodes,
+                    max_cpus,
+                },
                 _ => {
                     let now: QuotaView = api
                         .call(Method::GET, url.clone(), HeaderMap::new(), NO_BODY)
                         .await?;
-                    (
-                        max_clusters.unwrap_or(now.max_clusters),
-                        max_nodes.unwrap_or(now.max_nodes),
-                    )
+                    Quota {
+                        max_clusters: max_clusters.unwrap_or(now.max_clusters),
+                        max_nodes: max_nodes.unwrap_or(now.max_nodes),
+                        max_cpus: max_cpus.unwrap_or(now.max_cpus),
+                    }
                 }
-            };
-            let body = Quota {
-                max_clusters,
-                max_nodes,
             };
             api.call::<QuotaView, _>(Method::PUT, url, HeaderMap::new(), Some(&body))
                 .await?
@@ -247,11 +253,12 @@ pub async fn run_quotas_to(
     if emit(out, opts.output, &view)? {
         return Ok(());
     }
-    let mut t = Table::new(&["TENANT", "CLUSTERS", "NODES"]);
+    let mut t = Table::new(&["TENANT", "CLUSTERS", "NODES", "VCPUS"]);
     t.row(vec![
         text(&view.tenant),
         format!("{}/{}", view.clusters, view.max_clusters),
         format!("{}/{}", view.nodes, view.max_nodes),
+        format!("{}/{}", view.cpus, view.max_cpus),
     ]);
     t.write(out)?;
     Ok(())

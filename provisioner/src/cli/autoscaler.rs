@@ -178,17 +178,25 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Lists the machine types (`kubeforge machine-types`) on stdout.
-pub async fn run_machine_types(opts: &ClientOpts) -> anyhow::Result<()> {
+/// Lists the machine types (`kubeforge machine-types`) on stdout: all, or
+/// those provider kind `provider` offers.
+pub async fn run_machine_types(opts: &ClientOpts, provider: Option<&str>) -> anyhow::Result<()> {
     let mut buf = Vec::new();
-    run_machine_types_to(opts, &mut buf).await?;
+    run_machine_types_to(opts, provider, &mut buf).await?;
     write_stdout(&buf)
 }
 
 /// [`run_machine_types`], writing to `out`.
-pub async fn run_machine_types_to(opts: &ClientOpts, out: &mut impl Write) -> anyhow::Result<()> {
+pub async fn run_machine_types_to(
+    opts: &ClientOpts,
+    provider: Option<&str>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let api = Api::new(opts)?;
-    let url = api.url(&["machine-types"])?;
+    let mut url = api.url(&["machine-types"])?;
+    if let Some(kind) = provider {
+        url.query_pairs_mut().append_pair("provider", kind);
+    }
     let list: Items<MachineTypeView> = api
         .call(Method::GET, url, HeaderMap::new(), NO_BODY)
         .await?;
@@ -197,7 +205,7 @@ pub async fn run_machine_types_to(opts: &ClientOpts, out: &mut impl Write) -> an
 }
 
 /// Prints a `GET /v1/machine-types` answer: capacity, then what a node
-/// offers to pods.
+/// offers to pods, then where the type is offered.
 pub fn print_machine_types(
     out: &mut impl Write,
     format: Output,
@@ -210,20 +218,34 @@ pub fn print_machine_types(
         "NAME",
         "CPU",
         "MEMORY MIB",
+        "GPUS",
         "PODS",
         "ALLOCATABLE CPU",
         "ALLOCATABLE MEMORY MIB",
         "ALLOCATABLE PODS",
+        "PROVIDERS",
+        "EC2 INSTANCE TYPE",
     ]);
     for m in &list.items {
+        let gpus = match &m.gpu_model {
+            Some(model) if m.gpus > 0 => format!("{} {}", m.gpus, text(model)),
+            _ => m.gpus.to_string(),
+        };
         t.row(vec![
             text(&m.name),
             m.cpu.to_string(),
             m.memory_mib.to_string(),
+            gpus,
             m.pods.to_string(),
             format!("{}m", m.allocatable.cpu_millis),
             m.allocatable.memory_mib.to_string(),
             m.allocatable.pods.to_string(),
+            m.providers
+                .iter()
+                .map(|p| text(p))
+                .collect::<Vec<_>>()
+                .join(","),
+            m.ec2_instance_type.as_deref().map_or("-".into(), text),
         ]);
     }
     t.write(out)
@@ -457,20 +479,14 @@ mod tests {
     #[test]
     fn machine_types_table() {
         let list = Items {
-            items: MachineType::ALL
-                .into_iter()
+            items: MachineType::all()
+                .filter(|t| ["small", "large", "g4dn.xlarge"].contains(&t.as_str()))
                 .map(MachineTypeView::from)
                 .collect(),
         };
         let mut out = Vec::new();
         print_machine_types(&mut out, Output::Table, &list).unwrap();
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "NAME    CPU  MEMORY MIB  PODS  ALLOCATABLE CPU  ALLOCATABLE MEMORY MIB  ALLOCATABLE PODS\n\
-             small   1    2048        110   900m             1692                    110\n\
-             medium  2    4096        110   1900m            3740                    110\n\
-             large   4    8192        110   3900m            7836                    110\n"
-        );
+        insta::assert_snapshot!(String::from_utf8(out).unwrap());
     }
 
     fn creds() -> AutoscalerCredentialsView {

@@ -322,6 +322,18 @@ pub struct NodePoolUpdateArgs {
     /// Clear the pool's host selector: any free host will do.
     #[arg(long)]
     pub any_host: bool,
+    /// Replace the pool's alternative machine types (aws clusters) with
+    /// these, tried in order when the provider has no capacity for the
+    /// pool's type (repeatable).
+    #[arg(
+        long = "alternative-machine-type",
+        value_name = "TYPE",
+        conflicts_with = "no_alternatives"
+    )]
+    pub alternative_machine_types: Vec<String>,
+    /// Clear the pool's alternative machine types.
+    #[arg(long)]
+    pub no_alternatives: bool,
     /// Only update if the pool's etag still matches (412 otherwise).
     #[arg(long)]
     pub if_match: Option<String>,
@@ -361,6 +373,10 @@ pub struct NodePoolCreateArgs {
     /// ssh clusters only): they claim only registered hosts carrying all.
     #[arg(long = "host-selector", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub host_selector: Vec<(String, String)>,
+    /// A machine type to launch instead, in order, when the provider has
+    /// no capacity for --machine-type (repeatable; aws clusters only).
+    #[arg(long = "alternative-machine-type", value_name = "TYPE")]
+    pub alternative_machine_types: Vec<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -813,6 +829,7 @@ pub fn cluster_create_body(args: &ClusterCreateArgs) -> anyhow::Result<Value> {
                 drain_timeout_seconds: None,
                 auto_repair: None,
                 host_selector: BTreeMap::new(),
+                alternative_machine_types: Vec::new(),
             })
             .collect(),
         labels: labels_map(&args.labels),
@@ -850,6 +867,7 @@ fn node_pool_body(args: &NodePoolCreateArgs) -> CreateNodePoolRequest {
         drain_timeout_seconds: args.drain_timeout,
         auto_repair: args.repair.settings(),
         host_selector: labels_map(&args.host_selector),
+        alternative_machine_types: args.alternative_machine_types.clone(),
     }
 }
 
@@ -868,18 +886,22 @@ pub fn node_pool_update_body(args: &NodePoolUpdateArgs) -> anyhow::Result<Update
         auto_repair,
         host_selector: (args.any_host || !args.host_selector.is_empty())
             .then(|| labels_map(&args.host_selector)),
+        alternative_machine_types: (args.no_alternatives
+            || !args.alternative_machine_types.is_empty())
+        .then(|| args.alternative_machine_types.clone()),
     };
     anyhow::ensure!(
         body.size.is_some()
             || body.autoscaling.is_some()
             || body.drain_timeout_seconds.is_some()
             || body.auto_repair.is_some()
-            || body.host_selector.is_some(),
+            || body.host_selector.is_some()
+            || body.alternative_machine_types.is_some(),
         ClientError::BadArgument {
             what: "nodepools update".into(),
             reason: "nothing to change: give --size, --min/--max, --no-autoscaling, \
-                     --drain-timeout, --repair-after, --no-auto-repair, --host-selector \
-                     or --any-host"
+                     --drain-timeout, --repair-after, --no-auto-repair, --host-selector, \
+                     --any-host, --alternative-machine-type or --no-alternatives"
                 .into(),
         }
     );
@@ -1527,12 +1549,21 @@ fn pool_table<'a>(pools: impl IntoIterator<Item = &'a NodePoolView>) -> Table {
             text(&p.name),
             // Ready nodes out of the desired size, as kubectl shows replicas.
             format!("{}/{}", p.ready_nodes, p.size),
-            text(&p.machine_type),
+            machine_types(p),
             autoscaling,
             p.phase.as_str().into(),
         ]);
     }
     t
+}
+
+/// `m5.large`, or with its alternatives in order: `m5.large|m5a.large|m6i.large`.
+fn machine_types(p: &NodePoolView) -> String {
+    std::iter::once(&p.machine_type)
+        .chain(&p.alternative_machine_types)
+        .map(|t| text(t))
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 fn write_operation(out: &mut impl Write, op: &OperationView) -> std::io::Result<()> {
@@ -1766,6 +1797,26 @@ mod tests {
             json!({"host_selector": {}})
         );
         assert!(parse(&with(&["--any-host", "--host-selector", "gpu=true"])).is_err());
+        assert_eq!(
+            body(&with(&[
+                "--alternative-machine-type",
+                "m5a.large",
+                "--alternative-machine-type",
+                "m6i.large"
+            ]))
+            .unwrap(),
+            json!({"alternative_machine_types": ["m5a.large", "m6i.large"]})
+        );
+        assert_eq!(
+            body(&with(&["--no-alternatives"])).unwrap(),
+            json!({"alternative_machine_types": []})
+        );
+        assert!(parse(&with(&[
+            "--no-alternatives",
+            "--alternative-machine-type",
+            "m5a.large"
+        ]))
+        .is_err());
         let err = body(&base).unwrap_err();
         assert!(err.to_string().contains("nothing to change"), "{err}");
         assert_eq!(exit_code(&err), EXIT_USAGE);
@@ -2166,6 +2217,18 @@ mod tests {
             })
         );
         let body = node_pool_body(&pool_args(&[
+            "--machine-type",
+            "m5.large",
+            "--alternative-machine-type",
+            "m5a.large",
+            "--alternative-machine-type",
+            "m6i.large",
+        ]));
+        assert_eq!(
+            serde_json::to_value(body).unwrap()["alternative_machine_types"],
+            json!(["m5a.large", "m6i.large"])
+        );
+        let body = node_pool_body(&pool_args(&[
             "--min",
             "0",
             "--max",
@@ -2467,12 +2530,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_pools_alternatives_follow_its_machine_type() {
+        let mut p = pool_view("gpu", 1, 1, "g4dn.xlarge");
+        assert_eq!(machine_types(&p), "g4dn.xlarge");
+        p.alternative_machine_types = vec!["g4dn.2xlarge".into(), "p3.2xlarge".into()];
+        assert_eq!(machine_types(&p), "g4dn.xlarge|g4dn.2xlarge|p3.2xlarge");
+    }
+
     fn pool_view(name: &str, size: u32, ready: u32, machine_type: &str) -> NodePoolView {
         NodePoolView {
             id: Uuid::from_u128(9),
             cluster: Uuid::from_u128(1),
             name: name.into(),
             machine_type: machine_type.into(),
+            alternative_machine_types: Vec::new(),
             size,
             autoscaling: None,
             labels: BTreeMap::new(),

@@ -536,5 +536,6 @@ mod tests {
         assert!(parse(&["hosts", "register", "--address", "a", "--host-key", "k"]).is_err());
         assert!(parse(&["quotas", "set", "acme"]).is_err());
         assert!(parse(&["quotas", "set", "acme", "--max-nodes", "3"]).is_ok());
+        assert!(parse(&["quotas", "set", "acme", "--max-cpus", "64"]).is_ok());
     }
 }

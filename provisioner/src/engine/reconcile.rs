@@ -132,10 +132,12 @@ fn machine_request(
             .map(|p| p.name.as_str()),
         c.provider.clone(),
     );
-    req.host_selector = pools
-        .iter()
-        .find(|p| Some(p.id) == m.node_pool_id)
+    let pool = pools.iter().find(|p| Some(p.id) == m.node_pool_id);
+    req.host_selector = pool
         .map(|p| p.host_selector.as_map().clone())
+        .unwrap_or_default();
+    req.alternatives = pool
+        .map(|p| p.alternative_machine_types.clone())
         .unwrap_or_default();
     if let Some(key) = authorized_key {
         req.user_data = Some(kubeforge_cluster::userdata::render(&req.identity(), key)?);
@@ -469,7 +471,7 @@ impl Run<'_> {
                     None,
                     MachineRole::LoadBalancer,
                     &name,
-                    MachineType::Small,
+                    MachineType::SMALL,
                 )
                 .await
                 .map_err(db)?;

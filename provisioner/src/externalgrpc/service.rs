@@ -460,16 +460,32 @@ impl Provider {
                 p.name, p.size, max
             )));
         }
-        // The tenant's node quota, against the sizes in use (a platform
-        // admin may have lowered it below the pools' maxima).
-        let (in_use, limit) = tenant::nodes_now(&mut *tx, &c.tenant).await.map_err(db)?;
-        if let Some(limit) = limit {
-            if in_use + i64::from(delta) > i64::from(limit) {
+        // The tenant's node and vCPU quotas, against the sizes in use (a
+        // platform admin may have lowered them below the pools' maxima).
+        let now = tenant::in_use_now(&mut *tx, &c.tenant)
+            .await
+            .map_err(status)?;
+        if let Some(limit) = now.max_nodes {
+            if now.nodes + i64::from(delta) > i64::from(limit) {
                 return Err(Status::resource_exhausted(format!(
-                    "tenant {}'s node quota is {limit} and its pools use {in_use}: {delta} more \
+                    "tenant {}'s node quota is {limit} and its pools use {}: {delta} more \
                      would be {}",
                     c.tenant,
-                    in_use + i64::from(delta)
+                    now.nodes,
+                    now.nodes + i64::from(delta)
+                )));
+            }
+        }
+        let cpus = i64::from(delta) * i64::from(p.machine_type.cpus());
+        if let Some(limit) = now.max_cpus {
+            if now.cpus + cpus > i64::from(limit) {
+                return Err(Status::resource_exhausted(format!(
+                    "tenant {}'s vCPU quota is {limit} and it uses {}: {delta} more {} nodes \
+                     would be {}",
+                    c.tenant,
+                    now.cpus,
+                    p.machine_type,
+                    now.cpus + cpus
                 )));
             }
         }

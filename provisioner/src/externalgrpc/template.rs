@@ -7,11 +7,13 @@
 //! `node.kubernetes.io/instance-type`, the kubelet's own labels (hostname,
 //! os, arch), the pool's taints; its capacity is the machine type's and
 //! its allocatable what the kubelet reports after the system reservation
-//! (`MachineType::allocatable`, which lab workers are held to). Ready, so
-//! the autoscaler's simulation treats it as a node that has come up.
+//! (`MachineType::allocatable`, which lab workers are held to), with the
+//! type's GPUs as `nvidia.com/gpu` in both. Ready, so the autoscaler's
+//! simulation treats it as a node that has come up.
 
 use std::collections::HashMap;
 
+use kubeforge_cluster::machine_types::GPU_RESOURCE;
 use kubeforge_cluster::names::{INSTANCE_TYPE_LABEL, MAX_PODS};
 use kubeforge_cluster::spec::NODE_POOL_LABEL;
 use kubeforge_cluster::NodeResources;
@@ -31,21 +33,26 @@ fn quantity(s: String) -> resource::Quantity {
     resource::Quantity { string: Some(s) }
 }
 
-/// `cpu`, `memory` and `pods` as Kubernetes writes them.
-fn resources(r: NodeResources) -> HashMap<String, resource::Quantity> {
+/// `cpu`, `memory` and `pods` as Kubernetes writes them, and the machine
+/// type's GPUs as the extended resource their device plugin advertises.
+fn resources(r: NodeResources, gpus: u32) -> HashMap<String, resource::Quantity> {
     let cpu = if r.cpu_millis.is_multiple_of(1000) {
         (r.cpu_millis / 1000).to_string()
     } else {
         format!("{}m", r.cpu_millis)
     };
-    HashMap::from([
+    let mut out = HashMap::from([
         ("cpu".to_string(), quantity(cpu)),
         (
             "memory".to_string(),
             quantity(format!("{}Mi", r.memory_mib)),
         ),
         ("pods".to_string(), quantity(r.pods.to_string())),
-    ])
+    ]);
+    if gpus > 0 {
+        out.insert(GPU_RESOURCE.to_string(), quantity(gpus.to_string()));
+    }
+    out
 }
 
 /// The template node of pool `p` of cluster `cluster`.
@@ -90,8 +97,8 @@ pub fn node(cluster: &str, p: &NodePool, kubelet_version: &str) -> core_v1::Node
             ..Default::default()
         }),
         status: Some(core_v1::NodeStatus {
-            capacity: resources(capacity),
-            allocatable: resources(p.machine_type.allocatable()),
+            capacity: resources(capacity, p.machine_type.gpus()),
+            allocatable: resources(p.machine_type.allocatable(), p.machine_type.gpus()),
             phase: Some("Running".into()),
             conditions: vec![core_v1::NodeCondition {
                 r#type: Some("Ready".into()),
@@ -113,4 +120,23 @@ pub fn node(cluster: &str, p: &NodePool, kubelet_version: &str) -> core_v1::Node
 /// The node serialized as `v1.Node#Marshal` would.
 pub fn encode(node: &core_v1::Node) -> Vec<u8> {
     node.encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubeforge_cluster::MachineType;
+
+    #[test]
+    fn a_gpu_type_advertises_its_gpus_and_others_none() {
+        let g4 = MachineType::parse("g4dn.xlarge").unwrap();
+        let r = resources(g4.allocatable(), g4.gpus());
+        assert_eq!(r[GPU_RESOURCE].string.as_deref(), Some("1"));
+        assert_eq!(r["cpu"].string.as_deref(), Some("3900m"));
+        assert_eq!(r["memory"].string.as_deref(), Some("16028Mi"));
+        let m5 = MachineType::parse("m5.large").unwrap();
+        let r = resources(m5.capacity(), m5.gpus());
+        assert!(!r.contains_key(GPU_RESOURCE), "{r:?}");
+        assert_eq!(r["cpu"].string.as_deref(), Some("2"));
+    }
 }

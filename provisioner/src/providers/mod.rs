@@ -83,6 +83,13 @@ pub struct MachineRequest {
     /// them. Empty: any host. Providers that make machines ignore it (the
     /// API refuses a selector on them).
     pub host_selector: BTreeMap<String, String>,
+    /// The pool's alternative machine types, in order: what a provider that
+    /// can run out of capacity for `machine_type` (EC2's
+    /// `InsufficientInstanceCapacity`) launches instead, trying each in
+    /// turn. Each has at least `machine_type`'s vCPUs, memory and GPUs.
+    /// Empty for control planes and load balancers; providers without
+    /// capacity errors ignore it (the API refuses it on them).
+    pub alternatives: Vec<MachineType>,
     /// The cluster's provider settings (region, subnet and image on EC2).
     pub spec: ProviderSpec,
     /// What the machine carries so it can be found without the ledger:
@@ -118,6 +125,7 @@ impl MachineRequest {
             machine_type,
             node_pool: node_pool.map(str::to_string),
             host_selector: BTreeMap::new(),
+            alternatives: Vec::new(),
             spec,
             tags: machine_tags(cluster_id, id, tenant, name, role),
             user_data: None,

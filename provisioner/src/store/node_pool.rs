@@ -41,6 +41,7 @@ pub struct NodePoolRecord {
     pub repair_after_seconds: i32,
     pub autoscaling_priority: i32,
     pub host_selector: JsonValue,
+    pub alternative_machine_types: Vec<String>,
 }
 
 /// A node pool, parsed.
@@ -51,6 +52,9 @@ pub struct NodePool {
     pub cluster_id: Uuid,
     pub name: NodePoolName,
     pub machine_type: MachineType,
+    /// Launched instead of `machine_type`, in order, when the provider has
+    /// no capacity for it.
+    pub alternative_machine_types: Vec<MachineType>,
     pub size: u32,
     pub autoscaling: Option<Autoscaling>,
     pub labels: Labels,
@@ -91,6 +95,12 @@ impl TryFrom<NodePoolRecord> for NodePool {
             Ok(NodePool {
                 id: r.id,
                 machine_type: MachineType::parse(&r.machine_type).map_err(anyhow::Error::msg)?,
+                alternative_machine_types: r
+                    .alternative_machine_types
+                    .iter()
+                    .map(|t| MachineType::parse(t))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(anyhow::Error::msg)?,
                 size: u32::try_from(r.size)?,
                 autoscaling,
                 labels: serde_json::from_value(r.labels).context("labels")?,
@@ -122,6 +132,10 @@ impl TryFrom<NodePoolRecord> for NodePool {
     }
 }
 
+fn names(types: &[MachineType]) -> Vec<String> {
+    types.iter().map(|t| t.as_str().to_string()).collect()
+}
+
 fn to_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
@@ -141,8 +155,8 @@ pub async fn insert(
         "INSERT INTO node_pools (id, tenant, cluster_id, name, machine_type, size,
                                  autoscaling_min, autoscaling_max, autoscaling_priority, labels,
                                  taints, drain_timeout_seconds, auto_repair, repair_after_seconds,
-                                 host_selector, phase)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                                 host_selector, alternative_machine_types, phase)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
                  'provisioning')",
         id,
         ctx.tenant,
@@ -159,6 +173,7 @@ pub async fn insert(
         spec.auto_repair.enabled,
         to_i32(spec.auto_repair.after_seconds),
         host_selector,
+        &names(&spec.alternative_machine_types),
     )
     .execute(conn)
     .await;
@@ -276,6 +291,7 @@ pub struct PoolSettings {
     pub drain_timeout_seconds: u32,
     pub auto_repair: AutoRepair,
     pub host_selector: Labels,
+    pub alternative_machine_types: Vec<MachineType>,
 }
 
 impl NodePool {
@@ -286,17 +302,20 @@ impl NodePool {
             drain_timeout_seconds: self.drain_timeout_seconds,
             auto_repair: self.auto_repair,
             host_selector: self.host_selector.clone(),
+            alternative_machine_types: self.alternative_machine_types.clone(),
         }
     }
 }
 
 /// Writes a pool's settings (size, autoscaling bounds, drain timeout,
-/// auto-repair, host selector), bumping generation.
+/// auto-repair, host selector, alternative machine types), bumping
+/// generation.
 pub async fn update_settings(conn: &mut PgConnection, id: Uuid, s: &PoolSettings) -> Result<i64> {
     let host_selector = serde_json::to_value(&s.host_selector).map_err(anyhow::Error::from)?;
     let g = sqlx::query_scalar!(
         "UPDATE node_pools SET size = $2, autoscaling_min = $3, autoscaling_max = $4,
                 autoscaling_priority = $8, host_selector = $9,
+                alternative_machine_types = $10,
                 drain_timeout_seconds = $5, auto_repair = $6, repair_after_seconds = $7,
                 generation = generation + 1, resource_version = resource_version + 1,
                 updated_at = now()
@@ -310,6 +329,7 @@ pub async fn update_settings(conn: &mut PgConnection, id: Uuid, s: &PoolSettings
         to_i32(s.auto_repair.after_seconds),
         s.autoscaling.map_or(0, |a| a.priority),
         host_selector,
+        &names(&s.alternative_machine_types),
     )
     .fetch_one(conn)
     .await?;
