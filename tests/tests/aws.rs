@@ -90,7 +90,7 @@ fn request(cluster: Uuid, spec: &ProviderSpec, name: &str, role: MachineRole) ->
         "acme",
         cluster,
         role,
-        MachineType::Small,
+        MachineType::SMALL,
         pool,
         spec.clone(),
     );
@@ -595,6 +595,81 @@ async fn a_cluster_role_is_assumed_with_the_tenant_as_external_id() {
         "signed with the role's credentials"
     );
     assert!(!runs[0].access_key.is_empty());
+    p.delete(req.id).await.unwrap();
+    p.release_cluster(cluster).await.unwrap();
+    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_type_without_capacity_falls_back_to_the_pools_alternatives() {
+    let ec2 = moto::ec2_client().await;
+    let lab = moto::shared();
+    let net = network(&ec2).await;
+    let spec = spec(&net, None);
+    let cluster = Uuid::now_v7();
+    let aws = provider();
+    let p = aws.for_cluster(cluster, "acme", &spec).unwrap();
+    let mut req = request(cluster, &spec, "web-big-0", MachineRole::Worker);
+    req.machine_type = MachineType::parse("m5.large").unwrap();
+    req.alternatives = vec![
+        MachineType::parse("m5a.large").unwrap(),
+        MachineType::parse("m6i.large").unwrap(),
+    ];
+    let id = req.id.to_string();
+    // m5.large has no capacity in the zone; m5a.large does.
+    lab.proxy.inject_where(
+        "RunInstances",
+        &[&id, "InstanceType=m5.large"],
+        FaultKind::NoCapacity,
+        10,
+    );
+    let m = p.create(&req).await.unwrap();
+    let found = tagged(&ec2, TAG_MACHINE, &id).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].instance_id(), Some(m.provider_id.as_str()));
+    assert_eq!(
+        found[0].instance_type().map(|t| t.as_str()),
+        Some("m5a.large")
+    );
+    let runs: Vec<_> = lab
+        .proxy
+        .seen(&id)
+        .into_iter()
+        .filter(|s| s.action == "RunInstances")
+        .map(|s| {
+            (
+                s.param("InstanceType").unwrap_or_default().to_string(),
+                s.param("ClientToken").unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        vec![
+            ("m5.large".to_string(), id.clone()),
+            ("m5a.large".to_string(), format!("{id}-alt1")),
+        ],
+        "each type its own token, the primary first"
+    );
+    assert_eq!(aws.counters().count("RunInstances", "capacity"), 1);
+
+    // No type has capacity: the machine waits, naming every type tried.
+    let mut all = request(cluster, &spec, "web-big-1", MachineRole::Worker);
+    all.machine_type = req.machine_type;
+    all.alternatives = req.alternatives.clone();
+    let all_id = all.id.to_string();
+    lab.proxy
+        .inject("RunInstances", &all_id, FaultKind::NoCapacity, 3);
+    match p.create(&all).await {
+        Err(ProviderError::NoCapacity(msg)) => {
+            for t in ["m5.large", "m5a.large", "m6i.large"] {
+                assert!(msg.contains(t), "{msg}");
+            }
+        }
+        other => panic!("expected NoCapacity, got {other:?}"),
+    }
+    assert_eq!(tagged(&ec2, TAG_MACHINE, &all_id).await.len(), 0);
+
     p.delete(req.id).await.unwrap();
     p.release_cluster(cluster).await.unwrap();
     assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());

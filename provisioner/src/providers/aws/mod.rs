@@ -746,16 +746,21 @@ fn to_provider(e: AwsError) -> ProviderError {
 }
 
 /// The instance types machine `req` may launch as, in order: its machine
-/// type's, then its pool's alternatives.
-fn instance_types(req: &MachineRequest) -> Vec<&'static str> {
-    // The generic sizes launch instances with at least their vCPUs and
-    // memory (small 1 vCPU/2 GiB, medium 2/4, large 4/8).
-    let primary = match req.machine_type {
-        kubeforge_cluster::MachineType::Small => "t3.small",
-        kubeforge_cluster::MachineType::Medium => "t3.medium",
-        kubeforge_cluster::MachineType::Large => "t3.xlarge",
-    };
-    vec![primary]
+/// type's, then its pool's alternatives (the catalogue says which
+/// instance type each is; the API offers on `aws` only types that have
+/// one).
+fn instance_types(req: &MachineRequest) -> Result<Vec<&'static str>, ProviderError> {
+    std::iter::once(req.machine_type)
+        .chain(req.alternatives.iter().copied())
+        .map(|t| {
+            t.ec2_instance_type().ok_or_else(|| {
+                ProviderError::Permanent(format!(
+                    "machine type {} has no EC2 instance type",
+                    t.as_str()
+                ))
+            })
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -803,7 +808,7 @@ impl Provider for AwsProvider {
         }
         let group = self.ensure_group(&client, &place).await?;
         let mut short = Vec::new();
-        for (n, instance_type) in instance_types(req).into_iter().enumerate() {
+        for (n, instance_type) in instance_types(req)?.into_iter().enumerate() {
             match self
                 .launch(&client, &place, req, &group, instance_type, n)
                 .await
