@@ -129,14 +129,54 @@ fn tag<'a>(i: &'a aws_sdk_ec2::types::Instance, key: &str) -> Option<&'a str> {
         .and_then(|t| t.value())
 }
 
-#[tokio::test]
-async fn lifecycle_tags_security_group_and_nothing_left() {
+/// What every test starts from: the EC2 lab, a network of its own, a
+/// cluster id and a provider scoped to it.
+struct Case {
+    ec2: aws_sdk_ec2::Client,
+    lab: &'static moto::Ec2Lab,
+    net: Net,
+    spec: ProviderSpec,
+    cluster: Uuid,
+    aws: AwsProvider,
+    p: AwsProvider,
+}
+
+async fn case(role_arn: Option<&str>) -> Case {
     let ec2 = moto::ec2_client().await;
     let net = network(&ec2).await;
-    let spec = spec(&net, None);
+    let spec = spec(&net, role_arn);
     let cluster = Uuid::now_v7();
     let aws = provider();
     let p = aws.for_cluster(cluster, "acme", &spec).unwrap();
+    Case {
+        ec2,
+        lab: moto::shared(),
+        net,
+        spec,
+        cluster,
+        aws,
+        p,
+    }
+}
+
+/// Releases the cluster and checks, with boto3, that nothing of it is
+/// left.
+async fn nothing_left(p: &AwsProvider, cluster: Uuid) {
+    p.release_cluster(cluster).await.unwrap();
+    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn lifecycle_tags_security_group_and_nothing_left() {
+    let Case {
+        ec2,
+        lab: _,
+        net,
+        spec,
+        cluster,
+        aws,
+        p,
+    } = case(None).await;
     let cp = request(cluster, &spec, "web-cp-0", MachineRole::ControlPlane);
     let worker = request(cluster, &spec, "web-default-0", MachineRole::Worker);
 
@@ -261,8 +301,7 @@ async fn lifecycle_tags_security_group_and_nothing_left() {
     );
     p.delete(cp.id).await.unwrap();
     p.release_cluster(cluster).await.unwrap();
-    p.release_cluster(cluster).await.unwrap();
-    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+    nothing_left(&p, cluster).await;
     let ops = [
         "RunInstances",
         "DescribeInstances",
@@ -291,13 +330,15 @@ async fn lifecycle_tags_security_group_and_nothing_left() {
 
 #[tokio::test]
 async fn a_repeated_or_answerless_launch_makes_one_instance() {
-    let ec2 = moto::ec2_client().await;
-    let lab = moto::shared();
-    let net = network(&ec2).await;
-    let spec = spec(&net, None);
-    let cluster = Uuid::now_v7();
-    let aws = provider();
-    let p = aws.for_cluster(cluster, "acme", &spec).unwrap();
+    let Case {
+        ec2,
+        lab,
+        net,
+        spec,
+        cluster,
+        aws,
+        p,
+    } = case(None).await;
 
     // The engine asks again (a crash, a timeout of its own): same machine.
     let req = request(cluster, &spec, "web-cp-0", MachineRole::ControlPlane);
@@ -378,16 +419,12 @@ async fn a_repeated_or_answerless_launch_makes_one_instance() {
     for id in [req.id, lost.id] {
         p.delete(id).await.unwrap();
     }
-    p.release_cluster(cluster).await.unwrap();
-    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+    nothing_left(&p, cluster).await;
 }
 
 #[tokio::test]
 async fn the_sweep_finds_an_instance_the_ledger_never_recorded() {
-    let ec2 = moto::ec2_client().await;
-    let net = network(&ec2).await;
-    let spec = spec(&net, None);
-    let cluster = Uuid::now_v7();
+    let Case { spec, cluster, .. } = case(None).await;
     // A process launches and dies before its ledger update: all it knew
     // goes with it.
     let orphan = request(cluster, &spec, "web-default-3", MachineRole::Worker);
@@ -405,20 +442,21 @@ async fn the_sweep_finds_an_instance_the_ledger_never_recorded() {
     for s in &strays {
         p.delete(s.id).await.unwrap();
     }
-    p.release_cluster(cluster).await.unwrap();
-    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+    nothing_left(&p, cluster).await;
     assert!(p.list_by_cluster(cluster).await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn throttling_and_server_errors_are_retried_and_counted() {
-    let ec2 = moto::ec2_client().await;
-    let lab = moto::shared();
-    let net = network(&ec2).await;
-    let spec = spec(&net, None);
-    let cluster = Uuid::now_v7();
-    let aws = provider();
-    let p = aws.for_cluster(cluster, "acme", &spec).unwrap();
+    let Case {
+        ec2,
+        lab,
+        net: _,
+        spec,
+        cluster,
+        aws,
+        p,
+    } = case(None).await;
     let req = request(cluster, &spec, "web-cp-0", MachineRole::ControlPlane);
     let id = req.id.to_string();
     let cid = cluster.to_string();
@@ -509,13 +547,15 @@ async fn throttling_and_server_errors_are_retried_and_counted() {
 
 #[tokio::test]
 async fn no_capacity_is_a_wait_and_bad_settings_are_permanent() {
-    let ec2 = moto::ec2_client().await;
-    let lab = moto::shared();
-    let net = network(&ec2).await;
-    let spec = spec(&net, None);
-    let cluster = Uuid::now_v7();
-    let aws = provider();
-    let p = aws.for_cluster(cluster, "acme", &spec).unwrap();
+    let Case {
+        ec2: _,
+        lab,
+        net: _,
+        spec,
+        cluster,
+        aws,
+        p,
+    } = case(None).await;
     let req = request(cluster, &spec, "web-default-0", MachineRole::Worker);
     lab.proxy.inject(
         "RunInstances",
@@ -558,19 +598,19 @@ async fn no_capacity_is_a_wait_and_bad_settings_are_permanent() {
         }
         other => panic!("expected a permanent error, got {other:?}"),
     }
-    p.release_cluster(cluster).await.unwrap();
-    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+    nothing_left(&p, cluster).await;
 }
 
 #[tokio::test]
 async fn a_cluster_role_is_assumed_with_the_tenant_as_external_id() {
-    let ec2 = moto::ec2_client().await;
-    let lab = moto::shared();
-    let net = network(&ec2).await;
     let role = "arn:aws:iam::123456789012:role/kubeforge-acme";
-    let spec = spec(&net, Some(role));
-    let cluster = Uuid::now_v7();
-    let p = provider().for_cluster(cluster, "acme", &spec).unwrap();
+    let Case {
+        lab,
+        spec,
+        cluster,
+        p,
+        ..
+    } = case(Some(role)).await;
     let req = request(cluster, &spec, "web-cp-0", MachineRole::ControlPlane);
     p.create(&req).await.unwrap();
     let assumed: Vec<_> = lab
@@ -596,19 +636,20 @@ async fn a_cluster_role_is_assumed_with_the_tenant_as_external_id() {
     );
     assert!(!runs[0].access_key.is_empty());
     p.delete(req.id).await.unwrap();
-    p.release_cluster(cluster).await.unwrap();
-    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+    nothing_left(&p, cluster).await;
 }
 
 #[tokio::test]
 async fn a_type_without_capacity_falls_back_to_the_pools_alternatives() {
-    let ec2 = moto::ec2_client().await;
-    let lab = moto::shared();
-    let net = network(&ec2).await;
-    let spec = spec(&net, None);
-    let cluster = Uuid::now_v7();
-    let aws = provider();
-    let p = aws.for_cluster(cluster, "acme", &spec).unwrap();
+    let Case {
+        ec2,
+        lab,
+        net: _,
+        spec,
+        cluster,
+        aws,
+        p,
+    } = case(None).await;
     let mut req = request(cluster, &spec, "web-big-0", MachineRole::Worker);
     req.machine_type = MachineType::parse("m5.large").unwrap();
     req.alternatives = vec![
@@ -671,6 +712,5 @@ async fn a_type_without_capacity_falls_back_to_the_pools_alternatives() {
     assert_eq!(tagged(&ec2, TAG_MACHINE, &all_id).await.len(), 0);
 
     p.delete(req.id).await.unwrap();
-    p.release_cluster(cluster).await.unwrap();
-    assert_eq!(moto::leftovers(&cluster.to_string()), Vec::<String>::new());
+    nothing_left(&p, cluster).await;
 }
