@@ -239,8 +239,21 @@ impl TestApp {
         provider: Arc<InMemoryProvider>,
         config: Config,
     ) -> (SharedApp, axum::Router) {
+        Self::app_with_providers(pool, provider, Vec::new(), config)
+    }
+
+    /// [`TestApp::app_with_double`] with REAL providers registered too.
+    pub fn app_with_providers(
+        pool: PgPool,
+        provider: Arc<InMemoryProvider>,
+        real: Vec<Arc<dyn kubeforge::providers::Provider>>,
+        config: Config,
+    ) -> (SharedApp, axum::Router) {
         let mut providers = ProviderRegistry::default();
         providers.register(provider);
+        for p in real {
+            providers.register(p);
+        }
         let app = kubeforge::server::build_app(
             pool,
             kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).expect("keys"),
@@ -266,6 +279,31 @@ impl TestApp {
         let pool = db.pool(60).await;
         let provider = Arc::new(InMemoryProvider::new(kind));
         let (app, router) = Self::app_with_double(pool.clone(), provider.clone(), config);
+        let engine = kubeforge::server::build_engine(&app, test_engine_config());
+        TestApp {
+            db,
+            app,
+            router,
+            pool,
+            provider,
+            engine,
+            dns: None,
+        }
+    }
+
+    /// [`TestApp::new`] with a REAL provider (the `aws` provider against
+    /// moto) registered next to the lab double, without machine access
+    /// (no SSH key: machines are made and deleted, never logged in to).
+    pub async fn with_real_provider(real: Arc<dyn kubeforge::providers::Provider>) -> TestApp {
+        let db = TestDb::new().await;
+        let pool = db.pool(60).await;
+        let provider = Arc::new(InMemoryProvider::new("lab"));
+        let config = Config {
+            rate_limits: kubeforge::ratelimit::RateLimits::UNLIMITED,
+            ..Config::default()
+        };
+        let (app, router) =
+            Self::app_with_providers(pool.clone(), provider.clone(), vec![real], config);
         let engine = kubeforge::server::build_engine(&app, test_engine_config());
         TestApp {
             db,

@@ -714,3 +714,125 @@ async fn a_type_without_capacity_falls_back_to_the_pools_alternatives() {
     p.delete(req.id).await.unwrap();
     nothing_left(&p, cluster).await;
 }
+
+/// Through the API and the engine: a cluster on `aws` launches its control
+/// plane in moto (tagged, in its security group); deleting the cluster
+/// sweeps an instance the ledger never knew, terminates the rest and
+/// releases the group: nothing tagged is left. The service has no SSH key
+/// here, so machines are never logged in to (moto's console reports no
+/// host key anyway).
+#[tokio::test]
+async fn a_cluster_on_aws_is_created_and_deleted_through_the_engine() {
+    use axum::http::Method;
+    use kubeforge::context::Role;
+    let Case {
+        ec2,
+        net,
+        aws,
+        spec: _,
+        cluster: _,
+        lab: _,
+        p: _,
+    } = case(None).await;
+    let app = kubeforge_tests::TestApp::with_real_provider(std::sync::Arc::new(aws.clone())).await;
+    let token = app.token("acme", Role::Admin);
+    let body = serde_json::json!({
+        "name": "web",
+        "kubernetes_version": "1.20.2",
+        "provider": {"kind": "aws", "region": REGION, "subnet_id": net.subnet,
+                     "ami": "ami-0kubeforge0test"},
+        "control_plane": {"replicas": 1, "machine_type": "medium"},
+        "node_pools": [{"name": "gpu", "machine_type": "g4dn.xlarge", "size": 1,
+                        "alternative_machine_types": ["g4dn.2xlarge"]}]
+    });
+    let r = app
+        .call(Method::POST, "/v1/clusters", Some(&token), Some(body), &[])
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let cluster = r.body["cluster"]["id"].as_str().unwrap().to_string();
+    app.settle().await;
+    let launched: BTreeSet<(String, String)> = tagged(&ec2, TAG_CLUSTER, &cluster)
+        .await
+        .iter()
+        .map(|i| {
+            (
+                tag(i, "kubeforge:role").unwrap_or_default().to_string(),
+                i.instance_type()
+                    .map(|t| t.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        launched,
+        BTreeSet::from([
+            ("control_plane".to_string(), "t3.medium".to_string()),
+            ("worker".to_string(), "g4dn.xlarge".to_string()),
+        ])
+    );
+
+    // An instance of the cluster the ledger never recorded (a crash
+    // between launch and ledger update).
+    let stray = Uuid::now_v7();
+    ec2.run_instances()
+        .image_id("ami-0kubeforge0test")
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&net.subnet)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(TAG_CLUSTER)
+                        .value(&cluster)
+                        .build(),
+                )
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(TAG_MACHINE)
+                        .value(stray.to_string())
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tagged(&ec2, TAG_CLUSTER, &cluster).await.len(), 3);
+
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/clusters/{cluster}"),
+            Some(&token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    app.settle().await;
+    let r = app
+        .call(
+            Method::GET,
+            &format!("/v1/clusters/{cluster}"),
+            Some(&token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 404, "the cluster is gone: {:?}", r.body);
+    assert_eq!(moto::leftovers(&cluster), Vec::<String>::new());
+    let swept: Vec<String> = sqlx::query_scalar(
+        "SELECT message FROM events WHERE cluster_id = $1::text::uuid AND reason = 'StrayMachinesSwept'",
+    )
+    .bind(&cluster)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        swept,
+        vec!["deleted 1 machines tagged with the cluster but missing from the ledger".to_string()]
+    );
+}
