@@ -836,3 +836,211 @@ async fn a_cluster_on_aws_is_created_and_deleted_through_the_engine() {
         vec!["deleted 1 machines tagged with the cluster but missing from the ledger".to_string()]
     );
 }
+
+/// Stops a child process with SIGTERM when dropped (and waits for it).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The shipped binary: `kubeforge up --aws` finds moto the standard way
+/// (`AWS_ENDPOINT_URL` in its environment), takes clusters on `aws`,
+/// launches their instances with the service's key in the user-data,
+/// counts its EC2 calls in `/metrics`, and deletes every instance and the
+/// group with the cluster. Without `--aws` the same request is refused.
+/// (Root and the lab artifacts: `up` claims a lab network; no machine
+/// boots.)
+#[tokio::test]
+async fn up_with_aws_serves_clusters_on_aws() {
+    let Case { ec2, net, .. } = case(None).await;
+    let data_dir = std::env::temp_dir().join(format!("kf-aws-up-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let bin = kubeforge_tests::cli::kubeforge_bin();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let up = |aws: bool| {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args([
+            "up",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--dns-advertise", "192.0.2.53:53", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env_remove("KUBEFORGE_LAB_BRIDGE")
+        .env_remove("KUBEFORGE_LAB_SUBNET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(data_dir.join(format!("up-{aws}.log"))).unwrap());
+        if aws {
+            cmd.args(["--aws", "--aws-api-cidr", API_CIDR]);
+        }
+        Child(cmd.spawn().expect("kubeforge up"))
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let healthy = || async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .ok()
+            != Some(true)
+        {
+            assert!(std::time::Instant::now() < deadline, "up did not get ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let body = serde_json::json!({
+        "name": "web",
+        "kubernetes_version": "1.20.2",
+        "provider": {"kind": "aws", "region": REGION, "subnet_id": net.subnet,
+                     "ami": "ami-0kubeforge0test"},
+        "control_plane": {"replicas": 1, "machine_type": "small"}
+    });
+
+    let plain = up(false);
+    healthy().await;
+    let out = std::process::Command::new(&bin)
+        .args([
+            "token",
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "admin",
+            "--ttl",
+            "1h",
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let r = http
+        .post(format!("{base}/v1/clusters"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "no --aws, no aws clusters");
+    let problem: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(problem["field"], "provider.kind", "{problem}");
+    drop(plain);
+
+    let _up = up(true);
+    healthy().await;
+    let r = http
+        .post(format!("{base}/v1/clusters"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let created: serde_json::Value = r.json().await.unwrap();
+    let cluster = created["cluster"]["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let inst = loop {
+        if let Some(i) = tagged(&ec2, TAG_CLUSTER, &cluster).await.into_iter().next() {
+            break i;
+        }
+        assert!(std::time::Instant::now() < deadline, "no instance launched");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let attr = ec2
+        .describe_instance_attribute()
+        .instance_id(inst.instance_id().unwrap())
+        .attribute(InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    let user_data = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(attr.user_data().unwrap().value().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let derived = std::process::Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(data_dir.join("ssh/id_ed25519"))
+        .output()
+        .unwrap();
+    assert!(derived.status.success(), "the service's key: {derived:?}");
+    let service_key = String::from_utf8(derived.stdout).unwrap();
+    let key_body = service_key.split_whitespace().nth(1).unwrap();
+    assert!(
+        user_data.starts_with("#cloud-config\n") && user_data.contains(key_body),
+        "{user_data}"
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "kubeforge_aws_calls_total{operation=\"RunInstances\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+
+    let r = http
+        .delete(format!("{base}/v1/clusters/{cluster}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = http
+            .get(format!("{base}/v1/clusters/{cluster}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(moto::leftovers(&cluster), Vec::<String>::new());
+    drop(_up);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
