@@ -33,7 +33,8 @@ pub enum AwsErrorKind {
     /// `InvalidPermission.Duplicate`).
     Duplicate,
     /// Something still uses it (`DependencyViolation`: a security group of
-    /// an instance that is shutting down).
+    /// an instance that is shutting down), or it is between states
+    /// (`IncorrectInstanceState`: started while still stopping).
     InUse,
     /// Will not work as asked (a bad image or subnet, no permission).
     Permanent,
@@ -176,7 +177,8 @@ fn kind_of(code: &str) -> AwsErrorKind {
         | "RulesPerSecurityGroupLimitExceeded"
         | "InsufficientFreeAddressesInSubnet"
         | "InsufficientAddressCapacity" => AwsErrorKind::Quota,
-        "DependencyViolation" => AwsErrorKind::InUse,
+        // Still held, or between states (a start while it is stopping).
+        "DependencyViolation" | "IncorrectInstanceState" | "IncorrectState" => AwsErrorKind::InUse,
         "InvalidGroup.Duplicate" | "InvalidPermission.Duplicate" => AwsErrorKind::Duplicate,
         c if c.ends_with(".NotFound") || c == "InvalidInstanceID.Malformed" => {
             AwsErrorKind::NotFound
@@ -364,6 +366,7 @@ mod tests {
         assert_eq!(kind_of("InvalidGroup.NotFound"), AwsErrorKind::NotFound);
         assert_eq!(kind_of("InvalidGroup.Duplicate"), AwsErrorKind::Duplicate);
         assert_eq!(kind_of("DependencyViolation"), AwsErrorKind::InUse);
+        assert_eq!(kind_of("IncorrectInstanceState"), AwsErrorKind::InUse);
         assert_eq!(kind_of("UnauthorizedOperation"), AwsErrorKind::Permanent);
         assert_eq!(kind_of("InvalidAMIID.Malformed"), AwsErrorKind::Permanent);
     }
