@@ -951,7 +951,8 @@ mod tests {
 
     #[test]
     fn machine_types_are_checked_against_the_provider() {
-        let aws = json!({"kind": "aws", "region": "eu-west-1", "subnet_id": "s", "ami": "a"});
+        let aws =
+            json!({"kind": "aws", "region": "eu-west-1", "subnet_id": "subnet-1", "ami": "ami-1"});
         let cases = [
             (
                 json!({"control_plane": {"machine_type": "m5.large"}}),
