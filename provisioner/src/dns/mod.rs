@@ -58,6 +58,24 @@ const EDNS_PAYLOAD: u16 = 1232;
 /// need not be up yet (`IP_FREEBIND`): on the lab the bridge that holds it
 /// is made with the first machine.
 pub fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    // Port 0: the kernel picks a UDP port that may be taken for TCP (seen
+    // when two `up` started at once); pick again.
+    let mut tries = 0;
+    loop {
+        match bind_once(addr) {
+            Err(e)
+                if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && tries < 16 =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn bind_once(
+    addr: SocketAddr,
+) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = Domain::for_address(addr);
     let udp = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
