@@ -275,10 +275,20 @@ impl TestApp {
     /// `kind` (`ssh`: clusters on it take node pools and host selectors at
     /// the API; nothing is claimed, the double makes machines in memory).
     pub async fn with_double_kind(kind: &'static str, config: Config) -> TestApp {
+        Self::assemble(kind, Vec::new(), config).await
+    }
+
+    /// A fresh database, the app with the double for `kind` and `real`
+    /// providers, and an engine.
+    async fn assemble(
+        kind: &'static str,
+        real: Vec<Arc<dyn kubeforge::providers::Provider>>,
+        config: Config,
+    ) -> TestApp {
         let db = TestDb::new().await;
         let pool = db.pool(60).await;
         let provider = Arc::new(InMemoryProvider::new(kind));
-        let (app, router) = Self::app_with_double(pool.clone(), provider.clone(), config);
+        let (app, router) = Self::app_with_providers(pool.clone(), provider.clone(), real, config);
         let engine = kubeforge::server::build_engine(&app, test_engine_config());
         TestApp {
             db,
@@ -295,25 +305,11 @@ impl TestApp {
     /// moto) registered next to the lab double, without machine access
     /// (no SSH key: machines are made and deleted, never logged in to).
     pub async fn with_real_provider(real: Arc<dyn kubeforge::providers::Provider>) -> TestApp {
-        let db = TestDb::new().await;
-        let pool = db.pool(60).await;
-        let provider = Arc::new(InMemoryProvider::new("lab"));
         let config = Config {
             rate_limits: kubeforge::ratelimit::RateLimits::UNLIMITED,
             ..Config::default()
         };
-        let (app, router) =
-            Self::app_with_providers(pool.clone(), provider.clone(), vec![real], config);
-        let engine = kubeforge::server::build_engine(&app, test_engine_config());
-        TestApp {
-            db,
-            app,
-            router,
-            pool,
-            provider,
-            engine,
-            dns: None,
-        }
+        Self::assemble("lab", vec![real], config).await
     }
 
     /// The whole app with the REAL lab provider (systemd-nspawn machines on
