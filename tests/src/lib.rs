@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod conformance;
 pub mod dns;
+pub mod ec2_lab;
 pub mod grpc;
 pub mod hosts;
 pub mod lab;
@@ -369,6 +370,46 @@ impl TestApp {
         bridge: &str,
         subnet: &str,
     ) -> TestApp {
+        Self::with_lab_plus(
+            data_dir,
+            bridge,
+            subnet,
+            |providers, access, pool, secrets| {
+                kubeforge::server::register_ssh_provider(providers, access, pool, secrets);
+            },
+        )
+        .await
+    }
+
+    /// [`TestApp::with_lab`] with the REAL `aws` provider registered too
+    /// (its EC2 API: moto, see [`crate::ec2_lab`] for instances that are
+    /// lab machines).
+    pub async fn with_lab_and_aws(
+        data_dir: &std::path::Path,
+        bridge: &str,
+        subnet: &str,
+        aws: kubeforge::providers::aws::AwsProvider,
+    ) -> TestApp {
+        Self::with_lab_plus(data_dir, bridge, subnet, |providers, _, _, _| {
+            providers.register(Arc::new(aws));
+        })
+        .await
+    }
+
+    /// The lab's providers and machine access, `add` registering more, the
+    /// app and an engine (no cluster DNS).
+    async fn with_lab_plus(
+        data_dir: &std::path::Path,
+        bridge: &str,
+        subnet: &str,
+        add: impl FnOnce(
+            &mut ProviderRegistry,
+            &kubeforge::ssh::MachineAccess,
+            &PgPool,
+            &kubeforge::crypto::SecretBox,
+        ),
+    ) -> TestApp {
+        test_log();
         let db = TestDb::new().await;
         let pool = db.pool(60).await;
         let (mut providers, access) =
@@ -377,7 +418,7 @@ impl TestApp {
             panic!("the lab provider is off on this host (see the log): run scripts/build-lab-image and scripts/build-kube as root");
         };
         let secrets = kubeforge::crypto::SecretBox::new(&[9u8; 32]).expect("secret box");
-        kubeforge::server::register_ssh_provider(&mut providers, machine_access, &pool, &secrets);
+        add(&mut providers, machine_access, &pool, &secrets);
         let app = kubeforge::server::build_app(
             pool.clone(),
             kubeforge::auth::AuthKeys::from_secret(&[7u8; 32]).expect("keys"),

@@ -3,6 +3,11 @@
 //! small HTTP proxy that can throttle, fail or lose the answer to chosen
 //! calls and records every call it passed on.
 //!
+//! The proxy also stands in for EC2's serial console where a test says so
+//! ([`FaultProxy::set_console`]): moto's `GetConsoleOutput` answers the
+//! same canned text for every instance, and the lab's "EC2 on the lab"
+//! machines (`crate::ec2_lab`) need their own, with their host keys.
+//!
 //! The SDK finds them the standard way: [`shared`] points
 //! `AWS_ENDPOINT_URL` at the proxy and sets dummy credentials in this test
 //! process's environment, once, before any client is built. Both servers
@@ -77,6 +82,8 @@ impl Seen {
 struct ProxyState {
     faults: Vec<Fault>,
     seen: Vec<Seen>,
+    /// Instance id -> its console text, answered instead of moto's.
+    consoles: std::collections::HashMap<String, String>,
 }
 
 /// The proxy in front of moto.
@@ -125,6 +132,16 @@ impl FaultProxy {
     /// Every call seen so far.
     pub fn all_seen(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
+    }
+
+    /// From now on, `GetConsoleOutput` for `instance_id` answers `text`
+    /// (the proxy as a TEST DOUBLE of EC2's console; see the module doc).
+    pub fn set_console(&self, instance_id: &str, text: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .consoles
+            .insert(instance_id.to_string(), text.to_string());
     }
 }
 
@@ -274,6 +291,13 @@ async fn forward(
         .unwrap_or_default()
         .to_string();
     let text = String::from_utf8_lossy(&body).into_owned();
+    let console = (action == "GetConsoleOutput")
+        .then(|| {
+            let id = params.iter().find(|(k, _)| k == "InstanceId")?.1.clone();
+            let text = state.lock().unwrap().consoles.get(&id).cloned()?;
+            Some((id, text))
+        })
+        .flatten();
     let fault = {
         let mut st = state.lock().unwrap();
         let hit = st
@@ -316,6 +340,17 @@ async fn forward(
         ),
         Some(FaultKind::LoseAnswer) | None => {}
     }
+    if let Some((id, text)) = console {
+        use base64::Engine as _;
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<GetConsoleOutputResponse \
+             xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>kubeforge-console</requestId>\
+             <instanceId>{id}</instanceId><timestamp>{}</timestamp><output>{}</output></GetConsoleOutputResponse>",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S.000Z"),
+            base64::engine::general_purpose::STANDARD.encode(text)
+        );
+        return (StatusCode::OK, [("content-type", "text/xml")], body).into_response();
+    }
     let url = format!(
         "http://{moto}{}",
         uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
@@ -349,16 +384,29 @@ async fn forward(
 /// and looking at what the provider made.
 pub async fn ec2_client() -> aws_sdk_ec2::Client {
     shared();
+    client_to(None).await
+}
+
+/// An EC2 client straight to moto, past the proxy: what the lab harness
+/// does is not counted among the provider's calls.
+pub async fn direct_client() -> aws_sdk_ec2::Client {
+    let lab = shared();
+    client_to(Some(format!("http://{}", lab.moto))).await
+}
+
+async fn client_to(endpoint: Option<String>) -> aws_sdk_ec2::Client {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
         ))
         .build_https();
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let mut conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
-        .http_client(http)
-        .load()
-        .await;
+        .http_client(http);
+    if let Some(url) = endpoint {
+        conf = conf.endpoint_url(url);
+    }
+    let conf = conf.load().await;
     aws_sdk_ec2::Client::new(&conf)
 }
 

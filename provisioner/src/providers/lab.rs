@@ -62,6 +62,26 @@ pub struct LabConfig {
     pub bind_ro: Vec<(PathBuf, String)>,
 }
 
+/// A file a lab machine starts with (see [`LabProvider::create_at`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabFile {
+    /// Absolute path inside the machine.
+    pub path: String,
+    pub contents: String,
+    pub mode: u32,
+}
+
+/// Writes `rel` under a machine's overlay upper dir with `mode`.
+fn write_upper(upper: &Path, rel: &str, contents: &str, mode: u32) -> Result<(), ProviderError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = upper.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(retryable)?;
+    }
+    std::fs::write(&path, contents).map_err(retryable)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(retryable)
+}
+
 /// What a machine's directory records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
@@ -291,16 +311,7 @@ impl LabProvider {
     /// Writes the machine's identity into its overlay upper dir.
     async fn prepare_upper(&self, meta: &Meta) -> Result<(), ProviderError> {
         let upper = self.machine_dir(meta.id).join("upper");
-        let w = |rel: &str, contents: &str, mode: u32| -> Result<(), ProviderError> {
-            use std::os::unix::fs::PermissionsExt;
-            let path = upper.join(rel);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(retryable)?;
-            }
-            std::fs::write(&path, contents).map_err(retryable)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .map_err(retryable)
-        };
+        let w = |rel: &str, contents: &str, mode: u32| write_upper(&upper, rel, contents, mode);
         w("etc/hostname", &format!("{}\n", meta.name), 0o644)?;
         w(
             "etc/systemd/network/10-host0.network",
@@ -498,6 +509,98 @@ impl LabProvider {
         }
     }
 
+    /// Creates (or starts again) a machine at `address`, chosen by someone
+    /// else, starting with `files` written over the image and the lab's own
+    /// identity files. Used where another system owns the addressing and
+    /// the first-boot contents: the tests' EC2 instances on the lab bridge,
+    /// whose private address an EC2 API assigned and whose user-data says
+    /// what the machine starts with. Otherwise as `create`.
+    pub async fn create_at(
+        &self,
+        req: &MachineRequest,
+        address: Ipv4Addr,
+        files: &[LabFile],
+    ) -> Result<ProviderMachine, ProviderError> {
+        self.create_placed(req, Some(address), files).await
+    }
+
+    /// `address` if a machine may take it: in the subnet, not the
+    /// gateway, the network or broadcast address, and free.
+    fn check_address(&self, address: Ipv4Addr) -> Result<Ipv4Addr, ProviderError> {
+        let net = self.cfg.subnet;
+        if !net.contains(&address)
+            || address == net.network()
+            || address == net.broadcast()
+            || address == self.gateway()
+        {
+            return Err(permanent(format!(
+                "{address} is not a machine address in {net}"
+            )));
+        }
+        if let Some(m) = self.all_meta().into_iter().find(|m| m.address == address) {
+            return Err(retryable(format!(
+                "{address} is taken by lab machine {}",
+                m.id
+            )));
+        }
+        Ok(address)
+    }
+
+    /// `create`, at `placed` (else an address of the lab's choosing), with
+    /// `files` written after the lab's own identity files.
+    async fn create_placed(
+        &self,
+        req: &MachineRequest,
+        placed: Option<Ipv4Addr>,
+        files: &[LabFile],
+    ) -> Result<ProviderMachine, ProviderError> {
+        let _guard = self.lock.lock().await;
+        let mut meta = match self.read_meta(req.id) {
+            Some(m) => m,
+            None => {
+                let dir = self.machine_dir(req.id);
+                // A directory without meta.json is an interrupted create: start over.
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(dir.join("upper")).map_err(retryable)?;
+                let address = match placed {
+                    Some(a) => self.check_address(a)?,
+                    None => self.allocate_address()?,
+                };
+                let host_key = self.generate_host_key(req.id).await?;
+                let meta = Meta {
+                    id: req.id,
+                    cluster_id: req.cluster_id,
+                    name: req.name.clone(),
+                    address,
+                    machine_type: req.machine_type.as_str().to_string(),
+                    host_key,
+                    tags: req.tags.clone(),
+                    pid: None,
+                    cgroup: Some(req.id.to_string()),
+                };
+                self.prepare_upper(&meta).await?;
+                let upper = dir.join("upper");
+                for f in files {
+                    let rel = f.path.trim_start_matches('/');
+                    if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+                        return Err(permanent(format!(
+                            "file path {:?} leaves the machine",
+                            f.path
+                        )));
+                    }
+                    write_upper(&upper, rel, &f.contents, f.mode)?;
+                }
+                self.write_meta(&meta)?;
+                meta
+            }
+        };
+        if Self::running_pid(&meta).is_none() {
+            meta.pid = Some(self.boot(&meta).await?);
+            self.write_meta(&meta)?;
+        }
+        Ok(self.observe(&meta).await)
+    }
+
     /// Powers a machine off the hard way (its PID 1 killed), as a crash
     /// would. The directory stays, so `create` boots it again.
     pub async fn power_off(&self, id: Uuid) -> Result<(), ProviderError> {
@@ -615,37 +718,7 @@ impl Provider for LabProvider {
     }
 
     async fn create(&self, req: &MachineRequest) -> Result<ProviderMachine, ProviderError> {
-        let _guard = self.lock.lock().await;
-        let mut meta = match self.read_meta(req.id) {
-            Some(m) => m,
-            None => {
-                let dir = self.machine_dir(req.id);
-                // A directory without meta.json is an interrupted create: start over.
-                let _ = std::fs::remove_dir_all(&dir);
-                std::fs::create_dir_all(dir.join("upper")).map_err(retryable)?;
-                let address = self.allocate_address()?;
-                let host_key = self.generate_host_key(req.id).await?;
-                let meta = Meta {
-                    id: req.id,
-                    cluster_id: req.cluster_id,
-                    name: req.name.clone(),
-                    address,
-                    machine_type: req.machine_type.as_str().to_string(),
-                    host_key,
-                    tags: req.tags.clone(),
-                    pid: None,
-                    cgroup: Some(req.id.to_string()),
-                };
-                self.prepare_upper(&meta).await?;
-                self.write_meta(&meta)?;
-                meta
-            }
-        };
-        if Self::running_pid(&meta).is_none() {
-            meta.pid = Some(self.boot(&meta).await?);
-            self.write_meta(&meta)?;
-        }
-        Ok(self.observe(&meta).await)
+        self.create_placed(req, None, &[]).await
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<ProviderMachine>, ProviderError> {
