@@ -156,7 +156,9 @@ Examples:
   kubeforge clusters create web --node-pool default:2
   kubeforge clusters create web --node-pool default:2 --node-pool gpu:1:large --label team=web
   kubeforge clusters create --file cluster.json --no-wait -o json
-  kubeforge clusters create web --control-plane-replicas 3 --timeout 20m";
+  kubeforge clusters create web --control-plane-replicas 3 --timeout 20m
+  kubeforge clusters create web --provider aws --region eu-west-1 --subnet-id subnet-0abc \\
+    --ami ami-0def --node-pool default:2:m5.large";
 
 const CLUSTERS_UPDATE_EXAMPLES: &str = "\
 Examples:
@@ -196,9 +198,27 @@ pub struct ClusterCreateArgs {
     /// Kubernetes version.
     #[arg(long, default_value = "1.20.2")]
     pub version: String,
-    /// Provider kind (lab, ssh; use --file for providers that need more fields).
+    /// Provider kind: lab, ssh or aws (aws takes --region, --subnet-id
+    /// and --ami, and optionally --role-arn and --key-name).
     #[arg(long, default_value = "lab")]
     pub provider: String,
+    /// aws: the region the cluster's instances run in.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// aws: the subnet the instances are launched in (its VPC holds the
+    /// cluster's security group).
+    #[arg(long)]
+    pub subnet_id: Option<String>,
+    /// aws: the image (cloud-init, systemd, OpenSSH).
+    #[arg(long)]
+    pub ami: Option<String>,
+    /// aws: a role to assume for every call about the cluster (with the
+    /// tenant's id as the external id).
+    #[arg(long)]
+    pub role_arn: Option<String>,
+    /// aws: an EC2 key pair added to the instances, for your own access.
+    #[arg(long)]
+    pub key_name: Option<String>,
     /// Control-plane replicas (1 or 3).
     #[arg(long, default_value_t = 1)]
     pub control_plane_replicas: u32,
@@ -763,6 +783,35 @@ fn labels_map(labels: &[(String, String)]) -> BTreeMap<String, String> {
     labels.iter().cloned().collect()
 }
 
+/// The `provider` of a create from its flags, read as the service reads
+/// it. The aws flags belong to `--provider aws` only, and it needs the
+/// three that place an instance.
+fn provider_from_flags(args: &ClusterCreateArgs) -> anyhow::Result<ProviderSpec> {
+    let aws_flags = [
+        ("--region", "region", &args.region),
+        ("--subnet-id", "subnet_id", &args.subnet_id),
+        ("--ami", "ami", &args.ami),
+        ("--role-arn", "role_arn", &args.role_arn),
+        ("--key-name", "key_name", &args.key_name),
+    ];
+    let mut provider = serde_json::Map::new();
+    provider.insert("kind".into(), Value::String(args.provider.clone()));
+    for (flag, field, value) in aws_flags {
+        let Some(value) = value else {
+            if args.provider == "aws" && ["region", "subnet_id", "ami"].contains(&field) {
+                anyhow::bail!("--provider aws needs {flag}");
+            }
+            continue;
+        };
+        if args.provider != "aws" {
+            anyhow::bail!("{flag} is for --provider aws, not {:?}", args.provider);
+        }
+        provider.insert(field.into(), Value::String(value.clone()));
+    }
+    serde_json::from_value(Value::Object(provider))
+        .map_err(|e| anyhow::anyhow!("invalid --provider {:?}: {e}", args.provider))
+}
+
 /// The create body: the JSON file as given (the service checks it), or a
 /// [`CreateClusterRequest`] built from the flags.
 pub fn cluster_create_body(args: &ClusterCreateArgs) -> anyhow::Result<Value> {
@@ -792,15 +841,7 @@ pub fn cluster_create_body(args: &ClusterCreateArgs) -> anyhow::Result<Value> {
     let Some(name) = &args.name else {
         anyhow::bail!("a cluster NAME or --file is required");
     };
-    // Read as the service reads `provider`, so only kinds without further
-    // fields can be had from the flag.
-    let provider: ProviderSpec =
-        serde_json::from_value(json!({ "kind": args.provider })).map_err(|e| {
-            anyhow::anyhow!(
-                "invalid --provider {:?}: {e} (use --file for providers that need more fields)",
-                args.provider
-            )
-        })?;
+    let provider = provider_from_flags(args)?;
     let request = CreateClusterRequest {
         name: name.clone(),
         kubernetes_version: args.version.clone(),
@@ -2141,9 +2182,79 @@ mod tests {
         );
         args.provider = "aws".into();
         let err = cluster_create_body(&args).unwrap_err().to_string();
-        assert!(
-            err.starts_with("invalid --provider \"aws\": missing field `region`"),
-            "{err}"
+        assert_eq!(err, "--provider aws needs --region");
+        args.provider = "nimbus".into();
+        let err = cluster_create_body(&args).unwrap_err().to_string();
+        assert!(err.starts_with("invalid --provider \"nimbus\""), "{err}");
+    }
+
+    #[test]
+    fn create_body_for_aws_from_flags() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["kf", "--token", "t", "clusters", "create", "web"];
+            argv.extend_from_slice(extra);
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Cmd::Clusters(ClustersCmd::Create(args)) = cli.cmd else {
+                panic!("wrong command")
+            };
+            cluster_create_body(&args).map_err(|e| e.to_string())
+        };
+        let body = parse(&[
+            "--provider",
+            "aws",
+            "--region",
+            "eu-west-1",
+            "--subnet-id",
+            "subnet-0abc",
+            "--ami",
+            "ami-0def",
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/kf",
+            "--key-name",
+            "ops",
+            "--node-pool",
+            "gpu:1:g4dn.xlarge",
+        ])
+        .unwrap();
+        assert_eq!(
+            body["provider"],
+            json!({"kind": "aws", "region": "eu-west-1", "subnet_id": "subnet-0abc",
+                   "ami": "ami-0def", "role_arn": "arn:aws:iam::111122223333:role/kf",
+                   "key_name": "ops"})
+        );
+        let request: CreateClusterRequest = serde_json::from_value(body).unwrap();
+        assert!(kubeforge_cluster::ClusterSpec::parse(request).is_ok());
+        // Optional fields stay out.
+        let body = parse(&[
+            "--provider",
+            "aws",
+            "--region",
+            "eu-west-1",
+            "--subnet-id",
+            "subnet-0abc",
+            "--ami",
+            "ami-0def",
+        ])
+        .unwrap();
+        assert_eq!(
+            body["provider"],
+            json!({"kind": "aws", "region": "eu-west-1", "subnet_id": "subnet-0abc", "ami": "ami-0def"})
+        );
+        assert_eq!(
+            parse(&[
+                "--provider",
+                "aws",
+                "--region",
+                "eu-west-1",
+                "--ami",
+                "ami-0def"
+            ])
+            .unwrap_err(),
+            "--provider aws needs --subnet-id"
+        );
+        assert_eq!(
+            parse(&["--region", "eu-west-1"]).unwrap_err(),
+            "--region is for --provider aws, not \"lab\""
         );
     }
 
