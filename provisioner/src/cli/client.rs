@@ -84,7 +84,7 @@ pub struct ClientOpts {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ClustersCmd {
     /// Create a cluster (POST /v1/clusters).
-    Create(ClusterCreateArgs),
+    Create(Box<ClusterCreateArgs>),
     /// List clusters (GET /v1/clusters).
     List {
         /// Only clusters in this phase (provisioning, ready, degraded, deleting, failed).
