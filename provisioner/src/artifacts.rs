@@ -116,6 +116,10 @@ pub struct ArtifactSettings {
     /// Allows `http://` URLs beyond loopback.
     pub insecure_http: bool,
     pub limits: DownloadLimits,
+    /// The sha256 of `/usr/bin/etcd` (Debian's `etcd-server`) on machines
+    /// the service bootstraps without binding binaries in: registered hosts
+    /// and cloud images. None: the lab image's.
+    pub etcd_sha256: Option<String>,
 }
 
 impl ArtifactSettings {
@@ -126,6 +130,7 @@ impl ArtifactSettings {
             digests: PinnedDigests::default(),
             insecure_http: false,
             limits: DownloadLimits::default(),
+            etcd_sha256: None,
         }
     }
 
@@ -351,6 +356,7 @@ mod tests {
             digests,
             insecure_http: false,
             limits: DownloadLimits::default(),
+            etcd_sha256: None,
         }
     }
 

@@ -151,6 +151,11 @@ struct ArtifactArgs {
     /// Longest one download may take (default 10m).
     #[arg(long, env = "KUBEFORGE_ARTIFACT_TIMEOUT")]
     artifact_timeout: Option<String>,
+    /// The sha256 of /usr/bin/etcd (Debian's etcd-server) in the image of
+    /// registered hosts and cloud instances; default: the lab image's. With
+    /// it, a host without the lab image serves --aws and registered hosts.
+    #[arg(long, env = "KUBEFORGE_ETCD_SHA256")]
+    etcd_sha256: Option<String>,
 }
 
 impl ArtifactArgs {
@@ -161,6 +166,7 @@ impl ArtifactArgs {
             insecure_http: self.insecure_artifacts_http,
             max_bytes: self.artifact_max_bytes,
             timeout: self.artifact_timeout,
+            etcd_sha256: self.etcd_sha256,
         })
     }
 }

@@ -88,6 +88,9 @@ pub struct ArtifactFlags {
     /// `--artifact-timeout` / `KUBEFORGE_ARTIFACT_TIMEOUT` (`10m`): one
     /// download, start to end.
     pub timeout: Option<String>,
+    /// `--etcd-sha256` / `KUBEFORGE_ETCD_SHA256`: the sha256 of
+    /// `/usr/bin/etcd` in the machines' image (default: the lab image's).
+    pub etcd_sha256: Option<String>,
 }
 
 impl ArtifactFlags {
@@ -110,6 +113,7 @@ impl ArtifactFlags {
             insecure_http,
             max_bytes: var("KUBEFORGE_ARTIFACT_MAX_BYTES"),
             timeout: var("KUBEFORGE_ARTIFACT_TIMEOUT"),
+            etcd_sha256: var("KUBEFORGE_ETCD_SHA256"),
         })
     }
 }
@@ -132,6 +136,14 @@ pub fn artifact_settings(flags: &ArtifactFlags) -> anyhow::Result<ArtifactSettin
     if let Some(v) = &flags.timeout {
         settings.limits.total_timeout = crate::cli::client::parse_ttl(v)
             .map_err(|e| anyhow::anyhow!("--artifact-timeout: {e}"))?;
+    }
+    if let Some(v) = &flags.etcd_sha256 {
+        let v = v.trim().to_ascii_lowercase();
+        anyhow::ensure!(
+            v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()),
+            "--etcd-sha256: {v:?} is not a sha256 (64 hex digits)"
+        );
+        settings.etcd_sha256 = Some(v);
     }
     Ok(settings)
 }
@@ -331,6 +343,12 @@ pub async fn machine_setup_on(
 }
 
 /// [`machine_setup`] on a given lab bridge and subnet with given binaries.
+///
+/// Machine access (the service's key, the verified Kubernetes binaries,
+/// the etcd digest, the sandbox image) does not need the lab: with an
+/// etcd digest given (`--etcd-sha256`), a host without the lab image
+/// still bootstraps registered hosts and cloud instances. The lab provider
+/// is on only where its image is.
 pub async fn machine_setup_with(
     data_dir: &Path,
     bridge: &str,
@@ -340,9 +358,28 @@ pub async fn machine_setup_with(
     let mut providers = ProviderRegistry::default();
     let cache = cache_dir();
     let version = kube_version();
-    let Some(image) = lab_image(&cache) else {
+    let image = lab_image(&cache);
+    if image.is_none() {
         tracing::warn!(cache = %cache.display(), "no lab image: the lab provider is off (build it with scripts/build-lab-image)");
-        return (providers, None);
+    }
+    let image_etcd = image
+        .as_ref()
+        .map(|i| crate::artifacts::sha256_file(&i.join("usr/bin/etcd")));
+    let etcd_sha256 = match (&artifacts.etcd_sha256, image_etcd) {
+        (Some(given), Some(Ok(lab))) if *given != lab => {
+            tracing::error!(given = %given, lab_image = %lab, "--etcd-sha256 is not the lab image's etcd, whose control planes would fail the check: no machine access");
+            return (providers, None);
+        }
+        (Some(given), _) => given.clone(),
+        (None, Some(Ok(lab))) => lab,
+        (None, Some(Err(e))) => {
+            tracing::error!(error = %format!("{e:#}"), "the lab image has no readable /usr/bin/etcd: no machine access");
+            return (providers, None);
+        }
+        (None, None) => {
+            tracing::warn!("no etcd digest (--etcd-sha256, the sha256 of /usr/bin/etcd in the machines' image) and no lab image to take it from: no machine access, so no provider that bootstraps over SSH");
+            return (providers, None);
+        }
     };
     // A directory (by default the cache scripts/build-kube fills) or an
     // https base URL, every binary verified (see crate::artifacts).
@@ -350,7 +387,7 @@ pub async fn machine_setup_with(
         Ok(dir) => dir,
         Err(e) => {
             tracing::error!(source = %artifacts.source, error = %format!("{e:#}"),
-                "no verified Kubernetes binaries: the lab provider is off (build them with scripts/build-kube)");
+                "no verified Kubernetes binaries: no machine access (build them with scripts/build-kube)");
             return (providers, None);
         }
     };
@@ -358,52 +395,57 @@ pub async fn machine_setup_with(
     // into lab machines, uploaded to others.
     let pause_dir = cache.join("lab-pause/1");
     let pause_built = pause_dir.join(".complete").exists();
-    let setup = || -> anyhow::Result<(LabProvider, MachineAccess)> {
-        let client_key = crate::ssh::load_or_create_client_key(&data_dir.join("ssh/id_ed25519"))?;
-        let etcd_bin = "/usr/bin/etcd".to_string();
-        let etcd_sha256 = crate::artifacts::sha256_file(&image.join("usr/bin/etcd"))
-            .context("the lab image has no /usr/bin/etcd")?;
-        let lab = LabProvider::new(LabConfig {
-            image_rootfs: image.clone(),
-            state_dir: data_dir.join("lab"),
-            bridge: bridge.to_string(),
-            subnet: subnet.parse().context("the lab subnet is not a CIDR")?,
-            authorized_key: client_key.public_key_line().to_string(),
-            bind_ro: {
-                let mut binds = vec![(host_dir.clone(), GUEST_KUBE_DIR.to_string())];
-                if pause_built {
-                    binds.push((pause_dir.clone(), "/opt/kubeforge/images".to_string()));
-                } else {
-                    tracing::warn!("no lab pause image: pods on lab workers cannot start (build it with scripts/build-lab-pause)");
-                }
-                binds
-            },
-        })?;
-        let access = MachineAccess {
-            ssh: crate::ssh::SshExecutor::new(8),
-            client_key,
-            artifacts: Artifacts {
-                kubernetes_version: version.to_string(),
-                host_dir,
-                guest_dir: GUEST_KUBE_DIR.to_string(),
-                etcd_bin,
-                etcd_sha256,
-                pause_archive: pause_built.then(|| pause_dir.join("pause.oci.tar")),
-            },
-        };
-        Ok((lab, access))
-    };
-    match setup() {
-        Ok((lab, access)) => {
-            tracing::info!(image = %image.display(), "lab provider on");
-            providers.register(Arc::new(lab));
-            (providers, Some(Arc::new(access)))
-        }
+    if !pause_built {
+        tracing::warn!("no lab pause image: pods on workers cannot start (build it with scripts/build-lab-pause)");
+    }
+    let client_key = match crate::ssh::load_or_create_client_key(&data_dir.join("ssh/id_ed25519")) {
+        Ok(k) => k,
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "the lab provider is off");
-            (providers, None)
+            tracing::error!(error = %format!("{e:#}"), "the service's SSH key: no machine access");
+            return (providers, None);
+        }
+    };
+    let access = MachineAccess {
+        ssh: crate::ssh::SshExecutor::new(8),
+        client_key,
+        artifacts: Artifacts {
+            kubernetes_version: version.to_string(),
+            host_dir: host_dir.clone(),
+            guest_dir: GUEST_KUBE_DIR.to_string(),
+            etcd_bin: "/usr/bin/etcd".to_string(),
+            etcd_sha256,
+            pause_archive: pause_built.then(|| pause_dir.join("pause.oci.tar")),
+        },
+    };
+    if let Some(image) = image {
+        let lab = subnet
+            .parse()
+            .context("the lab subnet is not a CIDR")
+            .and_then(|subnet| {
+                LabProvider::new(LabConfig {
+                    image_rootfs: image.clone(),
+                    state_dir: data_dir.join("lab"),
+                    bridge: bridge.to_string(),
+                    subnet,
+                    authorized_key: access.client_key.public_key_line().to_string(),
+                    bind_ro: {
+                        let mut binds = vec![(host_dir, GUEST_KUBE_DIR.to_string())];
+                        if pause_built {
+                            binds.push((pause_dir, "/opt/kubeforge/images".to_string()));
+                        }
+                        binds
+                    },
+                })
+            });
+        match lab {
+            Ok(lab) => {
+                tracing::info!(image = %image.display(), "lab provider on");
+                providers.register(Arc::new(lab));
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "the lab provider is off"),
         }
     }
+    (providers, Some(Arc::new(access)))
 }
 
 /// Registers the `ssh` provider (the pool of hosts registered with
@@ -689,7 +731,7 @@ async fn run(
         }
         None => machine_setup(&opts.data_dir, &opts.artifacts).await,
     };
-    if access.is_none() {
+    if providers.get(crate::providers::lab::KIND).is_none() {
         // No lab after all: the bridge goes now.
         lab_network = None;
     }
@@ -879,6 +921,19 @@ mod tests {
             ..ArtifactFlags::default()
         })
         .is_err());
+        let digest = "AB".repeat(32);
+        let s = artifact_settings(&ArtifactFlags {
+            etcd_sha256: Some(digest.clone()),
+            ..ArtifactFlags::default()
+        })
+        .unwrap();
+        assert_eq!(s.etcd_sha256, Some("ab".repeat(32)));
+        let err = artifact_settings(&ArtifactFlags {
+            etcd_sha256: Some("abc".into()),
+            ..ArtifactFlags::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--etcd-sha256"), "{err}");
         // No flags: the cache scripts/build-kube fills, nothing pinned.
         let s = artifact_settings(&ArtifactFlags::default()).unwrap();
         assert_eq!(

@@ -861,8 +861,10 @@ impl Drop for Child {
 /// launches their instances with the service's key in the user-data,
 /// counts its EC2 calls in `/metrics`, and deletes every instance and the
 /// group with the cluster. Without `--aws` the same request is refused.
-/// (Root and the lab artifacts: `up` claims a lab network; no machine
-/// boots.)
+/// The `--aws` run has no lab image (an empty cache): the Kubernetes
+/// binaries come from `--artifacts` and the machines' etcd digest from
+/// `--etcd-sha256`, as on a server in AWS. (Root and the lab artifacts:
+/// the plain `up` claims a lab network; no machine boots.)
 #[tokio::test]
 async fn up_with_aws_serves_clusters_on_aws() {
     let Case { ec2, net, .. } = case(None).await;
@@ -892,7 +894,16 @@ async fn up_with_aws_serves_clusters_on_aws() {
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(data_dir.join(format!("up-{aws}.log"))).unwrap());
         if aws {
-            cmd.args(["--aws", "--aws-api-cidr", API_CIDR]);
+            let cache = kubeforge::server::cache_dir();
+            let image = kubeforge::server::lab_image(&cache).expect("the lab image");
+            let etcd = kubeforge::artifacts::sha256_file(&image.join("usr/bin/etcd")).unwrap();
+            let empty = data_dir.join("empty-cache");
+            std::fs::create_dir_all(&empty).unwrap();
+            cmd.args(["--aws", "--aws-api-cidr", API_CIDR])
+                .arg("--artifacts")
+                .arg(cache.join("kube"))
+                .args(["--etcd-sha256", &etcd])
+                .env("KUBEFORGE_CACHE", &empty);
         }
         Child(cmd.spawn().expect("kubeforge up"))
     };
@@ -957,6 +968,11 @@ async fn up_with_aws_serves_clusters_on_aws() {
 
     let _up = up(true);
     healthy().await;
+    let log = std::fs::read_to_string(data_dir.join("up-true.log")).unwrap();
+    assert!(
+        log.contains("no lab image") && log.contains("aws provider on"),
+        "{log}"
+    );
     let r = http
         .post(format!("{base}/v1/clusters"))
         .bearer_auth(&token)
