@@ -24,6 +24,7 @@ resource "aws_launch_template" "service" {
     db_name          = aws_db_instance.this.db_name
     workers          = var.workers
     public_host      = local.public_host
+    dns_enabled      = var.cluster_dns
     grpc_enabled     = local.grpc_enabled
     grpc_port        = var.grpc_port
     service_cidrs    = local.service_cidrs

@@ -94,6 +94,18 @@ resource "aws_vpc_security_group_ingress_rule" "service_grpc" {
   to_port                      = var.grpc_port
 }
 
+resource "aws_vpc_security_group_ingress_rule" "service_dns" {
+  for_each = {
+    for pair in setproduct(var.cluster_dns ? var.tenant_cidrs : [], ["tcp", "udp"]) : "${pair[0]} ${pair[1]}" => pair
+  }
+  security_group_id = aws_security_group.service.id
+  description       = "Cluster DNS, from tenant machines"
+  cidr_ipv4         = each.value[0]
+  ip_protocol       = each.value[1]
+  from_port         = 53
+  to_port           = 53
+}
+
 resource "aws_vpc_security_group_egress_rule" "service_to_db" {
   security_group_id            = aws_security_group.service.id
   description                  = "To PostgreSQL"

@@ -108,6 +108,12 @@ variable "tenant_cidrs" {
   }
 }
 
+variable "cluster_dns" {
+  type        = bool
+  description = "Serve tenant clusters' DNS from the instances (kubeforge serve --dns-listen on port 53 of each instance's private address; README \"Cluster DNS\"), open to tenant_cidrs."
+  default     = true
+}
+
 variable "tenant_api_cidrs" {
   type        = list(string)
   description = "Further networks allowed to reach tenant clusters' API servers (kubeforge serve --aws-api-cidr), e.g. your tenants' offices."
