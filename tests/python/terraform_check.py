@@ -12,7 +12,9 @@ Every directory under ROOT holding .tf files is one module. Checked:
   name, with one space after them;
 - variables: each has a type and a description and is used (a use inside
   its own validation does not count); one that looks secret (its name, or
-  `sensitive = true`) has no default value;
+  `sensitive = true`) has no default value; no user-data carries a secret
+  (such a variable, a random_*/tls_private_key value, a secret version or
+  an SSM parameter): instances read secrets at boot;
 - references: every var., local., module.NAME.OUTPUT, data.TYPE.NAME and
   TYPE.NAME (a resource of a provider the module requires) resolves; module
   calls set only the callee's variables and all its required ones; every
@@ -40,7 +42,22 @@ BUILTIN_ROOTS = {"var", "local", "module", "data", "path", "terraform", "count",
 SECRET_NAME = re.compile(r"(password|passwd|secret|token|private_key|api_key|credential|(^|_)key$)")
 NOT_A_VALUE = re.compile(r"_(arn|arns|id|ids|name|names|path|file|prefix)$")
 
+# What holds a secret's value: user-data (readable through the EC2 API
+# and kept at rest there) must name where it is instead.
+SECRET_SOURCES = {
+    "random_id",
+    "random_password",
+    "random_string",
+    "tls_private_key",
+    "aws_secretsmanager_secret_version",
+    "aws_ssm_parameter",
+}
+
 problems = []
+
+
+def secretish(name, body):
+    return body.get("sensitive") is True or bool(SECRET_NAME.search(name) and not NOT_A_VALUE.search(name))
 
 
 def problem(where, check, message):
@@ -229,7 +246,10 @@ class Module:
                     names.update(k for k in req if not k.startswith("__"))
             for label, _ in entries(doc, "provider"):
                 names.add(label)
-        return names or {"aws"}
+            for kind in ("resource", "data"):
+                for (rtype, _), _ in entries(doc, kind):
+                    names.add(rtype.split("_", 1)[0])
+        return names | {"aws"}
 
     def variables(self):
         return {label: body for _, label, body in self.all("variable")}
@@ -347,10 +367,10 @@ def check_module(module, modules):
             problem(where, "variables", "has no description")
         if name not in used:
             problem(where, "variables", "is declared but never used")
-        secretish = body.get("sensitive") is True or (SECRET_NAME.search(name) and not NOT_A_VALUE.search(name))
-        if secretish and body.get("default") is not None:
+        if secretish(name, body) and body.get("default") is not None:
             problem(where, "secrets", "looks secret but has a default value (pass it in, or read it from a secret store)")
 
+    secret_vars = {name for _, name, body in module.all("variable") if secretish(name, body)}
     for path, (rtype, name), body in module.all("resource"):
         where = f"{path}: {rtype}.{name}"
         if rtype in ("aws_db_instance", "aws_rds_cluster", "aws_rds_cluster_instance"):
@@ -361,6 +381,15 @@ def check_module(module, modules):
                 problem(where, "encryption", "storage is not encrypted: storage_encrypted must be the literal true")
         if rtype == "aws_ebs_volume" and body.get("encrypted") is not True:
             problem(where, "encryption", "volume is not encrypted: encrypted must be the literal true")
+        if rtype in ("aws_launch_template", "aws_instance") and "user_data" in body:
+            for rkind, parts in refs(body["user_data"], providers):
+                carried = None
+                if rkind in ("resource", "data") and parts[0] in SECRET_SOURCES:
+                    carried = ".".join(parts[:2]) if rkind == "resource" else "data." + ".".join(parts[:2])
+                if rkind == "var" and parts[0] in secret_vars:
+                    carried = f"var.{parts[0]}"
+                if carried:
+                    problem(where, "secrets", f"user_data carries a secret value ({carried}): pass its ARN and read it at boot")
         if rtype == "aws_launch_template":
             for bdm in body.get("block_device_mappings", []):
                 for ebs in bdm.get("ebs", []):

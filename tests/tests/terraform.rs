@@ -2,7 +2,7 @@
 //! without a Terraform binary by `tests/python/terraform_check.py`
 //! (python-hcl2, from the tests' virtualenv): it parses, is laid out as
 //! `terraform fmt` lays it out, every variable is used and every reference
-//! resolves, no secret has a default, the database is private and storage
+//! resolves, no secret has a default or rides in user-data, the database is private and storage
 //! encrypted, and the service role's policy grants exactly the actions
 //! `kubeforge aws required-actions` prints (the list a unit test holds to
 //! the provider's EC2 calls). Each check also rejects a broken fixture of
@@ -99,6 +99,11 @@ fn each_check_rejects_its_broken_fixture_naming_the_problem() {
             "secret_default",
             "secrets",
             "variable db_password: secrets: looks secret but has a default",
+        ),
+        (
+            "user_data_secret",
+            "secrets",
+            "user_data carries a secret value (random_id.token_key)",
         ),
         (
             "public_db",
