@@ -2,8 +2,9 @@
 //! without a Terraform binary by `tests/python/terraform_check.py`
 //! (python-hcl2, from the tests' virtualenv): it parses, is laid out as
 //! `terraform fmt` lays it out, every variable is used and every reference
-//! resolves, no secret has a default or rides in user-data, the database is private and storage
-//! encrypted, and the service role's policy grants exactly the actions
+//! resolves, no secret has a default or rides in user-data, the database
+//! is private and storage encrypted, and the service role's policy grants
+//! exactly the actions
 //! `kubeforge aws required-actions` prints (the list a unit test holds to
 //! the provider's EC2 calls). Each check also rejects a broken fixture of
 //! its own (`tests/fixtures/terraform/`), naming the problem.
