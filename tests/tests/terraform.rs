@@ -4,10 +4,10 @@
 //! `terraform fmt` lays it out, every variable is used and every reference
 //! resolves, no secret has a default or rides in user-data, the database
 //! is private and storage encrypted, and the service role's policy grants
-//! exactly the actions
-//! `kubeforge aws required-actions` prints (the list a unit test holds to
-//! the provider's EC2 calls). Each check also rejects a broken fixture of
-//! its own (`tests/fixtures/terraform/`), naming the problem.
+//! exactly the actions `kubeforge aws required-actions` prints (the list a
+//! unit test holds to the provider's EC2 calls). Each check also rejects a
+//! broken fixture of its own (`tests/fixtures/terraform/`), naming the
+//! problem.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
