@@ -71,14 +71,19 @@ resource "aws_launch_template" "service" {
 }
 
 resource "aws_autoscaling_group" "service" {
-  name_prefix               = "${var.name}-"
-  vpc_zone_identifier       = var.service_subnet_ids
-  min_size                  = var.replicas.min
-  max_size                  = var.replicas.max
-  desired_capacity          = var.replicas.desired
-  health_check_type         = "ELB"
+  name_prefix         = "${var.name}-"
+  vpc_zone_identifier = var.service_subnet_ids
+  min_size            = var.replicas.min
+  max_size            = var.replicas.max
+  desired_capacity    = var.replicas.desired
+  target_group_arns   = concat([aws_lb_target_group.api.arn], aws_lb_target_group.grpc[*].arn)
+
+  # The load balancer routes by /readyz, which fails on every instance
+  # while the database does not answer: replacing instances on it (ELB
+  # health) would churn the whole group through a database outage.
+  # systemd restarts a service that exits.
+  health_check_type         = "EC2"
   health_check_grace_period = 300
-  target_group_arns         = concat([aws_lb_target_group.api.arn], aws_lb_target_group.grpc[*].arn)
 
   launch_template {
     id      = aws_launch_template.service.id
