@@ -345,6 +345,18 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// About the `aws` provider (needs no AWS access).
+    Aws {
+        #[command(subcommand)]
+        command: AwsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AwsCmd {
+    /// Print the IAM actions the service's role needs for the `aws`
+    /// provider, one per line (what terraform/modules/kubeforge grants).
+    RequiredActions,
 }
 
 #[derive(Subcommand)]
@@ -595,6 +607,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::MachineTypes { provider, client } => {
             autoscaler::run_machine_types(&client, provider.as_deref()).await
+        }
+        Command::Aws {
+            command: AwsCmd::RequiredActions,
+        } => {
+            for action in kubeforge::providers::aws::actions::REQUIRED_ACTIONS {
+                println!("{action}");
+            }
+            Ok(())
         }
     }
 }

@@ -2199,7 +2199,7 @@ mod tests {
             };
             cluster_create_body(&args).map_err(|e| e.to_string())
         };
-        let body = parse(&[
+        const PLACED: [&str; 8] = [
             "--provider",
             "aws",
             "--region",
@@ -2208,13 +2208,21 @@ mod tests {
             "subnet-0abc",
             "--ami",
             "ami-0def",
-            "--role-arn",
-            "arn:aws:iam::111122223333:role/kf",
-            "--key-name",
-            "ops",
-            "--node-pool",
-            "gpu:1:g4dn.xlarge",
-        ])
+        ];
+        let body = parse(
+            &[
+                &PLACED[..],
+                &[
+                    "--role-arn",
+                    "arn:aws:iam::111122223333:role/kf",
+                    "--key-name",
+                    "ops",
+                    "--node-pool",
+                    "gpu:1:g4dn.xlarge",
+                ],
+            ]
+            .concat(),
+        )
         .unwrap();
         assert_eq!(
             body["provider"],
@@ -2225,17 +2233,7 @@ mod tests {
         let request: CreateClusterRequest = serde_json::from_value(body).unwrap();
         assert!(kubeforge_cluster::ClusterSpec::parse(request).is_ok());
         // Optional fields stay out.
-        let body = parse(&[
-            "--provider",
-            "aws",
-            "--region",
-            "eu-west-1",
-            "--subnet-id",
-            "subnet-0abc",
-            "--ami",
-            "ami-0def",
-        ])
-        .unwrap();
+        let body = parse(&PLACED).unwrap();
         assert_eq!(
             body["provider"],
             json!({"kind": "aws", "region": "eu-west-1", "subnet_id": "subnet-0abc", "ami": "ami-0def"})

@@ -40,6 +40,7 @@
 //! Every call goes through [`call::call`]: throttling and server errors are
 //! retried with backoff and jitter, and counted in the service's metrics.
 
+pub mod actions;
 pub mod call;
 
 use super::{
