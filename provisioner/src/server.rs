@@ -448,6 +448,53 @@ pub async fn machine_setup_with(
     (providers, Some(Arc::new(access)))
 }
 
+/// Where the service's SSH client key is kept in `service_secrets`.
+pub const SSH_KEY_SECRET: &str = "ssh-client-key";
+
+/// Makes the data dir's SSH key (`ssh/id_ed25519`) the one every process
+/// sharing the database logs into machines with. Replicas of `serve` each
+/// have a data dir, but a machine bootstrapped by one is repaired, drained
+/// or deleted by whichever replica takes the job, so they need one key.
+/// The first process to start stores its key (sealed, like every secret of
+/// the service, in `service_secrets`); the others take that one, keeping
+/// their own aside as `id_ed25519.replaced-<unix time>` (machines only it
+/// set up still trust that one). A key sealed with another secret key is
+/// an error: those replicas do not share their secrets either.
+pub async fn share_client_key(
+    pool: &sqlx::PgPool,
+    secrets: &SecretBox,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    let path = data_dir.join("ssh/id_ed25519");
+    let local = crate::ssh::load_or_create_client_key(&path)?;
+    let stored = store::service_secret::put_if_absent(
+        pool,
+        secrets,
+        SSH_KEY_SECRET,
+        local.private_key_openssh().as_bytes(),
+    )
+    .await?;
+    let shared = crate::ssh::ClientKey::from_openssh(
+        std::str::from_utf8(&stored).context("the stored SSH key is not text")?,
+    )?;
+    if shared.fingerprint() == local.fingerprint() {
+        return Ok(());
+    }
+    let aside = path.with_file_name(format!(
+        "id_ed25519.replaced-{}",
+        chrono::Utc::now().timestamp()
+    ));
+    std::fs::rename(&path, &aside).with_context(|| format!("keeping {} aside", path.display()))?;
+    crate::ssh::write_client_key(&path, &shared)?;
+    tracing::warn!(
+        own = local.fingerprint(),
+        shared = shared.fingerprint(),
+        kept = %aside.display(),
+        "this data dir's SSH key is not the one the service shares: using the shared key (machines only this process set up trust the old one)"
+    );
+    Ok(())
+}
+
 /// Registers the `ssh` provider (the pool of hosts registered with
 /// `/v1/hosts`) next to the lab: it needs the same machine access (the
 /// service key it authorizes on hosts, the binaries it uploads), plus the
@@ -718,6 +765,9 @@ async fn run(
     store::migrate(&pool).await?;
     let auth = load_auth(&opts.data_dir)?;
     let secrets = load_secret_box(&opts.data_dir)?;
+    share_client_key(&pool, &secrets, &opts.data_dir)
+        .await
+        .context("sharing the service's SSH key through the database")?;
     let (mut providers, access) = match &lab_network {
         Some(net) => {
             println!("lab network: bridge {}, subnet {}", net.bridge, net.subnet);

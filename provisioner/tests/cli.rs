@@ -286,6 +286,38 @@ async fn two_serve_processes_share_one_database() {
     for p in &ports {
         wait_healthy(*p).await;
     }
+    // One SSH key for both (a machine one replica set up is repaired or
+    // deleted by whichever takes the job): the first to start stored its
+    // key, sealed; the other took that one and kept its own aside.
+    let public = |i: usize| {
+        let out = Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(dir.join(format!("replica-{i}/ssh/id_ed25519")))
+            .output()
+            .expect("ssh-keygen");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(public(0), public(1));
+    let replaced: Vec<String> = (0..2)
+        .flat_map(|i| std::fs::read_dir(dir.join(format!("replica-{i}/ssh"))).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("id_ed25519.replaced-"))
+        .collect();
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    let db = kubeforge::store::connect(&url, 1).await.unwrap();
+    let sealed: Vec<u8> =
+        sqlx::query_scalar("SELECT ciphertext FROM service_secrets WHERE name = 'ssh-client-key'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let pem = std::fs::read(dir.join("replica-0/ssh/id_ed25519")).unwrap();
+    assert!(
+        !sealed.windows(20).any(|w| pem.windows(20).any(|p| p == w)),
+        "the stored SSH key is not sealed"
+    );
+    db.close().await;
     let keys = kubeforge::auth::AuthKeys::from_secret(&hex::decode(&key).unwrap()).unwrap();
     let tok = keys
         .mint(

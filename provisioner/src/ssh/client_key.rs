@@ -96,35 +96,11 @@ impl fmt::Debug for ClientKey {
 /// with mode 0600 (parent directories created). The file is written under
 /// a temporary name and renamed, so a crash never leaves half a key.
 pub fn load_or_create_client_key(path: &Path) -> Result<ClientKey, SshError> {
-    let key_file_error = |source| SshError::KeyFile {
-        path: path.display().to_string(),
-        source,
-    };
     match std::fs::read_to_string(path) {
         Ok(pem) => ClientKey::from_openssh(&pem),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = ClientKey::generate()?;
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(key_file_error)?;
-            }
-            let mut tmp_name = path.as_os_str().to_owned();
-            tmp_name.push(format!(".tmp-{}", std::process::id()));
-            let tmp = Path::new(&tmp_name);
-            let write = || -> std::io::Result<()> {
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(tmp)?;
-                f.write_all(key.private_key_openssh().as_bytes())?;
-                f.sync_all()?;
-                std::fs::rename(tmp, path)
-            };
-            if let Err(e) = write() {
-                let _ = std::fs::remove_file(tmp);
-                return Err(key_file_error(e));
-            }
+            write_client_key(path, &key)?;
             tracing::info!(
                 path = %path.display(),
                 fingerprint = key.fingerprint(),
@@ -132,8 +108,41 @@ pub fn load_or_create_client_key(path: &Path) -> Result<ClientKey, SshError> {
             );
             Ok(key)
         }
-        Err(e) => Err(key_file_error(e)),
+        Err(e) => Err(SshError::KeyFile {
+            path: path.display().to_string(),
+            source: e,
+        }),
     }
+}
+
+/// Writes `key` to `path` (mode 0600, its directory made if missing),
+/// atomically: a reader sees the old file or the new one, never half.
+pub fn write_client_key(path: &Path, key: &ClientKey) -> Result<(), SshError> {
+    let key_file_error = |source| SshError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(key_file_error)?;
+    }
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = Path::new(&tmp_name);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(tmp)?;
+        f.write_all(key.private_key_openssh().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        key_file_error(e)
+    })
 }
 
 /// Parses a public key line (`ssh-ed25519 AAAA... [comment]`).

@@ -44,7 +44,7 @@ use tokio::sync::Semaphore;
 pub use access::MachineAccess;
 pub use client_key::{
     fingerprint, load_or_create_client_key, parse_public_key, public_key_line,
-    public_key_line_fingerprint, ClientKey, CLIENT_KEY_COMMENT,
+    public_key_line_fingerprint, write_client_key, ClientKey, CLIENT_KEY_COMMENT,
 };
 pub use redact::{Redactor, REDACTED};
 pub use session::{shell_quote, Session, StreamKind};

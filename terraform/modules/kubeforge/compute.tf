@@ -17,7 +17,6 @@ resource "aws_launch_template" "service" {
     log_group        = aws_cloudwatch_log_group.this.name
     token_key_arn    = aws_secretsmanager_secret.token_key.arn
     secret_key_arn   = aws_secretsmanager_secret.secret_key.arn
-    ssh_key_arn      = aws_secretsmanager_secret.ssh_key.arn
     db_secret_arn    = aws_db_instance.this.master_user_secret[0].secret_arn
     db_address       = aws_db_instance.this.address
     db_port          = aws_db_instance.this.port

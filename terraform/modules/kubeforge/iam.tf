@@ -171,7 +171,6 @@ data "aws_iam_policy_document" "instance" {
     resources = [
       aws_secretsmanager_secret.token_key.arn,
       aws_secretsmanager_secret.secret_key.arn,
-      aws_secretsmanager_secret.ssh_key.arn,
       aws_db_instance.this.master_user_secret[0].secret_arn,
     ]
   }

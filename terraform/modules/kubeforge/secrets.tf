@@ -1,9 +1,9 @@
 # The keys every replica must share (README, "Running against your own
-# PostgreSQL"): the token signing key, the secret-sealing key and the SSH
-# key the service logs in to machines with (a machine launched by one
-# replica is bootstrapped and repaired by any other). Instances read them
-# at boot; the user-data names only their ARNs. The generated values are
-# in the Terraform state: keep the state encrypted and private.
+# PostgreSQL"): the token signing key and the secret-sealing key. (The SSH
+# key the service logs in to machines with is shared through the database,
+# sealed with the second.) Instances read them at boot; the user-data
+# names only their ARNs. The generated values are in the Terraform state:
+# keep the state encrypted and private.
 
 resource "random_id" "token_key" {
   byte_length = 32
@@ -11,10 +11,6 @@ resource "random_id" "token_key" {
 
 resource "random_id" "secret_key" {
   byte_length = 32
-}
-
-resource "tls_private_key" "ssh" {
-  algorithm = "ED25519"
 }
 
 resource "aws_secretsmanager_secret" "token_key" {
@@ -39,16 +35,4 @@ resource "aws_secretsmanager_secret" "secret_key" {
 resource "aws_secretsmanager_secret_version" "secret_key" {
   secret_id     = aws_secretsmanager_secret.secret_key.id
   secret_string = random_id.secret_key.hex
-}
-
-resource "aws_secretsmanager_secret" "ssh_key" {
-  name_prefix = "${var.name}-ssh-key-"
-  description = "The OpenSSH private key Kubeforge logs in to machines with"
-  kms_key_id  = var.kms_key_arn
-  tags        = local.tags
-}
-
-resource "aws_secretsmanager_secret_version" "ssh_key" {
-  secret_id     = aws_secretsmanager_secret.ssh_key.id
-  secret_string = tls_private_key.ssh.private_key_openssh
 }
