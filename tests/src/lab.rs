@@ -219,6 +219,31 @@ pub async fn drive(
     .await
 }
 
+/// Runs a pod on `node` (the service's sandbox image) and waits until it runs.
+pub async fn run_pod_on(kc: &Path, dir: &Path, node: &str) {
+    let pod = format!("on-{node}");
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: {}\n    imagePullPolicy: Never\n",
+        kubeforge_cluster::worker::PAUSE_IMAGE
+    );
+    let f = dir.join(format!("{pod}.yaml"));
+    std::fs::write(&f, yaml).unwrap();
+    let (ok, out) = kubectl_run(kc, &["apply", "-f", f.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, phase) = kubectl_run(kc, &["get", "pod", &pod, "-o", "jsonpath={.status.phase}"]);
+        if phase == "Running" {
+            return;
+        }
+        if Instant::now() > deadline {
+            let (_, describe) = kubectl_run(kc, &["describe", "pod", &pod]);
+            panic!("pod {pod} not running: {describe}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Mints a kubeconfig through the API (`role` admin or viewer) and writes
 /// it to `path`.
 pub async fn write_kubeconfig(

@@ -19,7 +19,7 @@ use kubeforge::context::Role;
 use kubeforge::providers::aws::{AwsConfig, AwsProvider};
 use kubeforge_tests::ec2_lab::Ec2OnLab;
 use kubeforge_tests::lab::{
-    delete_cluster, drive, drive_until, kubectl_run, sandbox, write_kubeconfig,
+    delete_cluster, drive, drive_until, kubectl_run, run_pod_on, sandbox, write_kubeconfig,
 };
 use kubeforge_tests::moto::{self, REGION};
 use kubeforge_tests::TestApp;
@@ -137,29 +137,7 @@ async fn a_cluster_on_ec2_instances_of_the_lab_reaches_ready_and_leaves_nothing(
         .iter()
         .any(|c| c["type"] == "Ready" && c["status"] == "True");
     assert!(ready, "{out}");
-    let yaml = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: on-ec2\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: {}\n    imagePullPolicy: Never\n",
-        kubeforge_cluster::worker::PAUSE_IMAGE
-    );
-    let f = tmp.join("pod.yaml");
-    std::fs::write(&f, yaml).unwrap();
-    let (ok, out) = kubectl_run(&kc, &["apply", "-f", f.to_str().unwrap()]);
-    assert!(ok, "{out}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, phase) = kubectl_run(
-            &kc,
-            &["get", "pod", "on-ec2", "-o", "jsonpath={.status.phase}"],
-        );
-        if phase == "Running" {
-            break;
-        }
-        if Instant::now() > deadline {
-            let (_, d) = kubectl_run(&kc, &["describe", "pod", "on-ec2"]);
-            panic!("the pod never ran on the EC2 worker: {d}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    run_pod_on(&kc, &tmp, &node).await;
 
     // Delete: every instance terminated, its lab machine gone, nothing left.
     let before_delete = moto::shared().proxy.all_seen().len();

@@ -20,7 +20,7 @@ use kubeforge_tests::hosts::{
     assert_same_state, boot, byo_lab, host_state, list, register, register_with, ByoHost, HostState,
 };
 use kubeforge_tests::lab::{
-    delete_cluster, drive, drive_until, kubectl_run, sandbox, write_kubeconfig,
+    delete_cluster, drive, drive_until, kubectl_run, run_pod_on, sandbox, write_kubeconfig,
 };
 use kubeforge_tests::TestApp;
 use serde_json::{json, Value};
@@ -80,31 +80,6 @@ fn nodes(kc: &Path) -> BTreeMap<String, bool> {
             (n["metadata"]["name"].as_str().unwrap().to_string(), ready)
         })
         .collect()
-}
-
-/// Runs a pod on `node` (the service's sandbox image) and waits until it runs.
-async fn run_pod_on(kc: &Path, dir: &Path, node: &str) {
-    let pod = format!("on-{node}");
-    let yaml = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: {}\n    imagePullPolicy: Never\n",
-        kubeforge_cluster::worker::PAUSE_IMAGE
-    );
-    let f = dir.join(format!("{pod}.yaml"));
-    std::fs::write(&f, yaml).unwrap();
-    let (ok, out) = kubectl_run(kc, &["apply", "-f", f.to_str().unwrap()]);
-    assert!(ok, "{out}");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let (_, phase) = kubectl_run(kc, &["get", "pod", &pod, "-o", "jsonpath={.status.phase}"]);
-        if phase == "Running" {
-            return;
-        }
-        if Instant::now() > deadline {
-            let (_, describe) = kubectl_run(kc, &["describe", "pod", &pod]);
-            panic!("pod {pod} not running: {describe}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 fn pool_ready(body: &Value, n: u64) -> bool {
